@@ -1,0 +1,1 @@
+"""conductor: keeps a fleet of hardware nodes in sync with reality."""

@@ -1,0 +1,97 @@
+"""Options of the [conductor] group: workers, pools and periodic work."""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+GROUP = "conductor"
+
+opts = [
+    cfg.IntOpt(
+        "workers",
+        min=1,
+        help="Number of worker processes forked by the conductor. Each "
+             "worker owns a share of this host's nodes and has its own "
+             "thread pool. Unset (the default) means one per CPU."),
+    cfg.IntOpt(
+        "workers_pool_size",
+        default=100,
+        min=3,
+        help="Size of each worker's bounded thread pool, shared by "
+             "periodic tasks, per-node periodic work and power actions. "
+             "Work beyond it is rejected (NoFreeWorker), never queued "
+             "without bound. Minimum 3."),
+    cfg.IntOpt(
+        "heartbeat_interval",
+        default=10,
+        min=1,
+        # NOTE: mutable because a worker re-reads it before every beat.
+        mutable=True,
+        help="Seconds between a worker's heartbeats in the 'conductors' "
+             "table. Must be well below heartbeat_timeout."),
+    cfg.IntOpt(
+        "heartbeat_timeout",
+        default=60,
+        min=2,
+        mutable=True,
+        help="Seconds after its last heartbeat at which a worker is "
+             "considered dead and its nodes are taken over by the others."),
+    cfg.IntOpt(
+        "hash_ring_reset_interval",
+        default=15,
+        min=1,
+        help="Seconds after which the node ownership rings are rebuilt "
+             "from the live workers even if no change was noticed."),
+    cfg.IntOpt(
+        "sync_power_state_interval",
+        default=60,
+        help="Seconds between power-state sweeps over this worker's "
+             "nodes. 0 or a negative value disables the sweep."),
+    cfg.IntOpt(
+        "sync_power_state_workers",
+        default=8,
+        min=1,
+        help="Nodes polled at the same time by one worker during a sweep. "
+             "Capped by workers_pool_size minus one."),
+    cfg.IntOpt(
+        "power_state_sync_max_retries",
+        default=3,
+        min=0,
+        help="Consecutive failed reads of a node's power state before the "
+             "node is put into maintenance with fault 'power failure'. "
+             "0 puts it into maintenance at the first failure."),
+    cfg.IntOpt(
+        "power_failure_recovery_interval",
+        default=300,
+        help="Seconds between attempts to read the BMC of nodes in "
+             "maintenance for 'power failure'; the fault is cleared when "
+             "it answers. 0 or a negative value disables recovery."),
+    cfg.BoolOpt(
+        "force_power_state_during_sync",
+        default=True,
+        help="When the hardware's power state differs from the recorded "
+             "one: True puts the hardware back to the recorded state; "
+             "False records the hardware's state."),
+    cfg.FloatOpt(
+        "power_state_timeout",
+        default=30.0,
+        min=0.1,
+        help="Deadline in seconds for every single driver call. A call "
+             "still running at the deadline counts as a failure and its "
+             "slot is freed."),
+    cfg.FloatOpt(
+        "pending_action_interval",
+        default=1.0,
+        min=0.1,
+        help="Seconds between checks for requested power actions "
+             "(target_power_state) on owned nodes. With RPC an action is "
+             "applied at once; this bounds the delay without a broker."),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(opts, group=GROUP)
+
+
+def list_opts() -> list[cfg.Opt]:
+    return opts

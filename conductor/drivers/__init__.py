@@ -1,0 +1,1 @@
+"""Hardware drivers: loaded through the ``conductor.drivers`` entry points."""

@@ -1,0 +1,95 @@
+"""The driver API: what a hardware driver implements.
+
+A driver is a class registered in the ``conductor.drivers`` entry point
+group and instantiated with no arguments. Its ``power`` attribute
+implements :class:`PowerInterface`::
+
+    class MyDriver(BaseDriver):
+        def __init__(self):
+            self.power = MyPower()
+
+Drivers and their interfaces may declare periodic tasks with the
+decorators of :mod:`conductor.periodics`; the conductor collects them
+from every *enabled* driver, once per class.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class DriverNode:
+    """A node as a driver sees it: read-only, secrets included.
+
+    ``driver_info`` holds the BMC address and credentials; a driver must
+    never log or raise it whole (see :func:`mask_secrets`).
+    """
+
+    uuid: str
+    name: str | None
+    driver: str
+    driver_info: Mapping[str, Any]
+    power_state: str | None
+
+
+class PowerInterface(abc.ABC):
+    """Reads and changes a node's power state through its BMC.
+
+    Every call runs under the ``[conductor] power_state_timeout``
+    deadline: an implementation may block on I/O, but should bound its own
+    waits where it can so that a thread is not held for the whole deadline.
+    """
+
+    @abc.abstractmethod
+    def validate(self, node: DriverNode) -> None:
+        """Check ``node.driver_info`` fully, without talking to the BMC.
+
+        :raises: conductor.common.exceptions.InvalidParameterValue naming
+            every missing or malformed field.
+        """
+
+    @abc.abstractmethod
+    def get_power_state(self, node: DriverNode) -> str:
+        """Return ``states.POWER_ON``, ``states.POWER_OFF`` or ``states.ERROR``.
+
+        :raises: any exception when the BMC cannot be read; the caller
+            counts it as a failure.
+        """
+
+    @abc.abstractmethod
+    def set_power_state(self, node: DriverNode, target: str) -> None:
+        """Turn the node on or off (``target`` is POWER_ON or POWER_OFF).
+
+        Returns once the BMC accepted the request; raises on failure.
+        """
+
+    @abc.abstractmethod
+    def reboot(self, node: DriverNode) -> None:
+        """Power-cycle the node; returns once the BMC accepted it."""
+
+
+class BaseDriver:
+    """Base class for drivers; a subclass sets ``self.power``."""
+
+    #: The interface that reads and changes power state.
+    power: PowerInterface
+
+
+#: Substrings that mark a driver_info key as secret.
+SECRET_MARKERS = ("password", "secret", "token", "key")
+MASK = "******"
+
+
+def is_secret_key(key: str) -> bool:
+    """True when ``key`` names a secret (``*password*`` and friends)."""
+    lowered = key.lower()
+    return any(marker in lowered for marker in SECRET_MARKERS)
+
+
+def mask_secrets(info: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``info`` with every secret value replaced by MASK."""
+    return {key: (MASK if is_secret_key(str(key)) else value)
+            for key, value in info.items()}

@@ -1,0 +1,33 @@
+"""Base test classes: every test gets a clean config and a timeout."""
+
+from __future__ import annotations
+
+import os
+
+import fixtures
+from oslo_config import cfg
+from oslo_config import fixture as config_fixture
+from oslotest import base
+
+import conductor.cmd  # noqa: F401  (selects the threading backend first)
+from conductor import conf as conductor_conf
+
+
+class TestCase(base.BaseTestCase):
+    """Unit test base: ``self.config(opt=value, group=...)`` sets options.
+
+    The oslotest base applies ``OS_TEST_TIMEOUT`` and captures output; the
+    config fixture resets every option after each test.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.cfg_fixture = self.useFixture(
+            config_fixture.Config(conductor_conf.CONF))
+        self.conf: cfg.ConfigOpts = conductor_conf.CONF
+        state = self.useFixture(fixtures.TempDir()).path
+        self.config(state_path=state)
+        self.config(workers=2, group="conductor")
+
+    def config(self, **kw: object) -> None:
+        self.cfg_fixture.config(**kw)
