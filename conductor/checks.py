@@ -1,0 +1,135 @@
+"""Start-up checks: small functions taking ``conf``, run by the master.
+
+Each raises ConfigInvalid (or a more specific ConductorException) with a
+one-line message naming the option and the problem, so the master can exit
+1 before it forks anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from oslo_config import cfg
+
+from conductor.common import exceptions
+
+LOG = logging.getLogger(__name__)
+
+
+def check_option_values(conf: cfg.ConfigOpts) -> None:
+    """Read every registered option so a bad value fails now, by name.
+
+    oslo.config only converts a value when it is first read; reading all of
+    them here turns a typo in any option into a start-up error instead of a
+    worker crash later.
+    """
+    for group_name, opts in _all_opts(conf):
+        group = conf if group_name is None else conf[group_name]
+        for name in opts:
+            try:
+                getattr(group, name)
+            except (cfg.ConfigFileValueError, ValueError) as exc:
+                label = "[%s] %s" % (group_name or "DEFAULT", name)
+                raise exceptions.ConfigInvalid(
+                    problem="%s: %s" % (label, _value_error(exc))) from exc
+
+
+def _all_opts(conf: cfg.ConfigOpts) -> list[tuple[str | None, list[str]]]:
+    result: list[tuple[str | None, list[str]]] = [(None, sorted(
+        name for name, info in conf._opts.items()
+        if not info["opt"].positional))]
+    for group_name in sorted(conf._groups):
+        group = conf._groups[group_name]
+        result.append((group_name, sorted(group._opts)))
+    return result
+
+
+def _value_error(exc: Exception) -> str:
+    text = str(exc)
+    # NOTE: oslo.config says "Value for option X from LocationInfo(...) is
+    # not valid: <reason>"; the reason is the useful part.
+    marker = "is not valid: "
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    return text.strip().rstrip(".")
+
+
+def effective_workers(conf: cfg.ConfigOpts) -> int:
+    """``[conductor] workers``, defaulting to the number of CPUs."""
+    workers = conf.conductor.workers
+    if workers is None:
+        workers = os.cpu_count() or 1
+    return int(workers)
+
+
+def check_workers(conf: cfg.ConfigOpts) -> int:
+    """Return the number of workers to fork."""
+    workers = effective_workers(conf)
+    if workers < 1:
+        raise exceptions.ConfigInvalid(
+            problem="[conductor] workers must be at least 1, got %d"
+            % workers)
+    return workers
+
+
+def check_pool(conf: cfg.ConfigOpts) -> None:
+    """The pool must hold the periodic loop's tasks and node work."""
+    size = conf.conductor.workers_pool_size
+    if size < 3:
+        raise exceptions.ConfigInvalid(
+            problem="[conductor] workers_pool_size must be at least 3, got "
+                    "%d" % size)
+    sync = conf.conductor.sync_power_state_workers
+    if sync > size - 1:
+        LOG.warning("[conductor] sync_power_state_workers = %(sync)d does "
+                    "not fit in workers_pool_size = %(size)d; at most "
+                    "%(cap)d nodes will be polled at once",
+                    {"sync": sync, "size": size, "cap": size - 1})
+
+
+def check_heartbeat(conf: cfg.ConfigOpts) -> None:
+    interval = conf.conductor.heartbeat_interval
+    timeout = conf.conductor.heartbeat_timeout
+    if interval >= timeout:
+        raise exceptions.ConfigInvalid(
+            problem="[conductor] heartbeat_interval (%d) must be less than "
+                    "heartbeat_timeout (%d), or live workers would be "
+                    "declared dead" % (interval, timeout))
+
+
+def check_host(conf: cfg.ConfigOpts) -> None:
+    host = conf.host
+    if not host or len(host) > 255 or any(c.isspace() for c in host):
+        raise exceptions.ConfigInvalid(
+            problem="[DEFAULT] host must be 1 to 255 characters without "
+                    "spaces, got %r" % host)
+
+
+def check_state_path(conf: cfg.ConfigOpts) -> str:
+    """Create ``state_path`` when missing; it must be a writable directory."""
+    path = conf.state_path
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise exceptions.ConfigInvalid(
+            problem="[DEFAULT] state_path %s cannot be created: %s"
+                    % (path, exc.strerror or exc)) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise exceptions.ConfigInvalid(
+            problem="[DEFAULT] state_path %s is not writable" % path)
+    return path
+
+
+def check_all(conf: cfg.ConfigOpts) -> int:
+    """Run every check that needs no I/O beyond ``state_path``.
+
+    :returns: the number of workers to fork.
+    """
+    check_option_values(conf)
+    check_host(conf)
+    workers = check_workers(conf)
+    check_pool(conf)
+    check_heartbeat(conf)
+    check_state_path(conf)
+    return workers

@@ -1,0 +1,401 @@
+"""``conductor-manage``: administer the database, nodes and status.
+
+Exit codes: 0 success; 1 a clear one-line error on stderr (bad input, not
+found, locked, unreachable); 2 a usage error (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import conductor.cmd  # noqa: F401  (backend first: see the package doc)
+
+from oslo_config import cfg
+from oslo_db import exception as db_exc
+from oslo_utils import timeutils
+import sqlalchemy as sa
+
+from conductor.common import exceptions
+from conductor.common import node_fields
+from conductor.common import output
+from conductor.common import states
+from conductor import conf as conductor_conf
+from conductor.db import api as db_api
+from conductor.db import migration
+from conductor.drivers import base
+from conductor.drivers import loader
+from conductor import inventory
+
+LOG = logging.getLogger(__name__)
+
+NODE_COLUMNS = ("uuid", "name", "driver", "power_state",
+                "target_power_state", "maintenance", "reservation")
+
+
+class Manage:
+    """The commands, over one parsed configuration."""
+
+    def __init__(self, conf: cfg.ConfigOpts, out: Callable[[str], None]
+                 ) -> None:
+        self.conf = conf
+        self.out = out
+        self._db: db_api.Connection | None = None
+        self._drivers: dict[str, base.BaseDriver] | None = None
+
+    @property
+    def db(self) -> db_api.Connection:
+        if self._db is None:
+            self._db = db_api.Connection.create(
+                self.conf.database.connection, max_retries=0)
+            migration.check(self._db.engine)
+        return self._db
+
+    @property
+    def drivers(self) -> dict[str, base.BaseDriver]:
+        if self._drivers is None:
+            self._drivers = loader.load(self.conf.enabled_drivers)
+        return self._drivers
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.dispose()
+
+    # -- db ------------------------------------------------------------
+
+    def db_sync(self, args: argparse.Namespace) -> None:
+        engine = db_api.create_engine(self.conf.database.connection)
+        try:
+            revision = migration.upgrade(engine)
+        finally:
+            engine.dispose()
+        self.out("Database schema is at revision %s" % revision)
+
+    def db_version(self, args: argparse.Namespace) -> None:
+        engine = db_api.create_engine(self.conf.database.connection)
+        try:
+            revision = migration.current(engine)
+        finally:
+            engine.dispose()
+        head = migration.head()
+        self.out("%s (head: %s)" % (revision or "<empty>", head))
+
+    # -- nodes ---------------------------------------------------------
+
+    def node_create(self, args: argparse.Namespace) -> None:
+        values: dict[str, Any] = {"driver": args.driver,
+                                  "driver_info": node_fields.parse_pairs(
+                                      args.driver_info)}
+        for key in ("name", "uuid", "maintenance_reason"):
+            if getattr(args, key) is not None:
+                values[key] = getattr(args, key)
+        if args.maintenance:
+            values["maintenance"] = True
+        clean = node_fields.validate_new(values, self.drivers)
+        node = self.db.create_node(clean)
+        self._show(node, args.format)
+
+    def node_import(self, args: argparse.Namespace) -> None:
+        entries = inventory.load_file(args.file)
+        nodes = inventory.validate(entries, self.drivers, source=args.file)
+        created = self.db.import_nodes(nodes)
+        self.out("Imported %d node(s) from %s" % (len(created), args.file))
+
+    def node_list(self, args: argparse.Namespace) -> None:
+        nodes = self.db.list_nodes(driver=args.driver,
+                                   maintenance=args.maintenance)
+        if args.format == "json":
+            self.out(output.to_json([_node_dict(node) for node in nodes]))
+            return
+        self.out(output.table(NODE_COLUMNS, [
+            [getattr(node, column) for column in NODE_COLUMNS]
+            for node in nodes]))
+
+    def node_show(self, args: argparse.Namespace) -> None:
+        self._show(self.db.get_node(args.node), args.format)
+
+    def node_set(self, args: argparse.Namespace) -> None:
+        node = self.db.get_node(args.node)
+        values: dict[str, Any] = {}
+        if args.name is not None:
+            values["name"] = args.name or None
+        if args.driver is not None:
+            values["driver"] = args.driver
+        if args.driver_info or args.unset_driver_info:
+            info = dict(node.driver_info)
+            info.update(node_fields.parse_pairs(args.driver_info))
+            for key in args.unset_driver_info:
+                if key not in info:
+                    raise exceptions.InvalidParameterValue(
+                        err="driver_info has no field %r to unset" % key)
+                info.pop(key)
+            values["driver_info"] = info
+        if args.maintenance is not None:
+            values["maintenance"] = args.maintenance == "on"
+        if args.maintenance_reason is not None:
+            values["maintenance_reason"] = args.maintenance_reason
+        if not values:
+            raise exceptions.InvalidParameterValue(
+                err="node set: nothing to change; give at least one option")
+        clean = node_fields.validate_update(node, values, self.drivers)
+        self._show(self.db.update_node(node.uuid, clean), args.format)
+
+    def node_delete(self, args: argparse.Namespace) -> None:
+        node = self.db.get_node(args.node)
+        self.db.delete_node(node.uuid)
+        self.out("Deleted node %s" % (node.name or node.uuid))
+
+    def node_power(self, args: argparse.Namespace) -> None:
+        target = states.POWER_VERBS[args.action]
+        node = self.db.request_power_state(args.node, target)
+        label = node.name or node.uuid
+        if not args.wait:
+            self.out("Requested %s for node %s" % (target, label))
+            return
+        deadline = time.monotonic() + args.timeout
+        while node.target_power_state is not None:
+            if time.monotonic() > deadline:
+                raise exceptions.ConductorException(
+                    "Timed out after %ss waiting for node %s to apply '%s'; "
+                    "is a conductor running? (see 'conductor-manage status')"
+                    % (args.timeout, label, target))
+            time.sleep(0.1)
+            node = self.db.get_node(node.uuid)
+        if node.last_error:
+            raise exceptions.PowerStateFailure(
+                err="Node %s: %s failed: %s" % (label, target,
+                                                node.last_error))
+        self.out("Node %s is %s" % (label, node.power_state))
+
+    def _show(self, node: db_api.NodeRecord, fmt: str) -> None:
+        data = _node_dict(node)
+        if fmt == "json":
+            self.out(output.to_json(data))
+        else:
+            self.out(output.fields(list(data.items())))
+
+    # -- status and clean ----------------------------------------------
+
+    def status(self, args: argparse.Namespace) -> None:
+        data = db_status(self.db, self.conf.conductor.heartbeat_timeout)
+        if args.format == "json":
+            self.out(output.to_json(data))
+            return
+        rows = [(w["host"], w["worker_id"], w["alive"], w["online"],
+                 w["heartbeat_age"], ", ".join(w["drivers"]))
+                for w in data["workers"]]
+        self.out(output.table(("host", "worker", "alive", "online",
+                               "heartbeat age (s)", "drivers"), rows))
+        nodes = data["nodes"]
+        self.out("")
+        self.out(output.table(("power state", "nodes"), sorted(
+            nodes["by_power_state"].items())))
+        self.out("")
+        self.out("%d node(s), %d in maintenance" % (nodes["total"],
+                                                    nodes["maintenance"]))
+
+    def clean(self, args: argparse.Namespace) -> None:
+        timeout = self.conf.conductor.heartbeat_timeout
+        data = db_status(self.db, timeout)
+        dead = [w for w in data["workers"] if not w["alive"]]
+        released = self.db.release_reservations(
+            keep=[db_api.holder_name(w["host"], w["worker_id"])
+                  for w in data["workers"] if w["alive"]])
+        for worker in dead:
+            self.db.delete_conductors(worker["host"], [worker["worker_id"]])
+        log_dir = self.conf.async_log_dir
+        if log_dir and os.path.isdir(log_dir):
+            shutil.rmtree(log_dir)
+        self.out("Removed %d dead worker record(s), released %d stale "
+                 "reservation(s)" % (len(dead), released))
+
+
+def _node_dict(node: db_api.NodeRecord) -> dict[str, Any]:
+    data = {field: getattr(node, field) for field in (
+        "uuid", "name", "driver", "driver_info", "power_state",
+        "target_power_state", "power_state_updated_at", "maintenance",
+        "maintenance_reason", "fault", "power_sync_failures", "last_error",
+        "reservation", "created_at", "updated_at")}
+    data["driver_info"] = base.mask_secrets(node.driver_info)
+    return data
+
+
+def db_status(db: db_api.Connection, heartbeat_timeout: float
+              ) -> dict[str, Any]:
+    """Workers and node counts, as the database knows them."""
+    now = timeutils.utcnow()
+    workers = []
+    for record in db.list_conductors():
+        age = (now - record.heartbeat_at).total_seconds()
+        workers.append({"host": record.host, "worker_id": record.worker_id,
+                        "online": record.online,
+                        "alive": record.online and age < heartbeat_timeout,
+                        "heartbeat_age": round(age, 1),
+                        "drivers": record.drivers})
+    counts = db.power_state_counts()
+    return {"workers": workers,
+            "nodes": {"total": sum(counts.values()),
+                      "by_power_state": counts,
+                      "maintenance": db.maintenance_count()}}
+
+
+def _bool_arg(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError("expected true or false, got %r" % text)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected seconds, got %r" % text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0, got %r" % text)
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="conductor-manage",
+        description="Administer conductor's database, nodes and status.")
+    parser.add_argument("--config-file", action="append", default=[],
+                        metavar="PATH", help="configuration file (repeatable)")
+    parser.add_argument("--config-dir", action="append", default=[],
+                        metavar="DIR", help="directory of *.conf files")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks and library logs")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     required=True)
+
+    def fmt(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--format", choices=("table", "json"),
+                         default="table", help="output format")
+
+    db = commands.add_parser("db", help="database schema")
+    db_cmds = db.add_subparsers(dest="db_command", required=True,
+                                metavar="ACTION")
+    db_cmds.add_parser("sync", help="upgrade the schema to this release's"
+                       ).set_defaults(func=Manage.db_sync)
+    db_cmds.add_parser("version", help="show the schema revision"
+                       ).set_defaults(func=Manage.db_version)
+
+    node = commands.add_parser("node", help="enrol and manage nodes")
+    node_cmds = node.add_subparsers(dest="node_command", required=True,
+                                    metavar="ACTION")
+    create = node_cmds.add_parser("create", help="enrol one node")
+    create.add_argument("--driver", required=True)
+    create.add_argument("--name")
+    create.add_argument("--uuid")
+    create.add_argument("--driver-info", action="append", default=[],
+                        metavar="KEY=VALUE")
+    create.add_argument("--maintenance", action="store_true")
+    create.add_argument("--maintenance-reason")
+    fmt(create)
+    create.set_defaults(func=Manage.node_create)
+
+    imp = node_cmds.add_parser(
+        "import", help="enrol nodes from a YAML or JSON list (all or none)")
+    imp.add_argument("file", metavar="FILE")
+    imp.set_defaults(func=Manage.node_import)
+
+    lst = node_cmds.add_parser("list", help="list nodes")
+    lst.add_argument("--driver")
+    lst.add_argument("--maintenance", type=_bool_arg, metavar="true|false")
+    fmt(lst)
+    lst.set_defaults(func=Manage.node_list)
+
+    show = node_cmds.add_parser("show", help="show one node")
+    show.add_argument("node", metavar="NODE", help="uuid or name")
+    fmt(show)
+    show.set_defaults(func=Manage.node_show)
+
+    nset = node_cmds.add_parser("set", help="change a node's fields")
+    nset.add_argument("node", metavar="NODE", help="uuid or name")
+    nset.add_argument("--name", help="new name ('' removes it)")
+    nset.add_argument("--driver")
+    nset.add_argument("--driver-info", action="append", default=[],
+                      metavar="KEY=VALUE")
+    nset.add_argument("--unset-driver-info", action="append", default=[],
+                      metavar="KEY")
+    nset.add_argument("--maintenance", choices=("on", "off"))
+    nset.add_argument("--maintenance-reason")
+    fmt(nset)
+    nset.set_defaults(func=Manage.node_set)
+
+    delete = node_cmds.add_parser("delete", help="delete a node")
+    delete.add_argument("node", metavar="NODE", help="uuid or name")
+    delete.set_defaults(func=Manage.node_delete)
+
+    power = node_cmds.add_parser("power", help="power a node on/off/reboot")
+    power.add_argument("node", metavar="NODE", help="uuid or name")
+    power.add_argument("action", choices=sorted(states.POWER_VERBS))
+    power.add_argument("--wait", action="store_true",
+                       help="return when the action is done; exit 1 with "
+                            "the node's last_error if it failed")
+    power.add_argument("--timeout", type=_positive, default=120.0,
+                       help="seconds --wait waits at most (default 120)")
+    power.set_defaults(func=Manage.node_power)
+
+    status = commands.add_parser("status", help="hosts, workers, nodes")
+    fmt(status)
+    status.set_defaults(func=Manage.status)
+
+    clean = commands.add_parser(
+        "clean", help="forget dead workers, release their reservations")
+    clean.set_defaults(func=Manage.clean)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    logging.basicConfig(level=logging.DEBUG if args.debug else
+                        logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    conf = conductor_conf.CONF
+    conf_args = []
+    for path in args.config_file:
+        conf_args += ["--config-file", path]
+    for path in args.config_dir:
+        conf_args += ["--config-dir", path]
+    try:
+        conf(conf_args, project="conductor", prog="conductor-manage")
+    except cfg.ConfigFilesNotFoundError as exc:
+        return _error("config file(s) not found: %s"
+                      % ", ".join(exc.config_files))
+    except cfg.Error as exc:
+        return _error(str(exc).splitlines()[0])
+    manage = Manage(conf, print)
+    try:
+        args.func(manage, args)
+    except exceptions.ConductorException as exc:
+        if args.debug:
+            LOG.exception("Command failed")
+        return _error(str(exc), exc.exit_code)
+    except (cfg.ConfigFileValueError, ValueError) as exc:
+        return _error("invalid configuration: %s" % exc)
+    except (db_exc.DBError, sa.exc.SQLAlchemyError) as exc:
+        if args.debug:
+            LOG.exception("Database error")
+        return _error("database error: %s" % db_api._reason(exc))
+    finally:
+        manage.close()
+    return 0
+
+
+def _error(message: str, code: int = 1) -> int:
+    sys.stderr.write("conductor-manage: ERROR: %s\n" % message)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

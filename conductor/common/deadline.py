@@ -1,0 +1,60 @@
+"""Per-call deadlines for driver calls.
+
+The conductor runs every driver call inside :func:`scope`; drivers bound
+their own waits (subprocess timeouts, HTTP timeouts, sleeps) with
+:func:`remaining`, so a hung BMC holds a thread for at most the deadline::
+
+    with deadline.scope(conf_timeout):
+        state = driver.power.get_power_state(node)
+
+    # inside a driver
+    subprocess.run(argv, timeout=deadline.remaining(default=30))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Iterator
+
+from conductor.common import exceptions
+
+# NOTE: thread-local because each pool thread runs one driver call at a
+# time; the value is the monotonic time at which the current call expires.
+_local = threading.local()
+
+
+class DeadlineExceeded(exceptions.ConductorException):
+    message = "%(what)s did not finish within %(seconds).1f seconds."
+
+
+@contextlib.contextmanager
+def scope(seconds: float) -> Iterator[float]:
+    """Run the block under a deadline ``seconds`` from now (nestable)."""
+    outer = getattr(_local, "expires", None)
+    outer_seconds = getattr(_local, "seconds", None)
+    expires = time.monotonic() + seconds
+    if outer is not None and outer < expires:
+        expires, seconds = outer, outer_seconds or seconds
+    _local.expires, _local.seconds = expires, seconds
+    try:
+        yield expires
+    finally:
+        _local.expires, _local.seconds = outer, outer_seconds
+
+
+def remaining(default: float | None = None) -> float | None:
+    """Seconds left in the current scope (>= 0), or ``default`` outside one."""
+    expires = getattr(_local, "expires", None)
+    if expires is None:
+        return default
+    return max(0.0, expires - time.monotonic())
+
+
+def check(what: str = "The driver call") -> None:
+    """Raise DeadlineExceeded when the current scope has expired."""
+    left = remaining()
+    if left is not None and left <= 0:
+        raise DeadlineExceeded(what=what,
+                               seconds=float(getattr(_local, "seconds", 0)))

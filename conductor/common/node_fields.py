@@ -1,0 +1,203 @@
+"""Validation of node fields from any caller (CLI, inventory, RPC).
+
+Everything a user can send is checked here, before anything is stored, and
+every problem is named. The driver then checks its own ``driver_info``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Mapping, Sequence
+
+from oslo_utils import uuidutils
+
+from conductor.common import exceptions
+from conductor.db import models
+from conductor.drivers import base
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
+#: Most characters a text field (maintenance reason) may hold.
+MAX_TEXT_LENGTH = 4096
+#: Most bytes driver_info may take once serialised as JSON.
+MAX_DRIVER_INFO_BYTES = 16384
+
+CREATE_FIELDS = ("uuid", "name", "driver", "driver_info", "maintenance",
+                 "maintenance_reason")
+UPDATE_FIELDS = ("name", "driver", "driver_info", "maintenance",
+                 "maintenance_reason")
+
+
+def _invalid(text: str) -> exceptions.InvalidParameterValue:
+    return exceptions.InvalidParameterValue(err=text)
+
+
+def check_name(name: Any) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise _invalid("Node name must be a string, got %s"
+                       % type(name).__name__)
+    if not 1 <= len(name) <= models.MAX_NAME_LENGTH:
+        raise _invalid("Node name must be 1 to %d characters long"
+                       % models.MAX_NAME_LENGTH)
+    if uuidutils.is_uuid_like(name):
+        raise _invalid("Node name %r looks like a UUID; names and UUIDs "
+                       "must stay distinguishable" % name)
+    if not _NAME_RE.match(name):
+        raise _invalid("Node name %r is invalid: use letters, digits and "
+                       "'.', '_', '~', '-', starting with a letter or digit"
+                       % name)
+    return name
+
+
+def check_uuid(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not uuidutils.is_uuid_like(value):
+        raise _invalid("Node uuid %r is not a valid UUID" % (value,))
+    return str(value).lower()
+
+
+def check_driver_info(info: Any) -> dict[str, Any]:
+    if info is None:
+        return {}
+    if not isinstance(info, Mapping):
+        raise _invalid("driver_info must be a mapping of field to value, "
+                       "got %s" % type(info).__name__)
+    bad = [repr(key) for key in info if not isinstance(key, str) or not key]
+    if bad:
+        raise _invalid("driver_info keys must be non-empty strings: %s"
+                       % ", ".join(bad))
+    try:
+        size = len(json.dumps(dict(info)).encode())
+    except (TypeError, ValueError) as exc:
+        raise _invalid("driver_info must be JSON-serialisable: %s" % exc)
+    if size > MAX_DRIVER_INFO_BYTES:
+        raise _invalid("driver_info is %d bytes as JSON; the limit is %d"
+                       % (size, MAX_DRIVER_INFO_BYTES))
+    return dict(info)
+
+
+def check_bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _invalid("%s must be true or false, got %r" % (field, value))
+    return value
+
+
+def check_text(field: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _invalid("%s must be a string, got %s"
+                       % (field, type(value).__name__))
+    if len(value) > MAX_TEXT_LENGTH:
+        raise _invalid("%s is %d characters long; the limit is %d"
+                       % (field, len(value), MAX_TEXT_LENGTH))
+    return value
+
+
+def check_driver(name: Any, drivers: Mapping[str, base.BaseDriver]
+                 ) -> base.BaseDriver:
+    if not isinstance(name, str) or not name:
+        raise _invalid("Node driver is required and must be a string")
+    if name not in drivers:
+        raise exceptions.DriverNotEnabled(
+            driver=name, enabled=", ".join(sorted(drivers)) or "none")
+    return drivers[name]
+
+
+def _check_fields(values: Any, allowed: Sequence[str]) -> Mapping[str, Any]:
+    if not isinstance(values, Mapping):
+        raise _invalid("A node must be a mapping of field to value, got %s"
+                       % type(values).__name__)
+    unknown = sorted(str(key) for key in values if key not in allowed)
+    if unknown:
+        raise _invalid("Unknown node field(s): %s; allowed: %s"
+                       % (", ".join(unknown), ", ".join(allowed)))
+    return values
+
+
+def validate_new(values: Any, drivers: Mapping[str, base.BaseDriver]
+                 ) -> dict[str, Any]:
+    """Check a new node and return its normalised fields.
+
+    :raises: InvalidParameterValue or DriverNotEnabled naming the problem.
+    """
+    values = _check_fields(values, CREATE_FIELDS)
+    clean: dict[str, Any] = {
+        "uuid": check_uuid(values.get("uuid")),
+        "name": check_name(values.get("name")),
+        "driver_info": check_driver_info(values.get("driver_info")),
+        "maintenance": check_bool("maintenance",
+                                  values.get("maintenance", False)),
+        "maintenance_reason": check_text(
+            "maintenance_reason", values.get("maintenance_reason")),
+    }
+    driver = check_driver(values.get("driver"), drivers)
+    clean["driver"] = values["driver"]
+    driver.power.validate(as_driver_node(clean))
+    return {key: value for key, value in clean.items() if value is not None}
+
+
+def validate_update(node: Any, values: Any,
+                    drivers: Mapping[str, base.BaseDriver]
+                    ) -> dict[str, Any]:
+    """Check changes to ``node`` (a NodeRecord); returns them normalised.
+
+    The driver validates the node as it would be after the change.
+    """
+    values = _check_fields(values, UPDATE_FIELDS)
+    clean: dict[str, Any] = {}
+    if "name" in values:
+        clean["name"] = check_name(values["name"])
+    if "driver_info" in values:
+        clean["driver_info"] = check_driver_info(values["driver_info"])
+    if "maintenance" in values:
+        clean["maintenance"] = check_bool("maintenance",
+                                          values["maintenance"])
+        if not clean["maintenance"]:
+            clean.setdefault("maintenance_reason", None)
+            clean["fault"] = None
+    if "maintenance_reason" in values:
+        clean["maintenance_reason"] = check_text(
+            "maintenance_reason", values["maintenance_reason"])
+    driver_name = values.get("driver", node.driver)
+    driver = check_driver(driver_name, drivers)
+    if "driver" in values:
+        clean["driver"] = driver_name
+    after = {"uuid": node.uuid, "name": clean.get("name", node.name),
+             "driver": driver_name,
+             "driver_info": clean.get("driver_info", node.driver_info),
+             "power_state": node.power_state}
+    driver.power.validate(as_driver_node(after))
+    return clean
+
+
+def as_driver_node(values: Mapping[str, Any]) -> base.DriverNode:
+    """A DriverNode from a mapping or record with the node's fields."""
+    get = values.get
+    return base.DriverNode(uuid=get("uuid") or "<new node>",
+                           name=get("name"), driver=get("driver") or "",
+                           driver_info=dict(get("driver_info") or {}),
+                           power_state=get("power_state"))
+
+
+def parse_pairs(pairs: Sequence[str], what: str = "--driver-info"
+                ) -> dict[str, Any]:
+    """Parse ``K=V`` arguments; V is read as JSON when it parses, else text.
+
+    ``fake_latency_ms=50`` gives the number 50, ``verify=false`` False and
+    ``address=10.0.0.1`` the string.
+    """
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise _invalid("%s expects KEY=VALUE, got %r" % (what, pair))
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        result[key] = value
+    return result

@@ -1,0 +1,1 @@
+"""Persistent state: SQL tables, migrations and the API over them."""

@@ -1,0 +1,644 @@
+"""The database API: every read and write of conductor's state.
+
+All access goes through :class:`Connection`, built in a worker's
+``start()`` (never before the fork) from plain values::
+
+    db = api.Connection.create(url, max_retries=10, retry_interval=10)
+    node = db.create_node({"driver": "fake", "name": "n1",
+                           "driver_info": {}})
+    with db.reserved(node.uuid, holder="host-a:0"):
+        ...
+
+Hot paths (power sync, pending actions) use SQLAlchemy Core in batches;
+changes to one node are single conditional UPDATEs so that two processes
+never both believe they changed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import os
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from oslo_db import exception as db_exc
+from oslo_db.sqlalchemy import engines
+from oslo_utils import timeutils
+from oslo_utils import uuidutils
+import sqlalchemy as sa
+
+from conductor.common import exceptions
+from conductor.db import models
+
+LOG = logging.getLogger(__name__)
+
+_nodes = models.nodes
+_conductors = models.conductors
+
+#: Node fields a caller may set when creating a node.
+CREATE_FIELDS = frozenset({"uuid", "name", "driver", "driver_info",
+                           "maintenance", "maintenance_reason"})
+#: Node fields a caller may change on an existing node.
+UPDATE_FIELDS = frozenset({"name", "driver", "driver_info", "maintenance",
+                           "maintenance_reason", "fault", "last_error",
+                           "power_state", "target_power_state",
+                           "power_sync_failures"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A row of ``nodes``. ``driver_info`` includes secrets: mask to show."""
+
+    id: int
+    uuid: str
+    name: str | None
+    driver: str
+    driver_info: dict[str, Any]
+    power_state: str | None
+    target_power_state: str | None
+    power_state_updated_at: datetime.datetime | None
+    maintenance: bool
+    maintenance_reason: str | None
+    fault: str | None
+    power_sync_failures: int
+    last_error: str | None
+    reservation: str | None
+    created_at: datetime.datetime
+    updated_at: datetime.datetime | None
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> "NodeRecord":
+        values = dict(row._mapping)
+        values["driver_info"] = _as_dict(values["driver_info"])
+        values["maintenance"] = bool(values["maintenance"])
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConductorRecord:
+    """A row of ``conductors``: one worker process of one host."""
+
+    host: str
+    worker_id: int
+    drivers: list[str]
+    online: bool
+    started_at: datetime.datetime
+    heartbeat_at: datetime.datetime
+
+    @property
+    def holder(self) -> str:
+        return holder_name(self.host, self.worker_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SyncRow:
+    """What power sync needs of a node, read in one batch per sweep."""
+
+    uuid: str
+    name: str | None
+    driver: str
+    driver_info: dict[str, Any]
+    power_state: str | None
+    power_sync_failures: int
+
+
+def holder_name(host: str, worker_id: int) -> str:
+    """The reservation string of one worker: ``host:worker_id``."""
+    return "%s:%d" % (host, worker_id)
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    # NOTE: some drivers (older PyMySQL with MariaDB) hand JSON columns back
+    # as text; decode them here so callers always get a dict.
+    if isinstance(value, (str, bytes)):
+        value = json.loads(value)
+    return dict(value or {})
+
+
+def create_engine(url: str, *, max_retries: int = 0,
+                  retry_interval: int = 1,
+                  max_pool_size: int | None = None,
+                  max_overflow: int | None = None,
+                  pool_timeout: int | None = None) -> sa.Engine:
+    """Create an engine and prove it connects.
+
+    :param max_retries: further attempts after the first failed one
+        (-1: forever), ``retry_interval`` seconds apart.
+    :raises: DatabaseUnavailable naming the (password-masked) URL.
+    """
+    try:
+        _prepare_sqlite_dir(url)
+        engine = engines.create_engine(
+            url, max_retries=max_retries, retry_interval=retry_interval,
+            max_pool_size=max_pool_size, max_overflow=max_overflow,
+            pool_timeout=pool_timeout, sqlite_synchronous=True,
+            thread_checkin=False)
+    except (db_exc.DBError, sa.exc.SQLAlchemyError, ImportError,
+            ValueError) as exc:
+        raise exceptions.DatabaseUnavailable(url=mask_url(url),
+                                             reason=_reason(exc)) from exc
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_on_connect)
+        # NOTE: the test connection above was made before the listener
+        # existed; drop it so every pooled connection gets the pragmas.
+        engine.dispose()
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except (db_exc.DBError, sa.exc.SQLAlchemyError) as exc:
+        engine.dispose()
+        raise exceptions.DatabaseUnavailable(url=mask_url(url),
+                                             reason=_reason(exc)) from exc
+    return engine
+
+
+def _prepare_sqlite_dir(url: str) -> None:
+    """Create the directory of an SQLite file database (the default)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or \
+            parsed.database == ":memory:":
+        return
+    directory = os.path.dirname(os.path.abspath(parsed.database))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise exceptions.DatabaseUnavailable(
+            url=mask_url(url),
+            reason="cannot create directory %s: %s"
+                   % (directory, exc.strerror or exc)) from exc
+
+
+def _sqlite_on_connect(dbapi_connection: Any, record: Any) -> None:
+    # NOTE: several worker processes share one SQLite file: WAL lets
+    # readers run beside the single writer, and a busy timeout makes a
+    # writer wait for the lock instead of failing with "database is locked".
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except Exception:
+        return "<malformed URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+def _reason(exc: BaseException) -> str:
+    inner = getattr(exc, "inner_exception", None) or exc
+    inner = getattr(inner, "orig", None) or inner
+    text = str(inner)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+class Connection:
+    """All database operations, over one engine (one per process)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def create(cls, url: str, **kwargs: Any) -> "Connection":
+        """Build the engine (see :func:`create_engine`) and wrap it."""
+        return cls(create_engine(url, **kwargs))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- nodes ---------------------------------------------------------
+
+    def create_node(self, values: Mapping[str, Any]) -> NodeRecord:
+        """Insert one node; values are already validated.
+
+        :raises: DuplicateName when the name or uuid exists.
+        """
+        return self.import_nodes([values])[0]
+
+    def import_nodes(self, items: Sequence[Mapping[str, Any]]
+                     ) -> list[NodeRecord]:
+        """Insert all nodes in one transaction: all of them or none.
+
+        :raises: DuplicateName naming the first clash; nothing is stored.
+        """
+        now = timeutils.utcnow()
+        rows = []
+        for values in items:
+            unknown = set(values) - CREATE_FIELDS
+            if unknown:
+                raise exceptions.InvalidParameterValue(
+                    err="Unknown node field(s): %s" % ", ".join(
+                        sorted(unknown)))
+            row = {"uuid": values.get("uuid") or uuidutils.generate_uuid(),
+                   "name": values.get("name"),
+                   "driver": values["driver"],
+                   "driver_info": dict(values.get("driver_info") or {}),
+                   "maintenance": bool(values.get("maintenance", False)),
+                   "maintenance_reason": values.get("maintenance_reason"),
+                   "power_sync_failures": 0,
+                   "created_at": now}
+            rows.append(row)
+        try:
+            with self.engine.begin() as conn:
+                if rows:
+                    conn.execute(_nodes.insert(), rows)
+        except (db_exc.DBDuplicateEntry, sa.exc.IntegrityError) as exc:
+            raise self._duplicate(rows, exc) from exc
+        return self.get_nodes_by_uuid([row["uuid"] for row in rows])
+
+    def _duplicate(self, rows: list[dict[str, Any]],
+                   exc: Exception) -> exceptions.ConductorException:
+        names = [row["name"] for row in rows if row["name"]]
+        uuids = [row["uuid"] for row in rows]
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                return exceptions.DuplicateName(name=name)
+            seen.add(name)
+        with self.engine.connect() as conn:
+            clash = conn.execute(
+                sa.select(_nodes.c.name).where(_nodes.c.name.in_(names))
+            ).scalars().first() if names else None
+            if clash:
+                return exceptions.DuplicateName(name=clash)
+            taken = conn.execute(
+                sa.select(_nodes.c.uuid).where(_nodes.c.uuid.in_(uuids))
+            ).scalars().first()
+        if taken or len(set(uuids)) != len(uuids):
+            return exceptions.InvalidParameterValue(
+                err="A node with UUID %s already exists." % (
+                    taken or _first_repeat(uuids)))
+        return exceptions.InvalidParameterValue(
+            err="Node could not be stored: %s" % _reason(exc))
+
+    def get_nodes_by_uuid(self, uuids: Sequence[str]) -> list[NodeRecord]:
+        """The nodes with these uuids, in the order given (missing skipped)."""
+        with self.engine.connect() as conn:
+            found = {}
+            for start in range(0, len(uuids), 500):
+                chunk = uuids[start:start + 500]
+                for row in conn.execute(
+                        sa.select(_nodes).where(_nodes.c.uuid.in_(chunk))):
+                    found[row.uuid] = NodeRecord.from_row(row)
+        return [found[uuid] for uuid in uuids if uuid in found]
+
+    def get_node(self, ident: str) -> NodeRecord:
+        """A node by uuid or name.
+
+        :raises: NodeNotFound.
+        """
+        column = (_nodes.c.uuid if uuidutils.is_uuid_like(ident)
+                  else _nodes.c.name)
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(_nodes).where(column == ident)).first()
+        if row is None:
+            raise exceptions.NodeNotFound(node=ident)
+        return NodeRecord.from_row(row)
+
+    def list_nodes(self, *, driver: str | None = None,
+                   maintenance: bool | None = None,
+                   limit: int | None = None) -> list[NodeRecord]:
+        """Nodes ordered by id, optionally filtered."""
+        query = sa.select(_nodes).order_by(_nodes.c.id)
+        if driver is not None:
+            query = query.where(_nodes.c.driver == driver)
+        if maintenance is not None:
+            query = query.where(_nodes.c.maintenance == maintenance)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [NodeRecord.from_row(row) for row in conn.execute(query)]
+
+    def update_node(self, ident: str, values: Mapping[str, Any], *,
+                    holder: str | None = None) -> NodeRecord:
+        """Change fields of a node not reserved by another holder.
+
+        :param holder: the caller's reservation; None means the node must
+            not be reserved at all.
+        :raises: NodeNotFound, NodeLocked, DuplicateName.
+        """
+        unknown = set(values) - UPDATE_FIELDS
+        if unknown:
+            raise exceptions.InvalidParameterValue(
+                err="Unknown or read-only node field(s): %s" % ", ".join(
+                    sorted(unknown)))
+        node = self.get_node(ident)
+        changes = dict(values)
+        changes["updated_at"] = timeutils.utcnow()
+        if "power_state" in changes:
+            changes["power_state_updated_at"] = changes["updated_at"]
+        if "driver_info" in changes:
+            changes["driver_info"] = dict(changes["driver_info"] or {})
+        query = _nodes.update().where(_nodes.c.uuid == node.uuid)
+        if holder is None:
+            query = query.where(_nodes.c.reservation.is_(None))
+        else:
+            query = query.where(_nodes.c.reservation == holder)
+        try:
+            with self.engine.begin() as conn:
+                count = conn.execute(query.values(**changes)).rowcount
+        except (db_exc.DBDuplicateEntry, sa.exc.IntegrityError) as exc:
+            raise exceptions.DuplicateName(name=values.get("name")) from exc
+        if count != 1:
+            self._raise_not_updated(node.uuid, ident)
+        return self.get_node(node.uuid)
+
+    def _raise_not_updated(self, uuid: str, ident: str) -> None:
+        with self.engine.connect() as conn:
+            current = conn.execute(
+                sa.select(_nodes.c.reservation).where(_nodes.c.uuid == uuid)
+            ).first()
+        if current is None:
+            raise exceptions.NodeNotFound(node=ident)
+        raise exceptions.NodeLocked(node=ident,
+                                    holder=current.reservation or "nobody")
+
+    def delete_node(self, ident: str) -> None:
+        """Delete an unreserved node.
+
+        :raises: NodeNotFound, NodeLocked.
+        """
+        node = self.get_node(ident)
+        with self.engine.begin() as conn:
+            count = conn.execute(
+                _nodes.delete().where(_nodes.c.uuid == node.uuid)
+                .where(_nodes.c.reservation.is_(None))).rowcount
+        if count != 1:
+            self._raise_not_updated(node.uuid, ident)
+
+    def request_power_state(self, ident: str, target: str) -> NodeRecord:
+        """Record a requested power action for the owner to apply.
+
+        Succeeds only when the node is neither reserved nor already has a
+        pending action, so two requests can never both be accepted.
+
+        :raises: NodeNotFound, NodeLocked.
+        """
+        node = self.get_node(ident)
+        with self.engine.begin() as conn:
+            count = conn.execute(
+                _nodes.update()
+                .where(_nodes.c.uuid == node.uuid)
+                .where(_nodes.c.reservation.is_(None))
+                .where(_nodes.c.target_power_state.is_(None))
+                .values(target_power_state=target, last_error=None,
+                        updated_at=timeutils.utcnow())).rowcount
+        if count != 1:
+            current = self.get_node(node.uuid)
+            holder = current.reservation or (
+                "a pending '%s' action" % current.target_power_state)
+            raise exceptions.NodeLocked(node=ident, holder=holder)
+        return self.get_node(node.uuid)
+
+    # -- reservations --------------------------------------------------
+
+    def reserve_node(self, uuid: str, holder: str) -> NodeRecord:
+        """Take the node's reservation for ``holder``.
+
+        :raises: NodeLocked when someone holds it, NodeNotFound.
+        """
+        with self.engine.begin() as conn:
+            count = conn.execute(
+                _nodes.update().where(_nodes.c.uuid == uuid)
+                .where(_nodes.c.reservation.is_(None))
+                .values(reservation=holder)).rowcount
+        if count != 1:
+            self._raise_not_updated(uuid, uuid)
+        return self.get_node(uuid)
+
+    def release_node(self, uuid: str, holder: str) -> bool:
+        """Drop ``holder``'s reservation; False when it did not hold it."""
+        with self.engine.begin() as conn:
+            count = conn.execute(
+                _nodes.update().where(_nodes.c.uuid == uuid)
+                .where(_nodes.c.reservation == holder)
+                .values(reservation=None)).rowcount
+        if count != 1:
+            LOG.warning("Node %(node)s was not reserved by %(holder)s when "
+                        "releasing it", {"node": uuid, "holder": holder})
+        return count == 1
+
+    @contextlib.contextmanager
+    def reserved(self, uuid: str, holder: str) -> Iterator[NodeRecord]:
+        """Hold the node's reservation for the ``with`` block."""
+        node = self.reserve_node(uuid, holder)
+        try:
+            yield node
+        finally:
+            self.release_node(uuid, holder)
+
+    def release_reservations(self, *, holders: Iterable[str] | None = None,
+                             keep: Iterable[str] | None = None,
+                             uuids: Sequence[str] | None = None) -> int:
+        """Clear stale reservations; returns how many were cleared.
+
+        :param holders: clear the reservations of these holders, or
+        :param keep: clear every reservation *not* held by these holders,
+        :param uuids: only among these nodes (None: all nodes).
+        """
+        query = _nodes.update().where(_nodes.c.reservation.is_not(None))
+        if holders is not None:
+            query = query.where(_nodes.c.reservation.in_(list(holders)))
+        if keep is not None:
+            query = query.where(_nodes.c.reservation.not_in(list(keep)))
+        total = 0
+        with self.engine.begin() as conn:
+            if uuids is None:
+                total = conn.execute(query.values(reservation=None)).rowcount
+            else:
+                for start in range(0, len(uuids), 500):
+                    chunk = list(uuids[start:start + 500])
+                    total += conn.execute(
+                        query.where(_nodes.c.uuid.in_(chunk))
+                        .values(reservation=None)).rowcount
+        return total
+
+    # -- power sync ----------------------------------------------------
+
+    def node_uuids(self, *, maintenance: bool | None = None,
+                   reserved: bool | None = None,
+                   with_target: bool | None = None,
+                   drivers: Sequence[str] | None = None) -> list[str]:
+        """Uuids of the nodes matching every given filter."""
+        query = sa.select(_nodes.c.uuid)
+        if maintenance is not None:
+            query = query.where(_nodes.c.maintenance == maintenance)
+        if reserved is not None:
+            query = query.where(_nodes.c.reservation.is_not(None) if reserved
+                                else _nodes.c.reservation.is_(None))
+        if with_target is not None:
+            query = query.where(
+                _nodes.c.target_power_state.is_not(None) if with_target
+                else _nodes.c.target_power_state.is_(None))
+        if drivers is not None:
+            query = query.where(_nodes.c.driver.in_(list(drivers)))
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def sync_rows(self, *, drivers: Sequence[str],
+                  maintenance: bool = False,
+                  fault: str | None = None) -> list[SyncRow]:
+        """Unreserved nodes for a power-sync sweep, in one query.
+
+        With ``maintenance`` True and a ``fault``, the nodes in maintenance
+        for that fault (the recovery sweep).
+        """
+        c = _nodes.c
+        query = (sa.select(c.uuid, c.name, c.driver, c.driver_info,
+                           c.power_state, c.power_sync_failures)
+                 .where(c.reservation.is_(None))
+                 .where(c.maintenance == maintenance)
+                 .where(c.driver.in_(list(drivers))))
+        if fault is not None:
+            query = query.where(c.fault == fault)
+        with self.engine.connect() as conn:
+            return [SyncRow(row.uuid, row.name, row.driver,
+                            _as_dict(row.driver_info), row.power_state,
+                            row.power_sync_failures)
+                    for row in conn.execute(query)]
+
+    def apply_sync_results(self, changes: Sequence[Mapping[str, Any]]
+                           ) -> int:
+        """Write per-node sync outcomes in one transaction.
+
+        Each mapping has ``uuid`` and the fields to set (``power_state``,
+        ``power_sync_failures``, ``last_error``, ``maintenance``,
+        ``maintenance_reason``, ``fault``). A node reserved meanwhile is
+        left alone: whoever holds it is changing it. Returns rows changed.
+        """
+        if not changes:
+            return 0
+        now = timeutils.utcnow()
+        by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for change in changes:
+            values = {key: value for key, value in change.items()
+                      if key != "uuid"}
+            unknown = set(values) - UPDATE_FIELDS
+            if unknown:
+                raise ValueError("not sync fields: %s" % sorted(unknown))
+            values["updated_at"] = now
+            if "power_state" in values:
+                values["power_state_updated_at"] = now
+            shape = tuple(sorted(values))
+            params = {"_uuid": change["uuid"]}
+            params.update(values)
+            by_shape.setdefault(shape, []).append(params)
+        total = 0
+        with self.engine.begin() as conn:
+            for shape, params in by_shape.items():
+                query = (_nodes.update()
+                         .where(_nodes.c.uuid == sa.bindparam("_uuid"))
+                         .where(_nodes.c.reservation.is_(None))
+                         .values({key: sa.bindparam(key) for key in shape}))
+                result = conn.execute(query, params)
+                total += max(result.rowcount, 0)
+        return total
+
+    # -- conductors ----------------------------------------------------
+
+    def register_conductor(self, host: str, worker_id: int,
+                           drivers: Sequence[str]) -> None:
+        """Mark this worker online with a fresh heartbeat (insert or update)."""
+        now = timeutils.utcnow()
+        values = {"drivers": list(drivers), "online": True,
+                  "started_at": now, "heartbeat_at": now}
+        with self.engine.begin() as conn:
+            count = conn.execute(
+                _conductors.update()
+                .where(_conductors.c.host == host)
+                .where(_conductors.c.worker_id == worker_id)
+                .values(**values)).rowcount
+            if count:
+                return
+            try:
+                with conn.begin_nested():
+                    conn.execute(_conductors.insert().values(
+                        host=host, worker_id=worker_id, **values))
+            except (db_exc.DBDuplicateEntry, sa.exc.IntegrityError):
+                # NOTE: another process inserted the same row between our
+                # UPDATE and INSERT (a fast respawn); updating is enough.
+                conn.execute(
+                    _conductors.update()
+                    .where(_conductors.c.host == host)
+                    .where(_conductors.c.worker_id == worker_id)
+                    .values(**values))
+
+    def heartbeat(self, host: str, worker_id: int) -> None:
+        """Refresh this worker's heartbeat; re-registers if the row is gone."""
+        with self.engine.begin() as conn:
+            count = conn.execute(
+                _conductors.update()
+                .where(_conductors.c.host == host)
+                .where(_conductors.c.worker_id == worker_id)
+                .values(heartbeat_at=timeutils.utcnow(),
+                        online=True)).rowcount
+        if count != 1:
+            LOG.warning("Conductor row of %(host)s worker %(worker)d was "
+                        "missing; registering it again",
+                        {"host": host, "worker": worker_id})
+            self.register_conductor(host, worker_id, [])
+
+    def set_offline(self, host: str, worker_id: int | None = None) -> None:
+        """Mark one worker (or every worker of ``host``) offline."""
+        query = (_conductors.update().where(_conductors.c.host == host)
+                 .values(online=False))
+        if worker_id is not None:
+            query = query.where(_conductors.c.worker_id == worker_id)
+        with self.engine.begin() as conn:
+            conn.execute(query)
+
+    def list_conductors(self) -> list[ConductorRecord]:
+        """Every worker ever registered, ordered by host and worker id."""
+        c = _conductors.c
+        query = (sa.select(c.host, c.worker_id, c.drivers, c.online,
+                           c.started_at, c.heartbeat_at)
+                 .order_by(c.host, c.worker_id))
+        with self.engine.connect() as conn:
+            return [ConductorRecord(row.host, row.worker_id,
+                                    list(_as_list(row.drivers)),
+                                    bool(row.online), row.started_at,
+                                    row.heartbeat_at)
+                    for row in conn.execute(query)]
+
+    def delete_conductors(self, host: str, worker_ids: Iterable[int]) -> int:
+        """Forget workers of ``host`` (e.g. beyond a lowered worker count)."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                _conductors.delete().where(_conductors.c.host == host)
+                .where(_conductors.c.worker_id.in_(list(worker_ids)))
+            ).rowcount
+
+    def power_state_counts(self) -> dict[str, int]:
+        """Number of nodes per power state (``None`` as "none")."""
+        query = (sa.select(_nodes.c.power_state, sa.func.count())
+                 .group_by(_nodes.c.power_state))
+        with self.engine.connect() as conn:
+            return {(state or "none"): count
+                    for state, count in conn.execute(query)}
+
+    def maintenance_count(self) -> int:
+        query = (sa.select(sa.func.count())
+                 .where(_nodes.c.maintenance == sa.true()))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, (str, bytes)):
+        value = json.loads(value)
+    return list(value or [])
+
+
+def _first_repeat(items: Sequence[str]) -> str:
+    seen: set[str] = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return items[0] if items else ""

@@ -1,0 +1,56 @@
+"""Table definitions (SQLAlchemy Core).
+
+The schema itself is created and changed only by the alembic migrations
+in ``conductor/db/migrations``; a unit test keeps these definitions and
+the migrations identical.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+#: Longest name, driver, host or reservation string accepted.
+MAX_NAME_LENGTH = 255
+
+nodes = sa.Table(
+    "nodes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("uuid", sa.String(36), nullable=False),
+    sa.Column("name", sa.String(MAX_NAME_LENGTH), nullable=True),
+    sa.Column("driver", sa.String(MAX_NAME_LENGTH), nullable=False),
+    sa.Column("driver_info", sa.JSON, nullable=False),
+    sa.Column("power_state", sa.String(16), nullable=True),
+    sa.Column("target_power_state", sa.String(16), nullable=True),
+    sa.Column("power_state_updated_at", sa.DateTime, nullable=True),
+    sa.Column("maintenance", sa.Boolean, nullable=False,
+              server_default=sa.false()),
+    sa.Column("maintenance_reason", sa.Text, nullable=True),
+    sa.Column("fault", sa.String(MAX_NAME_LENGTH), nullable=True),
+    sa.Column("power_sync_failures", sa.Integer, nullable=False,
+              server_default="0"),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("reservation", sa.String(MAX_NAME_LENGTH), nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=True),
+    sa.UniqueConstraint("uuid", name="uniq_nodes0uuid"),
+    sa.UniqueConstraint("name", name="uniq_nodes0name"),
+    sa.Index("nodes_reservation_idx", "reservation"),
+    sa.Index("nodes_target_power_state_idx", "target_power_state"),
+    sa.Index("nodes_maintenance_idx", "maintenance"),
+)
+
+conductors = sa.Table(
+    "conductors", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("host", sa.String(MAX_NAME_LENGTH), nullable=False),
+    sa.Column("worker_id", sa.Integer, nullable=False),
+    sa.Column("drivers", sa.JSON, nullable=False),
+    sa.Column("online", sa.Boolean, nullable=False,
+              server_default=sa.false()),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("host", "worker_id",
+                        name="uniq_conductors0host0worker_id"),
+)

@@ -1,0 +1,119 @@
+"""The ``fake`` driver: no hardware, for tests, demos and benchmarks.
+
+``driver_info`` keys (all optional):
+
+``fake_latency_ms``
+    Milliseconds every BMC call takes (bounded by the call's deadline, so
+    a "hung" BMC is simulated with a latency far beyond it).
+``fake_fail``
+    ``true`` makes every BMC call fail; ``"get"`` or ``"set"`` fails only
+    reads or only changes (reboot counts as a change).
+``fake_power_state``
+    The hardware's power state until the conductor changes it
+    (``"power on"`` or ``"power off"``); by default the hardware reports
+    what the database recorded, or ``"power off"`` for a new node.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from conductor.common import deadline
+from conductor.common import exceptions
+from conductor.common import states
+from conductor.drivers import base
+
+_FAIL_VALUES = {"true": "all", "all": "all", "get": "get", "set": "set",
+                "false": None, "": None}
+
+
+def _fail_mode(info: Any) -> str | None:
+    value = info.get("fake_fail", False)
+    if isinstance(value, bool):
+        return "all" if value else None
+    return _FAIL_VALUES[str(value).lower()]
+
+
+class FakePower(base.PowerInterface):
+    """Power interface of the fake driver; hardware state lives in memory."""
+
+    def __init__(self) -> None:
+        # NOTE: guards _hardware, written by concurrent power actions.
+        self._lock = threading.Lock()
+        self._hardware: dict[str, str] = {}
+
+    def validate(self, node: base.DriverNode) -> None:
+        info = node.driver_info
+        problems = []
+        latency = info.get("fake_latency_ms", 0)
+        if (isinstance(latency, bool) or not isinstance(latency, (int, float))
+                or latency < 0):
+            problems.append("fake_latency_ms must be a number >= 0, got %r"
+                            % (latency,))
+        fail = info.get("fake_fail", False)
+        if not isinstance(fail, bool) and str(fail).lower() not in \
+                _FAIL_VALUES:
+            problems.append("fake_fail must be true, false, 'get' or 'set', "
+                            "got %r" % (fail,))
+        power = info.get("fake_power_state")
+        if power is not None and power not in (states.POWER_ON,
+                                               states.POWER_OFF):
+            problems.append("fake_power_state must be '%s' or '%s', got %r"
+                            % (states.POWER_ON, states.POWER_OFF, power))
+        unknown = sorted(key for key in info if key not in (
+            "fake_latency_ms", "fake_fail", "fake_power_state"))
+        if unknown:
+            problems.append("unknown driver_info field(s) for the fake "
+                            "driver: %s" % ", ".join(unknown))
+        if problems:
+            raise exceptions.InvalidParameterValue(
+                err="Node %s: %s" % (node.name or node.uuid,
+                                     "; ".join(problems)))
+
+    def _call(self, node: base.DriverNode, kind: str) -> None:
+        info = node.driver_info
+        latency = float(info.get("fake_latency_ms", 0) or 0) / 1000.0
+        if latency > 0:
+            left = deadline.remaining()
+            if left is not None and left < latency:
+                time.sleep(left)
+                raise deadline.DeadlineExceeded(
+                    what="Fake BMC of node %s" % node.uuid,
+                    seconds=left)
+            time.sleep(latency)
+        mode = _fail_mode(info)
+        if mode == "all" or mode == kind:
+            raise exceptions.PowerStateFailure(
+                err="Fake BMC of node %s failed (fake_fail=%s)"
+                    % (node.uuid, info.get("fake_fail")))
+
+    def get_power_state(self, node: base.DriverNode) -> str:
+        self._call(node, "get")
+        with self._lock:
+            state = self._hardware.get(node.uuid)
+        if state is None:
+            state = (node.driver_info.get("fake_power_state")
+                     or node.power_state or states.POWER_OFF)
+        return state
+
+    def set_power_state(self, node: base.DriverNode, target: str) -> None:
+        if target not in (states.POWER_ON, states.POWER_OFF):
+            raise exceptions.InvalidParameterValue(
+                err="Fake driver cannot set power state %r" % (target,))
+        self._call(node, "set")
+        with self._lock:
+            self._hardware[node.uuid] = target
+
+    def reboot(self, node: base.DriverNode) -> None:
+        self._call(node, "set")
+        with self._lock:
+            self._hardware[node.uuid] = states.POWER_ON
+
+
+class FakeDriver(base.BaseDriver):
+    """A driver with no hardware behind it."""
+
+    def __init__(self) -> None:
+        self.power = FakePower()

@@ -1,0 +1,193 @@
+"""The worker: one ConductorService per forked process.
+
+The master builds one instance per worker id and hands each to
+oslo.service's ProcessLauncher (threading backend), which forks a child
+per instance and respawns it with the same id if it dies::
+
+    launcher = service.ProcessLauncher(CONF, restart_method="mutate")
+    for worker_id in range(workers):
+        launcher.launch_service(ConductorService(host, worker_id, CONF))
+    launcher.wait()
+
+Construction only stores values: the service may be pickled and is
+always copied into a forked child. Everything that owns threads, sockets
+or connections is created in :meth:`ConductorService.start`, in the child.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any
+
+from oslo_config import cfg
+from oslo_service import service
+
+from conductor.common import log as conductor_log
+from conductor.db import api as db_api
+from conductor.drivers import base
+from conductor.drivers import loader
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker reads from config, read once in ``start()``."""
+
+    host: str
+    database_url: str
+    db_max_retries: int
+    db_retry_interval: int
+    enabled_drivers: tuple[str, ...]
+    pool_size: int
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    graceful_shutdown_timeout: float
+
+    @classmethod
+    def from_conf(cls, conf: cfg.ConfigOpts) -> "WorkerSettings":
+        return cls(
+            host=conf.host,
+            database_url=conf.database.connection,
+            db_max_retries=conf.database.max_retries,
+            db_retry_interval=conf.database.retry_interval,
+            enabled_drivers=tuple(conf.enabled_drivers),
+            pool_size=conf.conductor.workers_pool_size,
+            heartbeat_interval=conf.conductor.heartbeat_interval,
+            heartbeat_timeout=conf.conductor.heartbeat_timeout,
+            graceful_shutdown_timeout=conf.graceful_shutdown_timeout or 60,
+        )
+
+
+class ConductorService(service.ServiceBase):
+    """One conductor worker process.
+
+    :param host: this host's name (``[DEFAULT] host``).
+    :param worker_id: stable id 0..W-1; a respawned worker keeps it.
+    :param conf: the ConfigOpts read at ``start()`` (after a SIGHUP the
+        master re-forks workers with the mutated configuration).
+    """
+
+    def __init__(self, host: str, worker_id: int,
+                 conf: cfg.ConfigOpts) -> None:
+        super().__init__()
+        #: This host's name.
+        self.host = host
+        #: The stable worker id, 0..W-1.
+        self.worker_id = worker_id
+        #: The reservation string of this worker (``host:worker_id``).
+        self.holder = db_api.holder_name(host, worker_id)
+        self._conf = conf
+        self._started = False
+        self._stopped: threading.Event | None = None
+        self._threads: list[threading.Thread] = []
+        self.settings: WorkerSettings | None = None
+        self.db: db_api.Connection | None = None
+        self.drivers: dict[str, base.BaseDriver] = {}
+
+    # NOTE: oslo.service's threading backend may pickle the service to
+    # decide between fork and spawn; keep only plain values in the state.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"host": self.host, "worker_id": self.worker_id,
+                "_conf": self._conf}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["host"], state["worker_id"],  # type: ignore
+                      state["_conf"])
+
+    # -- lifecycle -----------------------------------------------------
+
+    def start(self) -> None:
+        """Build everything in the child, register, then start the loops.
+
+        :raises: any error building the DB engine or the drivers; the
+            process then exits 1 and the launcher respawns it.
+        """
+        conductor_log.set_identity(
+            conductor_log.worker_identity(self.host, self.worker_id))
+        started = time.monotonic()
+        self.settings = settings = WorkerSettings.from_conf(self._conf)
+        self._stopped = threading.Event()
+        self.db = db_api.Connection.create(
+            settings.database_url, max_retries=settings.db_max_retries,
+            retry_interval=settings.db_retry_interval,
+            max_pool_size=max(5, min(settings.pool_size, 20)),
+            max_overflow=settings.pool_size)
+        self.drivers = loader.load(settings.enabled_drivers)
+        # NOTE: a worker that starts has no work in flight, so any
+        # reservation in its name was left by its previous life (SIGKILL).
+        released = self.db.release_reservations(holders=[self.holder])
+        if released:
+            LOG.warning("Released %d reservation(s) left by a previous "
+                        "run of %s", released, self.holder)
+        self.db.register_conductor(self.host, self.worker_id,
+                                   list(self.drivers))
+        self._spawn("heartbeat", self._heartbeat_loop)
+        self._started = True
+        LOG.info("Worker %(id)d of %(host)s started in %(secs).2fs with "
+                 "drivers %(drivers)s",
+                 {"id": self.worker_id, "host": self.host,
+                  "secs": time.monotonic() - started,
+                  "drivers": ", ".join(self.drivers)})
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` ran."""
+        if self._stopped is None:
+            return
+        self._stopped.wait()
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop within ``graceful_shutdown_timeout``.
+
+        Order: stop taking new work (loops see the stop Event), wait for
+        in-flight work with a bounded join, release this worker's
+        reservations, mark it offline, then close the database.
+        """
+        if not self._started or self._stopped is None:
+            return
+        LOG.info("Worker %d of %s stopping", self.worker_id, self.host)
+        self._stopped.set()
+        assert self.settings is not None
+        deadline = time.monotonic() + max(
+            1.0, self.settings.graceful_shutdown_timeout - 2.0)
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                LOG.warning("Thread %s did not stop in time", thread.name)
+        assert self.db is not None
+        try:
+            self.db.release_reservations(holders=[self.holder])
+            self.db.set_offline(self.host, self.worker_id)
+        except Exception:
+            LOG.exception("Could not mark worker %s offline", self.holder)
+        self.db.dispose()
+        self._started = False
+        LOG.info("Worker %d of %s stopped", self.worker_id, self.host)
+
+    def reset(self) -> None:
+        """Nothing to reset: after SIGHUP the master re-forks workers."""
+
+    # -- loops ---------------------------------------------------------
+
+    def _spawn(self, name: str, target: Any) -> None:
+        thread = threading.Thread(
+            target=target, name="%s-w%d" % (name, self.worker_id),
+            daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _heartbeat_loop(self) -> None:
+        assert self._stopped is not None and self.db is not None
+        assert self.settings is not None
+        interval = self.settings.heartbeat_interval
+        while not self._stopped.wait(interval):
+            try:
+                self.db.heartbeat(self.host, self.worker_id)
+            except Exception:
+                # NOTE: a database blip must not end the heartbeat loop;
+                # peers take our nodes over only if it lasts past
+                # heartbeat_timeout.
+                LOG.exception("Heartbeat of %s failed", self.holder)
