@@ -1,0 +1,696 @@
+"""Named start-up tasks that run in the background, each with its own log.
+
+This is devstack's ``inc/async`` done in Python. Slow, independent
+start-up steps run under a name; everything a step logs (and the output
+of the commands it runs through :func:`run_command`) goes to
+``<log_dir>/<name>.log`` instead of the main log, and the whole file is
+replayed into the main log when the step is waited on. Logs from steps
+that run at the same time therefore never interleave, and the per-task
+file is kept for reading in isolation::
+
+    group = TaskGroup(conf.async_log_dir, parallel=conf.parallel_startup)
+    try:
+        group.run("schema-check", check_schema, engine_url)
+        group.run("load-drivers", load_drivers, conf.enabled_drivers)
+        do_other_work()
+        group.wait("schema-check")      # replays schema-check.log
+        group.wait()                    # every task not yet waited for
+    finally:
+        group.cleanup()                 # joins anything left, warns
+    LOG.info("%s", group.summary())
+
+With ``parallel=False`` every task runs inline inside :meth:`TaskGroup.run`,
+with the same log file, the same replay at :meth:`TaskGroup.wait`, the same
+per-task timings and the same :class:`TaskFailed` at ``wait``: only the
+concurrency changes, which is what you want when debugging start-up.
+
+The module-level :func:`run`, :func:`wait`, :func:`cleanup` and
+:func:`summary` act on a default group set up by :func:`configure`
+(DESIGN.md section 9); all state lives in :class:`TaskGroup`.
+
+Fork safety: task threads are plain ``threading.Thread`` objects created
+in :meth:`TaskGroup.run`. :meth:`TaskGroup.cleanup` joins every one of
+them and removes the log capture, so call it before the master forks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from conductor.common import exceptions
+
+LOG = logging.getLogger(__name__)
+
+#: Format of the lines in each ``<name>.log``.
+DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+# NOTE: names become file names under log_dir, so no separators, no
+# leading dot and nothing a shell would treat specially.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+Clock = Callable[[], float]
+
+
+class TaskFailed(exceptions.ConductorException):
+    """A task raised; re-raised by :meth:`TaskGroup.wait` for that task.
+
+    The original exception is :attr:`original` (and ``__cause__``).
+    """
+
+    message = "Async task %(name)s failed: %(error)s"
+
+    def __init__(self, name: str, original: BaseException) -> None:
+        #: The name the task was started under.
+        self.name = name
+        #: The exception the task function raised.
+        self.original = original
+        super().__init__(name=name, error=_describe(original))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.original))
+
+
+class UnknownTask(exceptions.ConductorException, ValueError):
+    """:meth:`TaskGroup.wait` was given a name it cannot wait for."""
+
+    message = "%(problem)s"
+
+
+class DuplicateTask(exceptions.ConductorException, ValueError):
+    """:meth:`TaskGroup.run` was given a name already used in the group."""
+
+    message = ("Async task %(name)s was already started in this group; "
+               "task names must be unique.")
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, or just ``Type`` when the message is empty."""
+    text = str(exc)
+    if not text:
+        return type(exc).__name__
+    return "%s: %s" % (type(exc).__name__, text)
+
+
+@dataclasses.dataclass
+class Summary:
+    """Timings of a :class:`TaskGroup`, in seconds of its clock.
+
+    ``serial_estimate`` is what start-up would have taken with no
+    parallelism: every second a task spent in the background would have
+    been spent in the foreground, except the seconds the caller spent
+    blocked waiting anyway. ``speedup`` is ``serial_estimate / elapsed``
+    (1.0 when nothing has elapsed). Inline (``parallel=False``) tasks
+    count as waiting for their whole duration, so the speedup is 1.0.
+    """
+
+    #: Sum of the durations of all finished tasks.
+    background: float
+    #: Time the caller spent blocked in ``wait`` (or running inline tasks).
+    waiting: float
+    #: Time since the group was created.
+    elapsed: float
+    #: ``elapsed + background - waiting``.
+    serial_estimate: float
+    #: ``serial_estimate / elapsed``.
+    speedup: float
+    #: Duration of each finished task, in start order.
+    durations: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return ("async tasks: %d finished, %.2fs in background, %.2fs "
+                "waiting, %.2fs elapsed, %.2fs if run serially, "
+                "speedup %.2fx" % (len(self.durations), self.background,
+                                   self.waiting, self.elapsed,
+                                   self.serial_estimate, self.speedup))
+
+
+class _RejectTaskRecords(logging.Filter):
+    """Filter for the main handlers: drops records emitted by tasks."""
+
+    def __init__(self, capture: _LogCapture) -> None:
+        super().__init__()
+        self._capture = capture
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self._capture.capturing()
+
+
+class _LogCapture(logging.Handler):
+    """Root handler sending each task thread's records to its task log.
+
+    A thread is routed while it runs a task (:meth:`route`). Records it
+    emits reach this handler through the root logger and are written to
+    the task's file handler only: a filter added to the other handlers
+    (those of the root logger and of the group's logger chain, as they
+    were at :meth:`install`) drops them there. Routing is keyed by the
+    emitting thread, looked up when the record is handled, which is in
+    the emitting thread for ordinary handlers.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Protects _routes. Lookups are single dict reads and take no lock.
+        self._routes_lock = threading.Lock()
+        self._routes: dict[int, logging.Handler] = {}
+        self._reject = _RejectTaskRecords(self)
+        self._filtered: list[logging.Handler] = []
+
+    def install(self, logger: logging.Logger) -> None:
+        root = logging.getLogger()
+        handlers: list[logging.Handler] = list(root.handlers)
+        current: logging.Logger | None = logger
+        while current is not None:
+            handlers.extend(current.handlers)
+            if not current.propagate:
+                break
+            current = current.parent
+        for handler in handlers:
+            if (isinstance(handler, _LogCapture)
+                    or handler in self._filtered):
+                continue
+            handler.addFilter(self._reject)
+            self._filtered.append(handler)
+        root.addHandler(self)
+
+    def uninstall(self) -> None:
+        logging.getLogger().removeHandler(self)
+        for handler in self._filtered:
+            handler.removeFilter(self._reject)
+        self._filtered = []
+
+    def route(self, target: logging.Handler) -> logging.Handler | None:
+        """Send this thread's records to ``target``; returns the old one."""
+        ident = threading.get_ident()
+        with self._routes_lock:
+            previous = self._routes.get(ident)
+            self._routes[ident] = target
+        return previous
+
+    def unroute(self, previous: logging.Handler | None) -> None:
+        """Undo :meth:`route` in the same thread."""
+        ident = threading.get_ident()
+        with self._routes_lock:
+            if previous is None:
+                self._routes.pop(ident, None)
+            else:
+                self._routes[ident] = previous
+
+    def capturing(self) -> bool:
+        return threading.get_ident() in self._routes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        target = self._routes.get(threading.get_ident())
+        if target is not None and record.levelno >= target.level:
+            target.handle(record)
+
+
+@dataclasses.dataclass(eq=False)
+class _Task:
+    name: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    log_path: str
+    handler: logging.Handler
+    start: float
+    end: float | None = None
+    result: Any = None
+    error: BaseException | None = None
+    thread: threading.Thread | None = None
+    # Set once a wait (or cleanup) has claimed the task.
+    collected: bool = False
+
+
+class TaskGroup:
+    """A set of named tasks started, waited for and timed together.
+
+    :param log_dir: directory for the per-task ``<name>.log`` files;
+        created on the first :meth:`run`. Existing files of the same
+        name are overwritten, others are left alone.
+    :param parallel: run each task in its own thread (True) or inline in
+        :meth:`run` (False) with the same logs, timings and errors.
+    :param logger: where the task logs are replayed and the framing lines
+        (``[async NAME] started`` ...) go; defaults to this module's
+        logger.
+    :param clock: monotonic time source in seconds, injectable for tests.
+    :param log_format: ``logging.Formatter`` format of the task log lines.
+
+    Log capture: while a task runs, the records its thread emits that
+    reach the root logger are written to its file and dropped by the
+    handlers that were on the root logger (and on ``logger`` and its
+    ancestors) when the capture was installed. Records of threads the
+    task starts, and of loggers that do not propagate to the root, are
+    not captured. The capture is installed at the first :meth:`run` and
+    removed once every task has been waited for, or by :meth:`cleanup`.
+    Set up logging before the first :meth:`run`: handlers added later
+    would receive task records too.
+
+    Meant to be driven from one thread (the start-up thread); a task may
+    call :func:`run_command` and may log freely.
+    """
+
+    def __init__(self, log_dir: str, parallel: bool = True,
+                 logger: logging.Logger | None = None,
+                 clock: Clock = time.monotonic,
+                 log_format: str = DEFAULT_LOG_FORMAT) -> None:
+        self.log_dir = log_dir
+        self.parallel = parallel
+        self._logger = logger if logger is not None else LOG
+        self._clock = clock
+        self._log_format = log_format
+        self._created = clock()
+        # Protects _tasks and _waiting; task threads only set fields of
+        # their own _Task, which the owner reads after joining them.
+        self._lock = threading.Lock()
+        self._tasks: dict[str, _Task] = {}
+        self._starting: set[str] = set()
+        self._waiting = 0.0
+        self._capture: _LogCapture | None = None
+
+    # -- starting ---------------------------------------------------------
+
+    def run(self, name: str, fn: Callable[..., Any], *args: Any,
+            **kwargs: Any) -> None:
+        """Start ``fn(*args, **kwargs)`` as the task ``name``.
+
+        Arguments are passed to ``fn`` as Python values, untouched. In
+        parallel mode this returns at once; inline it returns when ``fn``
+        has finished. Either way an exception from ``fn`` is kept and
+        raised by :meth:`wait` as :class:`TaskFailed` (except a
+        non-``Exception`` such as ``KeyboardInterrupt`` raised inline,
+        which is recorded and re-raised here at once).
+
+        :raises ValueError: ``name`` is not usable as a file name.
+        :raises DuplicateTask: ``name`` was already used in this group.
+        :raises OSError: the log directory or file cannot be created.
+        """
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(
+                "Invalid async task name %r: use letters, digits, '.', "
+                "'_' and '-', not starting with '.' or '-'." % (name,))
+        with self._lock:
+            if name in self._tasks or name in self._starting:
+                raise DuplicateTask(name=name)
+            # Reserve the name: the I/O below is done outside the lock.
+            self._starting.add(name)
+        try:
+            os.makedirs(self.log_dir, exist_ok=True)
+            log_path = os.path.join(self.log_dir, name + ".log")
+            handler = logging.FileHandler(log_path, mode="w",
+                                          encoding="utf-8")
+        except BaseException:
+            with self._lock:
+                self._starting.discard(name)
+            raise
+        handler.setFormatter(logging.Formatter(self._log_format))
+        task = _Task(name=name, fn=fn, args=args, kwargs=dict(kwargs),
+                     log_path=log_path, handler=handler, start=0.0)
+        with self._lock:
+            self._starting.discard(name)
+            self._tasks[name] = task
+        if self._capture is None:
+            self._capture = _LogCapture()
+            self._capture.install(self._logger)
+        capture = self._capture
+        self._logger.info("[async %s] started %s, logging to %s", name,
+                          _callable_name(fn), log_path)
+        task.start = self._clock()
+        if self.parallel:
+            thread = threading.Thread(target=self._execute,
+                                      args=(task, capture),
+                                      name="async-%s" % name)
+            task.thread = thread
+            try:
+                thread.start()
+            except BaseException:
+                handler.close()
+                with self._lock:
+                    del self._tasks[name]
+                self._maybe_uninstall()
+                raise
+            return
+        self._execute(task, capture)
+        # NOTE: the caller was blocked for the whole inline run, which
+        # is waiting time; this keeps the serial estimate honest.
+        with self._lock:
+            self._waiting += _duration(task)
+        if (task.error is not None
+                and not isinstance(task.error, Exception)):
+            raise task.error
+
+    def _execute(self, task: _Task, capture: _LogCapture) -> None:
+        """Body of a task, in its own thread or inline."""
+        previous = capture.route(task.handler)
+        try:
+            try:
+                task.result = task.fn(*task.args, **task.kwargs)
+            except BaseException as exc:
+                # NOTE: thread boundary: anything the task raises is kept
+                # for wait(); the traceback goes to the task's log.
+                task.error = exc
+                LOG.error("[async %s] failed", task.name, exc_info=True)
+        finally:
+            task.end = self._clock()
+            capture.unroute(previous)
+            task.handler.close()
+
+    # -- collecting -------------------------------------------------------
+
+    def wait(self, *names: str) -> dict[str, Any]:
+        """Wait for the named tasks, in the order given, and replay logs.
+
+        With no names, waits for every task not yet waited for, in start
+        order. Each task's log file is replayed whole into the main log
+        (each line as ``[async NAME] line``), followed by
+        ``[async NAME] finished in 1.23s`` or
+        ``[async NAME] FAILED after 1.23s: ...``. ``wait("a", "b")``
+        behaves as ``wait("a"); wait("b")``: if ``a`` failed, ``b`` is
+        left for a later wait or :meth:`cleanup`.
+
+        :returns: the return values of the waited tasks, by name.
+        :raises UnknownTask: a name was never started, was already waited
+            for, or is repeated; checked before waiting for anything.
+        :raises TaskFailed: a task raised; names the task and the error.
+        """
+        with self._lock:
+            if names:
+                seen: set[str] = set()
+                for name in names:
+                    task = self._tasks.get(name)
+                    if task is None:
+                        raise UnknownTask(problem=(
+                            "Cannot wait for async task %s: it was never "
+                            "started (started: %s)." % (
+                                name, ", ".join(self._tasks) or "none")))
+                    if task.collected:
+                        raise UnknownTask(problem=(
+                            "Cannot wait for async task %s: it was "
+                            "already waited for." % name))
+                    if name in seen:
+                        raise UnknownTask(problem=(
+                            "Async task %s is named twice in one wait."
+                            % name))
+                    seen.add(name)
+                tasks = [self._tasks[name] for name in names]
+            else:
+                tasks = [t for t in self._tasks.values()
+                         if not t.collected]
+            for task in tasks:
+                task.collected = True
+        results: dict[str, Any] = {}
+        try:
+            for index, task in enumerate(tasks):
+                try:
+                    results[task.name] = self._collect(task)
+                except BaseException:
+                    # Tasks not reached stay available to a later wait.
+                    with self._lock:
+                        for rest in tasks[index + 1:]:
+                            rest.collected = False
+                    raise
+        finally:
+            self._maybe_uninstall()
+        return results
+
+    def _collect(self, task: _Task) -> Any:
+        """Join one claimed task, replay its log and report its outcome."""
+        if task.thread is not None:
+            before = self._clock()
+            task.thread.join()
+            blocked = self._clock() - before
+            with self._lock:
+                self._waiting += blocked
+        self._replay(task)
+        duration = _duration(task)
+        if task.error is None:
+            self._logger.info("[async %s] finished in %.2fs", task.name,
+                              duration)
+            return task.result
+        self._logger.error("[async %s] FAILED after %.2fs: %s", task.name,
+                           duration, _describe(task.error))
+        raise TaskFailed(task.name, task.error) from task.error
+
+    def _replay(self, task: _Task) -> None:
+        try:
+            with open(task.log_path, encoding="utf-8",
+                      errors="replace") as log_file:
+                for line in log_file:
+                    self._logger.info("[async %s] %s", task.name,
+                                      line.rstrip("\n"))
+        except OSError as exc:
+            self._logger.warning("[async %s] cannot replay %s: %s",
+                                 task.name, task.log_path, exc)
+
+    def cleanup(self) -> list[TaskFailed]:
+        """Wait for every task never waited for; call before forking.
+
+        Each such task is named in a warning, then waited for as by
+        :meth:`wait` (log replayed). Failures are logged, not raised, so
+        that every task is joined; they are returned for the caller to
+        act on. Afterwards no task thread is alive and the log capture
+        is removed. Safe to call more than once.
+        """
+        failures: list[TaskFailed] = []
+        with self._lock:
+            pending = [t for t in self._tasks.values()
+                       if not t.collected]
+        try:
+            for task in pending:
+                self._logger.warning(
+                    "[async %s] was never waited for; waiting for it now",
+                    task.name)
+                try:
+                    self.wait(task.name)
+                except TaskFailed as exc:
+                    failures.append(exc)
+                except UnknownTask:
+                    # Collected by another thread meanwhile.
+                    pass
+        finally:
+            self._maybe_uninstall(force=True)
+        return failures
+
+    def _maybe_uninstall(self, force: bool = False) -> None:
+        with self._lock:
+            outstanding = bool(self._starting) or any(
+                not t.collected for t in self._tasks.values())
+            capture = self._capture
+            if capture is None or (outstanding and not force):
+                return
+            self._capture = None
+        capture.uninstall()
+
+    # -- reporting --------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Names of all tasks started, in start order."""
+        with self._lock:
+            return list(self._tasks)
+
+    def pending(self) -> list[str]:
+        """Names of the tasks not yet waited for, in start order."""
+        with self._lock:
+            return [n for n, t in self._tasks.items() if not t.collected]
+
+    def summary(self) -> Summary:
+        """Timings so far; see :class:`Summary`.
+
+        Only finished tasks count as background time; call it after
+        :meth:`cleanup` for the final numbers.
+        """
+        now = self._clock()
+        with self._lock:
+            durations = {t.name: t.end - t.start
+                         for t in self._tasks.values()
+                         if t.end is not None}
+            waiting = self._waiting
+        background = sum(durations.values())
+        elapsed = now - self._created
+        serial = elapsed + background - waiting
+        speedup = serial / elapsed if elapsed > 0 else 1.0
+        return Summary(background=background, waiting=waiting,
+                       elapsed=elapsed, serial_estimate=serial,
+                       speedup=speedup, durations=durations)
+
+    @staticmethod
+    def run_command(argv: Sequence[str], **kwargs: Any,
+                    ) -> subprocess.CompletedProcess[str]:
+        """Same as the module-level :func:`run_command`."""
+        return run_command(argv, **kwargs)
+
+
+def _duration(task: _Task) -> float:
+    end = task.end if task.end is not None else task.start
+    return end - task.start
+
+
+def _callable_name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def run_command(argv: Sequence[str], *, cwd: str | None = None,
+                env: Mapping[str, str] | None = None,
+                timeout: float | None = None, check: bool = True,
+                logger: logging.Logger | None = None,
+                label: str | None = None,
+                ) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` and log its output line by line as it comes.
+
+    Inside a task the lines therefore land in that task's log; outside
+    one they go to the main log. stdout and stderr are merged so their
+    order is kept. ``argv`` is executed directly, never through a shell:
+    each element reaches the program as one argument, spaces and all.
+
+    :param argv: program and arguments, as a list or tuple of strings.
+    :param cwd: working directory; default the current one.
+    :param env: the complete environment; default this process's.
+    :param timeout: seconds after which the command and everything it
+        started in its session are killed with SIGKILL; None waits
+        forever.
+    :param check: raise if the command exits non-zero.
+    :param logger: logger for the output lines (level INFO); default this
+        module's.
+    :param label: prefix of each logged line; default ``argv[0]``'s base
+        name.
+    :returns: the completed process; ``stdout`` is the merged output.
+    :raises TypeError: ``argv`` is a string or holds a non-string.
+    :raises ValueError: ``argv`` is empty.
+    :raises OSError: the program cannot be executed.
+    :raises subprocess.TimeoutExpired: the timeout killed the command.
+    :raises subprocess.CalledProcessError: non-zero exit with ``check``.
+    """
+    if isinstance(argv, (str, bytes)) or not all(
+            isinstance(arg, str) for arg in argv):
+        raise TypeError("argv must be a list of strings, never a shell "
+                        "command line: %r" % (argv,))
+    command = list(argv)
+    if not command:
+        raise ValueError("argv must name a program to run")
+    log = logger if logger is not None else LOG
+    prefix = label if label is not None else os.path.basename(command[0])
+    # NOTE: a session of its own lets a timeout kill the grandchildren
+    # too; otherwise a killed shell's children keep the pipe open and
+    # the read below never ends.
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=dict(env) if env is not None else None,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+        errors="replace", start_new_session=True)
+    timed_out = threading.Event()
+    killer: threading.Timer | None = None
+    if timeout is not None:
+        killer = threading.Timer(timeout, _kill_session,
+                                 args=(proc, timed_out))
+        killer.daemon = True
+        killer.start()
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            log.info("%s: %s", prefix, line)
+        returncode = proc.wait()
+    finally:
+        if killer is not None:
+            killer.cancel()
+            killer.join()
+        if proc.poll() is None:
+            _kill_session(proc, None)
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    output = "\n".join(lines) + ("\n" if lines else "")
+    if timed_out.is_set():
+        raise subprocess.TimeoutExpired(command, timeout or 0.0,
+                                        output=output)
+    if check and returncode != 0:
+        raise subprocess.CalledProcessError(returncode, command,
+                                            output=output)
+    return subprocess.CompletedProcess(command, returncode, stdout=output)
+
+
+def _kill_session(proc: subprocess.Popen[str],
+                  flag: threading.Event | None) -> None:
+    if flag is not None:
+        flag.set()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+# -- the default group (DESIGN.md section 9) --------------------------------
+
+_default: TaskGroup | None = None
+
+
+def configure(log_dir: str, parallel: bool = True, *,
+              logger: logging.Logger | None = None,
+              clock: Clock = time.monotonic,
+              log_format: str = DEFAULT_LOG_FORMAT) -> TaskGroup:
+    """Create the default group used by the module-level functions.
+
+    The arguments are those of :class:`TaskGroup`.
+
+    :raises RuntimeError: the current default group still has tasks that
+        were never waited for (call :func:`cleanup` first).
+    """
+    global _default
+    if _default is not None:
+        pending = _default.pending()
+        if pending:
+            raise RuntimeError(
+                "async tasks %s were never waited for; call cleanup() "
+                "before configure()" % ", ".join(pending))
+    _default = TaskGroup(log_dir, parallel=parallel, logger=logger,
+                         clock=clock, log_format=log_format)
+    return _default
+
+
+def default_group() -> TaskGroup:
+    """The group made by :func:`configure`.
+
+    :raises RuntimeError: :func:`configure` was not called.
+    """
+    if _default is None:
+        raise RuntimeError("conductor.common.async_tasks.configure() must "
+                           "be called before run/wait/cleanup/summary")
+    return _default
+
+
+def reset() -> None:
+    """Drop the default group after cleaning it up (for tests)."""
+    global _default
+    group, _default = _default, None
+    if group is not None:
+        group.cleanup()
+
+
+def run(name: str, fn: Callable[..., Any], *args: Any,
+        **kwargs: Any) -> None:
+    """:meth:`TaskGroup.run` on the default group."""
+    default_group().run(name, fn, *args, **kwargs)
+
+
+def wait(*names: str) -> dict[str, Any]:
+    """:meth:`TaskGroup.wait` on the default group."""
+    return default_group().wait(*names)
+
+
+def cleanup() -> list[TaskFailed]:
+    """:meth:`TaskGroup.cleanup` on the default group."""
+    return default_group().cleanup()
+
+
+def summary() -> Summary:
+    """:meth:`TaskGroup.summary` on the default group."""
+    return default_group().summary()
