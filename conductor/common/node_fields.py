@@ -44,7 +44,9 @@ def check_name(name: Any) -> str | None:
     if uuidutils.is_uuid_like(name):
         raise _invalid("Node name %r looks like a UUID; names and UUIDs "
                        "must stay distinguishable" % name)
-    if not _NAME_RE.match(name):
+    # NOTE: fullmatch, not match: "$" also matches before a trailing
+    # newline, which let "node\n" through.
+    if not _NAME_RE.fullmatch(name):
         raise _invalid("Node name %r is invalid: use letters, digits and "
                        "'.', '_', '~', '-', starting with a letter or digit"
                        % name)
