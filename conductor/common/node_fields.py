@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any, Mapping, Sequence
+import uuid
 
 from oslo_utils import uuidutils
 
@@ -58,7 +59,9 @@ def check_uuid(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not uuidutils.is_uuid_like(value):
         raise _invalid("Node uuid %r is not a valid UUID" % (value,))
-    return str(value).lower()
+    # NOTE: canonical form, so that braces, "urn:uuid:" or missing hyphens
+    # never reach the 36-character column or break lookups by uuid.
+    return str(uuid.UUID(value))
 
 
 def check_driver_info(info: Any) -> dict[str, Any]:
