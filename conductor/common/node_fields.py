@@ -75,7 +75,9 @@ def check_driver_info(info: Any) -> dict[str, Any]:
         raise _invalid("driver_info keys must be non-empty strings: %s"
                        % ", ".join(bad))
     try:
-        size = len(json.dumps(dict(info)).encode())
+        # NOTE: allow_nan=False: NaN and Infinity are not JSON, and MySQL
+        # and PostgreSQL JSON columns refuse them.
+        size = len(json.dumps(dict(info), allow_nan=False).encode())
     except (TypeError, ValueError) as exc:
         raise _invalid("driver_info must be JSON-serialisable: %s" % exc)
     if size > MAX_DRIVER_INFO_BYTES:
