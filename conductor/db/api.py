@@ -23,6 +23,7 @@ import json
 import logging
 import os
 from typing import Any, Iterable, Iterator, Mapping, Sequence
+import uuid as uuid_lib
 
 from oslo_db import exception as db_exc
 from oslo_db.sqlalchemy import engines
@@ -292,11 +293,15 @@ class Connection:
 
         :raises: NodeNotFound.
         """
-        column = (_nodes.c.uuid if uuidutils.is_uuid_like(ident)
-                  else _nodes.c.name)
+        if uuidutils.is_uuid_like(ident):
+            # NOTE: uuids are stored in canonical form (lower case, with
+            # hyphens); is_uuid_like also accepts upper case, braces, a
+            # "urn:uuid:" prefix and no hyphens.
+            condition = _nodes.c.uuid == str(uuid_lib.UUID(ident))
+        else:
+            condition = _nodes.c.name == ident
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(_nodes).where(column == ident)).first()
+            row = conn.execute(sa.select(_nodes).where(condition)).first()
         if row is None:
             raise exceptions.NodeNotFound(node=ident)
         return NodeRecord.from_row(row)
