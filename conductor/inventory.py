@@ -36,8 +36,10 @@ def _invalid(text: str) -> exceptions.InvalidParameterValue:
 
 
 def load_file(path: str) -> list[Any]:
-    """Parse ``path`` (JSON when it ends in .json, else YAML, which also
-    reads JSON) and return its list of entries, unvalidated.
+    """Parse ``path`` and return its list of entries, unvalidated.
+
+    A ``.json`` file is read as JSON, anything else as YAML (which also
+    reads JSON).
 
     :raises: InvalidParameterValue naming the file and the problem.
     """

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -124,7 +125,7 @@ class ConductorService(service.ServiceBase):
             LOG.warning("Released %d reservation(s) left by a previous "
                         "run of %s", released, self.holder)
         self.db.register_conductor(self.host, self.worker_id,
-                                   list(self.drivers))
+                                   list(self.drivers), pid=os.getpid())
         self._spawn("heartbeat", self._heartbeat_loop)
         self._started = True
         LOG.info("Worker %(id)d of %(host)s started in %(secs).2fs with "

@@ -15,10 +15,10 @@ import conductor.cmd  # noqa: F401  (backend first: see the package doc)
 from oslo_config import cfg
 from oslo_service import service
 
+from conductor import checks
 from conductor.common import exceptions
 from conductor.common import log as conductor_log
 from conductor import conf as conductor_conf
-from conductor import checks
 from conductor import service as conductor_service
 from conductor import startup
 

@@ -186,10 +186,10 @@ class Manage:
         if args.format == "json":
             self.out(output.to_json(data))
             return
-        rows = [(w["host"], w["worker_id"], w["alive"], w["online"],
-                 w["heartbeat_age"], ", ".join(w["drivers"]))
+        rows = [(w["host"], w["worker_id"], w["pid"], w["alive"],
+                 w["online"], w["heartbeat_age"], ", ".join(w["drivers"]))
                 for w in data["workers"]]
-        self.out(output.table(("host", "worker", "alive", "online",
+        self.out(output.table(("host", "worker", "pid", "alive", "online",
                                "heartbeat age (s)", "drivers"), rows))
         nodes = data["nodes"]
         self.out("")
@@ -233,7 +233,7 @@ def db_status(db: db_api.Connection, heartbeat_timeout: float
     for record in db.list_conductors():
         age = (now - record.heartbeat_at).total_seconds()
         workers.append({"host": record.host, "worker_id": record.worker_id,
-                        "online": record.online,
+                        "pid": record.pid, "online": record.online,
                         "alive": record.online and age < heartbeat_timeout,
                         "heartbeat_age": round(age, 1),
                         "drivers": record.drivers})

@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
-from typing import Sequence
 import types
+from typing import Sequence
 
 BLOCKED = ("eventlet",)
 

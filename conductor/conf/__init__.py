@@ -13,6 +13,8 @@ from conductor.conf import conductor
 from conductor.conf import database
 from conductor.conf import default
 from conductor.conf import hooks
+from conductor.conf import ipmi
+from conductor.conf import redfish
 
 CONF = cfg.CONF
 
@@ -20,3 +22,5 @@ default.register_opts(CONF)
 conductor.register_opts(CONF)
 database.register_opts(CONF)
 hooks.register_opts(CONF)
+ipmi.register_opts(CONF)
+redfish.register_opts(CONF)

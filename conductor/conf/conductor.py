@@ -6,7 +6,7 @@ from oslo_config import cfg
 
 GROUP = "conductor"
 
-opts = [
+opts: list[cfg.Opt] = [
     cfg.IntOpt(
         "workers",
         min=1,

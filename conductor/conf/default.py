@@ -6,7 +6,7 @@ import socket
 
 from oslo_config import cfg
 
-opts = [
+opts: list[cfg.Opt] = [
     cfg.StrOpt(
         "host",
         default=socket.gethostname(),

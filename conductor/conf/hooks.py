@@ -6,7 +6,7 @@ from oslo_config import cfg
 
 GROUP = "hooks"
 
-opts = [
+opts: list[cfg.Opt] = [
     cfg.StrOpt(
         "hooks_dir",
         help="Directory of executable hooks named NN-name, run in NN order "

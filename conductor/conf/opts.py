@@ -7,6 +7,8 @@ from oslo_config import cfg
 from conductor.conf import conductor
 from conductor.conf import default
 from conductor.conf import hooks
+from conductor.conf import ipmi
+from conductor.conf import redfish
 
 # NOTE: explicit and alphabetical by group, so a new module is a visible
 # one-line change here.
@@ -14,6 +16,8 @@ _GROUPS = [
     ("DEFAULT", default),
     ("conductor", conductor),
     ("hooks", hooks),
+    ("ipmi", ipmi),
+    ("redfish", redfish),
 ]
 
 

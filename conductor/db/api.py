@@ -84,6 +84,7 @@ class ConductorRecord:
 
     host: str
     worker_id: int
+    pid: int | None
     drivers: list[str]
     online: bool
     started_at: datetime.datetime
@@ -136,6 +137,7 @@ def create_engine(url: str, *, max_retries: int = 0,
             url, max_retries=max_retries, retry_interval=retry_interval,
             max_pool_size=max_pool_size, max_overflow=max_overflow,
             pool_timeout=pool_timeout, sqlite_synchronous=True,
+            mysql_sql_mode="TRADITIONAL",
             thread_checkin=False)
     except (db_exc.DBError, sa.exc.SQLAlchemyError, ImportError,
             ValueError) as exc:
@@ -536,22 +538,23 @@ class Connection:
             by_shape.setdefault(shape, []).append(params)
         total = 0
         with self.engine.begin() as conn:
-            for shape, params in by_shape.items():
+            for shape, batch in by_shape.items():
                 query = (_nodes.update()
                          .where(_nodes.c.uuid == sa.bindparam("_uuid"))
                          .where(_nodes.c.reservation.is_(None))
                          .values({key: sa.bindparam(key) for key in shape}))
-                result = conn.execute(query, params)
+                result = conn.execute(query, batch)
                 total += max(result.rowcount, 0)
         return total
 
     # -- conductors ----------------------------------------------------
 
     def register_conductor(self, host: str, worker_id: int,
-                           drivers: Sequence[str]) -> None:
-        """Mark this worker online with a fresh heartbeat (insert or update)."""
+                           drivers: Sequence[str],
+                           pid: int | None = None) -> None:
+        """Mark this worker online with a fresh heartbeat (upsert)."""
         now = timeutils.utcnow()
-        values = {"drivers": list(drivers), "online": True,
+        values = {"drivers": list(drivers), "online": True, "pid": pid,
                   "started_at": now, "heartbeat_at": now}
         with self.engine.begin() as conn:
             count = conn.execute(
@@ -601,11 +604,11 @@ class Connection:
     def list_conductors(self) -> list[ConductorRecord]:
         """Every worker ever registered, ordered by host and worker id."""
         c = _conductors.c
-        query = (sa.select(c.host, c.worker_id, c.drivers, c.online,
+        query = (sa.select(c.host, c.worker_id, c.pid, c.drivers, c.online,
                            c.started_at, c.heartbeat_at)
                  .order_by(c.host, c.worker_id))
         with self.engine.connect() as conn:
-            return [ConductorRecord(row.host, row.worker_id,
+            return [ConductorRecord(row.host, row.worker_id, row.pid,
                                     list(_as_list(row.drivers)),
                                     bool(row.online), row.started_at,
                                     row.heartbeat_at)

@@ -53,7 +53,7 @@ class PowerInterface(abc.ABC):
 
     @abc.abstractmethod
     def get_power_state(self, node: DriverNode) -> str:
-        """Return ``states.POWER_ON``, ``states.POWER_OFF`` or ``states.ERROR``.
+        """Return ``POWER_ON``, ``POWER_OFF`` or ``ERROR`` (conductor.states).
 
         :raises: any exception when the BMC cannot be read; the caller
             counts it as a failure.

@@ -17,7 +17,8 @@ NAMESPACE = "conductor.drivers"
 
 def available() -> list[str]:
     """Names of every installed driver, sorted."""
-    manager = extension.ExtensionManager(NAMESPACE, invoke_on_load=False)
+    manager: extension.ExtensionManager[Any] = extension.ExtensionManager(
+        NAMESPACE, invoke_on_load=False)
     return sorted(manager.names())
 
 
@@ -39,12 +40,13 @@ def load(names: Sequence[str]) -> dict[str, base.BaseDriver]:
                     % ", ".join(duplicates))
     errors: dict[str, str] = {}
 
-    def on_failure(manager: Any, entrypoint: Any, exc: Exception) -> None:
+    def on_failure(manager: Any, entrypoint: Any,
+                   exc: BaseException) -> None:
         errors[entrypoint.name] = "%s: %s" % (type(exc).__name__, exc)
 
-    manager = extension.ExtensionManager(
+    manager: extension.ExtensionManager[Any] = extension.ExtensionManager(
         NAMESPACE, invoke_on_load=True, on_load_failure_callback=on_failure)
-    loaded = {ext.name: ext.obj for ext in manager}
+    loaded: dict[str, Any] = {ext.name: ext.obj for ext in manager}
     drivers: dict[str, base.BaseDriver] = {}
     for name in names:
         if name in errors:

@@ -49,6 +49,7 @@ def upgrade():
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("host", sa.String(255), nullable=False),
         sa.Column("worker_id", sa.Integer, nullable=False),
+        sa.Column("pid", sa.Integer, nullable=True),
         sa.Column("drivers", sa.JSON, nullable=False),
         sa.Column("online", sa.Boolean, nullable=False,
                   server_default=sa.false()),

@@ -1,0 +1,129 @@
+"""The same schema and CLI on SQLite, MariaDB and PostgreSQL, for real."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import testscenarios
+
+from tests.functional import base
+
+load_tests = testscenarios.load_tests_apply_scenarios
+
+
+class TestCliOnBackend(base.FunctionalTestCase):
+
+    scenarios = [("sqlite", {"backend": "sqlite"}),
+                 ("mysql", {"backend": "mysql"}),
+                 ("postgresql", {"backend": "postgresql"})]
+    backend: str
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.db_fixture = self.useFixture(
+            base.Database(self.backend, state_dir=self.workdir))
+        self.config_file = os.path.join(self.workdir, "manage.conf")
+        with open(self.config_file, "w") as stream:
+            stream.write("[DEFAULT]\nstate_path = %s\nenabled_drivers = "
+                         "fake\n[database]\nconnection = %s\n"
+                         % (self.workdir, self.db_fixture.url))
+
+    def manage(self, *args: str, check: int | None = 0):  # type: ignore
+        return self.run_manage(self.config_file, *args, check=check)
+
+    def nodes(self) -> list[dict]:
+        return json.loads(self.manage("node", "list", "--format",
+                                      "json").stdout)
+
+    def test_schema_and_node_lifecycle(self) -> None:
+        unsynced = self.manage("node", "list", check=1)
+        self.assertIn("run 'conductor-manage db sync'", unsynced.stderr)
+        self.manage("db", "sync")
+        self.assertIn("0001_initial (head: 0001_initial)",
+                      self.manage("db", "version").stdout)
+        # Again: upgrading an up-to-date schema does nothing.
+        self.manage("db", "sync")
+
+        created = json.loads(self.manage(
+            "node", "create", "--driver", "fake", "--name", "n1",
+            "--driver-info", "fake_latency_ms=5", "--format", "json").stdout)
+        self.assertEqual({"fake_latency_ms": 5}, created["driver_info"])
+
+        dup = self.manage("node", "create", "--driver", "fake", "--name",
+                          "n1", check=1)
+        self.assertEqual("conductor-manage: ERROR: A node with name n1 "
+                         "already exists.", dup.stderr.strip())
+        bad_driver = self.manage("node", "create", "--driver", "nosuch",
+                                 check=1)
+        self.assertIn("Driver nosuch is not enabled", bad_driver.stderr)
+        bad_name = self.manage("node", "create", "--driver", "fake",
+                               "--name", "bad name", check=1)
+        self.assertIn("Node name 'bad name' is invalid", bad_name.stderr)
+
+        inventory = os.path.join(self.workdir, "fleet.yaml")
+        with open(inventory, "w") as stream:
+            stream.write("- {name: n2, driver: fake}\n"
+                         "- {name: n3, driver: fake,"
+                         " driver_info: {fake_fail: get}}\n")
+        self.manage("node", "import", inventory)
+        self.assertEqual(["n1", "n2", "n3"],
+                         [node["name"] for node in self.nodes()])
+
+        # All or nothing: a clash in the middle stores nothing.
+        with open(inventory, "w") as stream:
+            stream.write("- {name: n4, driver: fake}\n"
+                         "- {name: n1, driver: fake}\n")
+        clash = self.manage("node", "import", inventory, check=1)
+        self.assertIn("n1 already exists", clash.stderr)
+        with open(inventory, "w") as stream:
+            stream.write("- {name: n4, driver: fake\n")
+        malformed = self.manage("node", "import", inventory, check=1)
+        self.assertIn("malformed YAML at line 2", malformed.stderr)
+        self.assertEqual(3, len(self.nodes()))
+
+        updated = json.loads(self.manage(
+            "node", "set", "n2", "--name", "n2b", "--maintenance", "on",
+            "--maintenance-reason", "testing", "--format", "json").stdout)
+        self.assertEqual(("n2b", True, "testing"),
+                         (updated["name"], updated["maintenance"],
+                          updated["maintenance_reason"]))
+        self.manage("node", "set", "n2b", "--name", "n3", check=1)
+
+        self.manage("node", "power", "n1", "on")
+        shown = json.loads(self.manage("node", "show", created["uuid"],
+                                       "--format", "json").stdout)
+        self.assertEqual("power on", shown["target_power_state"])
+        locked = self.manage("node", "power", "n1", "off", check=1)
+        self.assertIn("pending 'power on' action", locked.stderr)
+
+        self.manage("node", "delete", "n3")
+        missing = self.manage("node", "show", "n3", check=1)
+        self.assertEqual("conductor-manage: ERROR: Node n3 could not be "
+                         "found.", missing.stderr.strip())
+        self.assertEqual(["n1", "n2b"],
+                         [node["name"] for node in self.nodes()])
+
+        status = json.loads(self.manage("status", "--format",
+                                        "json").stdout)
+        self.assertEqual(2, status["nodes"]["total"])
+        self.assertEqual(1, status["nodes"]["maintenance"])
+
+    def test_conductor_runs_on_backend(self) -> None:
+        self.manage("db", "sync")
+        conductor = self.start_conductor({
+            "DEFAULT": {"host": "bk-%s" % self.backend,
+                        "enabled_drivers": "fake"},
+            "database": {"connection": self.db_fixture.url},
+            "conductor": {"workers": 2, "heartbeat_interval": 1,
+                          "heartbeat_timeout": 5}})
+        db = self.db_fixture.connect(upgrade=False)
+        rows = self.wait_workers(db, "bk-%s" % self.backend, 2)
+        self.assertEqual([0, 1], [row.worker_id for row in rows])
+        status = json.loads(self.manage("status", "--format",
+                                        "json").stdout)
+        self.assertEqual([True, True],
+                         [w["alive"] for w in status["workers"]])
+        conductor.signal(15)
+        self.assertEqual(0, conductor.wait_exit(15))
+        self.assertFalse(any(row.online for row in db.list_conductors()))

@@ -1,0 +1,170 @@
+"""The process model, end to end: fork, respawn, stop, reload, bad config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+from oslo_utils import timeutils
+import psutil
+
+from tests.functional import base
+
+
+def _options(workdir: str, **extra: dict[str, object]) -> dict:
+    options: dict[str, dict[str, object]] = {
+        "DEFAULT": {"host": "ftest", "state_path": workdir,
+                    "enabled_drivers": "fake",
+                    "graceful_shutdown_timeout": 10},
+        "conductor": {"workers": 2, "heartbeat_interval": 1,
+                      "heartbeat_timeout": 5,
+                      "sync_power_state_interval": 0},
+    }
+    for section, values in extra.items():
+        options.setdefault(section, {}).update(values)
+    return options
+
+
+class TestWorkers(base.FunctionalTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.db_fixture = self.useFixture(
+            base.Database("sqlite", state_dir=self.workdir))
+
+    def test_forks_workers_with_stable_ids_and_heartbeats(self) -> None:
+        conductor = self.start_conductor(
+            _options(self.workdir, conductor={"workers": 3}))
+        db = self.db_fixture.connect(upgrade=False)
+        rows = self.wait_workers(db, "ftest", 3)
+        self.assertEqual([0, 1, 2], [row.worker_id for row in rows])
+        child_pids = {proc.pid for proc in conductor.children()}
+        self.assertEqual(child_pids, {row.pid for row in rows})
+        first = {row.worker_id: row.heartbeat_at for row in rows}
+        base.wait_for(
+            lambda: all(row.heartbeat_at > first[row.worker_id]
+                        for row in db.list_conductors()),
+            10, "every worker heartbeats again")
+        # Every line a worker logs names its host and worker id.
+        for row in rows:
+            lines = [line for line in conductor.log_lines()
+                     if " %d " % row.pid in line]
+            self.assertTrue(lines, "worker %d logged nothing" % row.pid)
+            for line in lines:
+                self.assertIn("[ftest worker %d]" % row.worker_id, line)
+
+    def test_sigkilled_worker_respawns_with_same_id(self) -> None:
+        conductor = self.start_conductor(_options(self.workdir))
+        db = self.db_fixture.connect(upgrade=False)
+        rows = self.wait_workers(db, "ftest", 2)
+        victim = rows[1]
+        os.kill(victim.pid, signal.SIGKILL)
+        killed_at = timeutils.utcnow()
+
+        def respawned() -> object:
+            for row in db.list_conductors():
+                if (row.worker_id == victim.worker_id
+                        and row.pid != victim.pid
+                        and row.heartbeat_at > killed_at):
+                    return row
+            return None
+        row = base.wait_for(respawned, 20, "worker 1 respawned")
+        self.assertTrue(psutil.pid_exists(row.pid))
+        self.assertIn(row.pid, {p.pid for p in conductor.children()})
+        self.assertEqual(2, len(conductor.children()))
+
+    def test_sigterm_stops_gracefully_and_marks_offline(self) -> None:
+        conductor = self.start_conductor(_options(self.workdir))
+        db = self.db_fixture.connect(upgrade=False)
+        self.wait_workers(db, "ftest", 2)
+        conductor.signal(signal.SIGTERM)
+        self.assertEqual(0, conductor.wait_exit(15))
+        rows = db.list_conductors()
+        self.assertEqual(2, len(rows))
+        self.assertFalse(any(row.online for row in rows))
+        self.assertEqual([], conductor.children())
+        self.assertIn("Worker 0 of ftest stopped", conductor.log())
+        self.assertIn("Worker 1 of ftest stopped", conductor.log())
+
+    def test_sighup_reloads_debug(self) -> None:
+        conductor = self.start_conductor(
+            _options(self.workdir, DEFAULT={"debug": False}))
+        db = self.db_fixture.connect(upgrade=False)
+        rows = self.wait_workers(db, "ftest", 2)
+        self.assertNotIn(" DEBUG ", conductor.log())
+        conductor.write_config(DEFAULT={"debug": True})
+        reloaded_at = timeutils.utcnow()
+        conductor.signal(signal.SIGHUP)
+        new_rows = self.wait_workers(db, "ftest", 2, since=reloaded_at)
+        self.assertEqual([0, 1], [row.worker_id for row in new_rows])
+        base.wait_for(
+            lambda: any(" DEBUG " in line and "[ftest worker" in line
+                        for line in conductor.log_lines()),
+            15, "a worker logs at DEBUG after SIGHUP")
+        self.assertNotEqual({r.pid for r in rows},
+                            {r.pid for r in new_rows})
+
+
+class TestBadConfig(base.FunctionalTestCase):
+    """Each bad setting: exit 1 before forking, one line naming it."""
+
+    def _run(self, extra: dict, expected: str) -> None:
+        options = _options(self.workdir)
+        for section, values in extra.items():
+            options.setdefault(section, {}).update(values)
+        proc = base.ConductorProcess(self.workdir, options)
+        proc.options["DEFAULT"]["state_path"] = self.workdir
+        proc.write_config()
+        result = subprocess.run(
+            [base.binary("conductor"), "--config-file", proc.config_file],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(1, result.returncode, result.stderr)
+        errors = [line for line in result.stderr.splitlines()
+                  if line.startswith("conductor: ERROR:")]
+        self.assertEqual(1, len(errors), result.stderr)
+        self.assertIn(expected, errors[0])
+        self.assertNotIn("Traceback", result.stderr)
+        self.assertNotIn("starting", result.stderr + result.stdout)
+
+    def test_zero_workers(self) -> None:
+        self._run({"conductor": {"workers": 0}}, "[conductor] workers")
+
+    def test_negative_workers(self) -> None:
+        self._run({"conductor": {"workers": -3}}, "[conductor] workers")
+
+    def test_pool_too_small(self) -> None:
+        self._run({"conductor": {"workers_pool_size": 1}},
+                  "[conductor] workers_pool_size")
+
+    def test_unknown_driver(self) -> None:
+        self._run({"DEFAULT": {"enabled_drivers": "fake,nosuch"}},
+                  "Driver nosuch could not be loaded")
+
+    def test_unreachable_database(self) -> None:
+        self._run({"database": {
+            "connection": "mysql+pymysql://root:s3cret@127.0.0.1:1/x"}},
+            "mysql+pymysql://root:***@127.0.0.1:1/x")
+
+    def test_malformed_database_url(self) -> None:
+        self._run({"database": {"connection": "not a url"}},
+                  "<malformed URL>")
+
+    def test_unknown_database_dialect(self) -> None:
+        self._run({"database": {"connection": "nosuchdb://x/y"}},
+                  "nosuchdb://x/y")
+
+    def test_heartbeat_interval_not_below_timeout(self) -> None:
+        self._run({"conductor": {"heartbeat_interval": 10,
+                                 "heartbeat_timeout": 10}},
+                  "heartbeat_interval")
+
+    def test_missing_config_file(self) -> None:
+        missing = os.path.join(self.workdir, "nope.conf")
+        result = subprocess.run(
+            [base.binary("conductor"), "--config-file", missing],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(1, result.returncode)
+        self.assertIn("config file(s) not found: %s" % missing,
+                      result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
