@@ -36,7 +36,10 @@ def scope(seconds: float) -> Iterator[float]:
     outer_seconds = getattr(_local, "seconds", None)
     expires = time.monotonic() + seconds
     if outer is not None and outer < expires:
-        expires, seconds = outer, outer_seconds or seconds
+        # NOTE: "is not None", not "or": an outer scope of 0 seconds must
+        # be reported as 0, not as the inner scope's length.
+        expires = outer
+        seconds = outer_seconds if outer_seconds is not None else seconds
     _local.expires, _local.seconds = expires, seconds
     try:
         yield expires
