@@ -6,6 +6,7 @@ import logging
 from typing import Any, Sequence
 
 from stevedore import extension
+from stevedore import named
 
 from conductor.common import exceptions
 from conductor.drivers import base
@@ -44,8 +45,12 @@ def load(names: Sequence[str]) -> dict[str, base.BaseDriver]:
                    exc: BaseException) -> None:
         errors[entrypoint.name] = "%s: %s" % (type(exc).__name__, exc)
 
-    manager: extension.ExtensionManager[Any] = extension.ExtensionManager(
-        NAMESPACE, invoke_on_load=True, on_load_failure_callback=on_failure)
+    # NOTE: a NamedExtensionManager imports and instantiates only the
+    # enabled drivers; an ExtensionManager would build every installed one.
+    manager: named.NamedExtensionManager[Any] = named.NamedExtensionManager(
+        NAMESPACE, names=list(names), invoke_on_load=True,
+        on_load_failure_callback=on_failure,
+        on_missing_entrypoints_callback=None)
     loaded: dict[str, Any] = {ext.name: ext.obj for ext in manager}
     drivers: dict[str, base.BaseDriver] = {}
     for name in names:
@@ -57,7 +62,7 @@ def load(names: Sequence[str]) -> dict[str, base.BaseDriver]:
                 driver=name,
                 reason="no such driver in entry point group %s; installed "
                        "drivers: %s" % (NAMESPACE,
-                                        ", ".join(sorted(loaded)) or "none"))
+                                        ", ".join(available()) or "none"))
         driver = loaded[name]
         if not isinstance(getattr(driver, "power", None),
                           base.PowerInterface):
