@@ -1,19 +1,34 @@
-"""The master's start-up steps, before any worker is forked.
+"""The master's start-up, before any worker is forked.
 
-Each step is a function of ``conf`` (plus what earlier steps produced) so
-it can run as a named start-up task; all of them leave nothing open: the
-database engine is disposed and no thread survives, because the master
-forks right after.
+Independent steps run as named start-up tasks (``conductor.common.
+async_tasks``), each with its own log replayed whole when it is waited
+on; with ``[DEFAULT] parallel_startup = False`` they run inline, one after
+the other, with the same logs. The steps and what they wait for::
+
+    pre-start-hooks  'start pre-start' hooks ---------------------.
+    database         connect, create/upgrade or check the schema -+
+    drivers          load and check the enabled drivers ----------+
+    inventory-parse  read [DEFAULT] inventory_file ---------------+
+                                                                  v
+    inventory-import validate the parsed nodes (drivers) and enrol the
+                     new ones (database)
+    then             'start post-config' hooks, the timing summary
+
+Every step leaves nothing open (engines disposed, threads joined) because
+the master forks right after.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 from oslo_config import cfg
 
+from conductor.common import async_tasks
 from conductor.common import exceptions
+from conductor.common import hooks
 from conductor.db import api as db_api
 from conductor.db import migration
 from conductor.drivers import base
@@ -68,19 +83,23 @@ def load_drivers(conf: cfg.ConfigOpts) -> dict[str, base.BaseDriver]:
 
 
 def import_inventory(conf: cfg.ConfigOpts,
-                     drivers: Mapping[str, base.BaseDriver]) -> int:
+                     drivers: Mapping[str, base.BaseDriver],
+                     entries: Sequence[Any] | None = None) -> int:
     """Enrol the nodes of ``[DEFAULT] inventory_file`` not yet enrolled.
 
     Entries are matched on name (or uuid); those already present are left
-    untouched, so restarting never duplicates or overwrites nodes.
+    untouched, so restarting never duplicates or overwrites nodes. The
+    whole file is validated first: one bad entry enrols nothing.
 
+    :param entries: the file's parsed entries, when already read.
     :returns: the number of nodes added.
     """
     path = conf.inventory_file
     if not path:
         return 0
-    entries = inventory.load_file(path)
-    nodes = inventory.validate(entries, drivers, source=path)
+    if entries is None:
+        entries = inventory.load_file(path)
+    nodes = inventory.validate(list(entries), drivers, source=path)
     db = db_api.Connection.create(conf.database.connection, max_retries=0)
     try:
         existing = db.list_nodes()
@@ -96,3 +115,59 @@ def import_inventory(conf: cfg.ConfigOpts,
              "already present", {"path": path, "new": len(new),
                                  "old": len(nodes) - len(new)})
     return len(new)
+
+
+@dataclasses.dataclass
+class StartupResult:
+    """What start-up produced for the launcher."""
+
+    drivers: dict[str, base.BaseDriver]
+    summary: async_tasks.Summary
+
+
+def run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
+        ) -> StartupResult:
+    """Run every start-up step; returns once all are done.
+
+    :raises: ConductorException naming the failed step and its problem
+        (a failed task's original error when it is a ConductorException).
+        Every task is finished, its log replayed, before this returns or
+        raises, so the caller may fork right after.
+    """
+    group = async_tasks.TaskGroup(conf.async_log_dir,
+                                  parallel=conf.parallel_startup, logger=LOG)
+    config_files = list(conf.config_file)
+    try:
+        group.run("pre-start-hooks", hooks.run_hooks, hook_list, "start",
+                  "pre-start", conf=conf, config_files=config_files)
+        group.run("database", prepare_database, conf)
+        group.run("drivers", load_drivers, conf)
+        if conf.inventory_file:
+            group.run("inventory-parse", inventory.load_file,
+                      conf.inventory_file)
+        drivers = _wait(group, "drivers")
+        _wait(group, "database")
+        if conf.inventory_file:
+            entries = _wait(group, "inventory-parse")
+            group.run("inventory-import", import_inventory, conf, drivers,
+                      entries)
+            _wait(group, "inventory-import")
+        _wait(group, "pre-start-hooks")
+    finally:
+        group.cleanup()
+    hooks.run_hooks(hook_list, "start", "post-config", conf=conf,
+                    config_files=config_files)
+    summary = group.summary()
+    LOG.info("Start-up %s", summary)
+    return StartupResult(drivers=drivers, summary=summary)
+
+
+def _wait(group: async_tasks.TaskGroup, name: str) -> Any:
+    try:
+        return group.wait(name)[name]
+    except async_tasks.TaskFailed as exc:
+        if isinstance(exc.original, exceptions.ConductorException):
+            # NOTE: the step's own message already names the option or
+            # object at fault; keep it as the one line the operator sees.
+            raise exc.original from exc
+        raise

@@ -1,8 +1,8 @@
 """``conductor --config-file F``: the service's entry point.
 
 The master parses config, sets up logging, validates everything it can
-(failing fast with one line naming the problem), runs the start-up
-steps, then forks ``[conductor] workers`` workers and supervises them.
+(failing fast with one line naming the problem), runs the start-up steps
+and hooks, then forks ``[conductor] workers`` workers and supervises them.
 """
 
 from __future__ import annotations
@@ -13,23 +13,16 @@ import sys
 import conductor.cmd  # noqa: F401  (backend first: see the package doc)
 
 from oslo_config import cfg
-from oslo_service import service
 
 from conductor import checks
 from conductor.common import exceptions
+from conductor.common import hooks
 from conductor.common import log as conductor_log
 from conductor import conf as conductor_conf
-from conductor import service as conductor_service
+from conductor import master
 from conductor import startup
 
 LOG = logging.getLogger(__name__)
-
-
-def parse_args(conf: cfg.ConfigOpts, argv: list[str]) -> None:
-    """Register logging options and parse the command line and files."""
-    conductor_log.set_defaults()
-    conductor_log.register_options(conf)
-    conf(argv, project="conductor", prog="conductor")
 
 
 def fail(message: str) -> None:
@@ -41,30 +34,38 @@ def fail(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     conf = conductor_conf.CONF
-    args = sys.argv[1:] if argv is None else argv
+    conductor_log.set_defaults()
+    conductor_log.register_options(conf)
     try:
-        parse_args(conf, args)
+        # NOTE: hooks_dir is not parsed yet: only entry point hooks can
+        # change option defaults.
+        hooks.run_hooks(hooks.discover(None), "override_defaults",
+                        conf=conf)
+        conf(sys.argv[1:] if argv is None else argv, project="conductor",
+             prog="conductor")
     except cfg.ConfigFilesNotFoundError as exc:
-        fail("config file(s) not found: %s"
-             % ", ".join(exc.config_files))
+        fail("config file(s) not found: %s" % ", ".join(exc.config_files))
     except cfg.Error as exc:
         fail(str(exc).splitlines()[0])
-    conductor_log.setup(conf, conductor_log.master_identity(conf.host))
-    try:
-        workers = checks.check_all(conf)
-        startup.prepare_database(conf)
-        drivers = startup.load_drivers(conf)
-        startup.import_inventory(conf, drivers)
     except exceptions.ConductorException as exc:
         fail(str(exc))
-    launcher = service.ProcessLauncher(conf, restart_method="mutate")
-    for worker_id in range(workers):
-        launcher.launch_service(
-            conductor_service.ConductorService(conf.host, worker_id, conf),
-            workers=1)
-    LOG.info("Conductor %(host)s starting %(workers)d worker(s)",
-             {"host": conf.host, "workers": workers})
+    conductor_log.setup(conf, conductor_log.master_identity(conf.host))
+    try:
+        hook_list = hooks.discover(conf.hooks.hooks_dir)
+        hooks.run_hooks(hook_list, "source", conf=conf,
+                        config_files=list(conf.config_file))
+        workers = checks.check_all(conf)
+        startup.run(conf, hook_list)
+    except exceptions.ConductorException as exc:
+        fail(str(exc))
+    launcher = master.launch(conf, workers)
+    watcher = master.WorkersUpWatcher(conf, workers, hook_list)
+    watcher.start()
     try:
         launcher.wait()
     finally:
+        watcher.stop()
+        master.on_stop(conf, hook_list)
         LOG.info("Conductor %s master exiting", conf.host)
+        if watcher.failed:
+            sys.exit(1)
