@@ -21,6 +21,7 @@ from oslo_db import exception as db_exc
 from oslo_utils import timeutils
 import sqlalchemy as sa
 
+from conductor import checks
 from conductor.common import exceptions
 from conductor.common import node_fields
 from conductor.common import output
@@ -376,6 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(str(exc).splitlines()[0])
     manage = Manage(conf, print)
     try:
+        # NOTE: read every option now, so that a bad value is reported as
+        # "[group] option: reason" rather than oslo.config's message about
+        # a LocationInfo, and before a command has half run.
+        checks.check_option_values(conf)
         args.func(manage, args)
     except exceptions.ConductorException as exc:
         if args.debug:
