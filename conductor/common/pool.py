@@ -1,0 +1,466 @@
+"""The bounded thread pool of one worker process.
+
+Every worker has exactly one :class:`WorkerPool` of ``[conductor]
+workers_pool_size`` threads, shared by periodic tasks, per-node periodic
+work and power actions. A submission while every thread is busy is
+rejected with :class:`~conductor.common.exceptions.NoFreeWorker`; nothing
+is ever queued without bound::
+
+    pool = WorkerPool(size=conf.conductor.workers_pool_size, name="w0")
+    # ... the master forks here: no thread exists yet ...
+    pool.start()
+    try:
+        future = pool.submit(do_power_action, node_uuid)
+    except exceptions.NoFreeWorker:
+        ...  # tell the caller to retry later
+    ...
+    pool.shutdown(wait=True, timeout=10)
+
+A caller that fans work out over many items (a sweep over nodes) borrows
+at most ``n`` threads at once through :meth:`WorkerPool.slots`; when the
+pool is full the item runs in the caller's own thread instead, so a sweep
+always makes progress and never holds more than ``n`` threads.
+"""
+
+from __future__ import annotations
+
+from concurrent import futures
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable, TypeVar
+
+from conductor.common import exceptions
+
+LOG = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
+
+
+@dataclasses.dataclass
+class _Item:
+    """One accepted submission, waiting in the queue or running."""
+
+    future: futures.Future[Any]
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+class _Runtime:
+    """Everything a started pool holds; built in :meth:`WorkerPool.start`.
+
+    Kept apart from :class:`WorkerPool` so that an unstarted pool holds
+    plain values only (it can be pickled and forked).
+    """
+
+    def __init__(self) -> None:
+        # NOTE: this lock (and the condition built on it) protects
+        # ``busy``, ``spawned``, ``threads``, ``stopping``, the counters
+        # below and the ``active`` count of every PoolSlots of this pool.
+        # The condition is notified whenever a thread or a slot frees up,
+        # and by WorkerPool.wake_waiters().
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        # NOTE: never holds more than ``size`` items: an item is counted
+        # in ``busy`` from submit until its callable returned, and submit
+        # rejects when ``busy`` reached ``size``.
+        self.queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
+        self.spawned = 0
+        self.busy = 0
+        self.stopping = False
+        self.submitted = 0
+        self.completed = 0
+        self.failed = 0
+        self.rejected = 0
+
+
+class WorkerPool:
+    """A pool of at most ``size`` threads that rejects work when all are busy.
+
+    The constructor stores plain values and creates no thread, lock or
+    queue (the master process builds the service before it forks, and a
+    thread that exists before a fork is lost in the child). Call
+    :meth:`start` in the worker, after the fork. Threads are created on
+    demand, up to ``size``, named ``<name>-<n>``, and are reused.
+
+    The pool rejects on *busy threads*, not on backlog: a submission is
+    accepted only when fewer than ``size`` submissions are unfinished, so
+    the internal queue never holds more than ``size`` items.
+
+    :param size: the number of threads, at least 1.
+    :param name: a short name used in thread names and logs.
+    :raises ValueError: when ``size`` is not an integer >= 1.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(
+                "WorkerPool size must be an integer >= 1, got %r" % (size,))
+        #: The maximum number of threads and of unfinished submissions.
+        self.size = size
+        #: The name used in thread names and log lines.
+        self.name = name
+        self._rt: _Runtime | None = None
+
+    def __repr__(self) -> str:
+        return "<WorkerPool %s size=%d started=%s>" % (
+            self.name, self.size, self._rt is not None)
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` has run."""
+        return self._rt is not None
+
+    def start(self) -> None:
+        """Make the pool ready to accept work; creates no thread yet.
+
+        :raises RuntimeError: when the pool was already started.
+        """
+        if self._rt is not None:
+            raise RuntimeError("WorkerPool %s is already started" % self.name)
+        self._rt = _Runtime()
+        LOG.debug("Worker pool %(pool)s started with up to %(size)d threads",
+                  {"pool": self.name, "size": self.size})
+
+    def _runtime(self) -> _Runtime:
+        if self._rt is None:
+            raise RuntimeError(
+                "WorkerPool %s is not started; call start() first"
+                % self.name)
+        return self._rt
+
+    def submit(self, fn: Callable[..., _R], /, *args: Any,
+               **kwargs: Any) -> futures.Future[_R]:
+        """Run ``fn(*args, **kwargs)`` on a pool thread.
+
+        The returned future carries the result or the exception ``fn``
+        raised, including ``SystemExit`` and other ``BaseException``
+        (which never kill the pool thread). Nothing else looks at that
+        exception: the caller must. The thread is counted free again
+        *before* the future completes, so a caller woken by the future
+        may submit again at once. Exceptions raised by the future's done
+        callbacks are logged and swallowed.
+
+        :raises conductor.common.exceptions.NoFreeWorker: when all
+            ``size`` threads are busy.
+        :raises RuntimeError: when the pool is not started or is shut down.
+        """
+        rt = self._runtime()
+        with rt.lock:
+            if rt.stopping:
+                raise RuntimeError(
+                    "WorkerPool %s is shut down; it accepts no new work"
+                    % self.name)
+            if rt.busy >= self.size:
+                rt.rejected += 1
+                raise exceptions.NoFreeWorker(size=self.size)
+            rt.busy += 1
+            rt.submitted += 1
+            # NOTE: every unfinished item needs a thread; spawn one when
+            # the threads we have are all taken. Threads are never
+            # retired, so ``spawned`` only grows, up to ``size``.
+            spawn = rt.spawned < rt.busy
+            if spawn:
+                rt.spawned += 1
+                index = rt.spawned
+        if spawn:
+            try:
+                self._spawn(rt, index)
+            except BaseException:
+                with rt.lock:
+                    rt.spawned -= 1
+                    rt.busy -= 1
+                    rt.submitted -= 1
+                    rt.rejected += 1
+                    rt.cond.notify_all()
+                LOG.exception("Worker pool %(pool)s could not start a "
+                              "thread", {"pool": self.name})
+                raise exceptions.NoFreeWorker(size=self.size)
+        future: futures.Future[_R] = futures.Future()
+        rt.queue.put(_Item(future, fn, args, kwargs))
+        return future
+
+    def _spawn(self, rt: _Runtime, index: int) -> None:
+        # NOTE: daemon threads, unlike concurrent.futures' (joined at
+        # interpreter exit with no timeout): a call hung on a BMC must not
+        # keep a stopping process alive. shutdown() joins with a bound.
+        thread = threading.Thread(target=self._thread_main, args=(rt,),
+                                  name="%s-%d" % (self.name, index),
+                                  daemon=True)
+        with rt.lock:
+            rt.threads.append(thread)
+        try:
+            thread.start()
+        except BaseException:
+            with rt.lock:
+                rt.threads.remove(thread)
+            raise
+
+    def _thread_main(self, rt: _Runtime) -> None:
+        while True:
+            item = rt.queue.get()
+            if item is None:
+                return
+            try:
+                self._run_item(rt, item)
+            except BaseException:
+                # NOTE: only reachable if a done callback raised a
+                # BaseException (Future swallows Exception). The thread
+                # stays alive: the pool counts on exactly ``spawned``
+                # live threads.
+                LOG.exception("Worker pool %(pool)s: a done callback "
+                              "raised; the thread keeps serving",
+                              {"pool": self.name})
+            del item
+
+    def _run_item(self, rt: _Runtime, item: _Item) -> None:
+        future = item.future
+        if not future.set_running_or_notify_cancel():
+            self._release(rt, failed=False)
+            return
+        error: BaseException | None = None
+        result: Any = None
+        try:
+            result = item.fn(*item.args, **item.kwargs)
+        except BaseException as exc:  # the future carries it to the caller
+            error = exc
+            if not isinstance(exc, Exception):
+                LOG.error("Worker pool %(pool)s: %(fn)r raised %(exc)r; "
+                          "the thread keeps serving",
+                          {"pool": self.name, "fn": item.fn, "exc": exc})
+        finally:
+            self._release(rt, failed=error is not None)
+        if error is not None:
+            future.set_exception(error)
+            del error
+        else:
+            future.set_result(result)
+
+    def _release(self, rt: _Runtime, failed: bool) -> None:
+        with rt.lock:
+            rt.busy -= 1
+            rt.completed += 1
+            if failed:
+                rt.failed += 1
+            rt.cond.notify_all()
+
+    @property
+    def busy(self) -> int:
+        """Unfinished submissions (running or about to run); 0 if unstarted."""
+        rt = self._rt
+        if rt is None:
+            return 0
+        with rt.lock:
+            return rt.busy
+
+    @property
+    def free(self) -> int:
+        """How many more submissions would be accepted right now."""
+        return self.size - self.busy
+
+    def stats(self) -> dict[str, int]:
+        """Counters for ``status``: a consistent snapshot.
+
+        Keys: ``size``, ``busy``, ``free``, ``threads`` (created so far),
+        ``submitted`` and ``rejected`` (totals), ``completed`` and
+        ``failed`` (submissions whose callable returned or raised).
+        """
+        rt = self._rt
+        if rt is None:
+            return {"size": self.size, "busy": 0, "free": self.size,
+                    "threads": 0, "submitted": 0, "rejected": 0,
+                    "completed": 0, "failed": 0}
+        with rt.lock:
+            return {"size": self.size, "busy": rt.busy,
+                    "free": self.size - rt.busy, "threads": rt.spawned,
+                    "submitted": rt.submitted, "rejected": rt.rejected,
+                    "completed": rt.completed, "failed": rt.failed}
+
+    def wait_for_free(self, timeout: float,
+                      stop: threading.Event | None = None) -> bool:
+        """Wait until a thread is free, ``timeout`` passed, or ``stop`` is set.
+
+        Whoever sets ``stop`` must call :meth:`wake_waiters` afterwards
+        for the wait to end at once.
+
+        :returns: True when a thread was free on return. A free thread
+            may still be taken by another caller before this one submits.
+        """
+        rt = self._runtime()
+        deadline = time.monotonic() + timeout
+        with rt.lock:
+            while rt.busy >= self.size and not rt.stopping:
+                if stop is not None and stop.is_set():
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                rt.cond.wait(remaining)
+            return rt.busy < self.size and not rt.stopping
+
+    def wake_waiters(self) -> None:
+        """Wake every :meth:`wait_for_free` and :class:`PoolSlots` waiter.
+
+        Call it after setting a stop event those waiters watch.
+        """
+        rt = self._rt
+        if rt is None:
+            return
+        with rt.lock:
+            rt.cond.notify_all()
+
+    def slots(self, limit: int,
+              stop: threading.Event | None = None) -> PoolSlots:
+        """Borrow at most ``limit`` threads of this pool for a fan-out.
+
+        ``limit`` is capped to ``size - 1`` (at least 1), so that a fan-out
+        started from a pool thread always leaves a thread for others.
+        See :class:`PoolSlots`.
+
+        :raises ValueError: when ``limit`` is not an integer >= 1.
+        :raises RuntimeError: when the pool is not started.
+        """
+        return PoolSlots(self, limit, stop)
+
+    def shutdown(self, wait: bool = True,
+                 timeout: float | None = None) -> bool:
+        """Stop accepting work and let the threads end.
+
+        Work already accepted still runs; new submissions raise
+        ``RuntimeError``. With ``wait``, joins the threads for at most
+        ``timeout`` seconds in total (``None``: no bound). A thread still
+        busy at the bound is left behind (it is a daemon thread).
+
+        :returns: True when every thread has ended (always True for an
+            unstarted pool), False while one is still running.
+        """
+        rt = self._rt
+        if rt is None:
+            return True
+        with rt.lock:
+            first = not rt.stopping
+            rt.stopping = True
+            count = rt.spawned
+            threads = list(rt.threads)
+            rt.cond.notify_all()
+        if first:
+            # NOTE: one sentinel per thread, queued behind accepted work.
+            for _ in range(count):
+                rt.queue.put(None)
+        if wait:
+            deadline = (None if timeout is None
+                        else time.monotonic() + timeout)
+            for thread in threads:
+                remaining = (None if deadline is None
+                             else max(0.0, deadline - time.monotonic()))
+                thread.join(remaining)
+        alive = [t.name for t in threads if t.is_alive()]
+        if alive and wait:
+            LOG.warning("Worker pool %(pool)s: %(count)d thread(s) still "
+                        "busy after %(timeout)s s: %(names)s",
+                        {"pool": self.name, "count": len(alive),
+                         "timeout": timeout, "names": ", ".join(alive)})
+        return not alive
+
+
+class PoolSlots:
+    """Runs at most ``limit`` jobs of one caller at once on a shared pool.
+
+    Built by :meth:`WorkerPool.slots`. :meth:`submit` waits until one of
+    this caller's ``limit`` slots is free, then hands the job to the pool;
+    when the pool has no free thread the job runs in the caller's own
+    thread ("caller runs"), so a fan-out never exceeds the pool, never
+    queues without bound and never spins. Jobs should catch their own
+    exceptions; whatever they raise ends up in their future only.
+
+    Not thread-safe for several submitters: one caller owns it.
+    """
+
+    def __init__(self, pool: WorkerPool, limit: int,
+                 stop: threading.Event | None = None) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(
+                "slots limit must be an integer >= 1, got %r" % (limit,))
+        self._pool = pool
+        self._rt = pool._runtime()
+        #: Jobs of this caller that may run at once.
+        self.limit = max(1, min(limit, pool.size - 1))
+        self._stop = stop
+        # NOTE: guarded by the pool's lock (self._rt.lock).
+        self._active = 0
+        #: Jobs that ran in the caller's thread because the pool was full.
+        self.ran_inline = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any,
+               **kwargs: Any) -> futures.Future[Any] | None:
+        """Run ``fn(*args, **kwargs)`` within this caller's limit.
+
+        Blocks while ``limit`` jobs are unfinished. Returns the job's
+        future, already done when the job ran in the caller's thread;
+        returns None without running the job when ``stop`` is set (the
+        setter must call :meth:`WorkerPool.wake_waiters`).
+        """
+        rt = self._rt
+        with rt.lock:
+            while self._active >= self.limit and not self._stopped():
+                rt.cond.wait()
+            if self._stopped():
+                return None
+            self._active += 1
+        try:
+            return self._pool.submit(self._run, fn, args, kwargs)
+        except (exceptions.NoFreeWorker, RuntimeError):
+            pass
+        # NOTE: the pool is full (or shutting down): run the job here
+        # rather than wait, so that a fan-out started from a pool thread
+        # cannot deadlock against other fan-outs holding the rest.
+        self.ran_inline += 1
+        future: futures.Future[Any] = futures.Future()
+        future.set_running_or_notify_cancel()
+        try:
+            result = self._run(fn, args, kwargs)
+        except BaseException as exc:  # the future carries it
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        return future
+
+    def _stopped(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._rt.lock:
+                self._active -= 1
+                self._rt.cond.notify_all()
+
+    @property
+    def active(self) -> int:
+        """Jobs submitted through these slots and not finished yet."""
+        with self._rt.lock:
+            return self._active
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every job submitted here has finished.
+
+        :returns: False when ``timeout`` passed first.
+        """
+        rt = self._rt
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with rt.lock:
+            while self._active:
+                if deadline is None:
+                    rt.cond.wait()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                rt.cond.wait(remaining)
+            return True

@@ -1,0 +1,340 @@
+"""Tests for conductor.common.pool: the rules the bounded pool keeps."""
+
+from __future__ import annotations
+
+from concurrent import futures
+import pickle
+import threading
+import time
+from typing import Any, Callable
+
+import conductor.cmd  # noqa: F401  (selects the threading backend first)
+from conductor.common import exceptions
+from conductor.common import pool as pool_mod
+from tests import base
+
+WAIT = 5.0
+
+
+class Blocker:
+    """Jobs that hold a pool thread until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self.entered = 0
+        self.threads: list[str] = []
+        self.futures: list[futures.Future[Any]] = []
+
+    def __call__(self) -> str:
+        with self._cond:
+            self.entered += 1
+            self.threads.append(threading.current_thread().name)
+            self._cond.notify_all()
+        assert self.release.wait(WAIT), "blocker never released"
+        return "done"
+
+    def wait_entered(self, count: int) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.entered >= count, WAIT)
+
+
+class PoolTestCase(base.TestCase):
+
+    def make_pool(self, size: int = 2,
+                  name: str = "tp") -> pool_mod.WorkerPool:
+        pool = pool_mod.WorkerPool(size, name)
+        pool.start()
+        self.addCleanup(pool.shutdown, True, WAIT)
+        return pool
+
+    def fill(self, pool: pool_mod.WorkerPool) -> Blocker:
+        blocker = Blocker()
+        self.addCleanup(blocker.release.set)
+        for _ in range(pool.size):
+            blocker.futures.append(pool.submit(blocker))
+        self.assertTrue(blocker.wait_entered(pool.size))
+        return blocker
+
+
+class TestConstruction(PoolTestCase):
+
+    def test_init_creates_no_thread_and_pickles(self) -> None:
+        before = threading.active_count()
+        pool = pool_mod.WorkerPool(4, "w0")
+        self.assertEqual(before, threading.active_count())
+        # NOTE: the service is pickled/forked after construction.
+        clone = pickle.loads(pickle.dumps(pool))
+        self.assertEqual((4, "w0"), (clone.size, clone.name))
+        self.assertFalse(pool.started)
+        self.assertEqual(0, pool.stats()["threads"])
+
+    def test_start_creates_no_thread(self) -> None:
+        before = threading.active_count()
+        pool = self.make_pool(4)
+        self.assertEqual(before, threading.active_count())
+        self.assertTrue(pool.started)
+
+    def test_invalid_size(self) -> None:
+        for size in (0, -1, 1.5, True, "3"):
+            self.assertRaises(ValueError, pool_mod.WorkerPool, size, "x")
+
+    def test_submit_before_start(self) -> None:
+        pool = pool_mod.WorkerPool(2, "x")
+        self.assertRaises(RuntimeError, pool.submit, lambda: None)
+
+    def test_start_twice(self) -> None:
+        pool = self.make_pool()
+        self.assertRaises(RuntimeError, pool.start)
+
+
+class TestSubmit(PoolTestCase):
+
+    def test_result_and_counters(self) -> None:
+        pool = self.make_pool(3)
+        fut = pool.submit(lambda a, b=0: a + b, 2, b=3)
+        self.assertEqual(5, fut.result(WAIT))
+        stats = pool.stats()
+        self.assertEqual(1, stats["submitted"])
+        self.assertEqual(1, stats["completed"])
+        self.assertEqual(0, stats["busy"])
+        self.assertEqual(3, stats["free"])
+        self.assertEqual(1, stats["threads"])
+
+    def test_rejects_when_all_threads_busy(self) -> None:
+        pool = self.make_pool(2)
+        blocker = self.fill(pool)
+        self.assertEqual(2, pool.busy)
+        exc = self.assertRaises(exceptions.NoFreeWorker, pool.submit,
+                                lambda: None)
+        self.assertIn("All 2 worker threads are busy", str(exc))
+        self.assertEqual(1, pool.stats()["rejected"])
+        blocker.release.set()
+        self.assertTrue(pool.wait_for_free(WAIT))
+        self.assertEqual(1, pool.submit(lambda: 1).result(WAIT))
+
+    def test_thread_free_before_future_done(self) -> None:
+        # NOTE: rejection is on busy threads, not on backlog: once a
+        # caller sees its result the thread counts as free again.
+        pool = self.make_pool(1)
+        for i in range(20):
+            self.assertEqual(i, pool.submit(lambda v: v, i).result(WAIT))
+        self.assertEqual(0, pool.stats()["rejected"])
+        self.assertEqual(1, pool.stats()["threads"])
+
+    def test_threads_named_after_pool_and_reused(self) -> None:
+        pool = self.make_pool(3, name="worker-7")
+        blocker = self.fill(pool)
+        blocker.release.set()
+        futures.wait(blocker.futures, WAIT)
+        self.assertEqual(
+            ["worker-7-1", "worker-7-2", "worker-7-3"],
+            sorted(blocker.threads))
+        names = {pool.submit(lambda: threading.current_thread().name)
+                 .result(WAIT) for _ in range(10)}
+        self.assertTrue(names <= set(blocker.threads))
+        self.assertEqual(3, pool.stats()["threads"])
+
+    def test_exception_goes_to_future(self) -> None:
+        pool = self.make_pool(2)
+
+        def boom() -> None:
+            raise KeyError("x")
+
+        fut = pool.submit(boom)
+        self.assertIsInstance(fut.exception(WAIT), KeyError)
+        self.assertEqual(1, pool.stats()["failed"])
+
+    def _check_threads_alive(self, pool: pool_mod.WorkerPool) -> None:
+        # Every thread still serves: ``size`` blockers all start.
+        blocker = Blocker()
+        self.addCleanup(blocker.release.set)
+        for _ in range(pool.size):
+            pool.submit(blocker)
+        self.assertTrue(blocker.wait_entered(pool.size),
+                        "a pool thread died")
+        blocker.release.set()
+
+    def test_base_exception_does_not_kill_thread(self) -> None:
+        pool = self.make_pool(2)
+        for exc_type in (SystemExit, KeyboardInterrupt, GeneratorExit):
+            def raiser(e: type[BaseException] = exc_type) -> None:
+                raise e()
+            fut = pool.submit(raiser)
+            self.assertIsInstance(fut.exception(WAIT), exc_type)
+        self._check_threads_alive(pool)
+
+    def test_callback_raising_base_exception_keeps_thread(self) -> None:
+        pool = self.make_pool(1)
+        gate = threading.Event()
+        called = threading.Event()
+
+        def callback(_fut: futures.Future[Any]) -> None:
+            called.set()
+            raise SystemExit(1)
+
+        fut = pool.submit(gate.wait, WAIT)
+        fut.add_done_callback(callback)
+        gate.set()
+        self.assertTrue(called.wait(WAIT))
+        self._check_threads_alive(pool)
+
+
+class TestWaitForFree(PoolTestCase):
+
+    def test_returns_when_thread_frees(self) -> None:
+        pool = self.make_pool(1)
+        blocker = self.fill(pool)
+        threading.Timer(0.05, blocker.release.set).start()
+        start = time.monotonic()
+        self.assertTrue(pool.wait_for_free(WAIT))
+        self.assertLess(time.monotonic() - start, WAIT / 2)
+
+    def test_times_out(self) -> None:
+        pool = self.make_pool(1)
+        self.fill(pool)
+        start = time.monotonic()
+        self.assertFalse(pool.wait_for_free(0.05))
+        self.assertGreaterEqual(time.monotonic() - start, 0.04)
+
+    def test_stop_event_and_wake(self) -> None:
+        pool = self.make_pool(1)
+        self.fill(pool)
+        stop = threading.Event()
+        result: list[bool] = []
+        waiter = threading.Thread(
+            target=lambda: result.append(pool.wait_for_free(60, stop)))
+        waiter.start()
+        stop.set()
+        pool.wake_waiters()
+        waiter.join(WAIT)
+        self.assertFalse(waiter.is_alive())
+        self.assertEqual([False], result)
+
+
+class TestShutdown(PoolTestCase):
+
+    def test_idle_pool(self) -> None:
+        pool = self.make_pool(3)
+        for _ in range(3):
+            pool.submit(lambda: None).result(WAIT)
+        self.assertTrue(pool.shutdown(wait=True, timeout=WAIT))
+        self.assertRaises(RuntimeError, pool.submit, lambda: None)
+        self.assertTrue(pool.shutdown(wait=True, timeout=WAIT))
+
+    def test_unstarted(self) -> None:
+        self.assertTrue(pool_mod.WorkerPool(2, "x").shutdown())
+
+    def test_bounded_with_blocked_thread(self) -> None:
+        pool = self.make_pool(2)
+        blocker = self.fill(pool)
+        start = time.monotonic()
+        self.assertFalse(pool.shutdown(wait=True, timeout=0.1))
+        self.assertLess(time.monotonic() - start, 2.0)
+        blocker.release.set()
+        self.assertTrue(pool.shutdown(wait=True, timeout=WAIT))
+
+    def test_no_wait(self) -> None:
+        pool = self.make_pool(1)
+        blocker = self.fill(pool)
+        self.assertFalse(pool.shutdown(wait=False))
+        blocker.release.set()
+        self.assertTrue(pool.shutdown(wait=True, timeout=WAIT))
+
+
+class TestSlots(PoolTestCase):
+
+    def run_fanout(self, pool: pool_mod.WorkerPool, limit: int,
+                   items: int) -> tuple[int, pool_mod.PoolSlots, Blocker]:
+        """Submit ``items`` blockers through slots from a helper thread."""
+        blocker = Blocker()
+        self.addCleanup(blocker.release.set)
+        slots = pool.slots(limit)
+        done = threading.Event()
+
+        def fan_out() -> None:
+            for _ in range(items):
+                slots.submit(blocker)
+            slots.join()
+            done.set()
+
+        thread = threading.Thread(target=fan_out, name="fan-out")
+        thread.start()
+        self.addCleanup(thread.join, WAIT)
+        self.assertTrue(blocker.wait_entered(slots.limit))
+        # NOTE: a bounded window for a job beyond the limit to show up.
+        done.wait(0.2)
+        entered = blocker.entered
+        blocker.release.set()
+        self.assertTrue(done.wait(WAIT))
+        return entered, slots, blocker
+
+    def test_at_most_limit_at_once(self) -> None:
+        pool = self.make_pool(8)
+        entered, slots, blocker = self.run_fanout(pool, 2, 6)
+        self.assertEqual(2, slots.limit)
+        self.assertEqual(2, entered)
+        self.assertEqual(6, blocker.entered)
+        self.assertEqual(0, slots.ran_inline)
+        self.assertEqual(0, pool.stats()["rejected"])
+
+    def test_limit_capped_below_pool_size(self) -> None:
+        pool = self.make_pool(3)
+        entered, slots, _blocker = self.run_fanout(pool, 50, 5)
+        self.assertEqual(2, slots.limit)
+        self.assertEqual(2, entered)
+
+    def test_limit_at_least_one(self) -> None:
+        pool = self.make_pool(1)
+        self.assertEqual(1, pool.slots(5).limit)
+        self.assertRaises(ValueError, pool.slots, 0)
+
+    def test_full_pool_runs_job_in_caller_thread(self) -> None:
+        pool = self.make_pool(2)
+        self.fill(pool)
+        slots = pool.slots(1)
+        fut = slots.submit(lambda: threading.current_thread().name)
+        self.assertIsNotNone(fut)
+        assert fut is not None
+        self.assertTrue(fut.done())
+        self.assertEqual(threading.current_thread().name, fut.result())
+        self.assertEqual(1, slots.ran_inline)
+        self.assertEqual(0, slots.active)
+
+    def test_inline_job_exception_in_future(self) -> None:
+        pool = self.make_pool(1)
+        self.fill(pool)
+        slots = pool.slots(1)
+
+        def boom() -> None:
+            raise SystemExit(2)
+
+        fut = slots.submit(boom)
+        assert fut is not None
+        self.assertIsInstance(fut.exception(0), SystemExit)
+        self.assertEqual(0, slots.active)
+
+    def test_stop_while_waiting_for_a_slot(self) -> None:
+        pool = self.make_pool(4)
+        stop = threading.Event()
+        slots = pool.slots(1, stop=stop)
+        blocker = Blocker()
+        self.addCleanup(blocker.release.set)
+        self.assertIsNotNone(slots.submit(blocker))
+        self.assertTrue(blocker.wait_entered(1))
+        result: list[Any] = []
+        second: Callable[[], None] = lambda: result.append(
+            slots.submit(blocker))
+        thread = threading.Thread(target=second)
+        thread.start()
+        stop.set()
+        pool.wake_waiters()
+        thread.join(WAIT)
+        self.assertFalse(thread.is_alive())
+        self.assertEqual([None], result)
+        self.assertEqual(1, blocker.entered)
+        self.assertFalse(slots.join(0.01))
+        blocker.release.set()
+        self.assertTrue(slots.join(WAIT))
+        self.assertIsNone(slots.submit(blocker))
