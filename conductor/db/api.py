@@ -577,8 +577,16 @@ class Connection:
                     .where(_conductors.c.worker_id == worker_id)
                     .values(**values))
 
-    def heartbeat(self, host: str, worker_id: int) -> None:
-        """Refresh this worker's heartbeat; re-registers if the row is gone."""
+    def heartbeat(self, host: str, worker_id: int, *,
+                  drivers: Sequence[str] = (),
+                  pid: int | None = None) -> None:
+        """Refresh this worker's heartbeat; re-registers if the row is gone.
+
+        :param drivers: the worker's drivers and
+        :param pid: its process id, registered again with the row when it
+            was deleted meanwhile (``conductor-manage clean`` after a
+            stall); see :meth:`register_conductor`.
+        """
         with self.engine.begin() as conn:
             count = conn.execute(
                 _conductors.update()
@@ -590,7 +598,7 @@ class Connection:
             LOG.warning("Conductor row of %(host)s worker %(worker)d was "
                         "missing; registering it again",
                         {"host": host, "worker": worker_id})
-            self.register_conductor(host, worker_id, [])
+            self.register_conductor(host, worker_id, drivers, pid=pid)
 
     def set_offline(self, host: str, worker_id: int | None = None) -> None:
         """Mark one worker (or every worker of ``host``) offline."""
