@@ -1,0 +1,645 @@
+"""Tests for conductor.db.api against a real, migrated SQLite file."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+
+import fixtures
+from oslo_utils import timeutils
+from oslo_utils import uuidutils
+import sqlalchemy as sa
+
+from conductor.common import exceptions
+from conductor.common import states
+from conductor.db import api as db_api
+from conductor.db import migration
+from conductor.db import models
+from tests import base
+
+UNREACHABLE_MYSQL = "mysql+pymysql://root:s3cret@127.0.0.1:1/conductor"
+
+
+class DbTestCase(base.TestCase):
+    """Gives ``self.db``: a Connection to a migrated temp SQLite file."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.db_path = os.path.join(self.conf.state_path, "conductor.sqlite")
+        self.db = db_api.Connection.create("sqlite:///" + self.db_path)
+        self.addCleanup(self.db.dispose)
+        migration.upgrade(self.db.engine)
+
+    def node(self, name: str | None = None, **values: object
+             ) -> db_api.NodeRecord:
+        fields = {"driver": "fake", "driver_info": {}}
+        if name is not None:
+            fields["name"] = name
+        fields.update(values)
+        return self.db.create_node(fields)
+
+    def count_nodes(self) -> int:
+        with self.db.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.count()).select_from(models.nodes)
+            ).scalar_one()
+
+    def set_columns(self, uuid: str, **values: object) -> None:
+        """Write columns directly, bypassing the API under test."""
+        with self.db.engine.begin() as conn:
+            conn.execute(models.nodes.update()
+                         .where(models.nodes.c.uuid == uuid).values(**values))
+
+
+class TestCreateAndImport(DbTestCase):
+
+    def test_create_node_defaults(self) -> None:
+        node = self.node("n1", driver_info={"fake_latency_ms": 5})
+        self.assertTrue(uuidutils.is_uuid_like(node.uuid))
+        self.assertEqual("n1", node.name)
+        self.assertEqual("fake", node.driver)
+        self.assertEqual({"fake_latency_ms": 5}, node.driver_info)
+        self.assertIsNone(node.power_state)
+        self.assertIsNone(node.target_power_state)
+        self.assertFalse(node.maintenance)
+        self.assertEqual(0, node.power_sync_failures)
+        self.assertIsNone(node.reservation)
+        self.assertIsInstance(node.created_at, datetime.datetime)
+        self.assertIsNone(node.updated_at)
+
+    def test_create_node_keeps_given_uuid_and_maintenance(self) -> None:
+        uuid = uuidutils.generate_uuid()
+        node = self.node("n1", uuid=uuid, maintenance=True,
+                         maintenance_reason="broken fan")
+        self.assertEqual(uuid, node.uuid)
+        self.assertTrue(node.maintenance)
+        self.assertEqual("broken fan", node.maintenance_reason)
+
+    def test_create_node_without_name(self) -> None:
+        first = self.node()
+        second = self.node()
+        self.assertIsNone(first.name)
+        self.assertNotEqual(first.uuid, second.uuid)
+
+    def test_create_node_unknown_field(self) -> None:
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                self.db.create_node,
+                                {"driver": "fake", "reservation": "x"})
+        self.assertIn("reservation", str(exc))
+        self.assertEqual(0, self.count_nodes())
+
+    def test_create_node_duplicate_name(self) -> None:
+        self.node("n1")
+        exc = self.assertRaises(exceptions.DuplicateName, self.node, "n1")
+        self.assertEqual("A node with name n1 already exists.", str(exc))
+        self.assertEqual(1, self.count_nodes())
+
+    def test_create_node_duplicate_uuid(self) -> None:
+        node = self.node("n1")
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                self.node, "n2", uuid=node.uuid)
+        self.assertIn(node.uuid, str(exc))
+        self.assertEqual(1, self.count_nodes())
+
+    def test_import_nodes_returns_all_in_order(self) -> None:
+        nodes = self.db.import_nodes([
+            {"driver": "fake", "name": "n%d" % i} for i in range(5)])
+        self.assertEqual(["n0", "n1", "n2", "n3", "n4"],
+                         [node.name for node in nodes])
+        self.assertEqual(5, self.count_nodes())
+
+    def test_import_nodes_empty(self) -> None:
+        self.assertEqual([], self.db.import_nodes([]))
+
+    def test_import_duplicate_name_inside_batch_stores_nothing(self) -> None:
+        exc = self.assertRaises(exceptions.DuplicateName,
+                                self.db.import_nodes,
+                                [{"driver": "fake", "name": "a"},
+                                 {"driver": "fake", "name": "b"},
+                                 {"driver": "fake", "name": "a"}])
+        self.assertIn("name a ", str(exc))
+        self.assertEqual(0, self.count_nodes())
+
+    def test_import_clash_with_existing_node_stores_nothing(self) -> None:
+        self.node("b")
+        exc = self.assertRaises(exceptions.DuplicateName,
+                                self.db.import_nodes,
+                                [{"driver": "fake", "name": "a"},
+                                 {"driver": "fake", "name": "b"},
+                                 {"driver": "fake", "name": "c"}])
+        self.assertIn("name b ", str(exc))
+        self.assertEqual(["b"], [n.name for n in self.db.list_nodes()])
+
+    def test_import_duplicate_uuid_inside_batch_stores_nothing(self) -> None:
+        uuid = uuidutils.generate_uuid()
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                self.db.import_nodes,
+                                [{"driver": "fake", "name": "a",
+                                  "uuid": uuid},
+                                 {"driver": "fake", "name": "b",
+                                  "uuid": uuid}])
+        self.assertIn(uuid, str(exc))
+        self.assertEqual(0, self.count_nodes())
+
+    def test_import_unknown_field_stores_nothing(self) -> None:
+        self.assertRaises(exceptions.InvalidParameterValue,
+                          self.db.import_nodes,
+                          [{"driver": "fake", "name": "a"},
+                           {"driver": "fake", "power_state": "power on"}])
+        self.assertEqual(0, self.count_nodes())
+
+
+class TestGetAndList(DbTestCase):
+
+    def test_get_by_uuid_and_by_name(self) -> None:
+        node = self.node("n1")
+        self.assertEqual(node, self.db.get_node(node.uuid))
+        self.assertEqual(node, self.db.get_node("n1"))
+
+    def test_get_by_uuid_in_other_spellings(self) -> None:
+        node = self.node("n1")
+        for ident in (node.uuid.upper(), node.uuid.replace("-", ""),
+                      "{%s}" % node.uuid, "urn:uuid:%s" % node.uuid):
+            self.assertEqual(node.uuid, self.db.get_node(ident).uuid, ident)
+
+    def test_get_not_found(self) -> None:
+        self.node("n1")
+        uuid = uuidutils.generate_uuid()
+        for ident in ("nope", uuid):
+            exc = self.assertRaises(exceptions.NodeNotFound,
+                                    self.db.get_node, ident)
+            self.assertEqual("Node %s could not be found." % ident, str(exc))
+
+    def test_get_nodes_by_uuid_keeps_order_skips_missing(self) -> None:
+        a, b = self.node("a"), self.node("b")
+        found = self.db.get_nodes_by_uuid(
+            [b.uuid, uuidutils.generate_uuid(), a.uuid])
+        self.assertEqual(["b", "a"], [node.name for node in found])
+
+    def test_list_filters(self) -> None:
+        self.node("a")
+        self.node("b", driver="ipmi")
+        self.node("c", maintenance=True)
+        self.node("d", driver="ipmi", maintenance=True)
+
+        def names(**kw: object) -> list[str | None]:
+            return [node.name for node in self.db.list_nodes(**kw)]
+
+        self.assertEqual(["a", "b", "c", "d"], names())
+        self.assertEqual(["b", "d"], names(driver="ipmi"))
+        self.assertEqual(["c", "d"], names(maintenance=True))
+        self.assertEqual(["a", "b"], names(maintenance=False))
+        self.assertEqual(["d"], names(driver="ipmi", maintenance=True))
+        self.assertEqual(["a", "b"], names(limit=2))
+        self.assertEqual([], names(driver="redfish"))
+
+    def test_driver_info_decoded_from_text(self) -> None:
+        # Some MySQL drivers return JSON columns as text.
+        self.assertEqual({"a": 1}, db_api._as_dict('{"a": 1}'))
+        self.assertEqual({}, db_api._as_dict(None))
+        self.assertEqual(["fake"], db_api._as_list(b'["fake"]'))
+
+
+class TestUpdateAndDelete(DbTestCase):
+
+    def test_update_fields(self) -> None:
+        node = self.node("n1")
+        updated = self.db.update_node("n1", {
+            "name": "n2", "maintenance": True, "maintenance_reason": "x",
+            "driver_info": {"fake_fail": True}})
+        self.assertEqual(node.uuid, updated.uuid)
+        self.assertEqual("n2", updated.name)
+        self.assertTrue(updated.maintenance)
+        self.assertEqual({"fake_fail": True}, updated.driver_info)
+        self.assertIsNotNone(updated.updated_at)
+        self.assertIsNone(updated.power_state_updated_at)
+        self.assertEqual(updated, self.db.get_node(node.uuid))
+
+    def test_update_power_state_stamps_time(self) -> None:
+        self.node("n1")
+        updated = self.db.update_node("n1", {"power_state": states.POWER_ON})
+        self.assertEqual(states.POWER_ON, updated.power_state)
+        self.assertEqual(updated.updated_at, updated.power_state_updated_at)
+
+    def test_update_unknown_field_refused(self) -> None:
+        self.node("n1")
+        for field in ("reservation", "uuid", "bogus"):
+            exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                    self.db.update_node, "n1", {field: "x"})
+            self.assertIn(field, str(exc))
+        self.assertIsNone(self.db.get_node("n1").reservation)
+
+    def test_update_not_found(self) -> None:
+        self.assertRaises(exceptions.NodeNotFound,
+                          self.db.update_node, "nope", {"name": "x"})
+
+    def test_update_duplicate_name(self) -> None:
+        self.node("a")
+        self.node("b")
+        exc = self.assertRaises(exceptions.DuplicateName,
+                                self.db.update_node, "b", {"name": "a"})
+        self.assertIn("name a ", str(exc))
+        self.assertEqual("b", self.db.get_node("b").name)
+
+    def test_update_reserved_by_other_holder(self) -> None:
+        node = self.node("n1")
+        self.db.reserve_node(node.uuid, "host-a:0")
+        for holder in (None, "host-b:1"):
+            exc = self.assertRaises(exceptions.NodeLocked,
+                                    self.db.update_node, "n1",
+                                    {"last_error": "x"}, holder=holder)
+            self.assertIn("host-a:0", str(exc))
+        self.assertIsNone(self.db.get_node("n1").last_error)
+
+    def test_update_reserved_by_same_holder(self) -> None:
+        node = self.node("n1")
+        self.db.reserve_node(node.uuid, "host-a:0")
+        updated = self.db.update_node(node.uuid, {"last_error": "boom"},
+                                      holder="host-a:0")
+        self.assertEqual("boom", updated.last_error)
+        self.assertEqual("host-a:0", updated.reservation)
+
+    def test_delete(self) -> None:
+        node = self.node("n1")
+        self.db.delete_node("n1")
+        self.assertRaises(exceptions.NodeNotFound,
+                          self.db.get_node, node.uuid)
+        self.assertRaises(exceptions.NodeNotFound,
+                          self.db.delete_node, "n1")
+
+    def test_delete_locked_refused(self) -> None:
+        node = self.node("n1")
+        self.db.reserve_node(node.uuid, "host-a:0")
+        exc = self.assertRaises(exceptions.NodeLocked,
+                                self.db.delete_node, "n1")
+        self.assertIn("host-a:0", str(exc))
+        self.assertEqual(node.uuid, self.db.get_node("n1").uuid)
+
+
+class TestRequestPowerState(DbTestCase):
+
+    def test_request_records_target_and_clears_error(self) -> None:
+        node = self.node("n1")
+        self.set_columns(node.uuid, last_error="old failure")
+        updated = self.db.request_power_state("n1", states.POWER_ON)
+        self.assertEqual(states.POWER_ON, updated.target_power_state)
+        self.assertIsNone(updated.last_error)
+        self.assertIsNone(updated.reservation)
+
+    def test_request_refused_when_pending(self) -> None:
+        self.node("n1")
+        self.db.request_power_state("n1", states.POWER_ON)
+        exc = self.assertRaises(exceptions.NodeLocked,
+                                self.db.request_power_state, "n1",
+                                states.POWER_OFF)
+        self.assertIn("a pending 'power on' action", str(exc))
+        self.assertEqual(states.POWER_ON,
+                         self.db.get_node("n1").target_power_state)
+
+    def test_request_refused_when_reserved(self) -> None:
+        node = self.node("n1")
+        self.db.reserve_node(node.uuid, "host-a:3")
+        exc = self.assertRaises(exceptions.NodeLocked,
+                                self.db.request_power_state, "n1",
+                                states.REBOOT)
+        self.assertIn("locked by host-a:3", str(exc))
+        self.assertIsNone(self.db.get_node("n1").target_power_state)
+
+    def test_request_not_found(self) -> None:
+        self.assertRaises(exceptions.NodeNotFound,
+                          self.db.request_power_state, "nope",
+                          states.POWER_ON)
+
+
+class TestReservations(DbTestCase):
+
+    def test_reserve_and_release(self) -> None:
+        node = self.node("n1")
+        reserved = self.db.reserve_node(node.uuid, "h:0")
+        self.assertEqual("h:0", reserved.reservation)
+        exc = self.assertRaises(exceptions.NodeLocked,
+                                self.db.reserve_node, node.uuid, "h:1")
+        self.assertIn("h:0", str(exc))
+        self.assertTrue(self.db.release_node(node.uuid, "h:0"))
+        self.assertIsNone(self.db.get_node(node.uuid).reservation)
+
+    def test_release_by_non_holder(self) -> None:
+        node = self.node("n1")
+        self.db.reserve_node(node.uuid, "h:0")
+        logger = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
+        self.assertFalse(self.db.release_node(node.uuid, "h:1"))
+        self.assertEqual("h:0", self.db.get_node(node.uuid).reservation)
+        self.assertIn("was not reserved by h:1", logger.output)
+
+    def test_reserve_not_found(self) -> None:
+        self.assertRaises(exceptions.NodeNotFound, self.db.reserve_node,
+                          uuidutils.generate_uuid(), "h:0")
+
+    def test_reserved_context_manager(self) -> None:
+        node = self.node("n1")
+        with self.db.reserved(node.uuid, "h:0") as held:
+            self.assertEqual("h:0", held.reservation)
+            self.assertRaises(exceptions.NodeLocked,
+                              self.db.reserve_node, node.uuid, "h:1")
+        self.assertIsNone(self.db.get_node(node.uuid).reservation)
+
+    def test_reserved_releases_on_error(self) -> None:
+        node = self.node("n1")
+
+        def fail() -> None:
+            with self.db.reserved(node.uuid, "h:0"):
+                raise RuntimeError("boom")
+
+        self.assertRaises(RuntimeError, fail)
+        self.assertIsNone(self.db.get_node(node.uuid).reservation)
+
+    def _reserve_three(self) -> list[db_api.NodeRecord]:
+        nodes = [self.node("n%d" % i) for i in range(4)]
+        for node, holder in zip(nodes, ("h:0", "h:1", "g:0")):
+            self.db.reserve_node(node.uuid, holder)
+        return nodes
+
+    def reservations(self) -> list[str | None]:
+        return [node.reservation for node in self.db.list_nodes()]
+
+    def test_release_reservations_all(self) -> None:
+        self._reserve_three()
+        self.assertEqual(3, self.db.release_reservations())
+        self.assertEqual([None] * 4, self.reservations())
+
+    def test_release_reservations_of_holders(self) -> None:
+        self._reserve_three()
+        self.assertEqual(2, self.db.release_reservations(
+            holders=["h:0", "g:0"]))
+        self.assertEqual([None, "h:1", None, None], self.reservations())
+        self.assertEqual(0, self.db.release_reservations(holders=[]))
+
+    def test_release_reservations_keep(self) -> None:
+        self._reserve_three()
+        self.assertEqual(2, self.db.release_reservations(keep=["h:1"]))
+        self.assertEqual([None, "h:1", None, None], self.reservations())
+
+    def test_release_reservations_among_uuids(self) -> None:
+        nodes = self._reserve_three()
+        self.assertEqual(1, self.db.release_reservations(
+            holders=["h:0", "h:1"], uuids=[nodes[1].uuid, nodes[2].uuid]))
+        self.assertEqual(["h:0", None, "g:0", None], self.reservations())
+
+
+class TestPowerSync(DbTestCase):
+
+    def test_node_uuids_filters(self) -> None:
+        a = self.node("a")
+        b = self.node("b", maintenance=True)
+        c = self.node("c", driver="ipmi")
+        self.db.reserve_node(c.uuid, "h:0")
+        self.db.request_power_state("a", states.POWER_ON)
+        self.assertCountEqual([a.uuid, b.uuid, c.uuid], self.db.node_uuids())
+        self.assertEqual([b.uuid], self.db.node_uuids(maintenance=True))
+        self.assertEqual([c.uuid], self.db.node_uuids(reserved=True))
+        self.assertCountEqual([a.uuid, b.uuid],
+                              self.db.node_uuids(reserved=False))
+        self.assertEqual([a.uuid], self.db.node_uuids(with_target=True))
+        self.assertCountEqual([b.uuid, c.uuid],
+                              self.db.node_uuids(with_target=False))
+        self.assertEqual([c.uuid], self.db.node_uuids(drivers=["ipmi"]))
+
+    def test_sync_rows_filters(self) -> None:
+        a = self.node("a", driver_info={"fake_latency_ms": 1})
+        self.node("b", maintenance=True)
+        c = self.node("c")
+        self.db.reserve_node(c.uuid, "h:0")
+        self.node("d", driver="ipmi")
+        e = self.node("e", maintenance=True)
+        self.set_columns(e.uuid, fault="power failure",
+                         power_sync_failures=4, power_state="error")
+
+        rows = self.db.sync_rows(drivers=["fake"])
+        self.assertEqual([db_api.SyncRow(a.uuid, "a", "fake",
+                                         {"fake_latency_ms": 1}, None, 0)],
+                         rows)
+        self.assertCountEqual(
+            ["a", "d"],
+            [row.name for row in self.db.sync_rows(drivers=["fake",
+                                                            "ipmi"])])
+        self.assertCountEqual(
+            ["b", "e"], [row.name for row in self.db.sync_rows(
+                drivers=["fake"], maintenance=True)])
+        recovery = self.db.sync_rows(drivers=["fake"], maintenance=True,
+                                     fault="power failure")
+        self.assertEqual([db_api.SyncRow(e.uuid, "e", "fake", {}, "error",
+                                         4)], recovery)
+        self.assertEqual([], self.db.sync_rows(drivers=[]))
+
+    def test_apply_sync_results_mixed_shapes(self) -> None:
+        a, b, c = self.node("a"), self.node("b"), self.node("c")
+        self.set_columns(c.uuid, last_error="keep me")
+        count = self.db.apply_sync_results([
+            {"uuid": a.uuid, "power_state": states.POWER_ON},
+            {"uuid": b.uuid, "power_sync_failures": 2,
+             "last_error": "timeout"},
+            {"uuid": c.uuid, "power_state": states.POWER_OFF},
+        ])
+        self.assertEqual(3, count)
+        a, b, c = (self.db.get_node(n) for n in "abc")
+        self.assertEqual(states.POWER_ON, a.power_state)
+        self.assertIsNotNone(a.power_state_updated_at)
+        self.assertIsNone(a.last_error)
+        self.assertEqual(0, a.power_sync_failures)
+        self.assertIsNone(b.power_state)
+        self.assertIsNone(b.power_state_updated_at)
+        self.assertEqual(2, b.power_sync_failures)
+        self.assertEqual("timeout", b.last_error)
+        self.assertEqual(states.POWER_OFF, c.power_state)
+        # Only the fields given change: c's last_error is untouched.
+        self.assertEqual("keep me", c.last_error)
+
+    def test_apply_sync_results_skips_reserved(self) -> None:
+        a, b = self.node("a"), self.node("b")
+        self.db.reserve_node(b.uuid, "h:0")
+        count = self.db.apply_sync_results([
+            {"uuid": a.uuid, "power_state": states.POWER_ON},
+            {"uuid": b.uuid, "power_state": states.POWER_ON},
+        ])
+        self.assertEqual(1, count)
+        self.assertEqual(states.POWER_ON, self.db.get_node("a").power_state)
+        b = self.db.get_node("b")
+        self.assertIsNone(b.power_state)
+        self.assertIsNone(b.updated_at)
+
+    def test_apply_sync_results_maintenance(self) -> None:
+        a = self.node("a")
+        self.db.apply_sync_results([{
+            "uuid": a.uuid, "maintenance": True, "fault": "power failure",
+            "maintenance_reason": "BMC unreachable",
+            "power_sync_failures": 4}])
+        a = self.db.get_node("a")
+        self.assertTrue(a.maintenance)
+        self.assertEqual("power failure", a.fault)
+        self.assertEqual(4, a.power_sync_failures)
+
+    def test_apply_sync_results_empty_and_unknown(self) -> None:
+        self.assertEqual(0, self.db.apply_sync_results([]))
+        a = self.node("a")
+        self.assertRaises(ValueError, self.db.apply_sync_results,
+                          [{"uuid": a.uuid, "reservation": "h:0"}])
+        self.assertIsNone(self.db.get_node("a").reservation)
+
+
+class TestConductors(DbTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.now = datetime.datetime(2030, 1, 1, 12, 0, 0)
+        self.useFixture(fixtures.MockPatchObject(
+            timeutils, "utcnow", autospec=True,
+            side_effect=lambda *a, **kw: self.now))
+
+    def test_register_inserts_then_updates(self) -> None:
+        start = self.now
+        self.db.register_conductor("h", 0, ["fake"], pid=100)
+        self.db.set_offline("h", 0)
+        later = start + datetime.timedelta(minutes=5)
+        self.now = later
+        self.db.register_conductor("h", 0, ["fake", "ipmi"], pid=200)
+        [record] = self.db.list_conductors()
+        self.assertEqual(db_api.ConductorRecord(
+            host="h", worker_id=0, pid=200, drivers=["fake", "ipmi"],
+            online=True, started_at=later, heartbeat_at=later), record)
+        self.assertEqual("h:0", record.holder)
+
+    def test_register_without_pid(self) -> None:
+        self.db.register_conductor("h", 1, [])
+        [record] = self.db.list_conductors()
+        self.assertIsNone(record.pid)
+        self.assertEqual([], record.drivers)
+
+    def test_list_conductors_ordered(self) -> None:
+        for host, worker in (("b", 0), ("a", 1), ("a", 0)):
+            self.db.register_conductor(host, worker, ["fake"])
+        self.assertEqual(["a:0", "a:1", "b:0"],
+                         [r.holder for r in self.db.list_conductors()])
+
+    def test_heartbeat_refreshes(self) -> None:
+        start = self.now
+        self.db.register_conductor("h", 0, ["fake"], pid=7)
+        self.db.set_offline("h", 0)
+        later = start + datetime.timedelta(seconds=10)
+        self.now = later
+        self.db.heartbeat("h", 0)
+        [record] = self.db.list_conductors()
+        self.assertEqual(later, record.heartbeat_at)
+        self.assertEqual(start, record.started_at)
+        self.assertTrue(record.online)
+        self.assertEqual(7, record.pid)
+        self.assertEqual(["fake"], record.drivers)
+
+    def test_heartbeat_reregisters_missing_row(self) -> None:
+        logger = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
+        self.db.heartbeat("h", 3)
+        [record] = self.db.list_conductors()
+        self.assertEqual(("h", 3, True), (record.host, record.worker_id,
+                                          record.online))
+        self.assertIn("registering it again", logger.output)
+        self.assertEqual([], record.drivers)
+        self.assertIsNone(record.pid)
+
+    def test_heartbeat_reregisters_with_drivers_and_pid(self) -> None:
+        self.db.register_conductor("h", 3, ["fake"], pid=9)
+        self.db.delete_conductors("h", [3])
+        self.db.heartbeat("h", 3, drivers=["fake", "ipmi"], pid=9)
+        [record] = self.db.list_conductors()
+        self.assertEqual((["fake", "ipmi"], 9, True),
+                         (record.drivers, record.pid, record.online))
+        # While the row exists the heartbeat only refreshes it.
+        self.db.heartbeat("h", 3, drivers=["other"], pid=10)
+        [record] = self.db.list_conductors()
+        self.assertEqual((["fake", "ipmi"], 9), (record.drivers, record.pid))
+
+    def test_set_offline_one_or_all(self) -> None:
+        for host, worker in (("h", 0), ("h", 1), ("g", 0)):
+            self.db.register_conductor(host, worker, ["fake"])
+        self.db.set_offline("h", 1)
+        self.assertEqual({"g:0": True, "h:0": True, "h:1": False},
+                         {r.holder: r.online
+                          for r in self.db.list_conductors()})
+        self.db.set_offline("h")
+        self.assertEqual({"g:0": True, "h:0": False, "h:1": False},
+                         {r.holder: r.online
+                          for r in self.db.list_conductors()})
+
+    def test_delete_conductors(self) -> None:
+        for host, worker in (("h", 0), ("h", 1), ("h", 2), ("g", 1)):
+            self.db.register_conductor(host, worker, ["fake"])
+        self.assertEqual(2, self.db.delete_conductors("h", [1, 2, 5]))
+        self.assertEqual(["g:1", "h:0"],
+                         [r.holder for r in self.db.list_conductors()])
+        self.assertEqual(0, self.db.delete_conductors("h", []))
+
+    def test_counts(self) -> None:
+        self.assertEqual({}, self.db.power_state_counts())
+        self.assertEqual(0, self.db.maintenance_count())
+        a, b = self.node("a"), self.node("b", maintenance=True)
+        self.node("c")
+        self.db.apply_sync_results([
+            {"uuid": a.uuid, "power_state": states.POWER_ON},
+            {"uuid": b.uuid, "power_state": states.POWER_ON}])
+        self.assertEqual({"power on": 2, "none": 1},
+                         self.db.power_state_counts())
+        self.assertEqual(1, self.db.maintenance_count())
+
+
+class TestCreateEngine(base.TestCase):
+
+    def test_malformed_url(self) -> None:
+        exc = self.assertRaises(exceptions.DatabaseUnavailable,
+                                db_api.create_engine, "not a url")
+        self.assertIn("<malformed URL>", str(exc))
+
+    def test_unknown_dialect(self) -> None:
+        exc = self.assertRaises(exceptions.DatabaseUnavailable,
+                                db_api.create_engine,
+                                "nosuchdb://u:hunter2@host/db")
+        self.assertIn("nosuchdb", str(exc))
+        self.assertNotIn("hunter2", str(exc))
+
+    def test_unreachable_mysql_masks_password(self) -> None:
+        exc = self.assertRaises(exceptions.DatabaseUnavailable,
+                                db_api.create_engine, UNREACHABLE_MYSQL)
+        message = str(exc)
+        self.assertNotIn("s3cret", message)
+        self.assertIn("root:***@127.0.0.1:1", message)
+        self.assertIn("Can't connect", message)
+        self.assertEqual(1, len(message.splitlines()))
+
+    def test_mask_url(self) -> None:
+        self.assertEqual("mysql+pymysql://root:***@db/conductor",
+                         db_api.mask_url("mysql+pymysql://root:pw@db/"
+                                         "conductor"))
+        self.assertEqual("sqlite:////tmp/x.db",
+                         db_api.mask_url("sqlite:////tmp/x.db"))
+        self.assertEqual("<malformed URL>", db_api.mask_url("::"))
+
+    def test_sqlite_parent_directories_created(self) -> None:
+        path = os.path.join(self.conf.state_path, "a", "b", "c.sqlite")
+        engine = db_api.create_engine("sqlite:///" + path)
+        self.addCleanup(engine.dispose)
+        self.assertTrue(os.path.isfile(path))
+        with engine.connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        self.assertEqual("wal", mode)
+
+    def test_sqlite_parent_not_creatable(self) -> None:
+        blocker = os.path.join(self.conf.state_path, "file")
+        with open(blocker, "w"):
+            pass
+        url = "sqlite:///" + os.path.join(blocker, "sub", "c.sqlite")
+        exc = self.assertRaises(exceptions.DatabaseUnavailable,
+                                db_api.create_engine, url)
+        self.assertIn("cannot create directory", str(exc))
+
+    def test_sqlite_memory(self) -> None:
+        engine = db_api.create_engine("sqlite://")
+        self.addCleanup(engine.dispose)
+        self.assertEqual("sqlite", engine.dialect.name)

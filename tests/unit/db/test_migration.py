@@ -1,0 +1,74 @@
+"""Tests for conductor.db.migration on a temp-file SQLite database."""
+
+from __future__ import annotations
+
+import os
+
+from alembic import autogenerate
+from alembic import migration as alembic_migration
+import sqlalchemy as sa
+
+from conductor.common import exceptions
+from conductor.db import api as db_api
+from conductor.db import migration
+from conductor.db import models
+from tests import base
+
+
+class TestMigration(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        path = os.path.join(self.conf.state_path, "conductor.sqlite")
+        self.engine = db_api.create_engine("sqlite:///" + path)
+        self.addCleanup(self.engine.dispose)
+
+    def tables(self) -> set[str]:
+        return set(sa.inspect(self.engine).get_table_names())
+
+    def test_head(self) -> None:
+        self.assertEqual("0001_initial", migration.head())
+
+    def test_empty_database(self) -> None:
+        self.assertIsNone(migration.current(self.engine))
+        exc = self.assertRaises(exceptions.SchemaOutOfDate,
+                                migration.check, self.engine)
+        self.assertIn("revision <empty>", str(exc))
+        self.assertIn(migration.head(), str(exc))
+        self.assertIn("conductor-manage db sync", str(exc))
+
+    def test_upgrade_empty_database(self) -> None:
+        self.assertEqual(migration.head(), migration.upgrade(self.engine))
+        self.assertEqual(migration.head(), migration.current(self.engine))
+        self.assertEqual(migration.head(), migration.check(self.engine))
+        self.assertTrue({"nodes", "conductors", "alembic_version"}
+                        <= self.tables())
+
+    def test_upgrade_is_idempotent(self) -> None:
+        migration.upgrade(self.engine)
+        db = db_api.Connection(self.engine)
+        db.create_node({"driver": "fake", "name": "n1"})
+        self.assertEqual(migration.head(), migration.upgrade(self.engine))
+        self.assertEqual(["n1"], [node.name for node in db.list_nodes()])
+        with self.engine.connect() as conn:
+            versions = conn.execute(
+                sa.text("SELECT version_num FROM alembic_version")).all()
+        self.assertEqual([(migration.head(),)], versions)
+
+    def test_check_behind_head(self) -> None:
+        migration.upgrade(self.engine)
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version "
+                                 "SET version_num = 'older'"))
+        exc = self.assertRaises(exceptions.SchemaOutOfDate,
+                                migration.check, self.engine)
+        self.assertIn("revision older", str(exc))
+
+    def test_models_match_migrations(self) -> None:
+        migration.upgrade(self.engine)
+        with self.engine.connect() as conn:
+            context = alembic_migration.MigrationContext.configure(
+                conn, opts={"compare_type": True,
+                            "compare_server_default": True})
+            diff = autogenerate.compare_metadata(context, models.metadata)
+        self.assertEqual([], diff)
