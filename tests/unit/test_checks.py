@@ -1,0 +1,153 @@
+"""Tests for conductor.checks: start-up validation of the configuration."""
+
+from __future__ import annotations
+
+import logging
+import os
+import types
+from unittest import mock
+
+import fixtures
+
+from conductor import checks
+from conductor.common import exceptions
+from tests import base
+
+
+class TestChecks(base.TestCase):
+
+    def load_config(self, text: str) -> None:
+        """Parse ``text`` as the only config file, the way services do.
+
+        The base class overrides ``[conductor] workers``; an override
+        beats the file, so drop it to let the file's value be read.
+        """
+        self.conf.clear_override("workers", group="conductor")
+        path = os.path.join(self.conf.state_path, "conductor.conf")
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        self.conf(["--config-file", path])
+
+    def assertInvalid(self, text: str, func: object) -> str:
+        exc = self.assertRaises(exceptions.ConfigInvalid, func, self.conf)
+        self.assertIn(text, str(exc))
+        return str(exc)
+
+    def test_check_option_values_good(self) -> None:
+        self.load_config("[DEFAULT]\nparallel_startup = false\n"
+                         "[conductor]\nworkers = 3\n")
+        checks.check_option_values(self.conf)
+        self.assertFalse(self.conf.parallel_startup)
+
+    def test_check_option_values_below_min(self) -> None:
+        self.load_config("[conductor]\nworkers = 0\n")
+        message = self.assertInvalid("[conductor] workers",
+                                     checks.check_option_values)
+        self.assertEqual("Invalid configuration: [conductor] workers: Should "
+                         "be greater than or equal to 1", message)
+
+    def test_check_option_values_not_a_number(self) -> None:
+        self.load_config("[conductor]\nheartbeat_interval = soon\n")
+        message = self.assertInvalid("[conductor] heartbeat_interval: ",
+                                     checks.check_option_values)
+        self.assertIn("'soon'", message)
+
+    def test_check_option_values_default_group(self) -> None:
+        self.load_config("[DEFAULT]\nparallel_startup = perhaps\n")
+        self.assertInvalid("[DEFAULT] parallel_startup: ",
+                           checks.check_option_values)
+
+    def test_check_option_values_pool_below_min(self) -> None:
+        self.load_config("[conductor]\nworkers_pool_size = 2\n")
+        self.assertInvalid("[conductor] workers_pool_size: Should be "
+                           "greater than or equal to 3",
+                           checks.check_option_values)
+
+    def test_check_workers(self) -> None:
+        self.config(workers=5, group="conductor")
+        self.assertEqual(5, checks.check_workers(self.conf))
+
+    def test_check_workers_defaults_to_cpus(self) -> None:
+        self.config(workers=None, group="conductor")
+        with mock.patch.object(os, "cpu_count", autospec=True,
+                               return_value=6):
+            self.assertEqual(6, checks.check_workers(self.conf))
+        with mock.patch.object(os, "cpu_count", autospec=True,
+                               return_value=None):
+            self.assertEqual(1, checks.check_workers(self.conf))
+
+    def test_check_pool_too_small(self) -> None:
+        # [conductor] workers_pool_size has min=3, so oslo.config refuses
+        # a smaller value before check_pool sees it; check the guard with a
+        # plain object standing in for the options.
+        conf = types.SimpleNamespace(conductor=types.SimpleNamespace(
+            workers_pool_size=2, sync_power_state_workers=1))
+        exc = self.assertRaises(exceptions.ConfigInvalid,
+                                checks.check_pool, conf)
+        self.assertIn("[conductor] workers_pool_size must be at least 3, "
+                      "got 2", str(exc))
+
+    def test_check_pool_warns_when_sync_workers_do_not_fit(self) -> None:
+        logger = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
+        self.config(workers_pool_size=4, sync_power_state_workers=3,
+                    group="conductor")
+        checks.check_pool(self.conf)
+        self.assertEqual("", logger.output)
+        self.config(sync_power_state_workers=8, group="conductor")
+        checks.check_pool(self.conf)
+        self.assertIn("sync_power_state_workers = 8 does not fit in "
+                      "workers_pool_size = 4; at most 3 nodes",
+                      logger.output)
+
+    def test_check_heartbeat(self) -> None:
+        self.config(heartbeat_interval=10, heartbeat_timeout=11,
+                    group="conductor")
+        checks.check_heartbeat(self.conf)
+        for interval in (60, 61):
+            self.config(heartbeat_interval=interval, heartbeat_timeout=60,
+                        group="conductor")
+            self.assertInvalid("[conductor] heartbeat_interval (%d) must be "
+                               "less than heartbeat_timeout (60)" % interval,
+                               checks.check_heartbeat)
+
+    def test_check_host(self) -> None:
+        self.config(host="rack1-host.example.com")
+        checks.check_host(self.conf)
+        for host in ("my host", "tab\there", "", "h" * 256):
+            self.config(host=host)
+            self.assertInvalid("[DEFAULT] host must be 1 to 255 characters "
+                               "without spaces", checks.check_host)
+
+    def test_check_state_path_creates(self) -> None:
+        path = os.path.join(self.conf.state_path, "a", "b")
+        self.config(state_path=path)
+        self.assertEqual(path, checks.check_state_path(self.conf))
+        self.assertTrue(os.path.isdir(path))
+
+    def test_check_state_path_not_creatable(self) -> None:
+        blocker = os.path.join(self.conf.state_path, "file")
+        with open(blocker, "w"):
+            pass
+        for path in (blocker, os.path.join(blocker, "sub")):
+            self.config(state_path=path)
+            self.assertInvalid("[DEFAULT] state_path %s cannot be created: "
+                               % path, checks.check_state_path)
+
+    def test_check_state_path_not_writable(self) -> None:
+        # NOTE: tests may run as root, for whom every directory is
+        # writable; stand in for the permission check.
+        with mock.patch.object(os, "access", autospec=True,
+                               return_value=False) as access:
+            self.assertInvalid("[DEFAULT] state_path %s is not writable"
+                               % self.conf.state_path,
+                               checks.check_state_path)
+        access.assert_called_once_with(self.conf.state_path,
+                                       os.W_OK | os.X_OK)
+
+    def test_check_all(self) -> None:
+        self.config(workers=3, group="conductor")
+        self.assertEqual(3, checks.check_all(self.conf))
+
+    def test_check_all_stops_at_bad_value(self) -> None:
+        self.load_config("[conductor]\nworkers = -1\n")
+        self.assertInvalid("[conductor] workers", checks.check_all)

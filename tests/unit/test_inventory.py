@@ -1,0 +1,167 @@
+"""Tests for conductor.inventory: parsing and validating node lists."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from conductor.common import exceptions
+from conductor.drivers import fake
+from conductor import inventory
+from tests import base
+
+YAML_TEXT = """\
+# two nodes
+- name: node-0
+  driver: fake
+  driver_info: {fake_latency_ms: 50}
+- name: node-1
+  driver: fake
+  maintenance: true
+  maintenance_reason: spare
+"""
+
+
+class TestLoadFile(base.TestCase):
+
+    def write(self, name: str, text: str) -> str:
+        path = os.path.join(self.conf.state_path, name)
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        return path
+
+    def test_yaml(self) -> None:
+        path = self.write("fleet.yaml", YAML_TEXT)
+        self.assertEqual(
+            [{"name": "node-0", "driver": "fake",
+              "driver_info": {"fake_latency_ms": 50}},
+             {"name": "node-1", "driver": "fake", "maintenance": True,
+              "maintenance_reason": "spare"}],
+            inventory.load_file(path))
+
+    def test_json(self) -> None:
+        nodes = [{"name": "a", "driver": "fake"}]
+        path = self.write("fleet.json", json.dumps(nodes))
+        self.assertEqual(nodes, inventory.load_file(path))
+
+    def test_json_content_in_yaml_file(self) -> None:
+        nodes = [{"name": "a", "driver": "fake"}]
+        path = self.write("fleet.yml", json.dumps(nodes))
+        self.assertEqual(nodes, inventory.load_file(path))
+
+    def test_nodes_mapping_form(self) -> None:
+        nodes = [{"name": "a", "driver": "fake"}]
+        for name, text in (("a.json", json.dumps({"nodes": nodes})),
+                           ("a.yaml", "nodes:\n- {name: a, driver: fake}\n")):
+            self.assertEqual(nodes,
+                             inventory.load_file(self.write(name, text)))
+
+    def test_malformed_yaml_names_line_and_column(self) -> None:
+        path = self.write("bad.yaml", "- name: a\n  driver: [fake\n")
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                inventory.load_file, path)
+        self.assertIn("%s: malformed YAML at line 3 column 1:" % path,
+                      str(exc))
+
+    def test_malformed_json_names_line_and_column(self) -> None:
+        path = self.write("bad.json", '[\n  {"name": "a",}\n]')
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                inventory.load_file, path)
+        self.assertEqual(
+            "%s: malformed JSON at line 2 column 16: Expecting property "
+            "name enclosed in double quotes" % path, str(exc))
+
+    def test_not_a_list(self) -> None:
+        for name, text, kind in (("a.yaml", "name: a\n", "dict"),
+                                 ("b.json", '"x"', "str"),
+                                 ("c.yaml", "nodes: 3\n", "dict"),
+                                 ("empty.yaml", "", "NoneType")):
+            exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                    inventory.load_file,
+                                    self.write(name, text))
+            self.assertIn("expected a list of nodes (or a mapping with a "
+                          "'nodes' list), got %s" % kind, str(exc))
+
+    def test_unreadable_file(self) -> None:
+        path = os.path.join(self.conf.state_path, "missing.yaml")
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                inventory.load_file, path)
+        self.assertEqual("%s: cannot read inventory file: No such file or "
+                         "directory" % path, str(exc))
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                inventory.load_file, self.conf.state_path)
+        self.assertIn("cannot read inventory file", str(exc))
+
+    def test_not_utf8(self) -> None:
+        path = os.path.join(self.conf.state_path, "latin1.yaml")
+        with open(path, "wb") as stream:
+            stream.write(b"- name: n\xe9\n")
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                inventory.load_file, path)
+        self.assertIn("not UTF-8 text", str(exc))
+
+    def test_too_big(self) -> None:
+        path = self.write("big.yaml", "[]")
+        self.patch(inventory, "MAX_FILE_BYTES", 1)
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                inventory.load_file, path)
+        self.assertIn("file is 2 bytes; the limit is 1", str(exc))
+
+
+class TestValidate(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.drivers = {"fake": fake.FakeDriver()}
+
+    def validate(self, entries: list[Any]) -> list[dict[str, Any]]:
+        return inventory.validate(entries, self.drivers, source="f.yaml")
+
+    def test_valid(self) -> None:
+        self.assertEqual(
+            [{"name": "a", "driver": "fake", "driver_info": {},
+              "maintenance": False},
+             {"driver": "fake", "driver_info": {"fake_fail": "get"},
+              "maintenance": True}],
+            self.validate([{"name": "a", "driver": "fake"},
+                           {"driver": "fake", "maintenance": True,
+                            "driver_info": {"fake_fail": "get"}}]))
+
+    def test_error_names_entry_number_and_name(self) -> None:
+        exc = self.assertRaises(
+            exceptions.InvalidParameterValue, self.validate,
+            [{"name": "a", "driver": "fake"},
+             {"name": "b", "driver": "fake",
+              "driver_info": {"fake_latency_ms": "slow"}}])
+        self.assertEqual("f.yaml: node #2 (b): Node b: fake_latency_ms must "
+                         "be a number >= 0, got 'slow'", str(exc))
+
+    def test_error_without_name(self) -> None:
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                self.validate, [{"driver": "fake"}, "junk"])
+        self.assertEqual("f.yaml: node #2: A node must be a mapping of field "
+                         "to value, got str", str(exc))
+
+    def test_unknown_driver_keeps_type(self) -> None:
+        exc = self.assertRaises(exceptions.DriverNotEnabled, self.validate,
+                                [{"name": "a", "driver": "ipmi"}])
+        self.assertEqual("f.yaml: node #1 (a): Driver ipmi is not enabled; "
+                         "enabled drivers: fake.", str(exc))
+
+    def test_duplicate_names_name_both_entries(self) -> None:
+        exc = self.assertRaises(
+            exceptions.InvalidParameterValue, self.validate,
+            [{"name": "a", "driver": "fake"}, {"name": "b", "driver": "fake"},
+             {"name": "a", "driver": "fake"}])
+        self.assertEqual("f.yaml: node #3 (a): name a is also used by node "
+                         "#1", str(exc))
+
+    def test_duplicate_uuids(self) -> None:
+        uuid = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123"
+        exc = self.assertRaises(
+            exceptions.InvalidParameterValue, self.validate,
+            [{"uuid": uuid, "driver": "fake"},
+             {"uuid": uuid.upper(), "driver": "fake"}])
+        self.assertEqual("f.yaml: node #2: uuid %s is also used by node #1"
+                         % uuid, str(exc))
