@@ -1,0 +1,74 @@
+"""Tests for conductor.common.deadline."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from conductor.common import deadline
+from tests import base
+
+
+class TestDeadline(base.TestCase):
+
+    def test_outside_scope(self) -> None:
+        self.assertIsNone(deadline.remaining())
+        self.assertEqual(30, deadline.remaining(default=30))
+        deadline.check()
+
+    def test_remaining_inside_scope(self) -> None:
+        before = time.monotonic()
+        with deadline.scope(100) as expires:
+            left = deadline.remaining(default=5)
+            self.assertGreater(left, 99)
+            self.assertLessEqual(left, 100)
+            self.assertGreaterEqual(expires, before + 100)
+            deadline.check()
+        self.assertIsNone(deadline.remaining())
+
+    def test_expired_scope(self) -> None:
+        with deadline.scope(0):
+            self.assertEqual(0.0, deadline.remaining())
+            exc = self.assertRaises(deadline.DeadlineExceeded,
+                                    deadline.check, "Reading node n1")
+        self.assertEqual("Reading node n1 did not finish within 0.0 "
+                         "seconds.", str(exc))
+
+    def test_nested_shorter_scope_wins(self) -> None:
+        with deadline.scope(100):
+            with deadline.scope(10):
+                self.assertLessEqual(deadline.remaining(), 10)
+            self.assertGreater(deadline.remaining(), 10)
+        self.assertIsNone(deadline.remaining())
+
+    def test_nested_longer_scope_keeps_outer(self) -> None:
+        with deadline.scope(10) as outer:
+            with deadline.scope(100) as inner:
+                self.assertEqual(outer, inner)
+                self.assertLessEqual(deadline.remaining(), 10)
+            with deadline.scope(0):
+                with deadline.scope(100):
+                    exc = self.assertRaises(deadline.DeadlineExceeded,
+                                            deadline.check)
+                    # The message names the scope that expired.
+                    self.assertIn("within 0.0 seconds", str(exc))
+            self.assertGreater(deadline.remaining(), 0)
+
+    def test_scope_restored_after_error(self) -> None:
+        def fail() -> None:
+            with deadline.scope(1):
+                raise RuntimeError("boom")
+
+        with deadline.scope(100):
+            self.assertRaises(RuntimeError, fail)
+            self.assertGreater(deadline.remaining(), 50)
+        self.assertIsNone(deadline.remaining())
+
+    def test_scope_is_per_thread(self) -> None:
+        seen = []
+        with deadline.scope(5):
+            thread = threading.Thread(
+                target=lambda: seen.append(deadline.remaining()))
+            thread.start()
+            thread.join()
+        self.assertEqual([None], seen)

@@ -1,0 +1,175 @@
+"""Tests for conductor.drivers.fake."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from conductor.common import deadline
+from conductor.common import exceptions
+from conductor.common import states
+from conductor.drivers import base as driver_base
+from conductor.drivers import fake
+from tests import base
+
+UUID = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123"
+
+
+def _node(power_state: str | None = None, name: str | None = "n1",
+          uuid: str = UUID, **info: Any) -> driver_base.DriverNode:
+    return driver_base.DriverNode(uuid=uuid, name=name, driver="fake",
+                                  driver_info=info, power_state=power_state)
+
+
+class TestFakePower(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.driver = fake.FakeDriver()
+        self.power = self.driver.power
+
+    def test_is_a_power_interface(self) -> None:
+        self.assertIsInstance(self.power, driver_base.PowerInterface)
+
+    def test_initial_state(self) -> None:
+        self.assertEqual(states.POWER_OFF, self.power.get_power_state(_node()))
+        self.assertEqual(states.POWER_ON, self.power.get_power_state(
+            _node(power_state=states.POWER_ON)))
+        self.assertEqual(states.POWER_ON, self.power.get_power_state(
+            _node(power_state=states.POWER_OFF,
+                  fake_power_state=states.POWER_ON)))
+
+    def test_set_and_reboot(self) -> None:
+        node = _node(fake_power_state=states.POWER_ON)
+        other = _node(uuid="2be26c0b-03f2-4d2e-ae87-c02d7f33c123")
+        self.power.set_power_state(node, states.POWER_OFF)
+        self.assertEqual(states.POWER_OFF, self.power.get_power_state(node))
+        self.assertEqual(states.POWER_OFF, self.power.get_power_state(other))
+        self.power.reboot(node)
+        self.assertEqual(states.POWER_ON, self.power.get_power_state(node))
+        self.power.set_power_state(other, states.POWER_ON)
+        self.assertEqual(states.POWER_ON, self.power.get_power_state(other))
+
+    def test_set_refuses_other_targets(self) -> None:
+        for target in (states.REBOOT, states.ERROR, "on"):
+            exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                    self.power.set_power_state, _node(),
+                                    target)
+            self.assertIn(repr(target), str(exc))
+
+    def test_fail_all(self) -> None:
+        for value in (True, "true", "TRUE", "all"):
+            node = _node(fake_fail=value)
+            exc = self.assertRaises(exceptions.PowerStateFailure,
+                                    self.power.get_power_state, node)
+            self.assertEqual("Fake BMC of node %s failed (fake_fail=%s)"
+                             % (UUID, value), str(exc))
+            self.assertRaises(exceptions.PowerStateFailure,
+                              self.power.set_power_state, node,
+                              states.POWER_ON)
+            self.assertRaises(exceptions.PowerStateFailure,
+                              self.power.reboot, node)
+        self.assertEqual(states.POWER_OFF,
+                         self.power.get_power_state(_node()))
+
+    def test_fail_get_only(self) -> None:
+        node = _node(fake_fail="get")
+        self.assertRaises(exceptions.PowerStateFailure,
+                          self.power.get_power_state, node)
+        self.power.set_power_state(node, states.POWER_ON)
+        self.power.reboot(node)
+
+    def test_fail_set_only(self) -> None:
+        node = _node(fake_fail="set", fake_power_state=states.POWER_ON)
+        self.assertRaises(exceptions.PowerStateFailure,
+                          self.power.set_power_state, node, states.POWER_OFF)
+        self.assertRaises(exceptions.PowerStateFailure,
+                          self.power.reboot, node)
+        self.assertEqual(states.POWER_ON, self.power.get_power_state(node))
+
+    def test_no_fail(self) -> None:
+        for value in (False, "false", ""):
+            node = _node(fake_fail=value)
+            self.power.set_power_state(node, states.POWER_ON)
+            self.assertEqual(states.POWER_ON,
+                             self.power.get_power_state(node))
+
+    def test_latency_within_deadline(self) -> None:
+        node = _node(fake_latency_ms=20)
+        start = time.monotonic()
+        with deadline.scope(30):
+            self.assertEqual(states.POWER_OFF,
+                             self.power.get_power_state(node))
+        self.assertGreaterEqual(time.monotonic() - start, 0.02)
+
+    def test_latency_bounded_by_deadline(self) -> None:
+        # A "hung" BMC: 5 s of latency under a 50 ms deadline.
+        node = _node(fake_latency_ms=5000)
+        start = time.monotonic()
+        with deadline.scope(0.05):
+            exc = self.assertRaises(deadline.DeadlineExceeded,
+                                    self.power.get_power_state, node)
+        elapsed = time.monotonic() - start
+        self.assertLess(elapsed, 1.0)
+        self.assertGreaterEqual(elapsed, 0.04)
+        self.assertIn("Fake BMC of node %s did not finish" % UUID, str(exc))
+
+    def test_latency_bounds_set_too(self) -> None:
+        node = _node(fake_latency_ms=5000)
+        start = time.monotonic()
+        with deadline.scope(0.01):
+            self.assertRaises(deadline.DeadlineExceeded,
+                              self.power.set_power_state, node,
+                              states.POWER_ON)
+        self.assertLess(time.monotonic() - start, 1.0)
+        self.assertEqual(states.POWER_OFF,
+                         self.power.get_power_state(_node()))
+
+
+class TestFakeValidate(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.power = fake.FakePower()
+
+    def test_valid(self) -> None:
+        for info in ({}, {"fake_latency_ms": 0}, {"fake_latency_ms": 2.5},
+                     {"fake_fail": True}, {"fake_fail": "get"},
+                     {"fake_fail": "SET"}, {"fake_fail": "false"},
+                     {"fake_power_state": states.POWER_ON},
+                     {"fake_power_state": None}):
+            self.power.validate(_node(**info))
+
+    def assertRefused(self, text: str, node: driver_base.DriverNode) -> str:
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                self.power.validate, node)
+        self.assertIn(text, str(exc))
+        return str(exc)
+
+    def test_bad_latency(self) -> None:
+        for value in (-1, "50", True, None):
+            self.assertRefused("Node n1: fake_latency_ms must be a number >= "
+                               "0, got %r" % (value,),
+                               _node(fake_latency_ms=value))
+
+    def test_bad_fail(self) -> None:
+        self.assertRefused("fake_fail must be true, false, 'get' or 'set', "
+                           "got 'sometimes'", _node(fake_fail="sometimes"))
+
+    def test_bad_power_state(self) -> None:
+        self.assertRefused("fake_power_state must be 'power on' or 'power "
+                           "off', got 'on'", _node(fake_power_state="on"))
+
+    def test_unknown_fields(self) -> None:
+        self.assertRefused("unknown driver_info field(s) for the fake "
+                           "driver: a_password, ipmi_address",
+                           _node(ipmi_address="x", a_password="y"))
+
+    def test_every_problem_named_with_uuid(self) -> None:
+        message = self.assertRefused(
+            "Node %s: " % UUID,
+            _node(name=None, fake_latency_ms=-5, fake_fail="x", other=1))
+        self.assertEqual(3, message.count("; ") + 1)
+        self.assertIn("fake_latency_ms", message)
+        self.assertIn("fake_fail", message)
+        self.assertIn("other", message)
