@@ -1,0 +1,582 @@
+"""Tests for conductor-manage, run in-process through ``manage.main``.
+
+Every test parses its own config file with the real ``CONF``; the config
+fixture of ``tests.base.TestCase`` resets it afterwards.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import logging
+import os
+import time
+from typing import Any
+from unittest import mock
+
+import fixtures
+from oslo_utils import timeutils
+
+from conductor.cmd import manage
+from conductor.common import states
+from conductor.db import api as db_api
+from conductor.db import migration
+from tests import base
+
+UNREACHABLE_MYSQL = "mysql+pymysql://root:s3cret@127.0.0.1:1/conductor"
+
+INVENTORY = """\
+- name: a
+  driver: fake
+- name: b
+  driver: fake
+  driver_info: {fake_latency_ms: 1}
+- name: c
+  driver: fake
+  maintenance: true
+"""
+
+
+class ManageTestCase(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        # NOTE: main() calls logging.basicConfig, which does nothing while
+        # the root logger has a handler: this one, removed after the test.
+        self.logger = self.useFixture(fixtures.FakeLogger(
+            level=logging.WARNING))
+        self.state = self.conf.state_path
+        self.db_url = "sqlite:///" + os.path.join(self.state, "conductor.db")
+        self.config_file = self.write_config()
+
+    def write_config(self, extra: str = "", connection: str | None = None
+                     ) -> str:
+        path = os.path.join(self.state, "conductor.conf")
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write("[DEFAULT]\nstate_path = %s\nenabled_drivers = fake\n"
+                         "[database]\nconnection = %s\n%s"
+                         % (self.state, connection or self.db_url, extra))
+        return path
+
+    def write(self, name: str, text: str) -> str:
+        path = os.path.join(self.state, name)
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        return path
+
+    def manage(self, *argv: str) -> tuple[int, str, str]:
+        """Run conductor-manage; returns (exit code, stdout, stderr)."""
+        args = ["--config-file", self.config_file, *argv]
+        with mock.patch("sys.stdout", new_callable=io.StringIO) as out, \
+                mock.patch("sys.stderr", new_callable=io.StringIO) as err:
+            code = manage.main(args)
+        return code, out.getvalue(), err.getvalue()
+
+    def ok(self, *argv: str) -> str:
+        code, out, err = self.manage(*argv)
+        self.assertEqual((0, ""), (code, err), out)
+        return out
+
+    def fails(self, *argv: str) -> str:
+        """Run a command that must fail with exit 1 and one error line."""
+        code, out, err = self.manage(*argv)
+        self.assertEqual(1, code, out)
+        self.assertEqual("", out)
+        self.assertTrue(err.startswith("conductor-manage: ERROR: "), err)
+        self.assertEqual(1, len(err.splitlines()), err)
+        return err[len("conductor-manage: ERROR: "):].rstrip("\n")
+
+    def usage_error(self, *argv: str) -> str:
+        err = io.StringIO()
+        with mock.patch("sys.stderr", err), \
+                mock.patch("sys.stdout", new_callable=io.StringIO):
+            exc = self.assertRaises(SystemExit, manage.main,
+                                    ["--config-file", self.config_file,
+                                     *argv])
+        self.assertEqual(2, exc.code)
+        return err.getvalue()
+
+    def json(self, *argv: str) -> Any:
+        return json.loads(self.ok(*argv, "--format", "json"))
+
+
+class DbManageTestCase(ManageTestCase):
+    """With the schema created by ``db sync`` and a Connection to check."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.ok("db", "sync")
+        self.db = db_api.Connection.create(self.db_url)
+        self.addCleanup(self.db.dispose)
+
+    def names(self) -> list[str | None]:
+        return [node.name for node in self.db.list_nodes()]
+
+
+class TestDb(ManageTestCase):
+
+    def test_version_sync_version(self) -> None:
+        head = migration.head()
+        self.assertEqual("<empty> (head: %s)\n" % head,
+                         self.ok("db", "version"))
+        self.assertEqual("Database schema is at revision %s\n" % head,
+                         self.ok("db", "sync"))
+        self.assertEqual("%s (head: %s)\n" % (head, head),
+                         self.ok("db", "version"))
+        self.assertEqual("Database schema is at revision %s\n" % head,
+                         self.ok("db", "sync"))
+
+    def test_commands_need_the_schema(self) -> None:
+        for argv in (["node", "list"], ["status"], ["clean"],
+                     ["node", "show", "x"]):
+            message = self.fails(*argv)
+            self.assertIn("Database schema is at revision <empty>", message)
+            self.assertIn("run 'conductor-manage db sync'", message)
+
+    def test_unreachable_database(self) -> None:
+        self.config_file = self.write_config(connection=UNREACHABLE_MYSQL)
+        for argv in (["db", "sync"], ["db", "version"], ["node", "list"],
+                     ["status"]):
+            message = self.fails(*argv)
+            self.assertIn("Database mysql+pymysql://root:***@127.0.0.1:1/"
+                          "conductor is not usable: ", message)
+            self.assertNotIn("s3cret", message)
+
+    def test_missing_config_file(self) -> None:
+        self.config_file = os.path.join(self.state, "nope.conf")
+        self.assertEqual("config file(s) not found: %s" % self.config_file,
+                         self.fails("status"))
+
+    def test_malformed_config_file(self) -> None:
+        self.write("conductor.conf", "this is not ini\n")
+        message = self.fails("status")
+        self.assertIn("conductor.conf", message)
+
+    def test_bad_option_value(self) -> None:
+        self.config_file = self.write_config(
+            "[conductor]\nheartbeat_timeout = soon\n")
+        for argv in (["db", "sync"], ["status"], ["node", "list"]):
+            self.assertEqual("Invalid configuration: [conductor] "
+                             "heartbeat_timeout: invalid literal for int() "
+                             "with base 10: 'soon'", self.fails(*argv))
+
+    def test_usage_errors(self) -> None:
+        self.assertIn("usage: conductor-manage", self.usage_error())
+        self.usage_error("node")
+        self.usage_error("frobnicate")
+        self.usage_error("node", "list", "--format", "xml")
+        self.usage_error("node", "list", "--maintenance", "perhaps")
+        self.usage_error("node", "power", "n1", "explode")
+        self.assertIn("must be > 0",
+                      self.usage_error("node", "power", "n1", "on",
+                                       "--timeout", "0"))
+        self.usage_error("node", "create", "--name", "n1")
+
+    def test_config_is_reset_between_runs(self) -> None:
+        # Two runs in one process: the second sees its own config only.
+        self.ok("db", "sync")
+        other_state = self.useFixture(fixtures.TempDir()).path
+        other_url = "sqlite:///" + os.path.join(other_state, "other.db")
+        self.config_file = self.write_config(connection=other_url)
+        self.assertIn("<empty>", self.ok("db", "version"))
+
+
+class TestNodeCreate(DbManageTestCase):
+
+    def test_create_table(self) -> None:
+        out = self.ok("node", "create", "--driver", "fake", "--name", "n1",
+                      "--driver-info", "fake_latency_ms=5")
+        lines = out.splitlines()
+        self.assertEqual(["Field", "Value"], lines[0].split())
+        self.assertIn("name                    n1", out)
+        self.assertIn('{"fake_latency_ms": 5}', out)
+        node = self.db.get_node("n1")
+        self.assertEqual({"fake_latency_ms": 5}, node.driver_info)
+        self.assertIn(node.uuid, out)
+
+    def test_create_json(self) -> None:
+        uuid = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123"
+        data = self.json("node", "create", "--driver", "fake", "--name",
+                         "n1", "--uuid", uuid.upper(), "--maintenance",
+                         "--maintenance-reason", "new rack",
+                         "--driver-info", "fake_fail=get",
+                         "--driver-info", "fake_power_state=power on")
+        self.assertEqual(uuid, data["uuid"])
+        self.assertEqual("n1", data["name"])
+        self.assertTrue(data["maintenance"])
+        self.assertEqual("new rack", data["maintenance_reason"])
+        self.assertEqual({"fake_fail": "get",
+                          "fake_power_state": "power on"},
+                         data["driver_info"])
+        self.assertIsNone(data["power_state"])
+        self.assertIsInstance(data["created_at"], str)
+        self.assertEqual(uuid, self.db.get_node("n1").uuid)
+
+    def test_create_errors(self) -> None:
+        self.ok("node", "create", "--driver", "fake", "--name", "n1")
+        self.assertEqual("A node with name n1 already exists.",
+                         self.fails("node", "create", "--driver", "fake",
+                                    "--name", "n1"))
+        self.assertEqual("Driver ipmi is not enabled; enabled drivers: "
+                         "fake.", self.fails("node", "create", "--driver",
+                                             "ipmi"))
+        self.assertIn("Node name 'bad name' is invalid",
+                      self.fails("node", "create", "--driver", "fake",
+                                 "--name", "bad name"))
+        self.assertEqual("--driver-info expects KEY=VALUE, got 'oops'",
+                         self.fails("node", "create", "--driver", "fake",
+                                    "--driver-info", "oops"))
+        self.assertIn("unknown driver_info field(s) for the fake driver: "
+                      "ipmi_address",
+                      self.fails("node", "create", "--driver", "fake",
+                                 "--driver-info", "ipmi_address=1.2.3.4"))
+        self.assertEqual(["n1"], self.names())
+
+
+class TestNodeImport(DbManageTestCase):
+
+    def test_import(self) -> None:
+        path = self.write("fleet.yaml", INVENTORY)
+        self.assertEqual("Imported 3 node(s) from %s\n" % path,
+                         self.ok("node", "import", path))
+        self.assertEqual(["a", "b", "c"], self.names())
+        self.assertTrue(self.db.get_node("c").maintenance)
+
+    def test_import_json(self) -> None:
+        path = self.write("fleet.json", json.dumps(
+            {"nodes": [{"name": "j", "driver": "fake"}]}))
+        self.ok("node", "import", path)
+        self.assertEqual(["j"], self.names())
+
+    def test_bad_entry_in_the_middle_stores_nothing(self) -> None:
+        self.ok("node", "create", "--driver", "fake", "--name", "old")
+        path = self.write("fleet.yaml", INVENTORY.replace(
+            "fake_latency_ms: 1", "fake_latency_ms: -1"))
+        message = self.fails("node", "import", path)
+        self.assertIn("%s: node #2 (b): " % path, message)
+        self.assertIn("fake_latency_ms must be a number >= 0", message)
+        self.assertEqual(["old"], self.names())
+
+    def test_clash_with_existing_stores_nothing(self) -> None:
+        self.ok("node", "create", "--driver", "fake", "--name", "c")
+        path = self.write("fleet.yaml", INVENTORY)
+        self.assertEqual("A node with name c already exists.",
+                         self.fails("node", "import", path))
+        self.assertEqual(["c"], self.names())
+
+    def test_duplicate_inside_file(self) -> None:
+        path = self.write("fleet.yaml", INVENTORY + "- {name: a, "
+                          "driver: fake}\n")
+        self.assertIn("node #4 (a): name a is also used by node #1",
+                      self.fails("node", "import", path))
+        self.assertEqual([], self.names())
+
+    def test_malformed_and_missing_files(self) -> None:
+        path = self.write("bad.yaml", "- name: [a\n")
+        self.assertIn("malformed YAML at line 2",
+                      self.fails("node", "import", path))
+        missing = os.path.join(self.state, "missing.yaml")
+        self.assertIn("cannot read inventory file",
+                      self.fails("node", "import", missing))
+
+
+class TestNodeListShow(DbManageTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.ok("node", "import", self.write("fleet.yaml", INVENTORY))
+        # Stored directly: the fake driver would refuse these keys, but
+        # another driver's node must not show its secrets either.
+        self.secret = self.db.create_node({
+            "driver": "ipmi", "name": "s",
+            "driver_info": {"ipmi_address": "10.0.0.9",
+                            "ipmi_password": "hunter2",
+                            "auth_token": "t0k3n"}})
+
+    def test_list_table(self) -> None:
+        lines = self.ok("node", "list").splitlines()
+        self.assertEqual(list(manage.NODE_COLUMNS), lines[0].split())
+        self.assertEqual(6, len(lines))
+        self.assertEqual(["a", "b", "c", "s"],
+                         [line.split()[1] for line in lines[2:]])
+
+    def test_list_json_and_filters(self) -> None:
+        self.assertEqual(["a", "b", "c", "s"],
+                         [n["name"] for n in self.json("node", "list")])
+        self.assertEqual(["s"], [n["name"] for n in self.json(
+            "node", "list", "--driver", "ipmi")])
+        self.assertEqual(["c"], [n["name"] for n in self.json(
+            "node", "list", "--maintenance", "true")])
+        self.assertEqual(["a", "b", "s"], [n["name"] for n in self.json(
+            "node", "list", "--maintenance", "no")])
+        self.assertEqual([], self.json("node", "list", "--driver", "x"))
+
+    def test_show_by_name_and_uuid(self) -> None:
+        node = self.db.get_node("b")
+        for ident in ("b", node.uuid, node.uuid.upper()):
+            data = self.json("node", "show", ident)
+            self.assertEqual((node.uuid, "b", {"fake_latency_ms": 1}),
+                             (data["uuid"], data["name"],
+                              data["driver_info"]))
+        self.assertIn(node.uuid, self.ok("node", "show", "b"))
+
+    def test_show_not_found(self) -> None:
+        self.assertEqual("Node nope could not be found.",
+                         self.fails("node", "show", "nope"))
+
+    def test_secrets_masked(self) -> None:
+        expected = {"ipmi_address": "10.0.0.9", "ipmi_password": "******",
+                    "auth_token": "******"}
+        self.assertEqual(expected,
+                         self.json("node", "show", "s")["driver_info"])
+        self.assertEqual(expected, self.json("node", "list")[3]["driver_info"])
+        for argv in (["node", "show", "s"], ["node", "list"],
+                     ["node", "show", "s", "--format", "json"],
+                     ["node", "list", "--format", "json"]):
+            out = self.ok(*argv)
+            self.assertNotIn("hunter2", out)
+            self.assertNotIn("t0k3n", out)
+        # Stored unmasked: the driver needs them.
+        self.assertEqual("hunter2",
+                         self.db.get_node("s").driver_info["ipmi_password"])
+
+
+class TestNodeSet(DbManageTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.ok("node", "create", "--driver", "fake", "--name", "n1",
+                "--driver-info", "fake_latency_ms=5")
+        self.uuid = self.db.get_node("n1").uuid
+
+    def test_rename_and_remove_name(self) -> None:
+        self.assertEqual("n2", self.json("node", "set", "n1", "--name",
+                                         "n2")["name"])
+        self.assertIsNone(self.json("node", "set", self.uuid, "--name",
+                                    "")["name"])
+        self.assertEqual([None], self.names())
+
+    def test_driver_info_set_and_unset(self) -> None:
+        data = self.json("node", "set", "n1", "--driver-info", "fake_fail=set",
+                         "--driver-info", "fake_latency_ms=7")
+        self.assertEqual({"fake_fail": "set", "fake_latency_ms": 7},
+                         data["driver_info"])
+        data = self.json("node", "set", "n1", "--unset-driver-info",
+                         "fake_latency_ms")
+        self.assertEqual({"fake_fail": "set"}, data["driver_info"])
+        self.assertEqual({"fake_fail": "set"},
+                         self.db.get_node("n1").driver_info)
+
+    def test_unset_missing_key(self) -> None:
+        self.assertEqual("driver_info has no field 'nope' to unset",
+                         self.fails("node", "set", "n1",
+                                    "--unset-driver-info", "nope"))
+
+    def test_invalid_driver_info_refused(self) -> None:
+        self.assertIn("fake_fail must be true, false, 'get' or 'set'",
+                      self.fails("node", "set", "n1", "--driver-info",
+                                 "fake_fail=often"))
+        self.assertEqual({"fake_latency_ms": 5},
+                         self.db.get_node("n1").driver_info)
+
+    def test_maintenance_on_and_off(self) -> None:
+        data = self.json("node", "set", "n1", "--maintenance", "on",
+                         "--maintenance-reason", "disk swap")
+        self.assertEqual((True, "disk swap"), (data["maintenance"],
+                                               data["maintenance_reason"]))
+        self.db.update_node("n1", {"fault": "power failure"})
+        data = self.json("node", "set", "n1", "--maintenance", "off")
+        self.assertEqual((False, None, None),
+                         (data["maintenance"], data["maintenance_reason"],
+                          data["fault"]))
+
+    def test_nothing_to_change(self) -> None:
+        self.assertEqual("node set: nothing to change; give at least one "
+                         "option", self.fails("node", "set", "n1"))
+
+    def test_set_errors(self) -> None:
+        self.assertEqual("Node nope could not be found.",
+                         self.fails("node", "set", "nope", "--name", "x"))
+        self.assertIn("is not enabled",
+                      self.fails("node", "set", "n1", "--driver", "ipmi"))
+        self.db.reserve_node(self.uuid, "host-a:0")
+        self.assertIn("Node %s is locked by host-a:0" % self.uuid,
+                      self.fails("node", "set", "n1", "--name", "n3"))
+        self.assertEqual(["n1"], self.names())
+
+    def test_table_output(self) -> None:
+        out = self.ok("node", "set", "n1", "--maintenance", "on")
+        self.assertIn("maintenance             true", out)
+
+
+class TestNodeDelete(DbManageTestCase):
+
+    def test_delete(self) -> None:
+        self.ok("node", "create", "--driver", "fake", "--name", "n1")
+        self.ok("node", "create", "--driver", "fake")
+        unnamed = self.db.list_nodes()[1].uuid
+        self.assertEqual("Deleted node n1\n",
+                         self.ok("node", "delete", "n1"))
+        self.assertEqual("Deleted node %s\n" % unnamed,
+                         self.ok("node", "delete", unnamed))
+        self.assertEqual([], self.names())
+        self.assertEqual("Node n1 could not be found.",
+                         self.fails("node", "delete", "n1"))
+
+    def test_delete_locked(self) -> None:
+        self.ok("node", "create", "--driver", "fake", "--name", "n1")
+        node = self.db.get_node("n1")
+        self.db.reserve_node(node.uuid, "host-a:1")
+        self.assertIn("is locked by host-a:1",
+                      self.fails("node", "delete", "n1"))
+        self.assertEqual(["n1"], self.names())
+
+
+class TestNodePower(DbManageTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.ok("node", "create", "--driver", "fake", "--name", "n1")
+
+    def test_request_without_conductor(self) -> None:
+        self.assertEqual("Requested power on for node n1\n",
+                         self.ok("node", "power", "n1", "on"))
+        self.assertEqual(states.POWER_ON,
+                         self.db.get_node("n1").target_power_state)
+        self.assertEqual("Node n1 is locked by a pending 'power on' action, "
+                         "please retry after the current operation is "
+                         "completed.",
+                         self.fails("node", "power", "n1", "off"))
+        self.assertEqual(states.POWER_ON,
+                         self.db.get_node("n1").target_power_state)
+
+    def test_reboot_and_off_targets(self) -> None:
+        self.ok("node", "power", "n1", "reboot")
+        self.assertEqual(states.REBOOT,
+                         self.db.get_node("n1").target_power_state)
+        self.db.update_node("n1", {"target_power_state": None})
+        self.ok("node", "power", "n1", "off")
+        self.assertEqual(states.POWER_OFF,
+                         self.db.get_node("n1").target_power_state)
+
+    def test_reserved_or_missing(self) -> None:
+        self.db.reserve_node(self.db.get_node("n1").uuid, "host-a:2")
+        self.assertIn("locked by host-a:2",
+                      self.fails("node", "power", "n1", "on"))
+        self.assertEqual("Node nope could not be found.",
+                         self.fails("node", "power", "nope", "on"))
+
+    def _conductor_applies(self, **outcome: Any) -> mock.MagicMock:
+        """Patch the --wait poll's sleep to apply the action meanwhile."""
+        def apply(seconds: float) -> None:
+            self.db.update_node("n1", dict(outcome, target_power_state=None))
+
+        patcher = mock.patch.object(time, "sleep", autospec=True,
+                                    side_effect=apply)
+        self.addCleanup(patcher.stop)
+        return patcher.start()
+
+    def test_wait_success(self) -> None:
+        sleep = self._conductor_applies(power_state=states.POWER_ON)
+        self.assertEqual("Node n1 is power on\n",
+                         self.ok("node", "power", "n1", "on", "--wait"))
+        sleep.assert_called_once_with(0.1)
+
+    def test_wait_failure(self) -> None:
+        self._conductor_applies(last_error="BMC said no")
+        self.assertEqual("Node n1: power on failed: BMC said no",
+                         self.fails("node", "power", "n1", "on", "--wait"))
+
+    def test_wait_timeout(self) -> None:
+        patcher = mock.patch.object(time, "sleep", autospec=True)
+        self.addCleanup(patcher.stop)
+        patcher.start()
+        message = self.fails("node", "power", "n1", "on", "--wait",
+                             "--timeout", "0.05")
+        self.assertEqual("Timed out after 0.05s waiting for node n1 to apply "
+                         "'power on'; is a conductor running? (see "
+                         "'conductor-manage status')", message)
+
+
+class TestStatusAndClean(DbManageTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        now = datetime.datetime(2030, 5, 1, 12, 0, 0)
+        self.now = now - datetime.timedelta(seconds=120)
+        self.useFixture(fixtures.MockPatchObject(
+            timeutils, "utcnow", autospec=True,
+            side_effect=lambda *a, **kw: self.now))
+        # Worker h:1 last beat 2 minutes ago: older than the 60 s timeout.
+        self.db.register_conductor("h", 1, ["fake"], pid=41)
+        self.now = now - datetime.timedelta(seconds=5)
+        self.db.register_conductor("h", 0, ["fake", "ipmi"], pid=40)
+        self.db.register_conductor("g", 0, ["fake"], pid=50)
+        self.db.set_offline("g", 0)
+        self.now = now
+
+    def test_status_json(self) -> None:
+        for i in range(3):
+            self.ok("node", "create", "--driver", "fake", "--name",
+                    "n%d" % i)
+        self.db.update_node("n0", {"power_state": states.POWER_ON,
+                                   "maintenance": True})
+        self.db.update_node("n1", {"power_state": states.POWER_ON})
+        data = self.json("status")
+        self.assertEqual([
+            {"host": "g", "worker_id": 0, "pid": 50, "online": False,
+             "alive": False, "heartbeat_age": 5.0, "drivers": ["fake"]},
+            {"host": "h", "worker_id": 0, "pid": 40, "online": True,
+             "alive": True, "heartbeat_age": 5.0,
+             "drivers": ["fake", "ipmi"]},
+            {"host": "h", "worker_id": 1, "pid": 41, "online": True,
+             "alive": False, "heartbeat_age": 120.0, "drivers": ["fake"]},
+        ], data["workers"])
+        self.assertEqual({"total": 3, "maintenance": 1,
+                          "by_power_state": {"power on": 2, "none": 1}},
+                         data["nodes"])
+
+    def test_status_uses_heartbeat_timeout(self) -> None:
+        self.config_file = self.write_config(
+            "[conductor]\nheartbeat_interval = 10\n"
+            "heartbeat_timeout = 300\n")
+        alive = {(w["host"], w["worker_id"]): w["alive"]
+                 for w in self.json("status")["workers"]}
+        self.assertEqual({("g", 0): False, ("h", 0): True, ("h", 1): True},
+                         alive)
+
+    def test_status_table(self) -> None:
+        out = self.ok("status")
+        lines = out.splitlines()
+        self.assertEqual(["host", "worker", "pid", "alive", "online",
+                          "heartbeat", "age", "(s)", "drivers"],
+                         lines[0].split())
+        self.assertEqual(["h", "0", "40", "true", "true", "5.0", "fake,",
+                          "ipmi"], lines[3].split())
+        self.assertEqual("0 node(s), 0 in maintenance", lines[-1])
+
+    def test_status_empty(self) -> None:
+        self.db.delete_conductors("h", [0, 1])
+        self.db.delete_conductors("g", [0])
+        data = self.json("status")
+        self.assertEqual([], data["workers"])
+        self.assertEqual({"total": 0, "maintenance": 0,
+                          "by_power_state": {}}, data["nodes"])
+
+    def test_clean(self) -> None:
+        for name in ("dead", "alive", "unknown", "free"):
+            self.ok("node", "create", "--driver", "fake", "--name", name)
+        for name, holder in (("dead", "h:1"), ("alive", "h:0"),
+                             ("unknown", "x:9")):
+            self.db.reserve_node(self.db.get_node(name).uuid, holder)
+        self.assertEqual("Removed 2 dead worker record(s), released 2 stale "
+                         "reservation(s)\n", self.ok("clean"))
+        self.assertEqual(["h:0"],
+                         [r.holder for r in self.db.list_conductors()])
+        self.assertEqual({"dead": None, "alive": "h:0", "unknown": None,
+                          "free": None},
+                         {n.name: n.reservation
+                          for n in self.db.list_nodes()})
+        self.assertEqual("Removed 0 dead worker record(s), released 0 stale "
+                         "reservation(s)\n", self.ok("clean"))
