@@ -16,20 +16,27 @@ or connections is created in :meth:`ConductorService.start`, in the child.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 from oslo_config import cfg
 from oslo_service import service
 
 from conductor.common import log as conductor_log
+from conductor.common import pool as worker_pool
+from conductor import conf as conductor_conf
 from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.drivers import loader
+from conductor import ownership
+from conductor import periodics
+from conductor import power_actions
+from conductor import power_sync
 
 LOG = logging.getLogger(__name__)
 
@@ -46,7 +53,9 @@ class WorkerSettings:
     pool_size: int
     heartbeat_interval: float
     heartbeat_timeout: float
+    hash_ring_reset_interval: float
     graceful_shutdown_timeout: float
+    sync: power_sync.SyncSettings
 
     @classmethod
     def from_conf(cls, conf: cfg.ConfigOpts) -> "WorkerSettings":
@@ -59,8 +68,95 @@ class WorkerSettings:
             pool_size=conf.conductor.workers_pool_size,
             heartbeat_interval=conf.conductor.heartbeat_interval,
             heartbeat_timeout=conf.conductor.heartbeat_timeout,
+            hash_ring_reset_interval=conf.conductor.hash_ring_reset_interval,
             graceful_shutdown_timeout=conf.graceful_shutdown_timeout or 60,
+            sync=power_sync.SyncSettings(
+                workers=conf.conductor.sync_power_state_workers,
+                timeout=conf.conductor.power_state_timeout,
+                max_retries=conf.conductor.power_state_sync_max_retries,
+                force=conf.conductor.force_power_state_during_sync),
         )
+
+
+def _option(group: str, name: str) -> Any:
+    """A resolver read by periodics.collect() at worker start, not import."""
+    return lambda: getattr(getattr(conductor_conf.CONF, group), name)
+
+
+class ConductorPeriodics:
+    """The conductor's own periodic tasks (collected at worker start)."""
+
+    def __init__(self, sync: power_sync.PowerSync,
+                 actions: power_actions.PowerActions,
+                 rings: ownership.Rings, db: db_api.Connection) -> None:
+        self._sync = sync
+        self._actions = actions
+        self._rings = rings
+        self._db = db
+
+    @periodics.periodic(
+        spacing=_option("conductor", "sync_power_state_interval"),
+        run_immediately=True)
+    def sync_power_states(self) -> None:
+        """Read every owned node's power state; record what changed."""
+        self._sync.sync()
+
+    @periodics.periodic(
+        spacing=_option("conductor", "power_failure_recovery_interval"))
+    def recover_power_failures(self) -> None:
+        """Clear the power-failure fault of nodes whose BMC answers."""
+        self._sync.recover()
+
+    @periodics.periodic(
+        spacing=_option("conductor", "pending_action_interval"),
+        run_immediately=True)
+    def apply_pending_actions(self) -> None:
+        """Apply requested power actions on owned nodes."""
+        self._actions.scan()
+
+    @periodics.periodic(
+        spacing=_option("conductor", "hash_ring_reset_interval"))
+    def refresh_ownership(self) -> None:
+        """Rebuild the rings; release reservations of dead workers."""
+        self._rings.refresh(force=True)
+        self._rings.release_dead_reservations(self._db.node_uuids())
+
+
+class _NodeProvider:
+    """Owned nodes and reservations for driver ``node_periodic`` tasks."""
+
+    def __init__(self, db: db_api.Connection,
+                 rings: ownership.Rings) -> None:
+        self._db = db
+        self._rings = rings
+
+    def iter_owned_nodes(self, filters: Mapping[str, Any] | None,
+                         limit: int | None) -> Iterator[base.DriverNode]:
+        filters = dict(filters or {})
+        nodes = self._db.list_nodes(driver=filters.pop("driver", None),
+                                    maintenance=filters.pop("maintenance",
+                                                            None))
+        count = 0
+        for node in nodes:
+            if limit is not None and count >= limit:
+                return
+            if any(getattr(node, key, None) != value
+                   for key, value in filters.items()):
+                continue
+            if node.reservation is None and self._rings.owns(node.uuid):
+                count += 1
+                yield _driver_node(node)
+
+    @contextlib.contextmanager
+    def reserved(self, node_uuid: str, purpose: str
+                 ) -> Iterator[base.DriverNode]:
+        with self._db.reserved(node_uuid, self._rings.holder) as node:
+            yield _driver_node(node)
+
+
+def _driver_node(node: db_api.NodeRecord) -> base.DriverNode:
+    return base.DriverNode(node.uuid, node.name, node.driver,
+                           node.driver_info, node.power_state)
 
 
 class ConductorService(service.ServiceBase):
@@ -88,6 +184,11 @@ class ConductorService(service.ServiceBase):
         self.settings: WorkerSettings | None = None
         self.db: db_api.Connection | None = None
         self.drivers: dict[str, base.BaseDriver] = {}
+        self.pool: worker_pool.WorkerPool | None = None
+        self.rings: ownership.Rings | None = None
+        self.power_sync: power_sync.PowerSync | None = None
+        self.actions: power_actions.PowerActions | None = None
+        self.runner: periodics.PeriodicRunner | None = None
 
     # NOTE: oslo.service's threading backend may pickle the service to
     # decide between fork and spawn; keep only plain values in the state.
@@ -127,12 +228,47 @@ class ConductorService(service.ServiceBase):
         self.db.register_conductor(self.host, self.worker_id,
                                    list(self.drivers), pid=os.getpid())
         self._spawn("heartbeat", self._heartbeat_loop)
+        self.pool = worker_pool.WorkerPool(settings.pool_size,
+                                           name="pool-w%d" % self.worker_id)
+        self.pool.start()
+        self.rings = ownership.Rings(
+            self.db, self.host, self.worker_id,
+            heartbeat_timeout=settings.heartbeat_timeout,
+            reset_interval=settings.hash_ring_reset_interval)
+        self.power_sync = power_sync.PowerSync(
+            self.db, self.drivers, self.rings, self.pool, settings.sync,
+            self._stopped)
+        self.actions = power_actions.PowerActions(
+            self.db, self.drivers, self.rings, self.pool,
+            timeout=settings.sync.timeout)
+        self.runner = periodics.PeriodicRunner(
+            self.pool, _NodeProvider(self.db, self.rings))
+        self.runner.start(self._collect_periodics())
         self._started = True
         LOG.info("Worker %(id)d of %(host)s started in %(secs).2fs with "
                  "drivers %(drivers)s",
                  {"id": self.worker_id, "host": self.host,
                   "secs": time.monotonic() - started,
                   "drivers": ", ".join(self.drivers)})
+
+    def _collect_periodics(self) -> list[periodics.PeriodicSpec]:
+        assert self.power_sync and self.actions and self.rings and self.db
+        own = ConductorPeriodics(self.power_sync, self.actions, self.rings,
+                                 self.db)
+        specs = periodics.collect(own)
+        for name, driver in self.drivers.items():
+            specs += periodics.collect(*loader.interfaces(driver),
+                                       driver_name=name)
+        return specs
+
+    def status(self) -> dict[str, Any]:
+        """This worker's pool, periodic tasks and last sweeps."""
+        assert self.pool and self.runner and self.power_sync
+        return {"host": self.host, "worker_id": self.worker_id,
+                "pid": os.getpid(), "pool": self.pool.stats(),
+                "periodics": self.runner.stats(),
+                "sweeps": {kind: result.as_dict() for kind, result in
+                           self.power_sync.last.items()}}
 
     def wait(self) -> None:
         """Block until :meth:`stop` ran."""
@@ -154,6 +290,17 @@ class ConductorService(service.ServiceBase):
         assert self.settings is not None
         deadline = time.monotonic() + max(
             1.0, self.settings.graceful_shutdown_timeout - 2.0)
+        # 1. Stop scheduling; running tasks see the stop Event and finish.
+        if self.runner is not None:
+            if not self.runner.stop(self._left(deadline)):
+                LOG.warning("Periodic tasks did not all finish in time")
+        # 2. Drain the pool (power actions in flight) within the bound.
+        if self.pool is not None:
+            self.pool.wake_waiters()
+            if not self.pool.shutdown(wait=True,
+                                      timeout=self._left(deadline)):
+                LOG.warning("Pool threads still busy at shutdown; their "
+                            "reservations are released below")
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
@@ -167,6 +314,10 @@ class ConductorService(service.ServiceBase):
         self.db.dispose()
         self._started = False
         LOG.info("Worker %d of %s stopped", self.worker_id, self.host)
+
+    @staticmethod
+    def _left(deadline: float) -> float:
+        return max(0.0, deadline - time.monotonic())
 
     def reset(self) -> None:
         """Nothing to reset: after SIGHUP the master re-forks workers."""
@@ -186,7 +337,9 @@ class ConductorService(service.ServiceBase):
         interval = self.settings.heartbeat_interval
         while not self._stopped.wait(interval):
             try:
-                self.db.heartbeat(self.host, self.worker_id)
+                self.db.heartbeat(self.host, self.worker_id,
+                                  drivers=list(self.drivers),
+                                  pid=os.getpid())
             except Exception:
                 # NOTE: a database blip must not end the heartbeat loop;
                 # peers take our nodes over only if it lasts past

@@ -1,0 +1,194 @@
+"""Node ownership: which live worker of which host works on each node.
+
+Two consistent hash rings decide it: node -> host over the hosts with at
+least one live worker, then node -> worker over that host's live worker
+ids. A worker is live while its ``heartbeat_at`` is younger than
+``heartbeat_timeout``. Every worker computes the same answer from the same
+``conductors`` rows, so no coordination is needed beyond the heartbeats::
+
+    rings = ownership.Rings(db, host="a", worker_id=0,
+                            heartbeat_timeout=60, reset_interval=15)
+    rings.refresh()                 # cheap; rebuilds only when needed
+    mine = rings.owned(uuids)       # the subset this worker works on
+    rings.owner_host(uuid)          # where RPC for a node is routed
+
+When membership changes, :meth:`Rings.refresh` reports it, and the new
+owners release reservations left by workers that are no longer live
+(:meth:`Rings.release_dead_reservations`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import threading
+import time
+from typing import Callable, Iterable, Sequence
+
+from oslo_utils import timeutils
+from tooz import hashring
+
+from conductor.db import api as db_api
+
+LOG = logging.getLogger(__name__)
+
+#: Hash ring partitions: 2**14 keeps the spread even for a few hosts.
+PARTITION_EXPONENT = 14
+
+
+@dataclasses.dataclass(frozen=True)
+class Membership:
+    """The live workers, by host: ``{host: (worker ids, sorted)}``."""
+
+    hosts: dict[str, tuple[int, ...]]
+
+    @property
+    def holders(self) -> list[str]:
+        return [db_api.holder_name(host, worker)
+                for host, workers in sorted(self.hosts.items())
+                for worker in workers]
+
+    def describe(self) -> str:
+        return ", ".join("%s[%s]" % (host, ",".join(map(str, workers)))
+                         for host, workers in sorted(self.hosts.items())
+                         ) or "nobody"
+
+
+def live_membership(records: Iterable[db_api.ConductorRecord],
+                    now: datetime.datetime,
+                    heartbeat_timeout: float) -> Membership:
+    """Workers online with a heartbeat younger than ``heartbeat_timeout``."""
+    cutoff = now - datetime.timedelta(seconds=heartbeat_timeout)
+    hosts: dict[str, list[int]] = {}
+    for record in records:
+        if record.online and record.heartbeat_at > cutoff:
+            hosts.setdefault(record.host, []).append(record.worker_id)
+    return Membership({host: tuple(sorted(workers))
+                       for host, workers in hosts.items()})
+
+
+class Rings:
+    """This worker's view of ownership, rebuilt from ``conductors`` rows.
+
+    Thread-safe: periodic tasks on several pool threads may ask at once.
+
+    :param db: the worker's database connection.
+    :param host: this host's name; ``worker_id`` its worker id.
+    :param heartbeat_timeout: seconds after which a silent worker is dead.
+    :param reset_interval: the rings are rebuilt at least this often
+        (seconds) even when membership looks unchanged.
+    :param now_func: wall clock (UTC, naive) for heartbeat ages.
+    :param monotonic: clock for the reset interval.
+    """
+
+    def __init__(self, db: db_api.Connection, host: str, worker_id: int,
+                 heartbeat_timeout: float, reset_interval: float,
+                 now_func: Callable[[], datetime.datetime] = timeutils.utcnow,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._db = db
+        self.host = host
+        self.worker_id = worker_id
+        self.holder = db_api.holder_name(host, worker_id)
+        self._timeout = heartbeat_timeout
+        self._reset_interval = reset_interval
+        self._now = now_func
+        self._monotonic = monotonic
+        # NOTE: guards every attribute below; lookups copy the references
+        # they need under it and hash outside it.
+        self._lock = threading.Lock()
+        self.membership = Membership({})
+        self._host_ring: hashring.HashRing | None = None
+        self._worker_rings: dict[str, hashring.HashRing] = {}
+        self._built_at = -float("inf")
+        #: Incremented on every rebuild that changed membership.
+        self.generation = 0
+        self._cache: dict[str, bool] = {}
+
+    def refresh(self, force: bool = False) -> bool:
+        """Re-read the live workers; rebuild the rings if they changed.
+
+        :returns: True when membership changed (the caller should then
+            release reservations of workers that left).
+        """
+        membership = live_membership(self._db.list_conductors(),
+                                     self._now(), self._timeout)
+        with self._lock:
+            stale = (self._monotonic() - self._built_at
+                     >= self._reset_interval)
+            changed = membership != self.membership
+            if not (changed or stale or force):
+                return False
+            self._build(membership)
+        if changed:
+            LOG.info("Node ownership rebuilt for %(holder)s; live workers: "
+                     "%(members)s", {"holder": self.holder,
+                                     "members": membership.describe()})
+        return changed
+
+    def _build(self, membership: Membership) -> None:
+        hosts = sorted(membership.hosts)
+        self._host_ring = (hashring.HashRing(
+            hosts, partitions=2 ** PARTITION_EXPONENT) if hosts else None)
+        self._worker_rings = {
+            host: hashring.HashRing([str(w) for w in workers],
+                                    partitions=2 ** PARTITION_EXPONENT)
+            for host, workers in membership.hosts.items()}
+        if membership != self.membership:
+            self.generation += 1
+        self.membership = membership
+        self._built_at = self._monotonic()
+        self._cache = {}
+
+    def owner(self, uuid: str) -> tuple[str, int] | None:
+        """(host, worker id) owning ``uuid``, or None with nobody live."""
+        with self._lock:
+            host_ring = self._host_ring
+            worker_rings = self._worker_rings
+        if host_ring is None:
+            return None
+        key = uuid.encode()
+        host = str(next(iter(host_ring.get_nodes(key))))
+        worker = next(iter(worker_rings[host].get_nodes(key)))
+        return host, int(worker)
+
+    def owner_host(self, uuid: str) -> str | None:
+        """The host whose workers own ``uuid`` (for routing RPC)."""
+        with self._lock:
+            host_ring = self._host_ring
+        if host_ring is None:
+            return None
+        return str(next(iter(host_ring.get_nodes(uuid.encode()))))
+
+    def owns(self, uuid: str) -> bool:
+        """True when this worker owns ``uuid`` (cached per rebuild)."""
+        with self._lock:
+            cached = self._cache.get(uuid)
+            generation = self.generation
+        if cached is not None:
+            return cached
+        owner = self.owner(uuid)
+        mine = owner == (self.host, self.worker_id)
+        with self._lock:
+            if generation == self.generation:
+                self._cache[uuid] = mine
+        return mine
+
+    def owned(self, uuids: Sequence[str]) -> list[str]:
+        """The subset of ``uuids`` this worker owns, in the given order."""
+        return [uuid for uuid in uuids if self.owns(uuid)]
+
+    def release_dead_reservations(self, uuids: Sequence[str]) -> int:
+        """Release reservations on owned ``uuids`` held by dead workers."""
+        with self._lock:
+            live = self.membership.holders
+        mine = self.owned(uuids)
+        if not mine:
+            return 0
+        released = self._db.release_reservations(keep=live + [self.holder],
+                                                 uuids=mine)
+        if released:
+            LOG.warning("%(holder)s released %(n)d reservation(s) left by "
+                        "workers that are no longer live",
+                        {"holder": self.holder, "n": released})
+        return released

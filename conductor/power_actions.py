@@ -1,0 +1,151 @@
+"""Applying requested power actions (``target_power_state``).
+
+A power action is requested by writing the node's ``target_power_state``
+(the database is the source of truth); the owning worker applies it under
+the node's reservation and records the outcome::
+
+    reserve node  ->  driver call under the deadline  ->  record
+    power_state (or last_error), clear target_power_state  ->  release
+
+Without a broker the ``apply_pending_actions`` periodic finds requests
+every ``pending_action_interval`` seconds; with RPC the owner is told at
+once and calls :meth:`PowerActions.apply` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Mapping
+
+from conductor.common import deadline
+from conductor.common import exceptions
+from conductor.common import pool as worker_pool
+from conductor.common import states
+from conductor.db import api as db_api
+from conductor.drivers import base
+from conductor import ownership
+
+LOG = logging.getLogger(__name__)
+
+
+class PowerActions:
+    """Applies requested power actions on this worker's nodes.
+
+    :param timeout: the per-call deadline (``power_state_timeout``).
+    """
+
+    def __init__(self, db: db_api.Connection,
+                 drivers: Mapping[str, base.BaseDriver],
+                 rings: ownership.Rings, pool: worker_pool.WorkerPool,
+                 timeout: float) -> None:
+        self._db = db
+        self._drivers = dict(drivers)
+        self._rings = rings
+        self._pool = pool
+        self._timeout = timeout
+        # NOTE: guards _queued: nodes whose action is submitted to the pool
+        # and not finished, so one node is never submitted twice.
+        self._lock = threading.Lock()
+        self._queued: set[str] = set()
+
+    def scan(self) -> int:
+        """Submit every owned node with a pending action; returns how many.
+
+        Nodes that do not fit in the pool now are picked up by a later
+        scan (``NoFreeWorker`` is never an error here).
+        """
+        if self._rings.refresh():
+            self._rings.release_dead_reservations(self._db.node_uuids())
+        pending = self._db.node_uuids(with_target=True, reserved=False,
+                                      drivers=list(self._drivers))
+        submitted = 0
+        for uuid in self._rings.owned(pending):
+            try:
+                self.submit(uuid)
+                submitted += 1
+            except exceptions.NoFreeWorker:
+                LOG.debug("Pool full; power action of node %s waits for "
+                          "the next scan", uuid)
+                break
+        return submitted
+
+    def submit(self, uuid: str) -> bool:
+        """Apply the node's pending action on a pool thread.
+
+        :returns: False when it is already queued here.
+        :raises: NoFreeWorker when the pool is full.
+        """
+        with self._lock:
+            if uuid in self._queued:
+                return False
+            self._queued.add(uuid)
+        try:
+            self._pool.submit(self._apply_queued, uuid)
+        except BaseException:
+            with self._lock:
+                self._queued.discard(uuid)
+            raise
+        return True
+
+    def _apply_queued(self, uuid: str) -> None:
+        try:
+            self.apply(uuid)
+        except (exceptions.NodeLocked, exceptions.NodeNotFound) as exc:
+            LOG.debug("Power action of node %s skipped: %s", uuid, exc)
+        except Exception:
+            LOG.exception("Power action of node %s failed unexpectedly",
+                          uuid)
+        finally:
+            with self._lock:
+                self._queued.discard(uuid)
+
+    def apply(self, uuid: str) -> db_api.NodeRecord | None:
+        """Apply the pending action of ``uuid`` now, in this thread.
+
+        :returns: the node after the action, or None when it had none.
+        :raises: NodeLocked, NodeNotFound.
+        """
+        holder = self._rings.holder
+        with self._db.reserved(uuid, holder) as node:
+            target = node.target_power_state
+            if target is None:
+                return None
+            if target not in states.POWER_TARGETS:
+                return self._db.update_node(uuid, {
+                    "target_power_state": None,
+                    "last_error": "Unknown requested power state %r"
+                                  % target}, holder=holder)
+            driver = self._drivers.get(node.driver)
+            if driver is None:
+                return self._db.update_node(uuid, {
+                    "target_power_state": None,
+                    "last_error": "Driver %s is not enabled on %s"
+                                  % (node.driver, holder)}, holder=holder)
+            view = base.DriverNode(node.uuid, node.name, node.driver,
+                                   node.driver_info, node.power_state)
+            values: dict[str, Any] = {"target_power_state": None}
+            try:
+                with deadline.scope(self._timeout):
+                    if target == states.REBOOT:
+                        driver.power.reboot(view)
+                    else:
+                        driver.power.set_power_state(view, target)
+            except Exception as exc:
+                values["last_error"] = "%s failed: %s" % (target,
+                                                          _text(exc))
+                LOG.warning("Node %(node)s: %(err)s",
+                            {"node": uuid, "err": values["last_error"]})
+            else:
+                values["last_error"] = None
+                values["power_state"] = (states.POWER_ON
+                                         if target == states.REBOOT
+                                         else target)
+                LOG.info("Node %(node)s: %(target)s done",
+                         {"node": uuid, "target": target})
+            return self._db.update_node(uuid, values, holder=holder)
+
+
+def _text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text if text else type(exc).__name__
