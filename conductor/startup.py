@@ -37,6 +37,10 @@ from conductor import inventory
 
 LOG = logging.getLogger(__name__)
 
+#: Every start-up task name: their logs are <async_log_dir>/<name>.log.
+TASK_NAMES = ("pre-start-hooks", "database", "drivers", "inventory-parse",
+              "inventory-import")
+
 
 def prepare_database(conf: cfg.ConfigOpts) -> str:
     """Connect once and bring the schema to head where that is safe.

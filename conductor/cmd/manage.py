@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -23,6 +22,7 @@ import sqlalchemy as sa
 
 from conductor import checks
 from conductor.common import exceptions
+from conductor.common import hooks
 from conductor.common import node_fields
 from conductor.common import output
 from conductor.common import states
@@ -32,6 +32,7 @@ from conductor.db import migration
 from conductor.drivers import base
 from conductor.drivers import loader
 from conductor import inventory
+from conductor import startup
 
 LOG = logging.getLogger(__name__)
 
@@ -209,11 +210,35 @@ class Manage:
                   for w in data["workers"] if w["alive"]])
         for worker in dead:
             self.db.delete_conductors(worker["host"], [worker["worker_id"]])
-        log_dir = self.conf.async_log_dir
-        if log_dir and os.path.isdir(log_dir):
-            shutil.rmtree(log_dir)
-        self.out("Removed %d dead worker record(s), released %d stale "
-                 "reservation(s)" % (len(dead), released))
+        removed = 0
+        if not any(w["alive"] and w["host"] == self.conf.host
+                   for w in data["workers"]):
+            removed = _remove_task_logs(self.conf.async_log_dir)
+        try:
+            hook_list = hooks.discover(self.conf.hooks.hooks_dir)
+        except hooks.HookError as exc:
+            LOG.error("Clean hooks not run: %s", exc)
+            hook_list = []
+        failures = hooks.run_hooks(hook_list, "clean", conf=self.conf,
+                                   config_files=list(self.conf.config_file))
+        self.out("Removed %d dead worker record(s) and %d start-up task "
+                 "log(s), released %d stale reservation(s)"
+                 % (len(dead), removed, released))
+        if failures:
+            raise exceptions.ConductorException(
+                "%d clean hook(s) failed: %s" % (
+                    len(failures), "; ".join(str(f) for f in failures)))
+
+
+def _remove_task_logs(log_dir: str | None) -> int:
+    """Delete the start-up task logs (and nothing else) from ``log_dir``."""
+    removed = 0
+    for name in startup.TASK_NAMES:
+        path = os.path.join(log_dir or "", "%s.log" % name)
+        if log_dir and os.path.isfile(path):
+            os.unlink(path)
+            removed += 1
+    return removed
 
 
 def _node_dict(node: db_api.NodeRecord) -> dict[str, Any]:
@@ -351,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=Manage.status)
 
     clean = commands.add_parser(
-        "clean", help="forget dead workers, release their reservations")
+        "clean", help="forget dead workers, release their reservations, "
+        "remove start-up task logs, run the clean hooks")
     clean.set_defaults(func=Manage.clean)
     return parser
 

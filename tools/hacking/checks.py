@@ -8,7 +8,8 @@ import re
 
 from hacking import core
 
-_EVENTLET_IMPORT = re.compile(r"^\s*(import\s+eventlet|from\s+eventlet[\s.])")
+_EVENTLET_IMPORT = re.compile(
+    r"^\s*(import\s+eventlet(\s|\.|,|$)|from\s+eventlet(\s|\.))")
 
 
 @core.flake8ext

@@ -570,13 +570,56 @@ class TestStatusAndClean(DbManageTestCase):
         for name, holder in (("dead", "h:1"), ("alive", "h:0"),
                              ("unknown", "x:9")):
             self.db.reserve_node(self.db.get_node(name).uuid, holder)
-        self.assertEqual("Removed 2 dead worker record(s), released 2 stale "
-                         "reservation(s)\n", self.ok("clean"))
+        self.assertEqual("Removed 2 dead worker record(s) and 0 start-up "
+                         "task log(s), released 2 stale reservation(s)\n",
+                         self.ok("clean"))
         self.assertEqual(["h:0"],
                          [r.holder for r in self.db.list_conductors()])
         self.assertEqual({"dead": None, "alive": "h:0", "unknown": None,
                           "free": None},
                          {n.name: n.reservation
                           for n in self.db.list_nodes()})
-        self.assertEqual("Removed 0 dead worker record(s), released 0 stale "
-                         "reservation(s)\n", self.ok("clean"))
+        self.assertEqual("Removed 0 dead worker record(s) and 0 start-up "
+                         "task log(s), released 0 stale reservation(s)\n",
+                         self.ok("clean"))
+
+    def _task_logs(self, host: str) -> tuple[str, str]:
+        log_dir = os.path.join(self.state, "async")
+        os.makedirs(log_dir)
+        for name in ("database", "drivers"):
+            self.write(os.path.join("async", "%s.log" % name), "x\n")
+        other = self.write(os.path.join("async", "conductor.log"), "main\n")
+        self.config_file = self.write_config("[DEFAULT]\nhost = %s\n"
+                                             % host)
+        return log_dir, other
+
+    def test_clean_removes_only_task_logs_of_a_stopped_host(self) -> None:
+        log_dir, other = self._task_logs("g")
+        out = self.ok("clean")
+        self.assertIn("and 2 start-up task log(s)", out)
+        self.assertEqual(["conductor.log"], os.listdir(log_dir))
+        self.assertTrue(os.path.exists(other))
+
+    def test_clean_keeps_task_logs_of_a_running_host(self) -> None:
+        log_dir, _ = self._task_logs("h")
+        self.assertIn("and 0 start-up task log(s)", self.ok("clean"))
+        self.assertEqual(3, len(os.listdir(log_dir)))
+
+    def test_clean_runs_clean_hooks_and_reports_failures(self) -> None:
+        hooks_dir = os.path.join(self.state, "hooks")
+        os.makedirs(hooks_dir)
+        marker = os.path.join(self.state, "ran")
+        for name, body in (("20-good", "echo \"$1\" > %s" % marker),
+                           ("30-bad", "exit 4")):
+            path = self.write(os.path.join("hooks", name),
+                              "#!/bin/sh\n%s\n" % body)
+            os.chmod(path, 0o755)
+        self.config_file = self.write_config("[hooks]\nhooks_dir = %s\n"
+                                             % hooks_dir)
+        code, out, err = self.manage("clean")
+        self.assertEqual(1, code)
+        self.assertIn("Removed 2 dead worker record(s)", out)
+        self.assertIn("1 clean hook(s) failed: Hook 30-bad failed in phase "
+                      "'clean': exited with status 4", err)
+        with open(marker) as stream:
+            self.assertEqual("clean\n", stream.read())
