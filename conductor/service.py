@@ -262,10 +262,10 @@ class ConductorService(service.ServiceBase):
         return specs
 
     def status(self) -> dict[str, Any]:
-        """This worker's pool, periodic tasks and last sweeps."""
-        assert self.pool and self.runner and self.power_sync
-        return {"host": self.host, "worker_id": self.worker_id,
-                "pid": os.getpid(), "pool": self.pool.stats(),
+        """This worker's pool, periodic tasks and last sweeps (JSON-safe)."""
+        if not (self.pool and self.runner and self.power_sync):
+            return {}
+        return {"pool": self.pool.stats(),
                 "periodics": self.runner.stats(),
                 "sweeps": {kind: result.as_dict() for kind, result in
                            self.power_sync.last.items()}}
@@ -339,7 +339,7 @@ class ConductorService(service.ServiceBase):
             try:
                 self.db.heartbeat(self.host, self.worker_id,
                                   drivers=list(self.drivers),
-                                  pid=os.getpid())
+                                  pid=os.getpid(), status=self.status())
             except Exception:
                 # NOTE: a database blip must not end the heartbeat loop;
                 # peers take our nodes over only if it lasts past

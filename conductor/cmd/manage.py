@@ -189,10 +189,13 @@ class Manage:
             self.out(output.to_json(data))
             return
         rows = [(w["host"], w["worker_id"], w["pid"], w["alive"],
-                 w["online"], w["heartbeat_age"], ", ".join(w["drivers"]))
+                 w["online"], w["heartbeat_age"], ", ".join(w["drivers"]),
+                 _pool_text(w["status"]), _sweep_text(w["status"]))
                 for w in data["workers"]]
         self.out(output.table(("host", "worker", "pid", "alive", "online",
-                               "heartbeat age (s)", "drivers"), rows))
+                               "heartbeat age (s)", "drivers",
+                               "pool busy/size (rejected)",
+                               "last power sync"), rows))
         nodes = data["nodes"]
         self.out("")
         self.out(output.table(("power state", "nodes"), sorted(
@@ -241,6 +244,23 @@ def _remove_task_logs(log_dir: str | None) -> int:
     return removed
 
 
+def _pool_text(status: dict[str, Any]) -> str:
+    pool = status.get("pool")
+    if not pool:
+        return ""
+    return "%d/%d (%d)" % (pool.get("busy", 0), pool.get("size", 0),
+                           pool.get("rejected", 0))
+
+
+def _sweep_text(status: dict[str, Any]) -> str:
+    sweep = (status.get("sweeps") or {}).get("sync")
+    if not sweep:
+        return ""
+    return "%d nodes in %.2fs, %d failed" % (
+        sweep.get("nodes", 0), sweep.get("total_seconds", 0.0),
+        sweep.get("failures", 0))
+
+
 def _node_dict(node: db_api.NodeRecord) -> dict[str, Any]:
     data = {field: getattr(node, field) for field in (
         "uuid", "name", "driver", "driver_info", "power_state",
@@ -256,13 +276,14 @@ def db_status(db: db_api.Connection, heartbeat_timeout: float
     """Workers and node counts, as the database knows them."""
     now = timeutils.utcnow()
     workers = []
-    for record in db.list_conductors():
+    for record in db.list_conductors(with_status=True):
         age = (now - record.heartbeat_at).total_seconds()
         workers.append({"host": record.host, "worker_id": record.worker_id,
                         "pid": record.pid, "online": record.online,
                         "alive": record.online and age < heartbeat_timeout,
                         "heartbeat_age": round(age, 1),
-                        "drivers": record.drivers})
+                        "drivers": record.drivers,
+                        "status": record.status or {}})
     counts = db.power_state_counts()
     return {"workers": workers,
             "nodes": {"total": sum(counts.values()),

@@ -89,6 +89,8 @@ class ConductorRecord:
     online: bool
     started_at: datetime.datetime
     heartbeat_at: datetime.datetime
+    #: The worker's last status snapshot, or None before its first beat.
+    status: dict[str, Any] | None = None
 
     @property
     def holder(self) -> str:
@@ -579,21 +581,29 @@ class Connection:
 
     def heartbeat(self, host: str, worker_id: int, *,
                   drivers: Sequence[str] = (),
-                  pid: int | None = None) -> None:
+                  pid: int | None = None,
+                  status: Mapping[str, Any] | None = None) -> None:
         """Refresh this worker's heartbeat; re-registers if the row is gone.
+
+        :param status: the worker's status snapshot (pool, periodic tasks,
+            last sweeps) shown by ``conductor-manage status``; None keeps
+            the stored one.
 
         :param drivers: the worker's drivers and
         :param pid: its process id, registered again with the row when it
             was deleted meanwhile (``conductor-manage clean`` after a
             stall); see :meth:`register_conductor`.
         """
+        values: dict[str, Any] = {"heartbeat_at": timeutils.utcnow(),
+                                  "online": True}
+        if status is not None:
+            values["status"] = dict(status)
         with self.engine.begin() as conn:
             count = conn.execute(
                 _conductors.update()
                 .where(_conductors.c.host == host)
                 .where(_conductors.c.worker_id == worker_id)
-                .values(heartbeat_at=timeutils.utcnow(),
-                        online=True)).rowcount
+                .values(**values)).rowcount
         if count != 1:
             LOG.warning("Conductor row of %(host)s worker %(worker)d was "
                         "missing; registering it again",
@@ -609,17 +619,26 @@ class Connection:
         with self.engine.begin() as conn:
             conn.execute(query)
 
-    def list_conductors(self) -> list[ConductorRecord]:
-        """Every worker ever registered, ordered by host and worker id."""
+    def list_conductors(self, with_status: bool = False
+                        ) -> list[ConductorRecord]:
+        """Every worker ever registered, ordered by host and worker id.
+
+        :param with_status: also read each worker's status snapshot.
+        """
         c = _conductors.c
-        query = (sa.select(c.host, c.worker_id, c.pid, c.drivers, c.online,
-                           c.started_at, c.heartbeat_at)
+        columns = [c.host, c.worker_id, c.pid, c.drivers, c.online,
+                   c.started_at, c.heartbeat_at]
+        if with_status:
+            columns.append(c.status)
+        query = (sa.select(*columns)
                  .order_by(c.host, c.worker_id))
         with self.engine.connect() as conn:
             return [ConductorRecord(row.host, row.worker_id, row.pid,
                                     list(_as_list(row.drivers)),
                                     bool(row.online), row.started_at,
-                                    row.heartbeat_at)
+                                    row.heartbeat_at,
+                                    _as_optional_dict(row.status)
+                                    if with_status else None)
                     for row in conn.execute(query)]
 
     def delete_conductors(self, host: str, worker_ids: Iterable[int]) -> int:
@@ -643,6 +662,10 @@ class Connection:
                  .where(_nodes.c.maintenance == sa.true()))
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+
+def _as_optional_dict(value: Any) -> dict[str, Any] | None:
+    return None if value is None else _as_dict(value)
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -52,6 +52,7 @@ conductors = sa.Table(
               server_default=sa.false()),
     sa.Column("started_at", sa.DateTime, nullable=False),
     sa.Column("heartbeat_at", sa.DateTime, nullable=False),
+    sa.Column("status", sa.JSON, nullable=True),
     sa.UniqueConstraint("host", "worker_id",
                         name="uniq_conductors0host0worker_id"),
 )

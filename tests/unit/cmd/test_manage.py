@@ -512,6 +512,10 @@ class TestStatusAndClean(DbManageTestCase):
         self.db.register_conductor("h", 1, ["fake"], pid=41)
         self.now = now - datetime.timedelta(seconds=5)
         self.db.register_conductor("h", 0, ["fake", "ipmi"], pid=40)
+        self.snapshot = {"pool": {"size": 10, "busy": 2, "rejected": 3},
+                         "sweeps": {"sync": {"nodes": 7, "failures": 1,
+                                             "total_seconds": 0.25}}}
+        self.db.heartbeat("h", 0, status=self.snapshot)
         self.db.register_conductor("g", 0, ["fake"], pid=50)
         self.db.set_offline("g", 0)
         self.now = now
@@ -526,12 +530,14 @@ class TestStatusAndClean(DbManageTestCase):
         data = self.json("status")
         self.assertEqual([
             {"host": "g", "worker_id": 0, "pid": 50, "online": False,
-             "alive": False, "heartbeat_age": 5.0, "drivers": ["fake"]},
+             "alive": False, "heartbeat_age": 5.0, "drivers": ["fake"],
+             "status": {}},
             {"host": "h", "worker_id": 0, "pid": 40, "online": True,
              "alive": True, "heartbeat_age": 5.0,
-             "drivers": ["fake", "ipmi"]},
+             "drivers": ["fake", "ipmi"], "status": self.snapshot},
             {"host": "h", "worker_id": 1, "pid": 41, "online": True,
-             "alive": False, "heartbeat_age": 120.0, "drivers": ["fake"]},
+             "alive": False, "heartbeat_age": 120.0, "drivers": ["fake"],
+             "status": {}},
         ], data["workers"])
         self.assertEqual({"total": 3, "maintenance": 1,
                           "by_power_state": {"power on": 2, "none": 1}},
@@ -550,10 +556,12 @@ class TestStatusAndClean(DbManageTestCase):
         out = self.ok("status")
         lines = out.splitlines()
         self.assertEqual(["host", "worker", "pid", "alive", "online",
-                          "heartbeat", "age", "(s)", "drivers"],
-                         lines[0].split())
+                          "heartbeat", "age", "(s)", "drivers", "pool",
+                          "busy/size", "(rejected)", "last", "power",
+                          "sync"], lines[0].split())
         self.assertEqual(["h", "0", "40", "true", "true", "5.0", "fake,",
-                          "ipmi"], lines[3].split())
+                          "ipmi", "2/10", "(3)", "7", "nodes", "in", "0.25s,",
+                          "1", "failed"], lines[3].split())
         self.assertEqual("0 node(s), 0 in maintenance", lines[-1])
 
     def test_status_empty(self) -> None:

@@ -55,6 +55,7 @@ def upgrade():
                   server_default=sa.false()),
         sa.Column("started_at", sa.DateTime, nullable=False),
         sa.Column("heartbeat_at", sa.DateTime, nullable=False),
+        sa.Column("status", sa.JSON, nullable=True),
         sa.UniqueConstraint("host", "worker_id",
                             name="uniq_conductors0host0worker_id"),
         mysql_engine="InnoDB",
