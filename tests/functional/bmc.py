@@ -280,6 +280,10 @@ class IPMISims(fixtures.Fixture):
         for proc in self._procs:
             _stop(proc)
 
+    def pids(self) -> list[int]:
+        """Process ids of the running simulators (for CPU accounting)."""
+        return [proc.pid for proc in self._procs]
+
     def driver_info(self, index: int, **changes: Any) -> dict[str, Any]:
         """The ``ipmi_*`` fields of node ``index``, with ``changes``."""
         info: dict[str, Any] = {
@@ -381,7 +385,10 @@ class RedfishEmulator(fixtures.Fixture):
             if self._proc.poll() is not None:
                 return False
             try:
-                status, _ = self.request("GET", "/redfish/v1/", timeout=1)
+                # NOTE: the Systems collection, not the root: the fake
+                # driver builds its store at the first request for it.
+                status, _ = self.request("GET", "/redfish/v1/Systems",
+                                         timeout=5)
                 if status == 200:
                     return True
             except OSError:
@@ -416,6 +423,10 @@ class RedfishEmulator(fixtures.Fixture):
         except ValueError:
             parsed = data.decode("utf-8", "replace")
         return response.status, parsed
+
+    def pids(self) -> list[int]:
+        """Process id of the emulator (for CPU accounting)."""
+        return [self._proc.pid] if self._proc is not None else []
 
     def log(self) -> str:
         """The emulator's output so far: one line per request served."""
