@@ -16,15 +16,22 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
+import warnings
 
 from conductor.common import deadline
 from conductor.common import exceptions
 from conductor.common import states
 from conductor.drivers import base
+from conductor import periodics
 
+LOG = logging.getLogger(__name__)
+
+#: Seconds between runs of the ``fake-periodic`` driver's example tasks.
+PERIODIC_SPACING = 1.0
 _FAIL_VALUES = {"true": "all", "all": "all", "get": "get", "set": "set",
                 "false": None, "": None}
 
@@ -96,6 +103,8 @@ class FakePower(base.PowerInterface):
         if state is None:
             state = (node.driver_info.get("fake_power_state")
                      or node.power_state or states.POWER_OFF)
+        LOG.debug("Fake BMC of node %s: power state read: %s", node.uuid,
+                  state)
         return state
 
     def set_power_state(self, node: base.DriverNode, target: str) -> None:
@@ -117,3 +126,38 @@ class FakeDriver(base.BaseDriver):
 
     def __init__(self) -> None:
         self.power = FakePower()
+
+
+class FakePeriodicPower(FakePower):
+    """The fake power interface, plus a per-node periodic task."""
+
+    @periodics.node_periodic(purpose="fake node check",
+                             spacing=PERIODIC_SPACING)
+    def check_nodes(self, task: periodics.NodeTask) -> None:
+        """Runs once per owned node of this driver, under its lock."""
+        LOG.info("fake-periodic: node task for node %s", task.node.uuid)
+
+
+class FakePeriodicDriver(FakeDriver):
+    """``fake-periodic``: the fake driver with one periodic task of each kind.
+
+    An example for driver authors (see doc/source/periodics.rst), and what
+    the functional tests use to prove that driver periodic tasks run when
+    the driver is enabled and never when it is not.
+    """
+
+    def __init__(self) -> None:
+        self.power = FakePeriodicPower()
+
+    @periodics.periodic(spacing=PERIODIC_SPACING)
+    def tick(self) -> None:
+        LOG.info("fake-periodic: periodic task ran")
+
+    with warnings.catch_warnings():
+        # NOTE: the old decorator warns at decoration; this example keeps
+        # using it on purpose, to show old drivers still work.
+        warnings.simplefilter("ignore", DeprecationWarning)
+
+        @periodics.driver_periodic_task(spacing=PERIODIC_SPACING)
+        def legacy_tick(self) -> None:
+            LOG.info("fake-periodic: legacy driver_periodic_task ran")

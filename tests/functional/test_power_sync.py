@@ -1,0 +1,281 @@
+"""Power sync, power actions and ownership with real conductor processes."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import signal
+
+from oslo_utils import timeutils
+
+from tests.functional import base
+
+POLL_RE = re.compile(r"\[(?P<who>[^\]]+ worker \d+)\] \[-\] Fake BMC of node "
+                     r"(?P<uuid>[0-9a-f-]{36}): power state read")
+SWEEP_RE = re.compile(r"\[(?P<who>[^\]]+ worker \d+)\] \[-\] Power sync "
+                      r"sweep: (?P<nodes>\d+) node")
+RING_RE = re.compile(r"\[(?P<who>[^\]]+ worker \d+)\] \[-\] Node ownership "
+                     r"rebuilt for \S+; live workers: (?P<members>.*)$")
+
+
+def _options(workdir: str, host: str = "ftest", **extra: dict) -> dict:
+    options: dict[str, dict[str, object]] = {
+        "DEFAULT": {"host": host, "state_path": workdir,
+                    "enabled_drivers": "fake", "debug": True,
+                    "graceful_shutdown_timeout": 15},
+        "conductor": {"workers": 2, "heartbeat_interval": 1,
+                      "heartbeat_timeout": 8,
+                      "sync_power_state_interval": 1,
+                      "sync_power_state_workers": 4,
+                      "power_state_timeout": 2,
+                      "pending_action_interval": 0.2,
+                      "hash_ring_reset_interval": 2},
+    }
+    for section, values in extra.items():
+        options.setdefault(section, {}).update(values)
+    return options
+
+
+def sweeps_after_full_membership(logs: list[str], members: str
+                                 ) -> dict[str, list[list[str]]]:
+    """Per worker, the uuids polled in each of its completed sweeps.
+
+    Only sweeps that completed after the worker's ring included every
+    member (``members`` as logged) count.
+    """
+    ready: set[str] = set()
+    current: dict[str, list[str]] = collections.defaultdict(list)
+    done: dict[str, list[list[str]]] = collections.defaultdict(list)
+    for text in logs:
+        for line in text.splitlines():
+            ring = RING_RE.search(line)
+            if ring:
+                if ring.group("members") == members:
+                    ready.add(ring.group("who"))
+                    current[ring.group("who")] = []
+                else:
+                    ready.discard(ring.group("who"))
+                continue
+            poll = POLL_RE.search(line)
+            if poll:
+                current[poll.group("who")].append(poll.group("uuid"))
+                continue
+            sweep = SWEEP_RE.search(line)
+            if sweep:
+                who = sweep.group("who")
+                if who in ready:
+                    done[who].append(current[who])
+                current[who] = []
+    return done
+
+
+class PowerSyncTestCase(base.FunctionalTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.dbf = self.useFixture(base.Database("sqlite",
+                                                 state_dir=self.workdir))
+        self.db = self.dbf.connect()
+
+    def enrol(self, count: int, prefix: str = "n",
+              **driver_info: object) -> list[str]:
+        nodes = self.db.import_nodes([
+            {"name": "%s%03d" % (prefix, i), "driver": "fake",
+             "driver_info": dict(driver_info)} for i in range(count)])
+        return [node.uuid for node in nodes]
+
+    def node(self, ident: str):  # type: ignore[no-untyped-def]
+        return self.db.get_node(ident)
+
+
+class TestExactlyOnce(PowerSyncTestCase):
+
+    def _assert_exactly_once(self, logs: list[str], members: str,
+                             workers: int, uuids: list[str]) -> None:
+        done = sweeps_after_full_membership(logs, members)
+        self.assertEqual(workers, len(done), done.keys())
+        first = [sweeps[0] for sweeps in done.values()]
+        polled = collections.Counter(u for sweep in first for u in sweep)
+        self.assertEqual(set(uuids), set(polled), "some node was missed")
+        twice = {u: n for u, n in polled.items() if n != 1}
+        self.assertEqual({}, twice, "nodes polled more than once")
+        # Every worker got a share.
+        self.assertTrue(all(first), [len(s) for s in first])
+
+    def test_two_workers_poll_every_node_exactly_once(self) -> None:
+        uuids = self.enrol(60)
+        conductor = self.start_conductor(_options(self.workdir))
+        members = "ftest[0,1]"
+
+        def complete() -> bool:
+            done = sweeps_after_full_membership([conductor.log()], members)
+            return len(done) == 2 and all(done.values())
+        base.wait_for(complete, 30, "a full sweep by both workers")
+        self._assert_exactly_once([conductor.log()], members, 2, uuids)
+
+    def test_two_hosts_poll_every_node_exactly_once(self) -> None:
+        uuids = self.enrol(80)
+        host_a = self.start_conductor(_options(self.workdir, host="a"),
+                                      name="a")
+        self.wait_workers(self.db, "a", 2)
+        host_b = self.start_conductor(_options(self.workdir, host="b"),
+                                      name="b")
+        members = "a[0,1], b[0,1]"
+
+        def complete() -> bool:
+            done = sweeps_after_full_membership(
+                [host_a.log(), host_b.log()], members)
+            return len(done) == 4 and all(done.values())
+        base.wait_for(complete, 40, "a full sweep by all four workers")
+        self._assert_exactly_once([host_a.log(), host_b.log()], members, 4,
+                                  uuids)
+
+
+class TestFailures(PowerSyncTestCase):
+
+    def test_hung_bmcs_do_not_slow_the_others(self) -> None:
+        hung = self.enrol(3, prefix="hung", fake_latency_ms=600000)
+        fast = self.enrol(20, prefix="fast", fake_latency_ms=20)
+        conductor = self.start_conductor(_options(
+            self.workdir, conductor={"power_state_sync_max_retries": 100,
+                                     "power_state_timeout": 1.5}))
+        # Healthy nodes are recorded on the first sweep.
+        base.wait_for(lambda: all(self.node(u).power_state for u in fast),
+                      10, "every healthy node recorded")
+        base.wait_for(
+            lambda: all(self.node(u).last_error for u in hung), 15,
+            "every hung node recorded as failed")
+        for uuid in hung:
+            node = self.node(uuid)
+            self.assertIsNone(node.power_state)
+            self.assertIn("did not finish within 1.5 seconds",
+                          node.last_error)
+            self.assertIsNone(node.reservation)
+        # Sweeps keep completing, bounded by the deadline, not the BMC.
+        totals = [float(t) for t in re.findall(
+            r"Power sync sweep: \d+ node\(s\) in [\d.]+s \(calls\) / "
+            r"([\d.]+)s", conductor.log())]
+        self.assertGreaterEqual(len(totals), 2)
+        self.assertLess(max(totals), 1.5 + 1.0 + 1.0, totals)
+
+    def test_maintenance_after_max_retries_then_recovery(self) -> None:
+        [uuid] = self.enrol(1, prefix="flaky", fake_fail="get")
+        self.start_conductor(_options(
+            self.workdir, conductor={"power_state_sync_max_retries": 2,
+                                     "power_failure_recovery_interval": 1}))
+        node = base.wait_for(
+            lambda: (lambda n: n if n.maintenance else None)(
+                self.node(uuid)), 20, "node enters maintenance")
+        self.assertEqual("power failure", node.fault)
+        self.assertEqual(3, node.power_sync_failures)
+        self.assertIn("failed 3 time(s) in a row", node.maintenance_reason)
+        self.assertIn("fake_fail=get", node.last_error)
+        # The BMC heals: the recovery periodic clears the fault.
+        self.db.update_node(uuid, {"driver_info": {}})
+        node = base.wait_for(
+            lambda: (lambda n: n if not n.maintenance else None)(
+                self.node(uuid)), 20, "node leaves maintenance")
+        self.assertIsNone(node.fault)
+        self.assertIsNone(node.last_error)
+        self.assertEqual(0, node.power_sync_failures)
+        self.assertEqual("power off", node.power_state)
+
+
+class TestPowerActions(PowerSyncTestCase):
+
+    def test_power_action_without_broker(self) -> None:
+        [uuid] = self.enrol(1, prefix="act")
+        conductor = self.start_conductor(_options(self.workdir))
+        self.wait_workers(self.db, "ftest", 2)
+        config = conductor.config_file
+        result = self.run_manage(config, "node", "power", "act000", "on",
+                                 "--wait", "--timeout", "10")
+        self.assertEqual("Node act000 is power on\n", result.stdout)
+        node = self.node(uuid)
+        self.assertEqual(("power on", None, None, None),
+                         (node.power_state, node.target_power_state,
+                          node.last_error, node.reservation))
+        self.db.update_node(uuid, {"driver_info": {"fake_fail": "set"}})
+        failed = self.run_manage(config, "node", "power", "act000", "off",
+                                 "--wait", "--timeout", "10", check=1)
+        self.assertIn("power off failed: Fake BMC of node %s failed" % uuid,
+                      failed.stderr)
+        self.assertEqual("power on", self.node(uuid).power_state)
+
+    def test_killed_worker_respawns_and_leaves_no_reservation(self) -> None:
+        uuids = self.enrol(12, prefix="slow", fake_latency_ms=3000)
+        conductor = self.start_conductor(_options(
+            self.workdir, conductor={"power_state_timeout": 10,
+                                     "sync_power_state_interval": 2}))
+        rows = self.wait_workers(self.db, "ftest", 2)
+        for uuid in uuids:
+            self.db.request_power_state(uuid, "power on")
+        # Wait until worker 1 holds reservations mid-action, then kill it.
+        victim = rows[1]
+        base.wait_for(
+            lambda: any(self.node(u).reservation == "ftest:1"
+                        for u in uuids), 10, "worker 1 applying actions")
+        os.kill(victim.pid, signal.SIGKILL)
+        killed_at = timeutils.utcnow()
+        base.wait_for(
+            lambda: any(r.worker_id == 1 and r.pid != victim.pid
+                        and r.heartbeat_at > killed_at
+                        for r in self.db.list_conductors()),
+            20, "worker 1 respawned")
+        # Its actions are applied again by the new worker 1 and nothing
+        # stays reserved.
+        base.wait_for(
+            lambda: all(self.node(u).power_state == "power on"
+                        and self.node(u).target_power_state is None
+                        for u in uuids), 30, "every action applied")
+        base.wait_for(lambda: all(self.node(u).reservation is None
+                                  for u in uuids), 10, "no reservation left")
+        self.assertIn("Released", conductor.log())
+        # And every node is polled again after the respawn.
+
+        def polled_after_respawn() -> set[str]:
+            tail = conductor.log().split("Released", 1)[1]
+            return {m.group("uuid") for m in POLL_RE.finditer(tail)}
+        base.wait_for(lambda: set(uuids) <= polled_after_respawn(), 30,
+                      "every node polled after the respawn")
+
+
+class TestDriverPeriodics(PowerSyncTestCase):
+
+    def _run(self, drivers: str) -> str:
+        self.db.import_nodes([{"name": "p0", "driver": "fake"}])
+        if "fake-periodic" in drivers:
+            self.db.import_nodes([{"name": "p1",
+                                   "driver": "fake-periodic"}])
+        conductor = self.start_conductor(_options(
+            self.workdir, DEFAULT={"enabled_drivers": drivers}))
+        self.wait_workers(self.db, "ftest", 2)
+        return conductor.log  # type: ignore[return-value]
+
+    def test_enabled_driver_periodics_run(self) -> None:
+        log = self._run("fake,fake-periodic")
+        for text in ("fake-periodic: periodic task ran",
+                     "fake-periodic: legacy driver_periodic_task ran",
+                     "fake-periodic: node task for node %s"
+                     % self.node("p1").uuid):
+            base.wait_for(lambda: text in log(), 15,  # type: ignore
+                          "%r in the log" % text)
+        # The node task only sees its own driver's nodes.
+        self.assertNotIn("node task for node %s" % self.node("p0").uuid,
+                         log())  # type: ignore[operator]
+
+    def test_disabled_driver_periodics_never_run(self) -> None:
+        log = self._run("fake")
+        # Two sweeps prove the periodic loop ran for a while.
+        base.wait_for(lambda: log().count(  # type: ignore[operator]
+            "Power sync sweep") >= 4, 15, "two sweeps per worker")
+        self.assertNotIn("fake-periodic:", log())  # type: ignore
+        status = json.loads(self.run_manage(
+            os.path.join(self.workdir, "conductor.conf"), "status",
+            "--format", "json").stdout)
+        names = {task["name"] for worker in status["workers"]
+                 for task in worker["status"].get("periodics", [])}
+        self.assertIn("ConductorPeriodics.sync_power_states", names)
+        self.assertFalse([n for n in names if "FakePeriodic" in n], names)
