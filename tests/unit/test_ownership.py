@@ -1,0 +1,346 @@
+"""Tests for conductor.ownership: live workers, the rings, reservations."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Sequence
+from unittest import mock
+import uuid as uuid_lib
+
+import fixtures
+from oslo_utils import timeutils
+from tooz import hashring
+
+from conductor.db import api as db_api
+from conductor.db import migration
+from conductor import ownership
+from tests import base
+
+NOW = datetime.datetime(2030, 1, 1, 12, 0, 0)
+TIMEOUT = 60.0
+
+
+def uuids(count: int) -> list[str]:
+    """``count`` distinct, reproducible uuids."""
+    return [str(uuid_lib.UUID(int=index * 7919 + 12345))
+            for index in range(count)]
+
+
+def record(host: str, worker_id: int, age: float = 0.0,
+           online: bool = True) -> db_api.ConductorRecord:
+    beat = NOW - datetime.timedelta(seconds=age)
+    return db_api.ConductorRecord(host, worker_id, None, ["fake"], online,
+                                  beat, beat)
+
+
+class Clock:
+    """A monotonic clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TestLiveMembership(base.TestCase):
+
+    def test_fresh_online_workers_by_host_sorted(self) -> None:
+        membership = ownership.live_membership(
+            [record("b", 0), record("a", 1), record("a", 0, age=59.9)],
+            NOW, TIMEOUT)
+        self.assertEqual({"a": (0, 1), "b": (0,)}, membership.hosts)
+        self.assertEqual(["a:0", "a:1", "b:0"], membership.holders)
+        self.assertEqual("a[0,1], b[0]", membership.describe())
+
+    def test_stale_and_offline_workers_are_dead(self) -> None:
+        membership = ownership.live_membership(
+            [record("a", 0), record("a", 1, age=TIMEOUT),
+             record("a", 2, age=3600), record("b", 0, online=False)],
+            NOW, TIMEOUT)
+        # NOTE: a heartbeat exactly heartbeat_timeout old is dead.
+        self.assertEqual({"a": (0,)}, membership.hosts)
+
+    def test_nobody(self) -> None:
+        membership = ownership.live_membership([], NOW, TIMEOUT)
+        self.assertEqual({}, membership.hosts)
+        self.assertEqual([], membership.holders)
+        self.assertEqual("nobody", membership.describe())
+
+
+class RingsTestCase(base.TestCase):
+    """A migrated SQLite file; workers registered at chosen ages.
+
+    Rings are built with 2**8 partitions per ring member unless a test
+    sets ``real_partitions``: building is linear in partitions and the
+    properties under test hold for any number.
+    """
+
+    real_partitions = False
+
+    def setUp(self) -> None:
+        super().setUp()
+        if not self.real_partitions:
+            self.useFixture(fixtures.MockPatchObject(
+                ownership, "PARTITION_EXPONENT", 8))
+        path = os.path.join(self.conf.state_path, "conductor.sqlite")
+        self.db = db_api.Connection.create("sqlite:///" + path)
+        self.addCleanup(self.db.dispose)
+        migration.upgrade(self.db.engine)
+        self.clock = Clock()
+
+    def beat(self, host: str, worker_id: int, age: float = 0.0) -> None:
+        """(Re-)register a worker whose last beat was ``age`` s ago."""
+        when = NOW - datetime.timedelta(seconds=age)
+        with mock.patch.object(timeutils, "utcnow", autospec=True,
+                               return_value=when):
+            self.db.register_conductor(host, worker_id, ["fake"])
+
+    def rings(self, host: str, worker_id: int,
+              reset_interval: float = 15.0) -> ownership.Rings:
+        rings = ownership.Rings(self.db, host, worker_id,
+                                heartbeat_timeout=TIMEOUT,
+                                reset_interval=reset_interval,
+                                now_func=lambda: NOW, monotonic=self.clock)
+        rings.refresh()
+        return rings
+
+    def views(self, *holders: tuple[str, int]) -> list[ownership.Rings]:
+        return [self.rings(host, worker) for host, worker in holders]
+
+    def assert_partition(self, views: Sequence[ownership.Rings],
+                         items: list[str]) -> dict[str, set[str]]:
+        """Every item is owned by exactly one view; returns the shares."""
+        shares = {view.holder: set(view.owned(items)) for view in views}
+        owners = {item: [holder for holder, share in shares.items()
+                         if item in share] for item in items}
+        missed = [item for item, who in owners.items() if not who]
+        twice = {item: who for item, who in owners.items() if len(who) > 1}
+        self.assertEqual([], missed)
+        self.assertEqual({}, twice)
+        return shares
+
+
+class TestRingsPartition(RingsTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        for host, worker in (("a", 0), ("a", 1), ("b", 0)):
+            self.beat(host, worker)
+        self.items = uuids(2000)
+
+    def test_every_node_has_exactly_one_owner(self) -> None:
+        views = self.views(("a", 0), ("a", 1), ("b", 0))
+        shares = self.assert_partition(views, self.items)
+        self.assertEqual(len(self.items),
+                         sum(len(share) for share in shares.values()))
+
+    def test_views_agree_on_owner_and_owner_host(self) -> None:
+        views = self.views(("a", 0), ("a", 1), ("b", 0))
+        for item in self.items[:300]:
+            owners = {view.owner(item) for view in views}
+            self.assertEqual(1, len(owners))
+            owner = owners.pop()
+            assert owner is not None
+            self.assertEqual({owner[0]},
+                             {view.owner_host(item) for view in views})
+            for view in views:
+                self.assertEqual(owner == (view.host, view.worker_id),
+                                 view.owns(item))
+
+    def test_dead_worker_moves_only_its_own_nodes(self) -> None:
+        before = self.assert_partition(
+            self.views(("a", 0), ("a", 1), ("b", 0)), self.items)
+        self.beat("a", 1, age=TIMEOUT + 1)
+        dead = self.rings("a", 1)
+        self.assertEqual([], dead.owned(self.items))
+        self.assertNotIn(("a", 1), {dead.owner(i) for i in self.items})
+        after = self.assert_partition(self.views(("a", 0), ("b", 0)),
+                                      self.items)
+        # The other host is not affected at all; a:1's nodes went to a:0.
+        self.assertEqual(before["b:0"], after["b:0"])
+        self.assertEqual(before["a:0"] | before["a:1"], after["a:0"])
+
+    def test_dead_host_moves_only_its_nodes(self) -> None:
+        before = self.assert_partition(
+            self.views(("a", 0), ("a", 1), ("b", 0)), self.items)
+        self.beat("b", 0, age=TIMEOUT + 1)
+        after = self.assert_partition(self.views(("a", 0), ("a", 1)),
+                                      self.items)
+        # a's nodes keep their worker; b's are split between a's workers.
+        self.assertLessEqual(before["a:0"], after["a:0"])
+        self.assertLessEqual(before["a:1"], after["a:1"])
+        self.assertEqual(set(self.items), after["a:0"] | after["a:1"])
+        self.assertGreater(len(after["a:0"] - before["a:0"]), 300)
+        self.assertGreater(len(after["a:1"] - before["a:1"]), 300)
+
+    def test_new_host_takes_a_share_from_every_one(self) -> None:
+        before = self.assert_partition(
+            self.views(("a", 0), ("a", 1), ("b", 0)), self.items)
+        self.beat("c", 0)
+        after = self.assert_partition(
+            self.views(("a", 0), ("a", 1), ("b", 0), ("c", 0)), self.items)
+        # Consistent hashing: nodes only move to the newcomer.
+        for holder in ("a:0", "a:1", "b:0"):
+            self.assertLessEqual(after[holder], before[holder])
+        self.assertGreater(len(after["c:0"]), 400)
+        self.assertLess(len(after["c:0"]), 1000)
+
+
+class TestRingsSpread(RingsTestCase):
+
+    real_partitions = True
+
+    def test_shares_are_even_with_the_real_partition_count(self) -> None:
+        for host, worker in (("a", 0), ("a", 1), ("b", 0)):
+            self.beat(host, worker)
+        items = uuids(2000)
+        shares = self.assert_partition(
+            self.views(("a", 0), ("a", 1), ("b", 0)), items)
+        # Two hosts share the nodes about evenly, then a's two workers
+        # share a's half.
+        self.assertGreater(len(shares["b:0"]), 900)
+        self.assertLess(len(shares["b:0"]), 1100)
+        self.assertGreater(len(shares["a:0"]), 420)
+        self.assertGreater(len(shares["a:1"]), 420)
+
+
+class TestRingsRefresh(RingsTestCase):
+
+    def test_nobody_live_owns_nothing(self) -> None:
+        self.beat("a", 0, age=TIMEOUT + 1)
+        rings = self.rings("a", 0)
+        item = uuids(1)[0]
+        self.assertEqual({}, rings.membership.hosts)
+        self.assertIsNone(rings.owner(item))
+        self.assertIsNone(rings.owner_host(item))
+        self.assertFalse(rings.owns(item))
+        self.assertEqual([], rings.owned(uuids(50)))
+
+    def test_unrefreshed_rings_own_nothing(self) -> None:
+        self.beat("a", 0)
+        rings = ownership.Rings(self.db, "a", 0, TIMEOUT, 15,
+                                now_func=lambda: NOW, monotonic=self.clock)
+        self.assertIsNone(rings.owner(uuids(1)[0]))
+
+    def test_refresh_reports_membership_changes_only(self) -> None:
+        self.beat("a", 0)
+        rings = ownership.Rings(self.db, "a", 0, TIMEOUT, 15,
+                                now_func=lambda: NOW, monotonic=self.clock)
+        self.assertTrue(rings.refresh())
+        self.assertEqual(1, rings.generation)
+        self.assertFalse(rings.refresh())
+        self.beat("b", 0)
+        self.assertTrue(rings.refresh())
+        self.assertEqual({"a": (0,), "b": (0,)}, rings.membership.hosts)
+        self.db.set_offline("b")
+        self.assertTrue(rings.refresh())
+        self.assertEqual({"a": (0,)}, rings.membership.hosts)
+        self.assertEqual(3, rings.generation)
+
+    def test_rebuilds_at_least_every_reset_interval(self) -> None:
+        self.beat("a", 0)
+        with mock.patch.object(ownership.hashring, "HashRing",
+                               autospec=True,
+                               side_effect=hashring.HashRing) as ring_cls:
+            rings = self.rings("a", 0, reset_interval=15)
+            built = ring_cls.call_count
+            self.assertEqual(2, built)      # the host ring and a's ring
+            self.clock.now += 14.9
+            self.assertFalse(rings.refresh())
+            self.assertEqual(built, ring_cls.call_count)
+            self.clock.now += 0.1
+            self.assertFalse(rings.refresh())   # rebuilt, same members
+            self.assertEqual(2 * built, ring_cls.call_count)
+            self.assertFalse(rings.refresh(force=True))
+            self.assertEqual(3 * built, ring_cls.call_count)
+        self.assertEqual(1, rings.generation)
+
+    def test_owns_cache_is_dropped_on_rebuild(self) -> None:
+        self.beat("a", 0)
+        items = uuids(200)
+        rings = self.rings("a", 0)
+        self.assertEqual(items, rings.owned(items))     # cached: all mine
+        self.beat("b", 0)
+        self.assertTrue(rings.refresh())
+        mine = rings.owned(items)
+        self.assertEqual([item for item in items
+                          if rings.owner(item) == ("a", 0)], mine)
+        self.assertLess(len(mine), 150)
+        self.assertGreater(len(mine), 50)
+
+    def test_owns_is_cached_between_rebuilds(self) -> None:
+        self.beat("a", 0)
+        rings = self.rings("a", 0)
+        item = uuids(1)[0]
+        with mock.patch.object(ownership.Rings, "owner", autospec=True,
+                               side_effect=ownership.Rings.owner) as owner:
+            self.assertTrue(rings.owns(item))
+            self.assertTrue(rings.owns(item))
+            self.assertEqual(1, owner.call_count)
+            rings.refresh(force=True)
+            self.assertTrue(rings.owns(item))
+            self.assertEqual(2, owner.call_count)
+
+    def test_heartbeat_age_uses_now_func(self) -> None:
+        self.beat("a", 0, age=10)
+        now = [NOW]
+        rings = ownership.Rings(self.db, "a", 0, TIMEOUT, 15,
+                                now_func=lambda: now[0],
+                                monotonic=self.clock)
+        rings.refresh()
+        self.assertEqual({"a": (0,)}, rings.membership.hosts)
+        now[0] = NOW + datetime.timedelta(seconds=TIMEOUT - 10)
+        self.assertTrue(rings.refresh())
+        self.assertEqual({}, rings.membership.hosts)
+
+
+class TestReleaseDeadReservations(RingsTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.beat("a", 0)
+        self.beat("a", 1)
+        self.beat("b", 0, age=TIMEOUT + 5)     # dead
+        self.nodes = [node.uuid for node in self.db.import_nodes(
+            [{"driver": "fake"}] * 40)]
+        self.rings_a0 = self.rings("a", 0)
+        self.mine = set(self.rings_a0.owned(self.nodes))
+        self.theirs = [u for u in self.nodes if u not in self.mine]
+        self.assertGreater(len(self.mine), 5)
+        self.assertGreater(len(self.theirs), 5)
+
+    def reserve(self, uuid: str, holder: str) -> None:
+        self.db.reserve_node(uuid, holder)
+
+    def reservations(self) -> dict[str, str | None]:
+        return {node.uuid: node.reservation
+                for node in self.db.list_nodes()}
+
+    def test_releases_only_dead_holders_on_owned_nodes(self) -> None:
+        mine = sorted(self.mine)
+        self.reserve(mine[0], "b:0")          # dead worker
+        self.reserve(mine[1], "gone:7")       # never registered
+        self.reserve(mine[2], "a:1")          # live worker: kept
+        self.reserve(mine[3], "a:0")          # ours: kept
+        self.reserve(self.theirs[0], "b:0")   # not ours to release
+        released = self.rings_a0.release_dead_reservations(self.nodes)
+        self.assertEqual(2, released)
+        self.assertEqual({mine[2]: "a:1", mine[3]: "a:0",
+                          self.theirs[0]: "b:0"},
+                         {uuid: holder for uuid, holder in
+                          self.reservations().items() if holder})
+
+    def test_the_new_owner_releases_the_rest(self) -> None:
+        self.reserve(self.theirs[0], "b:0")
+        rings_a1 = self.rings("a", 1)
+        self.assertIn(self.theirs[0], rings_a1.owned(self.nodes))
+        self.assertEqual(1, rings_a1.release_dead_reservations(self.nodes))
+        self.assertIsNone(self.reservations()[self.theirs[0]])
+
+    def test_nothing_owned_nothing_released(self) -> None:
+        self.reserve(self.theirs[0], "b:0")
+        self.assertEqual(
+            0, self.rings_a0.release_dead_reservations(self.theirs))
+        self.assertEqual("b:0", self.reservations()[self.theirs[0]])
