@@ -291,6 +291,11 @@ class PowerSync:
     def _start_lane(self, sweep: _Sweep, lane: int) -> bool:
         with sweep.lock:
             sweep.live_lanes += 1
+            # NOTE: the watchdog may have set ``done`` when it abandoned
+            # the last live lane; a lane replacing it must keep the sweep
+            # going until the queue is drained, or the nodes still queued
+            # would silently go unpolled.
+            sweep.done.clear()
         try:
             self._pool.submit(self._lane, sweep, lane)
             return True
