@@ -390,12 +390,24 @@ class PowerSync:
             row = outcome.row
             recorded = row.power_state
             assert recorded is not None
-            LOG.warning("Node %(node)s: hardware is %(hw)s but %(rec)s is "
-                        "recorded; restoring %(rec)s", {
-                            "node": row.uuid, "hw": outcome.state,
-                            "rec": recorded})
             try:
-                with self._db.reserved(row.uuid, self._rings.holder):
+                with self._db.reserved(row.uuid,
+                                       self._rings.holder) as current:
+                    # NOTE: the sweep read the node before taking its
+                    # lock; a power action or an operator may have
+                    # changed it since. Restoring the stale record would
+                    # undo that change.
+                    if (current.power_state != recorded
+                            or current.maintenance
+                            or current.target_power_state is not None):
+                        LOG.info("Node %(node)s changed during the sweep; "
+                                 "not restoring %(rec)s",
+                                 {"node": row.uuid, "rec": recorded})
+                        continue
+                    LOG.warning("Node %(node)s: hardware is %(hw)s but "
+                                "%(rec)s is recorded; restoring %(rec)s", {
+                                    "node": row.uuid, "hw": outcome.state,
+                                    "rec": recorded})
                     node = base.DriverNode(row.uuid, row.name, row.driver,
                                            row.driver_info, recorded)
                     error = None
