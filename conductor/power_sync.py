@@ -162,13 +162,17 @@ class PowerSync:
     :param pool: the worker's bounded pool (lanes run on it).
     :param settings: see :class:`SyncSettings`.
     :param stop: set when the worker stops; sweeps end early.
+    :param clock: monotonic clock for deadlines and durations.
+    :param watchdog_interval: seconds between the watchdog's checks for
+        calls past their deadline (and for the stop request).
     """
 
     def __init__(self, db: db_api.Connection,
                  drivers: Mapping[str, base.BaseDriver],
                  rings: ownership.Rings, pool: worker_pool.WorkerPool,
                  settings: SyncSettings, stop: threading.Event,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 watchdog_interval: float = 0.5) -> None:
         self._db = db
         self._drivers = dict(drivers)
         self._rings = rings
@@ -176,6 +180,7 @@ class PowerSync:
         self._settings = settings
         self._stop = stop
         self._clock = clock
+        self._watchdog_interval = watchdog_interval
         #: The last finished sweep of each kind ("sync", "recovery").
         self.last: dict[str, SweepResult] = {}
 
@@ -271,7 +276,7 @@ class PowerSync:
             sweep.live_lanes += 1
             self._lane(sweep, next(lane_ids))
         result.lanes = max(started, 1)
-        while not sweep.done.wait(0.5):
+        while not sweep.done.wait(self._watchdog_interval):
             for lane, row in sweep.overdue():
                 LOG.warning("Node %(node)s: power state read still running "
                             "after %(secs).1fs; counted as a failure",
