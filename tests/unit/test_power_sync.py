@@ -1,0 +1,548 @@
+"""Tests for conductor.power_sync against a real SQLite file and pool."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import fixtures
+import sqlalchemy as sa
+
+from conductor.common import deadline
+from conductor.common import exceptions
+from conductor.common import pool as pool_mod
+from conductor.common import states
+from conductor.db import api as db_api
+from conductor.db import migration
+from conductor.drivers import base as driver_base
+from conductor.drivers import fake
+from conductor import ownership
+from conductor import power_sync
+from tests import base
+
+HOLDER = "h:0"
+#: Bound for every wait on another thread (never reached when passing).
+WAIT = 10.0
+
+Answer = Any  # a state, an exception to raise, or a callable(node)
+
+
+class ScriptedPower(driver_base.PowerInterface):
+    """Answers per node name; records calls and their concurrency."""
+
+    def __init__(self) -> None:
+        # NOTE: guards every attribute below.
+        self.lock = threading.Lock()
+        self.answers: dict[str, Answer] = {}
+        self.default: Answer = states.POWER_ON
+        self.gets: list[str] = []
+        self.sets: list[tuple[str, str]] = []
+        self.set_answer: Answer = None
+        self.threads: set[str] = set()
+        self.active = 0
+        self.peak = 0
+
+    def validate(self, node: driver_base.DriverNode) -> None:
+        """Nothing to validate."""
+
+    def _answer(self, answer: Answer, node: driver_base.DriverNode) -> Any:
+        if isinstance(answer, BaseException):
+            raise answer
+        if callable(answer):
+            return answer(node)
+        return answer
+
+    def get_power_state(self, node: driver_base.DriverNode) -> str:
+        with self.lock:
+            self.gets.append(str(node.name))
+            self.threads.add(threading.current_thread().name)
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            answer = self.answers.get(str(node.name), self.default)
+        try:
+            return str(self._answer(answer, node))
+        finally:
+            with self.lock:
+                self.active -= 1
+
+    def set_power_state(self, node: driver_base.DriverNode,
+                        target: str) -> None:
+        with self.lock:
+            self.sets.append((str(node.name), target))
+        self._answer(self.set_answer, node)
+
+    def reboot(self, node: driver_base.DriverNode) -> None:
+        raise AssertionError("power sync never reboots")
+
+
+class ScriptedDriver(driver_base.BaseDriver):
+    def __init__(self) -> None:
+        self.power = ScriptedPower()
+
+
+class SyncTestCase(base.TestCase):
+    """One live worker (HOLDER) that owns every node."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        # NOTE: small rings build 64 times faster; ownership itself is
+        # tested in test_ownership.
+        self.useFixture(fixtures.MockPatchObject(
+            ownership, "PARTITION_EXPONENT", 8))
+        path = os.path.join(self.conf.state_path, "conductor.sqlite")
+        self.db = db_api.Connection.create("sqlite:///" + path)
+        self.addCleanup(self.db.dispose)
+        migration.upgrade(self.db.engine)
+        self.db.register_conductor("h", 0, ["scripted"])
+        self.driver = ScriptedDriver()
+        self.power = self.driver.power
+        self.stop = threading.Event()
+        self.pool = self.make_pool(8)
+
+    def make_pool(self, size: int) -> pool_mod.WorkerPool:
+        pool = pool_mod.WorkerPool(size, name="test-%d" % size)
+        pool.start()
+        self.addCleanup(pool.shutdown, wait=True, timeout=WAIT)
+        return pool
+
+    def rings(self, worker_id: int = 0) -> ownership.Rings:
+        return ownership.Rings(self.db, "h", worker_id,
+                               heartbeat_timeout=60, reset_interval=15)
+
+    def syncer(self, workers: int = 4, timeout: float = 5.0,
+               max_retries: int = 2, force: bool = False,
+               rings: ownership.Rings | None = None,
+               pool: pool_mod.WorkerPool | None = None,
+               drivers: dict[str, driver_base.BaseDriver] | None = None
+               ) -> power_sync.PowerSync:
+        return power_sync.PowerSync(
+            self.db, drivers or {"scripted": self.driver},
+            rings or self.rings(), pool or self.pool,
+            power_sync.SyncSettings(workers=workers, timeout=timeout,
+                                    max_retries=max_retries, force=force),
+            self.stop, watchdog_interval=0.01)
+
+    def nodes(self, *names: str, driver: str = "scripted",
+              **values: Any) -> list[str]:
+        created = self.db.import_nodes(
+            [{"driver": driver, "name": name, "driver_info": {}}
+             for name in names])
+        uuids = [node.uuid for node in created]
+        if values:
+            for uuid in uuids:
+                self.db.update_node(uuid, values)
+        return uuids
+
+    def get(self, name: str) -> db_api.NodeRecord:
+        return self.db.get_node(name)
+
+    def count_node_updates(self) -> list[str]:
+        """UPDATE statements on ``nodes`` issued from now on."""
+        statements: list[str] = []
+
+        def listener(conn: Any, cursor: Any, statement: str, params: Any,
+                     context: Any, executemany: bool) -> None:
+            if statement.lstrip().upper().startswith("UPDATE NODES"):
+                statements.append(statement)
+
+        sa.event.listen(self.db.engine, "before_cursor_execute", listener)
+        self.addCleanup(sa.event.remove, self.db.engine,
+                        "before_cursor_execute", listener)
+        return statements
+
+
+class TestSyncRecords(SyncTestCase):
+
+    def test_first_sweep_records_new_nodes_with_the_fake_driver(self) -> None:
+        self.db.import_nodes([
+            {"driver": "fake", "name": "on",
+             "driver_info": {"fake_power_state": states.POWER_ON}},
+            {"driver": "fake", "name": "off",
+             "driver_info": {"fake_power_state": states.POWER_OFF}},
+            {"driver": "fake", "name": "default", "driver_info": {}}])
+        syncer = self.syncer(drivers={"fake": fake.FakeDriver()})
+        result = syncer.sync()
+        self.assertEqual(states.POWER_ON, self.get("on").power_state)
+        self.assertEqual(states.POWER_OFF, self.get("off").power_state)
+        self.assertEqual(states.POWER_OFF, self.get("default").power_state)
+        self.assertIsNotNone(self.get("on").power_state_updated_at)
+        self.assertEqual((3, 3, 0), (result.nodes, result.changed,
+                                     result.failures))
+        self.assertIs(result, syncer.last["sync"])
+        self.assertEqual("sync", result.as_dict()["kind"])
+
+    def test_unchanged_nodes_are_not_written(self) -> None:
+        self.nodes("a", "b", "c")
+        self.power.answers["b"] = states.POWER_OFF
+        syncer = self.syncer()
+        self.assertEqual(3, syncer.sync().changed)
+        before = {n.uuid: n.updated_at for n in self.db.list_nodes()}
+        updates = self.count_node_updates()
+        result = syncer.sync()
+        self.assertEqual(6, len(self.power.gets))
+        self.assertEqual((3, 0), (result.nodes, result.changed))
+        self.assertEqual([], updates)
+        self.assertEqual(before,
+                         {n.uuid: n.updated_at for n in self.db.list_nodes()})
+
+    def test_only_changed_nodes_are_written(self) -> None:
+        self.nodes("a", "b")
+        syncer = self.syncer()
+        syncer.sync()
+        self.power.answers["b"] = states.POWER_OFF
+        updates = self.count_node_updates()
+        result = syncer.sync()
+        self.assertEqual(1, result.changed)
+        self.assertEqual(1, len(updates))
+        self.assertEqual(states.POWER_ON, self.get("a").power_state)
+        self.assertEqual(states.POWER_OFF, self.get("b").power_state)
+
+    def test_error_state_is_recorded(self) -> None:
+        self.nodes("a")
+        self.power.answers["a"] = states.ERROR
+        result = self.syncer().sync()
+        self.assertEqual(0, result.failures)
+        self.assertEqual(states.ERROR, self.get("a").power_state)
+
+    def test_skips_reserved_maintenance_and_other_driver_nodes(self) -> None:
+        self.nodes("free")
+        self.nodes("maint", maintenance=True)
+        reserved = self.nodes("reserved")[0]
+        self.db.reserve_node(reserved, HOLDER)
+        self.nodes("other", driver="ipmi")
+        result = self.syncer().sync()
+        self.assertEqual(["free"], self.power.gets)
+        self.assertEqual(1, result.nodes)
+        self.assertIsNone(self.get("maint").power_state)
+        self.assertIsNone(self.get("reserved").power_state)
+
+    def test_polls_only_owned_nodes(self) -> None:
+        self.db.register_conductor("h", 1, ["scripted"])
+        uuids = self.nodes(*["n%02d" % i for i in range(30)])
+        rings = self.rings(0)
+        rings.refresh()
+        mine = rings.owned(uuids)
+        self.assertGreater(len(mine), 3)
+        self.assertLess(len(mine), 27)
+        result = self.syncer(rings=rings).sync()
+        self.assertEqual(len(mine), result.nodes)
+        self.assertEqual(sorted(self.db.get_node(u).name for u in mine),
+                         sorted(self.power.gets))
+
+    def test_releases_reservations_of_dead_workers(self) -> None:
+        uuid = self.nodes("a")[0]
+        self.db.reserve_node(uuid, "h:7")   # never heartbeat: dead
+        self.syncer().sync()
+        node = self.get("a")
+        self.assertIsNone(node.reservation)
+        self.assertEqual(states.POWER_ON, node.power_state)
+
+
+class TestSyncFailures(SyncTestCase):
+
+    def test_failure_counts_and_records_the_error(self) -> None:
+        self.nodes("a", "b")
+        self.power.answers["a"] = exceptions.PowerStateFailure(
+            err="BMC unreachable")
+        self.power.answers["b"] = OSError("connection refused")
+        result = self.syncer().sync()
+        self.assertEqual((2, 2, 0), (result.failures, result.changed,
+                                     result.to_maintenance))
+        a, b = self.get("a"), self.get("b")
+        self.assertEqual(1, a.power_sync_failures)
+        self.assertEqual("BMC unreachable", a.last_error)
+        self.assertEqual("OSError: connection refused", b.last_error)
+        self.assertIsNone(a.power_state)
+        self.assertFalse(a.maintenance)
+
+    def test_invalid_state_from_the_driver_is_a_failure(self) -> None:
+        self.nodes("a")
+        self.power.answers["a"] = "on"
+        result = self.syncer().sync()
+        self.assertEqual(1, result.failures)
+        node = self.get("a")
+        self.assertIsNone(node.power_state)
+        self.assertEqual(1, node.power_sync_failures)
+        self.assertEqual("driver scripted returned an invalid power state "
+                         "'on'", node.last_error)
+
+    def test_maintenance_after_max_retries(self) -> None:
+        self.nodes("a", "b")
+        self.power.answers["a"] = exceptions.PowerStateFailure(
+            err="BMC unreachable")
+        syncer = self.syncer(max_retries=2)
+        for attempt in (1, 2):
+            self.assertEqual(0, syncer.sync().to_maintenance)
+            node = self.get("a")
+            self.assertEqual(attempt, node.power_sync_failures)
+            self.assertFalse(node.maintenance)
+        self.assertEqual(1, syncer.sync().to_maintenance)
+        node = self.get("a")
+        self.assertTrue(node.maintenance)
+        self.assertEqual(power_sync.POWER_FAILURE, node.fault)
+        self.assertEqual(3, node.power_sync_failures)
+        self.assertEqual("Power state sync failed 3 time(s) in a row: BMC "
+                         "unreachable", node.maintenance_reason)
+        # In maintenance, sync leaves it to recovery.
+        self.assertEqual(1, syncer.sync().nodes)
+        self.assertEqual(3, self.power.gets.count("a"))
+        self.assertFalse(self.get("b").maintenance)
+
+    def test_zero_retries_means_maintenance_at_first_failure(self) -> None:
+        self.nodes("a")
+        self.power.answers["a"] = OSError("down")
+        self.assertEqual(1, self.syncer(max_retries=0).sync().to_maintenance)
+        self.assertTrue(self.get("a").maintenance)
+
+    def test_success_after_failures_resets_the_counter(self) -> None:
+        self.nodes("a")
+        self.power.answers["a"] = OSError("down")
+        syncer = self.syncer(max_retries=5)
+        syncer.sync()
+        syncer.sync()
+        self.assertEqual(2, self.get("a").power_sync_failures)
+        self.power.answers["a"] = states.POWER_OFF
+        result = syncer.sync()
+        self.assertEqual((0, 1), (result.failures, result.changed))
+        node = self.get("a")
+        self.assertEqual((0, None, states.POWER_OFF),
+                         (node.power_sync_failures, node.last_error,
+                          node.power_state))
+
+    def test_nodes_with_failures_are_polled_first(self) -> None:
+        self.nodes("n0", "n1", "n2", "n3", "n4")
+        self.db.update_node("n3", {"power_sync_failures": 2})
+        self.db.update_node("n1", {"power_sync_failures": 1})
+        self.syncer(workers=1, max_retries=5).sync()
+        self.assertEqual(["n3", "n1"], self.power.gets[:2])
+        self.assertEqual(5, len(self.power.gets))
+
+
+class TestRecover(SyncTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.nodes("broken", maintenance=True, fault=power_sync.POWER_FAILURE,
+                   maintenance_reason="Power state sync failed 3 time(s)",
+                   power_sync_failures=3, last_error="BMC unreachable",
+                   power_state=states.POWER_ON)
+        self.nodes("operator", maintenance=True,
+                   maintenance_reason="replacing a disk")
+
+    def test_leaves_the_fault_while_the_bmc_fails(self) -> None:
+        self.power.answers["broken"] = OSError("still down")
+        result = self.syncer().recover()
+        self.assertEqual((1, 1, 0), (result.nodes, result.failures,
+                                     result.recovered))
+        node = self.get("broken")
+        self.assertTrue(node.maintenance)
+        self.assertEqual(power_sync.POWER_FAILURE, node.fault)
+        self.assertEqual(3, node.power_sync_failures)
+
+    def test_clears_the_fault_once_the_bmc_answers(self) -> None:
+        self.power.answers["broken"] = states.POWER_OFF
+        syncer = self.syncer()
+        result = syncer.recover()
+        self.assertEqual((1, 0, 1), (result.nodes, result.failures,
+                                     result.recovered))
+        self.assertIs(result, syncer.last["recovery"])
+        node = self.get("broken")
+        self.assertEqual(
+            (False, None, None, 0, None, states.POWER_OFF),
+            (node.maintenance, node.maintenance_reason, node.fault,
+             node.power_sync_failures, node.last_error, node.power_state))
+        # Operator maintenance is not power sync's to clear.
+        self.assertEqual(["broken"], self.power.gets)
+        self.assertTrue(self.get("operator").maintenance)
+        # Back in the sync sweep.
+        self.assertEqual(1, syncer.sync().nodes)
+
+
+class TestForce(SyncTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.nodes("drifted", power_state=states.POWER_ON)
+        self.power.answers["drifted"] = states.POWER_OFF
+
+    def test_force_restores_the_recorded_state_under_lock(self) -> None:
+        seen: list[str | None] = []
+        self.power.set_answer = lambda node: seen.append(
+            self.db.get_node(node.uuid).reservation)
+        result = self.syncer(force=True).sync()
+        self.assertEqual([("drifted", states.POWER_ON)], self.power.sets)
+        self.assertEqual([HOLDER], seen)
+        self.assertEqual((1, 0), (result.forced, result.changed))
+        node = self.get("drifted")
+        self.assertEqual(states.POWER_ON, node.power_state)
+        self.assertIsNone(node.last_error)
+        self.assertIsNone(node.reservation)
+
+    def test_failed_restore_records_the_error_and_hardware(self) -> None:
+        self.power.set_answer = exceptions.PowerStateFailure(err="BMC busy")
+        self.syncer(force=True).sync()
+        node = self.get("drifted")
+        self.assertEqual("Restoring power on failed: BMC busy",
+                         node.last_error)
+        self.assertEqual(states.POWER_OFF, node.power_state)
+        self.assertIsNone(node.reservation)
+
+    def test_restore_runs_under_the_deadline(self) -> None:
+        left: list[float | None] = []
+        self.power.set_answer = lambda node: left.append(
+            deadline.remaining())
+        self.syncer(force=True, timeout=3.0).sync()
+        self.assertEqual(1, len(left))
+        assert left[0] is not None
+        self.assertLessEqual(left[0], 3.0)
+        self.assertGreater(left[0], 2.0)
+
+    def test_no_force_records_the_hardware_state(self) -> None:
+        result = self.syncer(force=False).sync()
+        self.assertEqual([], self.power.sets)
+        self.assertEqual((0, 1), (result.forced, result.changed))
+        self.assertEqual(states.POWER_OFF, self.get("drifted").power_state)
+
+    def test_force_leaves_a_locked_node_alone(self) -> None:
+        def reserve_meanwhile(node: driver_base.DriverNode) -> str:
+            self.db.reserve_node(node.uuid, "h:1")
+            return states.POWER_OFF
+
+        self.power.answers["drifted"] = reserve_meanwhile
+        result = self.syncer(force=True).sync()
+        self.assertEqual((0, 0), (result.forced, result.changed))
+        self.assertEqual([], self.power.sets)
+        self.assertEqual(states.POWER_ON, self.get("drifted").power_state)
+
+    def test_force_does_not_undo_a_change_made_meanwhile(self) -> None:
+        def power_off_meanwhile(node: driver_base.DriverNode) -> str:
+            # A power-off action completes between the read and the
+            # restore: the record now matches the hardware.
+            with self.db.reserved(node.uuid, "h:0"):
+                self.db.update_node(node.uuid,
+                                    {"power_state": states.POWER_OFF},
+                                    holder="h:0")
+            return states.POWER_OFF
+
+        self.power.answers["drifted"] = power_off_meanwhile
+        self.syncer(force=True).sync()
+        self.assertEqual([], self.power.sets)
+        self.assertEqual(states.POWER_OFF, self.get("drifted").power_state)
+
+    def test_no_force_for_a_node_never_recorded(self) -> None:
+        self.nodes("new")
+        self.power.answers["new"] = states.POWER_OFF
+        self.syncer(force=True).sync()
+        self.assertNotIn("new", [name for name, _ in self.power.sets])
+        self.assertEqual(states.POWER_OFF, self.get("new").power_state)
+
+
+class TestLanes(SyncTestCase):
+
+    def test_at_most_p_calls_at_once_and_exactly_p(self) -> None:
+        names = ["n%02d" % i for i in range(16)]
+        self.nodes(*names)
+        barrier = threading.Barrier(4, timeout=WAIT)
+
+        def slow(node: driver_base.DriverNode) -> str:
+            barrier.wait()      # passes only with 4 calls in flight
+            return states.POWER_ON
+
+        self.power.default = slow
+        result = self.syncer(workers=4).sync()      # pool has 8 threads
+        self.assertEqual(0, result.failures)
+        self.assertEqual(16, result.changed)
+        self.assertEqual(4, self.power.peak)
+        self.assertEqual(4, result.peak_calls)
+        self.assertEqual(4, result.lanes)
+        self.assertEqual(sorted(names), sorted(self.power.gets))
+
+    def test_lanes_never_exceed_the_free_threads(self) -> None:
+        self.nodes(*["n%02d" % i for i in range(9)])
+        barrier = threading.Barrier(3, timeout=WAIT)
+        self.power.default = lambda node: (barrier.wait(),
+                                           states.POWER_ON)[1]
+        result = self.syncer(workers=8, pool=self.make_pool(3)).sync()
+        self.assertEqual(0, result.failures)
+        self.assertEqual((3, 3, 3), (result.lanes, result.peak_calls,
+                                     self.power.peak))
+
+    def test_a_full_pool_polls_in_the_callers_thread(self) -> None:
+        self.nodes("a", "b")
+        pool = self.make_pool(1)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        pool.submit(release.wait, WAIT)
+        result = self.syncer(pool=pool).sync()
+        self.assertEqual(1, result.lanes)
+        self.assertEqual(2, result.changed)
+        self.assertEqual({threading.current_thread().name},
+                         self.power.threads)
+
+    def test_a_hung_call_is_a_failure_and_the_rest_is_polled(self) -> None:
+        self.nodes("hung", "n0", "n1", "n2", "n3")
+        # The hung node goes first, so the only lane is stuck on it.
+        self.db.update_node("hung", {"power_sync_failures": 1})
+        release = threading.Event()
+        self.addCleanup(release.set)      # runs before the pool shutdown
+        entered = threading.Event()
+
+        def hang(node: driver_base.DriverNode) -> str:
+            entered.set()
+            release.wait(WAIT)      # ignores the deadline
+            return states.POWER_ON
+
+        self.power.answers["hung"] = hang
+        timeout = 0.2
+        started = time.monotonic()
+        result = self.syncer(workers=1, timeout=timeout,
+                             max_retries=5).sync()
+        elapsed = time.monotonic() - started
+        self.assertTrue(entered.is_set())
+        self.assertGreaterEqual(elapsed, timeout + power_sync.WATCHDOG_GRACE)
+        self.assertLess(elapsed, timeout + power_sync.WATCHDOG_GRACE + 1.0)
+        # Four states and one failure written; a second lane replaced the
+        # stuck one.
+        self.assertEqual((5, 1, 5, 2),
+                         (result.nodes, result.failures, result.changed,
+                          result.lanes))
+        hung = self.get("hung")
+        self.assertEqual(2, hung.power_sync_failures)
+        self.assertEqual("Power state read did not return within 0.2 "
+                         "seconds", hung.last_error)
+        for name in ("n0", "n1", "n2", "n3"):
+            self.assertEqual(states.POWER_ON, self.get(name).power_state)
+        # The late answer of the abandoned call is ignored.
+        release.set()
+        self.assertTrue(self.pool.shutdown(wait=True, timeout=WAIT))
+        self.assertIsNone(self.get("hung").power_state)
+
+    def test_stop_ends_the_sweep_early(self) -> None:
+        self.nodes(*["n%d" % i for i in range(6)])
+        calls = []
+
+        def stop_on_third(node: driver_base.DriverNode) -> str:
+            calls.append(node.name)
+            if len(calls) == 3:
+                self.stop.set()
+            return states.POWER_ON
+
+        self.power.default = stop_on_third
+        result = self.syncer(workers=1).sync()
+        self.assertEqual(6, result.nodes)
+        self.assertEqual(3, len(self.power.gets))
+        self.assertEqual(3, result.changed)
+        self.assertEqual(3, sum(1 for node in self.db.list_nodes()
+                                if node.power_state is not None))
+
+    def test_calls_run_under_the_deadline(self) -> None:
+        self.nodes("a")
+        left: list[float | None] = []
+        self.power.default = lambda node: (left.append(deadline.remaining()),
+                                           states.POWER_ON)[1]
+        self.syncer(timeout=2.0).sync()
+        assert left[0] is not None
+        self.assertLessEqual(left[0], 2.0)
+        self.assertGreater(left[0], 1.0)
