@@ -62,8 +62,8 @@ class PowerActions:
         submitted = 0
         for uuid in self._rings.owned(pending):
             try:
-                self.submit(uuid)
-                submitted += 1
+                if self.submit(uuid):
+                    submitted += 1
             except exceptions.NoFreeWorker:
                 LOG.debug("Pool full; power action of node %s waits for "
                           "the next scan", uuid)
