@@ -14,6 +14,7 @@ once and calls :meth:`PowerActions.apply` directly.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import Any, Mapping
@@ -103,9 +104,17 @@ class PowerActions:
     def apply(self, uuid: str) -> db_api.NodeRecord | None:
         """Apply the pending action of ``uuid`` now, in this thread.
 
-        :returns: the node after the action, or None when it had none.
+        :returns: the node after the action (its reservation released),
+            or None when it had none.
         :raises: NodeLocked, NodeNotFound.
         """
+        node = self._apply(uuid)
+        # NOTE: the record was read under our reservation, which is
+        # released by now; do not hand a stale lock holder to callers.
+        return (None if node is None
+                else dataclasses.replace(node, reservation=None))
+
+    def _apply(self, uuid: str) -> db_api.NodeRecord | None:
         holder = self._rings.holder
         with self._db.reserved(uuid, holder) as node:
             target = node.target_power_state
