@@ -12,6 +12,7 @@ import fixtures
 from oslo_utils import timeutils
 from tooz import hashring
 
+import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.db import api as db_api
 from conductor.db import migration
 from conductor import ownership

@@ -10,6 +10,7 @@ from typing import Any
 import fixtures
 import sqlalchemy as sa
 
+import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import deadline
 from conductor.common import exceptions
 from conductor.common import pool as pool_mod

@@ -1,0 +1,354 @@
+"""Tests for conductor.power_actions against a real SQLite file and pool."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Callable
+from unittest import mock
+
+import fixtures
+
+import conductor.cmd  # noqa: F401  (selects the threading backend first)
+from conductor.common import deadline
+from conductor.common import exceptions
+from conductor.common import pool as pool_mod
+from conductor.common import states
+from conductor.db import api as db_api
+from conductor.db import migration
+from conductor.drivers import base as driver_base
+from conductor.drivers import fake
+from conductor import ownership
+from conductor import power_actions
+from tests import base
+
+HOLDER = "h:0"
+#: Bound for every wait on another thread (never reached when passing).
+WAIT = 10.0
+
+
+def wait_until(check: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Bounded wait for a condition another thread makes true."""
+    limit = time.monotonic() + timeout
+    pause = threading.Event()
+    while not check():
+        if time.monotonic() > limit:
+            return False
+        pause.wait(0.005)
+    return True
+
+
+class ActionsTestCase(base.TestCase):
+    """One live worker (HOLDER); a mocked ``scripted`` driver and fake."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.useFixture(fixtures.MockPatchObject(
+            ownership, "PARTITION_EXPONENT", 8))
+        path = os.path.join(self.conf.state_path, "conductor.sqlite")
+        self.db = db_api.Connection.create("sqlite:///" + path)
+        self.addCleanup(self.db.dispose)
+        migration.upgrade(self.db.engine)
+        self.db.register_conductor("h", 0, ["scripted", "fake"])
+        self.power = mock.create_autospec(driver_base.PowerInterface,
+                                          instance=True)
+        self.driver = driver_base.BaseDriver()
+        self.driver.power = self.power
+        self.fake = fake.FakeDriver()
+        self.pool = self.make_pool(25)
+        self.rings = ownership.Rings(self.db, "h", 0, heartbeat_timeout=60,
+                                     reset_interval=15)
+        self.rings.refresh()
+        self.actions = self.make_actions()
+
+    def make_pool(self, size: int) -> pool_mod.WorkerPool:
+        pool = pool_mod.WorkerPool(size, name="test-%d" % size)
+        pool.start()
+        self.addCleanup(pool.shutdown, wait=True, timeout=WAIT)
+        return pool
+
+    def make_actions(self, pool: pool_mod.WorkerPool | None = None,
+                     rings: ownership.Rings | None = None
+                     ) -> power_actions.PowerActions:
+        return power_actions.PowerActions(
+            self.db, {"scripted": self.driver, "fake": self.fake},
+            rings or self.rings, pool or self.pool, timeout=5.0)
+
+    def node(self, name: str, target: str | None = None,
+             driver: str = "scripted", **values: Any) -> str:
+        uuid = self.db.create_node({"driver": driver, "name": name,
+                                    "driver_info": {}}).uuid
+        if values:
+            self.db.update_node(uuid, values)
+        if target is not None:
+            self.db.request_power_state(uuid, target)
+        return uuid
+
+    def drain(self, pool: pool_mod.WorkerPool | None = None) -> None:
+        pool = pool or self.pool
+        self.assertTrue(wait_until(lambda: pool.busy == 0))
+
+    def blocker(self, pool: pool_mod.WorkerPool) -> threading.Event:
+        """Occupy one thread of ``pool`` until the returned Event is set."""
+        release = threading.Event()
+        self.addCleanup(release.set)
+        pool.submit(release.wait, WAIT)
+        return release
+
+
+class TestApply(ActionsTestCase):
+
+    def test_power_on_under_the_reservation(self) -> None:
+        uuid = self.node("a", states.POWER_ON)
+        seen: list[tuple[str | None, float | None]] = []
+        self.power.set_power_state.side_effect = lambda node, target: \
+            seen.append((self.db.get_node(node.uuid).reservation,
+                         deadline.remaining()))
+        node = self.actions.apply(uuid)
+        assert node is not None
+        self.power.set_power_state.assert_called_once_with(mock.ANY,
+                                                           states.POWER_ON)
+        view = self.power.set_power_state.call_args[0][0]
+        self.assertEqual((uuid, "a", "scripted"),
+                         (view.uuid, view.name, view.driver))
+        self.assertEqual(HOLDER, seen[0][0])
+        remaining = seen[0][1]
+        assert remaining is not None
+        self.assertTrue(4.0 < remaining <= 5.0)
+        self.assertEqual((states.POWER_ON, None, None, None),
+                         (node.power_state, node.target_power_state,
+                          node.last_error, node.reservation))
+        self.assertEqual(node, self.db.get_node(uuid))
+
+    def test_power_off(self) -> None:
+        uuid = self.node("a", states.POWER_OFF, power_state=states.POWER_ON)
+        node = self.actions.apply(uuid)
+        assert node is not None
+        self.power.set_power_state.assert_called_once_with(mock.ANY,
+                                                           states.POWER_OFF)
+        self.assertEqual((states.POWER_OFF, None),
+                         (node.power_state, node.target_power_state))
+
+    def test_reboot_ends_powered_on(self) -> None:
+        uuid = self.node("a", states.REBOOT, power_state=states.POWER_OFF)
+        node = self.actions.apply(uuid)
+        assert node is not None
+        self.power.reboot.assert_called_once_with(mock.ANY)
+        self.power.set_power_state.assert_not_called()
+        self.assertEqual((states.POWER_ON, None),
+                         (node.power_state, node.target_power_state))
+
+    def test_fake_driver_end_to_end(self) -> None:
+        uuid = self.node("f", states.POWER_ON, driver="fake")
+        self.actions.apply(uuid)
+        view = driver_base.DriverNode(uuid, "f", "fake", {}, None)
+        self.assertEqual(states.POWER_ON,
+                         self.fake.power.get_power_state(view))
+        self.assertEqual(states.POWER_ON, self.db.get_node(uuid).power_state)
+
+    def test_driver_failure_records_the_error(self) -> None:
+        uuid = self.node("a", states.POWER_ON, power_state=states.POWER_OFF)
+        self.power.set_power_state.side_effect = \
+            exceptions.PowerStateFailure(err="BMC refused")
+        node = self.actions.apply(uuid)
+        assert node is not None
+        self.assertEqual(("power on failed: BMC refused", None,
+                          states.POWER_OFF, None),
+                         (node.last_error, node.target_power_state,
+                          node.power_state, node.reservation))
+
+    def test_failure_without_a_message_names_the_exception(self) -> None:
+        uuid = self.node("a", states.REBOOT)
+        self.power.reboot.side_effect = RuntimeError()
+        node = self.actions.apply(uuid)
+        assert node is not None
+        self.assertEqual("rebooting failed: RuntimeError", node.last_error)
+
+    def test_success_clears_an_old_error(self) -> None:
+        uuid = self.node("a", last_error="old failure")
+        self.db.update_node(uuid, {"target_power_state": states.POWER_ON})
+        node = self.actions.apply(uuid)
+        assert node is not None
+        self.assertIsNone(node.last_error)
+
+    def test_nothing_pending_does_nothing(self) -> None:
+        uuid = self.node("a")
+        before = self.db.get_node(uuid)
+        self.assertIsNone(self.actions.apply(uuid))
+        self.power.set_power_state.assert_not_called()
+        after = self.db.get_node(uuid)
+        self.assertEqual(before.updated_at, after.updated_at)
+        self.assertIsNone(after.reservation)
+
+    def test_unknown_target_is_recorded_as_an_error(self) -> None:
+        uuid = self.node("a")
+        self.db.update_node(uuid, {"target_power_state": "sideways"})
+        node = self.actions.apply(uuid)
+        assert node is not None
+        self.assertEqual("Unknown requested power state 'sideways'",
+                         node.last_error)
+        self.assertIsNone(node.target_power_state)
+        self.power.set_power_state.assert_not_called()
+        self.power.reboot.assert_not_called()
+
+    def test_driver_not_enabled_is_recorded_as_an_error(self) -> None:
+        uuid = self.node("a", states.POWER_ON, driver="ipmi")
+        node = self.actions.apply(uuid)
+        assert node is not None
+        self.assertEqual("Driver ipmi is not enabled on h:0", node.last_error)
+        self.assertIsNone(node.target_power_state)
+
+    def test_node_reserved_by_another_holder(self) -> None:
+        uuid = self.node("a", states.POWER_ON)
+        self.db.reserve_node(uuid, "h:1")
+        self.assertRaises(exceptions.NodeLocked, self.actions.apply, uuid)
+        node = self.db.get_node(uuid)
+        self.assertEqual((states.POWER_ON, "h:1"),
+                         (node.target_power_state, node.reservation))
+        self.power.set_power_state.assert_not_called()
+
+    def test_unknown_node(self) -> None:
+        self.assertRaises(exceptions.NodeNotFound, self.actions.apply,
+                          "3a1f2b6c-0000-4000-8000-000000000000")
+
+
+class TestScanAndSubmit(ActionsTestCase):
+
+    def test_scan_applies_owned_pending_unreserved_nodes(self) -> None:
+        on = self.node("on", states.POWER_ON)
+        off = self.node("off", states.POWER_OFF, power_state=states.POWER_ON)
+        idle = self.node("idle")
+        busy = self.node("busy", states.POWER_ON)
+        self.db.reserve_node(busy, "h:1")
+        self.assertEqual(2, self.actions.scan())
+        self.drain()
+        self.assertEqual(states.POWER_ON, self.db.get_node(on).power_state)
+        self.assertEqual(states.POWER_OFF, self.db.get_node(off).power_state)
+        self.assertIsNone(self.db.get_node(idle).power_state)
+        busy_node = self.db.get_node(busy)
+        self.assertEqual((states.POWER_ON, "h:1"),
+                         (busy_node.target_power_state,
+                          busy_node.reservation))
+        self.assertEqual(2, self.power.set_power_state.call_count)
+
+    def test_scan_skips_nodes_it_does_not_own(self) -> None:
+        self.db.register_conductor("h", 1, ["scripted"])
+        self.rings.refresh()
+        uuids = [self.node("n%02d" % i, states.POWER_ON) for i in range(20)]
+        mine = self.rings.owned(uuids)
+        self.assertTrue(0 < len(mine) < 20)
+        self.assertEqual(len(mine), self.actions.scan())
+        self.drain()
+        for uuid in uuids:
+            node = self.db.get_node(uuid)
+            if uuid in mine:
+                self.assertEqual(states.POWER_ON, node.power_state)
+            else:
+                self.assertEqual((None, states.POWER_ON),
+                                 (node.power_state, node.target_power_state))
+
+    def test_scan_releases_reservations_of_dead_workers(self) -> None:
+        uuid = self.node("a", states.POWER_ON)
+        self.db.reserve_node(uuid, "h:9")       # never heartbeat: dead
+        actions = self.make_actions(
+            rings=ownership.Rings(self.db, "h", 0, 60, 15))
+        self.assertEqual(1, actions.scan())
+        self.drain()
+        node = self.db.get_node(uuid)
+        self.assertEqual((states.POWER_ON, None),
+                         (node.power_state, node.reservation))
+
+    def test_submit_twice_queues_once(self) -> None:
+        uuid = self.node("a", states.POWER_ON)
+        entered, release = threading.Event(), threading.Event()
+        self.addCleanup(release.set)
+
+        def slow(node: driver_base.DriverNode, target: str) -> None:
+            entered.set()
+            release.wait(WAIT)
+
+        self.power.set_power_state.side_effect = slow
+        self.assertTrue(self.actions.submit(uuid))
+        self.assertTrue(entered.wait(WAIT))
+        self.assertFalse(self.actions.submit(uuid))
+        release.set()
+        self.drain()
+        self.power.set_power_state.assert_called_once_with(mock.ANY,
+                                                           states.POWER_ON)
+        # Done: the node may be submitted again (nothing left to do).
+        self.assertTrue(self.actions.submit(uuid))
+        self.drain()
+        self.assertEqual(1, self.power.set_power_state.call_count)
+
+    def test_scan_counts_only_new_submissions(self) -> None:
+        self.node("a", states.POWER_ON)
+        entered, release = threading.Event(), threading.Event()
+        self.addCleanup(release.set)
+
+        def queued_not_started(actions: Any, uuid: str) -> None:
+            entered.set()
+            release.wait(WAIT)
+
+        with mock.patch.object(power_actions.PowerActions, "apply",
+                               autospec=True,
+                               side_effect=queued_not_started) as apply:
+            self.assertEqual(1, self.actions.scan())
+            self.assertTrue(entered.wait(WAIT))
+            # Still unreserved and pending, but already queued here.
+            self.assertEqual(0, self.actions.scan())
+            release.set()
+            self.drain()
+        self.assertEqual(1, apply.call_count)
+
+    def test_full_pool_is_not_an_error_for_scan(self) -> None:
+        pool = self.make_pool(1)
+        actions = self.make_actions(pool=pool)
+        uuid = self.node("a", states.POWER_ON)
+        release = self.blocker(pool)
+        self.assertEqual(0, actions.scan())
+        self.assertEqual(states.POWER_ON,
+                         self.db.get_node(uuid).target_power_state)
+        release.set()
+        self.drain(pool)
+        # The node waited for the next scan.
+        self.assertEqual(1, actions.scan())
+        self.drain(pool)
+        self.assertEqual(states.POWER_ON, self.db.get_node(uuid).power_state)
+
+    def test_submit_to_a_full_pool_raises_and_forgets(self) -> None:
+        pool = self.make_pool(1)
+        actions = self.make_actions(pool=pool)
+        uuid = self.node("a", states.POWER_ON)
+        release = self.blocker(pool)
+        self.assertRaises(exceptions.NoFreeWorker, actions.submit, uuid)
+        release.set()
+        self.drain(pool)
+        self.assertTrue(actions.submit(uuid))
+        self.drain(pool)
+        self.assertEqual(states.POWER_ON, self.db.get_node(uuid).power_state)
+
+    def test_queued_action_on_a_locked_node_is_skipped(self) -> None:
+        uuid = self.node("a", states.POWER_ON)
+        self.db.reserve_node(uuid, "h:1")
+        self.assertTrue(self.actions.submit(uuid))
+        self.drain()
+        self.power.set_power_state.assert_not_called()
+        self.assertEqual(0, self.pool.stats()["failed"])
+        self.assertTrue(self.actions.submit(uuid))      # not stuck queued
+        self.drain()
+
+    def test_unexpected_error_is_logged_and_forgotten(self) -> None:
+        uuid = self.node("a", states.POWER_ON)
+        with mock.patch.object(power_actions.PowerActions, "apply",
+                               autospec=True,
+                               side_effect=RuntimeError("db exploded")):
+            with self.assertLogs("conductor.power_actions",
+                                 level="ERROR") as logs:
+                self.assertTrue(self.actions.submit(uuid))
+                self.drain()
+        self.assertIn("Power action of node %s failed unexpectedly" % uuid,
+                      logs.output[0])
+        self.assertEqual(0, self.pool.stats()["failed"])
+        self.assertTrue(self.actions.submit(uuid))
+        self.drain()
