@@ -79,6 +79,8 @@ class ScriptedPower(driver_base.PowerInterface):
 
 
 class ScriptedDriver(driver_base.BaseDriver):
+    power: ScriptedPower
+
     def __init__(self) -> None:
         self.power = ScriptedPower()
 
@@ -229,7 +231,7 @@ class TestSyncRecords(SyncTestCase):
         self.assertLess(len(mine), 27)
         result = self.syncer(rings=rings).sync()
         self.assertEqual(len(mine), result.nodes)
-        self.assertEqual(sorted(self.db.get_node(u).name for u in mine),
+        self.assertEqual(sorted(str(self.db.get_node(u).name) for u in mine),
                          sorted(self.power.gets))
 
     def test_releases_reservations_of_dead_workers(self) -> None:
@@ -463,8 +465,12 @@ class TestLanes(SyncTestCase):
     def test_lanes_never_exceed_the_free_threads(self) -> None:
         self.nodes(*["n%02d" % i for i in range(9)])
         barrier = threading.Barrier(3, timeout=WAIT)
-        self.power.default = lambda node: (barrier.wait(),
-                                           states.POWER_ON)[1]
+
+        def slow(node: driver_base.DriverNode) -> str:
+            barrier.wait()
+            return states.POWER_ON
+
+        self.power.default = slow
         result = self.syncer(workers=8, pool=self.make_pool(3)).sync()
         self.assertEqual(0, result.failures)
         self.assertEqual((3, 3, 3), (result.lanes, result.peak_calls,
@@ -541,8 +547,12 @@ class TestLanes(SyncTestCase):
     def test_calls_run_under_the_deadline(self) -> None:
         self.nodes("a")
         left: list[float | None] = []
-        self.power.default = lambda node: (left.append(deadline.remaining()),
-                                           states.POWER_ON)[1]
+
+        def read(node: driver_base.DriverNode) -> str:
+            left.append(deadline.remaining())
+            return states.POWER_ON
+
+        self.power.default = read
         self.syncer(timeout=2.0).sync()
         assert left[0] is not None
         self.assertLessEqual(left[0], 2.0)

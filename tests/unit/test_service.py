@@ -1,0 +1,387 @@
+"""Tests for conductor.service: periodics, node provider, the worker."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+from typing import Any, Callable
+from unittest import mock
+
+import fixtures
+from oslo_service import service as oslo_service
+
+import conductor.cmd  # noqa: F401  (selects the threading backend first)
+from conductor.common import exceptions
+from conductor.common import log as conductor_log
+from conductor.common import states
+from conductor.db import api as db_api
+from conductor.db import migration
+from conductor.drivers import base as driver_base
+from conductor.drivers import fake
+from conductor.drivers import loader
+from conductor import ownership
+from conductor import periodics
+from conductor import power_actions
+from conductor import power_sync
+from conductor import service
+from tests import base
+
+#: Bound for every wait on another thread (never reached when passing).
+WAIT = 10.0
+
+
+def wait_until(check: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Bounded wait for a condition another thread makes true."""
+    limit = time.monotonic() + timeout
+    pause = threading.Event()
+    while not check():
+        if time.monotonic() > limit:
+            return False
+        pause.wait(0.01)
+    return True
+
+
+class DbTestCase(base.TestCase):
+    """A migrated SQLite file named by ``[database] connection``."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.useFixture(fixtures.MockPatchObject(
+            ownership, "PARTITION_EXPONENT", 8))
+        self.db_url = "sqlite:///" + os.path.join(self.conf.state_path,
+                                                  "conductor.sqlite")
+        self.config(connection=self.db_url, group="database")
+        self.db = db_api.Connection.create(self.db_url)
+        self.addCleanup(self.db.dispose)
+        migration.upgrade(self.db.engine)
+
+
+class TestConductorPeriodics(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.sync = mock.create_autospec(power_sync.PowerSync,
+                                         instance=True)
+        self.actions = mock.create_autospec(power_actions.PowerActions,
+                                            instance=True)
+        self.rings = mock.create_autospec(ownership.Rings, instance=True)
+        self.db = mock.create_autospec(db_api.Connection, instance=True)
+        self.own = service.ConductorPeriodics(self.sync, self.actions,
+                                              self.rings, self.db)
+
+    def test_each_task_calls_its_component(self) -> None:
+        self.own.sync_power_states()
+        self.sync.sync.assert_called_once_with()
+        self.own.recover_power_failures()
+        self.sync.recover.assert_called_once_with()
+        self.own.apply_pending_actions()
+        self.actions.scan.assert_called_once_with()
+        self.db.node_uuids.return_value = ["u1", "u2"]
+        self.own.refresh_ownership()
+        self.rings.refresh.assert_called_once_with(force=True)
+        self.rings.release_dead_reservations.assert_called_once_with(
+            ["u1", "u2"])
+        self.assertEqual(1, self.sync.sync.call_count)
+
+    def specs(self) -> dict[str, periodics.PeriodicSpec]:
+        return {spec.method: spec for spec in periodics.collect(self.own)}
+
+    def test_spacings_are_read_from_config_at_collect_time(self) -> None:
+        self.config(sync_power_state_interval=7,
+                    power_failure_recovery_interval=120,
+                    pending_action_interval=0.25,
+                    hash_ring_reset_interval=9, group="conductor")
+        specs = self.specs()
+        self.assertEqual(
+            {"sync_power_states": (7.0, True, True),
+             "recover_power_failures": (120.0, True, False),
+             "apply_pending_actions": (0.25, True, True),
+             "refresh_ownership": (9.0, True, False)},
+            {name: (spec.spacing, spec.enabled, spec.run_immediately)
+             for name, spec in specs.items()})
+        self.config(sync_power_state_interval=30, group="conductor")
+        self.assertEqual(30.0, self.specs()["sync_power_states"].spacing)
+
+    def test_zero_interval_disables_a_task(self) -> None:
+        self.config(sync_power_state_interval=0,
+                    power_failure_recovery_interval=-1, group="conductor")
+        specs = self.specs()
+        self.assertFalse(specs["sync_power_states"].enabled)
+        self.assertFalse(specs["recover_power_failures"].enabled)
+        self.assertTrue(specs["apply_pending_actions"].enabled)
+
+    def test_specs_call_the_bound_methods(self) -> None:
+        self.config(sync_power_state_interval=5, group="conductor")
+        self.specs()["sync_power_states"].func()
+        self.sync.sync.assert_called_once_with()
+
+
+class TestNodeProvider(DbTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.db.register_conductor("h", 0, ["fake"])
+        self.rings = ownership.Rings(self.db, "h", 0, heartbeat_timeout=60,
+                                     reset_interval=15)
+        self.rings.refresh()
+        self.provider = service._NodeProvider(self.db, self.rings)
+
+    def add(self, name: str, driver: str = "fake", **values: Any) -> str:
+        uuid = self.db.create_node({"driver": driver, "name": name,
+                                    "driver_info": {"k": name}}).uuid
+        if values:
+            self.db.update_node(uuid, values)
+        return uuid
+
+    def names(self, filters: dict[str, Any] | None = None,
+              limit: int | None = None) -> list[str | None]:
+        return [node.name for node in
+                self.provider.iter_owned_nodes(filters, limit)]
+
+    def test_filters_limit_and_reservations(self) -> None:
+        self.add("a")
+        self.add("b", driver="ipmi")
+        self.add("c", maintenance=True)
+        self.add("d", power_state=states.POWER_ON)
+        busy = self.add("e")
+        self.db.reserve_node(busy, "h:1")
+        self.assertEqual(["a", "b", "c", "d"], self.names())
+        self.assertEqual(["a", "c", "d"], self.names({"driver": "fake"}))
+        self.assertEqual(["c"], self.names({"maintenance": True}))
+        self.assertEqual(["a", "d"], self.names({"driver": "fake",
+                                                 "maintenance": False}))
+        self.assertEqual(["d"], self.names({"power_state": states.POWER_ON}))
+        self.assertEqual(["a", "b"], self.names(None, limit=2))
+        self.assertEqual(["a"], self.names({"driver": "fake"}, limit=1))
+        self.assertEqual([], self.names({"name": "e"}))
+
+    def test_yields_driver_nodes(self) -> None:
+        uuid = self.add("a", power_state=states.POWER_OFF)
+        nodes = list(self.provider.iter_owned_nodes(None, None))
+        self.assertEqual([driver_base.DriverNode(
+            uuid, "a", "fake", {"k": "a"}, states.POWER_OFF)], nodes)
+
+    def test_skips_nodes_owned_by_another_worker(self) -> None:
+        self.db.register_conductor("h", 1, ["fake"])
+        self.rings.refresh()
+        uuids = [self.add("n%02d" % i) for i in range(20)]
+        mine = self.rings.owned(uuids)
+        self.assertTrue(0 < len(mine) < 20)
+        self.assertEqual(mine, [node.uuid for node in
+                                self.provider.iter_owned_nodes(None, None)])
+        # The limit counts owned nodes only.
+        self.assertEqual(mine[:2], [node.uuid for node in
+                                    self.provider.iter_owned_nodes(None, 2)])
+
+    def test_reserved_holds_the_lock_for_the_block(self) -> None:
+        uuid = self.add("a")
+        with self.provider.reserved(uuid, "testing") as node:
+            self.assertEqual((uuid, "a"), (node.uuid, node.name))
+            self.assertEqual("h:0", self.db.get_node(uuid).reservation)
+        self.assertIsNone(self.db.get_node(uuid).reservation)
+
+    def test_reserved_releases_when_the_block_raises(self) -> None:
+        uuid = self.add("a")
+
+        def fail() -> None:
+            with self.provider.reserved(uuid, "testing"):
+                raise ValueError("task failed")
+
+        self.assertRaises(ValueError, fail)
+        self.assertIsNone(self.db.get_node(uuid).reservation)
+
+    def test_reserved_by_another_holder_is_locked(self) -> None:
+        uuid = self.add("a")
+        self.db.reserve_node(uuid, "h:1")
+
+        def enter() -> None:
+            with self.provider.reserved(uuid, "testing"):
+                pass
+
+        self.assertRaises(exceptions.NodeLocked, enter)
+        self.assertEqual("h:1", self.db.get_node(uuid).reservation)
+
+
+class ServiceTestCase(DbTestCase):
+    """Options for an in-process worker with short intervals."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        # NOTE: ProcessLauncher registers these in the real service.
+        for group, opts in oslo_service.list_opts():
+            self.conf.register_opts(opts, group=group)
+        self.useFixture(fixtures.MockPatchObject(conductor_log, "_identity",
+                                                 "-"))
+        self.config(host="test-host", enabled_drivers=["fake"],
+                    graceful_shutdown_timeout=3)
+        self.config(workers_pool_size=6, heartbeat_interval=1,
+                    heartbeat_timeout=30, hash_ring_reset_interval=15,
+                    sync_power_state_interval=60,
+                    sync_power_state_workers=4,
+                    power_state_sync_max_retries=2,
+                    power_failure_recovery_interval=0,
+                    force_power_state_during_sync=False,
+                    power_state_timeout=5.0, pending_action_interval=0.1,
+                    group="conductor")
+
+
+class TestWorkerSettings(ServiceTestCase):
+
+    def test_from_conf(self) -> None:
+        expected = service.WorkerSettings(
+            host="test-host", database_url=self.db_url,
+            db_max_retries=self.conf.database.max_retries,
+            db_retry_interval=self.conf.database.retry_interval,
+            enabled_drivers=("fake",), pool_size=6, heartbeat_interval=1,
+            heartbeat_timeout=30, hash_ring_reset_interval=15,
+            graceful_shutdown_timeout=3,
+            sync=power_sync.SyncSettings(workers=4, timeout=5.0,
+                                         max_retries=2, force=False))
+        self.assertEqual(expected,
+                         service.WorkerSettings.from_conf(self.conf))
+
+    def test_zero_graceful_timeout_is_bounded(self) -> None:
+        self.config(graceful_shutdown_timeout=0)
+        self.assertEqual(
+            60, service.WorkerSettings.from_conf(
+                self.conf).graceful_shutdown_timeout)
+
+
+class TestPickle(base.TestCase):
+
+    def test_round_trip_keeps_only_plain_values(self) -> None:
+        svc = service.ConductorService("h", 3, self.conf)
+        # Runtime state that cannot be pickled is dropped.
+        svc._stopped = threading.Event()
+        svc._threads.append(threading.Thread(target=lambda: None))
+        self.assertEqual({"host", "worker_id", "_conf"},
+                         set(svc.__getstate__()))
+        copy = pickle.loads(pickle.dumps(svc))
+        self.assertEqual(("h", 3, "h:3"),
+                         (copy.host, copy.worker_id, copy.holder))
+        self.assertIs(self.conf, copy._conf)
+        self.assertIsNone(copy._stopped)
+        self.assertEqual([], copy._threads)
+        self.assertIsNone(copy.db)
+        self.assertIsNone(copy.pool)
+        self.assertEqual({}, copy.status())
+        copy.stop()     # never started: nothing to do
+        copy.wait()
+
+
+class TestStartStop(ServiceTestCase):
+
+    def service(self) -> service.ConductorService:
+        svc = service.ConductorService("test-host", 0, self.conf)
+        self.addCleanup(svc.stop)
+        return svc
+
+    def node(self, name: str, **info: Any) -> str:
+        return self.db.create_node({"driver": "fake", "name": name,
+                                    "driver_info": info}).uuid
+
+    def powered(self) -> dict[str | None, str | None]:
+        return {node.name: node.power_state
+                for node in self.db.list_nodes()}
+
+    def test_start_sync_act_and_stop(self) -> None:
+        self.node("on", fake_power_state=states.POWER_ON)
+        self.node("off")
+        left_over = self.node("left-over")
+        self.db.reserve_node(left_over, "test-host:0")   # a previous life
+        svc = self.service()
+        started = time.monotonic()
+        svc.start()
+        start_seconds = time.monotonic() - started
+        [row] = self.db.list_conductors()
+        self.assertEqual(("test-host", 0, os.getpid(), ["fake"], True),
+                         (row.host, row.worker_id, row.pid, row.drivers,
+                          row.online))
+        # The first sweep runs at once and records every node.
+        self.assertTrue(wait_until(lambda: None not in
+                                   self.powered().values()))
+        self.assertEqual({"on": states.POWER_ON, "off": states.POWER_OFF,
+                          "left-over": states.POWER_OFF}, self.powered())
+        self.assertTrue(wait_until(lambda: "sync" in svc.status()["sweeps"]))
+        # A requested action is applied without RPC.
+        self.db.request_power_state("off", states.POWER_ON)
+        self.assertTrue(wait_until(
+            lambda: self.db.get_node("off").target_power_state is None))
+        self.assertEqual(states.POWER_ON, self.db.get_node("off").power_state)
+        status = svc.status()
+        self.assertEqual(6, status["pool"]["size"])
+        self.assertIn("ConductorPeriodics.sync_power_states",
+                      [task["name"] for task in status["periodics"]])
+        stopping = time.monotonic()
+        svc.stop()
+        self.assertLess(time.monotonic() - stopping, 3.0)
+        self.assertLess(start_seconds, 3.0)
+        [row] = self.db.list_conductors()
+        self.assertFalse(row.online)
+        self.assertEqual([], [n.uuid for n in self.db.list_nodes()
+                              if n.reservation is not None])
+        svc.wait()      # returns at once once stopped
+        svc.stop()      # idempotent
+
+    def test_stop_is_bounded_with_a_slow_bmc(self) -> None:
+        self.config(power_state_timeout=0.2, sync_power_state_workers=1,
+                    group="conductor")
+        for index in range(10):
+            self.node("slow%d" % index, fake_latency_ms=600000)
+        reading = threading.Event()
+        real_get = fake.FakePower.get_power_state
+
+        def get_power_state(power: fake.FakePower,
+                            node: driver_base.DriverNode) -> str:
+            reading.set()
+            return real_get(power, node)
+
+        svc = self.service()
+        with mock.patch.object(fake.FakePower, "get_power_state",
+                               autospec=True, side_effect=get_power_state):
+            svc.start()
+            # The sweep is under way: a read is failing slowly.
+            self.assertTrue(reading.wait(WAIT))
+            stopping = time.monotonic()
+            svc.stop()
+        # The lane ends after the read in flight (0.2 s deadline).
+        self.assertLess(time.monotonic() - stopping, 1.0)
+        self.assertFalse(self.db.list_conductors()[0].online)
+        self.assertEqual([], [n.uuid for n in self.db.list_nodes()
+                              if n.reservation is not None])
+
+    def test_stop_is_bounded_with_a_hung_driver_call(self) -> None:
+        entered, release = threading.Event(), threading.Event()
+
+        class HungPower(fake.FakePower):
+            def set_power_state(self, node: driver_base.DriverNode,
+                                target: str) -> None:
+                entered.set()
+                release.wait(WAIT)      # ignores the deadline
+
+        driver = fake.FakeDriver()
+        driver.power = HungPower()
+        uuid = self.node("stuck")
+        self.db.request_power_state(uuid, states.POWER_ON)
+        svc = self.service()
+        with mock.patch.object(loader, "load", autospec=True,
+                               return_value={"fake": driver}):
+            svc.start()
+        self.assertTrue(entered.wait(WAIT))
+        self.assertEqual("test-host:0", self.db.get_node(uuid).reservation)
+        stopping = time.monotonic()
+        svc.stop()
+        elapsed = time.monotonic() - stopping
+        # Bounded by graceful_shutdown_timeout (3 s; 1 s for the pool).
+        self.assertGreater(elapsed, 0.9)
+        self.assertLess(elapsed, 3.0)
+        node = self.db.get_node(uuid)
+        self.assertIsNone(node.reservation)
+        self.assertFalse(self.db.list_conductors()[0].online)
+        # Let the stuck call end before the database goes away.
+        release.set()
+        pool = svc.pool
+        assert pool is not None
+        self.assertTrue(wait_until(lambda: pool.busy == 0))
