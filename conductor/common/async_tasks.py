@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -346,6 +347,22 @@ class TaskGroup:
                 and not isinstance(task.error, Exception)):
             raise task.error
 
+    def run_process(self, name: str, fn: Callable[..., Any], *args: Any,
+                    **kwargs: Any) -> None:
+        """Like :meth:`run`, but ``fn`` runs in a forked child process.
+
+        For CPU-bound steps: threads of one interpreter take turns on the
+        GIL, so two CPU-bound tasks in threads take as long as one after
+        the other (or longer); in child processes they use separate cores.
+        The child inherits this task's log routing, so its records go to
+        the same ``<name>.log``. ``args`` reach ``fn`` by the fork (any
+        object works); its return value or exception comes back pickled,
+        so it must be picklable (an unpicklable one fails the task with a
+        message saying so). With ``parallel=False`` the fork still happens,
+        inline, so logs, timings and errors stay identical.
+        """
+        self.run(name, _ForkedCall(name, fn), *args, **kwargs)
+
     def _execute(self, task: _Task, capture: _LogCapture) -> None:
         """Body of a task, in its own thread or inline."""
         previous = capture.route(task.handler)
@@ -525,6 +542,77 @@ class TaskGroup:
                     ) -> subprocess.CompletedProcess[str]:
         """Same as the module-level :func:`run_command`."""
         return run_command(argv, **kwargs)
+
+
+class ChildProcessFailed(exceptions.ConductorException):
+    message = "%(what)s"
+
+
+class _ForkedCall:
+    """Calls ``fn`` in a forked child; returns or raises what it did."""
+
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        self.name = name
+        self.fn = fn
+        self.__qualname__ = _callable_name(fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (runs in the child)
+            os.close(read_fd)
+            self._child(write_fd, args, kwargs)
+        os.close(write_fd)
+        chunks = []
+        with os.fdopen(read_fd, "rb") as stream:
+            while True:
+                chunk = stream.read(1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        _, status = os.waitpid(pid, 0)
+        data = b"".join(chunks)
+        if not data:
+            raise ChildProcessFailed(
+                what="the process of task %s ended without a result (%s)"
+                     % (self.name, _wait_status(status)))
+        kind, value = pickle.loads(data)
+        if kind == "error":
+            raise value
+        return value
+
+    def _child(self, write_fd: int, args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> None:  # pragma: no cover
+        code = 0
+        try:
+            try:
+                payload: tuple[str, Any] = ("ok", self.fn(*args, **kwargs))
+            except BaseException as exc:
+                LOG.error("[async %s] failed in process %d", self.name,
+                          os.getpid(), exc_info=True)
+                payload, code = ("error", exc), 1
+            try:
+                data = pickle.dumps(payload)
+            except Exception as exc:
+                data = pickle.dumps(("error", ChildProcessFailed(
+                    what="task %s: its %s cannot be sent back from its "
+                         "process: %s" % (self.name, payload[0] == "ok"
+                                          and "result" or "error", exc))))
+                code = 1
+            view = memoryview(data)
+            while view:
+                written = os.write(write_fd, view)
+                view = view[written:]
+        finally:
+            # NOTE: _exit, not exit: the child must not run the parent's
+            # atexit handlers or flush buffers it inherited from it.
+            os._exit(code)
+
+
+def _wait_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return "killed by signal %d" % os.WTERMSIG(status)
+    return "exit status %d" % os.waitstatus_to_exitcode(status)
 
 
 def _duration(task: _Task) -> float:

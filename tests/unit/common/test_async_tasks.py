@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Callable, TYPE_CHECKING
 
 import fixtures
@@ -623,3 +625,88 @@ class TestDefaultGroup(AsyncTestCase):
         async_tasks.reset()
         self.assertEqual([], _task_threads())
         self.assertFalse(_capture_installed())
+
+
+def _wait_for_file(path: str, timeout: float = 10.0) -> bool:
+    """Wait (bounded) for another process to create ``path``."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+class ProcessMixin(_MixinBase):
+    """run_process: the same contract as run, in a forked child."""
+
+    def test_result_and_logs_come_back_from_the_child(self) -> None:
+        group = self.group()
+
+        def step(word: str) -> tuple[int, str]:
+            TASK_LOG.info("child says %s", word)
+            return os.getpid(), word.upper()
+
+        group.run_process("step", step, "hello world")
+        pid, word = group.wait("step")["step"]
+        self.assertNotEqual(os.getpid(), pid)
+        self.assertEqual("HELLO WORLD", word)
+        self.assertEqual(["INFO tests.task child says hello world"],
+                         self.read_log("step"))
+        self.assertIn("[async step] INFO tests.task child says hello world",
+                      self.main.output)
+
+    def test_arguments_need_not_pickle(self) -> None:
+        group = self.group()
+        lock = threading.Lock()  # cannot be pickled; reaches fn by fork
+        group.run_process("step", lambda held: held.locked(), lock)
+        self.assertEqual({"step": False}, group.wait("step"))
+
+    def test_exception_surfaces_at_wait_with_traceback_in_log(self) -> None:
+        group = self.group()
+
+        def bad() -> None:
+            raise exceptions.InvalidParameterValue(err="bad node 7")
+
+        group.run_process("bad", bad)
+        exc = self.assertRaises(async_tasks.TaskFailed, group.wait, "bad")
+        self.assertIsInstance(exc.original, exceptions.InvalidParameterValue)
+        self.assertEqual("bad node 7", str(exc.original))
+        log = "\n".join(self.read_log("bad"))
+        self.assertIn("[async bad] failed in process", log)
+        self.assertIn("Traceback", log)
+
+    def test_unpicklable_result_fails_clearly(self) -> None:
+        group = self.group()
+        group.run_process("lock", threading.Lock)
+        exc = self.assertRaises(async_tasks.TaskFailed, group.wait, "lock")
+        self.assertIn("task lock: its result cannot be sent back from its "
+                      "process", str(exc))
+
+    def test_killed_child_fails_clearly(self) -> None:
+        group = self.group()
+        group.run_process("die", lambda: os.kill(os.getpid(),
+                                                 signal.SIGKILL))
+        exc = self.assertRaises(async_tasks.TaskFailed, group.wait, "die")
+        self.assertIn("the process of task die ended without a result "
+                      "(killed by signal 9)", str(exc))
+
+
+class TestProcessParallel(ProcessMixin, AsyncTestCase):
+
+    def test_children_run_at_the_same_time(self) -> None:
+        group = self.group()
+
+        def meet(mine: str, other: str) -> bool:
+            open(mine, "w").close()
+            return _wait_for_file(other)
+
+        first = os.path.join(self.log_dir, "first")
+        second = os.path.join(self.log_dir, "second")
+        group.run_process("a", meet, first, second)
+        group.run_process("b", meet, second, first)
+        self.assertEqual({"a": True, "b": True}, group.wait("a", "b"))
+
+
+class TestProcessInline(ProcessMixin, AsyncTestCase):
+    parallel = False
