@@ -27,6 +27,8 @@ from conductor.common import exceptions
 from conductor.common import node_fields
 from conductor.drivers import base
 
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 #: Largest inventory file read, in bytes.
 MAX_FILE_BYTES = 64 * 1024 * 1024
 
@@ -59,7 +61,9 @@ def load_file(path: str) -> list[Any]:
         if path.endswith(".json"):
             data = json.loads(text)
         else:
-            data = yaml.safe_load(text)
+            # NOTE: libyaml's C loader parses large inventories about ten
+            # times faster than the pure-Python one; same safe subset.
+            data = yaml.load(text, Loader=_SafeLoader)
     except json.JSONDecodeError as exc:
         raise _invalid("%s: malformed JSON at line %d column %d: %s"
                        % (path, exc.lineno, exc.colno, exc.msg)) from exc

@@ -27,6 +27,9 @@ DEFAULT_LOG_LEVELS = [
     "oslo_messaging=INFO", "sqlalchemy=WARN", "alembic=WARN",
     "stevedore=INFO", "cotyledon=INFO", "urllib3=WARN", "sushy=WARN",
     "oslo_service=INFO", "futurist=INFO", "tooz=WARN", "iso8601=WARN",
+    # NOTE: sushy logs every connection failure at ERROR and then raises;
+    # the driver reports it once, with the node, as last_error.
+    "sushy.connector=CRITICAL",
     "oslo_db=WARN",
 ]
 

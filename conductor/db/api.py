@@ -225,10 +225,12 @@ class Connection:
         """
         return self.import_nodes([values])[0]
 
-    def import_nodes(self, items: Sequence[Mapping[str, Any]]
-                     ) -> list[NodeRecord]:
+    def import_nodes(self, items: Sequence[Mapping[str, Any]],
+                     read_back: bool = True) -> list[NodeRecord]:
         """Insert all nodes in one transaction: all of them or none.
 
+        :param read_back: return the stored nodes (False: return [] and
+            save reading thousands of rows back).
         :raises: DuplicateName naming the first clash; nothing is stored.
         """
         now = timeutils.utcnow()
@@ -254,7 +256,21 @@ class Connection:
                     conn.execute(_nodes.insert(), rows)
         except (db_exc.DBDuplicateEntry, sa.exc.IntegrityError) as exc:
             raise self._duplicate(rows, exc) from exc
+        if not read_back:
+            return []
         return self.get_nodes_by_uuid([row["uuid"] for row in rows])
+
+    def node_identities(self) -> tuple[set[str], set[str]]:
+        """The names and the uuids of every node (for de-duplication)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(_nodes.c.name, _nodes.c.uuid))
+            names: set[str] = set()
+            uuids: set[str] = set()
+            for name, uuid in rows:
+                uuids.add(uuid)
+                if name:
+                    names.add(name)
+        return names, uuids
 
     def _duplicate(self, rows: list[dict[str, Any]],
                    exc: Exception) -> exceptions.ConductorException:
