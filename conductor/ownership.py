@@ -101,6 +101,13 @@ class Rings:
         self._host_ring: hashring.HashRing | None = None
         self._worker_rings: dict[str, hashring.HashRing] = {}
         self._built_at = -float("inf")
+        # NOTE: refreshes read the database outside the lock; each takes
+        # a ticket first, and a read older than one already applied is
+        # dropped, so that a slow refresh never brings back a membership
+        # a newer one replaced (and never releases the reservations of a
+        # worker that just joined).
+        self._tickets = 0
+        self._applied_ticket = 0
         #: Incremented on every rebuild that changed membership.
         self.generation = 0
         self._cache: dict[str, bool] = {}
@@ -111,9 +118,15 @@ class Rings:
         :returns: True when membership changed (the caller should then
             release reservations of workers that left).
         """
+        with self._lock:
+            self._tickets += 1
+            ticket = self._tickets
         membership = live_membership(self._db.list_conductors(),
                                      self._now(), self._timeout)
         with self._lock:
+            if ticket < self._applied_ticket:
+                return False
+            self._applied_ticket = ticket
             stale = (self._monotonic() - self._built_at
                      >= self._reset_interval)
             changed = membership != self.membership
