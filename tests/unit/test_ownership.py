@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
 from typing import Sequence
 from unittest import mock
 import uuid as uuid_lib
@@ -20,6 +21,8 @@ from tests import base
 
 NOW = datetime.datetime(2030, 1, 1, 12, 0, 0)
 TIMEOUT = 60.0
+#: Bound for every wait on another thread (never reached when passing).
+WAIT = 10.0
 
 
 def uuids(count: int) -> list[str]:
@@ -283,6 +286,40 @@ class TestRingsRefresh(RingsTestCase):
             rings.refresh(force=True)
             self.assertTrue(rings.owns(item))
             self.assertEqual(2, owner.call_count)
+
+    def test_a_slow_refresh_never_installs_an_older_membership(self) -> None:
+        self.beat("a", 0)
+        rings = self.rings("a", 0)
+        read, resume = threading.Event(), threading.Event()
+        self.addCleanup(resume.set)
+        real_list = self.db.list_conductors
+        calls = []
+
+        def list_conductors(*args: object) -> list[db_api.ConductorRecord]:
+            records = real_list()
+            calls.append(len(records))
+            if len(calls) == 1:       # the slow refresh: pause after reading
+                read.set()
+                resume.wait(WAIT)
+            return records
+
+        changed: list[bool] = []
+        with mock.patch.object(self.db, "list_conductors", autospec=True,
+                               side_effect=list_conductors):
+            slow = threading.Thread(
+                target=lambda: changed.append(rings.refresh(force=True)))
+            slow.start()
+            self.assertTrue(read.wait(WAIT))
+            self.beat("b", 0)                   # joins after the slow read
+            self.assertTrue(rings.refresh())    # a newer read wins
+            resume.set()
+            slow.join(WAIT)
+        self.assertEqual([1, 2], calls)
+        self.assertEqual([False], changed)
+        self.assertEqual({"a": (0,), "b": (0,)}, rings.membership.hosts)
+        self.assertIsNotNone(rings.owner_host(uuids(1)[0]))
+        self.assertEqual({"a", "b"}, {rings.owner_host(item)
+                                      for item in uuids(50)})
 
     def test_heartbeat_age_uses_now_func(self) -> None:
         self.beat("a", 0, age=10)
