@@ -1,0 +1,489 @@
+"""The RPC endpoints: what a conductor worker answers over oslo.messaging.
+
+Every worker of a host runs one RPC server on ``Target(topic="conductor",
+server=<host>)`` with one :class:`ConductorManager` endpoint (built in
+``ConductorService.start()``, after the fork)::
+
+    endpoint = ConductorManager(host, db, drivers, rings, pool, actions,
+                                forwarder=rpcapi.ConductorAPI(transport),
+                                heartbeat_timeout=60, action_timeout=30)
+    server = rpc.build_server(transport, host, [endpoint])
+
+Reads (``get_node``, ``list_nodes``, ``get_status``) and ``create_node``
+are answered from the database by whichever host receives them. Changes to
+a node (``update_node``, ``delete_node``, ``set_power_state``) are handled
+by the host owning the node (the same rings as the periodic work); another
+host forwards them there, once: a forwarded call is never forwarded again.
+
+Errors: the exceptions of :data:`~conductor.common.exceptions.
+RPC_EXCEPTIONS` reach the caller by name with their message, and nothing
+else of the server's state: no traceback, no chained exception. Any other
+error becomes a plain ``ConductorException`` saying "Internal error in
+<method>; see the conductor log (request <id>)", and the details are only
+logged here.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import inspect
+import logging
+import threading
+import time
+from typing import Any, Callable, Mapping, TypeVar
+
+import oslo_messaging as messaging
+from oslo_messaging.rpc import dispatcher as rpc_dispatcher
+
+from conductor.common import exceptions
+from conductor.common import node_fields
+from conductor.common import pool as worker_pool
+from conductor.common import rpc
+from conductor.common import states
+from conductor.db import api as db_api
+from conductor.drivers import base
+from conductor import ownership
+from conductor import power_actions
+from conductor import rpcapi
+from conductor import status as status_report
+
+LOG = logging.getLogger(__name__)
+
+#: Longest node identifier (uuid or name) accepted over RPC.
+MAX_IDENT_LENGTH = 255
+#: Filters ``list_nodes`` accepts, with their types.
+LIST_FILTERS: dict[str, type] = {"driver": str, "maintenance": bool}
+#: Seconds a ``set_power_state(wait=True)`` waits beyond the driver
+#: deadline (``power_state_timeout``) for the action to be recorded.
+WAIT_GRACE = 5.0
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _invalid(text: str) -> exceptions.InvalidParameterValue:
+    return exceptions.InvalidParameterValue(err=text)
+
+
+def _clean_copy(exc: exceptions.ConductorException
+                ) -> exceptions.ConductorException:
+    """The same named exception and message, with no cause or traceback.
+
+    The database layer raises some of these ``from`` a driver error whose
+    text may hold SQL parameters (``driver_info`` secrets); a fresh copy
+    carries the message only.
+    """
+    cls = type(exc)
+    if cls.__name__.endswith("_Remote"):
+        cls = cls.__mro__[1]
+    return cls(str(exc.args[0]) if exc.args else None,
+               **getattr(exc, "kwargs", {}))
+
+
+def _endpoint(fn: _F) -> _F:
+    """Make ``fn`` an RPC method: check its arguments, contain its errors.
+
+    Arguments that do not fit the signature (unknown, missing) raise
+    ``InvalidParameterValue``. Named exceptions leave as clean copies;
+    anything else is logged with its traceback and replaced by a generic
+    internal error. Both leave wrapped in oslo.messaging's
+    ``ExpectedException`` with no traceback, so the server logs them at
+    debug level and sends only the class and the message.
+    """
+    signature = inspect.signature(fn)
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(self: "ConductorManager", context: Any, **kwargs: Any
+                ) -> Any:
+        try:
+            try:
+                signature.bind(self, context, **kwargs)
+            except TypeError as exc:
+                raise _invalid("%s: %s" % (name, exc)) from None
+            return fn(self, context, **kwargs)
+        except Exception as exc:
+            clean = self._contain(name, context, exc)
+        expected = rpc_dispatcher.ExpectedException()
+        # NOTE: no traceback: oslo.messaging would send its text (paths,
+        # source lines, chained exceptions) to the caller.
+        expected.exc_info = (type(clean), clean, None)
+        raise expected
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Ticket:
+    """Holds a pool thread for a power action until the request is stored.
+
+    The thread is taken first so that a full pool refuses the call before
+    anything is written; the request is then recorded, and the thread told
+    to go (or to give up when recording failed).
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.cancelled = False
+
+    def go(self) -> None:
+        self._event.set()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        """True when told to go within ``timeout`` seconds."""
+        return self._event.wait(timeout) and not self.cancelled
+
+
+class ConductorManager:
+    """The RPC endpoint of one worker (methods take ``(self, context, ...)``).
+
+    :param host: this worker's host.
+    :param db: the worker's database connection.
+    :param drivers: the enabled drivers, by name.
+    :param rings: the worker's ownership rings (routing by owner host).
+    :param pool: the worker's bounded pool; power actions run on it.
+    :param actions: applies requested power actions.
+    :param forwarder: client used to forward a change to the owning host.
+    :param heartbeat_timeout: seconds after which a worker counts as dead
+        (``get_status``).
+    :param action_timeout: the driver call deadline
+        (``power_state_timeout``); ``wait=True`` waits that plus
+        :data:`WAIT_GRACE`.
+    :param stop: set when the worker stops (ends waits early).
+    """
+
+    #: The RPC API version this endpoint implements.
+    RPC_API_VERSION = "1.0"
+    target = messaging.Target(version=RPC_API_VERSION)
+
+    def __init__(self, host: str, db: db_api.Connection,
+                 drivers: Mapping[str, base.BaseDriver],
+                 rings: ownership.Rings, pool: worker_pool.WorkerPool,
+                 actions: power_actions.PowerActions,
+                 forwarder: rpcapi.ConductorAPI | None, *,
+                 heartbeat_timeout: float, action_timeout: float,
+                 stop: threading.Event | None = None) -> None:
+        self._host = host
+        self._db = db
+        self._drivers = dict(drivers)
+        self._rings = rings
+        self._pool = pool
+        self._actions = actions
+        self._forwarder = forwarder
+        self._heartbeat_timeout = heartbeat_timeout
+        self._action_timeout = action_timeout
+        self._stop = stop or threading.Event()
+
+    # -- error containment -------------------------------------------------
+
+    def _contain(self, method: str, context: Any, exc: Exception
+                 ) -> exceptions.ConductorException:
+        """What the caller gets for ``exc`` raised by ``method``."""
+        if isinstance(exc, exceptions.RPC_EXCEPTIONS):
+            LOG.debug("%(method)s: %(error)s",
+                      {"method": method, "error": exc})
+            return _clean_copy(exc)
+        if isinstance(exc, _OwnerUnreachable):
+            return exceptions.ConductorException(str(exc))
+        request_id = getattr(context, "request_id", None) or "-"
+        LOG.exception("Internal error in %(method)s (request %(req)s)",
+                      {"method": method, "req": request_id})
+        return exceptions.ConductorException(
+            "Internal error in %s; see the conductor log (request %s)"
+            % (method, request_id))
+
+    # -- argument checks ---------------------------------------------------
+
+    @staticmethod
+    def _ident(node: Any) -> str:
+        if not isinstance(node, str):
+            raise _invalid("node must be a UUID or a name (a string), got "
+                           "%s" % type(node).__name__)
+        if not 1 <= len(node) <= MAX_IDENT_LENGTH:
+            raise _invalid("node must be a UUID or a name of 1 to %d "
+                           "characters, got %d characters"
+                           % (MAX_IDENT_LENGTH, len(node)))
+        return node
+
+    @staticmethod
+    def _target(target: Any) -> str:
+        if isinstance(target, str):
+            target = states.POWER_VERBS.get(target, target)
+        if not isinstance(target, str) or target not in states.POWER_TARGETS:
+            raise _invalid(
+                "target must be one of %s (or %s), got %r" % (
+                    ", ".join(repr(t) for t in sorted(states.POWER_TARGETS)),
+                    ", ".join(sorted(states.POWER_VERBS)),
+                    target if not isinstance(target, str)
+                    else target[:64]))
+        return target
+
+    @staticmethod
+    def _flag(field: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise _invalid("%s must be true or false, got %s"
+                           % (field, type(value).__name__))
+        return value
+
+    @staticmethod
+    def _forwarded(value: Any) -> str | None:
+        if value is not None and not isinstance(value, str):
+            raise _invalid("forwarded_by must be a host name or null")
+        return value
+
+    # -- routing -------------------------------------------------------------
+
+    def _owner_elsewhere(self, uuid: str, forwarded_by: str | None
+                         ) -> str | None:
+        """The owning host when it is not this one and we may forward."""
+        if forwarded_by is not None or self._forwarder is None:
+            return None
+        self._rings.refresh()
+        owner = self._rings.owner_host(uuid)
+        if owner is None or owner == self._host:
+            return None
+        return owner
+
+    def _forward(self, method: str, owner: str, node: str,
+                 call: Callable[..., Any]) -> Any:
+        LOG.debug("Forwarding %(method)s of node %(node)s to its owner "
+                  "%(owner)s", {"method": method, "node": node,
+                                "owner": owner})
+        try:
+            return call(host=owner, forwarded_by=self._host)
+        except messaging.MessagingTimeout:
+            raise _OwnerUnreachable(
+                "Host %s, owner of node %s, did not answer %s in time; "
+                "retry later" % (owner, node, method)) from None
+        except messaging.MessageDeliveryFailure:
+            raise _OwnerUnreachable(
+                "Host %s, owner of node %s, could not be reached for %s; "
+                "retry later" % (owner, node, method)) from None
+
+    # -- reads -------------------------------------------------------------
+
+    @_endpoint
+    def get_node(self, context: Any, node: str) -> dict[str, Any]:
+        """The node with uuid or name ``node``.
+
+        :raises: NodeNotFound, InvalidParameterValue.
+        """
+        return rpc.node_to_primitive(self._db.get_node(self._ident(node)))
+
+    @_endpoint
+    def list_nodes(self, context: Any, filters: Any = None,
+                   limit: Any = None) -> list[dict[str, Any]]:
+        """Nodes ordered by creation (see ``ConductorAPI.list_nodes``).
+
+        :raises: InvalidParameterValue naming a bad filter or limit.
+        """
+        filters = {} if filters is None else filters
+        if not isinstance(filters, Mapping):
+            raise _invalid("filters must be a mapping of filter to value, "
+                           "got %s" % type(filters).__name__)
+        for key, value in filters.items():
+            kind = LIST_FILTERS.get(key)
+            if kind is None:
+                raise _invalid("Unknown filter %r; allowed: %s"
+                               % (str(key)[:64],
+                                  ", ".join(sorted(LIST_FILTERS))))
+            if not isinstance(value, kind) or (
+                    isinstance(value, str) and not 1 <= len(value) <= 255):
+                raise _invalid("Filter %s must be %s, got %s" % (
+                    key, "true or false" if kind is bool
+                    else "a string of 1 to 255 characters",
+                    type(value).__name__))
+        if limit is not None and (isinstance(limit, bool)
+                                  or not isinstance(limit, int)
+                                  or limit < 1):
+            raise _invalid("limit must be an integer >= 1 or null, got %s"
+                           % (repr(limit) if isinstance(limit, (int, float))
+                              else type(limit).__name__))
+        nodes = self._db.list_nodes(driver=filters.get("driver"),
+                                    maintenance=filters.get("maintenance"),
+                                    limit=limit)
+        return [rpc.node_to_primitive(node) for node in nodes]
+
+    @_endpoint
+    def get_status(self, context: Any) -> dict[str, Any]:
+        """Per host and worker: liveness, pool, periodic tasks, sweeps."""
+        return status_report.build(self._db, self._heartbeat_timeout)
+
+    # -- changes -------------------------------------------------------------
+
+    @_endpoint
+    def create_node(self, context: Any, values: Any) -> dict[str, Any]:
+        """Enrol a node (any host may do it).
+
+        :raises: InvalidParameterValue, DriverNotEnabled, DuplicateName.
+        """
+        clean = node_fields.validate_new(values, self._drivers)
+        node = self._db.create_node(clean)
+        LOG.info("Node %(uuid)s (%(name)s) created over RPC",
+                 {"uuid": node.uuid, "name": node.name})
+        return rpc.node_to_primitive(node)
+
+    @_endpoint
+    def update_node(self, context: Any, node: str, values: Any,
+                    forwarded_by: Any = None) -> dict[str, Any]:
+        """Change fields of a node, on its owning host.
+
+        :raises: NodeNotFound, NodeLocked, InvalidParameterValue,
+            DriverNotEnabled, DuplicateName.
+        """
+        ident = self._ident(node)
+        forwarded_by = self._forwarded(forwarded_by)
+        if not isinstance(values, Mapping):
+            raise _invalid("values must be a mapping of field to value, "
+                           "got %s" % type(values).__name__)
+        if not values:
+            raise _invalid("update_node: nothing to change")
+        record = self._db.get_node(ident)
+        owner = self._owner_elsewhere(record.uuid, forwarded_by)
+        if owner is not None:
+            assert self._forwarder is not None
+            forwarder = self._forwarder
+            return rpc.node_dict_to_primitive(self._forward(
+                "update_node", owner, ident,
+                lambda **kw: forwarder.update_node(
+                    record.uuid, values, context=context, **kw)))
+        values = _keep_masked_secrets(values, record.driver_info)
+        clean = node_fields.validate_update(record, values, self._drivers)
+        updated = self._db.update_node(record.uuid, clean)
+        LOG.info("Node %(uuid)s updated over RPC: %(fields)s",
+                 {"uuid": record.uuid, "fields": ", ".join(sorted(clean))})
+        return rpc.node_to_primitive(updated)
+
+    @_endpoint
+    def delete_node(self, context: Any, node: str,
+                    forwarded_by: Any = None) -> None:
+        """Delete an unreserved node, on its owning host.
+
+        :raises: NodeNotFound, NodeLocked, InvalidParameterValue.
+        """
+        ident = self._ident(node)
+        forwarded_by = self._forwarded(forwarded_by)
+        record = self._db.get_node(ident)
+        owner = self._owner_elsewhere(record.uuid, forwarded_by)
+        if owner is not None:
+            assert self._forwarder is not None
+            forwarder = self._forwarder
+            self._forward("delete_node", owner, ident,
+                          lambda **kw: forwarder.delete_node(
+                              record.uuid, context=context, **kw))
+            return
+        self._db.delete_node(record.uuid)
+        LOG.info("Node %s deleted over RPC", record.uuid)
+
+    @_endpoint
+    def set_power_state(self, context: Any, node: str, target: str,
+                        wait: Any = False, forwarded_by: Any = None
+                        ) -> dict[str, Any]:
+        """Record a power action and apply it at once, on the owning host.
+
+        The owner first takes a pool thread (``NoFreeWorker`` when none is
+        free: nothing is recorded), then records ``target_power_state``
+        (``NodeLocked`` when the node is reserved or has an action
+        pending) and hands the action to that thread. Should the
+        ``apply_pending_actions`` periodic reach the node first, it applies
+        the action instead and this thread's attempt is a no-op.
+
+        :param wait: answer when the action is done (bounded by the driver
+            deadline plus :data:`WAIT_GRACE`).
+        :returns: the node: just requested, or after the action with
+            ``wait`` (``last_error`` tells whether it failed).
+        :raises: NodeNotFound, NodeLocked, NoFreeWorker,
+            InvalidParameterValue.
+        """
+        ident = self._ident(node)
+        target = self._target(target)
+        wait = self._flag("wait", wait)
+        forwarded_by = self._forwarded(forwarded_by)
+        record = self._db.get_node(ident)
+        owner = self._owner_elsewhere(record.uuid, forwarded_by)
+        if owner is not None:
+            assert self._forwarder is not None
+            forwarder = self._forwarder
+            return rpc.node_dict_to_primitive(self._forward(
+                "set_power_state", owner, ident,
+                lambda **kw: forwarder.set_power_state(
+                    record.uuid, target, wait=wait, context=context, **kw)))
+        ticket = _Ticket()
+        try:
+            future = self._pool.submit(self._apply_when_told, record.uuid,
+                                       ticket)
+        except RuntimeError:  # the pool is shutting down
+            raise exceptions.NoFreeWorker(size=self._pool.size) from None
+        try:
+            requested = self._db.request_power_state(record.uuid, target)
+        except BaseException:
+            ticket.cancel()
+            raise
+        ticket.go()
+        LOG.info("Node %(uuid)s: %(target)s requested over RPC%(via)s",
+                 {"uuid": record.uuid, "target": target,
+                  "via": " (via %s)" % forwarded_by if forwarded_by else ""})
+        if not wait:
+            return rpc.node_to_primitive(requested)
+        return rpc.node_to_primitive(self._outcome(record.uuid, future))
+
+    def _apply_when_told(self, uuid: str, ticket: _Ticket
+                         ) -> db_api.NodeRecord | None:
+        """Pool thread: apply the node's action once it is recorded."""
+        if not ticket.wait(self._action_timeout + WAIT_GRACE):
+            return None
+        try:
+            return self._actions.apply(uuid)
+        except (exceptions.NodeLocked, exceptions.NodeNotFound) as exc:
+            # NOTE: the pending-action periodic took the node first; it
+            # applies the same action.
+            LOG.debug("Power action of node %s left to its applier: %s",
+                      uuid, exc)
+            return None
+
+    def _outcome(self, uuid: str,
+                 future: concurrent.futures.Future[Any]
+                 ) -> db_api.NodeRecord:
+        """The node once its action is done, or as it is at the bound."""
+        deadline = time.monotonic() + self._action_timeout + WAIT_GRACE
+        try:
+            done = future.result(timeout=max(0.0,
+                                             deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            done = None
+        if done is not None:
+            return done
+        # NOTE: someone else applies it (the periodic): watch the record.
+        node = self._db.get_node(uuid)
+        while (node.target_power_state is not None
+               and time.monotonic() < deadline
+               and not self._stop.wait(0.05)):
+            node = self._db.get_node(uuid)
+        return node
+
+
+class _OwnerUnreachable(Exception):
+    """Forwarding to the owning host failed (timeout, delivery)."""
+
+
+def _keep_masked_secrets(values: Mapping[str, Any],
+                         stored: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with masked secrets in ``driver_info`` put back.
+
+    A caller only ever sees secrets as :data:`conductor.drivers.base.MASK`;
+    sending a node's ``driver_info`` back unchanged must not overwrite
+    the stored secret with the mask.
+    """
+    result = dict(values)
+    info = result.get("driver_info")
+    if not isinstance(info, Mapping):
+        return result
+    result["driver_info"] = {
+        key: (stored[key] if (value == base.MASK and isinstance(key, str)
+                              and base.is_secret_key(key) and key in stored)
+              else value)
+        for key, value in info.items()}
+    return result
