@@ -86,6 +86,13 @@ opts: list[cfg.Opt] = [
         help="Seconds between checks for requested power actions "
              "(target_power_state) on owned nodes. With RPC an action is "
              "applied at once; this bounds the delay without a broker."),
+    cfg.StrOpt(
+        "rpc_version_cap",
+        help="Newest conductor RPC API version this host sends, for "
+             "rolling upgrades: while older conductors still run, set it "
+             "to the version they speak (e.g. '1.0'), then unset it once "
+             "every host runs this release. Unset (the default) means no "
+             "cap: send the newest version this release knows (1.0)."),
 ]
 
 
