@@ -29,14 +29,17 @@ from oslo_service import service
 
 from conductor.common import log as conductor_log
 from conductor.common import pool as worker_pool
+from conductor.common import rpc
 from conductor import conf as conductor_conf
 from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.drivers import loader
+from conductor import manager
 from conductor import ownership
 from conductor import periodics
 from conductor import power_actions
 from conductor import power_sync
+from conductor import rpcapi
 
 LOG = logging.getLogger(__name__)
 
@@ -189,6 +192,10 @@ class ConductorService(service.ServiceBase):
         self.power_sync: power_sync.PowerSync | None = None
         self.actions: power_actions.PowerActions | None = None
         self.runner: periodics.PeriodicRunner | None = None
+        #: The RPC transport and server; None without ``transport_url``.
+        self.transport: Any = None
+        self.rpc_server: Any = None
+        self._rpc_starter: threading.Thread | None = None
 
     # NOTE: oslo.service's threading backend may pickle the service to
     # decide between fork and spawn; keep only plain values in the state.
@@ -244,6 +251,7 @@ class ConductorService(service.ServiceBase):
         self.runner = periodics.PeriodicRunner(
             self.pool, _NodeProvider(self.db, self.rings))
         self.runner.start(self._collect_periodics())
+        self._start_rpc()
         self._started = True
         LOG.info("Worker %(id)d of %(host)s started in %(secs).2fs with "
                  "drivers %(drivers)s",
@@ -290,6 +298,8 @@ class ConductorService(service.ServiceBase):
         assert self.settings is not None
         deadline = time.monotonic() + max(
             1.0, self.settings.graceful_shutdown_timeout - 2.0)
+        # 0. Stop consuming RPC; finish the calls in flight (bounded).
+        self._stop_rpc(deadline)
         # 1. Stop scheduling; running tasks see the stop Event and finish.
         if self.runner is not None:
             if not self.runner.stop(self._left(deadline)):
@@ -314,6 +324,64 @@ class ConductorService(service.ServiceBase):
         self.db.dispose()
         self._started = False
         LOG.info("Worker %d of %s stopped", self.worker_id, self.host)
+
+    # -- RPC (DESIGN.md section 7) ------------------------------------
+
+    def _start_rpc(self) -> None:
+        """Serve RPC when ``[DEFAULT] transport_url`` is set; else say so.
+
+        The server starts on a thread of its own: connecting waits for the
+        broker (oslo.messaging retries forever) and the periodic work must
+        not wait with it.
+
+        :raises: ConfigInvalid when ``transport_url`` is malformed.
+        """
+        if not rpc.enabled(self._conf):
+            LOG.info("RPC disabled: [DEFAULT] transport_url is not set")
+            return
+        assert self.db and self.rings and self.pool and self.actions
+        assert self.settings is not None and self._stopped is not None
+        self.transport = rpc.get_transport(self._conf)
+        endpoint = manager.ConductorManager(
+            self.host, self.db, self.drivers, self.rings, self.pool,
+            self.actions,
+            # NOTE: a bounded retry: a forward must not hold an RPC
+            # thread for the whole of a broker outage.
+            rpcapi.ConductorAPI.from_conf(self._conf, self.transport,
+                                          retry=3),
+            heartbeat_timeout=self.settings.heartbeat_timeout,
+            action_timeout=self.settings.sync.timeout,
+            stop=self._stopped)
+        self.rpc_server = rpc.build_server(self.transport, self.host,
+                                           [endpoint])
+        self._rpc_starter = threading.Thread(
+            target=self._run_rpc_server, name="rpc-start-w%d"
+            % self.worker_id, daemon=True)
+        self._rpc_starter.start()
+
+    def _run_rpc_server(self) -> None:
+        try:
+            self.rpc_server.start()
+        except Exception:
+            LOG.exception("RPC server of %s could not start", self.holder)
+            return
+        LOG.info("RPC server of %(holder)s consuming topic %(topic)s as "
+                 "%(host)s", {"holder": self.holder, "topic": rpc.TOPIC,
+                              "host": self.host})
+
+    def _stop_rpc(self, deadline: float) -> None:
+        if self.transport is None:
+            return
+        starter = self._rpc_starter
+        server = self.rpc_server
+        if starter is not None and starter.is_alive():
+            # NOTE: stop() would wait for start(), which waits for the
+            # broker; nothing was consumed yet, so only close the transport.
+            LOG.warning("RPC server of %s never connected to the broker",
+                        self.holder)
+            server = None
+        rpc.stop_server(server, self.transport, self._left(deadline))
+        self.rpc_server = self.transport = None
 
     @staticmethod
     def _left(deadline: float) -> float:
