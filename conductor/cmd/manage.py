@@ -17,7 +17,7 @@ import conductor.cmd  # noqa: F401  (backend first: see the package doc)
 
 from oslo_config import cfg
 from oslo_db import exception as db_exc
-from oslo_utils import timeutils
+import oslo_messaging as messaging
 import sqlalchemy as sa
 
 from conductor import checks
@@ -25,6 +25,7 @@ from conductor.common import exceptions
 from conductor.common import hooks
 from conductor.common import node_fields
 from conductor.common import output
+from conductor.common import rpc
 from conductor.common import states
 from conductor import conf as conductor_conf
 from conductor.db import api as db_api
@@ -32,9 +33,14 @@ from conductor.db import migration
 from conductor.drivers import base
 from conductor.drivers import loader
 from conductor import inventory
+from conductor import rpcapi
 from conductor import startup
+from conductor import status as status_report
 
 LOG = logging.getLogger(__name__)
+
+#: Attempts to reach the broker when sending (oslo.messaging's ``retry``).
+RPC_RETRY = 2
 
 NODE_COLUMNS = ("uuid", "name", "driver", "power_state",
                 "target_power_state", "maintenance", "reservation")
@@ -49,6 +55,8 @@ class Manage:
         self.out = out
         self._db: db_api.Connection | None = None
         self._drivers: dict[str, base.BaseDriver] | None = None
+        self._transport: messaging.Transport | None = None
+        self._rpc_api: rpcapi.ConductorAPI | None = None
 
     @property
     def db(self) -> db_api.Connection:
@@ -64,9 +72,24 @@ class Manage:
             self._drivers = loader.load(self.conf.enabled_drivers)
         return self._drivers
 
+    @property
+    def rpc_api(self) -> rpcapi.ConductorAPI | None:
+        """The RPC client with ``[DEFAULT] transport_url`` set, else None.
+
+        :raises: ConductorException when no broker can be reached.
+        """
+        if self._rpc_api is None and rpc.enabled(self.conf):
+            rpc.check_broker(self.conf)
+            self._transport = rpc.get_transport(self.conf)
+            self._rpc_api = rpcapi.ConductorAPI.from_conf(
+                self.conf, self._transport, retry=RPC_RETRY)
+        return self._rpc_api
+
     def close(self) -> None:
         if self._db is not None:
             self._db.dispose()
+        if self._transport is not None:
+            self._transport.cleanup()
 
     # -- db ------------------------------------------------------------
 
@@ -154,6 +177,9 @@ class Manage:
 
     def node_power(self, args: argparse.Namespace) -> None:
         target = states.POWER_VERBS[args.action]
+        if self.rpc_api is not None:
+            self._node_power_rpc(self.rpc_api, args, target)
+            return
         node = self.db.request_power_state(args.node, target)
         label = node.name or node.uuid
         if not args.wait:
@@ -174,6 +200,43 @@ class Manage:
                                                 node.last_error))
         self.out("Node %s is %s" % (label, node.power_state))
 
+    def _node_power_rpc(self, api: rpcapi.ConductorAPI,
+                        args: argparse.Namespace, target: str) -> None:
+        """``node power`` over RPC: the owner applies it at once."""
+        deadline = time.monotonic() + args.timeout
+        label = args.node
+
+        def timed_out() -> exceptions.ConductorException:
+            return exceptions.ConductorException(
+                "Timed out after %ss waiting for node %s to apply '%s'; is "
+                "a conductor running? (see 'conductor-manage status')"
+                % (args.timeout, label, target))
+
+        try:
+            node = api.set_power_state(
+                args.node, target, wait=args.wait,
+                timeout=args.timeout if args.wait else None)
+            label = node["name"] or node["uuid"]
+            if not args.wait:
+                self.out("Requested %s for node %s" % (target, label))
+                return
+            # NOTE: the owner waits for the action up to the driver
+            # deadline; past it, watch the record like the database path.
+            while node["target_power_state"] is not None:
+                if time.monotonic() > deadline:
+                    raise timed_out()
+                time.sleep(0.1)
+                node = api.get_node(node["uuid"])
+        except messaging.MessagingTimeout:
+            if args.wait:
+                raise timed_out() from None
+            raise
+        if node["last_error"]:
+            raise exceptions.PowerStateFailure(
+                err="Node %s: %s failed: %s" % (label, target,
+                                                node["last_error"]))
+        self.out("Node %s is %s" % (label, node["power_state"]))
+
     def _show(self, node: db_api.NodeRecord, fmt: str) -> None:
         data = _node_dict(node)
         if fmt == "json":
@@ -184,7 +247,9 @@ class Manage:
     # -- status and clean ----------------------------------------------
 
     def status(self, args: argparse.Namespace) -> None:
-        data = db_status(self.db, self.conf.conductor.heartbeat_timeout)
+        api = self.rpc_api
+        data = (api.get_status() if api is not None else
+                db_status(self.db, self.conf.conductor.heartbeat_timeout))
         if args.format == "json":
             self.out(output.to_json(data))
             return
@@ -273,22 +338,12 @@ def _node_dict(node: db_api.NodeRecord) -> dict[str, Any]:
 
 def db_status(db: db_api.Connection, heartbeat_timeout: float
               ) -> dict[str, Any]:
-    """Workers and node counts, as the database knows them."""
-    now = timeutils.utcnow()
-    workers = []
-    for record in db.list_conductors(with_status=True):
-        age = (now - record.heartbeat_at).total_seconds()
-        workers.append({"host": record.host, "worker_id": record.worker_id,
-                        "pid": record.pid, "online": record.online,
-                        "alive": record.online and age < heartbeat_timeout,
-                        "heartbeat_age": round(age, 1),
-                        "drivers": record.drivers,
-                        "status": record.status or {}})
-    counts = db.power_state_counts()
-    return {"workers": workers,
-            "nodes": {"total": sum(counts.values()),
-                      "by_power_state": counts,
-                      "maintenance": db.maintenance_count()}}
+    """Workers and node counts, as the database knows them.
+
+    The same data a conductor answers ``get_status`` with over RPC; see
+    :func:`conductor.status.build`.
+    """
+    return status_report.build(db, heartbeat_timeout)
 
 
 def _bool_arg(text: str) -> bool:
@@ -435,6 +490,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(str(exc), exc.exit_code)
     except (cfg.ConfigFileValueError, ValueError) as exc:
         return _error("invalid configuration: %s" % exc)
+    except messaging.MessagingTimeout:
+        return _error("no conductor answered over RPC within [DEFAULT] "
+                      "rpc_response_timeout; is one running? (see its log)")
+    except messaging.MessagingException as exc:
+        if args.debug:
+            LOG.exception("Messaging error")
+        text = str(exc).strip().splitlines()
+        return _error("messaging error: %s"
+                      % (text[0] if text else type(exc).__name__))
     except (db_exc.DBError, sa.exc.SQLAlchemyError) as exc:
         if args.debug:
             LOG.exception("Database error")
