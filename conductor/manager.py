@@ -349,7 +349,7 @@ class ConductorManager:
             return rpc.node_dict_to_primitive(self._forward(
                 "update_node", owner, ident,
                 lambda **kw: forwarder.update_node(
-                    record.uuid, values, context=context, **kw)))
+                    ident, values, context=context, **kw)))
         values = _keep_masked_secrets(values, record.driver_info)
         clean = node_fields.validate_update(record, values, self._drivers)
         updated = self._db.update_node(record.uuid, clean)
@@ -373,7 +373,7 @@ class ConductorManager:
             forwarder = self._forwarder
             self._forward("delete_node", owner, ident,
                           lambda **kw: forwarder.delete_node(
-                              record.uuid, context=context, **kw))
+                              ident, context=context, **kw))
             return
         self._db.delete_node(record.uuid)
         LOG.info("Node %s deleted over RPC", record.uuid)
@@ -410,7 +410,7 @@ class ConductorManager:
             return rpc.node_dict_to_primitive(self._forward(
                 "set_power_state", owner, ident,
                 lambda **kw: forwarder.set_power_state(
-                    record.uuid, target, wait=wait, context=context, **kw)))
+                    ident, target, wait=wait, context=context, **kw)))
         ticket = _Ticket()
         try:
             future = self._pool.submit(self._apply_when_told, record.uuid,
@@ -418,7 +418,9 @@ class ConductorManager:
         except RuntimeError:  # the pool is shutting down
             raise exceptions.NoFreeWorker(size=self._pool.size) from None
         try:
-            requested = self._db.request_power_state(record.uuid, target)
+            # NOTE: by the caller's identifier, so that NodeLocked names
+            # the node as the caller did (as conductor-manage always has).
+            requested = self._db.request_power_state(ident, target)
         except BaseException:
             ticket.cancel()
             raise

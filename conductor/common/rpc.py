@@ -46,6 +46,8 @@ TOPIC = "conductor"
 ALLOWED_EXMODS = [exceptions.__name__]
 
 RequestContext = oslo_context.RequestContext
+#: oslo.messaging's default ``transport_url``: not set by the operator.
+_DEFAULT_URL = "rabbit://"
 
 #: The fields of a node as it travels over RPC, in display order.
 NODE_FIELDS = ("uuid", "name", "driver", "driver_info", "power_state",
@@ -119,10 +121,19 @@ def enabled(conf: cfg.ConfigOpts) -> bool:
     an explicit URL the conductor runs with no RPC.
     """
     register_opts(conf)
-    if not conf.transport_url:
+    url = conf.transport_url
+    if not url:
         return False
+    if url != _DEFAULT_URL:
+        return True
+    # NOTE: the default value itself counts only when it was written in a
+    # config file, on the command line or in the environment. oslo.config
+    # keeps the location of an override even after reset(), so the
+    # location alone cannot tell.
     location = conf.get_location("transport_url")
-    return location is None or location.location != cfg.Locations.opt_default
+    return location is not None and location.location in (
+        cfg.Locations.user, cfg.Locations.command_line,
+        cfg.Locations.environment)
 
 
 def check_transport_url(conf: cfg.ConfigOpts) -> None:
@@ -134,7 +145,7 @@ def check_transport_url(conf: cfg.ConfigOpts) -> None:
         return
     try:
         url = messaging.TransportURL.parse(conf, conf.transport_url)
-    except messaging.InvalidTransportURL as exc:
+    except (messaging.InvalidTransportURL, ValueError) as exc:
         raise exceptions.ConfigInvalid(
             problem="[DEFAULT] transport_url: %s" % _masked(exc)) from None
     if not url.transport:
