@@ -218,7 +218,8 @@ class PowerSync:
                 continue
             change = {"uuid": outcome.row.uuid, "maintenance": False,
                       "maintenance_reason": None, "fault": None,
-                      "power_sync_failures": 0, "last_error": None}
+                      "power_sync_failures": 0, "last_error": None,
+                      "expected_version": outcome.row.version}
             if outcome.state != outcome.row.power_state:
                 change["power_state"] = outcome.state
             changes.append(change)
@@ -256,7 +257,7 @@ class PowerSync:
     def _lane_count(self, nodes: int) -> int:
         # NOTE: one pool thread stays free for the periodic loop's other
         # tasks; the sweep itself runs on a pool thread too.
-        free = max(1, self._pool.free)
+        free = max(1, self._pool.free - 1)
         return max(0, min(self._settings.workers, nodes, free))
 
     def _run_lanes(self, rows: list[db_api.SyncRow],
@@ -330,6 +331,11 @@ class PowerSync:
         try:
             with deadline.scope(self._settings.timeout):
                 state = driver.power.get_power_state(node)
+            if state == states.ERROR:
+                # NOTE: the BMC answered but cannot tell the state: that is
+                # a failed read, retried and counted like any other.
+                raise exceptions.PowerStateFailure(
+                    err="the BMC reports power state 'error'")
             if state not in states.STABLE_POWER_STATES:
                 raise exceptions.PowerStateFailure(
                     err="driver %s returned an invalid power state %r"
@@ -385,6 +391,7 @@ class PowerSync:
                                                    "new": outcome.state})
             if change:
                 change["uuid"] = row.uuid
+                change["expected_version"] = row.version
                 changes.append(change)
         return changes, drifted
 

@@ -69,6 +69,10 @@ class NodeRecord:
     reservation: str | None
     created_at: datetime.datetime
     updated_at: datetime.datetime | None
+    #: Incremented by every change of the node's fields (not of its
+    #: reservation): a writer that read version N may write only while
+    #: the node is still at N.
+    version: int = 0
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> "NodeRecord":
@@ -107,6 +111,8 @@ class SyncRow:
     driver_info: dict[str, Any]
     power_state: str | None
     power_sync_failures: int
+    #: The node's version when read (see NodeRecord.version).
+    version: int = 0
 
 
 def holder_name(host: str, worker_id: int) -> str:
@@ -356,6 +362,7 @@ class Connection:
         node = self.get_node(ident)
         changes = dict(values)
         changes["updated_at"] = timeutils.utcnow()
+        changes["version"] = _nodes.c.version + 1
         if "power_state" in changes:
             changes["power_state_updated_at"] = changes["updated_at"]
         if "driver_info" in changes:
@@ -413,6 +420,7 @@ class Connection:
                 .where(_nodes.c.reservation.is_(None))
                 .where(_nodes.c.target_power_state.is_(None))
                 .values(target_power_state=target, last_error=None,
+                        version=_nodes.c.version + 1,
                         updated_at=timeutils.utcnow())).rowcount
         if count != 1:
             current = self.get_node(node.uuid)
@@ -516,7 +524,7 @@ class Connection:
         """
         c = _nodes.c
         query = (sa.select(c.uuid, c.name, c.driver, c.driver_info,
-                           c.power_state, c.power_sync_failures)
+                           c.power_state, c.power_sync_failures, c.version)
                  .where(c.reservation.is_(None))
                  .where(c.maintenance == maintenance)
                  .where(c.driver.in_(list(drivers))))
@@ -525,7 +533,7 @@ class Connection:
         with self.engine.connect() as conn:
             return [SyncRow(row.uuid, row.name, row.driver,
                             _as_dict(row.driver_info), row.power_state,
-                            row.power_sync_failures)
+                            row.power_sync_failures, row.version)
                     for row in conn.execute(query)]
 
     def apply_sync_results(self, changes: Sequence[Mapping[str, Any]]
@@ -534,8 +542,13 @@ class Connection:
 
         Each mapping has ``uuid`` and the fields to set (``power_state``,
         ``power_sync_failures``, ``last_error``, ``maintenance``,
-        ``maintenance_reason``, ``fault``). A node reserved meanwhile is
-        left alone: whoever holds it is changing it. Returns rows changed.
+        ``maintenance_reason``, ``fault``), and optionally
+        ``expected_version``: the node's version when the sweep read it;
+        the row is then written only if nothing changed it since, so a
+        power action that finished during the sweep is never overwritten
+        with what the sweep saw before it. A node reserved meanwhile is
+        left alone too: whoever holds it is changing it. Returns rows
+        changed.
         """
         if not changes:
             return 0
@@ -543,24 +556,34 @@ class Connection:
         by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for change in changes:
             values = {key: value for key, value in change.items()
-                      if key != "uuid"}
+                      if key not in ("uuid", "expected_version")}
             unknown = set(values) - UPDATE_FIELDS
             if unknown:
                 raise ValueError("not sync fields: %s" % sorted(unknown))
             values["updated_at"] = now
             if "power_state" in values:
                 values["power_state_updated_at"] = now
-            shape = tuple(sorted(values))
+            expect = "expected_version" in change
+            shape = tuple(sorted(values)) + (("?expect",) if expect else ())
             params = {"_uuid": change["uuid"]}
+            if expect:
+                params["_expected"] = change["expected_version"]
             params.update(values)
             by_shape.setdefault(shape, []).append(params)
         total = 0
         with self.engine.begin() as conn:
             for shape, batch in by_shape.items():
+                fields = [key for key in shape if key != "?expect"]
+                new_values: dict[str, Any] = {
+                    key: sa.bindparam(key) for key in fields}
+                new_values["version"] = _nodes.c.version + 1
                 query = (_nodes.update()
                          .where(_nodes.c.uuid == sa.bindparam("_uuid"))
                          .where(_nodes.c.reservation.is_(None))
-                         .values({key: sa.bindparam(key) for key in shape}))
+                         .values(new_values))
+                if "?expect" in shape:
+                    query = query.where(
+                        _nodes.c.version == sa.bindparam("_expected"))
                 result = conn.execute(query, batch)
                 total += max(result.rowcount, 0)
         return total

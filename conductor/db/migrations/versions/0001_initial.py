@@ -32,6 +32,8 @@ def upgrade():
         sa.Column("power_sync_failures", sa.Integer, nullable=False,
                   server_default="0"),
         sa.Column("last_error", sa.Text, nullable=True),
+        sa.Column("version", sa.Integer, nullable=False,
+                  server_default="0"),
         sa.Column("reservation", sa.String(255), nullable=True),
         sa.Column("created_at", sa.DateTime, nullable=False),
         sa.Column("updated_at", sa.DateTime, nullable=True),
