@@ -42,6 +42,9 @@ from conductor import power_sync
 from conductor import rpcapi
 
 LOG = logging.getLogger(__name__)
+#: One DEBUG line per heartbeat; enable with
+#: ``default_log_levels = conductor.heartbeat=DEBUG`` (the quick start does).
+HEARTBEAT_LOG = logging.getLogger("conductor.heartbeat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,6 +411,8 @@ class ConductorService(service.ServiceBase):
                 self.db.heartbeat(self.host, self.worker_id,
                                   drivers=list(self.drivers),
                                   pid=os.getpid(), status=self.status())
+                HEARTBEAT_LOG.debug("Heartbeat of %s (every %ss)",
+                                    self.holder, interval)
             except Exception:
                 # NOTE: a database blip must not end the heartbeat loop;
                 # peers take our nodes over only if it lasts past

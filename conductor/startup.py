@@ -5,14 +5,24 @@ async_tasks``), each with its own log replayed whole when it is waited
 on; with ``[DEFAULT] parallel_startup = False`` they run inline, one after
 the other, with the same logs. The steps and what they wait for::
 
-    pre-start-hooks  'start pre-start' hooks ---------------------.
-    database         connect, create/upgrade or check the schema -+
-    drivers          load and check the enabled drivers ----------+
-    inventory-parse  read [DEFAULT] inventory_file ---------------+
-                                                                  v
-    inventory-import validate the parsed nodes (drivers) and enrol the
-                     new ones (database)
+    pre-start-hooks  'start pre-start' hooks (thread) -------------.
+    database         connect, create/upgrade or check the schema --+
+                     (process)                                     |
+    broker           is a transport_url host reachable? (process) -+
+    drivers          load and check the enabled drivers (thread) --+
+    inventory-parse  read [DEFAULT] inventory_file (process) ------+
+                                                                   v
+    inventory-import validate the parsed nodes (needs the drivers) and
+                     enrol the new ones (needs the schema)
     then             'start post-config' hooks, the timing summary
+
+Why they are independent: the hooks are operator scripts that must not
+rely on the schema or drivers (that is what post-config is for); the
+schema needs only the database; loading drivers needs only their
+modules; parsing the inventory needs only the file. CPU-bound steps run
+in forked child processes, since threads of one interpreter share one
+core for Python code; the drivers stay in the master because their
+objects are needed for validation and are not picklable.
 
 Every step leaves nothing open (engines disposed, threads joined) because
 the master forks right after.
@@ -29,6 +39,7 @@ from oslo_config import cfg
 from conductor.common import async_tasks
 from conductor.common import exceptions
 from conductor.common import hooks
+from conductor.common import rpc
 from conductor.db import api as db_api
 from conductor.db import migration
 from conductor.drivers import base
@@ -38,8 +49,8 @@ from conductor import inventory
 LOG = logging.getLogger(__name__)
 
 #: Every start-up task name: their logs are <async_log_dir>/<name>.log.
-TASK_NAMES = ("pre-start-hooks", "database", "drivers", "inventory-parse",
-              "inventory-import")
+TASK_NAMES = ("pre-start-hooks", "database", "broker", "drivers",
+              "inventory-parse", "inventory-import")
 
 
 def prepare_database(conf: cfg.ConfigOpts) -> str:
@@ -81,6 +92,40 @@ def _check_revision(engine: "db_api.sa.Engine", url: str) -> str:
         ) from exc
 
 
+def check_broker(conf: cfg.ConfigOpts, timeout: float = 5.0) -> str:
+    """Check that a host of ``[DEFAULT] transport_url`` accepts AMQP.
+
+    Never fails start-up: RPC reconnects by itself when the broker comes
+    back, so an unreachable broker is a warning. Run it in a child process
+    (``run_process``): the master must not connect before it forks.
+
+    :returns: what was found, for the task log.
+    """
+    if not rpc.enabled(conf):
+        return "no transport_url: RPC disabled"
+    url = conf.transport_url
+    import kombu
+    import oslo_messaging
+
+    parsed = oslo_messaging.TransportURL.parse(conf, url)
+    problems = []
+    for host in parsed.hosts:
+        target = "amqp://%s:%s@%s:%s/%s" % (
+            host.username or "guest", host.password or "guest",
+            host.hostname, host.port or 5672, parsed.virtual_host or "")
+        where = "%s:%s" % (host.hostname, host.port or 5672)
+        try:
+            with kombu.Connection(target, connect_timeout=timeout) as conn:
+                conn.ensure_connection(max_retries=1, timeout=timeout)
+            LOG.info("Message broker %s is reachable", where)
+            return "broker %s reachable" % where
+        except Exception as exc:
+            problems.append("%s: %s" % (where, exc))
+    LOG.warning("No message broker of [DEFAULT] transport_url is reachable "
+                "(%s); RPC starts once one is", "; ".join(problems))
+    return "broker unreachable"
+
+
 def load_drivers(conf: cfg.ConfigOpts) -> dict[str, base.BaseDriver]:
     """Load and check every enabled driver (DriverLoadError names it)."""
     return loader.load(conf.enabled_drivers)
@@ -106,13 +151,11 @@ def import_inventory(conf: cfg.ConfigOpts,
     nodes = inventory.validate(list(entries), drivers, source=path)
     db = db_api.Connection.create(conf.database.connection, max_retries=0)
     try:
-        existing = db.list_nodes()
-        names = {node.name for node in existing if node.name}
-        uuids = {node.uuid for node in existing}
+        names, uuids = db.node_identities()
         new = [node for node in nodes
                if node.get("name") not in names
                and node.get("uuid") not in uuids]
-        db.import_nodes(new)
+        db.import_nodes(new, read_back=False)
     finally:
         db.dispose()
     LOG.info("Inventory %(path)s: %(new)d node(s) enrolled, %(old)d "
@@ -144,11 +187,13 @@ def run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
     try:
         group.run("pre-start-hooks", hooks.run_hooks, hook_list, "start",
                   "pre-start", conf=conf, config_files=config_files)
-        group.run("database", prepare_database, conf)
+        group.run_process("database", prepare_database, conf)
+        if rpc.enabled(conf):
+            group.run_process("broker", check_broker, conf)
         group.run("drivers", load_drivers, conf)
         if conf.inventory_file:
-            group.run("inventory-parse", inventory.load_file,
-                      conf.inventory_file)
+            group.run_process("inventory-parse", inventory.load_file,
+                              conf.inventory_file)
         drivers = _wait(group, "drivers")
         _wait(group, "database")
         if conf.inventory_file:
@@ -157,6 +202,8 @@ def run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
                       entries)
             _wait(group, "inventory-import")
         _wait(group, "pre-start-hooks")
+        if rpc.enabled(conf):
+            _wait(group, "broker")
     finally:
         group.cleanup()
     hooks.run_hooks(hook_list, "start", "post-config", conf=conf,
