@@ -26,6 +26,7 @@ import logging
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -186,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", choices=["ipmi", "redfish"])
     args = parser.parse_args(argv)
 
+    # NOTE: a SIGTERM (a CI timeout) must still run the fixtures' clean-ups,
+    # or the emulators outlive the benchmark.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     conf.CONF([], project="conductor", default_config_files=[])
     conf.CONF.set_override("power_state_timeout", args.power_state_timeout,
                            group="conductor")
