@@ -175,8 +175,11 @@ class ConductorService(service.ServiceBase):
     """
 
     def __init__(self, host: str, worker_id: int,
-                 conf: cfg.ConfigOpts) -> None:
+                 conf: cfg.ConfigOpts, start_extra: Any = None) -> None:
         super().__init__()
+        #: Worker 0 runs the ``start extra`` hooks through it (see
+        #: ``conductor.master.StartExtra``); None for the others.
+        self.start_extra = start_extra
         #: This host's name.
         self.host = host
         #: The stable worker id, 0..W-1.
@@ -204,11 +207,11 @@ class ConductorService(service.ServiceBase):
     # decide between fork and spawn; keep only plain values in the state.
     def __getstate__(self) -> dict[str, Any]:
         return {"host": self.host, "worker_id": self.worker_id,
-                "_conf": self._conf}
+                "_conf": self._conf, "start_extra": self.start_extra}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["host"], state["worker_id"],  # type: ignore
-                      state["_conf"])
+                      state["_conf"], state.get("start_extra"))
 
     # -- lifecycle -----------------------------------------------------
 
@@ -255,6 +258,9 @@ class ConductorService(service.ServiceBase):
             self.pool, _NodeProvider(self.db, self.rings))
         self.runner.start(self._collect_periodics())
         self._start_rpc()
+        if self.start_extra is not None:
+            self._spawn("start-extra", self.start_extra.run, self.db,
+                        self._stopped)
         self._started = True
         LOG.info("Worker %(id)d of %(host)s started in %(secs).2fs with "
                  "drivers %(drivers)s",
@@ -395,9 +401,9 @@ class ConductorService(service.ServiceBase):
 
     # -- loops ---------------------------------------------------------
 
-    def _spawn(self, name: str, target: Any) -> None:
+    def _spawn(self, name: str, target: Any, *args: Any) -> None:
         thread = threading.Thread(
-            target=target, name="%s-w%d" % (name, self.worker_id),
+            target=target, args=args, name="%s-w%d" % (name, self.worker_id),
             daemon=True)
         thread.start()
         self._threads.append(thread)

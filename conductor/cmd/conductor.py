@@ -58,14 +58,12 @@ def main(argv: list[str] | None = None) -> None:
         startup.run(conf, hook_list)
     except exceptions.ConductorException as exc:
         fail(str(exc))
-    launcher = master.launch(conf, workers)
-    watcher = master.WorkersUpWatcher(conf, workers, hook_list)
-    watcher.start()
+    start_extra = master.StartExtra(conf, workers, hook_list)
+    launcher = master.launch(conf, workers, start_extra)
     try:
         launcher.wait()
     finally:
-        watcher.stop()
         master.on_stop(conf, hook_list)
         LOG.info("Conductor %s master exiting", conf.host)
-        if watcher.failed:
+        if start_extra.failed:
             sys.exit(1)

@@ -92,6 +92,15 @@ class TestHooks(StartupTestCase):
                       result.stderr)
         self.assertNotIn("starting 2 worker(s)", result.stderr)
 
+    def test_failing_start_extra_hook_stops_the_conductor(self) -> None:
+        self.hook("40-late", "#!/bin/sh\n[ \"$2\" = extra ] && exit 3\n"
+                             "exit 0\n")
+        conductor = self.start_conductor(self.options())
+        self.assertEqual(1, conductor.wait_exit(30))
+        self.assertIn("Stopping the conductor: Hook 40-late failed in phase "
+                      "'start extra': exited with status 3", conductor.log())
+        self.assertEqual([], conductor.children())
+
     def test_reserved_number_is_refused(self) -> None:
         self.hook("05-mine")
         result = self.run_failing(self.options())

@@ -256,7 +256,7 @@ class TestPickle(base.TestCase):
         # Runtime state that cannot be pickled is dropped.
         svc._stopped = threading.Event()
         svc._threads.append(threading.Thread(target=lambda: None))
-        self.assertEqual({"host", "worker_id", "_conf"},
+        self.assertEqual({"host", "worker_id", "_conf", "start_extra"},
                          set(svc.__getstate__()))
         copy = pickle.loads(pickle.dumps(svc))
         self.assertEqual(("h", 3, "h:3"),
