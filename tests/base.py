@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import fixtures
 from oslo_config import cfg
 from oslo_config import fixture as config_fixture

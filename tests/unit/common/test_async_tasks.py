@@ -240,8 +240,10 @@ class BehaviourMixin(_MixinBase):
 
     def test_run_command_arguments_and_output_in_task_log(self) -> None:
         group = self.group()
-        script = ("import sys; print(sys.argv[1:]); "
-                  "print('to stderr', file=sys.stderr)")
+        # NOTE: flush, or a piped stdout reaches the log only at exit,
+        # after stderr, whatever the order of the prints.
+        script = ("import sys; print(sys.argv[1:], flush=True); "
+                  "print('to stderr', file=sys.stderr, flush=True)")
 
         def step() -> int:
             result = async_tasks.run_command(
