@@ -100,18 +100,21 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     oslo.messaging registers most of its options lazily, when a transport
     or client is built; registering them first lets us read
     ``transport_url`` to decide whether RPC is enabled at all. The tracing
-    options are registered by oslo.messaging on the global ``cfg.CONF``
-    only, yet read from the transport's ``conf`` on every call: register
-    them on any other ``conf`` too.
+    and metrics options are registered by oslo.messaging on the global
+    ``cfg.CONF`` only, yet read from the transport's ``conf`` on every
+    call: register them on any other ``conf`` too.
     """
     for group, opts in messaging_opts.list_opts():
         conf.register_opts(opts, group=group)
     if conf is not cfg.CONF:
-        # NOTE: a private module, but the only place the list lives; the
+        # NOTE: private modules, but the only place these lists live; the
         # options are read from the transport's conf by every call.
+        from oslo_messaging._metrics import client as metrics
         from oslo_messaging._tracing import client as tracing
         conf.register_opts(tracing.oslo_messaging_tracing,
                            group="oslo_messaging_tracing")
+        conf.register_opts(metrics.oslo_messaging_metrics,
+                           group="oslo_messaging_metrics")
 
 
 def enabled(conf: cfg.ConfigOpts) -> bool:

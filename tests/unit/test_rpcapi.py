@@ -78,6 +78,13 @@ class TestOptions(base.TestCase):
         rpc.register_opts(conf)
         rpc.register_opts(conf)
         self.assertFalse(conf.oslo_messaging_tracing.tracing_enabled)
+        self.assertFalse(conf.oslo_messaging_metrics.metrics_enabled)
+        conf([], project="conductor-tests")
+        conf.set_override("transport_url", "fake:/")
+        transport = rpc.get_transport(conf)
+        self.addCleanup(transport.cleanup)
+        client = rpcapi.ConductorAPI(transport, timeout=0.1)
+        self.assertRaises(messaging.MessagingTimeout, client.get_status)
 
     def test_node_round_trip(self) -> None:
         created = datetime.datetime(2030, 1, 2, 3, 4, 5, 678901)

@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""RPC figures: parallel power actions and get_node throughput. Prints JSON.
+
+Starts real ``conductor`` processes (SQLite in a temporary directory, the
+fake driver, power sync disabled so that only RPC work is measured) on the
+local RabbitMQ, in a virtual host of their own (created and deleted with
+``rabbitmqctl``), and calls them from this process through
+``conductor.rpcapi.ConductorAPI``.
+
+Figure 1: ``--callers`` callers at once each power on a different node
+whose fake BMC takes ``--latency-ms`` per call, waiting for completion
+(``set_power_state(wait=True)``). Measured with the defaults (W = 2
+workers, 64 RPC threads and 100 pool threads per worker) and with a
+serialized baseline (W = 1, ``executor_thread_pool_size = 1``, the
+smallest pool), against one call alone.
+
+Figure 2: ``--readers`` concurrent callers call ``get_node`` in a loop for
+``--seconds``, with W = 1 and W = 2: calls per second, p50/p99 latency,
+failures (there must be none), and the CPU used meanwhile by the conductor
+(master and workers), the broker (``beam.smp``) and this caller process.
+
+    python tools/bench_rpc.py
+    python tools/bench_rpc.py --callers 20 --latency-ms 200 --readers 64 \\
+        --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable
+
+import psutil
+
+import conductor.cmd  # noqa: F401  (selects the threading backend first)
+from oslo_config import cfg
+
+from conductor.common import rpc
+from conductor.conf import conductor as conductor_opts
+from conductor.db import api as db_api
+from conductor.db import migration
+from conductor import rpcapi
+
+RABBIT_URL = os.environ.get("CONDUCTOR_TEST_TRANSPORT_URL",
+                            "rabbit://guest:guest@127.0.0.1:5672/")
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True,
+                   capture_output=True, timeout=60)
+
+
+class Conductor:
+    """One ``conductor`` master with its workers, in ``workdir/name``."""
+
+    def __init__(self, workdir: str, name: str, url: str, db_url: str,
+                 workers: int, rpc_threads: int | None,
+                 pool_size: int | None) -> None:
+        self.name = name
+        self.workers = workers
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir)
+        self.log = os.path.join(self.dir, "conductor.log")
+        config = os.path.join(self.dir, "conductor.conf")
+        lines = ["[DEFAULT]", "host = %s" % name,
+                 "state_path = %s" % self.dir, "log_file = %s" % self.log,
+                 "enabled_drivers = fake", "transport_url = %s" % url,
+                 "graceful_shutdown_timeout = 10"]
+        if rpc_threads is not None:
+            lines.append("executor_thread_pool_size = %d" % rpc_threads)
+        lines += ["[conductor]", "workers = %d" % workers,
+                  "sync_power_state_interval = 0"]
+        if pool_size is not None:
+            lines.append("workers_pool_size = %d" % pool_size)
+        lines += ["[database]", "connection = %s" % db_url]
+        with open(config, "w") as stream:
+            stream.write("\n".join(lines) + "\n")
+        binary = os.path.join(os.path.dirname(sys.executable), "conductor")
+        self.proc = subprocess.Popen([binary, "--config-file", config],
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        self.master = psutil.Process(self.proc.pid)
+
+    def wait_rpc(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        wanted = ["RPC server of %s:%d consuming" % (self.name, worker)
+                  for worker in range(self.workers)]
+        while True:
+            text = ""
+            if os.path.exists(self.log):
+                with open(self.log, errors="replace") as stream:
+                    text = stream.read()
+            if all(line in text for line in wanted):
+                return
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit("%s: RPC did not start; see %s"
+                                 % (self.name, self.log))
+            time.sleep(0.1)
+
+    def processes(self) -> list[psutil.Process]:
+        return [self.master] + self.master.children()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                for proc in self.processes():
+                    proc.kill()
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def broker_processes() -> list[psutil.Process]:
+    return [proc for proc in psutil.process_iter(["name"])
+            if proc.info["name"] == "beam.smp"]
+
+
+def make_api(url: str) -> rpcapi.ConductorAPI:
+    conf = cfg.ConfigOpts()
+    conductor_opts.register_opts(conf)
+    rpc.register_opts(conf)
+    conf([], project="bench-rpc")
+    conf.set_override("transport_url", url)
+    return rpcapi.ConductorAPI.from_conf(conf, rpc.get_transport(conf),
+                                         timeout=60)
+
+
+def at_once(count: int, call: Callable[[int], Any]) -> list[float]:
+    """Run ``call(i)`` in ``count`` threads released together; seconds."""
+    barrier = threading.Barrier(count + 1)
+    results: list[float] = [0.0] * count
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        barrier.wait()
+        started = time.monotonic()
+        try:
+            call(index)
+        except BaseException as exc:
+            errors.append(exc)
+        results[index] = time.monotonic() - started
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise SystemExit("a caller failed: %r" % errors[0])
+    return results
+
+
+def figure1(api: rpcapi.ConductorAPI, db: db_api.Connection, label: str,
+            callers: int, latency_ms: int) -> dict[str, Any]:
+    info = {"fake_latency_ms": latency_ms}
+    alone = []
+    for index in range(3):
+        node = db.create_node({"driver": "fake", "name": "%s-alone-%d"
+                               % (label, index), "driver_info": info})
+        started = time.monotonic()
+        done = api.set_power_state(node.uuid, "on", wait=True)
+        alone.append(time.monotonic() - started)
+        assert done["power_state"] == "power on", done
+    nodes = [db.create_node({"driver": "fake", "name": "%s-%d"
+                             % (label, index), "driver_info": info})
+             for index in range(callers)]
+
+    def power_on(index: int) -> None:
+        done = api.set_power_state(nodes[index].uuid, "on", wait=True)
+        if done["power_state"] != "power on" or done["last_error"]:
+            raise RuntimeError("power on failed: %r" % done)
+
+    times = at_once(callers, power_on)
+    single = statistics.median(alone)
+    return {"one_call_alone_s": round(single, 3),
+            "max_s": round(max(times), 3),
+            "median_s": round(statistics.median(times), 3),
+            "max_over_one_call": round(max(times) / single, 2)}
+
+
+def figure2(api: rpcapi.ConductorAPI, server: Conductor, node: str,
+            readers: int, seconds: float) -> dict[str, Any]:
+    latencies: list[list[float]] = [[] for _ in range(readers)]
+    failures: list[str] = []
+    stop = threading.Event()
+    barrier = threading.Barrier(readers + 1)
+
+    def read(index: int) -> None:
+        own = latencies[index]
+        barrier.wait()
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                api.get_node(node)
+            except Exception as exc:
+                failures.append(repr(exc))
+                continue
+            own.append(time.monotonic() - started)
+
+    for index in range(5):
+        api.get_node(node)
+    threads = [threading.Thread(target=read, args=(i,))
+               for i in range(readers)]
+    for thread in threads:
+        thread.start()
+    conductor_procs = server.processes()
+    broker = broker_processes()
+    me = [psutil.Process()]
+    before = [cpu_seconds(conductor_procs), cpu_seconds(broker),
+              cpu_seconds(me)]
+    barrier.wait()
+    started = time.monotonic()
+    stop.wait(seconds)
+    stop.set()
+    elapsed = time.monotonic() - started
+    after = [cpu_seconds(conductor_procs), cpu_seconds(broker),
+             cpu_seconds(me)]
+    for thread in threads:
+        thread.join()
+    flat = sorted(value for own in latencies for value in own)
+    used = [a - b for a, b in zip(after, before)]
+    return {
+        "workers": server.workers,
+        "calls": len(flat),
+        "calls_per_s": round(len(flat) / elapsed, 1),
+        "p50_ms": round(1000 * flat[len(flat) // 2], 2) if flat else None,
+        "p99_ms": round(1000 * flat[int(len(flat) * 0.99)], 2)
+        if flat else None,
+        "failures": len(failures),
+        "first_failure": failures[0] if failures else None,
+        "cpu_cores": {"conductor": round(used[0] / elapsed, 2),
+                      "broker": round(used[1] / elapsed, 2),
+                      "callers": round(used[2] / elapsed, 2),
+                      "machine_cores": psutil.cpu_count()},
+        "cpu_ms_per_call": {
+            "conductor": round(1000 * used[0] / max(1, len(flat)), 3),
+            "broker": round(1000 * used[1] / max(1, len(flat)), 3),
+            "callers": round(1000 * used[2] / max(1, len(flat)), 3)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--callers", type=int, default=20)
+    parser.add_argument("--latency-ms", type=int, default=200)
+    parser.add_argument("--readers", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    workdir = tempfile.mkdtemp(prefix="bench-rpc-")
+    vhost = "conductor_bench_%d" % os.getpid()
+    rabbitmqctl("add_vhost", vhost)
+    conductors: list[Conductor] = []
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*",
+                    ".*")
+        url = "%s/%s" % (RABBIT_URL.rstrip("/"), vhost)
+        db_url = "sqlite:///%s/conductor.sqlite" % workdir
+        db = db_api.Connection.create(db_url)
+        migration.upgrade(db.engine)
+        api = make_api(url)
+        result: dict[str, Any] = {
+            "machine": {"cpus": psutil.cpu_count(),
+                        "python": sys.version.split()[0]},
+            "settings": vars(args)}
+
+        def run(name: str, workers: int, rpc_threads: int | None,
+                pool_size: int | None) -> Conductor:
+            started = Conductor(workdir, name, url, db_url, workers,
+                                rpc_threads, pool_size)
+            conductors.append(started)
+            started.wait_rpc()
+            return started
+
+        # Figure 1, defaults (W = 2); the same conductor serves figure 2.
+        defaults = run("defaults", 2, None, None)
+        fig1_default = figure1(api, db, "defaults", args.callers,
+                               args.latency_ms)
+        reader_node = db.create_node({"driver": "fake", "name": "reader"})
+        fig2_w2 = figure2(api, defaults, reader_node.uuid, args.readers,
+                          args.seconds)
+        defaults.stop()
+        # Figure 1, serialized baseline: one worker, one RPC thread, the
+        # smallest pool.
+        serial = run("serialized", 1, 1, 3)
+        fig1_serial = figure1(api, db, "serialized", args.callers,
+                              args.latency_ms)
+        serial.stop()
+        one = run("one-worker", 1, None, None)
+        fig2_w1 = figure2(api, one, reader_node.uuid, args.readers,
+                          args.seconds)
+        one.stop()
+        result["figure1_parallel_power_on"] = {
+            "defaults_w2": fig1_default,
+            "serialized_w1_one_rpc_thread": fig1_serial,
+            "serialized_max_over_defaults_max": round(
+                fig1_serial["max_s"] / fig1_default["max_s"], 2),
+            "target_max_le_3x_one_call": fig1_default["max_over_one_call"]
+            <= 3.0}
+        result["figure2_get_node"] = {"w1": fig2_w1, "w2": fig2_w2}
+        print(json.dumps(result, indent=2))
+    finally:
+        for started in conductors:
+            started.stop()
+        rabbitmqctl("delete_vhost", vhost)
+
+
+if __name__ == "__main__":
+    main()
