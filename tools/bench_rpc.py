@@ -134,12 +134,16 @@ def broker_processes() -> list[psutil.Process]:
             if proc.info["name"] == "beam.smp"]
 
 
-def make_api(url: str) -> rpcapi.ConductorAPI:
+def make_api(url: str, connections: int) -> rpcapi.ConductorAPI:
     conf = cfg.ConfigOpts()
     conductor_opts.register_opts(conf)
     rpc.register_opts(conf)
     conf([], project="bench-rpc")
     conf.set_override("transport_url", url)
+    # NOTE: one sending connection per caller thread, so that the callers
+    # measure the conductor, not a wait for this process's pool.
+    conf.set_override("rpc_conn_pool_size", connections,
+                      group="oslo_messaging_rabbit")
     return rpcapi.ConductorAPI.from_conf(conf, rpc.get_transport(conf),
                                          timeout=60)
 
@@ -277,7 +281,7 @@ def main() -> None:
         db_url = "sqlite:///%s/conductor.sqlite" % workdir
         db = db_api.Connection.create(db_url)
         migration.upgrade(db.engine)
-        api = make_api(url)
+        api = make_api(url, max(args.callers, args.readers))
         result: dict[str, Any] = {
             "machine": {"cpus": psutil.cpu_count(),
                         "python": sys.version.split()[0]},
