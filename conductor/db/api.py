@@ -598,12 +598,7 @@ class Connection:
         values = {"drivers": list(drivers), "online": True, "pid": pid,
                   "started_at": now, "heartbeat_at": now}
         with self.engine.begin() as conn:
-            count = conn.execute(
-                _conductors.update()
-                .where(_conductors.c.host == host)
-                .where(_conductors.c.worker_id == worker_id)
-                .values(**values)).rowcount
-            if count:
+            if _update_conductor(conn, host, worker_id, values):
                 return
             try:
                 with conn.begin_nested():
@@ -612,11 +607,7 @@ class Connection:
             except (db_exc.DBDuplicateEntry, sa.exc.IntegrityError):
                 # NOTE: another process inserted the same row between our
                 # UPDATE and INSERT (a fast respawn); updating is enough.
-                conn.execute(
-                    _conductors.update()
-                    .where(_conductors.c.host == host)
-                    .where(_conductors.c.worker_id == worker_id)
-                    .values(**values))
+                _update_conductor(conn, host, worker_id, values)
 
     def heartbeat(self, host: str, worker_id: int, *,
                   drivers: Sequence[str] = (),
@@ -624,25 +615,20 @@ class Connection:
                   status: Mapping[str, Any] | None = None) -> None:
         """Refresh this worker's heartbeat; re-registers if the row is gone.
 
-        :param status: the worker's status snapshot (pool, periodic tasks,
-            last sweeps) shown by ``conductor-manage status``; None keeps
-            the stored one.
-
         :param drivers: the worker's drivers and
         :param pid: its process id, registered again with the row when it
             was deleted meanwhile (``conductor-manage clean`` after a
             stall); see :meth:`register_conductor`.
+        :param status: the worker's status snapshot (pool, periodic tasks,
+            last sweeps) shown by ``conductor-manage status``; None keeps
+            the stored one.
         """
         values: dict[str, Any] = {"heartbeat_at": timeutils.utcnow(),
                                   "online": True}
         if status is not None:
             values["status"] = dict(status)
         with self.engine.begin() as conn:
-            count = conn.execute(
-                _conductors.update()
-                .where(_conductors.c.host == host)
-                .where(_conductors.c.worker_id == worker_id)
-                .values(**values)).rowcount
+            count = _update_conductor(conn, host, worker_id, values)
         if count != 1:
             LOG.warning("Conductor row of %(host)s worker %(worker)d was "
                         "missing; registering it again",
@@ -701,6 +687,16 @@ class Connection:
                  .where(_nodes.c.maintenance == sa.true()))
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+
+def _update_conductor(conn: sa.Connection, host: str, worker_id: int,
+                      values: Mapping[str, Any]) -> int:
+    """UPDATE one worker's row; returns how many rows matched (0 or 1)."""
+    return int(conn.execute(
+        _conductors.update()
+        .where(_conductors.c.host == host)
+        .where(_conductors.c.worker_id == worker_id)
+        .values(**values)).rowcount)
 
 
 def _as_optional_dict(value: Any) -> dict[str, Any] | None:

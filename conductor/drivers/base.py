@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +76,27 @@ class BaseDriver:
 
     #: The interface that reads and changes power state.
     power: PowerInterface
+
+
+def field_problems(info: Mapping[str, Any], driver: str,
+                   known: Sequence[str], required: Sequence[str] = ()
+                   ) -> list[str]:
+    """The missing required and the unknown fields of ``driver_info``.
+
+    Unknown fields are refused rather than ignored: a typo in a field name
+    would otherwise silently fall back to a default.
+
+    :returns: one message per kind of problem (empty when none).
+    """
+    problems = []
+    missing = [key for key in required if info.get(key) in (None, "")]
+    if missing:
+        problems.append("missing required field(s) %s" % ", ".join(missing))
+    unknown = sorted(str(key) for key in info if key not in known)
+    if unknown:
+        problems.append("unknown field(s) %s (the %s driver reads %s)"
+                        % (", ".join(unknown), driver, ", ".join(known)))
+    return problems
 
 
 #: Substrings that mark a driver_info key as secret.

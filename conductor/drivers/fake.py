@@ -32,6 +32,9 @@ LOG = logging.getLogger(__name__)
 
 #: Seconds between runs of the ``fake-periodic`` driver's example tasks.
 PERIODIC_SPACING = 1.0
+#: The driver_info fields the fake driver reads.
+FIELDS = ("fake_latency_ms", "fake_fail", "fake_power_state")
+
 _FAIL_VALUES = {"true": "all", "all": "all", "get": "get", "set": "set",
                 "false": None, "": None}
 
@@ -69,11 +72,7 @@ class FakePower(base.PowerInterface):
                                                states.POWER_OFF):
             problems.append("fake_power_state must be '%s' or '%s', got %r"
                             % (states.POWER_ON, states.POWER_OFF, power))
-        unknown = sorted(key for key in info if key not in (
-            "fake_latency_ms", "fake_fail", "fake_power_state"))
-        if unknown:
-            problems.append("unknown driver_info field(s) for the fake "
-                            "driver: %s" % ", ".join(unknown))
+        problems += base.field_problems(info, "fake", FIELDS)
         if problems:
             raise exceptions.InvalidParameterValue(
                 err="Node %s: %s" % (node.name or node.uuid,

@@ -146,15 +146,7 @@ def parse_driver_info(node: base.DriverNode) -> BMC:
         unknown or malformed field; a secret's value is never quoted.
     """
     info: Mapping[str, Any] = node.driver_info
-    problems = []
-    missing = [key for key in REQUIRED_FIELDS
-               if info.get(key) in (None, "")]
-    if missing:
-        problems.append("missing required field(s) %s" % ", ".join(missing))
-    unknown = sorted(str(key) for key in info if key not in FIELDS)
-    if unknown:
-        problems.append("unknown field(s) %s (the ipmi driver reads %s)"
-                        % (", ".join(unknown), ", ".join(FIELDS)))
+    problems = base.field_problems(info, "ipmi", FIELDS, REQUIRED_FIELDS)
 
     address = info.get("ipmi_address")
     if address not in (None, ""):

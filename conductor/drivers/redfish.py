@@ -216,15 +216,8 @@ def parse_driver_info(node: base.DriverNode) -> Target:
         unknown or malformed field; a secret's value is never quoted.
     """
     info: Mapping[str, Any] = node.driver_info
-    problems: list[str] = []
-    missing = [key for key in REQUIRED_FIELDS
-               if info.get(key) in (None, "")]
-    if missing:
-        problems.append("missing required field(s) %s" % ", ".join(missing))
-    unknown = sorted(str(key) for key in info if key not in FIELDS)
-    if unknown:
-        problems.append("unknown field(s) %s (the redfish driver reads %s)"
-                        % (", ".join(unknown), ", ".join(FIELDS)))
+    problems = base.field_problems(info, "redfish", FIELDS,
+                                   REQUIRED_FIELDS)
     base_url = None
     if info.get("redfish_address") not in (None, ""):
         base_url = _parse_address(info["redfish_address"], problems)

@@ -195,8 +195,8 @@ class TestValidate(base.TestCase):
                                 {"driver": "fake", "name": "n1",
                                  "driver_info": {"ipmi_address": "x"}},
                                 self.drivers)
-        self.assertIn("Node n1: unknown driver_info field(s) for the fake "
-                      "driver: ipmi_address", str(exc))
+        self.assertIn("Node n1: unknown field(s) ipmi_address (the fake "
+                      "driver reads", str(exc))
 
     def test_validate_new_bad_maintenance(self) -> None:
         exc = self.assertRaises(exceptions.InvalidParameterValue,

@@ -227,7 +227,7 @@ class TestNodeCreate(DbManageTestCase):
         self.assertEqual("--driver-info expects KEY=VALUE, got 'oops'",
                          self.fails("node", "create", "--driver", "fake",
                                     "--driver-info", "oops"))
-        self.assertIn("unknown driver_info field(s) for the fake driver: "
+        self.assertIn("unknown field(s) "
                       "ipmi_address",
                       self.fails("node", "create", "--driver", "fake",
                                  "--driver-info", "ipmi_address=1.2.3.4"))

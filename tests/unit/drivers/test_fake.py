@@ -161,8 +161,9 @@ class TestFakeValidate(base.TestCase):
                            "off', got 'on'", _node(fake_power_state="on"))
 
     def test_unknown_fields(self) -> None:
-        self.assertRefused("unknown driver_info field(s) for the fake "
-                           "driver: a_password, ipmi_address",
+        self.assertRefused("unknown field(s) a_password, ipmi_address (the "
+                           "fake driver reads fake_latency_ms, fake_fail, "
+                           "fake_power_state)",
                            _node(ipmi_address="x", a_password="y"))
 
     def test_every_problem_named_with_uuid(self) -> None:
