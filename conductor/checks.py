@@ -13,6 +13,7 @@ import os
 from oslo_config import cfg
 
 from conductor.common import exceptions
+from conductor.common import rpc
 
 LOG = logging.getLogger(__name__)
 
@@ -132,4 +133,5 @@ def check_all(conf: cfg.ConfigOpts) -> int:
     check_pool(conf)
     check_heartbeat(conf)
     check_state_path(conf)
+    rpc.check_transport_url(conf)
     return workers

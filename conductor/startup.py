@@ -102,27 +102,13 @@ def check_broker(conf: cfg.ConfigOpts, timeout: float = 5.0) -> str:
     """
     if not rpc.enabled(conf):
         return "no transport_url: RPC disabled"
-    url = conf.transport_url
-    import kombu
-    import oslo_messaging
-
-    parsed = oslo_messaging.TransportURL.parse(conf, url)
-    problems = []
-    for host in parsed.hosts:
-        target = "amqp://%s:%s@%s:%s/%s" % (
-            host.username or "guest", host.password or "guest",
-            host.hostname, host.port or 5672, parsed.virtual_host or "")
-        where = "%s:%s" % (host.hostname, host.port or 5672)
-        try:
-            with kombu.Connection(target, connect_timeout=timeout) as conn:
-                conn.ensure_connection(max_retries=1, timeout=timeout)
-            LOG.info("Message broker %s is reachable", where)
-            return "broker %s reachable" % where
-        except Exception as exc:
-            problems.append("%s: %s" % (where, exc))
-    LOG.warning("No message broker of [DEFAULT] transport_url is reachable "
-                "(%s); RPC starts once one is", "; ".join(problems))
-    return "broker unreachable"
+    try:
+        rpc.check_broker(conf, timeout=timeout)
+    except exceptions.ConductorException as exc:
+        LOG.warning("%s; RPC starts once a broker answers", exc)
+        return "broker unreachable"
+    LOG.info("The message broker is reachable")
+    return "broker reachable"
 
 
 def load_drivers(conf: cfg.ConfigOpts) -> dict[str, base.BaseDriver]:

@@ -94,6 +94,11 @@ def node_from_primitive(data: Mapping[str, Any]) -> dict[str, Any]:
     return node
 
 
+#: Default ``[oslo_messaging_rabbit] rabbit_qos_prefetch_count``: the
+#: default ``executor_thread_pool_size``.
+PREFETCH_COUNT = 64
+
+
 def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register oslo.messaging's options on ``conf`` (idempotent).
 
@@ -106,6 +111,12 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     """
     for group, opts in messaging_opts.list_opts():
         conf.register_opts(opts, group=group)
+    # NOTE: without a prefetch limit RabbitMQ pushes every queued call to
+    # a worker, which holds them in its RPC executor's queue without
+    # bound; a limit the size of the executor's thread pool keeps the
+    # backlog in the broker, where any free worker of the host can take it.
+    conf.set_default("rabbit_qos_prefetch_count", PREFETCH_COUNT,
+                     group="oslo_messaging_rabbit")
     if conf is not cfg.CONF:
         # NOTE: private modules, but the only place these lists live; the
         # options are read from the transport's conf by every call.

@@ -109,7 +109,8 @@ class TestWorkers(base.FunctionalTestCase):
 class TestBadConfig(base.FunctionalTestCase):
     """Each bad setting: exit 1 before forking, one line naming it."""
 
-    def _run(self, extra: dict, expected: str) -> None:
+    def _run(self, extra: dict, expected: str
+             ) -> subprocess.CompletedProcess[str]:
         options = _options(self.workdir)
         for section, values in extra.items():
             options.setdefault(section, {}).update(values)
@@ -126,6 +127,7 @@ class TestBadConfig(base.FunctionalTestCase):
         self.assertIn(expected, errors[0])
         self.assertNotIn("Traceback", result.stderr)
         self.assertNotIn("starting", result.stderr + result.stdout)
+        return result
 
     def test_zero_workers(self) -> None:
         self._run({"conductor": {"workers": 0}}, "[conductor] workers")
@@ -142,9 +144,10 @@ class TestBadConfig(base.FunctionalTestCase):
                   "Driver nosuch could not be loaded")
 
     def test_unreachable_database(self) -> None:
-        self._run({"database": {
+        result = self._run({"database": {
             "connection": "mysql+pymysql://root:s3cret@127.0.0.1:1/x"}},
             "mysql+pymysql://root:***@127.0.0.1:1/x")
+        self.assertNotIn("s3cret", result.stderr)
 
     def test_malformed_database_url(self) -> None:
         self._run({"database": {"connection": "not a url"}},
@@ -158,6 +161,12 @@ class TestBadConfig(base.FunctionalTestCase):
         self._run({"conductor": {"heartbeat_interval": 10,
                                  "heartbeat_timeout": 10}},
                   "heartbeat_interval")
+
+    def test_malformed_transport_url(self) -> None:
+        result = self._run({"DEFAULT": {
+            "transport_url": "rabbit://guest:s3cret@127.0.0.1:notaport/"}},
+            "[DEFAULT] transport_url")
+        self.assertNotIn("s3cret", result.stderr)
 
     def test_missing_config_file(self) -> None:
         missing = os.path.join(self.workdir, "nope.conf")
