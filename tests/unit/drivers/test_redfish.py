@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from typing import Any
 from unittest import mock
@@ -16,6 +18,7 @@ from sushy.resources.system import system as sushy_system
 from conductor.common import deadline
 from conductor.common import exceptions
 from conductor.common import states
+from conductor.drivers import _redfish_sushy
 from conductor.drivers import base as drivers_base
 from conductor.drivers import redfish
 from tests import base
@@ -161,7 +164,8 @@ class RedfishPowerTest(base.TestCase):
         super().setUp()
         self.config(power_state_timeout=5.0, group="conductor")
         self.power = redfish.RedfishPower()
-        patcher = mock.patch.object(redfish.sushy, "Sushy", autospec=True)
+        patcher = mock.patch.object(_redfish_sushy.sushy, "Sushy",
+                                    autospec=True)
         self.sushy_cls = patcher.start()
         self.addCleanup(patcher.stop)
         self.client = self.sushy_cls.return_value
@@ -198,7 +202,7 @@ class RedfishPowerTest(base.TestCase):
         self.assertEqual(("https://bmc.example.com",), args)
         self.assertIsInstance(kwargs["auth"], sushy.auth.BasicAuth)
         connector = kwargs["connector"]
-        self.assertIsInstance(connector, redfish.BoundedConnector)
+        self.assertIsInstance(connector, _redfish_sushy.BoundedConnector)
         self.assertEqual((3, 0.5, False),
                          (connector._attempts, connector._interval,
                           connector._verify))
@@ -220,7 +224,7 @@ class RedfishPowerTest(base.TestCase):
         self.power.get_power_state(make_node())
         self.power.get_power_state(make_node())
         self.assertEqual(2, self.sushy_cls.call_count)
-        self.assertEqual(0, len(self.power._clients))
+        self.assertEqual(0, len(self.power._sushy()._clients))
 
     def test_least_recently_used_client_is_dropped(self) -> None:
         self.config(connection_cache_size=1, group="redfish")
@@ -230,7 +234,7 @@ class RedfishPowerTest(base.TestCase):
         self.power.get_power_state(second)
         self.power.get_power_state(first)
         self.assertEqual(3, self.sushy_cls.call_count)
-        self.assertEqual(1, len(self.power._clients))
+        self.assertEqual(1, len(self.power._sushy()._clients))
 
     def fail_with(self, exc: Exception,
                   expected: type[Exception] = exceptions.PowerStateFailure
@@ -368,10 +372,11 @@ class BoundedConnectorTest(base.TestCase):
                                     autospec=True)
         self.op = patcher.start()
         self.addCleanup(patcher.stop)
-        patcher = mock.patch.object(redfish.time, "sleep", autospec=True)
+        patcher = mock.patch.object(_redfish_sushy.time, "sleep",
+                                    autospec=True)
         self.sleep = patcher.start()
         self.addCleanup(patcher.stop)
-        self.connector = redfish.BoundedConnector(
+        self.connector = _redfish_sushy.BoundedConnector(
             "https://bmc.example.com", verify=True, attempts=3, interval=0.5,
             fallback_timeout=5.0)
 
@@ -440,3 +445,22 @@ class DriverTest(base.TestCase):
     def test_driver_has_a_power_interface(self) -> None:
         driver = redfish.RedfishDriver()
         self.assertIsInstance(driver.power, drivers_base.PowerInterface)
+
+
+class LazyImportTest(base.TestCase):
+
+    def test_validation_does_not_import_sushy(self) -> None:
+        probe = (
+            "import sys\n"
+            "import conductor.cmd\n"
+            "from conductor.drivers import base, redfish\n"
+            "node = base.DriverNode('u', 'n', 'redfish', {\n"
+            "    'redfish_address': 'https://10.0.0.1',\n"
+            "    'redfish_username': 'a', 'redfish_password': 'b'}, None)\n"
+            "redfish.RedfishDriver().power.validate(node)\n"
+            "print(sorted(m for m in ('sushy', 'requests')\n"
+            "             if m in sys.modules))\n")
+        result = subprocess.run([sys.executable, "-c", probe],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(0, result.returncode, result.stderr)
+        self.assertEqual("[]", result.stdout.strip())
