@@ -5,23 +5,24 @@ async_tasks``), each with its own log replayed whole when it is waited
 on; with ``[DEFAULT] parallel_startup = False`` they run inline, one after
 the other, with the same logs. The steps and what they wait for::
 
-    pre-start-hooks     'start pre-start' hooks (thread) ----------.
-    database            create/upgrade or check the schema (process) +
-    broker              a transport_url host answers? (process) ----+
-    drivers             load and check the enabled drivers (process)+
-    inventory-validate  parse [DEFAULT] inventory_file, validate    |
-                        every entry with its driver (process) ------+
+    pre-start-hooks   'start pre-start' hooks (thread) ------------.
+    database          create/upgrade or check the schema (process) -+
+    broker            a transport_url host answers? (process) ------+
+    drivers           load and check the enabled drivers (thread) --+
+    inventory-parse   parse [DEFAULT] inventory_file (process) -----+
                                                                     v
-    inventory-import    enrol the new nodes (needs the schema)
-    then                'start post-config' hooks, the timing summary
+    inventory-import  validate every entry with its driver (needs the
+                      drivers), enrol the new nodes (needs the schema)
+    then              'start post-config' hooks, the timing summary
 
 Why they are independent: the hooks are operator scripts that must not
 rely on the schema or drivers (that is what post-config is for); the
 schema needs only the database; the broker check only the network;
-checking drivers only their modules; validating the inventory only the
-file and the driver modules, which it loads for itself. CPU-bound steps
-run in forked child processes: threads of one interpreter share one core
-for Python code, and would take longer together than one after another.
+loading drivers only their modules; parsing the inventory only the file.
+CPU-bound steps run in forked child processes: threads of one interpreter
+share one core for Python code, and would take longer together than one
+after another. Drivers load in the master, the one CPU-bound thread
+there, because validation needs their objects, which do not pickle.
 
 Every step leaves nothing open (engines disposed, threads joined) because
 the master forks right after.
@@ -49,7 +50,7 @@ LOG = logging.getLogger(__name__)
 
 #: Every start-up task name: their logs are <async_log_dir>/<name>.log.
 TASK_NAMES = ("pre-start-hooks", "database", "broker", "drivers",
-              "inventory-validate", "inventory-import")
+              "inventory-parse", "inventory-import")
 
 
 def prepare_database(conf: cfg.ConfigOpts) -> str:
@@ -116,40 +117,21 @@ def load_drivers(conf: cfg.ConfigOpts) -> dict[str, base.BaseDriver]:
     return loader.load(conf.enabled_drivers)
 
 
-def check_drivers(conf: cfg.ConfigOpts) -> list[str]:
-    """Load every enabled driver to prove it works; returns their names.
-
-    The master forks right after start-up and every worker loads its own
-    drivers, so only the verdict is needed here (drivers are not
-    picklable, which lets this run in a child process).
-    """
-    return sorted(load_drivers(conf))
-
-
-def validate_inventory(conf: cfg.ConfigOpts) -> list[dict[str, Any]]:
-    """Parse ``[DEFAULT] inventory_file`` and validate every entry.
-
-    Loads the enabled drivers to let each check its ``driver_info``.
-
-    :returns: the normalised nodes (picklable: runs in a child process).
-    :raises: InvalidParameterValue naming the file, the entry and the
-        problem; nothing is enrolled then.
-    """
-    path = conf.inventory_file
-    entries = inventory.load_file(path)
-    return inventory.validate(entries, load_drivers(conf), source=path)
-
-
 def import_inventory(conf: cfg.ConfigOpts,
-                     nodes: Sequence[Mapping[str, Any]]) -> int:
-    """Enrol the validated ``nodes`` that are not enrolled yet.
+                     drivers: Mapping[str, base.BaseDriver],
+                     entries: Sequence[Any]) -> int:
+    """Validate the parsed inventory, then enrol the nodes not yet enrolled.
 
+    The whole file is validated first: one bad entry enrols nothing.
     Entries are matched on name (or uuid); those already present are left
     untouched, so restarting never duplicates or overwrites nodes.
 
     :returns: the number of nodes added.
+    :raises: InvalidParameterValue naming the file, the entry and the
+        problem.
     """
     path = conf.inventory_file
+    nodes = inventory.validate(list(entries), drivers, source=path)
     db = db_api.Connection.create(conf.database.connection, max_retries=0)
     try:
         names, uuids = db.node_identities()
@@ -169,7 +151,7 @@ def import_inventory(conf: cfg.ConfigOpts,
 class StartupResult:
     """What start-up produced for the launcher."""
 
-    drivers: list[str]
+    drivers: dict[str, base.BaseDriver]
     summary: async_tasks.Summary
 
 
@@ -191,15 +173,16 @@ def run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
         group.run_process("database", prepare_database, conf)
         if rpc.enabled(conf):
             group.run_process("broker", check_broker, conf)
-        group.run_process("drivers", check_drivers, conf)
+        group.run("drivers", load_drivers, conf)
         if conf.inventory_file:
-            group.run_process("inventory-validate", validate_inventory,
-                              conf)
+            group.run_process("inventory-parse", inventory.load_file,
+                              conf.inventory_file)
         drivers = _wait(group, "drivers")
         _wait(group, "database")
         if conf.inventory_file:
-            nodes = _wait(group, "inventory-validate")
-            group.run("inventory-import", import_inventory, conf, nodes)
+            entries = _wait(group, "inventory-parse")
+            group.run("inventory-import", import_inventory, conf, drivers,
+                      entries)
             _wait(group, "inventory-import")
         _wait(group, "pre-start-hooks")
         if rpc.enabled(conf):

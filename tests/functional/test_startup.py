@@ -126,7 +126,7 @@ class TestStartupTasks(StartupTestCase):
         log = conductor.log()
         async_dir = os.path.join(self.workdir, "async")
         for name in ("pre-start-hooks", "database", "drivers",
-                     "inventory-validate", "inventory-import"):
+                     "inventory-parse", "inventory-import"):
             self.assertTrue(os.path.exists(os.path.join(
                 async_dir, "%s.log" % name)), name)
             self.assertIn("[async %s] finished in" % name, log)
