@@ -261,6 +261,13 @@ class Manage:
                                "heartbeat age (s)", "drivers",
                                "pool busy/size (rejected)",
                                "last power sync"), rows))
+        tasks = _periodic_rows(data["workers"])
+        if tasks:
+            self.out("")
+            self.out(output.table(
+                ("host", "worker", "periodic task", "runs", "failures",
+                 "last start", "last duration (s)",
+                 "next due (s, at last beat)"), tasks))
         nodes = data["nodes"]
         self.out("")
         self.out(output.table(("power state", "nodes"), sorted(
@@ -307,6 +314,25 @@ def _remove_task_logs(log_dir: str | None) -> int:
             os.unlink(path)
             removed += 1
     return removed
+
+
+def _periodic_rows(workers: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """One row per periodic task of every live worker."""
+    rows = []
+    for worker in workers:
+        if not worker["alive"]:
+            continue
+        for task in (worker.get("status") or {}).get("periodics") or []:
+            if not task.get("enabled", True):
+                continue
+            duration = task.get("last_duration")
+            due = task.get("next_due")
+            rows.append((worker["host"], worker["worker_id"], task["name"],
+                         task.get("runs", 0), task.get("failures", 0),
+                         task.get("last_started") or "",
+                         "" if duration is None else "%.3f" % duration,
+                         "" if due is None else "%.1f" % due))
+    return rows
 
 
 def _pool_text(status: dict[str, Any]) -> str:
@@ -397,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--driver", required=True)
     create.add_argument("--name")
     create.add_argument("--uuid")
-    create.add_argument("--driver-info", action="append", default=[],
+    create.add_argument("--driver-info", action="extend", nargs="+",
+                        default=[],
                         metavar="KEY=VALUE")
     create.add_argument("--maintenance", action="store_true")
     create.add_argument("--maintenance-reason")
@@ -424,9 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     nset.add_argument("node", metavar="NODE", help="uuid or name")
     nset.add_argument("--name", help="new name ('' removes it)")
     nset.add_argument("--driver")
-    nset.add_argument("--driver-info", action="append", default=[],
+    nset.add_argument("--driver-info", action="extend", nargs="+",
+                      default=[],
                       metavar="KEY=VALUE")
-    nset.add_argument("--unset-driver-info", action="append", default=[],
+    nset.add_argument("--unset-driver-info", action="extend", nargs="+",
+                      default=[],
                       metavar="KEY")
     nset.add_argument("--maintenance", choices=("on", "off"))
     nset.add_argument("--maintenance-reason")

@@ -6,6 +6,9 @@ from oslo_config import cfg
 
 GROUP = "conductor"
 
+# NOTE: options marked mutable are re-read after SIGHUP: the master
+# mutates the configuration and re-forks every worker, which reads them
+# in start(). The others need a restart.
 opts: list[cfg.Opt] = [
     cfg.IntOpt(
         "workers",
@@ -40,35 +43,41 @@ opts: list[cfg.Opt] = [
         "hash_ring_reset_interval",
         default=15,
         min=1,
+        mutable=True,
         help="Seconds after which the node ownership rings are rebuilt "
              "from the live workers even if no change was noticed."),
     cfg.IntOpt(
         "sync_power_state_interval",
         default=60,
+        mutable=True,
         help="Seconds between power-state sweeps over this worker's "
              "nodes. 0 or a negative value disables the sweep."),
     cfg.IntOpt(
         "sync_power_state_workers",
         default=8,
         min=1,
+        mutable=True,
         help="Nodes polled at the same time by one worker during a sweep. "
              "Capped by workers_pool_size minus one."),
     cfg.IntOpt(
         "power_state_sync_max_retries",
         default=3,
         min=0,
+        mutable=True,
         help="Consecutive failed reads of a node's power state before the "
              "node is put into maintenance with fault 'power failure'. "
              "0 puts it into maintenance at the first failure."),
     cfg.IntOpt(
         "power_failure_recovery_interval",
         default=300,
+        mutable=True,
         help="Seconds between attempts to read the BMC of nodes in "
              "maintenance for 'power failure'; the fault is cleared when "
              "it answers. 0 or a negative value disables recovery."),
     cfg.BoolOpt(
         "force_power_state_during_sync",
         default=True,
+        mutable=True,
         help="When the hardware's power state differs from the recorded "
              "one: True puts the hardware back to the recorded state; "
              "False records the hardware's state."),
@@ -76,6 +85,7 @@ opts: list[cfg.Opt] = [
         "power_state_timeout",
         default=30.0,
         min=0.1,
+        mutable=True,
         help="Deadline in seconds for every single driver call. A call "
              "still running at the deadline counts as a failure and its "
              "slot is freed."),
@@ -83,6 +93,7 @@ opts: list[cfg.Opt] = [
         "pending_action_interval",
         default=1.0,
         min=0.1,
+        mutable=True,
         help="Seconds between checks for requested power actions "
              "(target_power_state) on owned nodes. With RPC an action is "
              "applied at once; this bounds the delay without a broker."),

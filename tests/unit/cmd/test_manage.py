@@ -195,6 +195,14 @@ class TestNodeCreate(DbManageTestCase):
         self.assertEqual({"fake_latency_ms": 5}, node.driver_info)
         self.assertIn(node.uuid, out)
 
+    def test_driver_info_takes_several_pairs_per_flag(self) -> None:
+        self.ok("node", "create", "--driver", "fake", "--name", "n1",
+                "--driver-info", "fake_latency_ms=5", "fake_fail=get",
+                "--driver-info", "fake_power_state=power on")
+        self.assertEqual({"fake_latency_ms": 5, "fake_fail": "get",
+                          "fake_power_state": "power on"},
+                         self.db.get_node("n1").driver_info)
+
     def test_create_json(self) -> None:
         uuid = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123"
         data = self.json("node", "create", "--driver", "fake", "--name",
@@ -563,6 +571,20 @@ class TestStatusAndClean(DbManageTestCase):
                           "ipmi", "2/10", "(3)", "7", "nodes", "in", "0.25s,",
                           "1", "failed"], lines[3].split())
         self.assertEqual("0 node(s), 0 in maintenance", lines[-1])
+
+    def test_status_table_lists_periodic_tasks_of_live_workers(self) -> None:
+        self.snapshot["periodics"] = [
+            {"name": "ConductorPeriodics.sync_power_states", "enabled": True,
+             "runs": 12, "failures": 1, "last_duration": 0.25,
+             "last_started": "2030-05-01T11:59:55+00:00", "next_due": 4.5},
+            {"name": "Off.task", "enabled": False, "runs": 0}]
+        self.db.heartbeat("h", 0, status=self.snapshot)
+        out = self.ok("status")
+        rows = [line.split() for line in out.splitlines()
+                if "ConductorPeriodics" in line or "Off.task" in line]
+        self.assertEqual([["h", "0", "ConductorPeriodics.sync_power_states",
+                           "12", "1", "2030-05-01T11:59:55+00:00", "0.250",
+                           "4.5"]], rows)
 
     def test_status_empty(self) -> None:
         self.db.delete_conductors("h", [0, 1])
