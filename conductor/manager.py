@@ -445,6 +445,11 @@ class ConductorManager:
             LOG.debug("Power action of node %s left to its applier: %s",
                       uuid, exc)
             return None
+        except Exception:
+            # NOTE: nobody reads this future when the caller did not wait;
+            # log here or the error is lost.
+            LOG.exception("Power action of node %s failed", uuid)
+            raise
 
     def _outcome(self, uuid: str,
                  future: concurrent.futures.Future[Any]

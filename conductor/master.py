@@ -12,6 +12,7 @@ Usage (what ``conductor.cmd.conductor`` does)::
 
 from __future__ import annotations
 
+import datetime
 import logging
 import multiprocessing
 import os
@@ -70,7 +71,10 @@ class StartExtra:
         self._workers = workers
         self._hooks = list(hook_list)
         self._timeout = timeout
-        self._since = timeutils.utcnow()
+        # NOTE: MySQL/MariaDB store DATETIME to the second; a worker that
+        # registers within the launch's second must still count.
+        self._since = timeutils.utcnow().replace(microsecond=0) - \
+            datetime.timedelta(seconds=1)
         self._state = multiprocessing.get_context("fork").Value("b", 0)
 
     @property
@@ -103,7 +107,13 @@ class StartExtra:
                           stop: threading.Event) -> bool:
         deadline = time.monotonic() + self._timeout
         while not stop.wait(0.2):
-            rows = [row for row in db.list_conductors()
+            try:
+                records = db.list_conductors()
+            except Exception:
+                # NOTE: a database blip must not cancel the hooks for good.
+                LOG.exception("Could not read the workers; retrying")
+                continue
+            rows = [row for row in records
                     if row.host == self._conf.host and row.online
                     and row.started_at >= self._since]
             if len(rows) >= self._workers:

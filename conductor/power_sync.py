@@ -399,6 +399,8 @@ class PowerSync:
         """Put drifted hardware back to the recorded state, under lock."""
         forced = 0
         for outcome in drifted:
+            if self._stop.is_set():
+                break
             row = outcome.row
             recorded = row.power_state
             assert recorded is not None

@@ -238,6 +238,8 @@ class ConductorService(service.ServiceBase):
         if released:
             LOG.warning("Released %d reservation(s) left by a previous "
                         "run of %s", released, self.holder)
+        if self._stopped.is_set():
+            return  # SIGTERM while starting: register nothing
         self.db.register_conductor(self.host, self.worker_id,
                                    list(self.drivers), pid=os.getpid())
         self._spawn("heartbeat", self._heartbeat_loop)
@@ -298,9 +300,11 @@ class ConductorService(service.ServiceBase):
 
         Order: stop taking new work (loops see the stop Event), wait for
         in-flight work with a bounded join, release this worker's
-        reservations, mark it offline, then close the database.
+        reservations, mark it offline, then close the database. A stop
+        that arrives while :meth:`start` runs tears down whatever exists
+        (``start`` checks the Event before registering the worker).
         """
-        if not self._started or self._stopped is None:
+        if self._stopped is None or self._stopped.is_set():
             return
         LOG.info("Worker %d of %s stopping", self.worker_id, self.host)
         self._stopped.set()
@@ -324,13 +328,14 @@ class ConductorService(service.ServiceBase):
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 LOG.warning("Thread %s did not stop in time", thread.name)
-        assert self.db is not None
-        try:
-            self.db.release_reservations(holders=[self.holder])
-            self.db.set_offline(self.host, self.worker_id)
-        except Exception:
-            LOG.exception("Could not mark worker %s offline", self.holder)
-        self.db.dispose()
+        if self.db is not None:
+            try:
+                self.db.release_reservations(holders=[self.holder])
+                self.db.set_offline(self.host, self.worker_id)
+            except Exception:
+                LOG.exception("Could not mark worker %s offline",
+                              self.holder)
+            self.db.dispose()
         self._started = False
         LOG.info("Worker %d of %s stopped", self.worker_id, self.host)
 

@@ -131,6 +131,15 @@ def import_inventory(conf: cfg.ConfigOpts,
         problem.
     """
     path = conf.inventory_file
+    for index, entry in enumerate(entries, start=1):
+        if isinstance(entry, Mapping) and not (entry.get("name")
+                                               or entry.get("uuid")):
+            # NOTE: matching on name or uuid is what keeps restarts from
+            # enrolling the same node again.
+            raise exceptions.InvalidParameterValue(
+                err="%s: node #%d has neither a name nor a uuid; entries "
+                    "of [DEFAULT] inventory_file need one, or every start "
+                    "would enrol them again" % (path, index))
     nodes = inventory.validate(list(entries), drivers, source=path)
     db = db_api.Connection.create(conf.database.connection, max_retries=0)
     try:
@@ -164,19 +173,23 @@ def run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
         Every task is finished, its log replayed, before this returns or
         raises, so the caller may fork right after.
     """
-    group = async_tasks.TaskGroup(conf.async_log_dir,
+    # NOTE: the module's default group, so hooks and drivers can use the
+    # run/wait API of DESIGN.md section 9 during start-up too.
+    group = async_tasks.configure(conf.async_log_dir,
                                   parallel=conf.parallel_startup, logger=LOG)
     config_files = list(conf.config_file)
     try:
-        group.run("pre-start-hooks", hooks.run_hooks, hook_list, "start",
-                  "pre-start", conf=conf, config_files=config_files)
+        # NOTE: children first, forked while no other thread runs (see
+        # TaskGroup.run_process); then the tasks that run in threads.
         group.run_process("database", prepare_database, conf)
         if rpc.enabled(conf):
             group.run_process("broker", check_broker, conf)
-        group.run("drivers", load_drivers, conf)
         if conf.inventory_file:
             group.run_process("inventory-parse", inventory.load_file,
                               conf.inventory_file)
+        group.run("pre-start-hooks", hooks.run_hooks, hook_list, "start",
+                  "pre-start", conf=conf, config_files=config_files)
+        group.run("drivers", load_drivers, conf)
         drivers = _wait(group, "drivers")
         _wait(group, "database")
         if conf.inventory_file:

@@ -293,6 +293,17 @@ class TaskGroup:
         :raises DuplicateTask: ``name`` was already used in this group.
         :raises OSError: the log directory or file cannot be created.
         """
+        self._start(name, fn, args, kwargs)
+
+    def _start(self, name: str, fn: Callable[..., Any],
+               args: tuple[Any, ...], kwargs: dict[str, Any],
+               prestart: Callable[[], None] | None = None) -> None:
+        """Body of :meth:`run`.
+
+        ``prestart`` runs in the caller's thread, routed to the task's
+        log, just before the task starts; if it raises, the task is
+        forgotten and the error propagates.
+        """
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ValueError(
                 "Invalid async task name %r: use letters, digits, '.', "
@@ -324,6 +335,18 @@ class TaskGroup:
         self._logger.info("[async %s] started %s, logging to %s", name,
                           _callable_name(fn), log_path)
         task.start = self._clock()
+        if prestart is not None:
+            previous = capture.route(handler)
+            try:
+                prestart()
+            except BaseException:
+                handler.close()
+                with self._lock:
+                    del self._tasks[name]
+                self._maybe_uninstall()
+                raise
+            finally:
+                capture.unroute(previous)
         if self.parallel:
             thread = threading.Thread(target=self._execute,
                                       args=(task, capture),
@@ -354,14 +377,19 @@ class TaskGroup:
         For CPU-bound steps: threads of one interpreter take turns on the
         GIL, so two CPU-bound tasks in threads take as long as one after
         the other (or longer); in child processes they use separate cores.
-        The child inherits this task's log routing, so its records go to
-        the same ``<name>.log``. ``args`` reach ``fn`` by the fork (any
+        The child is forked here, in the caller's thread: a child forked
+        from a thread while other threads run may inherit a lock one of
+        them held (a module's import lock, say) and hang on it, so start
+        process tasks before thread tasks. A task thread (or, inline, the
+        caller) then waits for the child. The child's records go to the
+        task's ``<name>.log``. ``args`` reach ``fn`` by the fork (any
         object works); its return value or exception comes back pickled,
         so it must be picklable (an unpicklable one fails the task with a
-        message saying so). With ``parallel=False`` the fork still happens,
-        inline, so logs, timings and errors stay identical.
+        message saying so). With ``parallel=False`` the fork happens the
+        same way, so logs, timings and errors stay identical.
         """
-        self.run(name, _ForkedCall(name, fn), *args, **kwargs)
+        call = _ForkedCall(name, fn, args, kwargs)
+        self._start(name, call, (), {}, prestart=call.fork)
 
     def _execute(self, task: _Task, capture: _LogCapture) -> None:
         """Body of a task, in its own thread or inline."""
@@ -549,20 +577,33 @@ class ChildProcessFailed(exceptions.ConductorException):
 
 
 class _ForkedCall:
-    """Calls ``fn`` in a forked child; returns or raises what it did."""
+    """``fn(*args, **kwargs)`` in a forked child.
 
-    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+    :meth:`fork` starts the child; calling the object waits for it and
+    returns or raises what ``fn`` did.
+    """
+
+    def __init__(self, name: str, fn: Callable[..., Any],
+                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.name = name
         self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
         self.__qualname__ = _callable_name(fn)
+        self._pid = 0
+        self._read_fd = -1
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def fork(self) -> None:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover (runs in the child)
             os.close(read_fd)
-            self._child(write_fd, args, kwargs)
+            self._child(write_fd, self.args, self.kwargs)
         os.close(write_fd)
+        self._pid, self._read_fd = pid, read_fd
+
+    def __call__(self) -> Any:
+        pid, read_fd = self._pid, self._read_fd
         chunks = []
         with os.fdopen(read_fd, "rb") as stream:
             while True:

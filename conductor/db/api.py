@@ -151,6 +151,10 @@ def create_engine(url: str, *, max_retries: int = 0,
             ValueError) as exc:
         raise exceptions.DatabaseUnavailable(url=mask_url(url),
                                              reason=_reason(exc)) from exc
+    # NOTE: SQLAlchemy puts a failed statement's parameters in the error
+    # text, driver_info passwords included; errors reach logs, task logs
+    # and stderr, so they never carry parameters.
+    engine.hide_parameters = True
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_on_connect)
         # NOTE: the test connection above was made before the listener
@@ -443,15 +447,30 @@ class Connection:
                 .values(reservation=holder)).rowcount
         if count != 1:
             self._raise_not_updated(uuid, uuid)
-        return self.get_node(uuid)
+        try:
+            return self.get_node(uuid)
+        except BaseException:
+            # NOTE: the caller never sees the reservation it now holds, so
+            # it could never release it: give it back before failing.
+            self.release_node(uuid, holder)
+            raise
 
     def release_node(self, uuid: str, holder: str) -> bool:
-        """Drop ``holder``'s reservation; False when it did not hold it."""
-        with self.engine.begin() as conn:
-            count = conn.execute(
-                _nodes.update().where(_nodes.c.uuid == uuid)
-                .where(_nodes.c.reservation == holder)
-                .values(reservation=None)).rowcount
+        """Drop ``holder``'s reservation; False when it did not hold it.
+
+        A database error is retried once: a reservation left behind keeps
+        the node locked until its holder restarts.
+        """
+        query = (_nodes.update().where(_nodes.c.uuid == uuid)
+                 .where(_nodes.c.reservation == holder)
+                 .values(reservation=None))
+        try:
+            with self.engine.begin() as conn:
+                count = conn.execute(query).rowcount
+        except (db_exc.DBError, sa.exc.SQLAlchemyError):
+            LOG.warning("Releasing node %s failed once; retrying", uuid)
+            with self.engine.begin() as conn:
+                count = conn.execute(query).rowcount
         if count != 1:
             LOG.warning("Node %(node)s was not reserved by %(holder)s when "
                         "releasing it", {"node": uuid, "holder": holder})

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from typing import Any, Callable, TYPE_CHECKING
+from unittest import mock
 
 import fixtures
 
@@ -695,6 +696,23 @@ class ProcessMixin(_MixinBase):
 
 
 class TestProcessParallel(ProcessMixin, AsyncTestCase):
+
+    def test_child_is_forked_from_the_callers_thread(self) -> None:
+        # A forked child's only thread keeps the ident of the thread that
+        # forked it: the caller's, not a task thread that could race
+        # other threads' locks.
+        group = self.group()
+        group.run_process("who", threading.get_ident)
+        self.assertEqual({"who": threading.get_ident()}, group.wait("who"))
+
+    def test_a_failed_fork_forgets_the_task(self) -> None:
+        group = self.group()
+        with mock.patch.object(async_tasks.os, "fork", autospec=True,
+                               side_effect=OSError("no more processes")):
+            self.assertRaises(OSError, group.run_process, "x", os.getpid)
+        self.assertEqual([], group.names())
+        group.run("x", lambda: 1)  # the name is free again
+        self.assertEqual({"x": 1}, group.wait("x"))
 
     def test_children_run_at_the_same_time(self) -> None:
         group = self.group()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from unittest import mock
 
 import fixtures
+from oslo_db import exception as db_exc
 from oslo_utils import timeutils
 from oslo_utils import uuidutils
 import sqlalchemy as sa
@@ -643,3 +645,27 @@ class TestCreateEngine(base.TestCase):
         engine = db_api.create_engine("sqlite://")
         self.addCleanup(engine.dispose)
         self.assertEqual("sqlite", engine.dialect.name)
+
+
+class TestSecretsAndLeaks(DbTestCase):
+
+    def test_sql_errors_never_carry_parameters(self) -> None:
+        with self.db.engine.connect() as conn:
+            conn.execute(sa.text("DROP TABLE nodes"))
+            conn.commit()
+        exc = self.assertRaises(
+            db_exc.DBError, self.db.create_node,
+            {"driver": "fake", "name": "n1",
+             "driver_info": {"ipmi_password": "s3cretpw"}})
+        self.assertNotIn("s3cretpw", str(exc))
+        self.assertIn("parameters hidden", str(exc))
+
+    def test_reservation_is_given_back_when_reading_the_node_fails(
+            self) -> None:
+        node = self.node("n1")
+        with mock.patch.object(self.db, "get_node", autospec=True,
+                               side_effect=sa.exc.OperationalError(
+                                   "SELECT", {}, Exception("gone"))):
+            self.assertRaises(sa.exc.OperationalError,
+                              self.db.reserve_node, node.uuid, "h:0")
+        self.assertIsNone(self.db.get_node(node.uuid).reservation)
