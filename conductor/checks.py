@@ -122,16 +122,45 @@ def check_state_path(conf: cfg.ConfigOpts) -> str:
     return path
 
 
+def check_async_log_dir(conf: cfg.ConfigOpts) -> str:
+    """``async_log_dir`` must be a directory we can create and write."""
+    path = conf.async_log_dir
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise exceptions.ConfigInvalid(
+            problem="[DEFAULT] async_log_dir %s cannot be created: %s"
+                    % (path, exc.strerror or exc)) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise exceptions.ConfigInvalid(
+            problem="[DEFAULT] async_log_dir %s is not writable" % path)
+    return path
+
+
+def register_library_opts(conf: cfg.ConfigOpts) -> None:
+    """Register the oslo.service and oslo.messaging options now.
+
+    Both libraries register theirs late (when a launcher or transport is
+    built); registered first, a bad value in them is reported by
+    :func:`check_option_values` like any other, before anything starts.
+    """
+    from oslo_service import opts as service_opts
+    service_opts.register_service_opts(conf)
+    rpc.register_opts(conf)
+
+
 def check_all(conf: cfg.ConfigOpts) -> int:
     """Run every check that needs no I/O beyond ``state_path``.
 
     :returns: the number of workers to fork.
     """
+    register_library_opts(conf)
     check_option_values(conf)
     check_host(conf)
     workers = check_workers(conf)
     check_pool(conf)
     check_heartbeat(conf)
     check_state_path(conf)
+    check_async_log_dir(conf)
     rpc.check_transport_url(conf)
     return workers

@@ -56,10 +56,12 @@ def main(argv: list[str] | None = None) -> None:
                         config_files=list(conf.config_file))
         workers = checks.check_all(conf)
         startup.run(conf, hook_list)
+        start_extra = master.StartExtra(conf, workers, hook_list)
+        launcher = master.launch(conf, workers, start_extra)
     except exceptions.ConductorException as exc:
         fail(str(exc))
-    start_extra = master.StartExtra(conf, workers, hook_list)
-    launcher = master.launch(conf, workers, start_extra)
+    except (OSError, ValueError, cfg.Error) as exc:
+        fail("%s: %s" % (type(exc).__name__, exc))
     try:
         launcher.wait()
     finally:

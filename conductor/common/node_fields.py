@@ -143,7 +143,7 @@ def validate_new(values: Any, drivers: Mapping[str, base.BaseDriver]
     }
     driver = check_driver(values.get("driver"), drivers)
     clean["driver"] = values["driver"]
-    driver.power.validate(as_driver_node(clean))
+    _driver_validate(driver, values["driver"], as_driver_node(clean))
     return {key: value for key, value in clean.items() if value is not None}
 
 
@@ -177,8 +177,22 @@ def validate_update(node: Any, values: Any,
              "driver": driver_name,
              "driver_info": clean.get("driver_info", node.driver_info),
              "power_state": node.power_state}
-    driver.power.validate(as_driver_node(after))
+    _driver_validate(driver, driver_name, as_driver_node(after))
     return clean
+
+
+def _driver_validate(driver: base.BaseDriver, name: str,
+                     node: base.DriverNode) -> None:
+    """Run the driver's validate(); any error becomes a named refusal."""
+    try:
+        driver.power.validate(node)
+    except exceptions.ConductorException:
+        raise
+    except Exception as exc:
+        # NOTE: a third-party driver may raise anything; the caller (CLI,
+        # RPC, inventory) must still get one clear line, not a traceback.
+        raise _invalid("Driver %s refused node %s: %s: %s" % (
+            name, node.name or node.uuid, type(exc).__name__, exc)) from exc
 
 
 def as_driver_node(values: Mapping[str, Any]) -> base.DriverNode:

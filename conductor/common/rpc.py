@@ -166,6 +166,14 @@ def check_transport_url(conf: cfg.ConfigOpts) -> None:
         raise exceptions.ConfigInvalid(
             problem="[DEFAULT] transport_url names no driver (e.g. "
                     "rabbit://user:password@host:5672/)")
+    from stevedore import extension
+    drivers = sorted(extension.ExtensionManager(
+        "oslo.messaging.drivers").names())
+    scheme = url.transport.split("+")[0]
+    if scheme not in drivers:
+        raise exceptions.ConfigInvalid(
+            problem="[DEFAULT] transport_url: no messaging driver %r; "
+                    "installed: %s" % (scheme, ", ".join(drivers)))
 
 
 def _masked(exc: BaseException) -> str:

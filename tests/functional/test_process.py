@@ -168,6 +168,28 @@ class TestBadConfig(base.FunctionalTestCase):
             "[DEFAULT] transport_url")
         self.assertNotIn("s3cret", result.stderr)
 
+    def test_unknown_transport_driver(self) -> None:
+        self._run({"DEFAULT": {"transport_url": "nosuchmq://u:p@h:1/"}},
+                  "[DEFAULT] transport_url: no messaging driver 'nosuchmq'")
+
+    def test_unusable_async_log_dir(self) -> None:
+        blocker = os.path.join(self.workdir, "a-file")
+        open(blocker, "w").close()
+        self._run({"DEFAULT": {"async_log_dir": blocker + "/logs"}},
+                  "[DEFAULT] async_log_dir %s/logs cannot be created"
+                  % blocker)
+
+    def test_bad_library_option(self) -> None:
+        self._run({"DEFAULT": {"graceful_shutdown_timeout": "soon"}},
+                  "[DEFAULT] graceful_shutdown_timeout")
+
+    def test_nameless_inventory_entry(self) -> None:
+        path = os.path.join(self.workdir, "fleet.yaml")
+        with open(path, "w") as stream:
+            stream.write("- {name: a, driver: fake}\n- {driver: fake}\n")
+        self._run({"DEFAULT": {"inventory_file": path}},
+                  "node #2 has neither a name nor a uuid")
+
     def test_missing_config_file(self) -> None:
         missing = os.path.join(self.workdir, "nope.conf")
         result = subprocess.run(

@@ -140,6 +140,15 @@ class TestValidate(base.TestCase):
                           "driver_info": {"fake_latency_ms": 1},
                           "maintenance": False}, clean)
 
+    def test_any_driver_error_becomes_a_named_refusal(self) -> None:
+        with mock.patch.object(self.driver.power, "validate", autospec=True,
+                               side_effect=KeyError("ipmi_port")):
+            exc = self.assertRaises(
+                exceptions.InvalidParameterValue, node_fields.validate_new,
+                {"driver": "fake", "name": "n1"}, self.drivers)
+        self.assertEqual("Driver fake refused node n1: KeyError: "
+                         "'ipmi_port'", str(exc))
+
     def test_validate_new_minimal(self) -> None:
         self.assertEqual(
             {"driver": "fake", "driver_info": {}, "maintenance": False},
