@@ -107,34 +107,31 @@ def check_host(conf: cfg.ConfigOpts) -> None:
                     "spaces, got %r" % host)
 
 
-def check_state_path(conf: cfg.ConfigOpts) -> str:
-    """Create ``state_path`` when missing; it must be a writable directory."""
-    path = conf.state_path
+def _writable_dir(path: str, option: str) -> str:
+    """Create ``path`` when missing; it must be a writable directory.
+
+    :raises: ConfigInvalid naming ``option`` ("[GROUP] name").
+    """
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
         raise exceptions.ConfigInvalid(
-            problem="[DEFAULT] state_path %s cannot be created: %s"
-                    % (path, exc.strerror or exc)) from exc
+            problem="%s %s cannot be created: %s"
+                    % (option, path, exc.strerror or exc)) from exc
     if not os.access(path, os.W_OK | os.X_OK):
         raise exceptions.ConfigInvalid(
-            problem="[DEFAULT] state_path %s is not writable" % path)
+            problem="%s %s is not writable" % (option, path))
     return path
+
+
+def check_state_path(conf: cfg.ConfigOpts) -> str:
+    """Create ``state_path`` when missing; it must be a writable directory."""
+    return _writable_dir(conf.state_path, "[DEFAULT] state_path")
 
 
 def check_async_log_dir(conf: cfg.ConfigOpts) -> str:
     """``async_log_dir`` must be a directory we can create and write."""
-    path = conf.async_log_dir
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise exceptions.ConfigInvalid(
-            problem="[DEFAULT] async_log_dir %s cannot be created: %s"
-                    % (path, exc.strerror or exc)) from exc
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise exceptions.ConfigInvalid(
-            problem="[DEFAULT] async_log_dir %s is not writable" % path)
-    return path
+    return _writable_dir(conf.async_log_dir, "[DEFAULT] async_log_dir")
 
 
 def register_library_opts(conf: cfg.ConfigOpts) -> None:

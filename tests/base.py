@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import fixtures
 from oslo_config import cfg
 from oslo_config import fixture as config_fixture
@@ -9,6 +11,9 @@ from oslotest import base
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor import conf as conductor_conf
+from conductor.db import api as db_api
+from conductor.db import migration
+from conductor import ownership
 
 
 class TestCase(base.BaseTestCase):
@@ -29,3 +34,23 @@ class TestCase(base.BaseTestCase):
 
     def config(self, **kw: object) -> None:
         self.cfg_fixture.config(**kw)
+
+    def make_db(self, name: str = "conductor.sqlite") -> db_api.Connection:
+        """A Connection to a migrated SQLite file in ``state_path``.
+
+        Disposed when the test ends.
+        """
+        path = os.path.join(self.conf.state_path, name)
+        db = db_api.Connection.create("sqlite:///" + path)
+        self.addCleanup(db.dispose)
+        migration.upgrade(db.engine)
+        return db
+
+    def use_small_rings(self) -> None:
+        """Build hash rings with 2**8 partitions: faster, same behaviour.
+
+        Ownership's spread over real partition counts is tested in
+        test_ownership.
+        """
+        self.useFixture(fixtures.MockPatchObject(
+            ownership, "PARTITION_EXPONENT", 8))

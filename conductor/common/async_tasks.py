@@ -340,10 +340,7 @@ class TaskGroup:
             try:
                 prestart()
             except BaseException:
-                handler.close()
-                with self._lock:
-                    del self._tasks[name]
-                self._maybe_uninstall()
+                self._forget(task)
                 raise
             finally:
                 capture.unroute(previous)
@@ -355,10 +352,7 @@ class TaskGroup:
             try:
                 thread.start()
             except BaseException:
-                handler.close()
-                with self._lock:
-                    del self._tasks[name]
-                self._maybe_uninstall()
+                self._forget(task)
                 raise
             return
         self._execute(task, capture)
@@ -390,6 +384,13 @@ class TaskGroup:
         """
         call = _ForkedCall(name, fn, args, kwargs)
         self._start(name, call, (), {}, prestart=call.fork)
+
+    def _forget(self, task: _Task) -> None:
+        """Undo the registration of a task that could not start."""
+        task.handler.close()
+        with self._lock:
+            del self._tasks[task.name]
+        self._maybe_uninstall()
 
     def _execute(self, task: _Task, capture: _LogCapture) -> None:
         """Body of a task, in its own thread or inline."""

@@ -171,12 +171,7 @@ class SushyPower:
         self._clients = _ClientCache()
 
     def get_power_state(self, node: base.DriverNode) -> str:
-        """Return POWER_ON, POWER_OFF or ERROR (see the module docs).
-
-        :raises: InvalidParameterValue for bad ``driver_info``;
-            PowerStateFailure when the BMC cannot be read;
-            DeadlineExceeded when it does not answer in time.
-        """
+        """See :meth:`RedfishPower.get_power_state`."""
         def read(client: sushy.Sushy, target: Target) -> str:
             system = _system(client, target)
             state = POWER_STATES.get(system.power_state, states.ERROR)
@@ -190,20 +185,7 @@ class SushyPower:
         return self._call(node, "read the power state", read)
 
     def set_power_state(self, node: base.DriverNode, target: str) -> None:
-        """Power the node on (``On``) or off (``ForceOff``).
-
-        Nothing is sent when the system already is, or is heading, there.
-        Returns when the BMC accepted the request.
-
-        :raises: InvalidParameterValue for a target other than POWER_ON or
-            POWER_OFF, or bad ``driver_info``; PowerStateFailure or
-            DeadlineExceeded as :meth:`get_power_state`.
-        """
-        if target not in (states.POWER_ON, states.POWER_OFF):
-            raise exceptions.InvalidParameterValue(
-                err="The redfish driver cannot set power state %r; valid "
-                    "targets: %s, %s" % (target, states.POWER_OFF,
-                                         states.POWER_ON))
+        """See :meth:`RedfishPower.set_power_state` (``target`` checked)."""
         preferred = _ON_RESETS if target == states.POWER_ON else _OFF_RESETS
 
         def change(client: sushy.Sushy, bmc: Target) -> None:
@@ -218,10 +200,7 @@ class SushyPower:
         self._call(node, "set the power state to %s" % target, change)
 
     def reboot(self, node: base.DriverNode) -> None:
-        """Restart the node hard (``ForceRestart``), or power it on if off.
-
-        :raises: as :meth:`set_power_state`.
-        """
+        """See :meth:`RedfishPower.reboot`."""
         def restart(client: sushy.Sushy, bmc: Target) -> None:
             system = _system(client, bmc)
             off = POWER_STATES.get(system.power_state) == states.POWER_OFF

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from typing import Any, Callable
@@ -26,7 +25,6 @@ from conductor.common import pool as pool_mod
 from conductor.common import rpc
 from conductor.common import states
 from conductor.db import api as db_api
-from conductor.db import migration
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
 from conductor import manager
@@ -57,12 +55,8 @@ class ManagerTestCase(base.TestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.useFixture(fixtures.MockPatchObject(
-            ownership, "PARTITION_EXPONENT", 8))
-        path = os.path.join(self.conf.state_path, "conductor.sqlite")
-        self.db = db_api.Connection.create("sqlite:///" + path)
-        self.addCleanup(self.db.dispose)
-        migration.upgrade(self.db.engine)
+        self.use_small_rings()
+        self.db = self.make_db()
         self.db.register_conductor("h", 0, ["fake"])
         self.pool = pool_mod.WorkerPool(self.pool_size, name="tm")
         self.pool.start()

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import datetime
-import os
 import threading
 from typing import Sequence
 from unittest import mock
 import uuid as uuid_lib
 
-import fixtures
 from oslo_utils import timeutils
 from tooz import hashring
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.db import api as db_api
-from conductor.db import migration
 from conductor import ownership
 from tests import base
 
@@ -86,12 +83,8 @@ class RingsTestCase(base.TestCase):
     def setUp(self) -> None:
         super().setUp()
         if not self.real_partitions:
-            self.useFixture(fixtures.MockPatchObject(
-                ownership, "PARTITION_EXPONENT", 8))
-        path = os.path.join(self.conf.state_path, "conductor.sqlite")
-        self.db = db_api.Connection.create("sqlite:///" + path)
-        self.addCleanup(self.db.dispose)
-        migration.upgrade(self.db.engine)
+            self.use_small_rings()
+        self.db = self.make_db()
         self.clock = Clock()
 
     def beat(self, host: str, worker_id: int, age: float = 0.0) -> None:

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any, Callable
 from unittest import mock
 
-import fixtures
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import deadline
 from conductor.common import exceptions
 from conductor.common import pool as pool_mod
 from conductor.common import states
-from conductor.db import api as db_api
-from conductor.db import migration
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
 from conductor import ownership
@@ -44,12 +40,8 @@ class ActionsTestCase(base.TestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.useFixture(fixtures.MockPatchObject(
-            ownership, "PARTITION_EXPONENT", 8))
-        path = os.path.join(self.conf.state_path, "conductor.sqlite")
-        self.db = db_api.Connection.create("sqlite:///" + path)
-        self.addCleanup(self.db.dispose)
-        migration.upgrade(self.db.engine)
+        self.use_small_rings()
+        self.db = self.make_db()
         self.db.register_conductor("h", 0, ["scripted", "fake"])
         self.power = mock.create_autospec(driver_base.PowerInterface,
                                           instance=True)

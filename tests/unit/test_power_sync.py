@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
 
-import fixtures
 import sqlalchemy as sa
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
@@ -16,7 +14,6 @@ from conductor.common import exceptions
 from conductor.common import pool as pool_mod
 from conductor.common import states
 from conductor.db import api as db_api
-from conductor.db import migration
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
 from conductor import ownership
@@ -92,12 +89,8 @@ class SyncTestCase(base.TestCase):
         super().setUp()
         # NOTE: small rings build 64 times faster; ownership itself is
         # tested in test_ownership.
-        self.useFixture(fixtures.MockPatchObject(
-            ownership, "PARTITION_EXPONENT", 8))
-        path = os.path.join(self.conf.state_path, "conductor.sqlite")
-        self.db = db_api.Connection.create("sqlite:///" + path)
-        self.addCleanup(self.db.dispose)
-        migration.upgrade(self.db.engine)
+        self.use_small_rings()
+        self.db = self.make_db()
         self.db.register_conductor("h", 0, ["scripted"])
         self.driver = ScriptedDriver()
         self.power = self.driver.power

@@ -48,8 +48,7 @@ class DbTestCase(base.TestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.useFixture(fixtures.MockPatchObject(
-            ownership, "PARTITION_EXPONENT", 8))
+        self.use_small_rings()
         self.db_url = "sqlite:///" + os.path.join(self.conf.state_path,
                                                   "conductor.sqlite")
         self.config(connection=self.db_url, group="database")
