@@ -247,13 +247,17 @@ class ConductorManager:
             return None
         return owner
 
-    def _forward(self, method: str, owner: str, node: str,
-                 call: Callable[..., Any]) -> Any:
+    def _forward(self, method: str, owner: str, node: str, *args: Any,
+                 **kwargs: Any) -> Any:
+        """Call ``method(node, *args, **kwargs)`` on the owner host."""
         LOG.debug("Forwarding %(method)s of node %(node)s to its owner "
                   "%(owner)s", {"method": method, "node": node,
                                 "owner": owner})
+        assert self._forwarder is not None
+        call = getattr(self._forwarder, method)
         try:
-            return call(host=owner, forwarded_by=self._host)
+            return call(node, *args, host=owner, forwarded_by=self._host,
+                        **kwargs)
         except messaging.MessagingTimeout:
             raise _OwnerUnreachable(
                 "Host %s, owner of node %s, did not answer %s in time; "
@@ -344,12 +348,8 @@ class ConductorManager:
         record = self._db.get_node(ident)
         owner = self._owner_elsewhere(record.uuid, forwarded_by)
         if owner is not None:
-            assert self._forwarder is not None
-            forwarder = self._forwarder
             return rpc.node_dict_to_primitive(self._forward(
-                "update_node", owner, ident,
-                lambda **kw: forwarder.update_node(
-                    ident, values, context=context, **kw)))
+                "update_node", owner, ident, values, context=context))
         values = _keep_masked_secrets(values, record.driver_info)
         clean = node_fields.validate_update(record, values, self._drivers)
         updated = self._db.update_node(record.uuid, clean)
@@ -369,11 +369,7 @@ class ConductorManager:
         record = self._db.get_node(ident)
         owner = self._owner_elsewhere(record.uuid, forwarded_by)
         if owner is not None:
-            assert self._forwarder is not None
-            forwarder = self._forwarder
-            self._forward("delete_node", owner, ident,
-                          lambda **kw: forwarder.delete_node(
-                              ident, context=context, **kw))
+            self._forward("delete_node", owner, ident, context=context)
             return
         self._db.delete_node(record.uuid)
         LOG.info("Node %s deleted over RPC", record.uuid)
@@ -405,12 +401,9 @@ class ConductorManager:
         record = self._db.get_node(ident)
         owner = self._owner_elsewhere(record.uuid, forwarded_by)
         if owner is not None:
-            assert self._forwarder is not None
-            forwarder = self._forwarder
             return rpc.node_dict_to_primitive(self._forward(
-                "set_power_state", owner, ident,
-                lambda **kw: forwarder.set_power_state(
-                    ident, target, wait=wait, context=context, **kw)))
+                "set_power_state", owner, ident, target, wait=wait,
+                context=context))
         ticket = _Ticket()
         try:
             future = self._pool.submit(self._apply_when_told, record.uuid,

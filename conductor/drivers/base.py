@@ -78,6 +78,21 @@ class BaseDriver:
     power: PowerInterface
 
 
+def text_value(value: Any) -> str | None:
+    """A string, or an int given where a string was meant, else None.
+
+    ``conductor-manage --driver-info ipmi_password=1234`` reads the value
+    as JSON, giving the number 1234; its decimal form is what was typed.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    return None
+
+
 def field_problems(info: Mapping[str, Any], driver: str,
                    known: Sequence[str], required: Sequence[str] = ()
                    ) -> list[str]:

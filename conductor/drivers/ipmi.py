@@ -114,21 +114,6 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-def _as_text(value: Any) -> str | None:
-    """A string, or an int given where a string was meant, else None.
-
-    ``conductor-manage --driver-info ipmi_password=1234`` reads the value
-    as JSON, giving the number 1234; its decimal form is what was typed.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return value
-    return None
-
-
 def _is_host(value: str) -> bool:
     if value.startswith("-"):
         return False
@@ -157,7 +142,7 @@ def parse_driver_info(node: base.DriverNode) -> BMC:
     if port is None or not 1 <= port <= 65535:
         problems.append("ipmi_port must be an integer from 1 to 65535, "
                         "got %r" % (info.get("ipmi_port"),))
-    username = _as_text(info.get("ipmi_username"))
+    username = base.text_value(info.get("ipmi_username"))
     if info.get("ipmi_username") not in (None, ""):
         if (username is None
                 or len(username.encode()) > MAX_USERNAME_BYTES
@@ -166,7 +151,7 @@ def parse_driver_info(node: base.DriverNode) -> BMC:
                             "bytes on one line, got %r"
                             % (MAX_USERNAME_BYTES,
                                info.get("ipmi_username")))
-    password = _as_text(info.get("ipmi_password"))
+    password = base.text_value(info.get("ipmi_password"))
     if info.get("ipmi_password") not in (None, ""):
         if password is None:
             problems.append("ipmi_password must be a string, got a %s"

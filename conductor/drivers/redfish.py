@@ -89,21 +89,6 @@ class Target:
                 auth_type)
 
 
-def _as_text(value: Any) -> str | None:
-    """A string, or an int given where a string was meant, else None.
-
-    ``conductor-manage --driver-info redfish_password=1234`` reads the
-    value as JSON, giving the number 1234; its decimal form was typed.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return value
-    return None
-
-
 def _parse_address(value: Any, problems: list[str]) -> str | None:
     """The BMC's base URL (scheme://host[:port]), or None with a problem.
 
@@ -146,7 +131,7 @@ def _parse_address(value: Any, problems: list[str]) -> str | None:
 def _parse_system(value: Any, problems: list[str]) -> str | None:
     if value is None or value == "":
         return None
-    text = _as_text(value)
+    text = base.text_value(value)
     if (text is None or any(ch.isspace() for ch in text) or "://" in text
             or ".." in text.split("/")):
         problems.append("redfish_system_id must be a system id such as 1 "
@@ -196,12 +181,12 @@ def parse_driver_info(node: base.DriverNode) -> Target:
     if info.get("redfish_address") not in (None, ""):
         base_url = _parse_address(info["redfish_address"], problems)
     system_path = _parse_system(info.get("redfish_system_id"), problems)
-    username = _as_text(info.get("redfish_username"))
+    username = base.text_value(info.get("redfish_username"))
     if info.get("redfish_username") not in (None, "") and (
             username is None or any(ch in username for ch in "\r\n\0")):
         problems.append("redfish_username must be a string on one line, "
                         "got %r" % (info.get("redfish_username"),))
-    password = _as_text(info.get("redfish_password"))
+    password = base.text_value(info.get("redfish_password"))
     if info.get("redfish_password") not in (None, "") and (
             password is None or any(ch in password for ch in "\r\n\0")):
         problems.append("redfish_password must be a string on one line "
