@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
+from typing import Any, Callable
 
 import fixtures
 from oslo_config import cfg
@@ -14,6 +17,21 @@ from conductor import conf as conductor_conf
 from conductor.db import api as db_api
 from conductor.db import migration
 from conductor import ownership
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Bounded wait for a condition another thread makes true.
+
+    :returns: the last value of ``check()``: true once the condition
+        holds, false when ``timeout`` seconds passed first.
+    """
+    limit = time.monotonic() + timeout
+    pause = threading.Event()
+    while not (value := check()):
+        if time.monotonic() > limit:
+            return value
+        pause.wait(0.005)
+    return value
 
 
 class TestCase(base.BaseTestCase):

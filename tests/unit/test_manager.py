@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
-from typing import Any, Callable
+from typing import Any
 from unittest import mock
 
 import fixtures
@@ -35,17 +34,6 @@ from tests import base
 
 #: Bound for every wait on another thread (never reached when passing).
 WAIT = 10.0
-
-
-def wait_until(check: Callable[[], Any], timeout: float = WAIT) -> Any:
-    """Bounded wait for a condition another thread makes true."""
-    limit = time.monotonic() + timeout
-    pause = threading.Event()
-    while not (value := check()):
-        if time.monotonic() > limit:
-            return value
-        pause.wait(0.005)
-    return value
 
 
 class ManagerTestCase(base.TestCase):
@@ -308,7 +296,7 @@ class TestSetPowerState(ManagerTestCase):
         node = self.node("n1")
         data = self.call("set_power_state", node="n1", target="power on")
         self.assertEqual(states.POWER_ON, data["target_power_state"])
-        self.assertTrue(wait_until(
+        self.assertTrue(base.wait_until(
             lambda: self.db.get_node(node.uuid).power_state
             == states.POWER_ON))
         self.assertIsNone(self.db.get_node(node.uuid).target_power_state)
@@ -341,7 +329,7 @@ class TestSetPowerState(ManagerTestCase):
         exc = self.error(exceptions.NodeLocked, "set_power_state",
                          node="n1", target="on")
         self.assertIn("pending 'power off' action", str(exc))
-        self.assertTrue(wait_until(lambda: self.pool.busy == 0))
+        self.assertTrue(base.wait_until(lambda: self.pool.busy == 0))
         self.assertEqual(states.POWER_OFF,
                          self.db.get_node(node.uuid).target_power_state)
 
@@ -357,7 +345,7 @@ class TestSetPowerState(ManagerTestCase):
                          "rejected, retry later.", str(exc))
         self.assertEqual(node, self.db.get_node(node.uuid))
         release.set()
-        self.assertTrue(wait_until(lambda: self.pool.busy == 0))
+        self.assertTrue(base.wait_until(lambda: self.pool.busy == 0))
         self.call("set_power_state", node="n1", target="on", wait=True)
 
     def test_periodic_applying_first_is_waited_for(self) -> None:

@@ -24,17 +24,6 @@ from tests import base
 WAIT = 5.0
 
 
-def wait_until(check: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Bounded wait for a condition other threads make true."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        pause.wait(0.005)
-    return True
-
-
 class Clock:
     """An injectable monotonic clock that only moves when told."""
 
@@ -505,7 +494,8 @@ class TestRunner(PeriodicsTestCase):
 
         runner = self.make_runner(pool, reject_wait=60)
         runner.start(periodics.collect(Manager()))
-        self.assertTrue(wait_until(lambda: pool.stats()["rejected"] > 0))
+        self.assertTrue(base.wait_until(
+            lambda: pool.stats()["rejected"] > 0, WAIT))
         start = time.monotonic()
         self.assertTrue(runner.stop(WAIT))
         self.assertLess(time.monotonic() - start, 1.0)
@@ -704,8 +694,9 @@ class TestNodePeriodic(PeriodicsTestCase):
 
     def wait_runs(self, runner: periodics.PeriodicRunner,
                   runs: int = 1) -> None:
-        self.assertTrue(wait_until(
-            lambda: runner.stats()[0]["runs"] >= runs), runner.stats())
+        self.assertTrue(base.wait_until(
+            lambda: runner.stats()[0]["runs"] >= runs, WAIT),
+            runner.stats())
 
     def test_each_matching_node_once(self) -> None:
         logger = self.useFixture(fixtures.FakeLogger(

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import threading
-import time
-from typing import Any, Callable
+from typing import Any
 from unittest import mock
-
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import deadline
@@ -22,17 +20,6 @@ from tests import base
 HOLDER = "h:0"
 #: Bound for every wait on another thread (never reached when passing).
 WAIT = 10.0
-
-
-def wait_until(check: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Bounded wait for a condition another thread makes true."""
-    limit = time.monotonic() + timeout
-    pause = threading.Event()
-    while not check():
-        if time.monotonic() > limit:
-            return False
-        pause.wait(0.005)
-    return True
 
 
 class ActionsTestCase(base.TestCase):
@@ -79,7 +66,7 @@ class ActionsTestCase(base.TestCase):
 
     def drain(self, pool: pool_mod.WorkerPool | None = None) -> None:
         pool = pool or self.pool
-        self.assertTrue(wait_until(lambda: pool.busy == 0))
+        self.assertTrue(base.wait_until(lambda: pool.busy == 0))
 
     def blocker(self, pool: pool_mod.WorkerPool) -> threading.Event:
         """Occupy one thread of ``pool`` until the returned Event is set."""

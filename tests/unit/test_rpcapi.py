@@ -377,7 +377,7 @@ class TestManageOverRpc(FakeTransportTestCase):
                                          "--wait"))
         self.assertEqual((0, "Requested power off for node n1\n", ""),
                          self.run_manage(True, "node", "power", "n1", "off"))
-        self.assertTrue(test_manager.wait_until(
+        self.assertTrue(base.wait_until(
             lambda: self.db.get_node("n1").target_power_state is None))
         now = timeutils.utcnow()
         self.useFixture(fixtures.MockPatchObject(

@@ -6,7 +6,7 @@ import os
 import pickle
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 from unittest import mock
 
 import fixtures
@@ -30,17 +30,6 @@ from tests import base
 
 #: Bound for every wait on another thread (never reached when passing).
 WAIT = 10.0
-
-
-def wait_until(check: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Bounded wait for a condition another thread makes true."""
-    limit = time.monotonic() + timeout
-    pause = threading.Event()
-    while not check():
-        if time.monotonic() > limit:
-            return False
-        pause.wait(0.01)
-    return True
 
 
 class DbTestCase(base.TestCase):
@@ -299,14 +288,15 @@ class TestStartStop(ServiceTestCase):
                          (row.host, row.worker_id, row.pid, row.drivers,
                           row.online))
         # The first sweep runs at once and records every node.
-        self.assertTrue(wait_until(lambda: None not in
-                                   self.powered().values()))
+        self.assertTrue(base.wait_until(
+            lambda: None not in self.powered().values()))
         self.assertEqual({"on": states.POWER_ON, "off": states.POWER_OFF,
                           "left-over": states.POWER_OFF}, self.powered())
-        self.assertTrue(wait_until(lambda: "sync" in svc.status()["sweeps"]))
+        self.assertTrue(base.wait_until(
+            lambda: "sync" in svc.status()["sweeps"]))
         # A requested action is applied without RPC.
         self.db.request_power_state("off", states.POWER_ON)
-        self.assertTrue(wait_until(
+        self.assertTrue(base.wait_until(
             lambda: self.db.get_node("off").target_power_state is None))
         self.assertEqual(states.POWER_ON, self.db.get_node("off").power_state)
         status = svc.status()
@@ -384,4 +374,4 @@ class TestStartStop(ServiceTestCase):
         release.set()
         pool = svc.pool
         assert pool is not None
-        self.assertTrue(wait_until(lambda: pool.busy == 0))
+        self.assertTrue(base.wait_until(lambda: pool.busy == 0))
