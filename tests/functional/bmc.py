@@ -179,6 +179,14 @@ def _tail(path: str, limit: int = 2000) -> str:
         return ""
 
 
+def _one_per(value: str | Sequence[str], count: int, what: str) -> list[str]:
+    """``value`` for each of ``count`` BMCs: one for all, or one each."""
+    values = [value] * count if isinstance(value, str) else list(value)
+    if len(values) != count:
+        raise ValueError("power needs one value per %s" % what)
+    return values
+
+
 class IPMISims(fixtures.Fixture):
     """``count`` ipmi_sim processes, one BMC per node, on free UDP ports.
 
@@ -190,10 +198,7 @@ class IPMISims(fixtures.Fixture):
                  password: str | None = None) -> None:
         super().__init__()
         self.count = count
-        self._initial = ([power] * count if isinstance(power, str)
-                         else list(power))
-        if len(self._initial) != count:
-            raise ValueError("power needs one value per node")
+        self._initial = _one_per(power, count, "node")
         #: The BMC password (random unless given), shared by all nodes.
         self.password = password or secrets.token_hex(8)
         self.ports: list[int] = []
@@ -320,10 +325,7 @@ class RedfishEmulator(fixtures.Fixture):
                  password: str | None = None) -> None:
         super().__init__()
         self.count = count
-        self._initial = ([power] * count if isinstance(power, str)
-                         else list(power))
-        if len(self._initial) != count:
-            raise ValueError("power needs one value per system")
+        self._initial = _one_per(power, count, "system")
         #: The emulator's password for USERNAME (random unless given).
         self.password = password or secrets.token_hex(8)
         self.port = 0
