@@ -513,6 +513,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a LocationInfo, and before a command has half run.
         checks.check_option_values(conf)
         args.func(manage, args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # NOTE: the reader went away (``... | head``): stop quietly. Point
+        # stdout at /dev/null so the interpreter's final flush cannot
+        # raise again (the recipe of Python's signal documentation).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except exceptions.ConductorException as exc:
         if args.debug:
             LOG.exception("Command failed")

@@ -11,6 +11,8 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from typing import Any
 from unittest import mock
@@ -653,3 +655,26 @@ class TestStatusAndClean(DbManageTestCase):
                       "'clean': exited with status 4", err)
         with open(marker) as stream:
             self.assertEqual("clean\n", stream.read())
+
+
+class TestClosedOutput(ManageTestCase):
+
+    def test_reader_going_away_exits_quietly(self) -> None:
+        config = self.write_config()
+        probe = ("import sys\nfrom conductor.cmd import manage\n"
+                 "sys.exit(manage.main(['--config-file', %r, 'db', 'sync']"
+                 "))\n" % config)
+        self.assertEqual(0, subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True,
+            timeout=60).returncode)
+        listing = probe.replace("'db', 'sync'", "'node', 'list'")
+        # A reader that closes its end at once, like ``| head -0``.
+        proc = subprocess.Popen([sys.executable, "-c", listing],
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        proc.stdout.close()
+        _, err = proc.communicate(timeout=60)
+        self.assertEqual(1, proc.returncode)
+        self.assertNotIn(b"Traceback", err)
+        self.assertNotIn(b"BrokenPipeError", err)
