@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from typing import Any
+from unittest import mock
 
 from conductor.common import exceptions
 from conductor.drivers import fake
@@ -56,6 +58,30 @@ class TestLoadFile(base.TestCase):
                            ("a.yaml", "nodes:\n- {name: a, driver: fake}\n")):
             self.assertEqual(nodes,
                              inventory.load_file(self.write(name, text)))
+
+    def test_collector_paused_while_parsing_then_restored(self) -> None:
+        path = self.write("fleet.yaml", YAML_TEXT)
+        seen = []
+        real_load = inventory.yaml.load
+
+        def load(*args: Any, **kwargs: Any) -> Any:
+            seen.append(gc.isenabled())
+            return real_load(*args, **kwargs)
+
+        self.addCleanup(gc.enable)
+        with mock.patch.object(inventory.yaml, "load", side_effect=load):
+            for enabled in (True, False):
+                (gc.enable if enabled else gc.disable)()
+                inventory.load_file(path)
+                self.assertEqual(enabled, gc.isenabled())
+        self.assertEqual([False, False], seen)
+
+    def test_collector_restored_after_a_parse_error(self) -> None:
+        path = self.write("bad.yaml", "- name: a\n  driver: [fake\n")
+        self.assertTrue(gc.isenabled())
+        self.assertRaises(exceptions.InvalidParameterValue,
+                          inventory.load_file, path)
+        self.assertTrue(gc.isenabled())
 
     def test_malformed_yaml_names_line_and_column(self) -> None:
         path = self.write("bad.yaml", "- name: a\n  driver: [fake\n")

@@ -6,6 +6,7 @@ injected clock makes every timing exact.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -678,6 +679,16 @@ class ProcessMixin(_MixinBase):
         log = "\n".join(self.read_log("bad"))
         self.assertIn("[async bad] failed in process", log)
         self.assertIn("Traceback", log)
+
+    def test_child_starts_with_the_inherited_objects_frozen(self) -> None:
+        # Collections in the child must not traverse (and copy) the
+        # parent's heap; the parent's own collector is left alone.
+        group = self.group()
+        parent_frozen = gc.get_freeze_count()
+        group.run_process("frozen", gc.get_freeze_count)
+        frozen = group.wait("frozen")["frozen"]
+        self.assertGreater(frozen, parent_frozen + 1000)
+        self.assertEqual(parent_frozen, gc.get_freeze_count())
 
     def test_unpicklable_result_fails_clearly(self) -> None:
         group = self.group()
