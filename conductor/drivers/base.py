@@ -77,6 +77,21 @@ class BaseDriver:
     #: The interface that reads and changes power state.
     power: PowerInterface
 
+    def prepare(self) -> None:
+        """Check that this host can run the driver, before any node uses it.
+
+        The conductor calls it once per start, in the master before the
+        workers are forked; ``conductor-manage`` never does. Check here
+        the programs and libraries the driver needs, so that a host
+        missing one refuses to start, naming it, rather than failing
+        every node at its first poll (which would put the whole fleet in
+        maintenance). Modules imported here are shared by the workers.
+        The default does nothing.
+
+        :raises: any exception; start-up stops with DriverLoadError
+            naming the driver and the exception's message.
+        """
+
 
 def text_value(value: Any) -> str | None:
     """A string, or an int given where a string was meant, else None.

@@ -84,6 +84,9 @@ _NOISE = ("loading iana pen registry", "running get vso capabilities",
 #: Longest piece of ipmitool's stderr quoted in an error.
 _MAX_QUOTED = 300
 
+#: Seconds ``ipmitool -V`` may take at start-up (it talks to no BMC).
+_PREPARE_TIMEOUT = 10
+
 _VERBS = {states.POWER_ON: "on", states.POWER_OFF: "off"}
 
 
@@ -373,3 +376,35 @@ class IPMIDriver(base.BaseDriver):
 
     def __init__(self) -> None:
         self.power = IPMIPower()
+
+    def prepare(self) -> None:
+        """Check that ``[ipmi] ipmitool_path`` runs (``ipmitool -V``).
+
+        :raises: DriverLoadError saying what is wrong with it.
+        """
+        path = conf.CONF.ipmi.ipmitool_path
+        try:
+            result = subprocess.run(
+                [path, "-V"], stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env=_child_env(), timeout=_PREPARE_TIMEOUT, check=False)
+        except OSError as exc:
+            raise exceptions.DriverLoadError(
+                driver="ipmi",
+                reason="cannot run [ipmi] ipmitool_path %r: %s; install "
+                       "ipmitool or set the option"
+                       % (path, exc.strerror or exc)) from None
+        except subprocess.TimeoutExpired:
+            raise exceptions.DriverLoadError(
+                driver="ipmi",
+                reason="'%s -V' did not finish within %d s"
+                       % (path, _PREPARE_TIMEOUT)) from None
+        output = result.stdout.decode("utf-8", "replace").strip()
+        if result.returncode != 0:
+            raise exceptions.DriverLoadError(
+                driver="ipmi",
+                reason="'%s -V' exited with status %d: %s"
+                       % (path, result.returncode,
+                          output[:_MAX_QUOTED] or "no output"))
+        LOG.info("ipmi driver: %s", output.splitlines()[0] if output
+                 else "%s -V printed nothing" % path)

@@ -308,3 +308,34 @@ class DriverTest(base.TestCase):
     def test_driver_has_a_power_interface(self) -> None:
         driver = ipmi.IPMIDriver()
         self.assertIsInstance(driver.power, drivers_base.PowerInterface)
+
+    def _tool(self, script: str) -> str:
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                            "ipmitool")
+        with open(path, "w") as stream:
+            stream.write("#!/bin/sh\n" + script)
+        os.chmod(path, 0o755)
+        self.config(ipmitool_path=path, group="ipmi")
+        return path
+
+    def test_prepare_runs_ipmitool_version(self) -> None:
+        self._tool('[ "$1" = -V ] && echo "ipmitool version 9.9" && exit 0\n'
+                   "exit 7\n")
+        logger = self.useFixture(fixtures.FakeLogger(name=ipmi.__name__))
+        ipmi.IPMIDriver().prepare()
+        self.assertIn("ipmi driver: ipmitool version 9.9", logger.output)
+
+    def test_prepare_names_a_missing_ipmitool(self) -> None:
+        self.config(ipmitool_path="/nonexistent/ipmitool", group="ipmi")
+        exc = self.assertRaises(exceptions.DriverLoadError,
+                                ipmi.IPMIDriver().prepare)
+        self.assertIn("Driver ipmi could not be loaded: cannot run [ipmi] "
+                      "ipmitool_path '/nonexistent/ipmitool': No such file",
+                      str(exc))
+
+    def test_prepare_names_a_failing_ipmitool(self) -> None:
+        path = self._tool("echo 'libcrypto.so.3: cannot open'\nexit 127\n")
+        exc = self.assertRaises(exceptions.DriverLoadError,
+                                ipmi.IPMIDriver().prepare)
+        self.assertIn("'%s -V' exited with status 127: libcrypto.so.3: "
+                      "cannot open" % path, str(exc))

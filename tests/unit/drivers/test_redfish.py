@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 import time
@@ -445,6 +446,20 @@ class DriverTest(base.TestCase):
     def test_driver_has_a_power_interface(self) -> None:
         driver = redfish.RedfishDriver()
         self.assertIsInstance(driver.power, drivers_base.PowerInterface)
+
+    def test_prepare_logs_the_sushy_version(self) -> None:
+        logger = self.useFixture(fixtures.FakeLogger(name=redfish.__name__))
+        redfish.RedfishDriver().prepare()
+        self.assertRegex(logger.output, r"redfish driver: sushy \d+\.")
+
+    def test_prepare_names_a_missing_sushy(self) -> None:
+        missing = importlib.metadata.PackageNotFoundError("sushy")
+        with mock.patch.object(redfish.importlib.metadata, "version",
+                               side_effect=missing):
+            exc = self.assertRaises(exceptions.DriverLoadError,
+                                    redfish.RedfishDriver().prepare)
+        self.assertIn("Driver redfish could not be loaded: the sushy "
+                      "library is not installed", str(exc))
 
 
 class LazyImportTest(base.TestCase):
