@@ -18,9 +18,11 @@ error names the entry it is about.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import os
+import re
 from typing import Any, Iterator, Mapping
 
 import yaml
@@ -64,18 +66,34 @@ def load_file(path: str) -> list[Any]:
 
     :raises: InvalidParameterValue naming the file and the problem.
     """
+    return parse_text(read_text(path), path)
+
+
+def read_text(path: str) -> str:
+    """The text of the inventory file ``path``.
+
+    :raises: InvalidParameterValue naming the file and the problem (too
+        big, unreadable, not UTF-8).
+    """
     try:
         size = os.path.getsize(path)
         if size > MAX_FILE_BYTES:
             raise _invalid("%s: file is %d bytes; the limit is %d"
                            % (path, size, MAX_FILE_BYTES))
         with open(path, encoding="utf-8") as stream:
-            text = stream.read()
+            return stream.read()
     except OSError as exc:
         raise _invalid("%s: cannot read inventory file: %s"
                        % (path, exc.strerror or exc)) from exc
     except UnicodeDecodeError as exc:
         raise _invalid("%s: not UTF-8 text: %s" % (path, exc)) from exc
+
+
+def parse_text(text: str, path: str) -> list[Any]:
+    """Parse the text of the inventory file ``path`` (see load_file).
+
+    :raises: InvalidParameterValue naming the file and the problem.
+    """
     try:
         with _collector_paused():
             if path.endswith(".json"):
@@ -104,10 +122,63 @@ def load_file(path: str) -> list[Any]:
     return data
 
 
+# A line that starts an entry of a top-level block sequence ("- ...").
+_ITEM_RE = re.compile(r"^-(?:[ \t]|$)", re.M)
+# A line starting at column 0 with anything but an entry, a comment or
+# nothing: the file is not a plain top-level block sequence.
+_OTHER_RE = re.compile(r"^(?:[^-#\s]|-[^ \t\n])", re.M)
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """A piece of an inventory's text holding whole entries."""
+
+    #: Position in the file of the part's first entry (from 1).
+    first: int
+    #: How many entries it holds; None when the text was not cut.
+    count: int | None
+    text: str
+
+
+def split_text(text: str, path: str, parts: int,
+               min_entries: int = 500) -> list[Part]:
+    """Cut a YAML inventory into up to ``parts`` parts of whole entries.
+
+    Each part is itself a YAML list of some of the entries, in order, so
+    the parts can be parsed at the same time and their lists joined. Only
+    the common form is cut: a top-level block sequence whose every line
+    at column 0 starts an entry (``- ``), is a comment or is blank
+    (entries' own lines are indented). Anything else (JSON, a ``nodes:``
+    mapping, document markers, directives, a flow list), fewer than
+    ``min_entries`` entries per part, or ``parts`` < 2 gives one part.
+
+    A cut is only a guess that the parts parse alone: an alias to an
+    anchor in another part does not, for one. Whoever parses the parts
+    must parse the whole text when a part fails or does not hold
+    ``count`` entries, for the right result or the right error.
+    """
+    whole = [Part(first=1, count=None, text=text)]
+    if parts < 2 or path.endswith(".json") or _OTHER_RE.search(text):
+        return whole
+    starts = [m.start() for m in _ITEM_RE.finditer(text)]
+    parts = min(parts, len(starts) // max(1, min_entries))
+    if parts < 2:
+        return whole
+    size = len(starts) / parts
+    firsts = [0] + [round(i * size) for i in range(1, parts)]
+    cuts = [0] + [starts[i] for i in firsts[1:]] + [len(text)]
+    counts = [b - a for a, b in zip(firsts, firsts[1:] + [len(starts)])]
+    return [Part(first=firsts[i] + 1, count=counts[i],
+                 text=text[cuts[i]:cuts[i + 1]]) for i in range(parts)]
+
+
 def validate(entries: list[Any], drivers: Mapping[str, base.BaseDriver],
-             source: str = "inventory") -> list[dict[str, Any]]:
+             source: str = "inventory", first: int = 1
+             ) -> list[dict[str, Any]]:
     """Validate every entry; returns normalised node fields.
 
+    :param first: the position of ``entries[0]`` in its file, for the
+        messages (when ``entries`` is a part of it).
     :raises: InvalidParameterValue / DriverNotEnabled naming the entry
         (its position, and its name when it has one); duplicate names or
         uuids inside the list are refused too.
@@ -115,7 +186,7 @@ def validate(entries: list[Any], drivers: Mapping[str, base.BaseDriver],
     clean: list[dict[str, Any]] = []
     names: dict[str, int] = {}
     uuids: dict[str, int] = {}
-    for index, entry in enumerate(entries, start=1):
+    for index, entry in enumerate(entries, start=first):
         label = "%s: node #%d" % (source, index)
         if isinstance(entry, Mapping) and entry.get("name"):
             label += " (%s)" % entry["name"]

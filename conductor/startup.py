@@ -5,24 +5,29 @@ async_tasks``), each with its own log replayed whole when it is waited
 on; with ``[DEFAULT] parallel_startup = False`` they run inline, one after
 the other, with the same logs. The steps and what they wait for::
 
-    pre-start-hooks   'start pre-start' hooks (thread) ------------.
-    database          create/upgrade or check the schema (process) -+
-    broker            a transport_url host answers? (process) ------+
-    drivers           load and check the enabled drivers (thread) --+
-    inventory-parse   parse [DEFAULT] inventory_file (process) -----+
-                                                                    v
-    inventory-import  validate every entry with its driver (needs the
-                      drivers), enrol the new nodes (needs the schema)
+    pre-start-hooks   'start pre-start' hooks (thread) --------------.
+    database          create/upgrade or check the schema, read the
+                      stored node names if there is an inventory
+                      (process) -------------------------------------+
+    broker            a transport_url host answers? (process) -------+
+    drivers           load the enabled drivers, let each check this
+                      host (thread) ---------------------------------+
+    inventory-parse-N parse and validate part N of [DEFAULT]
+                      inventory_file (one process per part, see
+                      inventory.split_text) ----------------------------+
+                                                                     v
+    inventory-import  enrol the nodes the database step did not find
+                      (needs the schema); no connection if none
     then              'start post-config' hooks, the timing summary
 
 Why they are independent: the hooks are operator scripts that must not
 rely on the schema or drivers (that is what post-config is for); the
 schema needs only the database; the broker check only the network;
-loading drivers only their modules; parsing the inventory only the file.
-CPU-bound steps run in forked child processes: threads of one interpreter
-share one core for Python code, and would take longer together than one
-after another. Drivers load in the master, the one CPU-bound thread
-there, because validation needs their objects, which do not pickle.
+loading drivers only their modules; checking the inventory only the file
+and the drivers' code. CPU-bound steps run in forked child processes:
+threads of one interpreter share one core for Python code, and would take
+longer together than one after another. The master loads the drivers its
+workers inherit; each inventory part loads its own copy to validate with.
 
 Every step leaves nothing open (engines disposed, threads joined) because
 the master forks right after.
@@ -31,8 +36,11 @@ the master forks right after.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
-from typing import Any, Mapping, Sequence
+import os
+import re
+from typing import Any, Collection, Mapping, Sequence
 
 from oslo_config import cfg
 
@@ -49,18 +57,51 @@ from conductor import inventory
 LOG = logging.getLogger(__name__)
 
 #: Every start-up task name: their logs are <async_log_dir>/<name>.log.
+#: The inventory is parsed in parts, by tasks inventory-parse-1, -2...
 TASK_NAMES = ("pre-start-hooks", "database", "broker", "drivers",
-              "inventory-parse", "inventory-import")
+              "inventory-import")
+_TASK_LOG_RE = re.compile(r"^(?:%s|inventory-parse(?:-[0-9]+)?)\.log$"
+                          % "|".join(re.escape(n) for n in TASK_NAMES))
+
+#: Most parts an inventory is cut into to be parsed at the same time.
+MAX_PARSE_PARTS = 4
 
 
-def prepare_database(conf: cfg.ConfigOpts) -> str:
+def is_task_log(filename: str) -> bool:
+    """Whether ``filename`` (no directory) is a start-up task's log."""
+    return _TASK_LOG_RE.match(filename) is not None
+
+
+def parse_parts() -> int:
+    """How many parts to parse the inventory in: the usable CPUs, capped."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_PARSE_PARTS))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseState:
+    """What the ``database`` task found: the schema, and the nodes."""
+
+    revision: str
+    #: Names and uuids of the stored nodes; read only when an inventory
+    #: is to be imported (empty otherwise).
+    names: frozenset[str] = frozenset()
+    uuids: frozenset[str] = frozenset()
+
+
+def prepare_database(conf: cfg.ConfigOpts,
+                     read_nodes: bool = False) -> DatabaseState:
     """Connect once and bring the schema to head where that is safe.
 
     SQLite (the embedded default) and an empty database are upgraded;
     a shared database with an older schema is left alone and refused:
     upgrading it is the operator's ``conductor-manage db sync``.
 
-    :returns: the schema revision.
+    :param read_nodes: also read the names and uuids of the stored nodes
+        (for the inventory import), over the same connection.
     :raises: DatabaseUnavailable, SchemaOutOfDate.
     """
     url = conf.database.connection
@@ -68,8 +109,14 @@ def prepare_database(conf: cfg.ConfigOpts) -> str:
     try:
         revision = migration.current(engine)
         if engine.dialect.name == "sqlite" or revision is None:
-            return migration.upgrade(engine)
-        return _check_revision(engine, url)
+            revision = migration.upgrade(engine)
+        else:
+            revision = _check_revision(engine, url)
+        if not read_nodes:
+            return DatabaseState(revision)
+        names, uuids = db_api.Connection(engine).node_identities()
+        LOG.info("%d node(s) stored", len(uuids))
+        return DatabaseState(revision, frozenset(names), frozenset(uuids))
     except exceptions.ConductorException:
         raise
     except Exception as exc:
@@ -113,25 +160,42 @@ def check_broker(conf: cfg.ConfigOpts, timeout: float = 5.0) -> str:
 
 
 def load_drivers(conf: cfg.ConfigOpts) -> dict[str, base.BaseDriver]:
-    """Load and check every enabled driver (DriverLoadError names it)."""
-    return loader.load(conf.enabled_drivers)
+    """Load every enabled driver and let it check this host (``prepare``).
+
+    :raises: DriverLoadError naming the driver and what is missing.
+    """
+    drivers = loader.load(conf.enabled_drivers)
+    for name, driver in drivers.items():
+        try:
+            driver.prepare()
+        except exceptions.DriverLoadError:
+            raise
+        except Exception as exc:
+            raise exceptions.DriverLoadError(
+                driver=name, reason="%s: %s" % (type(exc).__name__, exc)
+            ) from exc
+    return drivers
 
 
-def import_inventory(conf: cfg.ConfigOpts,
-                     drivers: Mapping[str, base.BaseDriver],
-                     entries: Sequence[Any]) -> int:
-    """Validate the parsed inventory, then enrol the nodes not yet enrolled.
+def check_inventory_part(conf: cfg.ConfigOpts, part: inventory.Part
+                         ) -> list[dict[str, Any]]:
+    """Parse one part of ``[DEFAULT] inventory_file`` and validate it.
 
-    The whole file is validated first: one bad entry enrols nothing.
-    Entries are matched on name (or uuid); those already present are left
-    untouched, so restarting never duplicates or overwrites nodes.
+    Runs in a child process, with its own copy of the drivers (loaded,
+    not prepared: ``validate`` needs no more). Duplicates across parts
+    are left to :func:`_checked`.
 
-    :returns: the number of nodes added.
-    :raises: InvalidParameterValue naming the file, the entry and the
-        problem.
+    :returns: the normalised node fields, in file order.
+    :raises: InvalidParameterValue or DriverNotEnabled naming the file,
+        the entry and the problem; DriverLoadError.
     """
     path = conf.inventory_file
-    for index, entry in enumerate(entries, start=1):
+    entries = inventory.parse_text(part.text, path)
+    if part.count is not None and len(entries) != part.count:
+        raise exceptions.InvalidParameterValue(
+            err="%s: the part from entry #%d holds %d entries, not %d"
+                % (path, part.first, len(entries), part.count))
+    for index, entry in enumerate(entries, start=part.first):
         if isinstance(entry, Mapping) and not (entry.get("name")
                                                or entry.get("uuid")):
             # NOTE: matching on name or uuid is what keeps restarts from
@@ -140,20 +204,67 @@ def import_inventory(conf: cfg.ConfigOpts,
                 err="%s: node #%d has neither a name nor a uuid; entries "
                     "of [DEFAULT] inventory_file need one, or every start "
                     "would enrol them again" % (path, index))
-    nodes = inventory.validate(list(entries), drivers, source=path)
-    db = db_api.Connection.create(conf.database.connection, max_retries=0)
-    try:
-        names, uuids = db.node_identities()
-        new = [node for node in nodes
-               if node.get("name") not in names
-               and node.get("uuid") not in uuids]
-        db.import_nodes(new, read_back=False)
-    finally:
-        db.dispose()
+    drivers = loader.load(conf.enabled_drivers)
+    return inventory.validate(entries, drivers, source=path,
+                              first=part.first)
+
+
+def import_inventory(conf: cfg.ConfigOpts, nodes: Sequence[dict[str, Any]],
+                     stored: DatabaseState) -> int:
+    """Enrol the validated inventory nodes not enrolled yet.
+
+    Nodes are matched on name (or uuid) against ``stored``; those already
+    present are left untouched, so restarting never duplicates or
+    overwrites nodes. When nothing is new, no connection is made.
+
+    Conductors sharing a database may start together with the same
+    inventory: when another one enrolled some of the nodes since
+    ``stored`` was read, the stored names are read again and the rest
+    enrolled.
+
+    :returns: the number of nodes added.
+    """
+    new = _not_stored(nodes, stored.names, stored.uuids)
+    if new:
+        new = _enrol(conf, nodes, new)
     LOG.info("Inventory %(path)s: %(new)d node(s) enrolled, %(old)d "
-             "already present", {"path": path, "new": len(new),
+             "already present", {"path": conf.inventory_file,
+                                 "new": len(new),
                                  "old": len(nodes) - len(new)})
     return len(new)
+
+
+def _not_stored(nodes: Sequence[dict[str, Any]], names: Collection[str],
+                uuids: Collection[str]) -> list[dict[str, Any]]:
+    return [node for node in nodes
+            if node.get("name") not in names
+            and node.get("uuid") not in uuids]
+
+
+def _enrol(conf: cfg.ConfigOpts, nodes: Sequence[dict[str, Any]],
+           new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Store ``new`` in one transaction; returns what was stored.
+
+    On a clash, retried with what is still missing for as long as another
+    conductor keeps enrolling some of them; a clash with nothing new
+    stored meanwhile is a real one and is raised.
+    """
+    db = db_api.Connection.create(conf.database.connection, max_retries=0)
+    try:
+        while True:
+            try:
+                db.import_nodes(new, read_back=False)
+                return new
+            except exceptions.ConductorException:
+                missing = _not_stored(nodes, *db.node_identities())
+                if len(missing) >= len(new):
+                    raise
+                LOG.info("%d of these nodes were enrolled by another "
+                         "conductor meanwhile; enrolling the other %d",
+                         len(new) - len(missing), len(missing))
+                new = missing
+    finally:
+        db.dispose()
 
 
 @dataclasses.dataclass
@@ -175,27 +286,39 @@ def run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
     """
     # NOTE: the module's default group, so hooks and drivers can use the
     # run/wait API of DESIGN.md section 9 during start-up too.
+    # NOTE: what the master holds now (modules, config) lives as long as
+    # it does; frozen out of the garbage collector, it is not traversed
+    # again by every full collection the start-up steps trigger.
+    gc.freeze()
     group = async_tasks.configure(conf.async_log_dir,
                                   parallel=conf.parallel_startup, logger=LOG)
     config_files = list(conf.config_file)
     try:
         # NOTE: children first, forked while no other thread runs (see
         # TaskGroup.run_process); then the tasks that run in threads.
-        group.run_process("database", prepare_database, conf)
+        # The inventory chain (parse, then validate and enrol) is the
+        # longest: its first step starts first.
+        parts: list[inventory.Part] = []
+        if conf.inventory_file:
+            text = inventory.read_text(conf.inventory_file)
+            parts = inventory.split_text(text, conf.inventory_file,
+                                         parse_parts())
+            for number, part in enumerate(parts, start=1):
+                group.run_process("inventory-parse-%d" % number,
+                                  check_inventory_part, conf, part)
+        group.run_process("database", prepare_database, conf,
+                          read_nodes=bool(conf.inventory_file))
         if rpc.enabled(conf):
             group.run_process("broker", check_broker, conf)
-        if conf.inventory_file:
-            group.run_process("inventory-parse", inventory.load_file,
-                              conf.inventory_file)
         group.run("pre-start-hooks", hooks.run_hooks, hook_list, "start",
                   "pre-start", conf=conf, config_files=config_files)
         group.run("drivers", load_drivers, conf)
         drivers = _wait(group, "drivers")
-        _wait(group, "database")
+        stored = _wait(group, "database")
         if conf.inventory_file:
-            entries = _wait(group, "inventory-parse")
-            group.run("inventory-import", import_inventory, conf, drivers,
-                      entries)
+            nodes = _checked(group, conf, parts, text)
+            group.run("inventory-import", import_inventory, conf, nodes,
+                      stored)
             _wait(group, "inventory-import")
         _wait(group, "pre-start-hooks")
         if rpc.enabled(conf):
@@ -207,6 +330,46 @@ def run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
     summary = group.summary()
     LOG.info("Start-up %s", summary)
     return StartupResult(drivers=drivers, summary=summary)
+
+
+def _checked(group: async_tasks.TaskGroup, conf: cfg.ConfigOpts,
+             parts: Sequence[inventory.Part], text: str
+             ) -> list[dict[str, Any]]:
+    """The validated inventory, joined from its parts' tasks.
+
+    When the file was cut and a part failed (an alias to an anchor in
+    another part, or a real mistake) or two parts share a name or uuid,
+    the whole text is checked again here, in file order: that gives the
+    right nodes, or the error an uncut file gives, with the file's own
+    line numbers and its first bad entry.
+    """
+    nodes: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for number in range(1, len(parts) + 1):
+        name = "inventory-parse-%d" % number
+        try:
+            nodes.extend(_wait(group, name))
+        except exceptions.ConductorException as exc:
+            if len(parts) == 1:
+                raise
+            problems.append("%s: %s" % (name, exc))
+    if not problems and not _shared_identity(nodes):
+        return nodes
+    LOG.info("Checking %(path)s in %(count)d parts failed (%(problems)s); "
+             "checking it whole", {
+                 "path": conf.inventory_file, "count": len(parts),
+                 "problems": "; ".join(problems)
+                 or "two parts share a name or uuid"})
+    return check_inventory_part(conf, inventory.Part(1, None, text))
+
+
+def _shared_identity(nodes: Sequence[dict[str, Any]]) -> bool:
+    """Whether two nodes share a name or a uuid."""
+    for key in ("name", "uuid"):
+        values = [node[key] for node in nodes if node.get(key)]
+        if len(set(values)) != len(values):
+            return True
+    return False
 
 
 def _wait(group: async_tasks.TaskGroup, name: str) -> Any:

@@ -46,6 +46,9 @@ openssl version
 """
 
 
+#: Pause after dropping a run's database, before the next run.
+SETTLE_SECONDS = 1.0
+
 PHASE_RE = re.compile(r"Start-up async tasks: .*?, ([\d.]+)s elapsed")
 
 
@@ -148,6 +151,10 @@ def one_run(workdir: str, backend: str, parallel: bool, run: int
         with admin.connect() as conn:
             conn.execute(sa.text("DROP DATABASE %s" % name))
         admin.dispose()
+        # NOTE: the server keeps working on the dropped database (purge,
+        # flushing) for a moment; let it settle so that it does not run
+        # into the next start, whichever mode that is.
+        time.sleep(SETTLE_SECONDS)
     return {"first_start": first, "restart": restart}
 
 

@@ -307,10 +307,12 @@ class Manage:
 
 def _remove_task_logs(log_dir: str | None) -> int:
     """Delete the start-up task logs (and nothing else) from ``log_dir``."""
+    if not log_dir or not os.path.isdir(log_dir):
+        return 0
     removed = 0
-    for name in startup.TASK_NAMES:
-        path = os.path.join(log_dir or "", "%s.log" % name)
-        if log_dir and os.path.isfile(path):
+    for name in sorted(os.listdir(log_dir)):
+        path = os.path.join(log_dir, name)
+        if startup.is_task_log(name) and os.path.isfile(path):
             os.unlink(path)
             removed += 1
     return removed

@@ -7,6 +7,7 @@ import os
 
 import testscenarios
 
+from conductor import startup
 from tests.functional import base
 
 load_tests = testscenarios.load_tests_apply_scenarios
@@ -127,3 +128,44 @@ class TestCliOnBackend(base.FunctionalTestCase):
         conductor.signal(15)
         self.assertEqual(0, conductor.wait_exit(15))
         self.assertFalse(any(row.online for row in db.list_conductors()))
+
+    def _inventory_conductor(self, count: int, bad_at: int = 0
+                             ) -> base.ConductorProcess:
+        path = os.path.join(self.workdir, "fleet.yaml")
+        with open(path, "w") as stream:
+            for number in range(1, count + 1):
+                stream.write("- name: n%04d\n  driver: %s\n" % (
+                    number, "nope" if number == bad_at else "fake"))
+        return self.start_conductor({
+            "DEFAULT": {"host": "inv-%s" % self.backend,
+                        "enabled_drivers": "fake", "inventory_file": path},
+            "database": {"connection": self.db_fixture.url},
+            "conductor": {"workers": 1, "sync_power_state_interval": 0}})
+
+    def test_start_up_enrols_a_large_inventory(self) -> None:
+        # Big enough to be parsed in parts and enrolled in batches (one
+        # transaction) while the later entries are validated.
+        conductor = self._inventory_conductor(1200)
+        base.wait_for(lambda: "starting 1 worker(s)" in conductor.log(),
+                      60, "start-up to finish")
+        log = conductor.log()
+        self.assertIn("1200 node(s) enrolled, 0 already present", log)
+        parts = min(startup.parse_parts(), 1200 // 500)
+        for number in range(1, parts + 1):
+            self.assertIn("[async inventory-parse-%d] finished" % number,
+                          log)
+        self.assertNotIn("checking it whole", log)
+        db = self.db_fixture.connect(upgrade=False)
+        self.assertEqual(1200, len(db.list_nodes()))
+        conductor.signal(15)
+        self.assertEqual(0, conductor.wait_exit(30))
+
+    def test_bad_late_inventory_entry_enrols_nothing(self) -> None:
+        # The first batches are already inserted when entry 1150 fails
+        # validation: the transaction must roll them back.
+        conductor = self._inventory_conductor(1200, bad_at=1150)
+        self.assertEqual(1, conductor.wait_exit(60))
+        self.assertIn("node #1150 (n1150): Driver nope is not enabled",
+                      conductor.log())
+        db = self.db_fixture.connect(upgrade=False)
+        self.assertEqual([], db.list_nodes())

@@ -126,7 +126,7 @@ class TestStartupTasks(StartupTestCase):
         log = conductor.log()
         async_dir = os.path.join(self.workdir, "async")
         for name in ("pre-start-hooks", "database", "drivers",
-                     "inventory-parse", "inventory-import"):
+                     "inventory-parse-1", "inventory-import"):
             self.assertTrue(os.path.exists(os.path.join(
                 async_dir, "%s.log" % name)), name)
             self.assertIn("[async %s] finished in" % name, log)
@@ -141,6 +141,18 @@ class TestStartupTasks(StartupTestCase):
     def test_serial_start_up_logs_the_same(self) -> None:
         log = self._check(parallel=False)
         self.assertIn("speedup 1.00x", log)
+
+    def test_driver_missing_its_tool_stops_start_up(self) -> None:
+        # Without this check every IPMI node would fail its first polls
+        # and end up in maintenance.
+        options = self.options(enabled_drivers="fake,ipmi")
+        options["ipmi"] = {"ipmitool_path": "/nonexistent/ipmitool"}
+        result = self.run_failing(options)
+        self.assertEqual(1, result.returncode)
+        self.assertIn("conductor: ERROR: Driver ipmi could not be loaded: "
+                      "cannot run [ipmi] ipmitool_path "
+                      "'/nonexistent/ipmitool': No such file or directory",
+                      result.stderr)
 
     def test_failed_task_stops_start_up_with_its_message(self) -> None:
         bad = os.path.join(self.workdir, "bad.yaml")

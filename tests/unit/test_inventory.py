@@ -135,6 +135,93 @@ class TestLoadFile(base.TestCase):
         self.assertIn("file is 2 bytes; the limit is 1", str(exc))
 
 
+def fleet_text(count: int) -> str:
+    lines = ["# a comment before the first entry", ""]
+    for i in range(count):
+        lines.append("- name: n%04d" % i)
+        lines.append("  driver: fake")
+        lines.append("  driver_info: {fake_latency_ms: %d}" % i)
+        if i % 7 == 0:
+            lines.append("# a comment at column 0, between entries")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+class TestSplitText(base.TestCase):
+
+    def assertSplitParsesAlike(self, text: str, parts: int,
+                               expected_parts: int) -> None:
+        chunks = inventory.split_text(text, "f.yaml", parts, min_entries=3)
+        self.assertEqual(expected_parts, len(chunks))
+        self.assertEqual(text, "".join(chunk.text for chunk in chunks))
+        parsed = [inventory.parse_text(chunk.text, "f.yaml")
+                  for chunk in chunks]
+        self.assertEqual([len(entries) for entries in parsed],
+                         [chunk.count for chunk in chunks])
+        self.assertEqual([1 + sum(map(len, parsed[:i]))
+                          for i in range(len(parsed))],
+                         [chunk.first for chunk in chunks])
+        joined = [entry for entries in parsed for entry in entries]
+        self.assertEqual(inventory.parse_text(text, "f.yaml"), joined)
+
+    def test_cut_at_entries_and_parsed_alike(self) -> None:
+        text = fleet_text(40)
+        for parts in (2, 3, 4):
+            self.assertSplitParsesAlike(text, parts, parts)
+
+    def test_block_scalars_and_nested_lists_stay_whole(self) -> None:
+        entry = ("- name: n%d\n  driver: fake\n  driver_info:\n"
+                 "    note: |\n      - not an entry\n      text\n"
+                 "    tags:\n    - a\n    - b\n")
+        text = "".join(entry % i for i in range(12))
+        self.assertSplitParsesAlike(text, 2, 2)
+
+    def test_not_cut(self) -> None:
+        entries = fleet_text(40)
+        for text in (
+                "nodes:\n" + entries,              # a mapping
+                "---\n" + entries,                  # document marker
+                "%YAML 1.1\n---\n" + entries,       # directive
+                json.dumps([{"name": "a"}] * 40),   # a flow list
+                entries.replace("- name: n0010",     # a column-0 scalar
+                                "- name: 'n0010\nx'"),
+                "\ufeff" + entries):                 # byte order mark
+            self.assertEqual([inventory.Part(1, None, text)],
+                             inventory.split_text(text, "f.yaml", 4,
+                                                  min_entries=3))
+
+    def test_json_file_not_cut(self) -> None:
+        text = fleet_text(40)
+        self.assertEqual([inventory.Part(1, None, text)],
+                         inventory.split_text(text, "f.json", 4,
+                                              min_entries=3))
+
+    def test_parts_hold_at_least_min_entries(self) -> None:
+        text = fleet_text(10)
+        self.assertEqual(3, len(inventory.split_text(text, "f.yaml", 8,
+                                                     min_entries=3)))
+        whole = [inventory.Part(1, None, text)]
+        self.assertEqual(whole, inventory.split_text(text, "f.yaml", 8,
+                                                     min_entries=6))
+        self.assertEqual(whole, inventory.split_text(text, "f.yaml", 1,
+                                                     min_entries=1))
+
+    def test_alias_to_another_part_fails_that_part(self) -> None:
+        # The caller must then parse the whole text (startup does).
+        text = ("- &base {name: a, driver: fake}\n"
+                + "".join("- {name: n%d, driver: fake}\n" % i
+                          for i in range(5))
+                + "- <<: *base\n  name: b\n")
+        chunks = inventory.split_text(text, "f.yaml", 2, min_entries=3)
+        self.assertEqual(2, len(chunks))
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                inventory.parse_text, chunks[1].text,
+                                "f.yaml")
+        self.assertIn("malformed YAML", str(exc))
+        self.assertEqual("b", inventory.parse_text(text, "f.yaml")[-1]
+                         ["name"])
+
+
 class TestValidate(base.TestCase):
 
     def setUp(self) -> None:

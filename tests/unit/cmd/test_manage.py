@@ -618,9 +618,11 @@ class TestStatusAndClean(DbManageTestCase):
     def _task_logs(self, host: str) -> tuple[str, str]:
         log_dir = os.path.join(self.state, "async")
         os.makedirs(log_dir)
-        for name in ("database", "drivers"):
+        for name in ("database", "drivers", "inventory-parse-1",
+                     "inventory-parse-12"):
             self.write(os.path.join("async", "%s.log" % name), "x\n")
         other = self.write(os.path.join("async", "conductor.log"), "main\n")
+        self.write(os.path.join("async", "inventory-parse-x.log"), "y\n")
         self.config_file = self.write_config("[DEFAULT]\nhost = %s\n"
                                              % host)
         return log_dir, other
@@ -628,14 +630,15 @@ class TestStatusAndClean(DbManageTestCase):
     def test_clean_removes_only_task_logs_of_a_stopped_host(self) -> None:
         log_dir, other = self._task_logs("g")
         out = self.ok("clean")
-        self.assertIn("and 2 start-up task log(s)", out)
-        self.assertEqual(["conductor.log"], os.listdir(log_dir))
+        self.assertIn("and 4 start-up task log(s)", out)
+        self.assertEqual(["conductor.log", "inventory-parse-x.log"],
+                         sorted(os.listdir(log_dir)))
         self.assertTrue(os.path.exists(other))
 
     def test_clean_keeps_task_logs_of_a_running_host(self) -> None:
         log_dir, _ = self._task_logs("h")
         self.assertIn("and 0 start-up task log(s)", self.ok("clean"))
-        self.assertEqual(3, len(os.listdir(log_dir)))
+        self.assertEqual(6, len(os.listdir(log_dir)))
 
     def test_clean_runs_clean_hooks_and_reports_failures(self) -> None:
         hooks_dir = os.path.join(self.state, "hooks")

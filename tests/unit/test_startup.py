@@ -1,0 +1,240 @@
+"""Unit tests of the start-up steps (conductor.startup), on SQLite."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from unittest import mock
+
+import fixtures
+
+from conductor.common import async_tasks
+from conductor.common import exceptions
+from conductor.db import api as db_api
+from conductor.drivers import fake
+from conductor import inventory
+from conductor import startup
+from tests import base
+
+
+def entries(*names: str) -> list[dict[str, Any]]:
+    return [{"name": name, "driver": "fake"} for name in names]
+
+
+class StartupTestCase(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.db = self.make_db()
+        self.config(connection=str(self.db.engine.url), group="database")
+        self.config(inventory_file="/srv/fleet.yaml")
+        self.drivers = {"fake": fake.FakeDriver()}
+        self.logger = self.useFixture(fixtures.FakeLogger(
+            name=startup.__name__, level=logging.INFO))
+
+    def stored_names(self) -> list[str]:
+        return sorted(n.name for n in self.db.list_nodes())
+
+
+class TestPrepareDatabase(StartupTestCase):
+
+    def test_reads_the_stored_nodes_when_asked(self) -> None:
+        self.db.import_nodes(entries("a", "b"))
+        state = startup.prepare_database(self.conf, read_nodes=True)
+        self.assertEqual(frozenset({"a", "b"}), state.names)
+        self.assertEqual(2, len(state.uuids))
+        self.assertIn("2 node(s) stored", self.logger.output)
+
+    def test_reads_nothing_otherwise(self) -> None:
+        self.db.import_nodes(entries("a"))
+        state = startup.prepare_database(self.conf)
+        self.assertEqual((frozenset(), frozenset()),
+                         (state.names, state.uuids))
+        self.assertTrue(state.revision)
+
+
+class TestImportInventory(StartupTestCase):
+
+    def validated(self, *names: str) -> list[dict[str, Any]]:
+        return inventory.validate(entries(*names), self.drivers)
+
+    def test_enrols_only_what_was_not_stored(self) -> None:
+        self.db.import_nodes(entries("a"))
+        stored = startup.prepare_database(self.conf, read_nodes=True)
+        added = startup.import_inventory(
+            self.conf, self.validated("a", "b", "c"), stored)
+        self.assertEqual(2, added)
+        self.assertEqual(["a", "b", "c"], self.stored_names())
+        self.assertIn("2 node(s) enrolled, 1 already present",
+                      self.logger.output)
+
+    def test_nothing_new_opens_no_connection(self) -> None:
+        self.db.import_nodes(entries("a", "b"))
+        stored = startup.prepare_database(self.conf, read_nodes=True)
+        with mock.patch.object(startup.db_api.Connection, "create",
+                               autospec=True) as create:
+            added = startup.import_inventory(
+                self.conf, self.validated("a", "b"), stored)
+        self.assertEqual(0, added)
+        create.assert_not_called()
+
+    def test_nodes_enrolled_meanwhile_by_another_conductor(self) -> None:
+        # Read before another conductor, sharing the database and the
+        # inventory, enrolled "b": its row must not fail this start.
+        stored = startup.prepare_database(self.conf, read_nodes=True)
+        self.db.import_nodes(entries("b"))
+        added = startup.import_inventory(
+            self.conf, self.validated("a", "b", "c"), stored)
+        self.assertEqual(2, added)
+        self.assertEqual(["a", "b", "c"], self.stored_names())
+        self.assertIn("1 of these nodes were enrolled by another conductor "
+                      "meanwhile; enrolling the other 2", self.logger.output)
+
+    def test_a_clash_nobody_explains_is_raised(self) -> None:
+        stored = startup.prepare_database(self.conf, read_nodes=True)
+        clash = exceptions.DuplicateName(name="a")
+        with mock.patch.object(db_api.Connection, "import_nodes",
+                               autospec=True, side_effect=clash) as insert:
+            exc = self.assertRaises(
+                exceptions.DuplicateName, startup.import_inventory,
+                self.conf, self.validated("a"), stored)
+        self.assertIs(clash, exc)
+        self.assertEqual(1, insert.call_count)
+        self.assertEqual([], self.stored_names())
+
+
+class TestCheckInventoryPart(StartupTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.config(enabled_drivers=["fake"])
+
+    def check(self, text: str, first: int = 1,
+              count: int | None = None) -> list[dict[str, Any]]:
+        return startup.check_inventory_part(
+            self.conf, inventory.Part(first=first, count=count, text=text))
+
+    def test_entries_are_validated(self) -> None:
+        nodes = self.check("- {name: a, driver: fake}\n"
+                           "- {name: b, driver: fake,"
+                           " driver_info: {fake_latency_ms: 5}}\n")
+        self.assertEqual(["a", "b"], [n["name"] for n in nodes])
+        self.assertEqual({"fake_latency_ms": 5}, nodes[1]["driver_info"])
+
+    def test_errors_name_the_entry_by_its_place_in_the_file(self) -> None:
+        exc = self.assertRaises(
+            exceptions.DriverNotEnabled, self.check,
+            "- {name: a, driver: fake}\n- {name: b, driver: nope}\n",
+            first=501)
+        self.assertIn("/srv/fleet.yaml: node #502 (b): Driver nope",
+                      str(exc))
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                self.check, "- {driver: fake}\n", first=7)
+        self.assertIn("node #7 has neither a name nor a uuid", str(exc))
+
+    def test_a_part_not_holding_its_count_fails(self) -> None:
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                self.check, "- {name: a, driver: fake}\n",
+                                first=3, count=2)
+        self.assertIn("the part from entry #3 holds 1 entries, not 2",
+                      str(exc))
+
+
+class TestCheckedInParts(StartupTestCase):
+    """_checked joins the parts, or checks the whole file again."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.config(enabled_drivers=["fake"])
+        self.group = async_tasks.TaskGroup(
+            self.useFixture(fixtures.TempDir()).path)
+        self.addCleanup(self.group.cleanup)
+
+    def checked(self, text: str) -> list[dict[str, Any]]:
+        parts = inventory.split_text(text, "f.yaml", 2, min_entries=2)
+        self.assertEqual(2, len(parts))
+        for number, part in enumerate(parts, start=1):
+            self.group.run_process("inventory-parse-%d" % number,
+                                   startup.check_inventory_part, self.conf,
+                                   part)
+        return startup._checked(self.group, self.conf, parts, text)
+
+    def test_parts_are_joined_in_order(self) -> None:
+        text = "".join("- {name: n%d, driver: fake}\n" % i
+                       for i in range(6))
+        self.assertEqual(["n%d" % i for i in range(6)],
+                         [n["name"] for n in self.checked(text)])
+        self.assertNotIn("checking it whole", self.logger.output)
+
+    def test_alias_across_parts_is_checked_whole(self) -> None:
+        text = ("- &x {name: a, driver: fake}\n- {name: b, driver: fake}\n"
+                "- {name: c, driver: fake}\n- {<<: *x, name: d}\n"
+                "- {name: e, driver: fake}\n")
+        self.assertEqual(["a", "b", "c", "d", "e"],
+                         [n["name"] for n in self.checked(text)])
+        self.assertIn("Checking /srv/fleet.yaml in 2 parts failed "
+                      "(inventory-parse-2: ", self.logger.output)
+
+    def test_a_syntax_error_names_the_line_in_the_whole_file(self) -> None:
+        text = ("- {name: a, driver: fake}\n- {name: b, driver: fake}\n"
+                "- {name: c, driver: fake}\n- {name: d, driver: fake}\n"
+                "- {name: [e}\n")
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                self.checked, text)
+        self.assertIn("/srv/fleet.yaml: malformed YAML at line 5", str(exc))
+
+    def test_a_name_in_two_parts_is_the_first_problem_named(self) -> None:
+        # Entry 4 repeats entry 1's name (across parts); entry 5 is bad
+        # too, but an uncut file reports entry 4 first.
+        text = ("- {name: a, driver: fake}\n- {name: b, driver: fake}\n"
+                "- {name: c, driver: fake}\n- {name: a, driver: fake}\n"
+                "- {name: e, driver: nope}\n- {name: f, driver: fake}\n")
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                self.checked, text)
+        self.assertIn("node #4 (a): name a is also used by node #1",
+                      str(exc))
+
+    def test_a_name_in_two_valid_parts_is_refused(self) -> None:
+        text = ("- {name: a, driver: fake}\n- {name: b, driver: fake}\n"
+                "- {name: c, driver: fake}\n- {name: a, driver: fake}\n")
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                self.checked, text)
+        self.assertIn("node #4 (a): name a is also used by node #1",
+                      str(exc))
+        self.assertIn("two parts share a name or uuid", self.logger.output)
+
+
+class TestStartupHelpers(base.TestCase):
+
+    def test_task_log_names(self) -> None:
+        for name in ("database.log", "inventory-parse-3.log",
+                     "inventory-parse.log", "inventory-import.log"):
+            self.assertTrue(startup.is_task_log(name), name)
+        for name in ("conductor.log", "inventory-parse-x.log",
+                     "database.log.1", "drivers"):
+            self.assertFalse(startup.is_task_log(name), name)
+
+    def test_parse_parts_follow_the_usable_cpus(self) -> None:
+        for cpus, parts in ((1, 1), (2, 2), (3, 3), (64, 4)):
+            with mock.patch.object(startup.os, "sched_getaffinity",
+                                   return_value=set(range(cpus))):
+                self.assertEqual(parts, startup.parse_parts())
+
+
+class TestLoadDrivers(base.TestCase):
+
+    def test_every_driver_is_prepared(self) -> None:
+        self.config(enabled_drivers=["fake"])
+        with mock.patch.object(fake.FakeDriver, "prepare",
+                               autospec=True) as prepare:
+            drivers = startup.load_drivers(self.conf)
+        prepare.assert_called_once_with(drivers["fake"])
+
+    def test_a_failing_prepare_names_the_driver(self) -> None:
+        self.config(enabled_drivers=["fake"])
+        with mock.patch.object(fake.FakeDriver, "prepare", autospec=True,
+                               side_effect=RuntimeError("no /dev/ipmi0")):
+            exc = self.assertRaises(exceptions.DriverLoadError,
+                                    startup.load_drivers, self.conf)
+        self.assertEqual("Driver fake could not be loaded: RuntimeError: "
+                         "no /dev/ipmi0", str(exc))
