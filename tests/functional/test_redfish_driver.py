@@ -85,8 +85,15 @@ class RedfishDriverTest(base.TestCase):
         bmc.wait_for(settled, POWER_CHANGE_TIMEOUT,
                      "power changes were not applied: %s" % seen,
                      interval=0.2)
-        # A reboot of a running system goes through off (ForceRestart).
-        self.assertEqual([states.POWER_OFF, states.POWER_ON], seen[2])
+        # Both reboots reached the BMC as resets, and left the systems on.
+        # NOTE: whether the brief "off" of a restart is seen depends on
+        # timing (the emulator may end it within milliseconds), so it is
+        # not asserted; the reset type sent is checked in the unit tests.
+        log = self.emulator.log()
+        for index in (2, 3):
+            self.assertIn('POST /redfish/v1/Systems/%s/Actions/'
+                          'ComputerSystem.Reset' % self.emulator.ids[index],
+                          log)
         self.assertEqual(["On", "Off", "On", "On"],
                          [self.emulator.power(i) for i in range(4)])
 
