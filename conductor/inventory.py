@@ -127,6 +127,9 @@ _ITEM_RE = re.compile(r"^-(?:[ \t]|$)", re.M)
 # A line starting at column 0 with anything but an entry, a comment or
 # nothing: the file is not a plain top-level block sequence.
 _OTHER_RE = re.compile(r"^(?:[^-#\s]|-[^ \t\n])", re.M)
+# Line breaks for YAML that "^" above does not see: a line they start
+# would escape both patterns (a hidden "nodes:" key or %TAG directive).
+_OTHER_BREAK_RE = re.compile("[\r\x85\u2028\u2029]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,9 +151,11 @@ def split_text(text: str, path: str, parts: int,
     the parts can be parsed at the same time and their lists joined. Only
     the common form is cut: a top-level block sequence whose every line
     at column 0 starts an entry (``- ``), is a comment or is blank
-    (entries' own lines are indented). Anything else (JSON, a ``nodes:``
-    mapping, document markers, directives, a flow list), fewer than
-    ``min_entries`` entries per part, or ``parts`` < 2 gives one part.
+    (entries' own lines are indented), with no line break but ``\n``.
+    Anything else (JSON, a ``nodes:`` mapping, document markers,
+    directives, a flow list, the line breaks YAML also knows: CR, NEL,
+    U+2028, U+2029), fewer than ``min_entries`` entries per part, or
+    ``parts`` < 2 gives one part.
 
     A cut is only a guess that the parts parse alone: an alias to an
     anchor in another part does not, for one. Whoever parses the parts
@@ -158,7 +163,8 @@ def split_text(text: str, path: str, parts: int,
     ``count`` entries, for the right result or the right error.
     """
     whole = [Part(first=1, count=None, text=text)]
-    if parts < 2 or path.endswith(".json") or _OTHER_RE.search(text):
+    if (parts < 2 or path.endswith(".json") or _OTHER_RE.search(text)
+            or _OTHER_BREAK_RE.search(text)):
         return whole
     starts = [m.start() for m in _ITEM_RE.finditer(text)]
     parts = min(parts, len(starts) // max(1, min_entries))

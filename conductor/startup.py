@@ -14,10 +14,12 @@ the other, with the same logs. The steps and what they wait for::
                       host (thread) ---------------------------------+
     inventory-parse-N parse and validate part N of [DEFAULT]
                       inventory_file (one process per part, see
-                      inventory.split_text) ----------------------------+
+                      inventory.split_text) -------------------------+
                                                                      v
     inventory-import  enrol the nodes the database step did not find
-                      (needs the schema); no connection if none
+                      (needs the schema); no connection if none.
+                      inventory-recheck checks the whole file in order
+                      when a part could not be checked alone (process)
     then              'start post-config' hooks, the timing summary
 
 Why they are independent: the hooks are operator scripts that must not
@@ -59,7 +61,7 @@ LOG = logging.getLogger(__name__)
 #: Every start-up task name: their logs are <async_log_dir>/<name>.log.
 #: The inventory is parsed in parts, by tasks inventory-parse-1, -2...
 TASK_NAMES = ("pre-start-hooks", "database", "broker", "drivers",
-              "inventory-import")
+              "inventory-recheck", "inventory-import")
 _TASK_LOG_RE = re.compile(r"^(?:%s|inventory-parse(?:-[0-9]+)?)\.log$"
                           % "|".join(re.escape(n) for n in TASK_NAMES))
 
@@ -284,12 +286,21 @@ def run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
         Every task is finished, its log replayed, before this returns or
         raises, so the caller may fork right after.
     """
+    # NOTE: what the master holds now (modules, config) lives as long as
+    # it does; frozen out of the garbage collector until start-up ends,
+    # it is not traversed by every full collection the steps trigger.
+    gc.freeze()
+    try:
+        return _run(conf, hook_list)
+    finally:
+        gc.unfreeze()
+
+
+def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
+         ) -> StartupResult:
+    """Body of :func:`run`."""
     # NOTE: the module's default group, so hooks and drivers can use the
     # run/wait API of DESIGN.md section 9 during start-up too.
-    # NOTE: what the master holds now (modules, config) lives as long as
-    # it does; frozen out of the garbage collector, it is not traversed
-    # again by every full collection the start-up steps trigger.
-    gc.freeze()
     group = async_tasks.configure(conf.async_log_dir,
                                   parallel=conf.parallel_startup, logger=LOG)
     config_files = list(conf.config_file)
@@ -339,9 +350,10 @@ def _checked(group: async_tasks.TaskGroup, conf: cfg.ConfigOpts,
 
     When the file was cut and a part failed (an alias to an anchor in
     another part, or a real mistake) or two parts share a name or uuid,
-    the whole text is checked again here, in file order: that gives the
-    right nodes, or the error an uncut file gives, with the file's own
-    line numbers and its first bad entry.
+    the whole text is checked again, in file order, by the task
+    ``inventory-recheck``: that gives the right nodes, or the error an
+    uncut file gives, with the file's own line numbers and its first bad
+    entry.
     """
     nodes: list[dict[str, Any]] = []
     problems: list[str] = []
@@ -360,7 +372,11 @@ def _checked(group: async_tasks.TaskGroup, conf: cfg.ConfigOpts,
                  "path": conf.inventory_file, "count": len(parts),
                  "problems": "; ".join(problems)
                  or "two parts share a name or uuid"})
-    return check_inventory_part(conf, inventory.Part(1, None, text))
+    # NOTE: in a child too: a pathological file (lists nested tens of
+    # thousands deep) crashes libyaml, which must not take the master.
+    group.run_process("inventory-recheck", check_inventory_part, conf,
+                      inventory.Part(1, None, text))
+    return _wait(group, "inventory-recheck")
 
 
 def _shared_identity(nodes: Sequence[dict[str, Any]]) -> bool:

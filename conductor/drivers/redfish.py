@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import threading
@@ -277,13 +278,15 @@ class RedfishDriver(base.BaseDriver):
         Importing sushy costs about 0.15 s of CPU; the workers do it at
         their first Redfish call, and the master need not pay it too.
 
-        :raises: DriverLoadError when sushy is not installed.
+        :raises: DriverLoadError when sushy cannot be found.
         """
-        try:
-            version = importlib.metadata.version("sushy")
-        except importlib.metadata.PackageNotFoundError:
+        if importlib.util.find_spec("sushy") is None:
             raise exceptions.DriverLoadError(
                 driver="redfish",
                 reason="the sushy library is not installed; install it: "
-                       "pip install sushy") from None
+                       "pip install sushy")
+        try:
+            version = importlib.metadata.version("sushy")
+        except importlib.metadata.PackageNotFoundError:
+            version = "(version unknown: no package metadata)"
         LOG.info("redfish driver: sushy %s", version)

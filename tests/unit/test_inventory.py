@@ -185,7 +185,13 @@ class TestSplitText(base.TestCase):
                 json.dumps([{"name": "a"}] * 40),   # a flow list
                 entries.replace("- name: n0010",     # a column-0 scalar
                                 "- name: 'n0010\nx'"),
-                "\ufeff" + entries):                 # byte order mark
+                "\ufeff" + entries,                  # byte order mark
+                # Line breaks YAML knows and "^" does not: each would
+                # hide a column-0 key, and the parts would differ.
+                "# x\u2028nodes:\n" + entries,
+                "# x\x85nodes:\n" + entries,
+                "- {name: a}\u2029retired:\n" + entries,
+                entries.replace("\n", "\r\n")):
             self.assertEqual([inventory.Part(1, None, text)],
                              inventory.split_text(text, "f.yaml", 4,
                                                   min_entries=3))

@@ -143,11 +143,14 @@ class TestCheckInventoryPart(StartupTestCase):
 class TestCheckedInParts(StartupTestCase):
     """_checked joins the parts, or checks the whole file again."""
 
+    parallel = True
+
     def setUp(self) -> None:
         super().setUp()
         self.config(enabled_drivers=["fake"])
         self.group = async_tasks.TaskGroup(
-            self.useFixture(fixtures.TempDir()).path)
+            self.useFixture(fixtures.TempDir()).path,
+            parallel=self.parallel)
         self.addCleanup(self.group.cleanup)
 
     def checked(self, text: str) -> list[dict[str, Any]]:
@@ -194,6 +197,17 @@ class TestCheckedInParts(StartupTestCase):
         self.assertIn("node #4 (a): name a is also used by node #1",
                       str(exc))
 
+    def test_a_file_that_crashes_the_parser_spares_the_master(self) -> None:
+        # libyaml overflows its stack on lists nested this deep: the part
+        # and the whole-file check crash in their own processes.
+        text = ("- {name: a, driver: fake}\n- {name: b, driver: fake}\n"
+                "- {name: c, driver: fake}\n- " + "[" * 30000
+                + "]" * 30000 + "\n")
+        exc = self.assertRaises(async_tasks.ChildProcessFailed,
+                                self.checked, text)
+        self.assertIn("the process of task inventory-recheck ended without "
+                      "a result (killed by signal 11)", str(exc))
+
     def test_a_name_in_two_valid_parts_is_refused(self) -> None:
         text = ("- {name: a, driver: fake}\n- {name: b, driver: fake}\n"
                 "- {name: c, driver: fake}\n- {name: a, driver: fake}\n")
@@ -202,6 +216,12 @@ class TestCheckedInParts(StartupTestCase):
         self.assertIn("node #4 (a): name a is also used by node #1",
                       str(exc))
         self.assertIn("two parts share a name or uuid", self.logger.output)
+
+
+class TestCheckedInPartsInline(TestCheckedInParts):
+    """The same with parallel_startup = False."""
+
+    parallel = False
 
 
 class TestStartupHelpers(base.TestCase):

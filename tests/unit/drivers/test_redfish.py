@@ -453,13 +453,22 @@ class DriverTest(base.TestCase):
         self.assertRegex(logger.output, r"redfish driver: sushy \d+\.")
 
     def test_prepare_names_a_missing_sushy(self) -> None:
-        missing = importlib.metadata.PackageNotFoundError("sushy")
-        with mock.patch.object(redfish.importlib.metadata, "version",
-                               side_effect=missing):
+        with mock.patch.object(redfish.importlib.util, "find_spec",
+                               return_value=None) as find_spec:
             exc = self.assertRaises(exceptions.DriverLoadError,
                                     redfish.RedfishDriver().prepare)
+        find_spec.assert_called_once_with("sushy")
         self.assertIn("Driver redfish could not be loaded: the sushy "
                       "library is not installed", str(exc))
+
+    def test_prepare_accepts_sushy_without_package_metadata(self) -> None:
+        # A checkout on the path works though pip never installed it.
+        missing = importlib.metadata.PackageNotFoundError("sushy")
+        logger = self.useFixture(fixtures.FakeLogger(name=redfish.__name__))
+        with mock.patch.object(redfish.importlib.metadata, "version",
+                               side_effect=missing):
+            redfish.RedfishDriver().prepare()
+        self.assertIn("sushy (version unknown", logger.output)
 
 
 class LazyImportTest(base.TestCase):
