@@ -212,7 +212,8 @@ def check_inventory_part(conf: cfg.ConfigOpts, part: inventory.Part
 
 
 def import_inventory(conf: cfg.ConfigOpts, nodes: Sequence[dict[str, Any]],
-                     stored: DatabaseState) -> int:
+                     stored: DatabaseState,
+                     db: db_api.Connection | None = None) -> int:
     """Enrol the validated inventory nodes not enrolled yet.
 
     Nodes are matched on name (or uuid) against ``stored``; those already
@@ -224,11 +225,20 @@ def import_inventory(conf: cfg.ConfigOpts, nodes: Sequence[dict[str, Any]],
     ``stored`` was read, the stored names are read again and the rest
     enrolled.
 
+    :param db: a connection to use (the caller disposes of it); one is
+        made when needed otherwise.
     :returns: the number of nodes added.
     """
     new = _not_stored(nodes, stored.names, stored.uuids)
-    if new:
-        new = _enrol(conf, nodes, new)
+    if new and db is not None:
+        new = _enrol(db, nodes, new)
+    elif new:
+        db = db_api.Connection.create(conf.database.connection,
+                                      max_retries=0)
+        try:
+            new = _enrol(db, nodes, new)
+        finally:
+            db.dispose()
     LOG.info("Inventory %(path)s: %(new)d node(s) enrolled, %(old)d "
              "already present", {"path": conf.inventory_file,
                                  "new": len(new),
@@ -243,7 +253,7 @@ def _not_stored(nodes: Sequence[dict[str, Any]], names: Collection[str],
             and node.get("uuid") not in uuids]
 
 
-def _enrol(conf: cfg.ConfigOpts, nodes: Sequence[dict[str, Any]],
+def _enrol(db: db_api.Connection, nodes: Sequence[dict[str, Any]],
            new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Store ``new`` in one transaction; returns what was stored.
 
@@ -251,22 +261,18 @@ def _enrol(conf: cfg.ConfigOpts, nodes: Sequence[dict[str, Any]],
     conductor keeps enrolling some of them; a clash with nothing new
     stored meanwhile is a real one and is raised.
     """
-    db = db_api.Connection.create(conf.database.connection, max_retries=0)
-    try:
-        while True:
-            try:
-                db.import_nodes(new, read_back=False)
-                return new
-            except exceptions.ConductorException:
-                missing = _not_stored(nodes, *db.node_identities())
-                if len(missing) >= len(new):
-                    raise
-                LOG.info("%d of these nodes were enrolled by another "
-                         "conductor meanwhile; enrolling the other %d",
-                         len(new) - len(missing), len(missing))
-                new = missing
-    finally:
-        db.dispose()
+    while True:
+        try:
+            db.import_nodes(new, read_back=False)
+            return new
+        except exceptions.ConductorException:
+            missing = _not_stored(nodes, *db.node_identities())
+            if len(missing) >= len(new):
+                raise
+            LOG.info("%d of these nodes were enrolled by another "
+                     "conductor meanwhile; enrolling the other %d",
+                     len(new) - len(missing), len(missing))
+            new = missing
 
 
 @dataclasses.dataclass
@@ -327,10 +333,7 @@ def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
         drivers = _wait(group, "drivers")
         stored = _wait(group, "database")
         if conf.inventory_file:
-            nodes = _checked(group, conf, parts, text)
-            group.run("inventory-import", import_inventory, conf, nodes,
-                      stored)
-            _wait(group, "inventory-import")
+            _import(group, conf, parts, text, stored)
         _wait(group, "pre-start-hooks")
         if rpc.enabled(conf):
             _wait(group, "broker")
@@ -341,6 +344,26 @@ def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
     summary = group.summary()
     LOG.info("Start-up %s", summary)
     return StartupResult(drivers=drivers, summary=summary)
+
+
+def _import(group: async_tasks.TaskGroup, conf: cfg.ConfigOpts,
+            parts: Sequence[inventory.Part], text: str,
+            stored: DatabaseState) -> None:
+    """Wait for the inventory parts, then run ``inventory-import``."""
+    db = None
+    if conf.parallel_startup and not stored.uuids:
+        # NOTE: an empty database, so every node is new: connect while
+        # the parts are still being checked rather than after.
+        db = db_api.Connection.create(conf.database.connection,
+                                      max_retries=0)
+    try:
+        nodes = _checked(group, conf, parts, text)
+        group.run("inventory-import", import_inventory, conf, nodes, stored,
+                  db)
+        _wait(group, "inventory-import")
+    finally:
+        if db is not None:
+            db.dispose()
 
 
 def _checked(group: async_tasks.TaskGroup, conf: cfg.ConfigOpts,

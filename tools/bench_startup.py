@@ -162,7 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=sorted(ADMIN), default="mysql")
     parser.add_argument("--nodes", type=int, default=3000)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="bench-startup-")
     inventory(os.path.join(workdir, "fleet.yaml"), args.nodes)

@@ -218,6 +218,57 @@ class TestCheckedInParts(StartupTestCase):
         self.assertIn("two parts share a name or uuid", self.logger.output)
 
 
+class TestImportAfterParts(StartupTestCase):
+    """_import: connect early on an empty database, in parallel mode."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.config(enabled_drivers=["fake"])
+        self.calls: list[str] = []
+        real_create = db_api.Connection.create.__func__  # type: ignore
+        real_checked = startup._checked
+
+        def create(cls: Any, *args: Any, **kwargs: Any) -> Any:
+            self.calls.append("connect")
+            return real_create(cls, *args, **kwargs)
+
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append("parts")
+            return real_checked(*args, **kwargs)
+
+        self.useFixture(fixtures.MockPatchObject(
+            db_api.Connection, "create", classmethod(create)))
+        self.useFixture(fixtures.MockPatchObject(startup, "_checked",
+                                                 checked))
+
+    def run_import(self, parallel: bool) -> list[str]:
+        self.config(parallel_startup=parallel)
+        group = async_tasks.TaskGroup(
+            self.useFixture(fixtures.TempDir()).path, parallel=parallel)
+        self.addCleanup(group.cleanup)
+        text = "".join("- {name: n%d, driver: fake}\n" % i for i in range(4))
+        parts = inventory.split_text(text, "f.yaml", 2, min_entries=2)
+        for number, part in enumerate(parts, start=1):
+            group.run_process("inventory-parse-%d" % number,
+                              startup.check_inventory_part, self.conf, part)
+        stored = startup.prepare_database(self.conf, read_nodes=True)
+        startup._import(group, self.conf, parts, text, stored)
+        return sorted(node.name for node in self.db.list_nodes())
+
+    def test_empty_database_connects_before_the_parts_end(self) -> None:
+        self.assertEqual(["n0", "n1", "n2", "n3"], self.run_import(True))
+        self.assertEqual(["connect", "parts"], self.calls)
+
+    def test_inline_connects_only_to_enrol(self) -> None:
+        self.assertEqual(["n0", "n1", "n2", "n3"], self.run_import(False))
+        self.assertEqual(["parts", "connect"], self.calls)
+
+    def test_stored_nodes_connect_only_if_something_is_new(self) -> None:
+        self.db.import_nodes(entries("n0", "n1", "n2", "n3"))
+        self.assertEqual(["n0", "n1", "n2", "n3"], self.run_import(True))
+        self.assertEqual(["parts"], self.calls)
+
+
 class TestCheckedInPartsInline(TestCheckedInParts):
     """The same with parallel_startup = False."""
 
