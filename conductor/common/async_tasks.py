@@ -276,6 +276,8 @@ class TaskGroup:
         self._starting: set[str] = set()
         self._waiting = 0.0
         self._capture: _LogCapture | None = None
+        # Process tasks whose waiter thread is not started yet.
+        self._unstarted: list[_Task] = []
 
     # -- starting ---------------------------------------------------------
 
@@ -350,6 +352,15 @@ class TaskGroup:
                                       args=(task, capture),
                                       name="async-%s" % name)
             task.thread = thread
+            if prestart is not None:
+                # NOTE: a process task's waiter thread starts only when
+                # the caller starts a thread task or waits, so that the
+                # children of consecutive run_process calls are all
+                # forked while no other thread runs.
+                with self._lock:
+                    self._unstarted.append(task)
+                return
+            self._start_waiters()
             try:
                 thread.start()
             except BaseException:
@@ -365,6 +376,22 @@ class TaskGroup:
                 and not isinstance(task.error, Exception)):
             raise task.error
 
+    def _start_waiters(self) -> None:
+        """Start the waiter threads of the process tasks forked so far."""
+        with self._lock:
+            unstarted, self._unstarted = self._unstarted, []
+        for task in unstarted:
+            assert task.thread is not None
+            try:
+                task.thread.start()
+            except BaseException as exc:
+                # NOTE: the child runs on; without a waiter its outcome
+                # is unknown, which its wait reports.
+                task.thread = None
+                task.error = exc
+                task.end = self._clock()
+                task.handler.close()
+
     def run_process(self, name: str, fn: Callable[..., Any], *args: Any,
                     **kwargs: Any) -> None:
         """Like :meth:`run`, but ``fn`` runs in a forked child process.
@@ -375,7 +402,10 @@ class TaskGroup:
         The child is forked here, in the caller's thread: a child forked
         from a thread while other threads run may inherit a lock one of
         them held (a module's import lock, say) and hang on it, so start
-        process tasks before thread tasks. A task thread (or, inline, the
+        process tasks before thread tasks. The task's own waiter thread
+        starts only at the next :meth:`run` of a thread task, :meth:`wait`
+        or :meth:`cleanup`, so consecutive process tasks never fork beside
+        one another's waiters. A task thread (or, inline, the
         caller) then waits for the child. The child's records go to the
         task's ``<name>.log``. ``args`` reach ``fn`` by the fork (any
         object works); its return value or exception comes back pickled,
@@ -430,6 +460,7 @@ class TaskGroup:
             for, or is repeated; checked before waiting for anything.
         :raises TaskFailed: a task raised; names the task and the error.
         """
+        self._start_waiters()
         with self._lock:
             if names:
                 seen: set[str] = set()
@@ -509,6 +540,7 @@ class TaskGroup:
         is removed. Safe to call more than once.
         """
         failures: list[TaskFailed] = []
+        self._start_waiters()
         with self._lock:
             pending = [t for t in self._tasks.values()
                        if not t.collected]

@@ -708,6 +708,36 @@ class ProcessMixin(_MixinBase):
 
 class TestProcessParallel(ProcessMixin, AsyncTestCase):
 
+    def test_consecutive_children_fork_beside_no_waiter(self) -> None:
+        # Each fork must happen while no other thread of the group runs:
+        # waiter threads start at the next thread task or wait.
+        group = self.group()
+        real_fork = os.fork
+        threads_at_fork: list[int] = []
+
+        def fork() -> int:
+            threads_at_fork.append(threading.active_count())
+            return real_fork()
+
+        before = threading.active_count()
+        with mock.patch.object(async_tasks.os, "fork", side_effect=fork):
+            group.run_process("a", os.getpid)
+            group.run_process("b", os.getpid)
+            group.run_process("c", os.getpid)
+        self.assertEqual([before] * 3, threads_at_fork)
+        group.run("t", lambda: "thread")
+        results = group.wait()
+        self.assertEqual({"a", "b", "c", "t"}, set(results))
+        self.assertEqual(3, len({results[n] for n in "abc"}))
+
+    def test_a_thread_task_starts_the_waiters(self) -> None:
+        group = self.group()
+        group.run_process("p", os.getpid)
+        group.run("t", threading.active_count)
+        # The process task's waiter was started before the thread task.
+        self.assertGreaterEqual(group.wait("t")["t"], 2)
+        self.assertNotEqual(os.getpid(), group.wait("p")["p"])
+
     def test_child_is_forked_from_the_callers_thread(self) -> None:
         # A forked child's only thread keeps the ident of the thread that
         # forked it: the caller's, not a task thread that could race
