@@ -151,7 +151,7 @@ def split_text(text: str, path: str, parts: int,
     the parts can be parsed at the same time and their lists joined. Only
     the common form is cut: a top-level block sequence whose every line
     at column 0 starts an entry (``- ``), is a comment or is blank
-    (entries' own lines are indented), with no line break but ``\n``.
+    (entries' own lines are indented), with no line break but LF.
     Anything else (JSON, a ``nodes:`` mapping, document markers,
     directives, a flow list, the line breaks YAML also knows: CR, NEL,
     U+2028, U+2029), fewer than ``min_entries`` entries per part, or

@@ -384,6 +384,10 @@ def _checked(group: async_tasks.TaskGroup, conf: cfg.ConfigOpts,
         name = "inventory-parse-%d" % number
         try:
             nodes.extend(_wait(group, name))
+        except async_tasks.ChildProcessFailed as exc:
+            if len(parts) == 1:
+                raise _unreadable(conf.inventory_file, exc) from exc
+            problems.append("%s: %s" % (name, exc))
         except exceptions.ConductorException as exc:
             if len(parts) == 1:
                 raise
@@ -399,7 +403,18 @@ def _checked(group: async_tasks.TaskGroup, conf: cfg.ConfigOpts,
     # thousands deep) crashes libyaml, which must not take the master.
     group.run_process("inventory-recheck", check_inventory_part, conf,
                       inventory.Part(1, None, text))
-    return _wait(group, "inventory-recheck")
+    try:
+        return _wait(group, "inventory-recheck")
+    except async_tasks.ChildProcessFailed as exc:
+        raise _unreadable(conf.inventory_file, exc) from exc
+
+
+def _unreadable(path: str, exc: Exception
+                ) -> exceptions.InvalidParameterValue:
+    """The error for an inventory whose checking process died."""
+    return exceptions.InvalidParameterValue(
+        err="%s: cannot be checked, its checking process died (%s)"
+            % (path, exc))
 
 
 def _shared_identity(nodes: Sequence[dict[str, Any]]) -> bool:

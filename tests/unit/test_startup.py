@@ -203,10 +203,12 @@ class TestCheckedInParts(StartupTestCase):
         text = ("- {name: a, driver: fake}\n- {name: b, driver: fake}\n"
                 "- {name: c, driver: fake}\n- " + "[" * 30000
                 + "]" * 30000 + "\n")
-        exc = self.assertRaises(async_tasks.ChildProcessFailed,
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
                                 self.checked, text)
-        self.assertIn("the process of task inventory-recheck ended without "
-                      "a result (killed by signal 11)", str(exc))
+        self.assertIn("/srv/fleet.yaml: cannot be checked, its checking "
+                      "process died (the process of task inventory-recheck "
+                      "ended without a result (killed by signal 11))",
+                      str(exc))
 
     def test_a_name_in_two_valid_parts_is_refused(self) -> None:
         text = ("- {name: a, driver: fake}\n- {name: b, driver: fake}\n"
