@@ -230,15 +230,14 @@ def import_inventory(conf: cfg.ConfigOpts, nodes: Sequence[dict[str, Any]],
     :returns: the number of nodes added.
     """
     new = _not_stored(nodes, stored.names, stored.uuids)
-    if new and db is not None:
-        new = _enrol(db, nodes, new)
-    elif new:
-        db = db_api.Connection.create(conf.database.connection,
-                                      max_retries=0)
+    if new:
+        conn = db or db_api.Connection.create(conf.database.connection,
+                                              max_retries=0)
         try:
-            new = _enrol(db, nodes, new)
+            new = _enrol(conn, nodes, new)
         finally:
-            db.dispose()
+            if conn is not db:
+                conn.dispose()
     LOG.info("Inventory %(path)s: %(new)d node(s) enrolled, %(old)d "
              "already present", {"path": conf.inventory_file,
                                  "new": len(new),
@@ -321,8 +320,8 @@ def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
             parts = inventory.split_text(text, conf.inventory_file,
                                          parse_parts())
             for number, part in enumerate(parts, start=1):
-                group.run_process("inventory-parse-%d" % number,
-                                  check_inventory_part, conf, part)
+                group.run_process(_parse_task(number), check_inventory_part,
+                                  conf, part)
         group.run_process("database", prepare_database, conf,
                           read_nodes=bool(conf.inventory_file))
         if rpc.enabled(conf):
@@ -381,13 +380,9 @@ def _checked(group: async_tasks.TaskGroup, conf: cfg.ConfigOpts,
     nodes: list[dict[str, Any]] = []
     problems: list[str] = []
     for number in range(1, len(parts) + 1):
-        name = "inventory-parse-%d" % number
+        name = _parse_task(number)
         try:
-            nodes.extend(_wait(group, name))
-        except async_tasks.ChildProcessFailed as exc:
-            if len(parts) == 1:
-                raise _unreadable(conf.inventory_file, exc) from exc
-            problems.append("%s: %s" % (name, exc))
+            nodes.extend(_wait_checked(group, name, conf.inventory_file))
         except exceptions.ConductorException as exc:
             if len(parts) == 1:
                 raise
@@ -403,18 +398,27 @@ def _checked(group: async_tasks.TaskGroup, conf: cfg.ConfigOpts,
     # thousands deep) crashes libyaml, which must not take the master.
     group.run_process("inventory-recheck", check_inventory_part, conf,
                       inventory.Part(1, None, text))
+    return _wait_checked(group, "inventory-recheck", conf.inventory_file)
+
+
+def _parse_task(number: int) -> str:
+    """The name of the task checking part ``number`` of the inventory."""
+    return "inventory-parse-%d" % number
+
+
+def _wait_checked(group: async_tasks.TaskGroup, name: str,
+                  path: str) -> list[dict[str, Any]]:
+    """:func:`_wait` for a task checking the inventory ``path``.
+
+    A checking process that died (a parser crash, the OOM killer) is
+    reported as a problem of the file, naming it.
+    """
     try:
-        return _wait(group, "inventory-recheck")
+        return list(_wait(group, name))
     except async_tasks.ChildProcessFailed as exc:
-        raise _unreadable(conf.inventory_file, exc) from exc
-
-
-def _unreadable(path: str, exc: Exception
-                ) -> exceptions.InvalidParameterValue:
-    """The error for an inventory whose checking process died."""
-    return exceptions.InvalidParameterValue(
-        err="%s: cannot be checked, its checking process died (%s)"
-            % (path, exc))
+        raise exceptions.InvalidParameterValue(
+            err="%s: cannot be checked, its checking process died (%s)"
+                % (path, exc)) from exc
 
 
 def _shared_identity(nodes: Sequence[dict[str, Any]]) -> bool:
