@@ -6,18 +6,18 @@ on; with ``[DEFAULT] parallel_startup = False`` they run inline, one after
 the other, with the same logs. The steps and what they wait for::
 
     pre-start-hooks   'start pre-start' hooks (thread) --------------.
-    database          create/upgrade or check the schema, read the
-                      stored node names if there is an inventory
-                      (process) -------------------------------------+
     broker            a transport_url host answers? (process) -------+
+    database          connect, create/upgrade or check the schema,
+                      read the stored node names if there is an
+                      inventory (thread) ----------------------------+
     drivers           load the enabled drivers, let each check this
                       host (thread) ---------------------------------+
     inventory-parse-N parse and validate part N of [DEFAULT]
                       inventory_file (one process per part, see
                       inventory.split_text) -------------------------+
                                                                      v
-    inventory-import  enrol the nodes the database step did not find
-                      (needs the schema); no connection if none.
+    inventory-import  enrol the nodes the database step did not find,
+                      over its connection; nothing is written if none.
                       inventory-recheck checks the whole file in order
                       when a part could not be checked alone (process)
     then              'start post-config' hooks, the timing summary
@@ -28,11 +28,15 @@ schema needs only the database; the broker check only the network;
 loading drivers only their modules; checking the inventory only the file
 and the drivers' code. CPU-bound steps run in forked child processes:
 threads of one interpreter share one core for Python code, and would take
-longer together than one after another. The master loads the drivers its
-workers inherit; each inventory part loads its own copy to validate with.
+longer together than one after another. The database step mostly waits
+for the server, so it runs in a thread and its one connection also
+serves the import (in a child, its connection could not, and a second
+one costs as much again: PyMySQL spends ~40 ms of CPU loading the CA
+store for each). The master loads the drivers its workers inherit; each
+inventory part loads its own copy to validate with.
 
-Every step leaves nothing open (engines disposed, threads joined) because
-the master forks right after.
+Every step leaves nothing open (the connection disposed, threads joined)
+because the master forks right after.
 """
 
 from __future__ import annotations
@@ -94,20 +98,34 @@ class DatabaseState:
     uuids: frozenset[str] = frozenset()
 
 
-def prepare_database(conf: cfg.ConfigOpts,
+def open_database(conf: cfg.ConfigOpts, read_nodes: bool,
+                  opened: list[db_api.Connection]) -> DatabaseState:
+    """Connect, and :func:`prepare_database` on that connection.
+
+    The connection is kept for ``inventory-import``: it is appended to
+    ``opened`` as soon as it exists, and the caller disposes of it.
+
+    :raises: DatabaseUnavailable, SchemaOutOfDate.
+    """
+    db = db_api.Connection.create(conf.database.connection, max_retries=0)
+    opened.append(db)
+    return prepare_database(conf, db, read_nodes)
+
+
+def prepare_database(conf: cfg.ConfigOpts, db: db_api.Connection,
                      read_nodes: bool = False) -> DatabaseState:
-    """Connect once and bring the schema to head where that is safe.
+    """Bring the schema to head where that is safe.
 
     SQLite (the embedded default) and an empty database are upgraded;
     a shared database with an older schema is left alone and refused:
     upgrading it is the operator's ``conductor-manage db sync``.
 
     :param read_nodes: also read the names and uuids of the stored nodes
-        (for the inventory import), over the same connection.
+        (for the inventory import).
     :raises: DatabaseUnavailable, SchemaOutOfDate.
     """
     url = conf.database.connection
-    engine = db_api.create_engine(url, max_retries=0)
+    engine = db.engine
     try:
         revision = migration.current(engine)
         if engine.dialect.name == "sqlite" or revision is None:
@@ -116,7 +134,7 @@ def prepare_database(conf: cfg.ConfigOpts,
             revision = _check_revision(engine, url)
         if not read_nodes:
             return DatabaseState(revision)
-        names, uuids = db_api.Connection(engine).node_identities()
+        names, uuids = db.node_identities()
         LOG.info("%d node(s) stored", len(uuids))
         return DatabaseState(revision, frozenset(names), frozenset(uuids))
     except exceptions.ConductorException:
@@ -124,8 +142,6 @@ def prepare_database(conf: cfg.ConfigOpts,
     except Exception as exc:
         raise exceptions.DatabaseUnavailable(
             url=db_api.mask_url(url), reason=db_api._reason(exc)) from exc
-    finally:
-        engine.dispose()
 
 
 def _check_revision(engine: "db_api.sa.Engine", url: str) -> str:
@@ -212,32 +228,23 @@ def check_inventory_part(conf: cfg.ConfigOpts, part: inventory.Part
 
 
 def import_inventory(conf: cfg.ConfigOpts, nodes: Sequence[dict[str, Any]],
-                     stored: DatabaseState,
-                     db: db_api.Connection | None = None) -> int:
+                     stored: DatabaseState, db: db_api.Connection) -> int:
     """Enrol the validated inventory nodes not enrolled yet.
 
     Nodes are matched on name (or uuid) against ``stored``; those already
     present are left untouched, so restarting never duplicates or
-    overwrites nodes. When nothing is new, no connection is made.
+    overwrites nodes. When nothing is new, nothing is written.
 
     Conductors sharing a database may start together with the same
     inventory: when another one enrolled some of the nodes since
     ``stored`` was read, the stored names are read again and the rest
     enrolled.
 
-    :param db: a connection to use (the caller disposes of it); one is
-        made when needed otherwise.
     :returns: the number of nodes added.
     """
     new = _not_stored(nodes, stored.names, stored.uuids)
     if new:
-        conn = db or db_api.Connection.create(conf.database.connection,
-                                              max_retries=0)
-        try:
-            new = _enrol(conn, nodes, new)
-        finally:
-            if conn is not db:
-                conn.dispose()
+        new = _enrol(db, nodes, new)
     LOG.info("Inventory %(path)s: %(new)d node(s) enrolled, %(old)d "
              "already present", {"path": conf.inventory_file,
                                  "new": len(new),
@@ -309,6 +316,7 @@ def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
     group = async_tasks.configure(conf.async_log_dir,
                                   parallel=conf.parallel_startup, logger=LOG)
     config_files = list(conf.config_file)
+    opened: list[db_api.Connection] = []
     try:
         # NOTE: children first, forked while no other thread runs (see
         # TaskGroup.run_process); then the tasks that run in threads.
@@ -322,47 +330,32 @@ def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
             for number, part in enumerate(parts, start=1):
                 group.run_process(_parse_task(number), check_inventory_part,
                                   conf, part)
-        group.run_process("database", prepare_database, conf,
-                          read_nodes=bool(conf.inventory_file))
         if rpc.enabled(conf):
             group.run_process("broker", check_broker, conf)
+        group.run("database", open_database, conf,
+                  bool(conf.inventory_file), opened)
         group.run("pre-start-hooks", hooks.run_hooks, hook_list, "start",
                   "pre-start", conf=conf, config_files=config_files)
         group.run("drivers", load_drivers, conf)
         drivers = _wait(group, "drivers")
         stored = _wait(group, "database")
         if conf.inventory_file:
-            _import(group, conf, parts, text, stored)
+            nodes = _checked(group, conf, parts, text)
+            group.run("inventory-import", import_inventory, conf, nodes,
+                      stored, opened[0])
+            _wait(group, "inventory-import")
         _wait(group, "pre-start-hooks")
         if rpc.enabled(conf):
             _wait(group, "broker")
     finally:
         group.cleanup()
+        for db in opened:
+            db.dispose()
     hooks.run_hooks(hook_list, "start", "post-config", conf=conf,
                     config_files=config_files)
     summary = group.summary()
     LOG.info("Start-up %s", summary)
     return StartupResult(drivers=drivers, summary=summary)
-
-
-def _import(group: async_tasks.TaskGroup, conf: cfg.ConfigOpts,
-            parts: Sequence[inventory.Part], text: str,
-            stored: DatabaseState) -> None:
-    """Wait for the inventory parts, then run ``inventory-import``."""
-    db = None
-    if conf.parallel_startup and not stored.uuids:
-        # NOTE: an empty database, so every node is new: connect while
-        # the parts are still being checked rather than after.
-        db = db_api.Connection.create(conf.database.connection,
-                                      max_retries=0)
-    try:
-        nodes = _checked(group, conf, parts, text)
-        group.run("inventory-import", import_inventory, conf, nodes, stored,
-                  db)
-        _wait(group, "inventory-import")
-    finally:
-        if db is not None:
-            db.dispose()
 
 
 def _checked(group: async_tasks.TaskGroup, conf: cfg.ConfigOpts,
@@ -396,6 +389,8 @@ def _checked(group: async_tasks.TaskGroup, conf: cfg.ConfigOpts,
                  or "two parts share a name or uuid"})
     # NOTE: in a child too: a pathological file (lists nested tens of
     # thousands deep) crashes libyaml, which must not take the master.
+    # The child inherits the database task's open connection and never
+    # uses it: it leaves by os._exit, which sends the server nothing.
     group.run_process("inventory-recheck", check_inventory_part, conf,
                       inventory.Part(1, None, text))
     return _wait_checked(group, "inventory-recheck", conf.inventory_file)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 from unittest import mock
 
@@ -35,19 +36,22 @@ class StartupTestCase(base.TestCase):
     def stored_names(self) -> list[str]:
         return sorted(n.name for n in self.db.list_nodes())
 
+    def prepare(self, read_nodes: bool = False) -> startup.DatabaseState:
+        return startup.prepare_database(self.conf, self.db, read_nodes)
+
 
 class TestPrepareDatabase(StartupTestCase):
 
     def test_reads_the_stored_nodes_when_asked(self) -> None:
         self.db.import_nodes(entries("a", "b"))
-        state = startup.prepare_database(self.conf, read_nodes=True)
+        state = self.prepare(read_nodes=True)
         self.assertEqual(frozenset({"a", "b"}), state.names)
         self.assertEqual(2, len(state.uuids))
         self.assertIn("2 node(s) stored", self.logger.output)
 
     def test_reads_nothing_otherwise(self) -> None:
         self.db.import_nodes(entries("a"))
-        state = startup.prepare_database(self.conf)
+        state = self.prepare()
         self.assertEqual((frozenset(), frozenset()),
                          (state.names, state.uuids))
         self.assertTrue(state.revision)
@@ -60,44 +64,44 @@ class TestImportInventory(StartupTestCase):
 
     def test_enrols_only_what_was_not_stored(self) -> None:
         self.db.import_nodes(entries("a"))
-        stored = startup.prepare_database(self.conf, read_nodes=True)
+        stored = self.prepare(read_nodes=True)
         added = startup.import_inventory(
-            self.conf, self.validated("a", "b", "c"), stored)
+            self.conf, self.validated("a", "b", "c"), stored, self.db)
         self.assertEqual(2, added)
         self.assertEqual(["a", "b", "c"], self.stored_names())
         self.assertIn("2 node(s) enrolled, 1 already present",
                       self.logger.output)
 
-    def test_nothing_new_opens_no_connection(self) -> None:
+    def test_nothing_new_writes_nothing(self) -> None:
         self.db.import_nodes(entries("a", "b"))
-        stored = startup.prepare_database(self.conf, read_nodes=True)
-        with mock.patch.object(startup.db_api.Connection, "create",
-                               autospec=True) as create:
+        stored = self.prepare(read_nodes=True)
+        with mock.patch.object(self.db, "import_nodes",
+                               autospec=True) as insert:
             added = startup.import_inventory(
-                self.conf, self.validated("a", "b"), stored)
+                self.conf, self.validated("a", "b"), stored, self.db)
         self.assertEqual(0, added)
-        create.assert_not_called()
+        insert.assert_not_called()
 
     def test_nodes_enrolled_meanwhile_by_another_conductor(self) -> None:
         # Read before another conductor, sharing the database and the
         # inventory, enrolled "b": its row must not fail this start.
-        stored = startup.prepare_database(self.conf, read_nodes=True)
+        stored = self.prepare(read_nodes=True)
         self.db.import_nodes(entries("b"))
         added = startup.import_inventory(
-            self.conf, self.validated("a", "b", "c"), stored)
+            self.conf, self.validated("a", "b", "c"), stored, self.db)
         self.assertEqual(2, added)
         self.assertEqual(["a", "b", "c"], self.stored_names())
         self.assertIn("1 of these nodes were enrolled by another conductor "
                       "meanwhile; enrolling the other 2", self.logger.output)
 
     def test_a_clash_nobody_explains_is_raised(self) -> None:
-        stored = startup.prepare_database(self.conf, read_nodes=True)
+        stored = self.prepare(read_nodes=True)
         clash = exceptions.DuplicateName(name="a")
         with mock.patch.object(db_api.Connection, "import_nodes",
                                autospec=True, side_effect=clash) as insert:
             exc = self.assertRaises(
                 exceptions.DuplicateName, startup.import_inventory,
-                self.conf, self.validated("a"), stored)
+                self.conf, self.validated("a"), stored, self.db)
         self.assertIs(clash, exc)
         self.assertEqual(1, insert.call_count)
         self.assertEqual([], self.stored_names())
@@ -220,55 +224,87 @@ class TestCheckedInParts(StartupTestCase):
         self.assertIn("two parts share a name or uuid", self.logger.output)
 
 
-class TestImportAfterParts(StartupTestCase):
-    """_import: connect early on an empty database, in parallel mode."""
+class TestRunConnection(StartupTestCase):
+    """run(): the database task's one connection serves the import."""
+
+    parallel = True
 
     def setUp(self) -> None:
         super().setUp()
-        self.config(enabled_drivers=["fake"])
-        self.calls: list[str] = []
+        self.conf([], project="conductor", default_config_files=[])
+        workdir = self.useFixture(fixtures.TempDir()).path
+        path = os.path.join(workdir, "fleet.yaml")
+        with open(path, "w") as stream:
+            stream.write("".join("- {name: n%d, driver: fake}\n" % i
+                                 for i in range(4)))
+        self.config(enabled_drivers=["fake"], inventory_file=path,
+                    parallel_startup=self.parallel,
+                    async_log_dir=os.path.join(workdir, "async"))
+        self.addCleanup(async_tasks.reset)
+        self.made: list[db_api.Connection] = []
+        self.disposed: list[db_api.Connection] = []
         real_create = db_api.Connection.create.__func__  # type: ignore
-        real_checked = startup._checked
+        real_dispose = db_api.Connection.dispose
 
         def create(cls: Any, *args: Any, **kwargs: Any) -> Any:
-            self.calls.append("connect")
-            return real_create(cls, *args, **kwargs)
+            self.made.append(real_create(cls, *args, **kwargs))
+            return self.made[-1]
 
-        def checked(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append("parts")
-            return real_checked(*args, **kwargs)
+        def dispose(db: db_api.Connection) -> None:
+            self.disposed.append(db)
+            real_dispose(db)
 
         self.useFixture(fixtures.MockPatchObject(
             db_api.Connection, "create", classmethod(create)))
-        self.useFixture(fixtures.MockPatchObject(startup, "_checked",
-                                                 checked))
+        self.useFixture(fixtures.MockPatchObject(
+            db_api.Connection, "dispose", dispose))
 
-    def run_import(self, parallel: bool) -> list[str]:
-        self.config(parallel_startup=parallel)
-        group = async_tasks.TaskGroup(
-            self.useFixture(fixtures.TempDir()).path, parallel=parallel)
-        self.addCleanup(group.cleanup)
-        text = "".join("- {name: n%d, driver: fake}\n" % i for i in range(4))
-        parts = inventory.split_text(text, "f.yaml", 2, min_entries=2)
-        for number, part in enumerate(parts, start=1):
-            group.run_process("inventory-parse-%d" % number,
-                              startup.check_inventory_part, self.conf, part)
-        stored = startup.prepare_database(self.conf, read_nodes=True)
-        startup._import(group, self.conf, parts, text, stored)
-        return sorted(node.name for node in self.db.list_nodes())
+    def test_one_connection_enrols_and_is_disposed(self) -> None:
+        # The schema is created and the nodes written over the one
+        # connection the database task made, in this process.
+        engines: list[tuple[str, Any]] = []
+        real_upgrade = startup.migration.upgrade
+        real_insert = db_api.Connection.import_nodes
 
-    def test_empty_database_connects_before_the_parts_end(self) -> None:
-        self.assertEqual(["n0", "n1", "n2", "n3"], self.run_import(True))
-        self.assertEqual(["connect", "parts"], self.calls)
+        def upgrade(engine: Any, *args: Any) -> str:
+            engines.append(("upgrade", engine))
+            return real_upgrade(engine, *args)
 
-    def test_inline_connects_only_to_enrol(self) -> None:
-        self.assertEqual(["n0", "n1", "n2", "n3"], self.run_import(False))
-        self.assertEqual(["parts", "connect"], self.calls)
+        def insert(db: db_api.Connection, *args: Any, **kw: Any) -> Any:
+            engines.append(("insert", db.engine))
+            return real_insert(db, *args, **kw)
 
-    def test_stored_nodes_connect_only_if_something_is_new(self) -> None:
-        self.db.import_nodes(entries("n0", "n1", "n2", "n3"))
-        self.assertEqual(["n0", "n1", "n2", "n3"], self.run_import(True))
-        self.assertEqual(["parts"], self.calls)
+        with mock.patch.object(startup.migration, "upgrade", upgrade), \
+                mock.patch.object(db_api.Connection, "import_nodes", insert):
+            startup.run(self.conf, [])
+        self.assertEqual(["n0", "n1", "n2", "n3"], self.stored_names())
+        self.assertEqual(1, len(self.made))
+        self.assertEqual([("upgrade", self.made[0].engine),
+                          ("insert", self.made[0].engine)], engines)
+        self.assertEqual(self.made, self.disposed)
+
+    def test_disposed_when_another_step_fails(self) -> None:
+        self.config(enabled_drivers=["fake", "nosuchdriver"])
+        self.assertRaises(exceptions.ConductorException, startup.run,
+                          self.conf, [])
+        self.assertEqual(1, len(self.made))
+        self.assertEqual(self.made, self.disposed)
+        self.assertEqual([], self.stored_names())
+
+    def test_no_connection_names_the_database(self) -> None:
+        self.config(connection="mysql+pymysql://u:secret@127.0.0.1:1/x",
+                    group="database")
+        exc = self.assertRaises(exceptions.DatabaseUnavailable,
+                                startup.run, self.conf, [])
+        self.assertIn("127.0.0.1:1", str(exc))
+        self.assertNotIn("secret", str(exc))
+        self.assertEqual([], self.disposed)
+
+
+class TestRunConnectionInline(TestRunConnection):
+    """The same with parallel_startup = False."""
+
+    parallel = False
 
 
 class TestCheckedInPartsInline(TestCheckedInParts):
