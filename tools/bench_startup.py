@@ -12,7 +12,8 @@ Two times per start: the start-up phase that parallel_startup governs, as
 the master's own summary line reports it, and the wall time from launching
 ``conductor`` to the master's "starting N worker(s)" line (interpreter
 start and imports included). Runs alternate between the two modes; prints
-JSON with each time, the medians and the speedups.
+JSON with each time, the medians and the speedups. The conductor package
+is byte-compiled first, as an installed one is.
 
     python tools/bench_startup.py                 # MariaDB on 127.0.0.1
     python tools/bench_startup.py --db postgresql
@@ -21,6 +22,7 @@ JSON with each time, the medians and the speedups.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import re
@@ -58,6 +60,27 @@ TRANSPORT_URL = os.environ.get("CONDUCTOR_BENCH_TRANSPORT_URL",
 
 def _bin(name: str) -> str:
     return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def ensure_bytecode() -> str:
+    """Compile the conductor package the runs will import, as pip does.
+
+    An installed package has its bytecode (pip and distribution packages
+    compile it; Python writes it on first import otherwise). A checkout
+    run with PYTHONDONTWRITEBYTECODE set has none, and every process,
+    each start-up child included, would compile the modules it imports
+    from source, which no operator's start-up does.
+
+    :returns: the package's directory.
+    """
+    found = subprocess.run(
+        [sys.executable, "-c",
+         "import conductor, os; print(os.path.dirname(conductor.__file__))"],
+        capture_output=True, text=True, check=True)
+    path = found.stdout.strip()
+    if not compileall.compile_dir(path, quiet=1):
+        raise SystemExit("cannot compile %s" % path)
+    return path
 
 
 def inventory(path: str, nodes: int) -> None:
@@ -164,6 +187,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=3000)
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
+    package = ensure_bytecode()
     workdir = tempfile.mkdtemp(prefix="bench-startup-")
     inventory(os.path.join(workdir, "fleet.yaml"), args.nodes)
     os.makedirs(os.path.join(workdir, "hooks"))
@@ -185,7 +209,7 @@ def main() -> None:
                 results[case]["total"][mode].append(round(total, 3))
     report: dict[str, object] = {
         "database": args.db, "inventory_nodes": args.nodes,
-        "drivers": ["fake", "ipmi", "redfish"],
+        "drivers": ["fake", "ipmi", "redfish"], "package": package,
         "transport_url": TRANSPORT_URL.split("@")[-1],
         "target": ">= 1.5 on the start-up phase"}
     for case, values in results.items():
