@@ -241,10 +241,21 @@ def import_inventory(conf: cfg.ConfigOpts, nodes: Sequence[dict[str, Any]],
     enrolled.
 
     :returns: the number of nodes added.
+    :raises: DuplicateName for a clash no other conductor explains;
+        DatabaseUnavailable when the server fails meanwhile.
     """
     new = _not_stored(nodes, stored.names, stored.uuids)
     if new:
-        new = _enrol(db, nodes, new)
+        try:
+            new = _enrol(db, nodes, new)
+        except exceptions.ConductorException:
+            raise
+        except Exception as exc:
+            # NOTE: the server went away since the database task: say
+            # which one, as a failed connection would have.
+            raise exceptions.DatabaseUnavailable(
+                url=db_api.mask_url(conf.database.connection),
+                reason=db_api._reason(exc)) from exc
     LOG.info("Inventory %(path)s: %(new)d node(s) enrolled, %(old)d "
              "already present", {"path": conf.inventory_file,
                                  "new": len(new),
@@ -348,9 +359,11 @@ def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
         if rpc.enabled(conf):
             _wait(group, "broker")
     finally:
-        group.cleanup()
-        for db in opened:
-            db.dispose()
+        try:
+            group.cleanup()
+        finally:
+            for db in opened:
+                db.dispose()
     hooks.run_hooks(hook_list, "start", "post-config", conf=conf,
                     config_files=config_files)
     summary = group.summary()

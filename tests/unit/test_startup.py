@@ -8,6 +8,7 @@ from typing import Any
 from unittest import mock
 
 import fixtures
+import sqlalchemy as sa
 
 from conductor.common import async_tasks
 from conductor.common import exceptions
@@ -105,6 +106,18 @@ class TestImportInventory(StartupTestCase):
         self.assertIs(clash, exc)
         self.assertEqual(1, insert.call_count)
         self.assertEqual([], self.stored_names())
+
+    def test_a_server_lost_meanwhile_names_the_database(self) -> None:
+        stored = self.prepare(read_nodes=True)
+        lost = sa.exc.OperationalError("INSERT", {}, Exception("gone"))
+        with mock.patch.object(self.db, "import_nodes", autospec=True,
+                               side_effect=lost):
+            exc = self.assertRaises(
+                exceptions.DatabaseUnavailable, startup.import_inventory,
+                self.conf, self.validated("a"), stored, self.db)
+        self.assertIn(db_api.mask_url(self.conf.database.connection),
+                      str(exc))
+        self.assertIn("gone", str(exc))
 
 
 class TestCheckInventoryPart(StartupTestCase):
