@@ -49,6 +49,7 @@ import re
 from typing import Any, Collection, Mapping, Sequence
 
 from oslo_config import cfg
+from oslo_db import api as oslo_db_api
 
 from conductor.common import async_tasks
 from conductor.common import exceptions
@@ -280,7 +281,7 @@ def _enrol(db: db_api.Connection, nodes: Sequence[dict[str, Any]],
     """
     while True:
         try:
-            db.import_nodes(new, read_back=False)
+            _insert(db, new)
             return new
         except exceptions.ConductorException:
             missing = _not_stored(nodes, *db.node_identities())
@@ -290,6 +291,18 @@ def _enrol(db: db_api.Connection, nodes: Sequence[dict[str, Any]],
                      "conductor meanwhile; enrolling the other %d",
                      len(new) - len(missing), len(missing))
             new = missing
+
+
+@oslo_db_api.wrap_db_retry(max_retries=5, retry_interval=0.1,
+                           max_retry_interval=1, retry_on_deadlock=True)
+def _insert(db: db_api.Connection, new: list[dict[str, Any]]) -> None:
+    """One enrolment transaction, tried again when it was a deadlock victim.
+
+    Two conductors enrolling overlapping inventories, in different
+    orders, can each hold a row the other's insert waits for; the server
+    rolls one transaction back, which then simply runs again.
+    """
+    db.import_nodes(new, read_back=False)
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ from typing import Any
 from unittest import mock
 
 import fixtures
+from oslo_db import exception as db_exc
 import sqlalchemy as sa
 
 from conductor.common import async_tasks
@@ -106,6 +107,26 @@ class TestImportInventory(StartupTestCase):
         self.assertIs(clash, exc)
         self.assertEqual(1, insert.call_count)
         self.assertEqual([], self.stored_names())
+
+    def test_a_deadlock_victim_is_tried_again(self) -> None:
+        stored = self.prepare(read_nodes=True)
+        real_insert = db_api.Connection.import_nodes
+        attempts: list[int] = []
+
+        def insert(db: db_api.Connection, *args: Any, **kw: Any) -> Any:
+            attempts.append(1)
+            if len(attempts) < 3:
+                raise db_exc.DBDeadlock()
+            return real_insert(db, *args, **kw)
+
+        with mock.patch.object(db_api.Connection, "import_nodes", insert), \
+                mock.patch("time.sleep") as sleep:
+            added = startup.import_inventory(
+                self.conf, self.validated("a", "b"), stored, self.db)
+        self.assertEqual(2, added)
+        self.assertEqual(3, len(attempts))
+        self.assertEqual(2, sleep.call_count)
+        self.assertEqual(["a", "b"], self.stored_names())
 
     def test_a_server_lost_meanwhile_names_the_database(self) -> None:
         stored = self.prepare(read_nodes=True)
