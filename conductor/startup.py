@@ -50,6 +50,8 @@ from typing import Any, Collection, Mapping, Sequence
 
 from oslo_config import cfg
 from oslo_db import api as oslo_db_api
+from oslo_db import exception as db_exc
+import sqlalchemy as sa
 
 from conductor.common import async_tasks
 from conductor.common import exceptions
@@ -249,9 +251,7 @@ def import_inventory(conf: cfg.ConfigOpts, nodes: Sequence[dict[str, Any]],
     if new:
         try:
             new = _enrol(db, nodes, new)
-        except exceptions.ConductorException:
-            raise
-        except Exception as exc:
+        except (db_exc.DBError, sa.exc.SQLAlchemyError) as exc:
             # NOTE: the server went away since the database task: say
             # which one, as a failed connection would have.
             raise exceptions.DatabaseUnavailable(

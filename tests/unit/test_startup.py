@@ -140,6 +140,14 @@ class TestImportInventory(StartupTestCase):
                       str(exc))
         self.assertIn("gone", str(exc))
 
+    def test_other_errors_are_not_blamed_on_the_database(self) -> None:
+        stored = self.prepare(read_nodes=True)
+        with mock.patch.object(self.db, "import_nodes", autospec=True,
+                               side_effect=TypeError("a bug")):
+            self.assertRaises(TypeError, startup.import_inventory,
+                              self.conf, self.validated("a"), stored,
+                              self.db)
+
 
 class TestCheckInventoryPart(StartupTestCase):
 
