@@ -143,8 +143,7 @@ def prepare_database(conf: cfg.ConfigOpts, db: db_api.Connection,
     except exceptions.ConductorException:
         raise
     except Exception as exc:
-        raise exceptions.DatabaseUnavailable(
-            url=db_api.mask_url(url), reason=db_api._reason(exc)) from exc
+        raise db_api.unavailable(url, exc) from exc
 
 
 def _check_revision(engine: "db_api.sa.Engine", url: str) -> str:
@@ -156,7 +155,7 @@ def _check_revision(engine: "db_api.sa.Engine", url: str) -> str:
         raise exceptions.DatabaseUnavailable(
             url=db_api.mask_url(url),
             reason="schema revision %s is unknown to this release (%s)"
-                   % (migration.current(engine), db_api._reason(exc))
+                   % (migration.current(engine), db_api.reason(exc))
         ) from exc
 
 
@@ -254,9 +253,7 @@ def import_inventory(conf: cfg.ConfigOpts, nodes: Sequence[dict[str, Any]],
         except (db_exc.DBError, sa.exc.SQLAlchemyError) as exc:
             # NOTE: the server went away since the database task: say
             # which one, as a failed connection would have.
-            raise exceptions.DatabaseUnavailable(
-                url=db_api.mask_url(conf.database.connection),
-                reason=db_api._reason(exc)) from exc
+            raise db_api.unavailable(conf.database.connection, exc) from exc
     LOG.info("Inventory %(path)s: %(new)d node(s) enrolled, %(old)d "
              "already present", {"path": conf.inventory_file,
                                  "new": len(new),

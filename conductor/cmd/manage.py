@@ -541,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (db_exc.DBError, sa.exc.SQLAlchemyError) as exc:
         if args.debug:
             LOG.exception("Database error")
-        return _error("database error: %s" % db_api._reason(exc))
+        return _error("database error: %s" % db_api.reason(exc))
     finally:
         manage.close()
     return 0

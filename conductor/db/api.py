@@ -149,8 +149,7 @@ def create_engine(url: str, *, max_retries: int = 0,
             thread_checkin=False)
     except (db_exc.DBError, sa.exc.SQLAlchemyError, ImportError,
             ValueError) as exc:
-        raise exceptions.DatabaseUnavailable(url=mask_url(url),
-                                             reason=_reason(exc)) from exc
+        raise unavailable(url, exc) from exc
     # NOTE: SQLAlchemy puts a failed statement's parameters in the error
     # text, driver_info passwords included; errors reach logs, task logs
     # and stderr, so they never carry parameters.
@@ -165,8 +164,7 @@ def create_engine(url: str, *, max_retries: int = 0,
             conn.execute(sa.text("SELECT 1"))
     except (db_exc.DBError, sa.exc.SQLAlchemyError) as exc:
         engine.dispose()
-        raise exceptions.DatabaseUnavailable(url=mask_url(url),
-                                             reason=_reason(exc)) from exc
+        raise unavailable(url, exc) from exc
     return engine
 
 
@@ -205,11 +203,22 @@ def mask_url(url: str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """The first line of the driver's own message for a database error."""
     inner = getattr(exc, "inner_exception", None) or exc
     inner = getattr(inner, "orig", None) or inner
     text = str(inner)
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def unavailable(url: str, exc: BaseException
+                ) -> exceptions.DatabaseUnavailable:
+    """The error for database ``url`` failing with ``exc``.
+
+    The URL is password-masked, the reason in the driver's own words.
+    """
+    return exceptions.DatabaseUnavailable(url=mask_url(url),
+                                          reason=reason(exc))
 
 
 class Connection:
@@ -305,7 +314,7 @@ class Connection:
                 err="A node with UUID %s already exists." % (
                     taken or _first_repeat(uuids)))
         return exceptions.InvalidParameterValue(
-            err="Node could not be stored: %s" % _reason(exc))
+            err="Node could not be stored: %s" % reason(exc))
 
     def get_nodes_by_uuid(self, uuids: Sequence[str]) -> list[NodeRecord]:
         """The nodes with these uuids, in the order given (missing skipped)."""
