@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import importlib.util
 import json
 import os
 import re
@@ -73,11 +74,10 @@ def ensure_bytecode() -> str:
 
     :returns: the package's directory.
     """
-    found = subprocess.run(
-        [sys.executable, "-c",
-         "import conductor, os; print(os.path.dirname(conductor.__file__))"],
-        capture_output=True, text=True, check=True)
-    path = found.stdout.strip()
+    spec = importlib.util.find_spec("conductor")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the conductor package cannot be found")
+    path = spec.submodule_search_locations[0]
     if not compileall.compile_dir(path, quiet=1):
         raise SystemExit("cannot compile %s" % path)
     return path
