@@ -94,6 +94,9 @@ def node_from_primitive(data: Mapping[str, Any]) -> dict[str, Any]:
     return node
 
 
+#: Entry point group of oslo.messaging's drivers (the URL schemes).
+DRIVER_NAMESPACE = "oslo.messaging.drivers"
+
 #: Default ``[oslo_messaging_rabbit] rabbit_qos_prefetch_count``: the
 #: default ``executor_thread_pool_size``.
 PREFETCH_COUNT = 64
@@ -166,14 +169,30 @@ def check_transport_url(conf: cfg.ConfigOpts) -> None:
         raise exceptions.ConfigInvalid(
             problem="[DEFAULT] transport_url names no driver (e.g. "
                     "rabbit://user:password@host:5672/)")
-    from stevedore import extension
-    drivers = sorted(extension.ExtensionManager(
-        "oslo.messaging.drivers").names())
     scheme = url.transport.split("+")[0]
-    if scheme not in drivers:
+    errors: list[str] = []
+
+    def on_failure(manager: Any, entrypoint: Any,
+                   exc: BaseException) -> None:
+        errors.append("%s: %s" % (type(exc).__name__, exc))
+
+    # NOTE: import the one driver named, not every installed one: an
+    # ExtensionManager over the group imports them all, and logs an ERROR
+    # for each that cannot be (kafka without confluent_kafka, the common
+    # case) on every start of a host that never uses them.
+    from stevedore import named
+    manager: named.NamedExtensionManager[Any] = named.NamedExtensionManager(
+        DRIVER_NAMESPACE, names=[scheme], on_load_failure_callback=on_failure,
+        on_missing_entrypoints_callback=None)
+    if errors:
+        raise exceptions.ConfigInvalid(
+            problem="[DEFAULT] transport_url: messaging driver %r cannot "
+                    "be loaded: %s" % (scheme, "; ".join(errors)))
+    if scheme not in manager.names():
+        installed = sorted(set(manager.entry_points_names()))
         raise exceptions.ConfigInvalid(
             problem="[DEFAULT] transport_url: no messaging driver %r; "
-                    "installed: %s" % (scheme, ", ".join(drivers)))
+                    "installed: %s" % (scheme, ", ".join(installed)))
 
 
 def _masked(exc: BaseException) -> str:

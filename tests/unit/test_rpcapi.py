@@ -72,6 +72,48 @@ class TestOptions(base.TestCase):
             self.assertIn(text, str(exc))
             self.assertNotIn("pw9", str(exc))
 
+    def _entry_points(self) -> None:
+        """The messaging drivers installed: rabbit and one that is broken."""
+        import importlib.metadata
+        from stevedore import extension
+        group = rpc.DRIVER_NAMESPACE
+        entry_point = importlib.metadata.EntryPoint
+        points = [
+            entry_point("rabbit",
+                        "oslo_messaging._drivers.impl_rabbit:RabbitDriver",
+                        group),
+            entry_point("broken", "conductor_no_such_module:Driver", group)]
+        self.useFixture(fixtures.MockPatchObject(
+            extension.ExtensionManager, "list_entry_points",
+            return_value=points))
+
+    def test_only_the_named_driver_is_loaded(self) -> None:
+        self._entry_points()
+        logs = self.useFixture(fixtures.FakeLogger(level=logging.INFO))
+        self.config(transport_url="rabbit://guest:guest@127.0.0.1:5672/")
+        rpc.check_transport_url(self.conf)
+        # NOTE: loading every installed driver logged an ERROR for each
+        # that could not be imported, on every start.
+        self.assertEqual("", logs.output)
+
+    def test_named_driver_that_cannot_be_loaded(self) -> None:
+        self._entry_points()
+        self.config(transport_url="broken://u:pw9@h/")
+        exc = self.assertRaises(exceptions.ConfigInvalid,
+                                rpc.check_transport_url, self.conf)
+        self.assertIn("[DEFAULT] transport_url: messaging driver 'broken' "
+                      "cannot be loaded: ModuleNotFoundError: ", str(exc))
+        self.assertIn("conductor_no_such_module", str(exc))
+        self.assertNotIn("pw9", str(exc))
+
+    def test_unknown_driver_lists_the_installed_ones(self) -> None:
+        self._entry_points()
+        self.config(transport_url="bogus://h/")
+        exc = self.assertRaises(exceptions.ConfigInvalid,
+                                rpc.check_transport_url, self.conf)
+        self.assertIn("no messaging driver 'bogus'; installed: broken, "
+                      "rabbit", str(exc))
+
     def test_tracing_options_on_another_conf(self) -> None:
         from oslo_config import cfg
         conf = cfg.ConfigOpts()
