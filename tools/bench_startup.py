@@ -15,6 +15,13 @@ start and imports included). Runs alternate between the two modes; prints
 JSON with each time, the medians and the speedups. The conductor package
 is byte-compiled first, as an installed one is.
 
+On Linux it also prints the CPU time the whole machine spent during each
+start-up phase (every process: the conductor's, the database server's,
+the broker's), from /proc/stat, and the mean number of cores that kept
+busy. A serial start-up that keeps one core busy for its whole phase and
+a parallel one that keeps every core busy show where the speedup is
+bounded by the machine, not by the order of the steps.
+
     python tools/bench_startup.py                 # MariaDB on 127.0.0.1
     python tools/bench_startup.py --db postgresql
 """
@@ -22,7 +29,9 @@ is byte-compiled first, as an installed one is.
 from __future__ import annotations
 
 import argparse
+import bisect
 import compileall
+import datetime
 import importlib.util
 import json
 import os
@@ -32,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import sqlalchemy as sa
@@ -52,7 +62,8 @@ openssl version
 #: Pause after dropping a run's database, before the next run.
 SETTLE_SECONDS = 1.0
 
-PHASE_RE = re.compile(r"Start-up async tasks: .*?, ([\d.]+)s elapsed")
+PHASE_RE = re.compile(r"^(\S+ \S+) .*Start-up async tasks: .*?, "
+                      r"([\d.]+)s elapsed", re.M)
 
 
 TRANSPORT_URL = os.environ.get("CONDUCTOR_BENCH_TRANSPORT_URL",
@@ -83,6 +94,45 @@ def ensure_bytecode() -> str:
     return path
 
 
+class CpuSampler:
+    """Samples the machine's busy CPU time (``/proc/stat``) every 2 ms."""
+
+    def __init__(self) -> None:
+        self.available = os.path.exists("/proc/stat")
+        self._tick = 1.0 / os.sysconf("SC_CLK_TCK") if self.available \
+            else 0.0
+        self._times: list[float] = []
+        self._busy: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self) -> None:
+        if self.available:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            with open("/proc/stat") as stream:
+                ticks = [int(v) for v in stream.readline().split()[1:]]
+            # Everything but idle and iowait.
+            self._times.append(time.time())
+            self._busy.append(sum(ticks) - ticks[3] - ticks[4])
+            time.sleep(0.002)
+
+    def busy_seconds(self, start: float, end: float) -> float | None:
+        """CPU seconds the machine spent between two ``time.time()``s."""
+        if not self.available:
+            return None
+        first = bisect.bisect_left(self._times, start)
+        last = bisect.bisect_right(self._times, end) - 1
+        if first >= last:
+            return None
+        return (self._busy[last] - self._busy[first]) * self._tick
+
+
 def inventory(path: str, nodes: int) -> None:
     entries = []
     for i in range(nodes):
@@ -109,11 +159,13 @@ def inventory(path: str, nodes: int) -> None:
         yaml.safe_dump(entries, stream)
 
 
-def start_once(config: str, log: str) -> tuple[float, float]:
+def start_once(config: str, log: str, cpu: CpuSampler
+               ) -> tuple[float, float, float | None]:
     """Launch conductor; time it to 'starting 1 worker(s)', then stop it.
 
     :returns: (start-up phase seconds from the master's summary line,
-        seconds from launch to the end of start-up).
+        seconds from launch to the end of start-up, CPU seconds the
+        machine spent during the phase or None).
     """
     if os.path.exists(log):
         os.unlink(log)
@@ -141,11 +193,16 @@ def start_once(config: str, log: str) -> tuple[float, float]:
     match = PHASE_RE.search(text)
     if match is None:
         raise SystemExit("no start-up summary in %s" % log)
-    return float(match.group(1)), elapsed
+    phase = float(match.group(2))
+    # NOTE: the summary line is logged when the phase ends, in local time
+    # with milliseconds, as the samples are taken (time.time()).
+    end = datetime.datetime.strptime(
+        match.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    return phase, elapsed, cpu.busy_seconds(end - phase, end)
 
 
-def one_run(workdir: str, backend: str, parallel: bool, run: int
-            ) -> dict[str, tuple[float, float]]:
+def one_run(workdir: str, backend: str, parallel: bool, run: int,
+            cpu: CpuSampler) -> dict[str, tuple[float, float, float | None]]:
     """A first start on an empty database, then a restart on it."""
     name = "bench_startup_%d_%d" % (os.getpid(), run)
     admin = sa.create_engine(ADMIN[backend], isolation_level="AUTOCOMMIT")
@@ -168,8 +225,8 @@ def one_run(workdir: str, backend: str, parallel: bool, run: int
                url.render_as_string(hide_password=False),
                os.path.join(workdir, "hooks")))
     try:
-        first = start_once(config, log)
-        restart = start_once(config, log)
+        first = start_once(config, log, cpu)
+        restart = start_once(config, log, cpu)
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text("DROP DATABASE %s" % name))
@@ -196,26 +253,35 @@ def main() -> None:
         stream.write(HOOK)
     os.chmod(hook, 0o755)
     results: dict[str, dict[str, dict[str, list[float]]]] = {
-        case: {"phase": {"parallel": [], "serial": []},
-               "total": {"parallel": [], "serial": []}}
+        case: {kind: {"parallel": [], "serial": []}
+               for kind in ("phase", "total", "cpu", "cores")}
         for case in ("first_start", "restart")}
+    cpu = CpuSampler()
+    cpu.start()
     run = 0
     for _ in range(args.runs):
         for mode in ("parallel", "serial"):
             run += 1
-            for case, (phase, total) in one_run(
-                    workdir, args.db, mode == "parallel", run).items():
+            for case, (phase, total, busy) in one_run(
+                    workdir, args.db, mode == "parallel", run, cpu).items():
                 results[case]["phase"][mode].append(round(phase, 3))
                 results[case]["total"][mode].append(round(total, 3))
+                if busy is not None and phase > 0:
+                    results[case]["cpu"][mode].append(round(busy, 3))
+                    results[case]["cores"][mode].append(
+                        round(busy / phase, 2))
+    cpu.stop()
     report: dict[str, object] = {
         "database": args.db, "inventory_nodes": args.nodes,
         "drivers": ["fake", "ipmi", "redfish"], "package": package,
         "transport_url": TRANSPORT_URL.split("@")[-1],
+        "cpus": len(os.sched_getaffinity(0)),
         "target": ">= 1.5 on the start-up phase"}
     for case, values in results.items():
-        med = {kind: {mode: statistics.median(values[kind][mode])
+        med = {kind: {mode: (round(statistics.median(values[kind][mode]), 3)
+                             if values[kind][mode] else None)
                       for mode in ("parallel", "serial")}
-               for kind in ("phase", "total")}
+               for kind in values}
         report[case] = {
             "startup_phase_s": values["phase"], "total_s": values["total"],
             "median_startup_phase_s": med["phase"],
@@ -223,7 +289,11 @@ def main() -> None:
             "speedup_startup_phase": round(
                 med["phase"]["serial"] / med["phase"]["parallel"], 2),
             "speedup_total": round(
-                med["total"]["serial"] / med["total"]["parallel"], 2)}
+                med["total"]["serial"] / med["total"]["parallel"], 2),
+            # The machine's CPU seconds during the phase (all processes)
+            # and the mean number of cores busy: None without /proc/stat.
+            "median_phase_cpu_s": med["cpu"],
+            "median_cores_busy": med["cores"]}
     print(json.dumps(report, indent=2))
 
 
