@@ -351,7 +351,8 @@ def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
             for number, part in enumerate(parts, start=1):
                 group.run_process(_parse_task(number), check_inventory_part,
                                   conf, part)
-        if rpc.enabled(conf):
+        check_rpc = rpc.enabled(conf)
+        if check_rpc:
             group.run_process("broker", check_broker, conf)
         group.run("database", open_database, conf,
                   bool(conf.inventory_file), opened)
@@ -366,7 +367,7 @@ def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
                       stored, opened[0])
             _wait(group, "inventory-import")
         _wait(group, "pre-start-hooks")
-        if rpc.enabled(conf):
+        if check_rpc:
             _wait(group, "broker")
     finally:
         try:
