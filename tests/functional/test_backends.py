@@ -143,8 +143,8 @@ class TestCliOnBackend(base.FunctionalTestCase):
             "conductor": {"workers": 1, "sync_power_state_interval": 0}})
 
     def test_start_up_enrols_a_large_inventory(self) -> None:
-        # Big enough to be parsed in parts and enrolled in batches (one
-        # transaction) while the later entries are validated.
+        # Big enough to be parsed and validated in parts (one child
+        # process each), then enrolled in one transaction.
         conductor = self._inventory_conductor(1200)
         base.wait_for(lambda: "starting 1 worker(s)" in conductor.log(),
                       60, "start-up to finish")
@@ -161,8 +161,8 @@ class TestCliOnBackend(base.FunctionalTestCase):
         self.assertEqual(0, conductor.wait_exit(30))
 
     def test_bad_late_inventory_entry_enrols_nothing(self) -> None:
-        # The first batches are already inserted when entry 1150 fails
-        # validation: the transaction must roll them back.
+        # Entry 1150, in the last part, fails validation after the other
+        # parts passed theirs: nothing may be enrolled.
         conductor = self._inventory_conductor(1200, bad_at=1150)
         self.assertEqual(1, conductor.wait_exit(60))
         self.assertIn("node #1150 (n1150): Driver nope is not enabled",
