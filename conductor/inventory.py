@@ -28,8 +28,8 @@ from typing import Any, Iterator, Mapping
 import yaml
 
 from conductor.common import exceptions
-from conductor.common import node_fields
 from conductor.drivers import base
+from conductor import nodes
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -197,7 +197,7 @@ def validate(entries: list[Any], drivers: Mapping[str, base.BaseDriver],
         if isinstance(entry, Mapping) and entry.get("name"):
             label += " (%s)" % entry["name"]
         try:
-            values = node_fields.validate_new(entry, drivers)
+            values = nodes.validate_new(entry, drivers)
         except exceptions.ConductorException as exc:
             raise type(exc)("%s: %s" % (label, exc)) from exc
         for key, seen in (("name", names), ("uuid", uuids)):

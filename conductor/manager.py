@@ -37,15 +37,14 @@ import oslo_messaging as messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from conductor.common import exceptions
-from conductor.common import node_fields
 from conductor.common import pool as worker_pool
-from conductor.common import rpc
-from conductor.common import states
 from conductor.db import api as db_api
 from conductor.drivers import base
+from conductor import nodes
 from conductor import ownership
 from conductor import power_actions
 from conductor import rpcapi
+from conductor import states
 from conductor import status as status_report
 
 LOG = logging.getLogger(__name__)
@@ -275,7 +274,7 @@ class ConductorManager:
 
         :raises: NodeNotFound, InvalidParameterValue.
         """
-        return rpc.node_to_primitive(self._db.get_node(self._ident(node)))
+        return nodes.to_primitive(self._db.get_node(self._ident(node)))
 
     @_endpoint
     def list_nodes(self, context: Any, filters: Any = None,
@@ -306,10 +305,10 @@ class ConductorManager:
             raise _invalid("limit must be an integer >= 1 or null, got %s"
                            % (repr(limit) if isinstance(limit, (int, float))
                               else type(limit).__name__))
-        nodes = self._db.list_nodes(driver=filters.get("driver"),
+        found = self._db.list_nodes(driver=filters.get("driver"),
                                     maintenance=filters.get("maintenance"),
                                     limit=limit)
-        return [rpc.node_to_primitive(node) for node in nodes]
+        return [nodes.to_primitive(node) for node in found]
 
     @_endpoint
     def get_status(self, context: Any) -> dict[str, Any]:
@@ -324,11 +323,11 @@ class ConductorManager:
 
         :raises: InvalidParameterValue, DriverNotEnabled, DuplicateName.
         """
-        clean = node_fields.validate_new(values, self._drivers)
+        clean = nodes.validate_new(values, self._drivers)
         node = self._db.create_node(clean)
         LOG.info("Node %(uuid)s (%(name)s) created over RPC",
                  {"uuid": node.uuid, "name": node.name})
-        return rpc.node_to_primitive(node)
+        return nodes.to_primitive(node)
 
     @_endpoint
     def update_node(self, context: Any, node: str, values: Any,
@@ -348,14 +347,14 @@ class ConductorManager:
         record = self._db.get_node(ident)
         owner = self._owner_elsewhere(record.uuid, forwarded_by)
         if owner is not None:
-            return rpc.node_dict_to_primitive(self._forward(
+            return nodes.dict_to_primitive(self._forward(
                 "update_node", owner, ident, values, context=context))
         values = _keep_masked_secrets(values, record.driver_info)
-        clean = node_fields.validate_update(record, values, self._drivers)
+        clean = nodes.validate_update(record, values, self._drivers)
         updated = self._db.update_node(record.uuid, clean)
         LOG.info("Node %(uuid)s updated over RPC: %(fields)s",
                  {"uuid": record.uuid, "fields": ", ".join(sorted(clean))})
-        return rpc.node_to_primitive(updated)
+        return nodes.to_primitive(updated)
 
     @_endpoint
     def delete_node(self, context: Any, node: str,
@@ -401,7 +400,7 @@ class ConductorManager:
         record = self._db.get_node(ident)
         owner = self._owner_elsewhere(record.uuid, forwarded_by)
         if owner is not None:
-            return rpc.node_dict_to_primitive(self._forward(
+            return nodes.dict_to_primitive(self._forward(
                 "set_power_state", owner, ident, target, wait=wait,
                 context=context))
         ticket = _Ticket()
@@ -422,8 +421,8 @@ class ConductorManager:
                  {"uuid": record.uuid, "target": target,
                   "via": " (via %s)" % forwarded_by if forwarded_by else ""})
         if not wait:
-            return rpc.node_to_primitive(requested)
-        return rpc.node_to_primitive(self._outcome(record.uuid, future))
+            return nodes.to_primitive(requested)
+        return nodes.to_primitive(self._outcome(record.uuid, future))
 
     def _apply_when_told(self, uuid: str, ticket: _Ticket
                          ) -> db_api.NodeRecord | None:

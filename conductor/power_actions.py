@@ -22,10 +22,10 @@ from typing import Any, Mapping
 from conductor.common import deadline
 from conductor.common import exceptions
 from conductor.common import pool as worker_pool
-from conductor.common import states
 from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor import ownership
+from conductor import states
 
 LOG = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The client side of the conductor RPC API (DESIGN.md section 7).
+"""The client side of the conductor RPC API (see doc/source/rpc.rst).
 
 Callers read and change nodes and ask for status over oslo.messaging
 instead of touching the database::
@@ -33,6 +33,7 @@ import oslo_messaging as messaging
 
 from conductor.common import exceptions
 from conductor.common import rpc
+from conductor import nodes
 
 LOG = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class ConductorAPI:
 
         :raises: NodeNotFound, InvalidParameterValue.
         """
-        return rpc.node_from_primitive(self._call(
+        return nodes.from_primitive(self._call(
             "get_node", context=context, host=host, node=node))
 
     def list_nodes(self, *, filters: Mapping[str, Any] | None = None,
@@ -127,7 +128,7 @@ class ConductorAPI:
         :param limit: at most this many nodes (an int >= 1).
         :raises: InvalidParameterValue naming a bad filter or limit.
         """
-        return [rpc.node_from_primitive(item) for item in self._call(
+        return [nodes.from_primitive(item) for item in self._call(
             "list_nodes", context=context, host=host,
             filters=dict(filters) if filters is not None else None,
             limit=limit)]
@@ -150,7 +151,7 @@ class ConductorAPI:
 
         :raises: InvalidParameterValue, DriverNotEnabled, DuplicateName.
         """
-        return rpc.node_from_primitive(self._call(
+        return nodes.from_primitive(self._call(
             "create_node", context=context, host=host, values=dict(values)))
 
     def update_node(self, node: str, values: Mapping[str, Any], *,
@@ -166,7 +167,7 @@ class ConductorAPI:
         :raises: NodeNotFound, NodeLocked, InvalidParameterValue,
             DriverNotEnabled, DuplicateName.
         """
-        return rpc.node_from_primitive(self._call(
+        return nodes.from_primitive(self._call(
             "update_node", context=context, host=host, node=node,
             values=dict(values), forwarded_by=forwarded_by))
 
@@ -199,7 +200,7 @@ class ConductorAPI:
             NoFreeWorker (the owner's pool is full; nothing recorded),
             InvalidParameterValue.
         """
-        return rpc.node_from_primitive(self._call(
+        return nodes.from_primitive(self._call(
             "set_power_state", context=context, host=host, timeout=timeout,
             node=node, target=target, wait=wait,
             forwarded_by=forwarded_by))

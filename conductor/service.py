@@ -339,7 +339,7 @@ class ConductorService(service.ServiceBase):
         self._started = False
         LOG.info("Worker %d of %s stopped", self.worker_id, self.host)
 
-    # -- RPC (DESIGN.md section 7) ------------------------------------
+    # -- RPC -----------------------------------------------------------
 
     def _start_rpc(self) -> None:
         """Serve RPC when ``[DEFAULT] transport_url`` is set; else say so.

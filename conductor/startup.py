@@ -58,6 +58,7 @@ from conductor.common import exceptions
 from conductor.common import hooks
 from conductor.common import rpc
 from conductor.db import api as db_api
+from conductor.db import engine as db_engine
 from conductor.db import migration
 from conductor.drivers import base
 from conductor.drivers import loader
@@ -143,7 +144,7 @@ def prepare_database(conf: cfg.ConfigOpts, db: db_api.Connection,
     except exceptions.ConductorException:
         raise
     except Exception as exc:
-        raise db_api.unavailable(url, exc) from exc
+        raise db_engine.unavailable(url, exc) from exc
 
 
 def _check_revision(engine: "db_api.sa.Engine", url: str) -> str:
@@ -153,9 +154,9 @@ def _check_revision(engine: "db_api.sa.Engine", url: str) -> str:
         raise
     except Exception as exc:
         raise exceptions.DatabaseUnavailable(
-            url=db_api.mask_url(url),
+            url=db_engine.mask_url(url),
             reason="schema revision %s is unknown to this release (%s)"
-                   % (migration.current(engine), db_api.reason(exc))
+                   % (migration.current(engine), db_engine.reason(exc))
         ) from exc
 
 
@@ -253,7 +254,7 @@ def import_inventory(conf: cfg.ConfigOpts, nodes: Sequence[dict[str, Any]],
         except (db_exc.DBError, sa.exc.SQLAlchemyError) as exc:
             # NOTE: the server went away since the database task: say
             # which one, as a failed connection would have.
-            raise db_api.unavailable(conf.database.connection, exc) from exc
+            raise db_engine.unavailable(conf.database.connection, exc) from exc
     LOG.info("Inventory %(path)s: %(new)d node(s) enrolled, %(old)d "
              "already present", {"path": conf.inventory_file,
                                  "new": len(new),
@@ -333,7 +334,7 @@ def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
          ) -> StartupResult:
     """Body of :func:`run`."""
     # NOTE: the module's default group, so hooks and drivers can use the
-    # run/wait API of DESIGN.md section 9 during start-up too.
+    # module-level run/wait API of async_tasks during start-up too.
     group = async_tasks.configure(conf.async_log_dir,
                                   parallel=conf.parallel_startup, logger=LOG)
     config_files = list(conf.config_file)

@@ -1,17 +1,27 @@
-"""Power states (DESIGN.md section 6): the public import for drivers.
+"""Power states: the one home of the power-state vocabulary.
 
-``from conductor import states`` gives ``POWER_ON``, ``POWER_OFF``,
-``REBOOT``, ``ERROR`` and ``NOSTATE``; they are defined in
-:mod:`conductor.common.states`.
+``from conductor import states`` gives drivers and callers ``POWER_ON``,
+``POWER_OFF``, ``REBOOT``, ``ERROR`` and ``NOSTATE``, as stored in the
+database and returned by drivers. Drivers return :data:`POWER_ON`,
+:data:`POWER_OFF` or :data:`ERROR` from ``get_power_state``;
+:data:`REBOOT` is only ever a *target*.
 """
 
-from conductor.common.states import ERROR
-from conductor.common.states import NOSTATE
-from conductor.common.states import POWER_OFF
-from conductor.common.states import POWER_ON
-from conductor.common.states import POWER_TARGETS
-from conductor.common.states import REBOOT
-from conductor.common.states import STABLE_POWER_STATES
+from __future__ import annotations
 
-__all__ = ["ERROR", "NOSTATE", "POWER_OFF", "POWER_ON", "POWER_TARGETS",
-           "REBOOT", "STABLE_POWER_STATES"]
+from typing import Final
+
+POWER_ON: Final = "power on"
+POWER_OFF: Final = "power off"
+REBOOT: Final = "rebooting"
+ERROR: Final = "error"
+NOSTATE: Final = None
+
+#: What a driver may report from ``get_power_state``.
+STABLE_POWER_STATES: Final = frozenset({POWER_ON, POWER_OFF, ERROR})
+
+#: What a caller may ask for with a power action.
+POWER_TARGETS: Final = frozenset({POWER_ON, POWER_OFF, REBOOT})
+
+#: CLI verbs for the power targets.
+POWER_VERBS: Final = {"on": POWER_ON, "off": POWER_OFF, "reboot": REBOOT}

@@ -37,11 +37,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 
 import conductor.cmd  # noqa: E402,F401  (threading backend first)
 from conductor.common import deadline  # noqa: E402
-from conductor.common import states  # noqa: E402
 from conductor import conf  # noqa: E402
 from conductor.drivers import base  # noqa: E402
 from conductor.drivers import ipmi  # noqa: E402
 from conductor.drivers import redfish  # noqa: E402
+from conductor import states  # noqa: E402
 from tests.functional import bmc  # noqa: E402
 
 import psutil  # noqa: E402

@@ -1,11 +1,8 @@
-"""Entry points. Importing this package selects the threading backend.
+"""Entry points: ``conductor`` and ``conductor-manage``.
 
-oslo.service must be told which backend to use before anything imports
-``oslo_service.service`` (importing oslo.messaging does), so this runs
-first, before any other conductor or oslo import in an entry point.
-Eventlet is then refused outright: the conductor runs on native threads
-only, and a stray ``import eventlet`` must fail loudly rather than
-silently change how every socket behaves.
+Importing :mod:`conductor` (which happens first) refused eventlet and
+selected oslo.service's threading backend; an entry point also refuses to
+run at all when eventlet was loaded, or another backend chosen, before.
 """
 
 from conductor.common import no_eventlet

@@ -23,18 +23,19 @@ import sqlalchemy as sa
 from conductor import checks
 from conductor.common import exceptions
 from conductor.common import hooks
-from conductor.common import node_fields
 from conductor.common import output
 from conductor.common import rpc
-from conductor.common import states
 from conductor import conf as conductor_conf
 from conductor.db import api as db_api
+from conductor.db import engine as db_engine
 from conductor.db import migration
 from conductor.drivers import base
 from conductor.drivers import loader
 from conductor import inventory
+from conductor import nodes
 from conductor import rpcapi
 from conductor import startup
+from conductor import states
 from conductor import status as status_report
 
 LOG = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Manage:
     # -- db ------------------------------------------------------------
 
     def db_sync(self, args: argparse.Namespace) -> None:
-        engine = db_api.create_engine(self.conf.database.connection)
+        engine = db_engine.create_engine(self.conf.database.connection)
         try:
             revision = migration.upgrade(engine)
         finally:
@@ -102,7 +103,7 @@ class Manage:
         self.out("Database schema is at revision %s" % revision)
 
     def db_version(self, args: argparse.Namespace) -> None:
-        engine = db_api.create_engine(self.conf.database.connection)
+        engine = db_engine.create_engine(self.conf.database.connection)
         try:
             revision = migration.current(engine)
         finally:
@@ -114,32 +115,32 @@ class Manage:
 
     def node_create(self, args: argparse.Namespace) -> None:
         values: dict[str, Any] = {"driver": args.driver,
-                                  "driver_info": node_fields.parse_pairs(
+                                  "driver_info": nodes.parse_pairs(
                                       args.driver_info)}
         for key in ("name", "uuid", "maintenance_reason"):
             if getattr(args, key) is not None:
                 values[key] = getattr(args, key)
         if args.maintenance:
             values["maintenance"] = True
-        clean = node_fields.validate_new(values, self.drivers)
+        clean = nodes.validate_new(values, self.drivers)
         node = self.db.create_node(clean)
         self._show(node, args.format)
 
     def node_import(self, args: argparse.Namespace) -> None:
         entries = inventory.load_file(args.file)
-        nodes = inventory.validate(entries, self.drivers, source=args.file)
-        created = self.db.import_nodes(nodes)
+        valid = inventory.validate(entries, self.drivers, source=args.file)
+        created = self.db.import_nodes(valid)
         self.out("Imported %d node(s) from %s" % (len(created), args.file))
 
     def node_list(self, args: argparse.Namespace) -> None:
-        nodes = self.db.list_nodes(driver=args.driver,
+        found = self.db.list_nodes(driver=args.driver,
                                    maintenance=args.maintenance)
         if args.format == "json":
-            self.out(output.to_json([_node_dict(node) for node in nodes]))
+            self.out(output.to_json([nodes.as_dict(node) for node in found]))
             return
         self.out(output.table(NODE_COLUMNS, [
             [getattr(node, column) for column in NODE_COLUMNS]
-            for node in nodes]))
+            for node in found]))
 
     def node_show(self, args: argparse.Namespace) -> None:
         self._show(self.db.get_node(args.node), args.format)
@@ -153,7 +154,7 @@ class Manage:
             values["driver"] = args.driver
         if args.driver_info or args.unset_driver_info:
             info = dict(node.driver_info)
-            info.update(node_fields.parse_pairs(args.driver_info))
+            info.update(nodes.parse_pairs(args.driver_info))
             for key in args.unset_driver_info:
                 if key not in info:
                     raise exceptions.InvalidParameterValue(
@@ -167,7 +168,7 @@ class Manage:
         if not values:
             raise exceptions.InvalidParameterValue(
                 err="node set: nothing to change; give at least one option")
-        clean = node_fields.validate_update(node, values, self.drivers)
+        clean = nodes.validate_update(node, values, self.drivers)
         self._show(self.db.update_node(node.uuid, clean), args.format)
 
     def node_delete(self, args: argparse.Namespace) -> None:
@@ -238,7 +239,7 @@ class Manage:
         self.out("Node %s is %s" % (label, node["power_state"]))
 
     def _show(self, node: db_api.NodeRecord, fmt: str) -> None:
-        data = _node_dict(node)
+        data = nodes.as_dict(node)
         if fmt == "json":
             self.out(output.to_json(data))
         else:
@@ -268,13 +269,13 @@ class Manage:
                 ("host", "worker", "periodic task", "runs", "failures",
                  "last start", "last duration (s)",
                  "next due (s, at last beat)"), tasks))
-        nodes = data["nodes"]
+        counts = data["nodes"]
         self.out("")
         self.out(output.table(("power state", "nodes"), sorted(
-            nodes["by_power_state"].items())))
+            counts["by_power_state"].items())))
         self.out("")
-        self.out("%d node(s), %d in maintenance" % (nodes["total"],
-                                                    nodes["maintenance"]))
+        self.out("%d node(s), %d in maintenance" % (counts["total"],
+                                                    counts["maintenance"]))
 
     def clean(self, args: argparse.Namespace) -> None:
         timeout = self.conf.conductor.heartbeat_timeout
@@ -352,16 +353,6 @@ def _sweep_text(status: dict[str, Any]) -> str:
     return "%d nodes in %.2fs, %d failed" % (
         sweep.get("nodes", 0), sweep.get("total_seconds", 0.0),
         sweep.get("failures", 0))
-
-
-def _node_dict(node: db_api.NodeRecord) -> dict[str, Any]:
-    data = {field: getattr(node, field) for field in (
-        "uuid", "name", "driver", "driver_info", "power_state",
-        "target_power_state", "power_state_updated_at", "maintenance",
-        "maintenance_reason", "fault", "power_sync_failures", "last_error",
-        "reservation", "created_at", "updated_at")}
-    data["driver_info"] = base.mask_secrets(node.driver_info)
-    return data
 
 
 def db_status(db: db_api.Connection, heartbeat_timeout: float
@@ -541,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (db_exc.DBError, sa.exc.SQLAlchemyError) as exc:
         if args.debug:
             LOG.exception("Database error")
-        return _error("database error: %s" % db_api.reason(exc))
+        return _error("database error: %s" % db_engine.reason(exc))
     finally:
         manage.close()
     return 0

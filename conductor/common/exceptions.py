@@ -2,7 +2,7 @@
 
 Every exception carries a complete, human readable message. The ones a
 remote caller may receive over RPC are listed in :data:`RPC_EXCEPTIONS`;
-their names are part of the RPC contract (DESIGN.md section 7).
+their names are part of the RPC contract (see doc/source/rpc.rst).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Hooks come from two places and run together in ``NN`` order:
     hooks.run_hooks(found, "start", "pre-start", conf=conf,
                     config_files=conf.config_file)
 
-Phases, in order (DESIGN.md section 10): ``override_defaults`` (before
+Phases, in order: ``override_defaults`` (before
 the configuration files are parsed), ``source`` (configuration loaded),
 ``start`` with sub-phase ``pre-start``, ``post-config`` (start-up tasks
 done, before workers fork) or ``extra`` (all workers up), ``stop`` and

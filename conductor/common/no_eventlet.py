@@ -32,13 +32,18 @@ class EventletBlocker(importlib.abc.MetaPathFinder):
         return None
 
 
+def loaded() -> list[str]:
+    """The eventlet modules already imported, sorted (none: [])."""
+    return sorted(name for name in sys.modules
+                  if name.partition(".")[0] in BLOCKED)
+
+
 def install() -> None:
     """Install the blocker once; fails if eventlet was already imported."""
-    loaded = [name for name in sys.modules
-              if name.partition(".")[0] in BLOCKED]
-    if loaded:
+    already = loaded()
+    if already:
         raise RuntimeError(
             "eventlet was imported before conductor selected the threading "
-            "backend (%s)" % ", ".join(sorted(loaded)))
+            "backend (%s)" % ", ".join(already))
     if not any(isinstance(f, EventletBlocker) for f in sys.meta_path):
         sys.meta_path.insert(0, EventletBlocker())

@@ -2,7 +2,8 @@
 
 Everything here is built from plain values or ``conf`` *after the fork*:
 a transport created in the master would deliver its children's replies to
-the master (see PITFALLS.md). Usage, in a worker's ``start()``::
+the master (oslo.messaging's rabbit driver is fork-safe only when
+no connection existed before the fork). Usage, in a worker's ``start()``::
 
     if rpc.enabled(conf):
         transport = rpc.get_transport(conf)
@@ -22,12 +23,11 @@ the caller's side with their class and message; anything else arrives as
 
 from __future__ import annotations
 
-import datetime
 import functools
 import logging
 import socket
 import threading
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 from oslo_config import cfg
 from oslo_context import context as oslo_context
@@ -36,12 +36,10 @@ from oslo_messaging import opts as messaging_opts
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from conductor.common import exceptions
-from conductor.db import api as db_api
-from conductor.drivers import base
 
 LOG = logging.getLogger(__name__)
 
-#: The RPC topic every conductor host consumes (DESIGN.md section 7).
+#: The RPC topic every conductor host consumes.
 TOPIC = "conductor"
 #: Modules whose exceptions are re-raised on the caller's side by name.
 ALLOWED_EXMODS = [exceptions.__name__]
@@ -49,51 +47,6 @@ ALLOWED_EXMODS = [exceptions.__name__]
 RequestContext = oslo_context.RequestContext
 #: oslo.messaging's default ``transport_url``: not set by the operator.
 _DEFAULT_URL = "rabbit://"
-
-#: The fields of a node as it travels over RPC, in display order.
-NODE_FIELDS = ("uuid", "name", "driver", "driver_info", "power_state",
-               "target_power_state", "power_state_updated_at",
-               "maintenance", "maintenance_reason", "fault",
-               "power_sync_failures", "last_error", "reservation",
-               "created_at", "updated_at")
-#: The node fields that are timestamps (ISO 8601 strings on the wire).
-NODE_TIME_FIELDS = ("power_state_updated_at", "created_at", "updated_at")
-
-
-def node_to_primitive(node: db_api.NodeRecord) -> dict[str, Any]:
-    """A node as JSON types: secrets masked, timestamps as ISO strings."""
-    data: dict[str, Any] = {field: getattr(node, field)
-                            for field in NODE_FIELDS}
-    data["driver_info"] = base.mask_secrets(node.driver_info)
-    for field in NODE_TIME_FIELDS:
-        if data[field] is not None:
-            data[field] = data[field].isoformat()
-    return data
-
-
-def node_dict_to_primitive(node: Mapping[str, Any]) -> dict[str, Any]:
-    """The reverse of :func:`node_from_primitive` (forwarded answers)."""
-    data = dict(node)
-    for field in NODE_TIME_FIELDS:
-        value = data.get(field)
-        if isinstance(value, datetime.datetime):
-            data[field] = value.isoformat()
-    return data
-
-
-def node_from_primitive(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The caller's view of a node: timestamps back to ``datetime``.
-
-    The result has the same keys and values as the node's database record
-    (``driver_info`` masked), so output built from either is the same.
-    """
-    node = dict(data)
-    for field in NODE_TIME_FIELDS:
-        value = node.get(field)
-        if isinstance(value, str):
-            node[field] = datetime.datetime.fromisoformat(value)
-    return node
-
 
 #: Entry point group of oslo.messaging's drivers (the URL schemes).
 DRIVER_NAMESPACE = "oslo.messaging.drivers"

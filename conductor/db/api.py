@@ -21,32 +21,31 @@ import dataclasses
 import datetime
 import json
 import logging
-import os
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 import uuid as uuid_lib
 
 from oslo_db import exception as db_exc
-from oslo_db.sqlalchemy import engines
 from oslo_utils import timeutils
 from oslo_utils import uuidutils
 import sqlalchemy as sa
 
 from conductor.common import exceptions
+from conductor.db import engine as db_engine
 from conductor.db import models
+from conductor import nodes
 
 LOG = logging.getLogger(__name__)
 
 _nodes = models.nodes
 _conductors = models.conductors
 
-#: Node fields a caller may set when creating a node.
-CREATE_FIELDS = frozenset({"uuid", "name", "driver", "driver_info",
-                           "maintenance", "maintenance_reason"})
-#: Node fields a caller may change on an existing node.
-UPDATE_FIELDS = frozenset({"name", "driver", "driver_info", "maintenance",
-                           "maintenance_reason", "fault", "last_error",
-                           "power_state", "target_power_state",
-                           "power_sync_failures"})
+#: Columns an insert may set: what a user may set on a new node.
+_INSERTABLE = frozenset(nodes.CREATABLE)
+#: Columns the conductor may write on an existing node: what a user may
+#: change, plus the fields power sync and power actions record.
+_WRITABLE = frozenset(nodes.UPDATABLE) | {
+    "fault", "last_error", "power_state", "target_power_state",
+    "power_sync_failures"}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -128,99 +127,6 @@ def _as_dict(value: Any) -> dict[str, Any]:
     return dict(value or {})
 
 
-def create_engine(url: str, *, max_retries: int = 0,
-                  retry_interval: int = 1,
-                  max_pool_size: int | None = None,
-                  max_overflow: int | None = None,
-                  pool_timeout: int | None = None) -> sa.Engine:
-    """Create an engine and prove it connects.
-
-    :param max_retries: further attempts after the first failed one
-        (-1: forever), ``retry_interval`` seconds apart.
-    :raises: DatabaseUnavailable naming the (password-masked) URL.
-    """
-    try:
-        _prepare_sqlite_dir(url)
-        engine = engines.create_engine(
-            url, max_retries=max_retries, retry_interval=retry_interval,
-            max_pool_size=max_pool_size, max_overflow=max_overflow,
-            pool_timeout=pool_timeout, sqlite_synchronous=True,
-            mysql_sql_mode="TRADITIONAL",
-            thread_checkin=False)
-    except (db_exc.DBError, sa.exc.SQLAlchemyError, ImportError,
-            ValueError) as exc:
-        raise unavailable(url, exc) from exc
-    # NOTE: SQLAlchemy puts a failed statement's parameters in the error
-    # text, driver_info passwords included; errors reach logs, task logs
-    # and stderr, so they never carry parameters.
-    engine.hide_parameters = True
-    if engine.dialect.name == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_on_connect)
-        # NOTE: the test connection above was made before the listener
-        # existed; drop it so every pooled connection gets the pragmas.
-        engine.dispose()
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except (db_exc.DBError, sa.exc.SQLAlchemyError) as exc:
-        engine.dispose()
-        raise unavailable(url, exc) from exc
-    return engine
-
-
-def _prepare_sqlite_dir(url: str) -> None:
-    """Create the directory of an SQLite file database (the default)."""
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or \
-            parsed.database == ":memory:":
-        return
-    directory = os.path.dirname(os.path.abspath(parsed.database))
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as exc:
-        raise exceptions.DatabaseUnavailable(
-            url=mask_url(url),
-            reason="cannot create directory %s: %s"
-                   % (directory, exc.strerror or exc)) from exc
-
-
-def _sqlite_on_connect(dbapi_connection: Any, record: Any) -> None:
-    # NOTE: several worker processes share one SQLite file: WAL lets
-    # readers run beside the single writer, and a busy timeout makes a
-    # writer wait for the lock instead of failing with "database is locked".
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    try:
-        parsed = sa.engine.make_url(url)
-    except Exception:
-        return "<malformed URL>"
-    return parsed.render_as_string(hide_password=True)
-
-
-def reason(exc: BaseException) -> str:
-    """The first line of the driver's own message for a database error."""
-    inner = getattr(exc, "inner_exception", None) or exc
-    inner = getattr(inner, "orig", None) or inner
-    text = str(inner)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-
-
-def unavailable(url: str, exc: BaseException
-                ) -> exceptions.DatabaseUnavailable:
-    """The error for database ``url`` failing with ``exc``.
-
-    The URL is password-masked, the reason in the driver's own words.
-    """
-    return exceptions.DatabaseUnavailable(url=mask_url(url),
-                                          reason=reason(exc))
-
-
 class Connection:
     """All database operations, over one engine (one per process)."""
 
@@ -229,8 +135,8 @@ class Connection:
 
     @classmethod
     def create(cls, url: str, **kwargs: Any) -> "Connection":
-        """Build the engine (see :func:`create_engine`) and wrap it."""
-        return cls(create_engine(url, **kwargs))
+        """Build the engine (see :func:`engine.create_engine`); wrap it."""
+        return cls(db_engine.create_engine(url, **kwargs))
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -255,7 +161,7 @@ class Connection:
         now = timeutils.utcnow()
         rows = []
         for values in items:
-            unknown = set(values) - CREATE_FIELDS
+            unknown = set(values) - _INSERTABLE
             if unknown:
                 raise exceptions.InvalidParameterValue(
                     err="Unknown node field(s): %s" % ", ".join(
@@ -314,7 +220,7 @@ class Connection:
                 err="A node with UUID %s already exists." % (
                     taken or _first_repeat(uuids)))
         return exceptions.InvalidParameterValue(
-            err="Node could not be stored: %s" % reason(exc))
+            err="Node could not be stored: %s" % db_engine.reason(exc))
 
     def get_nodes_by_uuid(self, uuids: Sequence[str]) -> list[NodeRecord]:
         """The nodes with these uuids, in the order given (missing skipped)."""
@@ -367,7 +273,7 @@ class Connection:
             not be reserved at all.
         :raises: NodeNotFound, NodeLocked, DuplicateName.
         """
-        unknown = set(values) - UPDATE_FIELDS
+        unknown = set(values) - _WRITABLE
         if unknown:
             raise exceptions.InvalidParameterValue(
                 err="Unknown or read-only node field(s): %s" % ", ".join(
@@ -585,7 +491,7 @@ class Connection:
         for change in changes:
             values = {key: value for key, value in change.items()
                       if key not in ("uuid", "expected_version")}
-            unknown = set(values) - UPDATE_FIELDS
+            unknown = set(values) - _WRITABLE
             if unknown:
                 raise ValueError("not sync fields: %s" % sorted(unknown))
             values["updated_at"] = now

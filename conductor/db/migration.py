@@ -2,7 +2,7 @@
 
 Usage::
 
-    engine = db_api.create_engine(url)
+    engine = db_engine.create_engine(url)
     migration.upgrade(engine)          # conductor-manage db sync
     migration.current(engine)          # conductor-manage db version
     migration.check(engine)            # raises SchemaOutOfDate when behind

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-metadata = sa.MetaData()
+from conductor.nodes import MAX_NAME_LENGTH
 
-#: Longest name, driver, host or reservation string accepted.
-MAX_NAME_LENGTH = 255
+metadata = sa.MetaData()
 
 nodes = sa.Table(
     "nodes", metadata,

@@ -12,7 +12,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, Protocol, TypeVar
 
 import requests
 import sushy
@@ -22,11 +22,9 @@ from sushy import exceptions as sushy_exc
 
 from conductor.common import deadline
 from conductor.common import exceptions
-from conductor.common import states
 from conductor import conf
 from conductor.drivers import base
-from conductor.drivers.redfish import parse_driver_info
-from conductor.drivers.redfish import Target
+from conductor import states
 
 LOG = logging.getLogger("conductor.drivers.redfish")
 
@@ -159,16 +157,48 @@ class _ClientCache:
             return len(self._clients)
 
 
+class Target(Protocol):
+    """A node's validated Redfish access, as the driver parses it."""
+
+    @property
+    def base_url(self) -> str:
+        ...
+
+    @property
+    def system_path(self) -> str | None:
+        ...
+
+    @property
+    def username(self) -> str:
+        ...
+
+    @property
+    def password(self) -> str:
+        ...
+
+    @property
+    def verify(self) -> bool | str:
+        ...
+
+    def cache_key(self, auth_type: str) -> tuple[str, ...]:
+        """What identifies a reusable client."""
+        ...
+
+
 class SushyPower:
     """The BMC calls of :class:`conductor.drivers.redfish.RedfishPower`.
 
     Thread-safe; one per driver, holding the client cache. Options are
     read at every call from ``[redfish]`` and ``[conductor]
     power_state_timeout``.
+
+    :param parse: turns a node's ``driver_info`` into its :class:`Target`
+        (the driver's own parser, raising ``InvalidParameterValue``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, parse: Callable[[base.DriverNode], Target]) -> None:
         self._clients = _ClientCache()
+        self._parse = parse
 
     def get_power_state(self, node: base.DriverNode) -> str:
         """See :meth:`RedfishPower.get_power_state`."""
@@ -216,7 +246,7 @@ class SushyPower:
         :raises: InvalidParameterValue, PowerStateFailure or
             DeadlineExceeded, with secret-free messages.
         """
-        bmc = parse_driver_info(node)
+        bmc = self._parse(node)
         options = conf.CONF.redfish
         timeout = float(conf.CONF.conductor.power_state_timeout)
         key = bmc.cache_key(options.auth_type)

@@ -24,9 +24,9 @@ import warnings
 
 from conductor.common import deadline
 from conductor.common import exceptions
-from conductor.common import states
 from conductor.drivers import base
 from conductor import periodics
+from conductor import states
 
 LOG = logging.getLogger(__name__)
 

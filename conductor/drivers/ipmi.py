@@ -44,9 +44,9 @@ from typing import Any, Mapping
 
 from conductor.common import deadline
 from conductor.common import exceptions
-from conductor.common import states
 from conductor import conf
 from conductor.drivers import base
+from conductor import states
 
 LOG = logging.getLogger(__name__)
 

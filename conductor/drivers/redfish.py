@@ -58,8 +58,8 @@ from typing import Any, Mapping
 from urllib import parse as urlparse
 
 from conductor.common import exceptions
-from conductor.common import states
 from conductor.drivers import base
+from conductor import states
 
 LOG = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class RedfishPower(base.PowerInterface):
         with self._lock:
             if self._backend is None:
                 from conductor.drivers import _redfish_sushy
-                self._backend = _redfish_sushy.SushyPower()
+                self._backend = _redfish_sushy.SushyPower(parse_driver_info)
             return self._backend
 
     def get_power_state(self, node: base.DriverNode) -> str:

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 import testtools
 
 from conductor.db import api as db_api
+from conductor.db import engine as db_engine
 from conductor.db import migration
 
 #: Where the console scripts of the running interpreter live.
@@ -90,7 +91,7 @@ class Database(fixtures.Fixture):
             raise AssertionError(
                 "The %s server at %s is not reachable (%s). Start it (see "
                 ".ci/run) or point CONDUCTOR_TEST_%s_URL at one."
-                % (self.backend, db_api.mask_url(admin_url),
+                % (self.backend, db_engine.mask_url(admin_url),
                    str(exc.orig).splitlines()[0],
                    "MYSQL" if self.backend == "mysql" else "PGSQL"))
         url = sa.engine.make_url(admin_url).set(database=name)

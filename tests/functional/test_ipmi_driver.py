@@ -12,9 +12,9 @@ import psutil
 
 from conductor.common import deadline
 from conductor.common import exceptions
-from conductor.common import states
 from conductor.drivers import base as drivers_base
 from conductor.drivers import ipmi
+from conductor import states
 from tests import base
 from tests.functional import bmc
 

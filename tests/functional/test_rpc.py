@@ -28,10 +28,10 @@ import sqlalchemy as sa
 
 from conductor.common import exceptions
 from conductor.common import rpc
-from conductor.common import states
 from conductor.conf import conductor as conductor_opts
 from conductor import ownership
 from conductor import rpcapi
+from conductor import states
 from tests.functional import base
 
 #: Seconds between heartbeats, after which a worker is dead, and between

@@ -22,14 +22,15 @@ import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import exceptions
 from conductor.common import pool as pool_mod
 from conductor.common import rpc
-from conductor.common import states
 from conductor.db import api as db_api
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
 from conductor import manager
+from conductor import nodes
 from conductor import ownership
 from conductor import power_actions
 from conductor import rpcapi
+from conductor import states
 from tests import base
 
 #: Bound for every wait on another thread (never reached when passing).
@@ -116,7 +117,7 @@ class TestReads(ManagerTestCase):
                          data["driver_info"])
         self.assertNotIn("s3cret", json.dumps(data))
         self.assertEqual(node.created_at.isoformat(), data["created_at"])
-        self.assertEqual(rpc.NODE_FIELDS, tuple(data))
+        self.assertEqual(nodes.FIELDS, tuple(data))
 
     def test_get_node_errors(self) -> None:
         exc = self.error(exceptions.NodeNotFound, "get_node", node="nope")

@@ -37,6 +37,30 @@ class TestNoEventlet(base.TestCase):
                       "backend", result.stdout)
         self.assertIn("backend: threading", result.stdout)
 
+    def test_importing_a_driver_or_the_client_first_keeps_it_out(self) -> None:
+        # NOTE: no conductor.cmd here: the package itself guards, so a
+        # test or program importing a driver module first is covered.
+        probe = ("import sys\n"
+                 "import conductor.drivers.fake, conductor.rpcapi\n"
+                 "import futurist.periodics, oslo_messaging\n"
+                 "print(sorted(m for m in sys.modules\n"
+                 "             if m.startswith('eventlet')))\n"
+                 "from oslo_service import backend\n"
+                 "print(backend.get_backend_type().value)\n")
+        result = subprocess.run([sys.executable, "-c", probe],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(0, result.returncode, result.stderr)
+        self.assertEqual(["[]", "threading"], result.stdout.split())
+
+    def test_rpc_client_loads_no_database_code(self) -> None:
+        probe = ("import sys, conductor.rpcapi\n"
+                 "print(sorted({m.split('.')[0] for m in sys.modules}\n"
+                 "             & {'sqlalchemy', 'oslo_db', 'alembic'}))\n")
+        result = subprocess.run([sys.executable, "-c", probe],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(0, result.returncode, result.stderr)
+        self.assertEqual("[]", result.stdout.strip())
+
     def test_guard_refuses_when_eventlet_already_loaded(self) -> None:
         probe = ("import eventlet, conductor.common.no_eventlet as g\n"
                  "g.install()\n")

@@ -1,4 +1,4 @@
-"""Tests for conductor.common.node_fields."""
+"""Tests for conductor.common.nodes."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from unittest import mock
 
 
 from conductor.common import exceptions
-from conductor.common import node_fields
-from conductor.common import states
 from conductor.db import api as db_api
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
+from conductor import nodes
+from conductor import states
 from tests import base
 
 UUID = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123"
@@ -39,90 +39,90 @@ class TestChecks(base.TestCase):
 
     def test_check_name_valid(self) -> None:
         for name in ("n", "node-1", "rack1.node_2~a", "0abc", "x" * 255):
-            self.assertEqual(name, node_fields.check_name(name))
-        self.assertIsNone(node_fields.check_name(None))
+            self.assertEqual(name, nodes.check_name(name))
+        self.assertIsNone(nodes.check_name(None))
 
     def test_check_name_too_long_or_empty(self) -> None:
         for name in ("", "x" * 256):
             self.assertInvalid("must be 1 to 255 characters long",
-                               node_fields.check_name, name)
+                               nodes.check_name, name)
 
     def test_check_name_uuid_like(self) -> None:
         for name in (UUID, UUID.replace("-", ""), UUID.upper()):
             self.assertInvalid("looks like a UUID",
-                               node_fields.check_name, name)
+                               nodes.check_name, name)
 
     def test_check_name_bad_characters(self) -> None:
         for name in ("with space", "-leading", ".hidden", "a/b", "a:b",
                      "ñode", "node\n", "a\nb"):
             self.assertInvalid("is invalid: use letters, digits",
-                               node_fields.check_name, name)
+                               nodes.check_name, name)
 
     def test_check_name_not_string(self) -> None:
         self.assertInvalid("must be a string, got int",
-                           node_fields.check_name, 5)
+                           nodes.check_name, 5)
 
     def test_check_uuid(self) -> None:
-        self.assertIsNone(node_fields.check_uuid(None))
-        self.assertEqual(UUID, node_fields.check_uuid(UUID))
+        self.assertIsNone(nodes.check_uuid(None))
+        self.assertEqual(UUID, nodes.check_uuid(UUID))
         for spelling in (UUID.upper(), UUID.replace("-", ""),
                          "{%s}" % UUID, "urn:uuid:%s" % UUID):
-            self.assertEqual(UUID, node_fields.check_uuid(spelling))
+            self.assertEqual(UUID, nodes.check_uuid(spelling))
 
     def test_check_uuid_invalid(self) -> None:
         for value in ("not-a-uuid", UUID + "0", 42, ""):
             self.assertInvalid("is not a valid UUID",
-                               node_fields.check_uuid, value)
+                               nodes.check_uuid, value)
 
     def test_check_driver_info(self) -> None:
-        self.assertEqual({}, node_fields.check_driver_info(None))
+        self.assertEqual({}, nodes.check_driver_info(None))
         info = {"a": 1, "b": {"c": [1, 2]}}
-        result = node_fields.check_driver_info(info)
+        result = nodes.check_driver_info(info)
         self.assertEqual(info, result)
         self.assertIsNot(info, result)
 
     def test_check_driver_info_not_mapping(self) -> None:
         self.assertInvalid("must be a mapping of field to value, got list",
-                           node_fields.check_driver_info, ["a=1"])
+                           nodes.check_driver_info, ["a=1"])
 
     def test_check_driver_info_bad_keys(self) -> None:
         message = self.assertInvalid(
             "keys must be non-empty strings",
-            node_fields.check_driver_info, {1: "x", "": "y", "ok": 1})
+            nodes.check_driver_info, {1: "x", "": "y", "ok": 1})
         self.assertIn("1", message)
         self.assertIn("''", message)
 
     def test_check_driver_info_too_big(self) -> None:
-        info = {"blob": "x" * node_fields.MAX_DRIVER_INFO_BYTES}
+        info = {"blob": "x" * nodes.MAX_DRIVER_INFO_BYTES}
         self.assertInvalid("bytes as JSON; the limit is 16384",
-                           node_fields.check_driver_info, info)
+                           nodes.check_driver_info, info)
 
     def test_check_driver_info_not_json(self) -> None:
         self.assertInvalid("must be JSON-serialisable",
-                           node_fields.check_driver_info, {"a": object()})
+                           nodes.check_driver_info, {"a": object()})
         self.assertInvalid("must be JSON-serialisable",
-                           node_fields.check_driver_info, {"a": {1, 2}})
+                           nodes.check_driver_info, {"a": {1, 2}})
 
     def test_check_driver_info_not_standard_json(self) -> None:
         # NaN and Infinity are not JSON: MySQL and PostgreSQL refuse them.
         for value in (float("nan"), float("inf"), [float("-inf")]):
             self.assertInvalid("must be JSON-serialisable",
-                               node_fields.check_driver_info, {"a": value})
+                               nodes.check_driver_info, {"a": value})
 
     def test_check_bool(self) -> None:
-        self.assertTrue(node_fields.check_bool("maintenance", True))
-        self.assertFalse(node_fields.check_bool("maintenance", False))
+        self.assertTrue(nodes.check_bool("maintenance", True))
+        self.assertFalse(nodes.check_bool("maintenance", False))
         for value in ("true", 1, None):
             self.assertInvalid("maintenance must be true or false",
-                               node_fields.check_bool, "maintenance", value)
+                               nodes.check_bool, "maintenance", value)
 
     def test_check_text(self) -> None:
-        self.assertIsNone(node_fields.check_text("reason", None))
-        self.assertEqual("x", node_fields.check_text("reason", "x"))
+        self.assertIsNone(nodes.check_text("reason", None))
+        self.assertEqual("x", nodes.check_text("reason", "x"))
         self.assertInvalid("reason must be a string, got int",
-                           node_fields.check_text, "reason", 3)
+                           nodes.check_text, "reason", 3)
         self.assertInvalid("reason is 4097 characters long",
-                           node_fields.check_text, "reason", "x" * 4097)
+                           nodes.check_text, "reason", "x" * 4097)
 
 
 class TestValidate(base.TestCase):
@@ -133,7 +133,7 @@ class TestValidate(base.TestCase):
         self.drivers = {"fake": self.driver}
 
     def test_validate_new_normalises(self) -> None:
-        clean = node_fields.validate_new(
+        clean = nodes.validate_new(
             {"driver": "fake", "name": "n1", "uuid": UUID.upper(),
              "driver_info": {"fake_latency_ms": 1}}, self.drivers)
         self.assertEqual({"driver": "fake", "name": "n1", "uuid": UUID,
@@ -144,7 +144,7 @@ class TestValidate(base.TestCase):
         with mock.patch.object(self.driver.power, "validate", autospec=True,
                                side_effect=KeyError("ipmi_port")):
             exc = self.assertRaises(
-                exceptions.InvalidParameterValue, node_fields.validate_new,
+                exceptions.InvalidParameterValue, nodes.validate_new,
                 {"driver": "fake", "name": "n1"}, self.drivers)
         self.assertEqual("Driver fake refused node n1: KeyError: "
                          "'ipmi_port'", str(exc))
@@ -152,18 +152,18 @@ class TestValidate(base.TestCase):
     def test_validate_new_minimal(self) -> None:
         self.assertEqual(
             {"driver": "fake", "driver_info": {}, "maintenance": False},
-            node_fields.validate_new({"driver": "fake"}, self.drivers))
+            nodes.validate_new({"driver": "fake"}, self.drivers))
 
     def test_validate_new_not_mapping(self) -> None:
         exc = self.assertRaises(exceptions.InvalidParameterValue,
-                                node_fields.validate_new, ["fake"],
+                                nodes.validate_new, ["fake"],
                                 self.drivers)
         self.assertIn("must be a mapping of field to value, got list",
                       str(exc))
 
     def test_validate_new_unknown_fields(self) -> None:
         exc = self.assertRaises(exceptions.InvalidParameterValue,
-                                node_fields.validate_new,
+                                nodes.validate_new,
                                 {"driver": "fake", "power_state": "on",
                                  "zzz": 1}, self.drivers)
         self.assertIn("Unknown node field(s): power_state, zzz; allowed: "
@@ -172,25 +172,25 @@ class TestValidate(base.TestCase):
     def test_validate_new_missing_driver(self) -> None:
         for values in ({"name": "n1"}, {"driver": ""}, {"driver": 3}):
             exc = self.assertRaises(exceptions.InvalidParameterValue,
-                                    node_fields.validate_new, values,
+                                    nodes.validate_new, values,
                                     self.drivers)
             self.assertIn("driver is required", str(exc))
 
     def test_validate_new_unknown_driver(self) -> None:
         exc = self.assertRaises(exceptions.DriverNotEnabled,
-                                node_fields.validate_new,
+                                nodes.validate_new,
                                 {"driver": "ipmi"}, self.drivers)
         self.assertEqual("Driver ipmi is not enabled; enabled drivers: "
                          "fake.", str(exc))
         exc = self.assertRaises(exceptions.DriverNotEnabled,
-                                node_fields.validate_new,
+                                nodes.validate_new,
                                 {"driver": "ipmi"}, {})
         self.assertIn("enabled drivers: none", str(exc))
 
     def test_validate_new_calls_driver_validate(self) -> None:
         with mock.patch.object(fake.FakePower, "validate",
                                autospec=True) as validate:
-            node_fields.validate_new(
+            nodes.validate_new(
                 {"driver": "fake", "name": "n1",
                  "driver_info": {"x": 1}}, self.drivers)
         validate.assert_called_once_with(
@@ -200,7 +200,7 @@ class TestValidate(base.TestCase):
 
     def test_validate_new_driver_refuses(self) -> None:
         exc = self.assertRaises(exceptions.InvalidParameterValue,
-                                node_fields.validate_new,
+                                nodes.validate_new,
                                 {"driver": "fake", "name": "n1",
                                  "driver_info": {"ipmi_address": "x"}},
                                 self.drivers)
@@ -209,21 +209,21 @@ class TestValidate(base.TestCase):
 
     def test_validate_new_bad_maintenance(self) -> None:
         exc = self.assertRaises(exceptions.InvalidParameterValue,
-                                node_fields.validate_new,
+                                nodes.validate_new,
                                 {"driver": "fake", "maintenance": "yes"},
                                 self.drivers)
         self.assertIn("maintenance must be true or false", str(exc))
 
     def test_validate_update_rename_and_info(self) -> None:
         node = _record()
-        clean = node_fields.validate_update(
+        clean = nodes.validate_update(
             node, {"name": "n2", "driver_info": {"fake_fail": "get"}},
             self.drivers)
         self.assertEqual({"name": "n2", "driver_info": {"fake_fail": "get"}},
                          clean)
 
     def test_validate_update_remove_name(self) -> None:
-        self.assertEqual({"name": None}, node_fields.validate_update(
+        self.assertEqual({"name": None}, nodes.validate_update(
             _record(), {"name": None}, self.drivers))
 
     def test_validate_update_maintenance_off_clears_fault(self) -> None:
@@ -232,20 +232,20 @@ class TestValidate(base.TestCase):
         self.assertEqual(
             {"maintenance": False, "maintenance_reason": None,
              "fault": None},
-            node_fields.validate_update(node, {"maintenance": False},
-                                        self.drivers))
+            nodes.validate_update(node, {"maintenance": False},
+                                  self.drivers))
 
     def test_validate_update_maintenance_on_with_reason(self) -> None:
         self.assertEqual(
             {"maintenance": True, "maintenance_reason": "fan"},
-            node_fields.validate_update(
+            nodes.validate_update(
                 _record(), {"maintenance": True,
                             "maintenance_reason": "fan"}, self.drivers))
 
     def test_validate_update_refuses_read_only_fields(self) -> None:
         for field in ("uuid", "power_state", "reservation", "fault"):
             exc = self.assertRaises(exceptions.InvalidParameterValue,
-                                    node_fields.validate_update, _record(),
+                                    nodes.validate_update, _record(),
                                     {field: "x"}, self.drivers)
             self.assertIn("Unknown node field(s): %s" % field, str(exc))
 
@@ -253,7 +253,7 @@ class TestValidate(base.TestCase):
         node = _record(power_state=states.POWER_ON)
         with mock.patch.object(fake.FakePower, "validate",
                                autospec=True) as validate:
-            node_fields.validate_update(node, {"name": "n2"}, self.drivers)
+            nodes.validate_update(node, {"name": "n2"}, self.drivers)
         validate.assert_called_once_with(
             self.driver.power, driver_base.DriverNode(
                 uuid=UUID, name="n2", driver="fake",
@@ -262,16 +262,16 @@ class TestValidate(base.TestCase):
 
     def test_validate_update_new_driver(self) -> None:
         node = _record(driver="ipmi", driver_info={})
-        self.assertEqual({"driver": "fake"}, node_fields.validate_update(
+        self.assertEqual({"driver": "fake"}, nodes.validate_update(
             node, {"driver": "fake"}, self.drivers))
         exc = self.assertRaises(exceptions.DriverNotEnabled,
-                                node_fields.validate_update, _record(),
+                                nodes.validate_update, _record(),
                                 {"driver": "redfish"}, self.drivers)
         self.assertIn("redfish", str(exc))
 
     def test_validate_update_driver_refuses(self) -> None:
         exc = self.assertRaises(exceptions.InvalidParameterValue,
-                                node_fields.validate_update, _record(),
+                                nodes.validate_update, _record(),
                                 {"driver_info": {"fake_latency_ms": -1}},
                                 self.drivers)
         self.assertIn("fake_latency_ms must be a number >= 0", str(exc))
@@ -284,18 +284,18 @@ class TestParsePairs(base.TestCase):
             {"fake_latency_ms": 50, "verify": False, "address": "10.0.0.1",
              "ratio": 0.5, "empty": "", "list": [1, "a"], "eq": "a=b",
              "nothing": None},
-            node_fields.parse_pairs([
+            nodes.parse_pairs([
                 "fake_latency_ms=50", "verify=false", "address=10.0.0.1",
                 "ratio=0.5", "empty=", 'list=[1, "a"]', "eq=a=b",
                 "nothing=null"]))
 
     def test_later_pair_wins(self) -> None:
-        self.assertEqual({"a": 2}, node_fields.parse_pairs(["a=1", "a=2"]))
+        self.assertEqual({"a": 2}, nodes.parse_pairs(["a=1", "a=2"]))
 
     def test_malformed(self) -> None:
         for pair in ("novalue", "=value"):
             exc = self.assertRaises(exceptions.InvalidParameterValue,
-                                    node_fields.parse_pairs, [pair],
+                                    nodes.parse_pairs, [pair],
                                     "--thing")
             self.assertEqual("--thing expects KEY=VALUE, got %r" % pair,
                              str(exc))
@@ -304,10 +304,10 @@ class TestParsePairs(base.TestCase):
 class TestAsDriverNode(base.TestCase):
 
     def test_from_record_and_mapping(self) -> None:
-        node = node_fields.as_driver_node(
+        node = nodes.as_driver_node(
             {"uuid": UUID, "name": "n", "driver": "fake",
              "driver_info": {"a": 1}, "power_state": states.POWER_OFF})
         self.assertEqual(driver_base.DriverNode(
             UUID, "n", "fake", {"a": 1}, states.POWER_OFF), node)
         self.assertEqual("<new node>",
-                         node_fields.as_driver_node({}).uuid)
+                         nodes.as_driver_node({}).uuid)

@@ -12,12 +12,12 @@ import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import deadline
 from conductor.common import exceptions
 from conductor.common import pool as pool_mod
-from conductor.common import states
 from conductor.db import api as db_api
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
 from conductor import ownership
 from conductor import power_sync
+from conductor import states
 from tests import base
 
 HOLDER = "h:0"

@@ -26,13 +26,14 @@ import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.cmd import manage
 from conductor.common import exceptions
 from conductor.common import rpc
-from conductor.common import states
 from conductor.db import api as db_api
 from conductor.drivers import base as driver_base
 from conductor import manager
+from conductor import nodes
 from conductor import ownership
 from conductor import power_actions
 from conductor import rpcapi
+from conductor import states
 from tests import base
 from tests.unit import test_manager
 
@@ -138,13 +139,13 @@ class TestOptions(base.TestCase):
             maintenance_reason=None, fault=None, power_sync_failures=0,
             last_error=None, reservation=None, created_at=created,
             updated_at=None)
-        wire = rpc.node_to_primitive(record)
+        wire = nodes.to_primitive(record)
         self.assertEqual(json.loads(json.dumps(wire)), wire)
         self.assertEqual(driver_base.MASK, wire["driver_info"]["password"])
-        node = rpc.node_from_primitive(wire)
+        node = nodes.from_primitive(wire)
         self.assertEqual(created, node["created_at"])
-        self.assertEqual(wire, rpc.node_dict_to_primitive(node))
-        self.assertEqual(manage._node_dict(record), node)
+        self.assertEqual(wire, nodes.dict_to_primitive(node))
+        self.assertEqual(nodes.as_dict(record), node)
 
 
 class TestWireErrors(test_manager.ManagerTestCase):
@@ -216,7 +217,7 @@ class TestMethods(FakeTransportTestCase):
         created = self.api.create_node({"driver": "fake", "name": "n1",
                                         "driver_info": {"fake_fail": "get"}})
         record = self.db.get_node("n1")
-        self.assertEqual(manage._node_dict(record), created)
+        self.assertEqual(nodes.as_dict(record), created)
         self.assertIsInstance(created["created_at"], datetime.datetime)
         self.assertEqual({"fake_fail": "get"}, created["driver_info"])
         self.assertEqual(created, self.api.get_node(record.uuid))

@@ -15,7 +15,6 @@ from oslo_service import service as oslo_service
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import exceptions
 from conductor.common import log as conductor_log
-from conductor.common import states
 from conductor.db import api as db_api
 from conductor.db import migration
 from conductor.drivers import base as driver_base
@@ -26,6 +25,7 @@ from conductor import periodics
 from conductor import power_actions
 from conductor import power_sync
 from conductor import service
+from conductor import states
 from tests import base
 
 #: Bound for every wait on another thread (never reached when passing).

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from conductor.common import async_tasks
 from conductor.common import exceptions
 from conductor.db import api as db_api
+from conductor.db import engine as db_engine
 from conductor.drivers import fake
 from conductor import inventory
 from conductor import startup
@@ -136,7 +137,7 @@ class TestImportInventory(StartupTestCase):
             exc = self.assertRaises(
                 exceptions.DatabaseUnavailable, startup.import_inventory,
                 self.conf, self.validated("a"), stored, self.db)
-        self.assertIn(db_api.mask_url(self.conf.database.connection),
+        self.assertIn(db_engine.mask_url(self.conf.database.connection),
                       str(exc))
         self.assertIn("gone", str(exc))
 

@@ -21,9 +21,9 @@ import fixtures
 from oslo_utils import timeutils
 
 from conductor.cmd import manage
-from conductor.common import states
 from conductor.db import api as db_api
 from conductor.db import migration
+from conductor import states
 from tests import base
 
 UNREACHABLE_MYSQL = "mysql+pymysql://root:s3cret@127.0.0.1:1/conductor"

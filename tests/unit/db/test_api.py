@@ -14,10 +14,11 @@ from oslo_utils import uuidutils
 import sqlalchemy as sa
 
 from conductor.common import exceptions
-from conductor.common import states
 from conductor.db import api as db_api
+from conductor.db import engine as db_engine
 from conductor.db import migration
 from conductor.db import models
+from conductor import states
 from tests import base
 
 UNREACHABLE_MYSQL = "mysql+pymysql://root:s3cret@127.0.0.1:1/conductor"
@@ -596,19 +597,19 @@ class TestCreateEngine(base.TestCase):
 
     def test_malformed_url(self) -> None:
         exc = self.assertRaises(exceptions.DatabaseUnavailable,
-                                db_api.create_engine, "not a url")
+                                db_engine.create_engine, "not a url")
         self.assertIn("<malformed URL>", str(exc))
 
     def test_unknown_dialect(self) -> None:
         exc = self.assertRaises(exceptions.DatabaseUnavailable,
-                                db_api.create_engine,
+                                db_engine.create_engine,
                                 "nosuchdb://u:hunter2@host/db")
         self.assertIn("nosuchdb", str(exc))
         self.assertNotIn("hunter2", str(exc))
 
     def test_unreachable_mysql_masks_password(self) -> None:
         exc = self.assertRaises(exceptions.DatabaseUnavailable,
-                                db_api.create_engine, UNREACHABLE_MYSQL)
+                                db_engine.create_engine, UNREACHABLE_MYSQL)
         message = str(exc)
         self.assertNotIn("s3cret", message)
         self.assertIn("root:***@127.0.0.1:1", message)
@@ -617,15 +618,15 @@ class TestCreateEngine(base.TestCase):
 
     def test_mask_url(self) -> None:
         self.assertEqual("mysql+pymysql://root:***@db/conductor",
-                         db_api.mask_url("mysql+pymysql://root:pw@db/"
-                                         "conductor"))
+                         db_engine.mask_url("mysql+pymysql://root:pw@db/"
+                                            "conductor"))
         self.assertEqual("sqlite:////tmp/x.db",
-                         db_api.mask_url("sqlite:////tmp/x.db"))
-        self.assertEqual("<malformed URL>", db_api.mask_url("::"))
+                         db_engine.mask_url("sqlite:////tmp/x.db"))
+        self.assertEqual("<malformed URL>", db_engine.mask_url("::"))
 
     def test_sqlite_parent_directories_created(self) -> None:
         path = os.path.join(self.conf.state_path, "a", "b", "c.sqlite")
-        engine = db_api.create_engine("sqlite:///" + path)
+        engine = db_engine.create_engine("sqlite:///" + path)
         self.addCleanup(engine.dispose)
         self.assertTrue(os.path.isfile(path))
         with engine.connect() as conn:
@@ -638,11 +639,11 @@ class TestCreateEngine(base.TestCase):
             pass
         url = "sqlite:///" + os.path.join(blocker, "sub", "c.sqlite")
         exc = self.assertRaises(exceptions.DatabaseUnavailable,
-                                db_api.create_engine, url)
+                                db_engine.create_engine, url)
         self.assertIn("cannot create directory", str(exc))
 
     def test_sqlite_memory(self) -> None:
-        engine = db_api.create_engine("sqlite://")
+        engine = db_engine.create_engine("sqlite://")
         self.addCleanup(engine.dispose)
         self.assertEqual("sqlite", engine.dialect.name)
 

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from conductor.common import exceptions
 from conductor.db import api as db_api
+from conductor.db import engine as db_engine
 from conductor.db import migration
 from conductor.db import models
 from tests import base
@@ -20,7 +21,7 @@ class TestMigration(base.TestCase):
     def setUp(self) -> None:
         super().setUp()
         path = os.path.join(self.conf.state_path, "conductor.sqlite")
-        self.engine = db_api.create_engine("sqlite:///" + path)
+        self.engine = db_engine.create_engine("sqlite:///" + path)
         self.addCleanup(self.engine.dispose)
 
     def tables(self) -> set[str]:

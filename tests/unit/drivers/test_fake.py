@@ -7,9 +7,9 @@ from typing import Any
 
 from conductor.common import deadline
 from conductor.common import exceptions
-from conductor.common import states
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
+from conductor import states
 from tests import base
 
 UUID = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123"

@@ -18,10 +18,10 @@ from sushy.resources.system import system as sushy_system
 
 from conductor.common import deadline
 from conductor.common import exceptions
-from conductor.common import states
 from conductor.drivers import _redfish_sushy
 from conductor.drivers import base as drivers_base
 from conductor.drivers import redfish
+from conductor import states
 from tests import base
 
 PASSWORD = "pa55-word"

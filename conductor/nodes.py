@@ -1,11 +1,24 @@
-"""Validation of node fields from any caller (CLI, inventory, RPC).
+"""A node as users see it: its fields, their checks, its shown forms.
 
-Everything a user can send is checked here, before anything is stored, and
-every problem is named. The driver then checks its own ``driver_info``.
+The one place that knows which fields a node has, which of them a user may
+set, how a user's values are checked, and how a node is shown: with its
+secrets masked, as JSON types on the wire, or as a driver's view::
+
+    clean = nodes.validate_new({"name": "n1", "driver": "fake"}, drivers)
+    record = db.create_node(clean)
+    wire = nodes.to_primitive(record)       # RPC answer: masked, ISO times
+    shown = nodes.from_primitive(wire)      # the caller's side
+    view = nodes.driver_view(record)        # what a driver is handed
+
+Everything a user can send (CLI, inventory, RPC) is checked here, before
+anything is stored, and every problem is named. The driver then checks
+its own ``driver_info``. This module imports no database code: the RPC
+client uses it too.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from typing import Any, Mapping, Sequence
@@ -14,19 +27,29 @@ import uuid
 from oslo_utils import uuidutils
 
 from conductor.common import exceptions
-from conductor.db import models
 from conductor.drivers import base
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
+#: Longest name, driver, host or reservation string accepted (and stored).
+MAX_NAME_LENGTH = 255
 #: Most characters a text field (maintenance reason) may hold.
 MAX_TEXT_LENGTH = 4096
 #: Most bytes driver_info may take once serialised as JSON.
 MAX_DRIVER_INFO_BYTES = 16384
 
-CREATE_FIELDS = ("uuid", "name", "driver", "driver_info", "maintenance",
-                 "maintenance_reason")
-UPDATE_FIELDS = ("name", "driver", "driver_info", "maintenance",
-                 "maintenance_reason")
+#: The fields of a node as users see it, in display order.
+FIELDS = ("uuid", "name", "driver", "driver_info", "power_state",
+          "target_power_state", "power_state_updated_at", "maintenance",
+          "maintenance_reason", "fault", "power_sync_failures", "last_error",
+          "reservation", "created_at", "updated_at")
+#: The fields that are timestamps (ISO 8601 strings on the wire).
+TIME_FIELDS = ("power_state_updated_at", "created_at", "updated_at")
+#: The fields a user may set when enrolling a node.
+CREATABLE = ("uuid", "name", "driver", "driver_info", "maintenance",
+             "maintenance_reason")
+#: The fields a user may change on an enrolled node.
+UPDATABLE = ("name", "driver", "driver_info", "maintenance",
+             "maintenance_reason")
 
 
 def _invalid(text: str) -> exceptions.InvalidParameterValue:
@@ -39,9 +62,9 @@ def check_name(name: Any) -> str | None:
     if not isinstance(name, str):
         raise _invalid("Node name must be a string, got %s"
                        % type(name).__name__)
-    if not 1 <= len(name) <= models.MAX_NAME_LENGTH:
+    if not 1 <= len(name) <= MAX_NAME_LENGTH:
         raise _invalid("Node name must be 1 to %d characters long"
-                       % models.MAX_NAME_LENGTH)
+                       % MAX_NAME_LENGTH)
     if uuidutils.is_uuid_like(name):
         raise _invalid("Node name %r looks like a UUID; names and UUIDs "
                        "must stay distinguishable" % name)
@@ -131,7 +154,7 @@ def validate_new(values: Any, drivers: Mapping[str, base.BaseDriver]
 
     :raises: InvalidParameterValue or DriverNotEnabled naming the problem.
     """
-    values = _check_fields(values, CREATE_FIELDS)
+    values = _check_fields(values, CREATABLE)
     clean: dict[str, Any] = {
         "uuid": check_uuid(values.get("uuid")),
         "name": check_name(values.get("name")),
@@ -154,7 +177,7 @@ def validate_update(node: Any, values: Any,
 
     The driver validates the node as it would be after the change.
     """
-    values = _check_fields(values, UPDATE_FIELDS)
+    values = _check_fields(values, UPDATABLE)
     clean: dict[str, Any] = {}
     if "name" in values:
         clean["name"] = check_name(values["name"])
@@ -196,12 +219,61 @@ def _driver_validate(driver: base.BaseDriver, name: str,
 
 
 def as_driver_node(values: Mapping[str, Any]) -> base.DriverNode:
-    """A DriverNode from a mapping or record with the node's fields."""
+    """A DriverNode from a mapping of a node's fields (a node to be)."""
     get = values.get
     return base.DriverNode(uuid=get("uuid") or "<new node>",
                            name=get("name"), driver=get("driver") or "",
                            driver_info=dict(get("driver_info") or {}),
                            power_state=get("power_state"))
+
+
+def driver_view(node: Any) -> base.DriverNode:
+    """What a driver is handed for ``node``, a stored node or sync row.
+
+    ``node`` has the attributes ``uuid``, ``name``, ``driver``,
+    ``driver_info`` (secrets included) and ``power_state``.
+    """
+    return base.DriverNode(node.uuid, node.name, node.driver,
+                           node.driver_info, node.power_state)
+
+
+def as_dict(node: Any) -> dict[str, Any]:
+    """A stored node as users see it: :data:`FIELDS`, secrets masked.
+
+    Timestamps stay ``datetime``; see :func:`to_primitive` for the wire.
+    """
+    data: dict[str, Any] = {field: getattr(node, field) for field in FIELDS}
+    data["driver_info"] = base.mask_secrets(node.driver_info)
+    return data
+
+
+def to_primitive(node: Any) -> dict[str, Any]:
+    """A stored node as JSON types: secrets masked, ISO timestamps."""
+    return dict_to_primitive(as_dict(node))
+
+
+def dict_to_primitive(node: Mapping[str, Any]) -> dict[str, Any]:
+    """The reverse of :func:`from_primitive` (forwarded answers)."""
+    data = dict(node)
+    for field in TIME_FIELDS:
+        value = data.get(field)
+        if isinstance(value, datetime.datetime):
+            data[field] = value.isoformat()
+    return data
+
+
+def from_primitive(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The caller's view of a node: timestamps back to ``datetime``.
+
+    The result equals :func:`as_dict` of the stored node, so output built
+    from either is the same.
+    """
+    node = dict(data)
+    for field in TIME_FIELDS:
+        value = node.get(field)
+        if isinstance(value, str):
+            node[field] = datetime.datetime.fromisoformat(value)
+    return node
 
 
 def parse_pairs(pairs: Sequence[str], what: str = "--driver-info"

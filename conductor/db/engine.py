@@ -1,0 +1,114 @@
+"""Database engines: creation, URL masking, "database unavailable".
+
+Every process builds its engine here, after the fork, from plain values::
+
+    engine = create_engine(url, max_retries=10, retry_interval=10)
+
+A database that cannot be reached, or a malformed URL, is reported as
+:class:`~conductor.common.exceptions.DatabaseUnavailable` naming the URL
+with its password masked, and the reason in the driver's own words.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from oslo_db import exception as db_exc
+from oslo_db.sqlalchemy import engines
+import sqlalchemy as sa
+
+from conductor.common import exceptions
+
+
+def create_engine(url: str, *, max_retries: int = 0,
+                  retry_interval: int = 1,
+                  max_pool_size: int | None = None,
+                  max_overflow: int | None = None,
+                  pool_timeout: int | None = None) -> sa.Engine:
+    """Create an engine and prove it connects.
+
+    :param max_retries: further attempts after the first failed one
+        (-1: forever), ``retry_interval`` seconds apart.
+    :raises: DatabaseUnavailable naming the (password-masked) URL.
+    """
+    try:
+        _prepare_sqlite_dir(url)
+        engine = engines.create_engine(
+            url, max_retries=max_retries, retry_interval=retry_interval,
+            max_pool_size=max_pool_size, max_overflow=max_overflow,
+            pool_timeout=pool_timeout, sqlite_synchronous=True,
+            mysql_sql_mode="TRADITIONAL",
+            thread_checkin=False)
+    except (db_exc.DBError, sa.exc.SQLAlchemyError, ImportError,
+            ValueError) as exc:
+        raise unavailable(url, exc) from exc
+    # NOTE: SQLAlchemy puts a failed statement's parameters in the error
+    # text, driver_info passwords included; errors reach logs, task logs
+    # and stderr, so they never carry parameters.
+    engine.hide_parameters = True
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_on_connect)
+        # NOTE: the test connection above was made before the listener
+        # existed; drop it so every pooled connection gets the pragmas.
+        engine.dispose()
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except (db_exc.DBError, sa.exc.SQLAlchemyError) as exc:
+        engine.dispose()
+        raise unavailable(url, exc) from exc
+    return engine
+
+
+def _prepare_sqlite_dir(url: str) -> None:
+    """Create the directory of an SQLite file database (the default)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or \
+            parsed.database == ":memory:":
+        return
+    directory = os.path.dirname(os.path.abspath(parsed.database))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise exceptions.DatabaseUnavailable(
+            url=mask_url(url),
+            reason="cannot create directory %s: %s"
+                   % (directory, exc.strerror or exc)) from exc
+
+
+def _sqlite_on_connect(dbapi_connection: Any, record: Any) -> None:
+    # NOTE: several worker processes share one SQLite file: WAL lets
+    # readers run beside the single writer, and a busy timeout makes a
+    # writer wait for the lock instead of failing with "database is locked".
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except Exception:
+        return "<malformed URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+def reason(exc: BaseException) -> str:
+    """The first line of the driver's own message for a database error."""
+    inner = getattr(exc, "inner_exception", None) or exc
+    inner = getattr(inner, "orig", None) or inner
+    text = str(inner)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def unavailable(url: str, exc: BaseException
+                ) -> exceptions.DatabaseUnavailable:
+    """The error for database ``url`` failing with ``exc``.
+
+    The URL is password-masked, the reason in the driver's own words.
+    """
+    return exceptions.DatabaseUnavailable(url=mask_url(url),
+                                          reason=reason(exc))
