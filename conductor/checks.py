@@ -14,6 +14,7 @@ from oslo_config import cfg
 
 from conductor.common import exceptions
 from conductor.common import rpc
+from conductor.executor import fanout
 
 LOG = logging.getLogger(__name__)
 
@@ -82,11 +83,12 @@ def check_pool(conf: cfg.ConfigOpts) -> None:
             problem="[conductor] workers_pool_size must be at least 3, got "
                     "%d" % size)
     sync = conf.conductor.sync_power_state_workers
-    if sync > size - 1:
+    cap = fanout.lane_limit(size, sync)
+    if sync > cap:
         LOG.warning("[conductor] sync_power_state_workers = %(sync)d does "
                     "not fit in workers_pool_size = %(size)d; at most "
                     "%(cap)d nodes will be polled at once",
-                    {"sync": sync, "size": size, "cap": size - 1})
+                    {"sync": sync, "size": size, "cap": cap})
 
 
 def check_heartbeat(conf: cfg.ConfigOpts) -> None:

@@ -26,26 +26,26 @@ logged here.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import inspect
 import logging
-import threading
-import time
 from typing import Any, Callable, Mapping, TypeVar
 
 import oslo_messaging as messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from conductor.common import exceptions
-from conductor.common import pool as worker_pool
 from conductor.db import api as db_api
 from conductor.drivers import base
+from conductor.executor import pool as worker_pool
 from conductor import nodes
 from conductor import ownership
 from conductor import power_actions
 from conductor import rpcapi
 from conductor import states
 from conductor import status as status_report
+from conductor import task
 
 LOG = logging.getLogger(__name__)
 
@@ -112,30 +112,6 @@ def _endpoint(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-class _Ticket:
-    """Holds a pool thread for a power action until the request is stored.
-
-    The thread is taken first so that a full pool refuses the call before
-    anything is written; the request is then recorded, and the thread told
-    to go (or to give up when recording failed).
-    """
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.cancelled = False
-
-    def go(self) -> None:
-        self._event.set()
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        self._event.set()
-
-    def wait(self, timeout: float) -> bool:
-        """True when told to go within ``timeout`` seconds."""
-        return self._event.wait(timeout) and not self.cancelled
-
-
 class ConductorManager:
     """The RPC endpoint of one worker (methods take ``(self, context, ...)``).
 
@@ -151,7 +127,6 @@ class ConductorManager:
     :param action_timeout: the driver call deadline
         (``power_state_timeout``); ``wait=True`` waits that plus
         :data:`WAIT_GRACE`.
-    :param stop: set when the worker stops (ends waits early).
     """
 
     #: The RPC API version this endpoint implements.
@@ -163,8 +138,7 @@ class ConductorManager:
                  rings: ownership.Rings, pool: worker_pool.WorkerPool,
                  actions: power_actions.PowerActions,
                  forwarder: rpcapi.ConductorAPI | None, *,
-                 heartbeat_timeout: float, action_timeout: float,
-                 stop: threading.Event | None = None) -> None:
+                 heartbeat_timeout: float, action_timeout: float) -> None:
         self._host = host
         self._db = db
         self._drivers = dict(drivers)
@@ -174,7 +148,6 @@ class ConductorManager:
         self._forwarder = forwarder
         self._heartbeat_timeout = heartbeat_timeout
         self._action_timeout = action_timeout
-        self._stop = stop or threading.Event()
 
     # -- error containment -------------------------------------------------
 
@@ -379,12 +352,11 @@ class ConductorManager:
                         ) -> dict[str, Any]:
         """Record a power action and apply it at once, on the owning host.
 
-        The owner first takes a pool thread (``NoFreeWorker`` when none is
-        free: nothing is recorded), then records ``target_power_state``
-        (``NodeLocked`` when the node is reserved or has an action
-        pending) and hands the action to that thread. Should the
-        ``apply_pending_actions`` periodic reach the node first, it applies
-        the action instead and this thread's attempt is a no-op.
+        The owner records ``target_power_state`` and reserves the node in
+        one conditional write (``NodeLocked`` when the node is reserved or
+        has an action pending), then hands the action to a pool thread
+        (``NoFreeWorker`` when none is free: the request is withdrawn and
+        nothing is left recorded). See :mod:`conductor.task`.
 
         :param wait: answer when the action is done (bounded by the driver
             deadline plus :data:`WAIT_GRACE`).
@@ -403,20 +375,21 @@ class ConductorManager:
             return nodes.dict_to_primitive(self._forward(
                 "set_power_state", owner, ident, target, wait=wait,
                 context=context))
-        ticket = _Ticket()
+        # NOTE: refuse a full pool before anything is written; should a
+        # thread be taken meanwhile, spawning fails and the request is
+        # withdrawn below, so a refused call leaves nothing behind.
+        if self._pool.free < 1:
+            raise exceptions.NoFreeWorker(size=self._pool.size)
+        # NOTE: by the caller's identifier, so that NodeLocked names the
+        # node as the caller did (as conductor-manage always has).
+        t = task.request_power(self._db, ident, target, self._rings.holder,
+                               self._drivers, self._action_timeout)
+        requested = dataclasses.replace(t.node, reservation=None)
         try:
-            future = self._pool.submit(self._apply_when_told, record.uuid,
-                                       ticket)
-        except RuntimeError:  # the pool is shutting down
-            raise exceptions.NoFreeWorker(size=self._pool.size) from None
-        try:
-            # NOTE: by the caller's identifier, so that NodeLocked names
-            # the node as the caller did (as conductor-manage always has).
-            requested = self._db.request_power_state(ident, target)
-        except BaseException:
-            ticket.cancel()
+            future = t.spawn(self._pool, self._apply)
+        except exceptions.NoFreeWorker:
+            task.withdraw(t)
             raise
-        ticket.go()
         LOG.info("Node %(uuid)s: %(target)s requested over RPC%(via)s",
                  {"uuid": record.uuid, "target": target,
                   "via": " (via %s)" % forwarded_by if forwarded_by else ""})
@@ -424,44 +397,28 @@ class ConductorManager:
             return nodes.to_primitive(requested)
         return nodes.to_primitive(self._outcome(record.uuid, future))
 
-    def _apply_when_told(self, uuid: str, ticket: _Ticket
-                         ) -> db_api.NodeRecord | None:
-        """Pool thread: apply the node's action once it is recorded."""
-        if not ticket.wait(self._action_timeout + WAIT_GRACE):
-            return None
+    def _apply(self, t: task.Task) -> db_api.NodeRecord | None:
+        """Pool thread: apply the action just requested and reserved."""
         try:
-            return self._actions.apply(uuid)
-        except (exceptions.NodeLocked, exceptions.NodeNotFound) as exc:
-            # NOTE: the pending-action periodic took the node first; it
-            # applies the same action.
-            LOG.debug("Power action of node %s left to its applier: %s",
-                      uuid, exc)
-            return None
+            return self._actions.apply_task(t)
         except Exception:
             # NOTE: nobody reads this future when the caller did not wait;
             # log here or the error is lost.
-            LOG.exception("Power action of node %s failed", uuid)
+            LOG.exception("Power action of node %s failed", t.node.uuid)
             raise
 
     def _outcome(self, uuid: str,
                  future: concurrent.futures.Future[Any]
                  ) -> db_api.NodeRecord:
         """The node once its action is done, or as it is at the bound."""
-        deadline = time.monotonic() + self._action_timeout + WAIT_GRACE
         try:
-            done = future.result(timeout=max(0.0,
-                                             deadline - time.monotonic()))
+            done = future.result(timeout=self._action_timeout + WAIT_GRACE)
         except concurrent.futures.TimeoutError:
             done = None
-        if done is not None:
-            return done
-        # NOTE: someone else applies it (the periodic): watch the record.
-        node = self._db.get_node(uuid)
-        while (node.target_power_state is not None
-               and time.monotonic() < deadline
-               and not self._stop.wait(0.05)):
-            node = self._db.get_node(uuid)
-        return node
+        if done is None:
+            return self._db.get_node(uuid)
+        # NOTE: recorded under our reservation, released since.
+        return dataclasses.replace(done, reservation=None)
 
 
 class _OwnerUnreachable(Exception):

@@ -8,13 +8,13 @@ ids. A worker is live while its ``heartbeat_at`` is younger than
 
     rings = ownership.Rings(db, host="a", worker_id=0,
                             heartbeat_timeout=60, reset_interval=15)
-    rings.refresh()                 # cheap; rebuilds only when needed
+    rings.update()                  # cheap; rebuilds only when needed
     mine = rings.owned(uuids)       # the subset this worker works on
     rings.owner_host(uuid)          # where RPC for a node is routed
 
-When membership changes, :meth:`Rings.refresh` reports it, and the new
-owners release reservations left by workers that are no longer live
-(:meth:`Rings.release_dead_reservations`).
+:meth:`Rings.update` is the one refresh every caller uses: when
+membership changed, the new owners also release reservations left by
+workers that are no longer live (:meth:`Rings.release_dead_reservations`).
 """
 
 from __future__ import annotations
@@ -144,6 +144,20 @@ class Rings:
             LOG.info("Node ownership rebuilt for %(holder)s; live workers: "
                      "%(members)s", {"holder": self.holder,
                                      "members": membership.describe()})
+        return changed
+
+    def update(self, force: bool = False) -> bool:
+        """:meth:`refresh`, then release what departed workers held.
+
+        When membership changed (or with ``force``), reservations on
+        owned nodes held by workers that are no longer live are released:
+        their owner died or left, and this worker now owns those nodes.
+
+        :returns: True when membership changed.
+        """
+        changed = self.refresh(force=force)
+        if changed or force:
+            self.release_dead_reservations(self._db.node_uuids())
         return changed
 
     def _build(self, membership: Membership) -> None:

@@ -7,6 +7,8 @@ the node's reservation and records the outcome::
     reserve node  ->  driver call under the deadline  ->  record
     power_state (or last_error), clear target_power_state  ->  release
 
+through :mod:`conductor.task`, the one path that acts on a node.
+
 Without a broker the ``apply_pending_actions`` periodic finds requests
 every ``pending_action_interval`` seconds; with RPC the owner is told at
 once and calls :meth:`PowerActions.apply` directly.
@@ -19,13 +21,13 @@ import logging
 import threading
 from typing import Any, Mapping
 
-from conductor.common import deadline
 from conductor.common import exceptions
-from conductor.common import pool as worker_pool
 from conductor.db import api as db_api
 from conductor.drivers import base
+from conductor.executor import pool as worker_pool
 from conductor import ownership
 from conductor import states
+from conductor import task
 
 LOG = logging.getLogger(__name__)
 
@@ -56,8 +58,7 @@ class PowerActions:
         Nodes that do not fit in the pool now are picked up by a later
         scan (``NoFreeWorker`` is never an error here).
         """
-        if self._rings.refresh():
-            self._rings.release_dead_reservations(self._db.node_uuids())
+        self._rings.update()
         pending = self._db.node_uuids(with_target=True, reserved=False,
                                       drivers=list(self._drivers))
         submitted = 0
@@ -115,44 +116,48 @@ class PowerActions:
                 else dataclasses.replace(node, reservation=None))
 
     def _apply(self, uuid: str) -> db_api.NodeRecord | None:
-        holder = self._rings.holder
-        with self._db.reserved(uuid, holder) as node:
-            target = node.target_power_state
-            if target is None:
-                return None
-            if target not in states.POWER_TARGETS:
-                return self._db.update_node(uuid, {
-                    "target_power_state": None,
-                    "last_error": "Unknown requested power state %r"
-                                  % target}, holder=holder)
-            driver = self._drivers.get(node.driver)
-            if driver is None:
-                return self._db.update_node(uuid, {
-                    "target_power_state": None,
-                    "last_error": "Driver %s is not enabled on %s"
-                                  % (node.driver, holder)}, holder=holder)
-            view = base.DriverNode(node.uuid, node.name, node.driver,
-                                   node.driver_info, node.power_state)
-            values: dict[str, Any] = {"target_power_state": None}
-            try:
-                with deadline.scope(self._timeout):
-                    if target == states.REBOOT:
-                        driver.power.reboot(view)
-                    else:
-                        driver.power.set_power_state(view, target)
-            except Exception as exc:
-                values["last_error"] = "%s failed: %s" % (target,
-                                                          _text(exc))
-                LOG.warning("Node %(node)s: %(err)s",
-                            {"node": uuid, "err": values["last_error"]})
+        with task.acquire(self._db, uuid, self._rings.holder, self._drivers,
+                          self._timeout) as t:
+            return self.apply_task(t)
+
+    def apply_task(self, t: task.Task) -> db_api.NodeRecord | None:
+        """Apply the pending action of a node this worker reserved.
+
+        Runs the driver call under the deadline and records the outcome
+        (``power_state`` or ``last_error``; ``target_power_state``
+        cleared). The caller releases the reservation.
+
+        :returns: the node as recorded, or None when it had no action.
+        """
+        node, holder = t.node, t.holder
+        uuid, target = node.uuid, node.target_power_state
+        if target is None:
+            return None
+        if target not in states.POWER_TARGETS:
+            return t.record({"target_power_state": None,
+                             "last_error": "Unknown requested power state "
+                                           "%r" % target})
+        if t.driver is None:
+            return t.record({"target_power_state": None,
+                             "last_error": "Driver %s is not enabled on %s"
+                                           % (node.driver, holder)})
+        values: dict[str, Any] = {"target_power_state": None}
+        try:
+            if target == states.REBOOT:
+                t.call("reboot")
             else:
-                values["last_error"] = None
-                values["power_state"] = (states.POWER_ON
-                                         if target == states.REBOOT
-                                         else target)
-                LOG.info("Node %(node)s: %(target)s done",
-                         {"node": uuid, "target": target})
-            return self._db.update_node(uuid, values, holder=holder)
+                t.call("set_power_state", target)
+        except Exception as exc:
+            values["last_error"] = "%s failed: %s" % (target, _text(exc))
+            LOG.warning("Node %(node)s: %(err)s",
+                        {"node": uuid, "err": values["last_error"]})
+        else:
+            values["last_error"] = None
+            values["power_state"] = (states.POWER_ON
+                                     if target == states.REBOOT else target)
+            LOG.info("Node %(node)s: %(target)s done",
+                     {"node": uuid, "target": target})
+        return t.record(values)
 
 
 def _text(exc: BaseException) -> str:

@@ -4,15 +4,14 @@ One sweep (the ``sync_power_states`` periodic)::
 
     rows   = one query: unreserved, non-maintenance nodes of enabled drivers
     mine   = rows this worker owns (ownership rings), recent failures first
-    lanes  = P pool tasks, each taking the next node and calling its driver
-             under the power_state_timeout deadline, until none is left
+    reads  = a fan-out over the pool (conductor.executor.fanout): at most
+             sync_power_state_workers driver calls at once, each under the
+             power_state_timeout deadline
     writes = only what changed, in one transaction
 
-Lanes pull from a shared queue instead of submitting one future per node:
-a sweep over thousands of nodes costs one thread hand-off per lane, not per
-node. A call still running past its deadline (a driver that ignores
-``deadline.remaining()``) is counted as a failure by a watchdog, and a new
-lane replaces the stuck one, so one hung BMC never slows the others.
+A call still running past its deadline (a driver that ignores
+``deadline.remaining()``) is abandoned by the fan-out's watchdog and
+counted as a failure, so one hung BMC never slows the others.
 
 A read that fails increments the node's durable ``power_sync_failures``;
 beyond ``max_retries`` the node enters maintenance with fault
@@ -22,27 +21,27 @@ nodes' BMCs and clears the fault when they answer.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import threading
 import time
 from typing import Any, Callable, Iterable, Mapping
 
-from conductor.common import deadline
 from conductor.common import exceptions
-from conductor.common import pool as worker_pool
 from conductor.db import api as db_api
 from conductor.drivers import base
+from conductor.executor import fanout
+from conductor.executor import pool as worker_pool
 from conductor import ownership
 from conductor import states
+from conductor import task
 
 LOG = logging.getLogger(__name__)
 
 #: The ``fault`` of a node put into maintenance by power sync.
 POWER_FAILURE = "power failure"
 #: Extra seconds the watchdog allows past the deadline before giving up.
-WATCHDOG_GRACE = 1.0
+WATCHDOG_GRACE = fanout.WATCHDOG_GRACE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,74 +84,6 @@ class _Outcome:
     error: str | None = None
 
 
-class _Sweep:
-    """One sweep's shared state: the queue, the lanes, the outcomes."""
-
-    def __init__(self, rows: list[db_api.SyncRow], timeout: float,
-                 clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.timeout = timeout
-        # NOTE: guards queue, outcomes, in_flight, calls, peak, first/last.
-        self.lock = threading.Lock()
-        self.queue = collections.deque(rows)
-        self.outcomes: dict[str, _Outcome] = {}
-        #: lane id -> (row, started) of the call it is making.
-        self.in_flight: dict[int, tuple[db_api.SyncRow, float]] = {}
-        self.abandoned: set[int] = set()
-        self.calls = 0
-        self.peak = 0
-        self.first: float | None = None
-        self.last: float | None = None
-        self.done = threading.Event()
-        self.live_lanes = 0
-
-    def take(self, lane: int) -> db_api.SyncRow | None:
-        with self.lock:
-            if lane in self.abandoned or not self.queue:
-                return None
-            row = self.queue.popleft()
-            now = self.clock()
-            self.in_flight[lane] = (row, now)
-            self.calls += 1
-            self.peak = max(self.peak, self.calls)
-            if self.first is None:
-                self.first = now
-            return row
-
-    def finish(self, lane: int, outcome: _Outcome) -> bool:
-        with self.lock:
-            self.calls -= 1
-            self.last = self.clock()
-            self.in_flight.pop(lane, None)
-            if lane in self.abandoned:
-                return False
-            self.outcomes.setdefault(outcome.row.uuid, outcome)
-            return True
-
-    def lane_exit(self) -> None:
-        with self.lock:
-            self.live_lanes -= 1
-            if self.live_lanes <= 0:
-                self.done.set()
-
-    def overdue(self) -> list[tuple[int, db_api.SyncRow]]:
-        """Abandon lanes whose call outlived the deadline plus grace."""
-        limit = self.clock() - self.timeout - WATCHDOG_GRACE
-        stuck = []
-        with self.lock:
-            for lane, (row, started) in list(self.in_flight.items()):
-                if started < limit and lane not in self.abandoned:
-                    self.abandoned.add(lane)
-                    self.live_lanes -= 1
-                    self.outcomes[row.uuid] = _Outcome(
-                        row, error="Power state read did not return within "
-                                   "%.1f seconds" % self.timeout)
-                    stuck.append((lane, row))
-            if self.live_lanes <= 0:
-                self.done.set()
-        return stuck
-
-
 class PowerSync:
     """Power-state sync and failure recovery for one worker.
 
@@ -189,7 +120,7 @@ class PowerSync:
     def sync(self) -> SweepResult:
         """One power-sync sweep over owned, healthy, unreserved nodes."""
         started = self._clock()
-        self._refresh_rings()
+        self._rings.update()
         rows = self._db.sync_rows(drivers=list(self._drivers))
         mine = [row for row in rows if self._rings.owns(row.uuid)]
         # NOTE: nodes that failed recently go first, so a flapping BMC is
@@ -206,7 +137,7 @@ class PowerSync:
     def recover(self) -> SweepResult:
         """Clear the power-failure fault of owned nodes whose BMC answers."""
         started = self._clock()
-        self._refresh_rings()
+        self._rings.update()
         rows = self._db.sync_rows(drivers=list(self._drivers),
                                   maintenance=True, fault=POWER_FAILURE)
         mine = [row for row in rows if self._rings.owns(row.uuid)]
@@ -231,10 +162,6 @@ class PowerSync:
 
     # -- machinery -----------------------------------------------------
 
-    def _refresh_rings(self) -> None:
-        if self._rings.refresh():
-            self._rings.release_dead_reservations(self._db.node_uuids())
-
     def _finish(self, result: SweepResult, started: float) -> SweepResult:
         result.total_seconds = self._clock() - started
         result.finished_at = time.time()
@@ -254,83 +181,35 @@ class PowerSync:
                       "peak": result.peak_calls})
         return result
 
-    def _lane_count(self, nodes: int) -> int:
-        # NOTE: one pool thread stays free for the periodic loop's other
-        # tasks; the sweep itself runs on a pool thread too.
-        free = max(1, self._pool.free - 1)
-        return max(0, min(self._settings.workers, nodes, free))
-
     def _run_lanes(self, rows: list[db_api.SyncRow],
                    result: SweepResult) -> list[_Outcome]:
+        """Read every row's power state over the pool (see fanout)."""
         if not rows:
             return []
-        sweep = _Sweep(rows, self._settings.timeout, self._clock)
-        wanted = self._lane_count(len(rows))
-        lane_ids = iter(range(1 << 30))
-        started = 0
-        for _ in range(wanted):
-            if self._start_lane(sweep, next(lane_ids)):
-                started += 1
-        if started == 0:
-            # NOTE: the pool is full: poll inline rather than skip the
-            # sweep, so nodes are never silently left unpolled.
-            sweep.live_lanes += 1
-            self._lane(sweep, next(lane_ids))
-        result.lanes = max(started, 1)
-        while not sweep.done.wait(self._watchdog_interval):
-            for lane, row in sweep.overdue():
-                LOG.warning("Node %(node)s: power state read still running "
-                            "after %(secs).1fs; counted as a failure",
-                            {"node": row.uuid, "secs": sweep.timeout})
-                if sweep.queue and self._start_lane(sweep, next(lane_ids)):
-                    result.lanes += 1
-            if self._stop.is_set():
-                with sweep.lock:
-                    sweep.queue.clear()
-        result.peak_calls = sweep.peak
-        if sweep.first is not None and sweep.last is not None:
-            result.seconds = sweep.last - sweep.first
-        outcomes = list(sweep.outcomes.values())
-        result.failures = sum(1 for o in outcomes if o.error is not None)
-        return outcomes
-
-    def _start_lane(self, sweep: _Sweep, lane: int) -> bool:
-        with sweep.lock:
-            sweep.live_lanes += 1
-            # NOTE: the watchdog may have set ``done`` when it abandoned
-            # the last live lane; a lane replacing it must keep the sweep
-            # going until the queue is drained, or the nodes still queued
-            # would silently go unpolled.
-            sweep.done.clear()
-        try:
-            self._pool.submit(self._lane, sweep, lane)
-            return True
-        except (exceptions.NoFreeWorker, RuntimeError):
-            sweep.lane_exit()
-            return False
-
-    def _lane(self, sweep: _Sweep, lane: int) -> None:
-        try:
-            while not self._stop.is_set():
-                row = sweep.take(lane)
-                if row is None:
-                    return
-                outcome = self._read(row)
-                if not sweep.finish(lane, outcome):
-                    return  # abandoned by the watchdog: a new lane took over
-        finally:
-            with sweep.lock:
-                abandoned = lane in sweep.abandoned
-            if not abandoned:
-                sweep.lane_exit()
+        timeout = self._settings.timeout
+        fan: fanout.FanOut[db_api.SyncRow, _Outcome] = fanout.FanOut(
+            self._pool, self._settings.workers, stop=self._stop,
+            call_timeout=timeout, clock=self._clock,
+            watchdog_interval=self._watchdog_interval,
+            name="Power %s sweep" % result.kind)
+        report = fan.run(rows, self._read)
+        outcomes = {row.uuid: outcome for row, outcome in report.results}
+        for row in report.abandoned:
+            outcomes[row.uuid] = _Outcome(
+                row, error="Power state read did not return within "
+                           "%.1f seconds" % timeout)
+        result.lanes = report.lanes
+        result.peak_calls = report.peak
+        result.seconds = report.seconds
+        result.failures = sum(1 for o in outcomes.values()
+                              if o.error is not None)
+        return list(outcomes.values())
 
     def _read(self, row: db_api.SyncRow) -> _Outcome:
         driver = self._drivers[row.driver]
-        node = base.DriverNode(row.uuid, row.name, row.driver,
-                               row.driver_info, row.power_state)
         try:
-            with deadline.scope(self._settings.timeout):
-                state = driver.power.get_power_state(node)
+            state = task.call_driver(driver, "get_power_state", row,
+                                     timeout=self._settings.timeout)
             if state == states.ERROR:
                 # NOTE: the BMC answered but cannot tell the state: that is
                 # a failed read, retried and counted like any other.
@@ -405,8 +284,10 @@ class PowerSync:
             recorded = row.power_state
             assert recorded is not None
             try:
-                with self._db.reserved(row.uuid,
-                                       self._rings.holder) as current:
+                with task.acquire(self._db, row.uuid, self._rings.holder,
+                                  self._drivers,
+                                  self._settings.timeout) as t:
+                    current = t.node
                     # NOTE: the sweep read the node before taking its
                     # lock; a power action or an operator may have
                     # changed it since. Restoring the stale record would
@@ -422,21 +303,16 @@ class PowerSync:
                                 "%(rec)s is recorded; restoring %(rec)s", {
                                     "node": row.uuid, "hw": outcome.state,
                                     "rec": recorded})
-                    node = base.DriverNode(row.uuid, row.name, row.driver,
-                                           row.driver_info, recorded)
                     error = None
                     try:
-                        with deadline.scope(self._settings.timeout):
-                            self._drivers[row.driver].power.set_power_state(
-                                node, recorded)
+                        t.call("set_power_state", recorded)
                     except Exception as exc:
                         error = "Restoring %s failed: %s" % (
                             recorded, _error_text(exc))
                     values: dict[str, Any] = {"last_error": error}
                     if error is not None:
                         values["power_state"] = outcome.state
-                    self._db.update_node(row.uuid, values,
-                                         holder=self._rings.holder)
+                    t.record(values)
                     forced += 1
             except (exceptions.NodeLocked, exceptions.NodeNotFound):
                 continue

@@ -18,28 +18,35 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import logging
+import multiprocessing
 import os
+import signal
 import threading
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from oslo_config import cfg
 from oslo_service import service
+from oslo_utils import timeutils
 
+from conductor.common import hooks
 from conductor.common import log as conductor_log
-from conductor.common import pool as worker_pool
 from conductor.common import rpc
-from conductor import conf as conductor_conf
 from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.drivers import loader
+from conductor.executor import pool as worker_pool
+from conductor.executor import runner as periodic_runner
 from conductor import manager
+from conductor import nodes
 from conductor import ownership
 from conductor import periodics
 from conductor import power_actions
 from conductor import power_sync
 from conductor import rpcapi
+from conductor import task
 
 LOG = logging.getLogger(__name__)
 #: One DEBUG line per heartbeat; enable with
@@ -85,20 +92,26 @@ class WorkerSettings:
 
 
 def _option(group: str, name: str) -> Any:
-    """A resolver read by periodics.collect() at worker start, not import."""
-    return lambda: getattr(getattr(conductor_conf.CONF, group), name)
+    """A spacing read from the collected object's ``conf`` at collect time."""
+    return lambda own: getattr(getattr(own.conf, group), name)
 
 
 class ConductorPeriodics:
-    """The conductor's own periodic tasks (collected at worker start)."""
+    """The conductor's own periodic tasks (collected at worker start).
+
+    :param conf: the worker's configuration; the tasks' spacings are read
+        from it when they are collected.
+    """
 
     def __init__(self, sync: power_sync.PowerSync,
                  actions: power_actions.PowerActions,
-                 rings: ownership.Rings, db: db_api.Connection) -> None:
+                 rings: ownership.Rings, db: db_api.Connection,
+                 conf: cfg.ConfigOpts) -> None:
         self._sync = sync
         self._actions = actions
         self._rings = rings
         self._db = db
+        self.conf = conf
 
     @periodics.periodic(
         spacing=_option("conductor", "sync_power_state_interval"),
@@ -124,26 +137,28 @@ class ConductorPeriodics:
         spacing=_option("conductor", "hash_ring_reset_interval"))
     def refresh_ownership(self) -> None:
         """Rebuild the rings; release reservations of dead workers."""
-        self._rings.refresh(force=True)
-        self._rings.release_dead_reservations(self._db.node_uuids())
+        self._rings.update(force=True)
 
 
 class _NodeProvider:
     """Owned nodes and reservations for driver ``node_periodic`` tasks."""
 
-    def __init__(self, db: db_api.Connection,
-                 rings: ownership.Rings) -> None:
+    def __init__(self, db: db_api.Connection, rings: ownership.Rings,
+                 drivers: Mapping[str, base.BaseDriver],
+                 timeout: float) -> None:
         self._db = db
         self._rings = rings
+        self._drivers = drivers
+        self._timeout = timeout
 
     def iter_owned_nodes(self, filters: Mapping[str, Any] | None,
                          limit: int | None) -> Iterator[base.DriverNode]:
         filters = dict(filters or {})
-        nodes = self._db.list_nodes(driver=filters.pop("driver", None),
+        found = self._db.list_nodes(driver=filters.pop("driver", None),
                                     maintenance=filters.pop("maintenance",
                                                             None))
         count = 0
-        for node in nodes:
+        for node in found:
             if limit is not None and count >= limit:
                 return
             if any(getattr(node, key, None) != value
@@ -151,18 +166,33 @@ class _NodeProvider:
                 continue
             if node.reservation is None and self._rings.owns(node.uuid):
                 count += 1
-                yield _driver_node(node)
+                yield nodes.driver_view(node)
 
     @contextlib.contextmanager
     def reserved(self, node_uuid: str, purpose: str
                  ) -> Iterator[base.DriverNode]:
-        with self._db.reserved(node_uuid, self._rings.holder) as node:
-            yield _driver_node(node)
+        with task.acquire(self._db, node_uuid, self._rings.holder,
+                          self._drivers, self._timeout) as t:
+            yield nodes.driver_view(t.node)
 
 
-def _driver_node(node: db_api.NodeRecord) -> base.DriverNode:
-    return base.DriverNode(node.uuid, node.name, node.driver,
-                           node.driver_info, node.power_state)
+@dataclasses.dataclass
+class _Runtime:
+    """Everything a started worker holds; built in ``start()``."""
+
+    settings: WorkerSettings
+    db: db_api.Connection
+    drivers: dict[str, base.BaseDriver]
+    pool: worker_pool.WorkerPool
+    rings: ownership.Rings
+    power_sync: power_sync.PowerSync
+    actions: power_actions.PowerActions
+    runner: periodic_runner.PeriodicRunner
+    #: The RPC transport, server and the thread starting it; None
+    #: without ``transport_url``.
+    transport: Any = None
+    rpc_server: Any = None
+    rpc_starter: threading.Thread | None = None
 
 
 class ConductorService(service.ServiceBase):
@@ -172,13 +202,14 @@ class ConductorService(service.ServiceBase):
     :param worker_id: stable id 0..W-1; a respawned worker keeps it.
     :param conf: the ConfigOpts read at ``start()`` (after a SIGHUP the
         master re-forks workers with the mutated configuration).
+    :param start_extra: worker 0 runs the ``start extra`` hooks through it
+        (see :class:`StartExtra`); None for the others.
     """
 
     def __init__(self, host: str, worker_id: int,
-                 conf: cfg.ConfigOpts, start_extra: Any = None) -> None:
+                 conf: cfg.ConfigOpts,
+                 start_extra: StartExtra | None = None) -> None:
         super().__init__()
-        #: Worker 0 runs the ``start extra`` hooks through it (see
-        #: ``conductor.master.StartExtra``); None for the others.
         self.start_extra = start_extra
         #: This host's name.
         self.host = host
@@ -187,21 +218,9 @@ class ConductorService(service.ServiceBase):
         #: The reservation string of this worker (``host:worker_id``).
         self.holder = db_api.holder_name(host, worker_id)
         self._conf = conf
-        self._started = False
         self._stopped: threading.Event | None = None
         self._threads: list[threading.Thread] = []
-        self.settings: WorkerSettings | None = None
-        self.db: db_api.Connection | None = None
-        self.drivers: dict[str, base.BaseDriver] = {}
-        self.pool: worker_pool.WorkerPool | None = None
-        self.rings: ownership.Rings | None = None
-        self.power_sync: power_sync.PowerSync | None = None
-        self.actions: power_actions.PowerActions | None = None
-        self.runner: periodics.PeriodicRunner | None = None
-        #: The RPC transport and server; None without ``transport_url``.
-        self.transport: Any = None
-        self.rpc_server: Any = None
-        self._rpc_starter: threading.Thread | None = None
+        self._rt: _Runtime | None = None
 
     # NOTE: oslo.service's threading backend may pickle the service to
     # decide between fork and spawn; keep only plain values in the state.
@@ -212,6 +231,16 @@ class ConductorService(service.ServiceBase):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["host"], state["worker_id"],  # type: ignore
                       state["_conf"], state.get("start_extra"))
+
+    @property
+    def db(self) -> db_api.Connection | None:
+        """The worker's database connection; None until started."""
+        return self._rt.db if self._rt is not None else None
+
+    @property
+    def pool(self) -> worker_pool.WorkerPool | None:
+        """The worker's bounded pool; None until started."""
+        return self._rt.pool if self._rt is not None else None
 
     # -- lifecycle -----------------------------------------------------
 
@@ -224,70 +253,76 @@ class ConductorService(service.ServiceBase):
         conductor_log.set_identity(
             conductor_log.worker_identity(self.host, self.worker_id))
         started = time.monotonic()
-        self.settings = settings = WorkerSettings.from_conf(self._conf)
-        self._stopped = threading.Event()
-        self.db = db_api.Connection.create(
+        settings = WorkerSettings.from_conf(self._conf)
+        stopped = self._stopped = threading.Event()
+        db = db_api.Connection.create(
             settings.database_url, max_retries=settings.db_max_retries,
             retry_interval=settings.db_retry_interval,
             max_pool_size=max(5, min(settings.pool_size, 20)),
             max_overflow=settings.pool_size)
-        self.drivers = loader.load(settings.enabled_drivers)
-        # NOTE: a worker that starts has no work in flight, so any
-        # reservation in its name was left by its previous life (SIGKILL).
-        released = self.db.release_reservations(holders=[self.holder])
+        try:
+            drivers = loader.load(settings.enabled_drivers)
+            # NOTE: a worker that starts has no work in flight, so any
+            # reservation in its name was left by its previous life.
+            released = db.release_reservations(holders=[self.holder])
+        except BaseException:
+            db.dispose()
+            raise
         if released:
             LOG.warning("Released %d reservation(s) left by a previous "
                         "run of %s", released, self.holder)
-        if self._stopped.is_set():
+        if stopped.is_set():
+            db.dispose()
             return  # SIGTERM while starting: register nothing
-        self.db.register_conductor(self.host, self.worker_id,
-                                   list(self.drivers), pid=os.getpid())
-        self._spawn("heartbeat", self._heartbeat_loop)
-        self.pool = worker_pool.WorkerPool(settings.pool_size,
-                                           name="pool-w%d" % self.worker_id)
-        self.pool.start()
-        self.rings = ownership.Rings(
-            self.db, self.host, self.worker_id,
+        pool = worker_pool.WorkerPool(settings.pool_size,
+                                      name="pool-w%d" % self.worker_id)
+        rings = ownership.Rings(
+            db, self.host, self.worker_id,
             heartbeat_timeout=settings.heartbeat_timeout,
             reset_interval=settings.hash_ring_reset_interval)
-        self.power_sync = power_sync.PowerSync(
-            self.db, self.drivers, self.rings, self.pool, settings.sync,
-            self._stopped)
-        self.actions = power_actions.PowerActions(
-            self.db, self.drivers, self.rings, self.pool,
-            timeout=settings.sync.timeout)
-        self.runner = periodics.PeriodicRunner(
-            self.pool, _NodeProvider(self.db, self.rings))
-        self.runner.start(self._collect_periodics())
-        self._start_rpc()
+        timeout = settings.sync.timeout
+        rt = self._rt = _Runtime(
+            settings=settings, db=db, drivers=drivers, pool=pool,
+            rings=rings,
+            power_sync=power_sync.PowerSync(db, drivers, rings, pool,
+                                            settings.sync, stopped),
+            actions=power_actions.PowerActions(db, drivers, rings, pool,
+                                               timeout=timeout),
+            runner=periodic_runner.PeriodicRunner(
+                pool, _NodeProvider(db, rings, drivers, timeout)))
+        db.register_conductor(self.host, self.worker_id, list(drivers),
+                              pid=os.getpid())
+        self._spawn("heartbeat", self._heartbeat_loop, rt, stopped)
+        pool.start()
+        rt.runner.start(self._collect_periodics(rt))
+        self._start_rpc(rt)
         if self.start_extra is not None:
-            self._spawn("start-extra", self.start_extra.run, self.db,
-                        self._stopped)
-        self._started = True
+            self._spawn("start-extra", self.start_extra.run, db, stopped)
         LOG.info("Worker %(id)d of %(host)s started in %(secs).2fs with "
                  "drivers %(drivers)s",
                  {"id": self.worker_id, "host": self.host,
                   "secs": time.monotonic() - started,
-                  "drivers": ", ".join(self.drivers)})
+                  "drivers": ", ".join(drivers)})
 
-    def _collect_periodics(self) -> list[periodics.PeriodicSpec]:
-        assert self.power_sync and self.actions and self.rings and self.db
-        own = ConductorPeriodics(self.power_sync, self.actions, self.rings,
-                                 self.db)
+    def _collect_periodics(self, rt: _Runtime
+                           ) -> list[periodics.PeriodicSpec]:
+        own = ConductorPeriodics(rt.power_sync, rt.actions, rt.rings, rt.db,
+                                 self._conf)
         specs = periodics.collect(own)
-        for name, driver in self.drivers.items():
+        for name, driver in rt.drivers.items():
             specs += periodics.collect(*loader.interfaces(driver),
                                        driver_name=name)
         return specs
 
     def status(self) -> dict[str, Any]:
         """This worker's pool, periodic tasks and last sweeps (JSON-safe)."""
-        if not (self.pool and self.runner and self.power_sync):
+        rt = self._rt
+        if rt is None:
             return {}
-        return {"pool": self.pool.stats(),
-                "periodics": self.runner.stats(),
+        return {"pool": rt.pool.stats(),
+                "periodics": rt.runner.stats(),
                 "sweeps": {kind: result.as_dict() for kind, result in
-                           self.power_sync.last.items()}}
+                           rt.power_sync.last.items()}}
 
     def wait(self) -> None:
         """Block until :meth:`stop` ran."""
@@ -308,40 +343,40 @@ class ConductorService(service.ServiceBase):
             return
         LOG.info("Worker %d of %s stopping", self.worker_id, self.host)
         self._stopped.set()
-        assert self.settings is not None
-        deadline = time.monotonic() + max(
-            1.0, self.settings.graceful_shutdown_timeout - 2.0)
-        # 0. Stop consuming RPC; finish the calls in flight (bounded).
-        self._stop_rpc(deadline)
-        # 1. Stop scheduling; running tasks see the stop Event and finish.
-        if self.runner is not None:
-            if not self.runner.stop(self._left(deadline)):
+        rt = self._rt
+        timeout = (rt.settings.graceful_shutdown_timeout if rt is not None
+                   else WorkerSettings.from_conf(
+                       self._conf).graceful_shutdown_timeout)
+        deadline = time.monotonic() + max(1.0, timeout - 2.0)
+        if rt is not None:
+            # 0. Stop consuming RPC; finish the calls in flight (bounded).
+            self._stop_rpc(rt, deadline)
+            # 1. Stop scheduling; running tasks see the stop Event, finish.
+            if not rt.runner.stop(self._left(deadline)):
                 LOG.warning("Periodic tasks did not all finish in time")
-        # 2. Drain the pool (power actions in flight) within the bound.
-        if self.pool is not None:
-            self.pool.wake_waiters()
-            if not self.pool.shutdown(wait=True,
-                                      timeout=self._left(deadline)):
+            # 2. Drain the pool (power actions in flight) within the bound.
+            rt.pool.wake_waiters()
+            if not rt.pool.shutdown(wait=True,
+                                    timeout=self._left(deadline)):
                 LOG.warning("Pool threads still busy at shutdown; their "
                             "reservations are released below")
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(self._left(deadline))
             if thread.is_alive():
                 LOG.warning("Thread %s did not stop in time", thread.name)
-        if self.db is not None:
+        if rt is not None:
             try:
-                self.db.release_reservations(holders=[self.holder])
-                self.db.set_offline(self.host, self.worker_id)
+                rt.db.release_reservations(holders=[self.holder])
+                rt.db.set_offline(self.host, self.worker_id)
             except Exception:
                 LOG.exception("Could not mark worker %s offline",
                               self.holder)
-            self.db.dispose()
-        self._started = False
+            rt.db.dispose()
         LOG.info("Worker %d of %s stopped", self.worker_id, self.host)
 
     # -- RPC -----------------------------------------------------------
 
-    def _start_rpc(self) -> None:
+    def _start_rpc(self, rt: _Runtime) -> None:
         """Serve RPC when ``[DEFAULT] transport_url`` is set; else say so.
 
         The server starts on a thread of its own: connecting waits for the
@@ -353,29 +388,25 @@ class ConductorService(service.ServiceBase):
         if not rpc.enabled(self._conf):
             LOG.info("RPC disabled: [DEFAULT] transport_url is not set")
             return
-        assert self.db and self.rings and self.pool and self.actions
-        assert self.settings is not None and self._stopped is not None
-        self.transport = rpc.get_transport(self._conf)
+        rt.transport = rpc.get_transport(self._conf)
         endpoint = manager.ConductorManager(
-            self.host, self.db, self.drivers, self.rings, self.pool,
-            self.actions,
+            self.host, rt.db, rt.drivers, rt.rings, rt.pool, rt.actions,
             # NOTE: a bounded retry: a forward must not hold an RPC
             # thread for the whole of a broker outage.
-            rpcapi.ConductorAPI.from_conf(self._conf, self.transport,
+            rpcapi.ConductorAPI.from_conf(self._conf, rt.transport,
                                           retry=3),
-            heartbeat_timeout=self.settings.heartbeat_timeout,
-            action_timeout=self.settings.sync.timeout,
-            stop=self._stopped)
-        self.rpc_server = rpc.build_server(self.transport, self.host,
-                                           [endpoint])
-        self._rpc_starter = threading.Thread(
-            target=self._run_rpc_server, name="rpc-start-w%d"
-            % self.worker_id, daemon=True)
-        self._rpc_starter.start()
+            heartbeat_timeout=rt.settings.heartbeat_timeout,
+            action_timeout=rt.settings.sync.timeout)
+        rt.rpc_server = rpc.build_server(rt.transport, self.host,
+                                         [endpoint])
+        rt.rpc_starter = threading.Thread(
+            target=self._run_rpc_server, args=(rt.rpc_server,),
+            name="rpc-start-w%d" % self.worker_id, daemon=True)
+        rt.rpc_starter.start()
 
-    def _run_rpc_server(self) -> None:
+    def _run_rpc_server(self, server: Any) -> None:
         try:
-            self.rpc_server.start()
+            server.start()
         except Exception:
             LOG.exception("RPC server of %s could not start", self.holder)
             return
@@ -383,19 +414,18 @@ class ConductorService(service.ServiceBase):
                  "%(host)s", {"holder": self.holder, "topic": rpc.TOPIC,
                               "host": self.host})
 
-    def _stop_rpc(self, deadline: float) -> None:
-        if self.transport is None:
+    def _stop_rpc(self, rt: _Runtime, deadline: float) -> None:
+        if rt.transport is None:
             return
-        starter = self._rpc_starter
-        server = self.rpc_server
-        if starter is not None and starter.is_alive():
+        server = rt.rpc_server
+        if rt.rpc_starter is not None and rt.rpc_starter.is_alive():
             # NOTE: stop() would wait for start(), which waits for the
             # broker; nothing was consumed yet, so only close the transport.
             LOG.warning("RPC server of %s never connected to the broker",
                         self.holder)
             server = None
-        rpc.stop_server(server, self.transport, self._left(deadline))
-        self.rpc_server = self.transport = None
+        rpc.stop_server(server, rt.transport, self._left(deadline))
+        rt.rpc_server = rt.transport = None
 
     @staticmethod
     def _left(deadline: float) -> float:
@@ -413,15 +443,14 @@ class ConductorService(service.ServiceBase):
         thread.start()
         self._threads.append(thread)
 
-    def _heartbeat_loop(self) -> None:
-        assert self._stopped is not None and self.db is not None
-        assert self.settings is not None
-        interval = self.settings.heartbeat_interval
-        while not self._stopped.wait(interval):
+    def _heartbeat_loop(self, rt: _Runtime, stopped: threading.Event
+                        ) -> None:
+        interval = rt.settings.heartbeat_interval
+        while not stopped.wait(interval):
             try:
-                self.db.heartbeat(self.host, self.worker_id,
-                                  drivers=list(self.drivers),
-                                  pid=os.getpid(), status=self.status())
+                rt.db.heartbeat(self.host, self.worker_id,
+                                drivers=list(rt.drivers),
+                                pid=os.getpid(), status=self.status())
                 HEARTBEAT_LOG.debug("Heartbeat of %s (every %ss)",
                                     self.holder, interval)
             except Exception:
@@ -429,3 +458,82 @@ class ConductorService(service.ServiceBase):
                 # peers take our nodes over only if it lasts past
                 # heartbeat_timeout.
                 LOG.exception("Heartbeat of %s failed", self.holder)
+
+
+class StartExtra:
+    """The ``start extra`` hooks: run once, when every worker is up.
+
+    Created in the master before the fork (shared-memory flags, no
+    threads: a thread running in the master while it forks can leave a
+    lock held in the child). Worker 0 calls :meth:`run` from a thread of
+    its own once it has started: it waits until ``workers`` workers of its
+    host registered after the launch, runs the hooks, and records the
+    outcome. A failing hook stops the conductor (SIGTERM to the master),
+    which then exits 1. A respawned worker 0 does not run them again.
+
+    :param timeout: seconds to wait for the workers before warning.
+    """
+
+    PENDING, DONE, FAILED = 0, 1, 2
+
+    def __init__(self, conf: cfg.ConfigOpts, workers: int,
+                 hook_list: Sequence[hooks.Hook],
+                 timeout: float = 120.0) -> None:
+        self._conf = conf
+        self._workers = workers
+        self._hooks = list(hook_list)
+        self._timeout = timeout
+        # NOTE: MySQL/MariaDB store DATETIME to the second; a worker that
+        # registers within the launch's second must still count.
+        self._since = timeutils.utcnow().replace(microsecond=0) - \
+            datetime.timedelta(seconds=1)
+        self._state = multiprocessing.get_context("fork").Value("b", 0)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self._state.value == self.FAILED)
+
+    def run(self, db: db_api.Connection, stop: threading.Event) -> None:
+        """Wait for the workers, then run the hooks (in worker 0)."""
+        with self._state.get_lock():
+            if self._state.value != self.PENDING:
+                return
+            # NOTE: claimed now, so a respawned worker 0 never runs them
+            # twice even if this one dies half-way.
+            self._state.value = self.DONE
+        started = time.monotonic()
+        if not self._wait_for_workers(db, stop):
+            return
+        LOG.info("All %(n)d worker(s) of %(host)s are up after %(secs).2fs",
+                 {"n": self._workers, "host": self._conf.host,
+                  "secs": time.monotonic() - started})
+        try:
+            hooks.run_hooks(self._hooks, "start", "extra", conf=self._conf,
+                            config_files=list(self._conf.config_file))
+        except hooks.HookError as exc:
+            LOG.error("Stopping the conductor: %s", exc)
+            self._state.value = self.FAILED
+            os.kill(os.getppid(), signal.SIGTERM)
+
+    def _wait_for_workers(self, db: db_api.Connection,
+                          stop: threading.Event) -> bool:
+        deadline = time.monotonic() + self._timeout
+        while not stop.wait(0.2):
+            try:
+                records = db.list_conductors()
+            except Exception:
+                # NOTE: a database blip must not cancel the hooks for good.
+                LOG.exception("Could not read the workers; retrying")
+                continue
+            rows = [row for row in records
+                    if row.host == self._conf.host and row.online
+                    and row.started_at >= self._since]
+            if len(rows) >= self._workers:
+                return True
+            if deadline and time.monotonic() > deadline:
+                LOG.warning("Only %(up)d of %(n)d workers registered within "
+                            "%(secs)ds; 'start extra' hooks wait on",
+                            {"up": len(rows), "n": self._workers,
+                             "secs": self._timeout})
+                deadline = 0.0
+        return False

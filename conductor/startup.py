@@ -303,16 +303,7 @@ def _insert(db: db_api.Connection, new: list[dict[str, Any]]) -> None:
     db.import_nodes(new, read_back=False)
 
 
-@dataclasses.dataclass
-class StartupResult:
-    """What start-up produced for the launcher."""
-
-    drivers: dict[str, base.BaseDriver]
-    summary: async_tasks.Summary
-
-
-def run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
-        ) -> StartupResult:
+def run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]) -> None:
     """Run every start-up step; returns once all are done.
 
     :raises: ConductorException naming the failed step and its problem
@@ -325,13 +316,13 @@ def run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
     # it is not traversed by every full collection the steps trigger.
     gc.freeze()
     try:
-        return _run(conf, hook_list)
+        _run(conf, hook_list)
     finally:
         gc.unfreeze()
 
 
 def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
-         ) -> StartupResult:
+         ) -> None:
     """Body of :func:`run`."""
     # NOTE: the module's default group, so hooks and drivers can use the
     # module-level run/wait API of async_tasks during start-up too.
@@ -360,7 +351,7 @@ def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
         group.run("pre-start-hooks", hooks.run_hooks, hook_list, "start",
                   "pre-start", conf=conf, config_files=config_files)
         group.run("drivers", load_drivers, conf)
-        drivers = _wait(group, "drivers")
+        _wait(group, "drivers")
         stored = _wait(group, "database")
         if conf.inventory_file:
             nodes = _checked(group, conf, parts, text)
@@ -378,9 +369,7 @@ def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
                 db.dispose()
     hooks.run_hooks(hook_list, "start", "post-config", conf=conf,
                     config_files=config_files)
-    summary = group.summary()
-    LOG.info("Start-up %s", summary)
-    return StartupResult(drivers=drivers, summary=summary)
+    LOG.info("Start-up %s", group.summary())
 
 
 def _checked(group: async_tasks.TaskGroup, conf: cfg.ConfigOpts,

@@ -25,7 +25,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import conductor.cmd  # noqa: E402,F401  (threading backend, no eventlet)
-from conductor.common import pool as worker_pool  # noqa: E402
+from conductor.executor import pool as worker_pool  # noqa: E402
+from conductor.executor import runner as runner_mod  # noqa: E402
 from conductor import periodics  # noqa: E402
 
 
@@ -67,7 +68,7 @@ def main() -> None:
                            blocked_started, stop)
     pool = worker_pool.WorkerPool(args.pool, name="bench")
     pool.start()
-    runner = periodics.PeriodicRunner(pool)
+    runner = runner_mod.PeriodicRunner(pool)
     runner.start(periodics.collect(holder))
     if not blocked_started.wait(5):
         raise SystemExit("the blocked task never started")

@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
                         config_files=list(conf.config_file))
         workers = checks.check_all(conf)
         startup.run(conf, hook_list)
-        start_extra = master.StartExtra(conf, workers, hook_list)
-        launcher = master.launch(conf, workers, start_extra)
+        launcher, start_extra = master.launch(conf, workers, hook_list)
     except exceptions.ConductorException as exc:
         fail(str(exc))
     except (OSError, ValueError, cfg.Error) as exc:

@@ -6,8 +6,11 @@ All access goes through :class:`Connection`, built in a worker's
     db = api.Connection.create(url, max_retries=10, retry_interval=10)
     node = db.create_node({"driver": "fake", "name": "n1",
                            "driver_info": {}})
-    with db.reserved(node.uuid, holder="host-a:0"):
-        ...
+    db.reserve_node(node.uuid, holder="host-a:0")    # NodeLocked if taken
+    db.release_node(node.uuid, holder="host-a:0")
+
+Reservations are taken and released for a purpose by
+:mod:`conductor.task`, the one path that acts on a node.
 
 Hot paths (power sync, pending actions) use SQLAlchemy Core in batches;
 changes to one node are single conditional UPDATEs so that two processes
@@ -16,12 +19,11 @@ never both believe they changed it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import json
 import logging
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 import uuid as uuid_lib
 
 from oslo_db import exception as db_exc
@@ -323,24 +325,30 @@ class Connection:
         if count != 1:
             self._raise_not_updated(node.uuid, ident)
 
-    def request_power_state(self, ident: str, target: str) -> NodeRecord:
+    def request_power_state(self, ident: str, target: str, *,
+                            holder: str | None = None) -> NodeRecord:
         """Record a requested power action for the owner to apply.
 
         Succeeds only when the node is neither reserved nor already has a
         pending action, so two requests can never both be accepted.
 
+        :param holder: also reserve the node for ``holder``, in the same
+            UPDATE (the caller applies the action itself).
         :raises: NodeNotFound, NodeLocked.
         """
         node = self.get_node(ident)
+        values: dict[str, Any] = {
+            "target_power_state": target, "last_error": None,
+            "version": _nodes.c.version + 1, "updated_at": timeutils.utcnow()}
+        if holder is not None:
+            values["reservation"] = holder
         with self.engine.begin() as conn:
             count = conn.execute(
                 _nodes.update()
                 .where(_nodes.c.uuid == node.uuid)
                 .where(_nodes.c.reservation.is_(None))
                 .where(_nodes.c.target_power_state.is_(None))
-                .values(target_power_state=target, last_error=None,
-                        version=_nodes.c.version + 1,
-                        updated_at=timeutils.utcnow())).rowcount
+                .values(**values)).rowcount
         if count != 1:
             current = self.get_node(node.uuid)
             holder = current.reservation or (
@@ -390,15 +398,6 @@ class Connection:
             LOG.warning("Node %(node)s was not reserved by %(holder)s when "
                         "releasing it", {"node": uuid, "holder": holder})
         return count == 1
-
-    @contextlib.contextmanager
-    def reserved(self, uuid: str, holder: str) -> Iterator[NodeRecord]:
-        """Hold the node's reservation for the ``with`` block."""
-        node = self.reserve_node(uuid, holder)
-        try:
-            yield node
-        finally:
-            self.release_node(uuid, holder)
 
     def release_reservations(self, *, holders: Iterable[str] | None = None,
                              keep: Iterable[str] | None = None,

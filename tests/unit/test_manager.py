@@ -20,11 +20,11 @@ from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import exceptions
-from conductor.common import pool as pool_mod
 from conductor.common import rpc
 from conductor.db import api as db_api
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
+from conductor.executor import pool as pool_mod
 from conductor import manager
 from conductor import nodes
 from conductor import ownership
@@ -58,11 +58,9 @@ class ManagerTestCase(base.TestCase):
             self.db, self.drivers, self.rings, self.pool, timeout=5.0)
         self.forwarder = mock.create_autospec(rpcapi.ConductorAPI,
                                               instance=True)
-        self.stop = threading.Event()
         self.manager = manager.ConductorManager(
             "h", self.db, self.drivers, self.rings, self.pool, self.actions,
-            self.forwarder, heartbeat_timeout=60, action_timeout=5.0,
-            stop=self.stop)
+            self.forwarder, heartbeat_timeout=60, action_timeout=5.0)
         self.context = rpc.RequestContext(overwrite=False)
 
     def call(self, method: str, **kwargs: Any) -> Any:
@@ -355,8 +353,9 @@ class TestSetPowerState(ManagerTestCase):
         # is recorded: this call's own attempt sees NodeLocked.
         real_request = self.db.request_power_state
 
-        def request_then_scan(ident: str, target: str) -> db_api.NodeRecord:
-            record = real_request(ident, target)
+        def request_then_scan(ident: str, target: str,
+                              **kwargs: Any) -> db_api.NodeRecord:
+            record = real_request(ident, target, **kwargs)
             self.actions.submit(record.uuid)
             return record
 

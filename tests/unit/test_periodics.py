@@ -16,8 +16,9 @@ from futurist import periodics as futurist_periodics
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import exceptions
-from conductor.common import pool as pool_mod
 from conductor.drivers import base as driver_base
+from conductor.executor import pool as pool_mod
+from conductor.executor import runner as runner_mod
 from conductor import periodics
 from tests import base
 
@@ -126,9 +127,9 @@ class PeriodicsTestCase(base.TestCase):
 
     def make_runner(self, pool: pool_mod.WorkerPool | None = None,
                     provider: Any = None,
-                    **kwargs: Any) -> periodics.PeriodicRunner:
-        runner = periodics.PeriodicRunner(pool or self.make_pool(),
-                                          provider, **kwargs)
+                    **kwargs: Any) -> runner_mod.PeriodicRunner:
+        runner = runner_mod.PeriodicRunner(pool or self.make_pool(),
+                                           provider, **kwargs)
 
         def cleanup() -> None:
             for rec in self.recorders:
@@ -144,7 +145,7 @@ class PeriodicsTestCase(base.TestCase):
         self.addCleanup(rec.release.set)
         return rec
 
-    def task_stats(self, runner: periodics.PeriodicRunner,
+    def task_stats(self, runner: runner_mod.PeriodicRunner,
                    name: str) -> dict[str, Any]:
         rows = [r for r in runner.stats() if r["name"] == name]
         self.assertEqual(1, len(rows), str(runner.stats()))
@@ -387,7 +388,7 @@ class TestRunner(PeriodicsTestCase):
 
     def test_disabled_task_logged_once_never_run(self) -> None:
         logger = self.useFixture(fixtures.FakeLogger(
-            name="conductor.periodics", level=logging.INFO))
+            name="conductor.executor.runner", level=logging.INFO))
         rec = self.recorder()
         off = mock.Mock()
 
@@ -468,7 +469,7 @@ class TestRunner(PeriodicsTestCase):
         # NOTE: futurist 3.5 re-submits a rejected "immediate" task in a
         # tight loop; ours go through the regular schedule, due at once.
         logger = self.useFixture(fixtures.FakeLogger(
-            name="conductor.periodics", level=logging.DEBUG))
+            name="conductor.executor.runner", level=logging.DEBUG))
         ran = threading.Event()
 
         class Manager:
@@ -538,7 +539,7 @@ class TestRunner(PeriodicsTestCase):
 
     def test_exception_logged_and_counted(self) -> None:
         logger = self.useFixture(fixtures.FakeLogger(
-            name="conductor.periodics", level=logging.INFO))
+            name="conductor.executor.runner", level=logging.INFO))
         self._check_contained(ValueError("bad value"))
         self.assertIn("Periodic task Manager.tick failed", logger.output)
         self.assertIn("bad value", logger.output)
@@ -628,14 +629,14 @@ class TestRunner(PeriodicsTestCase):
 
     def test_construction_is_cheap(self) -> None:
         before = threading.active_count()
-        runner = periodics.PeriodicRunner(pool_mod.WorkerPool(3, "x"))
+        runner = runner_mod.PeriodicRunner(pool_mod.WorkerPool(3, "x"))
         self.assertEqual(before, threading.active_count())
         # NOTE: the service holding it may be pickled before the fork.
         pickle.dumps(runner)
 
     def test_lifecycle_errors(self) -> None:
         unstarted = pool_mod.WorkerPool(3, "x")
-        runner = periodics.PeriodicRunner(unstarted)
+        runner = runner_mod.PeriodicRunner(unstarted)
         self.assertTrue(runner.stop(WAIT))
         self.assertRaises(RuntimeError, runner.start, [])
         runner = self.make_runner()
@@ -658,7 +659,7 @@ class TestRunner(PeriodicsTestCase):
 
     def test_loop_crash_is_logged(self) -> None:
         logger = self.useFixture(fixtures.FakeLogger(
-            name="conductor.periodics", level=logging.INFO))
+            name="conductor.executor.runner", level=logging.INFO))
 
         class Manager:
             @periodics.periodic(spacing=1)
@@ -681,7 +682,7 @@ class TestNodePeriodic(PeriodicsTestCase):
     def start_nodes(self, body: Callable[[Any, periodics.NodeTask], Any],
                     provider: FakeProvider, pool_size: int = 4,
                     spacing: float = 60, **kwargs: Any
-                    ) -> periodics.PeriodicRunner:
+                    ) -> runner_mod.PeriodicRunner:
         class Power:
             @periodics.node_periodic(purpose="testing", spacing=spacing,
                                      run_immediately=True, **kwargs)
@@ -692,7 +693,7 @@ class TestNodePeriodic(PeriodicsTestCase):
         runner.start(periodics.collect(Power(), driver_name="fake"))
         return runner
 
-    def wait_runs(self, runner: periodics.PeriodicRunner,
+    def wait_runs(self, runner: runner_mod.PeriodicRunner,
                   runs: int = 1) -> None:
         self.assertTrue(base.wait_until(
             lambda: runner.stats()[0]["runs"] >= runs, WAIT),
@@ -700,7 +701,7 @@ class TestNodePeriodic(PeriodicsTestCase):
 
     def test_each_matching_node_once(self) -> None:
         logger = self.useFixture(fixtures.FakeLogger(
-            name="conductor.periodics", level=logging.DEBUG))
+            name="conductor.executor.runner", level=logging.DEBUG))
         nodes = [make_node(i) for i in range(6)] + [make_node(9, "other")]
         provider = FakeProvider(nodes, locked=("uuid-2",),
                                 gone=("uuid-3",))

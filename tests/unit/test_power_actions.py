@@ -9,9 +9,9 @@ from unittest import mock
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import deadline
 from conductor.common import exceptions
-from conductor.common import pool as pool_mod
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
+from conductor.executor import pool as pool_mod
 from conductor import ownership
 from conductor import power_actions
 from conductor import states

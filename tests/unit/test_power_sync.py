@@ -11,13 +11,14 @@ import sqlalchemy as sa
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import deadline
 from conductor.common import exceptions
-from conductor.common import pool as pool_mod
 from conductor.db import api as db_api
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
+from conductor.executor import pool as pool_mod
 from conductor import ownership
 from conductor import power_sync
 from conductor import states
+from conductor import task
 from tests import base
 
 HOLDER = "h:0"
@@ -442,10 +443,8 @@ class TestForce(SyncTestCase):
         def power_off_meanwhile(node: driver_base.DriverNode) -> str:
             # A power-off action completes between the read and the
             # restore: the record now matches the hardware.
-            with self.db.reserved(node.uuid, "h:0"):
-                self.db.update_node(node.uuid,
-                                    {"power_state": states.POWER_OFF},
-                                    holder="h:0")
+            with task.acquire(self.db, node.uuid, "h:0", {}, 5.0) as t:
+                t.record({"power_state": states.POWER_OFF})
             return states.POWER_OFF
 
         self.power.answers["drifted"] = power_off_meanwhile

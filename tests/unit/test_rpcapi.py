@@ -34,6 +34,7 @@ from conductor import ownership
 from conductor import power_actions
 from conductor import rpcapi
 from conductor import states
+from conductor import task
 from tests import base
 from tests.unit import test_manager
 
@@ -331,14 +332,14 @@ class TestForwarding(FakeTransportTestCase):
     def test_the_owner_applies_it(self) -> None:
         node = self.node_owned_by("other")
         applied_by = []
-        real_apply = power_actions.PowerActions.apply
+        real_apply = power_actions.PowerActions.apply_task
 
         def apply(actions: power_actions.PowerActions,
-                  uuid: str) -> db_api.NodeRecord | None:
+                  t: task.Task) -> db_api.NodeRecord | None:
             applied_by.append(actions)
-            return real_apply(actions, uuid)
+            return real_apply(actions, t)
 
-        with mock.patch.object(power_actions.PowerActions, "apply",
+        with mock.patch.object(power_actions.PowerActions, "apply_task",
                                autospec=True, side_effect=apply):
             done = self.api.set_power_state(node.uuid, "on", wait=True,
                                             host="h")

@@ -57,7 +57,7 @@ class TestConductorPeriodics(base.TestCase):
         self.rings = mock.create_autospec(ownership.Rings, instance=True)
         self.db = mock.create_autospec(db_api.Connection, instance=True)
         self.own = service.ConductorPeriodics(self.sync, self.actions,
-                                              self.rings, self.db)
+                                              self.rings, self.db, self.conf)
 
     def test_each_task_calls_its_component(self) -> None:
         self.own.sync_power_states()
@@ -66,11 +66,8 @@ class TestConductorPeriodics(base.TestCase):
         self.sync.recover.assert_called_once_with()
         self.own.apply_pending_actions()
         self.actions.scan.assert_called_once_with()
-        self.db.node_uuids.return_value = ["u1", "u2"]
         self.own.refresh_ownership()
-        self.rings.refresh.assert_called_once_with(force=True)
-        self.rings.release_dead_reservations.assert_called_once_with(
-            ["u1", "u2"])
+        self.rings.update.assert_called_once_with(force=True)
         self.assertEqual(1, self.sync.sync.call_count)
 
     def specs(self) -> dict[str, periodics.PeriodicSpec]:
@@ -114,7 +111,7 @@ class TestNodeProvider(DbTestCase):
         self.rings = ownership.Rings(self.db, "h", 0, heartbeat_timeout=60,
                                      reset_interval=15)
         self.rings.refresh()
-        self.provider = service._NodeProvider(self.db, self.rings)
+        self.provider = service._NodeProvider(self.db, self.rings, {}, 5.0)
 
     def add(self, name: str, driver: str = "fake", **values: Any) -> str:
         uuid = self.db.create_node({"driver": driver, "name": name,

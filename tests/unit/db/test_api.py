@@ -339,24 +339,6 @@ class TestReservations(DbTestCase):
         self.assertRaises(exceptions.NodeNotFound, self.db.reserve_node,
                           uuidutils.generate_uuid(), "h:0")
 
-    def test_reserved_context_manager(self) -> None:
-        node = self.node("n1")
-        with self.db.reserved(node.uuid, "h:0") as held:
-            self.assertEqual("h:0", held.reservation)
-            self.assertRaises(exceptions.NodeLocked,
-                              self.db.reserve_node, node.uuid, "h:1")
-        self.assertIsNone(self.db.get_node(node.uuid).reservation)
-
-    def test_reserved_releases_on_error(self) -> None:
-        node = self.node("n1")
-
-        def fail() -> None:
-            with self.db.reserved(node.uuid, "h:0"):
-                raise RuntimeError("boom")
-
-        self.assertRaises(RuntimeError, fail)
-        self.assertIsNone(self.db.get_node(node.uuid).reservation)
-
     def _reserve_three(self) -> list[db_api.NodeRecord]:
         nodes = [self.node("n%d" % i) for i in range(4)]
         for node, holder in zip(nodes, ("h:0", "h:1", "g:0")):

@@ -1,4 +1,4 @@
-"""Tests for conductor.common.pool: the rules the bounded pool keeps."""
+"""Tests for conductor.executor.pool: the rules the bounded pool keeps."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from concurrent import futures
 import pickle
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import exceptions
-from conductor.common import pool as pool_mod
+from conductor.executor import pool as pool_mod
 from tests import base
 
 WAIT = 5.0
@@ -241,100 +241,3 @@ class TestShutdown(PoolTestCase):
         self.assertFalse(pool.shutdown(wait=False))
         blocker.release.set()
         self.assertTrue(pool.shutdown(wait=True, timeout=WAIT))
-
-
-class TestSlots(PoolTestCase):
-
-    def run_fanout(self, pool: pool_mod.WorkerPool, limit: int,
-                   items: int) -> tuple[int, pool_mod.PoolSlots, Blocker]:
-        """Submit ``items`` blockers through slots from a helper thread."""
-        blocker = Blocker()
-        self.addCleanup(blocker.release.set)
-        slots = pool.slots(limit)
-        done = threading.Event()
-
-        def fan_out() -> None:
-            for _ in range(items):
-                slots.submit(blocker)
-            slots.join()
-            done.set()
-
-        thread = threading.Thread(target=fan_out, name="fan-out")
-        thread.start()
-        self.addCleanup(thread.join, WAIT)
-        self.assertTrue(blocker.wait_entered(slots.limit))
-        # NOTE: a bounded window for a job beyond the limit to show up.
-        done.wait(0.2)
-        entered = blocker.entered
-        blocker.release.set()
-        self.assertTrue(done.wait(WAIT))
-        return entered, slots, blocker
-
-    def test_at_most_limit_at_once(self) -> None:
-        pool = self.make_pool(8)
-        entered, slots, blocker = self.run_fanout(pool, 2, 6)
-        self.assertEqual(2, slots.limit)
-        self.assertEqual(2, entered)
-        self.assertEqual(6, blocker.entered)
-        self.assertEqual(0, slots.ran_inline)
-        self.assertEqual(0, pool.stats()["rejected"])
-
-    def test_limit_capped_below_pool_size(self) -> None:
-        pool = self.make_pool(3)
-        entered, slots, _blocker = self.run_fanout(pool, 50, 5)
-        self.assertEqual(2, slots.limit)
-        self.assertEqual(2, entered)
-
-    def test_limit_at_least_one(self) -> None:
-        pool = self.make_pool(1)
-        self.assertEqual(1, pool.slots(5).limit)
-        self.assertRaises(ValueError, pool.slots, 0)
-
-    def test_full_pool_runs_job_in_caller_thread(self) -> None:
-        pool = self.make_pool(2)
-        self.fill(pool)
-        slots = pool.slots(1)
-        fut = slots.submit(lambda: threading.current_thread().name)
-        self.assertIsNotNone(fut)
-        assert fut is not None
-        self.assertTrue(fut.done())
-        self.assertEqual(threading.current_thread().name, fut.result())
-        self.assertEqual(1, slots.ran_inline)
-        self.assertEqual(0, slots.active)
-
-    def test_inline_job_exception_in_future(self) -> None:
-        pool = self.make_pool(1)
-        self.fill(pool)
-        slots = pool.slots(1)
-
-        def boom() -> None:
-            raise SystemExit(2)
-
-        fut = slots.submit(boom)
-        assert fut is not None
-        self.assertIsInstance(fut.exception(0), SystemExit)
-        self.assertEqual(0, slots.active)
-
-    def test_stop_while_waiting_for_a_slot(self) -> None:
-        pool = self.make_pool(4)
-        stop = threading.Event()
-        slots = pool.slots(1, stop=stop)
-        blocker = Blocker()
-        self.addCleanup(blocker.release.set)
-        self.assertIsNotNone(slots.submit(blocker))
-        self.assertTrue(blocker.wait_entered(1))
-        result: list[Any] = []
-        second: Callable[[], None] = lambda: result.append(
-            slots.submit(blocker))
-        thread = threading.Thread(target=second)
-        thread.start()
-        stop.set()
-        pool.wake_waiters()
-        thread.join(WAIT)
-        self.assertFalse(thread.is_alive())
-        self.assertEqual([None], result)
-        self.assertEqual(1, blocker.entered)
-        self.assertFalse(slots.join(0.01))
-        blocker.release.set()
-        self.assertTrue(slots.join(WAIT))
-        self.assertIsNone(slots.submit(blocker))

@@ -16,10 +16,9 @@ is ever queued without bound::
     ...
     pool.shutdown(wait=True, timeout=10)
 
-A caller that fans work out over many items (a sweep over nodes) borrows
-at most ``n`` threads at once through :meth:`WorkerPool.slots`; when the
-pool is full the item runs in the caller's own thread instead, so a sweep
-always makes progress and never holds more than ``n`` threads.
+A caller that fans work out over many items (a sweep over nodes) does it
+through :class:`conductor.executor.fanout.FanOut`, which borrows a bounded
+number of this pool's threads.
 """
 
 from __future__ import annotations
@@ -58,10 +57,9 @@ class _Runtime:
 
     def __init__(self) -> None:
         # NOTE: this lock (and the condition built on it) protects
-        # ``busy``, ``spawned``, ``threads``, ``stopping``, the counters
-        # below and the ``active`` count of every PoolSlots of this pool.
-        # The condition is notified whenever a thread or a slot frees up,
-        # and by WorkerPool.wake_waiters().
+        # ``busy``, ``spawned``, ``threads``, ``stopping`` and the counters
+        # below. The condition is notified whenever a thread frees up, and
+        # by WorkerPool.wake_waiters().
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         # NOTE: never holds more than ``size`` items: an item is counted
@@ -303,7 +301,7 @@ class WorkerPool:
             return rt.busy < self.size and not rt.stopping
 
     def wake_waiters(self) -> None:
-        """Wake every :meth:`wait_for_free` and :class:`PoolSlots` waiter.
+        """Wake every :meth:`wait_for_free` waiter.
 
         Call it after setting a stop event those waiters watch.
         """
@@ -312,19 +310,6 @@ class WorkerPool:
             return
         with rt.lock:
             rt.cond.notify_all()
-
-    def slots(self, limit: int,
-              stop: threading.Event | None = None) -> PoolSlots:
-        """Borrow at most ``limit`` threads of this pool for a fan-out.
-
-        ``limit`` is capped to ``size - 1`` (at least 1), so that a fan-out
-        started from a pool thread always leaves a thread for others.
-        See :class:`PoolSlots`.
-
-        :raises ValueError: when ``limit`` is not an integer >= 1.
-        :raises RuntimeError: when the pool is not started.
-        """
-        return PoolSlots(self, limit, stop)
 
     def shutdown(self, wait: bool = True,
                  timeout: float | None = None) -> bool:
@@ -365,102 +350,3 @@ class WorkerPool:
                         {"pool": self.name, "count": len(alive),
                          "timeout": timeout, "names": ", ".join(alive)})
         return not alive
-
-
-class PoolSlots:
-    """Runs at most ``limit`` jobs of one caller at once on a shared pool.
-
-    Built by :meth:`WorkerPool.slots`. :meth:`submit` waits until one of
-    this caller's ``limit`` slots is free, then hands the job to the pool;
-    when the pool has no free thread the job runs in the caller's own
-    thread ("caller runs"), so a fan-out never exceeds the pool, never
-    queues without bound and never spins. Jobs should catch their own
-    exceptions; whatever they raise ends up in their future only.
-
-    Not thread-safe for several submitters: one caller owns it.
-    """
-
-    def __init__(self, pool: WorkerPool, limit: int,
-                 stop: threading.Event | None = None) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(
-                "slots limit must be an integer >= 1, got %r" % (limit,))
-        self._pool = pool
-        self._rt = pool._runtime()
-        #: Jobs of this caller that may run at once.
-        self.limit = max(1, min(limit, pool.size - 1))
-        self._stop = stop
-        # NOTE: guarded by the pool's lock (self._rt.lock).
-        self._active = 0
-        #: Jobs that ran in the caller's thread because the pool was full.
-        self.ran_inline = 0
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any,
-               **kwargs: Any) -> futures.Future[Any] | None:
-        """Run ``fn(*args, **kwargs)`` within this caller's limit.
-
-        Blocks while ``limit`` jobs are unfinished. Returns the job's
-        future, already done when the job ran in the caller's thread;
-        returns None without running the job when ``stop`` is set (the
-        setter must call :meth:`WorkerPool.wake_waiters`).
-        """
-        rt = self._rt
-        with rt.lock:
-            while self._active >= self.limit and not self._stopped():
-                rt.cond.wait()
-            if self._stopped():
-                return None
-            self._active += 1
-        try:
-            return self._pool.submit(self._run, fn, args, kwargs)
-        except (exceptions.NoFreeWorker, RuntimeError):
-            pass
-        # NOTE: the pool is full (or shutting down): run the job here
-        # rather than wait, so that a fan-out started from a pool thread
-        # cannot deadlock against other fan-outs holding the rest.
-        self.ran_inline += 1
-        future: futures.Future[Any] = futures.Future()
-        future.set_running_or_notify_cancel()
-        try:
-            result = self._run(fn, args, kwargs)
-        except BaseException as exc:  # the future carries it
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
-        return future
-
-    def _stopped(self) -> bool:
-        return self._stop is not None and self._stop.is_set()
-
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            with self._rt.lock:
-                self._active -= 1
-                self._rt.cond.notify_all()
-
-    @property
-    def active(self) -> int:
-        """Jobs submitted through these slots and not finished yet."""
-        with self._rt.lock:
-            return self._active
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait until every job submitted here has finished.
-
-        :returns: False when ``timeout`` passed first.
-        """
-        rt = self._rt
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with rt.lock:
-            while self._active:
-                if deadline is None:
-                    rt.cond.wait()
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                rt.cond.wait(remaining)
-            return True

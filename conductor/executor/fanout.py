@@ -1,0 +1,332 @@
+"""The one bounded fan-out over a worker's pool: many items, a few lanes.
+
+Power-sync sweeps and node periodic tasks make one call per item (a
+node) on the worker's shared :class:`~conductor.executor.pool.WorkerPool`.
+Both do it here::
+
+    fan = FanOut(pool, limit=8, stop=stop, call_timeout=30.0)
+    report = fan.run(rows, read_power_state)
+    for row, state in report.results:
+        ...
+    for row in report.abandoned:
+        ...     # calls still running past call_timeout + WATCHDOG_GRACE
+
+**Lanes.** ``run`` runs up to ``limit`` lanes; each lane takes the next
+item, calls ``fn(item)``, and goes on until no item is left. A fan-out
+over thousands of items therefore costs one thread hand-off per lane, not
+per item, and never more than ``limit`` calls run at once. Without a
+watchdog the caller's own thread is one of the lanes.
+
+**The free-thread rule** (stated here only, by :func:`lane_limit` and
+:func:`spare_threads`): a fan-out leaves at least one thread of its pool
+free. It is started from a pool thread itself (a periodic task), and the
+worker's other periodic tasks and power actions need a thread to start
+on. When the pool has no thread to spare, the caller runs the one lane
+itself, so the items are never silently skipped.
+
+**The watchdog.** With ``call_timeout``, the caller's thread watches the
+lanes while they run: a call still running ``WATCHDOG_GRACE`` seconds
+past ``call_timeout`` (a driver that ignores its deadline) is abandoned:
+its item is reported in :attr:`Report.abandoned`, whatever it returns
+later is ignored, and a new lane replaces the stuck one, so one hung BMC
+never holds up the other items.
+
+**Stop.** Once ``stop`` is set, lanes take no new item; ``run`` returns
+when the calls already made have returned (or were abandoned).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import threading
+import time
+from typing import (Any, Callable, Generic, Iterable, Iterator, Sized,
+                    TypeVar)
+
+from conductor.common import exceptions
+from conductor.executor import pool as pool_mod
+
+LOG = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+#: Seconds the watchdog allows a call past ``call_timeout`` before it
+#: abandons it.
+WATCHDOG_GRACE = 1.0
+
+_NOTHING: Any = object()
+
+
+def lane_limit(pool_size: int, wanted: int) -> int:
+    """The most lanes a fan-out may run on a pool of ``pool_size`` threads.
+
+    The free-thread rule: at most ``pool_size - 1``, so that one thread
+    stays free for the pool's other users, and at least 1 (run in the
+    caller's thread when no pool thread can be spared).
+    """
+    return max(1, min(wanted, pool_size - 1))
+
+
+def spare_threads(pool: pool_mod.WorkerPool) -> int:
+    """Threads of ``pool`` a fan-out may take now: all free ones but one."""
+    return pool.free - 1
+
+
+@dataclasses.dataclass
+class Report(Generic[_T, _R]):
+    """What one :meth:`FanOut.run` did."""
+
+    #: ``(item, fn(item))`` for every call that returned, in order of
+    #: completion; a call that raised is logged and left out.
+    results: list[tuple[_T, _R]] = dataclasses.field(default_factory=list)
+    #: Items whose call outlived ``call_timeout`` + grace.
+    abandoned: list[_T] = dataclasses.field(default_factory=list)
+    #: Calls that raised an exception (logged).
+    errors: int = 0
+    #: Items taken by a lane: the calls made.
+    taken: int = 0
+    #: Lanes that ran, replacements of abandoned ones included.
+    lanes: int = 0
+    #: True when the caller's thread was a lane (no watchdog, or a full
+    #: pool).
+    inline: bool = False
+    #: Most calls in flight at once.
+    peak: int = 0
+    #: Clock readings at the first call's start and the last call's end.
+    first: float | None = None
+    last: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        """From the first call's start to the last call's end."""
+        if self.first is None or self.last is None:
+            return 0.0
+        return self.last - self.first
+
+
+class _Run(Generic[_T, _R]):
+    """The shared state of one :meth:`FanOut.run`."""
+
+    def __init__(self, items: Iterator[_T], fn: Callable[[_T], _R],
+                 clock: Callable[[], float]) -> None:
+        self.items = items
+        self.fn = fn
+        self.clock = clock
+        # NOTE: guards everything below, and the ``items`` iterator
+        # (pulled by one lane at a time); never held during a call.
+        self.lock = threading.Lock()
+        self.report: Report[_T, _R] = Report()
+        self.exhausted = False
+        self.source_error: BaseException | None = None
+        #: lane id -> (item, started) of the call it is making.
+        self.in_flight: dict[int, tuple[_T, float]] = {}
+        self.abandoned: set[int] = set()
+        self.live = 0
+        self.calls = 0
+        self.done = threading.Event()
+
+    def take(self, lane: int) -> _T:
+        """The next item for ``lane``, or _NOTHING."""
+        with self.lock:
+            if lane in self.abandoned or self.exhausted:
+                return _NOTHING
+            try:
+                item = next(self.items)
+            except StopIteration:
+                self.exhausted = True
+                return _NOTHING
+            except Exception as exc:
+                # NOTE: raised again by run(), in the caller's thread.
+                self.exhausted = True
+                self.source_error = exc
+                return _NOTHING
+            now = self.clock()
+            self.in_flight[lane] = (item, now)
+            self.calls += 1
+            report = self.report
+            report.taken += 1
+            report.peak = max(report.peak, self.calls)
+            if report.first is None:
+                report.first = now
+            return item
+
+    def finish(self, lane: int, item: _T, result: _R) -> bool:
+        """Record ``lane``'s call; False when the lane was abandoned."""
+        with self.lock:
+            self.calls -= 1
+            self.report.last = self.clock()
+            self.in_flight.pop(lane, None)
+            if lane in self.abandoned:
+                return False
+            if result is not _NOTHING:
+                self.report.results.append((item, result))
+            else:
+                self.report.errors += 1
+            return True
+
+    def lane_started(self) -> None:
+        with self.lock:
+            self.live += 1
+            self.report.lanes += 1
+            # NOTE: the watchdog may have set ``done`` when it abandoned
+            # the last live lane; a lane replacing it keeps the run going.
+            self.done.clear()
+
+    def lane_ended(self, lane: int) -> None:
+        with self.lock:
+            if lane in self.abandoned:
+                return
+            self.live -= 1
+            if self.live <= 0:
+                self.done.set()
+
+    def overdue(self, limit: float) -> list[_T]:
+        """Abandon the lanes whose call started before ``limit``."""
+        stuck = []
+        with self.lock:
+            for lane, (item, started) in list(self.in_flight.items()):
+                if started < limit and lane not in self.abandoned:
+                    self.abandoned.add(lane)
+                    self.in_flight.pop(lane)
+                    self.live -= 1
+                    self.report.abandoned.append(item)
+                    stuck.append(item)
+            if self.live <= 0:
+                self.done.set()
+        return stuck
+
+    @property
+    def more(self) -> bool:
+        with self.lock:
+            return not self.exhausted
+
+
+class FanOut(Generic[_T, _R]):
+    """Calls ``fn(item)`` for many items on at most ``limit`` lanes.
+
+    See the module documentation. One instance may run several times,
+    one run at a time.
+
+    :param pool: the worker's pool; started, and owned by the caller.
+    :param limit: lanes wanted, an integer >= 1; capped by
+        :func:`lane_limit`.
+    :param stop: once set, no new item is taken.
+    :param call_timeout: seconds after which (plus
+        :data:`WATCHDOG_GRACE`) a call is abandoned; None: no watchdog.
+    :param clock: monotonic clock for the watchdog and the timings.
+    :param watchdog_interval: seconds between the watchdog's checks.
+    :param name: names the fan-out in log lines.
+    :raises ValueError: when ``limit`` is not an integer >= 1.
+    """
+
+    def __init__(self, pool: pool_mod.WorkerPool, limit: int, *,
+                 stop: threading.Event,
+                 call_timeout: float | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 watchdog_interval: float = 0.5,
+                 name: str = "fan-out") -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(
+                "fan-out limit must be an integer >= 1, got %r" % (limit,))
+        self._pool = pool
+        #: Lanes this fan-out runs at most.
+        self.limit = lane_limit(pool.size, limit)
+        self._stop = stop
+        self._timeout = call_timeout
+        self._clock = clock
+        self._interval = watchdog_interval
+        self._name = name
+
+    def run(self, items: Iterable[_T],
+            fn: Callable[[_T], _R]) -> Report[_T, _R]:
+        """Call ``fn`` on every item (until stopped); see the module doc.
+
+        ``fn`` should handle its own errors; an exception it raises is
+        logged with the item and counted in :attr:`Report.errors`.
+        ``items`` may be a generator: it is pulled by one lane at a time
+        and closed at the end; an exception it raises is raised here
+        once the calls in flight are done.
+        """
+        source = iter(items)
+        run: _Run[_T, _R] = _Run(source, fn, self._clock)
+        wanted = self.limit
+        if isinstance(items, Sized):
+            wanted = min(wanted, len(items))
+        lane_ids = itertools.count()
+        try:
+            if wanted <= 0:
+                return run.report
+            # NOTE: without a watchdog the caller is a lane itself.
+            caller_lane = self._timeout is None
+            started = 0
+            for _ in range(min(wanted - caller_lane,
+                               spare_threads(self._pool))):
+                if not self._start_lane(run, next(lane_ids)):
+                    break
+                started += 1
+            if caller_lane or started == 0:
+                self._inline(run, next(lane_ids))
+                run.done.wait()
+            else:
+                self._watch(run, lane_ids)
+        finally:
+            close = getattr(source, "close", None)
+            if callable(close):
+                close()
+        if run.source_error is not None:
+            raise run.source_error
+        return run.report
+
+    def _inline(self, run: _Run[_T, _R], lane: int) -> None:
+        run.report.inline = True
+        run.lane_started()
+        self._lane(run, lane)
+
+    def _watch(self, run: _Run[_T, _R], lane_ids: Iterator[int]) -> None:
+        assert self._timeout is not None
+        while not run.done.wait(self._interval):
+            limit = self._clock() - self._timeout - WATCHDOG_GRACE
+            for item in run.overdue(limit):
+                LOG.warning("%(name)s: a call on %(item)s still running "
+                            "after %(secs).1fs; abandoned",
+                            {"name": self._name,
+                             "item": getattr(item, "uuid", item),
+                             "secs": self._timeout})
+                if run.more and spare_threads(self._pool) > 0:
+                    self._start_lane(run, next(lane_ids))
+        if run.more and not self._stop.is_set():
+            # NOTE: every lane was abandoned and no replacement could
+            # start: finish in this thread rather than skip the rest.
+            self._inline(run, next(lane_ids))
+
+    def _start_lane(self, run: _Run[_T, _R], lane: int) -> bool:
+        run.lane_started()
+        try:
+            self._pool.submit(self._lane, run, lane)
+            return True
+        except (exceptions.NoFreeWorker, RuntimeError):
+            with run.lock:
+                run.report.lanes -= 1
+            run.lane_ended(lane)
+            return False
+
+    def _lane(self, run: _Run[_T, _R], lane: int) -> None:
+        try:
+            while not self._stop.is_set():
+                item = run.take(lane)
+                if item is _NOTHING:
+                    return
+                try:
+                    result = run.fn(item)
+                except Exception:
+                    LOG.exception("%(name)s: the call on %(item)s failed",
+                                  {"name": self._name,
+                                   "item": getattr(item, "uuid", item)})
+                    result = _NOTHING
+                if not run.finish(lane, item, result):
+                    return      # abandoned: a new lane took over
+        finally:
+            run.lane_ended(lane)

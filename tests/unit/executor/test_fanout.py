@@ -1,0 +1,154 @@
+"""Tests for conductor.executor.fanout: the one bounded fan-out."""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterator
+
+import fixtures
+
+from conductor.executor import fanout
+from tests.unit.executor import test_pool
+
+WAIT = test_pool.WAIT
+
+
+class TestFanOut(test_pool.PoolTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.stop = threading.Event()
+
+    def fan(self, pool: fanout.pool_mod.WorkerPool, limit: int,
+            **kwargs: object) -> fanout.FanOut[int, str]:
+        return fanout.FanOut(pool, limit, stop=self.stop,
+                             **kwargs)  # type: ignore[arg-type]
+
+    def run_blocked(self, fan: fanout.FanOut[int, str], items: int,
+                    blocker: test_pool.Blocker
+                    ) -> fanout.Report[int, str]:
+        """Run ``items`` blockers from a helper thread; release them."""
+        reports: list[fanout.Report[int, str]] = []
+        thread = threading.Thread(
+            target=lambda: reports.append(
+                fan.run(range(items), lambda item: blocker())))
+        thread.start()
+        self.addCleanup(thread.join, WAIT)
+        self.assertTrue(blocker.wait_entered(fan.limit))
+        blocker.release.set()
+        thread.join(WAIT)
+        self.assertFalse(thread.is_alive())
+        return reports[0]
+
+    def test_at_most_limit_at_once(self) -> None:
+        pool = self.make_pool(8)
+        blocker = test_pool.Blocker()
+        self.addCleanup(blocker.release.set)
+        fan = self.fan(pool, 2)
+        report = self.run_blocked(fan, 6, blocker)
+        self.assertEqual(2, fan.limit)
+        self.assertEqual(2, report.peak)
+        self.assertEqual(6, blocker.entered)
+        # The caller's thread was one of the two lanes.
+        self.assertEqual((2, True, 6), (report.lanes, report.inline,
+                                        len(report.results)))
+        self.assertEqual(0, pool.stats()["rejected"])
+
+    def test_limit_capped_below_pool_size(self) -> None:
+        pool = self.make_pool(3)
+        blocker = test_pool.Blocker()
+        self.addCleanup(blocker.release.set)
+        fan = self.fan(pool, 50)
+        report = self.run_blocked(fan, 5, blocker)
+        self.assertEqual(2, fan.limit)
+        self.assertEqual(2, report.peak)
+
+    def test_free_thread_rule_is_stated_once(self) -> None:
+        self.assertEqual(99, fanout.lane_limit(100, 500))
+        self.assertEqual(8, fanout.lane_limit(100, 8))
+        self.assertEqual(1, fanout.lane_limit(1, 8))
+        pool = self.make_pool(4)
+        self.assertEqual(3, fanout.spare_threads(pool))
+        self.fill(pool)
+        self.assertEqual(-1, fanout.spare_threads(pool))
+
+    def test_limit_at_least_one(self) -> None:
+        pool = self.make_pool(1)
+        self.assertEqual(1, self.fan(pool, 5).limit)
+        self.assertRaises(ValueError, self.fan, pool, 0)
+        self.assertRaises(ValueError, self.fan, pool, True)
+
+    def test_full_pool_runs_in_the_callers_thread(self) -> None:
+        pool = self.make_pool(2)
+        self.fill(pool)
+        report = self.fan(pool, 1).run(
+            [1, 2], lambda item: threading.current_thread().name)
+        me = threading.current_thread().name
+        self.assertEqual([(1, me), (2, me)], report.results)
+        self.assertEqual((True, 1), (report.inline, report.lanes))
+
+    def test_an_exception_is_logged_and_counted(self) -> None:
+        logger = self.useFixture(fixtures.FakeLogger(
+            name="conductor.executor.fanout"))
+        pool = self.make_pool(4)
+
+        def boom(item: int) -> str:
+            if item == 1:
+                raise RuntimeError("bad item")
+            return "ok"
+
+        report = self.fan(pool, 2, name="probe").run([0, 1, 2], boom)
+        self.assertEqual((1, 3), (report.errors, report.taken))
+        self.assertEqual([0, 2], sorted(item for item, _ in report.results))
+        self.assertIn("probe: the call on 1 failed", logger.output)
+
+    def test_stop_takes_no_new_item(self) -> None:
+        pool = self.make_pool(4)
+        blocker = test_pool.Blocker()
+        self.addCleanup(blocker.release.set)
+        reports: list[fanout.Report[int, str]] = []
+        fan = self.fan(pool, 1)
+        thread = threading.Thread(target=lambda: reports.append(
+            fan.run(range(5), lambda item: blocker())))
+        thread.start()
+        self.assertTrue(blocker.wait_entered(1))
+        self.stop.set()
+        blocker.release.set()
+        thread.join(WAIT)
+        self.assertFalse(thread.is_alive())
+        self.assertEqual((1, 1), (blocker.entered, reports[0].taken))
+
+    def test_a_hung_call_is_abandoned_and_the_rest_done(self) -> None:
+        pool = self.make_pool(4)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        self.useFixture(fixtures.MockPatchObject(fanout, "WATCHDOG_GRACE",
+                                                 0.0))
+
+        def call(item: int) -> str:
+            if item == 0:
+                release.wait(WAIT)      # ignores any deadline
+                return "late"
+            return "ok"
+
+        report = self.fan(pool, 1, call_timeout=0.05,
+                          watchdog_interval=0.01).run(range(4), call)
+        self.assertEqual([0], report.abandoned)
+        self.assertEqual([(1, "ok"), (2, "ok"), (3, "ok")], report.results)
+        self.assertEqual(2, report.lanes)
+        release.set()
+        self.assertTrue(pool.shutdown(wait=True, timeout=WAIT))
+        self.assertNotIn((0, "late"), report.results)
+
+    def test_a_failing_source_is_raised_after_the_calls(self) -> None:
+        pool = self.make_pool(4)
+        done: list[int] = []
+
+        def items() -> Iterator[int]:
+            yield 1
+            yield 2
+            raise LookupError("source broke")
+
+        fan = self.fan(pool, 1)
+        self.assertRaises(LookupError, fan.run, items(), done.append)
+        self.assertEqual([1, 2], done)
