@@ -8,7 +8,6 @@ Warnings are errors: a page that does not render cleanly fails the build.
 """
 
 import os
-import re
 import sys
 
 # NOTE: autodoc imports the package; an installed conductor (tox installs
@@ -16,11 +15,10 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__),
                                                 "..", "..")))
 
-# NOTE: what every entry point does first: select oslo.service's threading
-# backend and refuse eventlet, so that the modules autodoc imports (futurist
-# through conductor.periodics) take the same threading paths as in the
-# service instead of importing eventlet when it happens to be installed.
-import conductor.cmd  # noqa: E402,F401
+# NOTE: importing the package selects oslo.service's threading backend and
+# refuses eventlet before any extension imports oslo libraries, so the
+# modules autodoc imports take the same threading paths as the service.
+import conductor  # noqa: E402,F401
 
 # -- Project ---------------------------------------------------------------
 
@@ -47,21 +45,6 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 # Show defaults as written (``lambda: False``), not as repr()s of objects.
 autodoc_preserve_defaults = True
-
-# NOTE: a few docstrings under conductor/ still cite design notes that are
-# not part of the repository ("(DESIGN.md section 6)"). Until they are
-# reworded, leave those citations out of the rendered pages; nothing else
-# in a docstring is changed. Remove this hook once no docstring matches.
-_DESIGN_NOTE = re.compile(r"\s*\((?:see )?(?:DESIGN|PITFALLS)\.md[^)]*\)")
-
-
-def _drop_design_note_citations(app, what, name, obj, options, lines):
-    lines[:] = [_DESIGN_NOTE.sub("", line) for line in lines]
-
-
-def setup(app):
-    app.connect("autodoc-process-docstring", _drop_design_note_citations)
-
 
 # -- HTML ------------------------------------------------------------------
 
