@@ -11,6 +11,7 @@ import threading
 from typing import Any, Callable
 
 import fixtures
+import testtools
 
 from conductor.common import pool as pool_mod
 from conductor.drivers import base as driver_base
@@ -122,7 +123,7 @@ class WatchedCondition(threading.Condition):
                                        base.WAIT)
 
 
-def watch_pool(test: fixtures.TestWithFixtures,
+def watch_pool(test: testtools.TestCase,
                pool: pool_mod.WorkerPool) -> WatchedCondition:
     """Watch the condition every waiter of a started ``pool`` uses.
 
@@ -136,7 +137,7 @@ def watch_pool(test: fixtures.TestWithFixtures,
     return watched
 
 
-def start_pool(test: fixtures.TestWithFixtures, size: int,
+def start_pool(test: testtools.TestCase, size: int,
                name: str | None = None) -> pool_mod.WorkerPool:
     """A started WorkerPool, shut down (bounded) when ``test`` ends."""
     pool = pool_mod.WorkerPool(size, name or "test-%d" % size)

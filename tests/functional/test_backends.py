@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import testscenarios
 
@@ -30,7 +31,8 @@ class TestCliOnBackend(base.FunctionalTestCase):
                          "fake\n[database]\nconnection = %s\n"
                          % (self.workdir, self.db_fixture.url))
 
-    def manage(self, *args: str, check: int | None = 0):  # type: ignore
+    def manage(self, *args: str, check: int | None = 0
+               ) -> subprocess.CompletedProcess[str]:
         return self.run_manage(self.config_file, *args, check=check)
 
     def nodes(self) -> list[dict]:

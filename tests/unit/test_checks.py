@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import types
+from typing import Any, Callable
 from unittest import mock
 
 import fixtures
@@ -28,7 +29,8 @@ class TestChecks(base.TestCase):
             stream.write(text)
         self.conf(["--config-file", path])
 
-    def assertInvalid(self, text: str, func: object) -> str:
+    def assertInvalid(self, text: str,
+                      func: Callable[..., Any]) -> str:
         exc = self.assertRaises(exceptions.ConfigInvalid, func, self.conf)
         self.assertIn(text, str(exc))
         return str(exc)

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 import fixtures
@@ -171,7 +171,8 @@ class TestWireErrors(test_manager.ManagerTestCase):
         exc = self.over_the_wire("get_node", node="nope")
         self.assertIs(exceptions.NodeNotFound, type(exc))
         self.assertEqual("Node nope could not be found.", str(exc))
-        self.assertEqual({"node": "nope"}, exc.kwargs)
+        self.assertEqual({"node": "nope"},
+                         cast(exceptions.ConductorException, exc).kwargs)
 
     def test_duplicate_sends_no_sql(self) -> None:
         self.node("n1", driver_info={"fake_latency_ms": 1})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from typing import Any, Callable
+from typing import Any, Callable, cast
 from unittest import mock
 
 import fixtures
@@ -51,7 +51,7 @@ class StartupTestCase(base.TestCase):
             name=startup.__name__, level=logging.INFO))
 
     def stored_names(self) -> list[str]:
-        return sorted(n.name for n in self.db.list_nodes())
+        return sorted(cast(str, n.name) for n in self.db.list_nodes())
 
     def prepare(self, read_nodes: bool = False) -> startup.DatabaseState:
         return startup.prepare_database(self.conf, self.db, read_nodes)
@@ -189,9 +189,11 @@ class TestCheckInventoryPart(StartupTestCase):
             first=501)
         self.assertIn("/srv/fleet.yaml: node #502 (b): Driver nope",
                       str(exc))
-        exc = self.assertRaises(exceptions.InvalidParameterValue,
-                                self.check, "- {driver: fake}\n", first=7)
-        self.assertIn("node #7 has neither a name nor a uuid", str(exc))
+        nameless = self.assertRaises(exceptions.InvalidParameterValue,
+                                     self.check, "- {driver: fake}\n",
+                                     first=7)
+        self.assertIn("node #7 has neither a name nor a uuid",
+                      str(nameless))
 
     def test_a_part_not_holding_its_count_fails(self) -> None:
         exc = self.assertRaises(exceptions.InvalidParameterValue,
