@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """conductor: keeps a fleet of hardware nodes in sync with reality.
 
 Importing any part of the package first refuses eventlet and selects

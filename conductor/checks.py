@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Start-up checks: small functions taking ``conf``, run by the master.
 
 Each raises ConfigInvalid (or a more specific ConductorException) with a

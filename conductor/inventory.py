@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Inventory files: YAML or JSON lists of nodes to enrol.
 
 The same format serves ``conductor-manage node import FILE`` and the

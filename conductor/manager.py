@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The RPC endpoints: what a conductor worker answers over oslo.messaging.
 
 Every worker of a host runs one RPC server on ``Target(topic="conductor",

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The master process after start-up: fork workers, watch, stop.
 
 Usage (what ``conductor.cmd.conductor`` does)::

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A node as users see it: its fields, their checks, its shown forms.
 
 The one place that knows which fields a node has, which of them a user may

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Node ownership: which live worker of which host works on each node.
 
 Two consistent hash rings decide it: node -> host over the hosts with at

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Periodic tasks of the conductor and of drivers: the declarations.
 
 Declare tasks with decorators; options are read when the worker starts,

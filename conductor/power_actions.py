@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Applying requested power actions (``target_power_state``).
 
 A power action is requested by writing the node's ``target_power_state``

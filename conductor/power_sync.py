@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Power-state sync: read every owned node's power state, record changes.
 
 One sweep (the ``sync_power_states`` periodic)::

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The client side of the conductor RPC API (see doc/source/rpc.rst).
 
 Callers read and change nodes and ask for status over oslo.messaging

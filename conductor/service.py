@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The worker: one ConductorService per forked process.
 
 The master builds one instance per worker id and hands each to

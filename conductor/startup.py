@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The master's start-up, before any worker is forked.
 
 Independent steps run as named start-up tasks (``conductor.common.

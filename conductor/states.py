@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Power states: the one home of the power-state vocabulary.
 
 ``from conductor import states`` gives drivers and callers ``POWER_ON``,

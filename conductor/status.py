@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The status report: workers, their pools, periodic tasks, sweeps, nodes.
 
 One builder for both ways of asking, so that ``conductor-manage status``

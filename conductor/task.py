@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Acting on one node: reserve it, call its driver under the deadline.
 
 Every change the conductor makes to a node goes through a :class:`Task`:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The conductor's tests.
 
 ``conductor.cmd`` selects oslo.service's threading backend and refuses

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Base test classes: every test gets a clean config and a timeout."""
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from conductor.db import api as db_api
 from conductor.db import migration
 from conductor import ownership
 
+#: Bound (seconds) on every wait for another thread or process: never
+#: reached by a passing test, it makes a failing one fail, not hang.
+WAIT = 10.0
 
-def wait_until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+
+def wait_until(check: Callable[[], Any], timeout: float = WAIT) -> Any:
     """Bounded wait for a condition another thread makes true.
 
     :returns: the last value of ``check()``: true once the condition

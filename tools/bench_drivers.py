@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Power-sync sweep time of the real ipmi and redfish drivers.
 
 Starts ``--ipmi-nodes`` ipmi_sim BMCs and one sushy-tools emulator with

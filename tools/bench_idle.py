@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Idle footprint: RSS and CPU of the master and its workers at rest.
 
 Starts a real ``conductor`` on the shipped quick-start configuration

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Benchmark: a blocked periodic task must not delay the others.
 
 Runs conductor's real periodic machinery (``conductor.periodics`` on a

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Benchmark: power-sync sweeps of a real conductor over fake nodes.
 
 Starts a real ``conductor`` (W workers, SQLite) with N fake nodes whose

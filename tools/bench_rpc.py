@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """RPC figures: parallel power actions and get_node throughput. Prints JSON.
 
 Starts real ``conductor`` processes (SQLite in a temporary directory, the

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Benchmark: master start-up with parallel_startup True versus False.
 
 A realistic start-up: MariaDB, RabbitMQ configured, the fake, ipmi and

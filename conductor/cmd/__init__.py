@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Entry points: ``conductor`` and ``conductor-manage``.
 
 Importing :mod:`conductor` (which happens first) refused eventlet and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``conductor --config-file F``: the service's entry point.
 
 The master parses config, sets up logging, validates everything it can

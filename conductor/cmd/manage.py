@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``conductor-manage``: administer the database, nodes and status.
 
 Exit codes: 0 success; 1 a clear one-line error on stderr (bad input, not

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Named start-up tasks that run in the background, each with its own log.
 
 This is devstack's ``inc/async`` done in Python. Slow, independent

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Per-call deadlines for driver calls.
 
 The conductor runs every driver call inside :func:`scope`; drivers bound

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The exceptions conductor raises across its public boundaries.
 
 Every exception carries a complete, human readable message. The ones a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Operator lifecycle hooks: devstack's ``extras.d`` for the conductor.
 
 Hooks come from two places and run together in ``NN`` order:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Logging set-up: oslo.log, with every line naming its host and worker.
 
 A record factory adds ``conductor_id`` (``"<host> master"`` or

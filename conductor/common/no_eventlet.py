@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Refuse any import of eventlet once the threading backend is chosen.
 
 futurist and oslo.service import eventlet opportunistically when it is

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Table and JSON output for ``conductor-manage``."""
 
 from __future__ import annotations

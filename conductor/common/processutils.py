@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Running external commands: argv only, output logged as it comes.
 
 ::

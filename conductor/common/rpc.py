@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """oslo.messaging plumbing: transport, targets, server, client, context.
 
 Everything here is built from plain values or ``conf`` *after the fork*:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Configuration: every option conductor reads, registered on ``CONF``.
 
 Options are read at the edges (entry points, ``Service.create``-style

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Options of the [conductor] group: workers, pools and periodic work."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Defaults for oslo.db's [database] group.
 
 The options themselves belong to oslo.db; conductor only sets the default

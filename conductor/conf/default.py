@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Options of the [DEFAULT] group that conductor itself declares."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Options of the [hooks] group: operator lifecycle hooks."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Options of the [ipmi] group: the ipmitool-based ``ipmi`` driver.
 
 Every call is also bounded by ``[conductor] power_state_timeout``: ipmitool

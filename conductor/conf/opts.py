@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The option list for oslo-config-generator (namespace ``conductor``)."""
 
 from __future__ import annotations

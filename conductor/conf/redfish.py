@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Options of the [redfish] group: the sushy-based ``redfish`` driver.
 
 Every call is also bounded by ``[conductor] power_state_timeout``: all the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The database API: every read and write of conductor's state.
 
 All access goes through :class:`Connection`, built in a worker's

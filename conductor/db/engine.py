@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Database engines: creation, URL masking, "database unavailable".
 
 Every process builds its engine here, after the fork, from plain values::

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Schema migrations: upgrade to head, report and check the revision.
 
 Usage::

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Table definitions (SQLAlchemy Core).
 
 The schema itself is created and changed only by the alembic migrations

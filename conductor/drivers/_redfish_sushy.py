@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The Redfish client side of the ``redfish`` driver (sushy).
 
 Private to :mod:`conductor.drivers.redfish`, which imports it at the first

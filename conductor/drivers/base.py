@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The driver API: what a hardware driver implements.
 
 A driver is a class registered in the ``conductor.drivers`` entry point

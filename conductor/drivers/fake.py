@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ``fake`` driver: no hardware, for tests, demos and benchmarks.
 
 ``driver_info`` keys (all optional):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ``ipmi`` driver: power control with ``ipmitool`` over IPMI 2.0.
 
 ``driver_info`` fields:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Loading the enabled drivers from the ``conductor.drivers`` entry points."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ``redfish`` driver: power control over Redfish, with sushy.
 
 ``driver_info`` fields:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The one bounded fan-out over a worker's pool: many items, a few lanes.
 
 Power-sync sweeps and node periodic tasks make one call per item (a

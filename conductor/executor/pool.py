@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The bounded thread pool of one worker process.
 
 Every worker has exactly one :class:`WorkerPool` of ``[conductor]

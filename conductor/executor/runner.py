@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Runs a worker's periodic tasks on its pool, over futurist.
 
 A worker builds the runner before the fork (plain values) and starts it

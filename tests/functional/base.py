@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Functional test support: real databases and real conductor processes.
 
 Tests here start the installed ``conductor`` binary in a subprocess, talk

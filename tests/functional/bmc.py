@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Real BMC peers for functional tests and benchmarks.
 
 * :class:`IPMISims`: one OpenIPMI ``ipmi_sim`` per node on 127.0.0.1, each
@@ -37,12 +38,13 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 import uuid
 
 import fixtures
 
 from conductor.drivers import base
+from tests.functional import base as functional_base
 
 USERNAME = "admin"
 INSTALL_HINT = ("run tools/ci/install-bmc-emulators.sh (apt-get install "
@@ -143,21 +145,8 @@ def driver_node(info: dict[str, Any], name: str | None = None,
                            driver_info=dict(info), power_state=None)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, message: str,
-             interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns a true value or time runs out.
-
-    :raises: AssertionError with ``message`` after ``timeout`` seconds.
-    """
-    expires = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > expires:
-            raise AssertionError("Timed out after %.1f s: %s"
-                                 % (timeout, message))
-        time.sleep(interval)
+#: Bounded polling of what a peer process shows (the shared helper).
+wait_for = functional_base.wait_for
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

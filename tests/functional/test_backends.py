@@ -1,9 +1,11 @@
+# SPDX-License-Identifier: Apache-2.0
 """The same schema and CLI on SQLite, MariaDB and PostgreSQL, for real."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import testscenarios
 
@@ -30,7 +32,8 @@ class TestCliOnBackend(base.FunctionalTestCase):
                          "fake\n[database]\nconnection = %s\n"
                          % (self.workdir, self.db_fixture.url))
 
-    def manage(self, *args: str, check: int | None = 0):  # type: ignore
+    def manage(self, *args: str, check: int | None = 0
+               ) -> subprocess.CompletedProcess[str]:
         return self.run_manage(self.config_file, *args, check=check)
 
     def nodes(self) -> list[dict]:

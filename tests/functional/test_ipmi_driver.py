@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ipmi driver against real ipmi_sim BMCs, through real ipmitool."""
 
 from __future__ import annotations

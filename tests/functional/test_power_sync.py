@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Power sync, power actions and ownership with real conductor processes."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ import json
 import os
 import re
 import signal
+from typing import Any, cast
 
 from oslo_utils import timeutils
 
@@ -86,7 +88,7 @@ class PowerSyncTestCase(base.FunctionalTestCase):
              "driver_info": dict(driver_info)} for i in range(count)])
         return [node.uuid for node in nodes]
 
-    def node(self, ident: str):  # type: ignore[no-untyped-def]
+    def node(self, ident: str) -> Any:
         return self.db.get_node(ident)
 
 
@@ -95,7 +97,7 @@ class TestExactlyOnce(PowerSyncTestCase):
     def _assert_exactly_once(self, logs: list[str], members: str,
                              workers: int, uuids: list[str]) -> None:
         done = sweeps_after_full_membership(logs, members)
-        self.assertEqual(workers, len(done), done.keys())
+        self.assertEqual(workers, len(done), str(list(done)))
         first = [sweeps[0] for sweeps in done.values()]
         polled = collections.Counter(u for sweep in first for u in sweep)
         self.assertEqual(set(uuids), set(polled), "some node was missed")
@@ -220,7 +222,7 @@ class TestPowerActions(PowerSyncTestCase):
         base.wait_for(
             lambda: any(self.node(u).reservation == "ftest:1"
                         for u in uuids), 10, "worker 1 applying actions")
-        os.kill(victim.pid, signal.SIGKILL)
+        os.kill(cast(int, victim.pid), signal.SIGKILL)
         killed_at = timeutils.utcnow()
         base.wait_for(
             lambda: any(r.worker_id == 1 and r.pid != victim.pid

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The process model, end to end: fork, respawn, stop, reload, bad config."""
 
 from __future__ import annotations
@@ -5,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from typing import cast
 
 from oslo_utils import timeutils
 import psutil
@@ -48,9 +50,10 @@ class TestWorkers(base.FunctionalTestCase):
             10, "every worker heartbeats again")
         # Every line a worker logs names its host and worker id.
         for row in rows:
+            pid = cast(int, row.pid)
             lines = [line for line in conductor.log_lines()
-                     if " %d " % row.pid in line]
-            self.assertTrue(lines, "worker %d logged nothing" % row.pid)
+                     if " %d " % pid in line]
+            self.assertTrue(lines, "worker %d logged nothing" % pid)
             for line in lines:
                 self.assertIn("[ftest worker %d]" % row.worker_id, line)
 
@@ -59,7 +62,7 @@ class TestWorkers(base.FunctionalTestCase):
         db = self.db_fixture.connect(upgrade=False)
         rows = self.wait_workers(db, "ftest", 2)
         victim = rows[1]
-        os.kill(victim.pid, signal.SIGKILL)
+        os.kill(cast(int, victim.pid), signal.SIGKILL)
         killed_at = timeutils.utcnow()
 
         def respawned() -> object:

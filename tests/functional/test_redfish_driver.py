@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The redfish driver against sushy-tools' emulator and misbehaving peers."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """RPC end to end: real conductors, real RabbitMQ, real databases.
 
 Every test gets its own RabbitMQ virtual host, so tests running at the
@@ -242,7 +243,7 @@ class TestMethods(RpcTestCase):
         self.assertIn("1 node(s), 0 in maintenance", out.stdout)
         requests = [line for line in conductor.log_lines()
                     if "power off requested over RPC" in line]
-        self.assertEqual(1, len(requests), requests)
+        self.assertEqual(1, len(requests), str(requests))
 
         self.assertIsNone(api.delete_node("n1"))
         self.assertEqual([], db.list_nodes())
@@ -299,8 +300,9 @@ class TestMethods(RpcTestCase):
 
         # Not an API method, or a private one: a RemoteError naming it.
         for method in ("_contain", "drop_tables"):
-            exc = self.assertRaises(messaging.RemoteError, api._call, method)
-            self.assertEqual("NoSuchMethod", exc.exc_type)
+            remote = self.assertRaises(messaging.RemoteError, api._call,
+                                       method)
+            self.assertEqual("NoSuchMethod", remote.exc_type)
         self.assertNotIn("Traceback", "\n".join(
             line for line in conductor.log_lines()
             if "conductor.manager" in line))

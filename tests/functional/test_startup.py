@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Start-up tasks and lifecycle hooks with a real conductor."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.checks: start-up validation of the configuration."""
 
 from __future__ import annotations
@@ -5,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import types
+from typing import Any, Callable
 from unittest import mock
 
 import fixtures
@@ -28,7 +30,8 @@ class TestChecks(base.TestCase):
             stream.write(text)
         self.conf(["--config-file", path])
 
-    def assertInvalid(self, text: str, func: object) -> str:
+    def assertInvalid(self, text: str,
+                      func: Callable[..., Any]) -> str:
         exc = self.assertRaises(exceptions.ConfigInvalid, func, self.conf)
         self.assertIn(text, str(exc))
         return str(exc)

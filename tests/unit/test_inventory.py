@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.inventory: parsing and validating node lists."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.manager: the RPC endpoint, called directly.
 
 The endpoint runs against a real SQLite file, pool, rings and the fake
@@ -32,9 +33,7 @@ from conductor import power_actions
 from conductor import rpcapi
 from conductor import states
 from tests import base
-
-#: Bound for every wait on another thread (never reached when passing).
-WAIT = 10.0
+from tests import fakes
 
 
 class ManagerTestCase(base.TestCase):
@@ -47,9 +46,8 @@ class ManagerTestCase(base.TestCase):
         self.use_small_rings()
         self.db = self.make_db()
         self.db.register_conductor("h", 0, ["fake"])
-        self.pool = pool_mod.WorkerPool(self.pool_size, name="tm")
-        self.pool.start()
-        self.addCleanup(self.pool.shutdown, wait=True, timeout=WAIT)
+        self.pool: pool_mod.WorkerPool = fakes.start_pool(
+            self, self.pool_size, "tm")
         self.rings = ownership.Rings(self.db, "h", 0, heartbeat_timeout=60,
                                      reset_interval=15)
         self.rings.refresh()
@@ -336,7 +334,7 @@ class TestSetPowerState(ManagerTestCase):
         release = threading.Event()
         self.addCleanup(release.set)
         for _ in range(self.pool_size):
-            self.pool.submit(release.wait, WAIT)
+            self.pool.submit(release.wait, base.WAIT)
         node = self.node("n1")
         exc = self.error(exceptions.NoFreeWorker, "set_power_state",
                          node="n1", target="on")

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Eventlet stays out: the guard, the lint check and every entry point."""
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class TestNoEventlet(base.TestCase):
         sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..",
                                         "..", "tools", "hacking"))
         self.addCleanup(sys.path.pop, 0)
-        import checks  # type: ignore[import-not-found]
+        import checks
         for line in ("import eventlet", "from eventlet import greenpool",
                      "from eventlet.green import threading"):
             self.assertEqual(1, len(list(checks.no_eventlet_import(

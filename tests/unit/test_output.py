@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.common.output."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.ownership: live workers, the rings, reservations."""
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.db import api as db_api
 from conductor import ownership
 from tests import base
+from tests import fakes
 
 NOW = datetime.datetime(2030, 1, 1, 12, 0, 0)
 TIMEOUT = 60.0
-#: Bound for every wait on another thread (never reached when passing).
-WAIT = 10.0
 
 
 def uuids(count: int) -> list[str]:
@@ -33,16 +33,6 @@ def record(host: str, worker_id: int, age: float = 0.0,
     beat = NOW - datetime.timedelta(seconds=age)
     return db_api.ConductorRecord(host, worker_id, None, ["fake"], online,
                                   beat, beat)
-
-
-class Clock:
-    """A monotonic clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class TestLiveMembership(base.TestCase):
@@ -85,7 +75,7 @@ class RingsTestCase(base.TestCase):
         if not self.real_partitions:
             self.use_small_rings()
         self.db = self.make_db()
-        self.clock = Clock()
+        self.clock = fakes.FakeClock(1000.0)
 
     def beat(self, host: str, worker_id: int, age: float = 0.0) -> None:
         """(Re-)register a worker whose last beat was ``age`` s ago."""
@@ -295,7 +285,7 @@ class TestRingsRefresh(RingsTestCase):
             calls.append(len(records))
             if len(calls) == 1:       # the slow refresh: pause after reading
                 read.set()
-                resume.wait(WAIT)
+                resume.wait(base.WAIT)
             return records
 
         changed: list[bool] = []
@@ -304,11 +294,11 @@ class TestRingsRefresh(RingsTestCase):
             slow = threading.Thread(
                 target=lambda: changed.append(rings.refresh(force=True)))
             slow.start()
-            self.assertTrue(read.wait(WAIT))
+            self.assertTrue(read.wait(base.WAIT))
             self.beat("b", 0)                   # joins after the slow read
             self.assertTrue(rings.refresh())    # a newer read wins
             resume.set()
-            slow.join(WAIT)
+            slow.join(base.WAIT)
         self.assertEqual([1, 2], calls)
         self.assertEqual([False], changed)
         self.assertEqual({"a": (0,), "b": (0,)}, rings.membership.hosts)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.periodics: decorators, collection and the runner."""
 
 from __future__ import annotations
@@ -21,53 +22,12 @@ from conductor.executor import pool as pool_mod
 from conductor.executor import runner as runner_mod
 from conductor import periodics
 from tests import base
-
-WAIT = 5.0
-
-
-class Clock:
-    """An injectable monotonic clock that only moves when told."""
-
-    def __init__(self, start: float = 100.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Recorder:
-    """Counts calls of a task body; can block them; signals progress."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.release.set()
-        self._cond = threading.Condition()
-        self.calls: list[Any] = []
-        self.active = 0
-        self.max_active = 0
-
-    def enter(self, item: Any = None) -> None:
-        with self._cond:
-            self.calls.append(item)
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-            self._cond.notify_all()
-        try:
-            assert self.release.wait(WAIT), "never released"
-        finally:
-            with self._cond:
-                self.active -= 1
-
-    def wait_calls(self, count: int) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: len(self.calls) >= count,
-                                       WAIT)
+from tests import fakes
 
 
 def make_node(index: int, driver: str = "fake") -> driver_base.DriverNode:
-    return driver_base.DriverNode(
-        uuid="uuid-%d" % index, name="node-%d" % index, driver=driver,
-        driver_info={}, power_state=None)
+    return fakes.driver_node(driver, name="node-%d" % index,
+                             uuid="uuid-%d" % index)
 
 
 class FakeProvider:
@@ -113,17 +73,33 @@ class FakeProvider:
         yield next(n for n in self.nodes if n.uuid == node_uuid)
 
 
+class Ticker:
+    """A periodic task as frequent as the tests' own (spacing 0.01 s).
+
+    Its runs are the positive signal that spacings passed, with the loop
+    scheduling meanwhile: a test waits for them instead of a fixed time.
+    """
+
+    def __init__(self) -> None:
+        self.runs = fakes.Recorder()
+
+    @periodics.periodic(spacing=0.01, run_immediately=True)
+    def tick(self) -> None:
+        self.runs()
+
+    def wait_more(self, count: int) -> bool:
+        """Wait (bounded) for ``count`` runs beginning after this call."""
+        return self.runs.wait_calls(self.runs.entered + count)
+
+
 class PeriodicsTestCase(base.TestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.recorders: list[Recorder] = []
+        self.recorders: list[fakes.Recorder] = []
 
     def make_pool(self, size: int = 4) -> pool_mod.WorkerPool:
-        pool = pool_mod.WorkerPool(size, "tw")
-        pool.start()
-        self.addCleanup(pool.shutdown, True, WAIT)
-        return pool
+        return fakes.start_pool(self, size, "tw")
 
     def make_runner(self, pool: pool_mod.WorkerPool | None = None,
                     provider: Any = None,
@@ -134,13 +110,13 @@ class PeriodicsTestCase(base.TestCase):
         def cleanup() -> None:
             for rec in self.recorders:
                 rec.release.set()
-            runner.stop(WAIT)
+            runner.stop(base.WAIT)
 
         self.addCleanup(cleanup)
         return runner
 
-    def recorder(self) -> Recorder:
-        rec = Recorder()
+    def recorder(self) -> fakes.Recorder:
+        rec = fakes.Recorder()
         self.recorders.append(rec)
         self.addCleanup(rec.release.set)
         return rec
@@ -354,7 +330,7 @@ class TestCollect(PeriodicsTestCase):
 class TestRunner(PeriodicsTestCase):
 
     def test_runs_and_keeps_statistics(self) -> None:
-        clock = Clock(100.0)
+        clock = fakes.FakeClock(100.0)
         ran = threading.Event()
 
         class Manager:
@@ -371,8 +347,8 @@ class TestRunner(PeriodicsTestCase):
                                   wall_func=lambda: 1700000000.0)
         self.assertEqual([], runner.stats())
         runner.start(periodics.collect(Manager()))
-        self.assertTrue(ran.wait(WAIT))
-        self.assertTrue(runner.stop(WAIT))
+        self.assertTrue(ran.wait(base.WAIT))
+        self.assertTrue(runner.stop(base.WAIT))
         tick = self.task_stats(runner, "Manager.tick")
         self.assertEqual(
             {"name": "Manager.tick", "kind": "periodic", "enabled": True,
@@ -395,7 +371,7 @@ class TestRunner(PeriodicsTestCase):
         class Manager:
             @periodics.periodic(spacing=0.01, run_immediately=True)
             def on(self) -> None:
-                rec.enter()
+                rec()
 
             @periodics.periodic(spacing=0, run_immediately=True)
             def off(self) -> None:
@@ -404,7 +380,7 @@ class TestRunner(PeriodicsTestCase):
         runner = self.make_runner()
         runner.start(periodics.collect(Manager()))
         self.assertTrue(rec.wait_calls(3))
-        self.assertTrue(runner.stop(WAIT))
+        self.assertTrue(runner.stop(base.WAIT))
         off.assert_not_called()
         self.assertEqual(
             1, logger.output.count("Periodic task Manager.off is disabled"))
@@ -419,12 +395,12 @@ class TestRunner(PeriodicsTestCase):
         started = threading.Barrier(pool.size + 1)
 
         def hold() -> None:
-            started.wait(WAIT)
-            release.wait(WAIT)
+            started.wait(base.WAIT)
+            release.wait(base.WAIT)
 
         for _ in range(pool.size):
             pool.submit(hold)
-        started.wait(WAIT)
+        started.wait(base.WAIT)
         return release
 
     def _check_rejections_bounded(self, run_immediately: bool) -> None:
@@ -439,11 +415,30 @@ class TestRunner(PeriodicsTestCase):
                 ran.set()
 
         runner = self.make_runner(pool, reject_wait=0.2)
+        real_wait_for_free = pool.wait_for_free
+        waits: list[float] = []
+        held = threading.Event()
+        let_go = threading.Event()
+        self.addCleanup(let_go.set)
+
+        def wait_for_free(timeout: float,
+                          stop: threading.Event | None = None) -> bool:
+            waits.append(timeout)
+            if len(waits) == 3:
+                held.set()
+                let_go.wait(base.WAIT)
+            return real_wait_for_free(timeout, stop)
+
+        self.useFixture(fixtures.MockPatchObject(pool, "wait_for_free",
+                                                 wait_for_free))
         cpu_before = time.process_time()
         runner.start(periodics.collect(Manager()))
-        # NOTE: a fixed window on purpose: futurist 3.5 alone resubmits
-        # a rejected immediate task ~300k times a second.
-        self.assertFalse(ran.wait(0.5))
+        # NOTE: no fixed window: the task is held in its third wait for a
+        # free thread, after three attempts. futurist 3.5 alone would
+        # resubmit a rejected immediate task ~300k times a second, and
+        # never wait.
+        self.assertTrue(held.wait(base.WAIT))
+        self.assertFalse(ran.is_set())
         attempts = pool.stats()["rejected"]
         cpu = time.process_time() - cpu_before
         self.assertGreater(attempts, 0)
@@ -451,13 +446,15 @@ class TestRunner(PeriodicsTestCase):
         self.assertLess(cpu, 0.25)
         self.assertEqual(attempts, self.task_stats(runner, "Manager.tick")
                          ["rejected"])
+        self.assertEqual(len(waits), attempts)
         # The waiting task gets the first thread that frees up, sooner
         # than futurist's own 0.9-1.1 s retry of a rejected task.
         released_at = time.monotonic()
         release.set()
-        self.assertTrue(ran.wait(WAIT))
+        let_go.set()
+        self.assertTrue(ran.wait(base.WAIT))
         self.assertLess(time.monotonic() - released_at, 0.3)
-        self.assertTrue(runner.stop(WAIT))
+        self.assertTrue(runner.stop(base.WAIT))
 
     def test_rejected_immediate_task_waits_without_spinning(self) -> None:
         self._check_rejections_bounded(run_immediately=True)
@@ -479,8 +476,8 @@ class TestRunner(PeriodicsTestCase):
 
         runner = self.make_runner()
         runner.start(periodics.collect(Manager()))
-        self.assertTrue(ran.wait(WAIT))
-        self.assertTrue(runner.stop(WAIT))
+        self.assertTrue(ran.wait(base.WAIT))
+        self.assertTrue(runner.stop(base.WAIT))
         self.assertIn("Submitting periodic callback", logger.output)
         self.assertNotIn("Submitting immediate callback", logger.output)
 
@@ -496,9 +493,9 @@ class TestRunner(PeriodicsTestCase):
         runner = self.make_runner(pool, reject_wait=60)
         runner.start(periodics.collect(Manager()))
         self.assertTrue(base.wait_until(
-            lambda: pool.stats()["rejected"] > 0, WAIT))
+            lambda: pool.stats()["rejected"] > 0, base.WAIT))
         start = time.monotonic()
-        self.assertTrue(runner.stop(WAIT))
+        self.assertTrue(runner.stop(base.WAIT))
         self.assertLess(time.monotonic() - start, 1.0)
         self.assertEqual(1, pool.stats()["rejected"])
 
@@ -512,14 +509,14 @@ class TestRunner(PeriodicsTestCase):
                 if not raised:
                     raised.append(error)
                     raise error
-                rec.enter()
+                rec()
 
         runner = self.make_runner()
         runner.start(periodics.collect(Manager()))
         # The task is still scheduled after it raised.
         self.assertTrue(rec.wait_calls(2), error)
         start = time.monotonic()
-        self.assertTrue(runner.stop(WAIT), error)
+        self.assertTrue(runner.stop(base.WAIT), error)
         self.assertLess(time.monotonic() - start, 1.0)
         stats = self.task_stats(runner, "Manager.tick")
         self.assertEqual(1, stats["failures"])
@@ -555,12 +552,18 @@ class TestRunner(PeriodicsTestCase):
                 retired.set()
                 raise periodics.NeverAgain()
 
-        runner = self.make_runner()
-        runner.start(periodics.collect(Manager()))
-        self.assertTrue(retired.wait(WAIT))
-        # NOTE: a bounded window in which a second run would show up.
-        self.assertFalse(threading.Event().wait(0.1))
-        self.assertTrue(runner.stop(WAIT))
+        # NOTE: on one pool thread, a task's run and its done callback
+        # (where futurist schedules it again, or not) end before the
+        # next run begins.
+        ticker = Ticker()
+        runner = self.make_runner(self.make_pool(1))
+        runner.start(periodics.collect(Manager(), ticker))
+        self.assertTrue(retired.wait(base.WAIT))
+        # NOTE: no window to wait out: the ticker, as frequent, runs twice
+        # more; a second run of "once" would have been due before the
+        # second of these, so it would have run first.
+        self.assertTrue(ticker.wait_more(2))
+        self.assertTrue(runner.stop(base.WAIT))
         stats = self.task_stats(runner, "Manager.once")
         self.assertEqual([1], calls)
         self.assertEqual((True, 0, None),
@@ -574,13 +577,15 @@ class TestRunner(PeriodicsTestCase):
         class Manager:
             @periodics.periodic(spacing=0.01, run_immediately=True)
             def slow(self) -> None:
-                rec.enter()
+                rec()
 
+        ticker = Ticker()
         runner = self.make_runner(self.make_pool(4))
-        runner.start(periodics.collect(Manager()))
+        runner.start(periodics.collect(Manager(), ticker))
         self.assertTrue(rec.wait_calls(1))
-        # NOTE: many spacings pass while the first run is blocked.
-        self.assertFalse(threading.Event().wait(0.2))
+        # NOTE: many spacings pass while the first run is blocked: the
+        # ticker, as frequent, shows ten of them passing.
+        self.assertTrue(ticker.wait_more(10))
         self.assertEqual(1, len(rec.calls))
         self.assertTrue(self.task_stats(runner, "Manager.slow")["running"])
         rec.release.set()
@@ -595,11 +600,11 @@ class TestRunner(PeriodicsTestCase):
         class Manager:
             @periodics.periodic(spacing=60, run_immediately=True)
             def slow(self) -> None:
-                slow.enter()
+                slow()
 
             @periodics.periodic(spacing=0.01, run_immediately=True)
             def fast(self) -> None:
-                fast.enter()
+                fast()
 
         runner = self.make_runner(self.make_pool(3))
         runner.start(periodics.collect(Manager()))
@@ -615,7 +620,7 @@ class TestRunner(PeriodicsTestCase):
         class Manager:
             @periodics.periodic(spacing=0.01, run_immediately=True)
             def hung(self) -> None:
-                rec.enter()
+                rec()
 
         runner = self.make_runner()
         runner.start(periodics.collect(Manager()))
@@ -624,7 +629,7 @@ class TestRunner(PeriodicsTestCase):
         self.assertFalse(runner.stop(0.1))
         self.assertLess(time.monotonic() - start, 1.0)
         rec.release.set()
-        self.assertTrue(runner.stop(WAIT))
+        self.assertTrue(runner.stop(base.WAIT))
         self.assertEqual(1, len(rec.calls))
 
     def test_construction_is_cheap(self) -> None:
@@ -637,13 +642,13 @@ class TestRunner(PeriodicsTestCase):
     def test_lifecycle_errors(self) -> None:
         unstarted = pool_mod.WorkerPool(3, "x")
         runner = runner_mod.PeriodicRunner(unstarted)
-        self.assertTrue(runner.stop(WAIT))
+        self.assertTrue(runner.stop(base.WAIT))
         self.assertRaises(RuntimeError, runner.start, [])
         runner = self.make_runner()
         runner.start([])
         self.assertRaises(RuntimeError, runner.start, [])
-        self.assertTrue(runner.stop(WAIT))
-        self.assertTrue(runner.stop(WAIT))
+        self.assertTrue(runner.stop(base.WAIT))
+        self.assertTrue(runner.stop(base.WAIT))
 
     def test_duplicates_across_collect_calls_dropped(self) -> None:
         first, second = Driver(), Driver()
@@ -671,7 +676,7 @@ class TestRunner(PeriodicsTestCase):
                                autospec=True,
                                side_effect=RuntimeError("loop broke")):
             runner.start(periodics.collect(Manager()))
-            self.assertTrue(runner.stop(WAIT))
+            self.assertTrue(runner.stop(base.WAIT))
         self.assertIn("periodic task loop of pool tw crashed",
                       logger.output)
         self.assertIn("loop broke", logger.output)
@@ -681,22 +686,27 @@ class TestNodePeriodic(PeriodicsTestCase):
 
     def start_nodes(self, body: Callable[[Any, periodics.NodeTask], Any],
                     provider: FakeProvider, pool_size: int = 4,
-                    spacing: float = 60, **kwargs: Any
+                    spacing: float = 60,
+                    pool: pool_mod.WorkerPool | None = None,
+                    also: tuple[Any, ...] = (), **kwargs: Any
                     ) -> runner_mod.PeriodicRunner:
+        """Run ``body`` on each node; ``also``: more objects to collect."""
         class Power:
             @periodics.node_periodic(purpose="testing", spacing=spacing,
                                      run_immediately=True, **kwargs)
             def check(self, task: periodics.NodeTask) -> None:
                 body(self, task)
 
-        runner = self.make_runner(self.make_pool(pool_size), provider)
-        runner.start(periodics.collect(Power(), driver_name="fake"))
+        runner = self.make_runner(pool or self.make_pool(pool_size),
+                                  provider)
+        runner.start(periodics.collect(Power(), driver_name="fake")
+                     + periodics.collect(*also))
         return runner
 
     def wait_runs(self, runner: runner_mod.PeriodicRunner,
                   runs: int = 1) -> None:
         self.assertTrue(base.wait_until(
-            lambda: runner.stats()[0]["runs"] >= runs, WAIT),
+            lambda: runner.stats()[0]["runs"] >= runs, base.WAIT),
             runner.stats())
 
     def test_each_matching_node_once(self) -> None:
@@ -717,7 +727,7 @@ class TestNodePeriodic(PeriodicsTestCase):
             body, provider, spacing=0.05,
             predicate=lambda node: node.uuid != "uuid-1")
         self.wait_runs(runner)
-        self.assertTrue(runner.stop(WAIT))
+        self.assertTrue(runner.stop(base.WAIT))
         first_run = sorted(seen)[:3]
         self.assertEqual([("uuid-0", "testing", False),
                           ("uuid-4", "testing", False),
@@ -746,7 +756,7 @@ class TestNodePeriodic(PeriodicsTestCase):
                 lambda _s, task: seen.append(task.node.uuid), provider,
                 limit=limit, predicate=predicate)
             self.wait_runs(runner)
-            self.assertTrue(runner.stop(WAIT))
+            self.assertTrue(runner.stop(base.WAIT))
             self.assertEqual(2, len(seen))
             if predicate is not None:
                 self.assertNotIn("uuid-0", seen)
@@ -758,11 +768,15 @@ class TestNodePeriodic(PeriodicsTestCase):
         rec = self.recorder()
         rec.release.clear()
         provider = FakeProvider([make_node(i) for i in range(6)])
-        runner = self.start_nodes(lambda _s, task: rec.enter(task.node.uuid),
-                                  provider, pool_size=pool_size, **kwargs)
+        pool = self.make_pool(pool_size)
+        runner = self.start_nodes(lambda _s, task: rec(task.node.uuid),
+                                  provider, pool=pool, **kwargs)
         self.assertTrue(rec.wait_calls(expected))
-        # NOTE: a bounded window for a node beyond the bound to start.
-        self.assertFalse(threading.Event().wait(0.2))
+        # NOTE: no window to wait out: the run started every lane it has
+        # (its own thread is one) before the first node job began, each
+        # lane runs one job at a time, and every job is held: the pool's
+        # submissions (the run itself plus its lanes) bound the jobs.
+        self.assertEqual(expected, pool.stats()["submitted"])
         self.assertEqual(expected, len(rec.calls))
         rec.release.set()
         self.wait_runs(runner)
@@ -779,11 +793,13 @@ class TestNodePeriodic(PeriodicsTestCase):
         rec = self.recorder()
         rec.release.clear()
         provider = FakeProvider([make_node(0)])
-        runner = self.start_nodes(lambda _s, task: rec.enter(),
-                                  provider, spacing=0.01)
+        ticker = Ticker()
+        runner = self.start_nodes(lambda _s, task: rec(),
+                                  provider, spacing=0.01, also=(ticker,))
         self.assertTrue(rec.wait_calls(1))
-        # NOTE: many spacings pass while the node job is blocked.
-        self.assertFalse(threading.Event().wait(0.2))
+        # NOTE: many spacings pass while the node job is blocked: the
+        # ticker, as frequent, shows ten of them passing.
+        self.assertTrue(ticker.wait_more(10))
         self.assertEqual(1, len(provider.iterations))
         self.assertTrue(runner.stats()[0]["running"])
         rec.release.set()
@@ -797,14 +813,14 @@ class TestNodePeriodic(PeriodicsTestCase):
         flags: list[bool] = []
 
         def body(_self: Any, task: periodics.NodeTask) -> None:
-            rec.enter()
+            rec()
             flags.append(task.stop_requested())
 
         runner = self.start_nodes(body, provider, concurrency=1)
         self.assertTrue(rec.wait_calls(1))
         self.assertFalse(runner.stop(0.1))
         rec.release.set()
-        self.assertTrue(runner.stop(WAIT))
+        self.assertTrue(runner.stop(base.WAIT))
         self.assertEqual(1, len(rec.calls))
         self.assertEqual([True], flags)
         self.assertEqual(1, runner.stats()[0]["last_nodes"])
@@ -834,6 +850,6 @@ class TestNodePeriodic(PeriodicsTestCase):
         runner = self.start_nodes(body, provider, spacing=0.01,
                                   concurrency=1)
         self.wait_runs(runner, 2)
-        self.assertTrue(runner.stop(WAIT))
+        self.assertTrue(runner.stop(base.WAIT))
         self.assertEqual(["uuid-0", "uuid-1"] * 2, seen[:4])
         self.assertEqual(0, runner.stats()[0]["failures"])

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.power_actions against a real SQLite file and pool."""
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from conductor import ownership
 from conductor import power_actions
 from conductor import states
 from tests import base
+from tests import fakes
 
 HOLDER = "h:0"
-#: Bound for every wait on another thread (never reached when passing).
-WAIT = 10.0
 
 
 class ActionsTestCase(base.TestCase):
@@ -42,10 +42,7 @@ class ActionsTestCase(base.TestCase):
         self.actions = self.make_actions()
 
     def make_pool(self, size: int) -> pool_mod.WorkerPool:
-        pool = pool_mod.WorkerPool(size, name="test-%d" % size)
-        pool.start()
-        self.addCleanup(pool.shutdown, wait=True, timeout=WAIT)
-        return pool
+        return fakes.start_pool(self, size)
 
     def make_actions(self, pool: pool_mod.WorkerPool | None = None,
                      rings: ownership.Rings | None = None
@@ -72,7 +69,7 @@ class ActionsTestCase(base.TestCase):
         """Occupy one thread of ``pool`` until the returned Event is set."""
         release = threading.Event()
         self.addCleanup(release.set)
-        pool.submit(release.wait, WAIT)
+        pool.submit(release.wait, base.WAIT)
         return release
 
 
@@ -245,11 +242,11 @@ class TestScanAndSubmit(ActionsTestCase):
 
         def slow(node: driver_base.DriverNode, target: str) -> None:
             entered.set()
-            release.wait(WAIT)
+            release.wait(base.WAIT)
 
         self.power.set_power_state.side_effect = slow
         self.assertTrue(self.actions.submit(uuid))
-        self.assertTrue(entered.wait(WAIT))
+        self.assertTrue(entered.wait(base.WAIT))
         self.assertFalse(self.actions.submit(uuid))
         release.set()
         self.drain()
@@ -267,13 +264,13 @@ class TestScanAndSubmit(ActionsTestCase):
 
         def queued_not_started(actions: Any, uuid: str) -> None:
             entered.set()
-            release.wait(WAIT)
+            release.wait(base.WAIT)
 
         with mock.patch.object(power_actions.PowerActions, "apply",
                                autospec=True,
                                side_effect=queued_not_started) as apply:
             self.assertEqual(1, self.actions.scan())
-            self.assertTrue(entered.wait(WAIT))
+            self.assertTrue(entered.wait(base.WAIT))
             # Still unreserved and pending, but already queued here.
             self.assertEqual(0, self.actions.scan())
             release.set()

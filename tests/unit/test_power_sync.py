@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.power_sync against a real SQLite file and pool."""
 
 from __future__ import annotations
@@ -20,11 +21,9 @@ from conductor import power_sync
 from conductor import states
 from conductor import task
 from tests import base
+from tests import fakes
 
 HOLDER = "h:0"
-#: Bound for every wait on another thread (never reached when passing).
-WAIT = 10.0
-
 Answer = Any  # a state, an exception to raise, or a callable(node)
 
 
@@ -99,10 +98,7 @@ class SyncTestCase(base.TestCase):
         self.pool = self.make_pool(8)
 
     def make_pool(self, size: int) -> pool_mod.WorkerPool:
-        pool = pool_mod.WorkerPool(size, name="test-%d" % size)
-        pool.start()
-        self.addCleanup(pool.shutdown, wait=True, timeout=WAIT)
-        return pool
+        return fakes.start_pool(self, size)
 
     def rings(self, worker_id: int = 0) -> ownership.Rings:
         return ownership.Rings(self.db, "h", worker_id,
@@ -465,7 +461,7 @@ class TestLanes(SyncTestCase):
     def test_at_most_p_calls_at_once_and_exactly_p(self) -> None:
         names = ["n%02d" % i for i in range(16)]
         self.nodes(*names)
-        barrier = threading.Barrier(4, timeout=WAIT)
+        barrier = threading.Barrier(4, timeout=base.WAIT)
 
         def slow(node: driver_base.DriverNode) -> str:
             barrier.wait()      # passes only with 4 calls in flight
@@ -482,7 +478,7 @@ class TestLanes(SyncTestCase):
 
     def test_lanes_leave_one_free_thread(self) -> None:
         self.nodes(*["n%02d" % i for i in range(9)])
-        barrier = threading.Barrier(3, timeout=WAIT)
+        barrier = threading.Barrier(3, timeout=base.WAIT)
         pool = self.make_pool(4)
         free_during_sweep: list[int] = []
 
@@ -504,7 +500,7 @@ class TestLanes(SyncTestCase):
         pool = self.make_pool(1)
         release = threading.Event()
         self.addCleanup(release.set)
-        pool.submit(release.wait, WAIT)
+        pool.submit(release.wait, base.WAIT)
         result = self.syncer(pool=pool).sync()
         self.assertEqual(1, result.lanes)
         self.assertEqual(2, result.changed)
@@ -521,7 +517,7 @@ class TestLanes(SyncTestCase):
 
         def hang(node: driver_base.DriverNode) -> str:
             entered.set()
-            release.wait(WAIT)      # ignores the deadline
+            release.wait(base.WAIT)      # ignores the deadline
             return states.POWER_ON
 
         self.power.answers["hung"] = hang
@@ -546,7 +542,7 @@ class TestLanes(SyncTestCase):
             self.assertEqual(states.POWER_ON, self.get(name).power_state)
         # The late answer of the abandoned call is ignored.
         release.set()
-        self.assertTrue(self.pool.shutdown(wait=True, timeout=WAIT))
+        self.assertTrue(self.pool.shutdown(wait=True, timeout=base.WAIT))
         self.assertIsNone(self.get("hung").power_state)
 
     def test_stop_ends_the_sweep_early(self) -> None:

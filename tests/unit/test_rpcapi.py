@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.rpcapi and conductor.common.rpc over ``fake://``.
 
 A real oslo.messaging server and client run in this process on the
@@ -13,7 +14,7 @@ import json
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 import fixtures
@@ -37,8 +38,6 @@ from conductor import states
 from conductor import task
 from tests import base
 from tests.unit import test_manager
-
-WAIT = test_manager.WAIT
 
 
 class TestOptions(base.TestCase):
@@ -175,7 +174,8 @@ class TestWireErrors(test_manager.ManagerTestCase):
         exc = self.over_the_wire("get_node", node="nope")
         self.assertIs(exceptions.NodeNotFound, type(exc))
         self.assertEqual("Node nope could not be found.", str(exc))
-        self.assertEqual({"node": "nope"}, exc.kwargs)
+        self.assertEqual({"node": "nope"},
+                         cast(exceptions.ConductorException, exc).kwargs)
 
     def test_duplicate_sends_no_sql(self) -> None:
         self.node("n1", driver_info={"fake_latency_ms": 1})
@@ -203,13 +203,13 @@ class FakeTransportTestCase(test_manager.ManagerTestCase):
         self.config(transport_url="fake:/")
         self.transport = rpc.get_transport(self.conf)
         self.serve(self.manager, "h")
-        self.api = rpcapi.ConductorAPI(self.transport, timeout=WAIT)
+        self.api = rpcapi.ConductorAPI(self.transport, timeout=base.WAIT)
         self.manager._forwarder = self.api
 
     def serve(self, endpoint: Any, host: str) -> None:
         server = rpc.build_server(self.transport, host, [endpoint])
         server.start()
-        self.addCleanup(rpc.stop_server, server, None, WAIT)
+        self.addCleanup(rpc.stop_server, server, None, base.WAIT)
 
 
 class TestMethods(FakeTransportTestCase):
@@ -265,7 +265,7 @@ class TestMethods(FakeTransportTestCase):
         release = threading.Event()
         self.addCleanup(release.set)
         for _ in range(self.pool.size):
-            self.pool.submit(release.wait, WAIT)
+            self.pool.submit(release.wait, base.WAIT)
         exc = self.assertRaises(exceptions.NoFreeWorker,
                                 self.api.set_power_state, "n1", "on")
         self.assertIs(exceptions.NoFreeWorker, type(exc))
@@ -301,7 +301,7 @@ class TestMethods(FakeTransportTestCase):
         self.assertRaises(messaging.RPCVersionCapError, capped.get_status)
         self.config(rpc_version_cap="1.0", group="conductor")
         api = rpcapi.ConductorAPI.from_conf(self.conf, self.transport,
-                                            timeout=WAIT)
+                                            timeout=base.WAIT)
         self.assertEqual({}, api.get_status()["hosts"]["h"].get("x", {}))
 
     def test_addressed_to_a_host(self) -> None:
@@ -367,7 +367,7 @@ class TestStopServer(base.TestCase):
         self.addCleanup(release.set)
         server = mock.create_autospec(messaging.MessageHandlingServer,
                                       instance=True)
-        server.wait.side_effect = lambda: release.wait(WAIT)
+        server.wait.side_effect = lambda: release.wait(base.WAIT)
         transport = mock.create_autospec(messaging.Transport, instance=True)
         self.assertFalse(rpc.stop_server(server, transport, 0.05))
         server.stop.assert_called_once_with()
@@ -381,7 +381,7 @@ class TestStopServer(base.TestCase):
         transport = mock.create_autospec(messaging.Transport, instance=True)
         parent.attach_mock(server, "server")
         parent.attach_mock(transport, "transport")
-        self.assertTrue(rpc.stop_server(server, transport, WAIT))
+        self.assertTrue(rpc.stop_server(server, transport, base.WAIT))
         self.assertEqual([mock.call.server.stop(), mock.call.server.wait(),
                           mock.call.transport.cleanup()], parent.mock_calls)
 

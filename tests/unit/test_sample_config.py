@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The committed sample config must match the options in the code."""
 
 from __future__ import annotations

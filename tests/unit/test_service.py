@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.service: periodics, node provider, the worker."""
 
 from __future__ import annotations
@@ -27,9 +28,6 @@ from conductor import power_sync
 from conductor import service
 from conductor import states
 from tests import base
-
-#: Bound for every wait on another thread (never reached when passing).
-WAIT = 10.0
 
 
 class DbTestCase(base.TestCase):
@@ -329,7 +327,7 @@ class TestStartStop(ServiceTestCase):
                                autospec=True, side_effect=get_power_state):
             svc.start()
             # The sweep is under way: a read is failing slowly.
-            self.assertTrue(reading.wait(WAIT))
+            self.assertTrue(reading.wait(base.WAIT))
             stopping = time.monotonic()
             svc.stop()
         # The lane ends after the read in flight (0.2 s deadline), well
@@ -346,7 +344,7 @@ class TestStartStop(ServiceTestCase):
             def set_power_state(self, node: driver_base.DriverNode,
                                 target: str) -> None:
                 entered.set()
-                release.wait(WAIT)      # ignores the deadline
+                release.wait(base.WAIT)      # ignores the deadline
 
         driver = fake.FakeDriver()
         driver.power = HungPower()
@@ -356,7 +354,7 @@ class TestStartStop(ServiceTestCase):
         with mock.patch.object(loader, "load", autospec=True,
                                return_value={"fake": driver}):
             svc.start()
-        self.assertTrue(entered.wait(WAIT))
+        self.assertTrue(entered.wait(base.WAIT))
         self.assertEqual("test-host:0", self.db.get_node(uuid).reservation)
         stopping = time.monotonic()
         svc.stop()

@@ -1,10 +1,12 @@
+# SPDX-License-Identifier: Apache-2.0
 """Unit tests of the start-up steps (conductor.startup), on SQLite."""
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+import signal
+from typing import Any, Callable, cast
 from unittest import mock
 
 import fixtures
@@ -25,6 +27,20 @@ def entries(*names: str) -> list[dict[str, Any]]:
     return [{"name": name, "driver": "fake"} for name in names]
 
 
+def _dying_parser(marker: str) -> Callable[[str, str], list[Any]]:
+    """inventory.parse_text, but the process dies on a text with ``marker``.
+
+    Patched in the parent, it is what the forked checking processes run.
+    """
+    real_parse = inventory.parse_text
+
+    def parse(text: str, path: str) -> list[Any]:
+        if marker in text:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_parse(text, path)
+    return parse
+
+
 class StartupTestCase(base.TestCase):
 
     def setUp(self) -> None:
@@ -37,7 +53,7 @@ class StartupTestCase(base.TestCase):
             name=startup.__name__, level=logging.INFO))
 
     def stored_names(self) -> list[str]:
-        return sorted(n.name for n in self.db.list_nodes())
+        return sorted(cast(str, n.name) for n in self.db.list_nodes())
 
     def prepare(self, read_nodes: bool = False) -> startup.DatabaseState:
         return startup.prepare_database(self.conf, self.db, read_nodes)
@@ -175,9 +191,11 @@ class TestCheckInventoryPart(StartupTestCase):
             first=501)
         self.assertIn("/srv/fleet.yaml: node #502 (b): Driver nope",
                       str(exc))
-        exc = self.assertRaises(exceptions.InvalidParameterValue,
-                                self.check, "- {driver: fake}\n", first=7)
-        self.assertIn("node #7 has neither a name nor a uuid", str(exc))
+        nameless = self.assertRaises(exceptions.InvalidParameterValue,
+                                     self.check, "- {driver: fake}\n",
+                                     first=7)
+        self.assertIn("node #7 has neither a name nor a uuid",
+                      str(nameless))
 
     def test_a_part_not_holding_its_count_fails(self) -> None:
         exc = self.assertRaises(exceptions.InvalidParameterValue,
@@ -244,18 +262,34 @@ class TestCheckedInParts(StartupTestCase):
         self.assertIn("node #4 (a): name a is also used by node #1",
                       str(exc))
 
-    def test_a_file_that_crashes_the_parser_spares_the_master(self) -> None:
-        # libyaml overflows its stack on lists nested this deep: the part
-        # and the whole-file check crash in their own processes.
+    def test_a_file_too_deep_for_the_parser_spares_the_master(self) -> None:
+        # Lists nested this deep are refused by PyYAML >= 6.0.4 ("exceeded
+        # maximum nesting depth") and overflowed libyaml's stack before:
+        # either way the check fails naming the file, and this process,
+        # the master, goes on.
         text = ("- {name: a, driver: fake}\n- {name: b, driver: fake}\n"
                 "- {name: c, driver: fake}\n- " + "[" * 30000
                 + "]" * 30000 + "\n")
         exc = self.assertRaises(exceptions.InvalidParameterValue,
                                 self.checked, text)
+        self.assertRegex(str(exc),
+                         r"^/srv/fleet\.yaml: (malformed YAML at line 4 |"
+                         r"cannot be checked, its checking process died)")
+
+    def test_a_checking_process_that_dies_spares_the_master(self) -> None:
+        # A checker that dies (a parser crash, the OOM killer) without a
+        # result, made certain here by a SIGKILL in the child.
+        die_on = "- {name: d, driver: fake}\n"
+        text = ("- {name: a, driver: fake}\n- {name: b, driver: fake}\n"
+                "- {name: c, driver: fake}\n" + die_on)
+        with mock.patch.object(inventory, "parse_text",
+                               side_effect=_dying_parser(die_on)):
+            exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                    self.checked, text)
         self.assertIn("/srv/fleet.yaml: cannot be checked, its checking "
                       "process died (the process of task inventory-recheck "
-                      "ended without a result (killed by signal 11))",
-                      str(exc))
+                      "ended without a result (killed by signal %d))"
+                      % signal.SIGKILL, str(exc))
 
     def test_a_name_in_two_valid_parts_is_refused(self) -> None:
         text = ("- {name: a, driver: fake}\n- {name: b, driver: fake}\n"
@@ -332,6 +366,29 @@ class TestRunConnection(StartupTestCase):
                           self.conf, [])
         self.assertEqual(1, len(self.made))
         self.assertEqual(self.made, self.disposed)
+        self.assertEqual([], self.stored_names())
+
+    def test_an_inventory_whose_checker_dies_enrols_nothing(self) -> None:
+        # The master (this process) survives its checking process dying,
+        # stops start-up naming the file, and has enrolled no node.
+        with mock.patch.object(inventory, "parse_text",
+                               side_effect=_dying_parser("- {name: n")):
+            exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                    startup.run, self.conf, [])
+        self.assertIn("%s: cannot be checked, its checking process died"
+                      % self.conf.inventory_file, str(exc))
+        self.assertEqual([], self.stored_names())
+        self.assertEqual(self.made, self.disposed)
+
+    def test_an_inventory_too_deep_to_parse_enrols_nothing(self) -> None:
+        # Whatever PyYAML does with it (refuse it, or crash its checking
+        # process), start-up stops naming the file, enrolling nothing.
+        with open(self.conf.inventory_file, "a") as stream:
+            stream.write("- " + "[" * 30000 + "]" * 30000 + "\n")
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                startup.run, self.conf, [])
+        self.assertTrue(str(exc).startswith(self.conf.inventory_file + ": "),
+                        str(exc))
         self.assertEqual([], self.stored_names())
 
     def test_no_connection_names_the_database(self) -> None:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The public states module: the driver API's power states."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.task: the one path that acts on a node."""
 
 from __future__ import annotations

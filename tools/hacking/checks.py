@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Project-specific flake8 checks.
 
 C301: eventlet must never be imported; conductor runs on oslo.service's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Alembic environment: runs on the connection handed over by migration.py."""
 
 from alembic import context

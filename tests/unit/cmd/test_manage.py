@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor-manage, run in-process through ``manage.main``.
 
 Every test parses its own config file with the real ``CONF``; the config

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.common.async_tasks.
 
 Nothing here sleeps: Events and Barriers order the threads, and an
@@ -14,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from typing import Any, Callable, TYPE_CHECKING
 from unittest import mock
 
@@ -23,31 +23,12 @@ import fixtures
 from conductor.common import async_tasks
 from conductor.common import exceptions
 from tests import base
+from tests import fakes
 
 TASK_LOG = logging.getLogger("tests.task")
 
 # Without timestamps, so that log files and replays compare exactly.
 FORMAT = "%(levelname)s %(name)s %(message)s"
-
-# A bound on every Event/Barrier wait, so a bug fails instead of hanging.
-TIMEOUT = 30
-
-
-class FakeClock:
-    """A clock that only moves when told; ``on_read`` runs on each read."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-        self.on_read: Callable[[], None] | None = None
-
-    def __call__(self) -> float:
-        value = self.now
-        if self.on_read is not None:
-            self.on_read()
-        return value
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class ThreadClock:
@@ -101,7 +82,7 @@ class AsyncTestCase(base.TestCase):
         group = async_tasks.TaskGroup(
             self.log_dir,
             parallel=self.parallel if parallel is None else parallel,
-            clock=clock or FakeClock(), log_format=FORMAT)
+            clock=clock or fakes.FakeClock(), log_format=FORMAT)
         self.addCleanup(group.cleanup)
         return group
 
@@ -292,7 +273,7 @@ class BehaviourMixin(_MixinBase):
 
     def test_durations_recorded(self) -> None:
         # devstack never set an end time for inline tasks.
-        clock = FakeClock(100.0)
+        clock = fakes.FakeClock(100.0)
         group = self.group(clock=clock)
         group.run("slow", clock.advance, 2.5)
         group.wait("slow")
@@ -300,7 +281,7 @@ class BehaviourMixin(_MixinBase):
         self.assertEqual({"slow": 2.5}, group.summary().durations)
 
     def test_failed_task_duration(self) -> None:
-        clock = FakeClock()
+        clock = fakes.FakeClock()
 
         def fail() -> None:
             clock.advance(1.25)
@@ -347,7 +328,7 @@ class TestParallel(BehaviourMixin, AsyncTestCase):
 
     def test_tasks_run_at_the_same_time(self) -> None:
         # Each task can only pass the barrier if the other one is running.
-        barrier = threading.Barrier(2, timeout=TIMEOUT)
+        barrier = threading.Barrier(2, timeout=base.WAIT)
         group = self.group()
         group.run("left", barrier.wait)
         group.run("right", barrier.wait)
@@ -359,7 +340,7 @@ class TestParallel(BehaviourMixin, AsyncTestCase):
 
         def first() -> None:
             TASK_LOG.info("first begins")
-            release_first.wait(TIMEOUT)
+            release_first.wait(base.WAIT)
             TASK_LOG.info("first ends")
 
         def second() -> None:
@@ -369,7 +350,7 @@ class TestParallel(BehaviourMixin, AsyncTestCase):
         group = self.group()
         group.run("first", first)
         group.run("second", second)
-        self.assertTrue(second_done.wait(TIMEOUT))
+        self.assertTrue(second_done.wait(base.WAIT))
         release_first.set()
         group.wait("first", "second")
         replayed = [line.split("] ", 1)[1] for line in self.async_lines()
@@ -382,7 +363,7 @@ class TestParallel(BehaviourMixin, AsyncTestCase):
                          self.read_log("first"))
 
     def test_concurrent_task_logs_do_not_mix(self) -> None:
-        barrier = threading.Barrier(2, timeout=TIMEOUT)
+        barrier = threading.Barrier(2, timeout=base.WAIT)
 
         def chatty(word: str) -> None:
             for i in range(3):
@@ -405,18 +386,18 @@ class TestParallel(BehaviourMixin, AsyncTestCase):
     def test_cleanup_joins_running_task(self) -> None:
         go = threading.Event()
         group = self.group()
-        group.run("running", go.wait, TIMEOUT)
+        group.run("running", go.wait, base.WAIT)
         self.assertEqual(1, len(_task_threads()))
         go.set()
         self.assertEqual([], group.cleanup())
         self.assertEqual([], _task_threads())
 
     def test_summary_math(self) -> None:
-        clock = FakeClock()
+        clock = fakes.FakeClock()
         go = threading.Event()
 
         def slow() -> None:
-            go.wait(TIMEOUT)
+            go.wait(base.WAIT)
             clock.now = 10.0
 
         group = self.group(clock=clock)
@@ -455,10 +436,11 @@ class TestParallel(BehaviourMixin, AsyncTestCase):
         group.cleanup()
 
     def test_two_groups_capture_independently(self) -> None:
-        barrier = threading.Barrier(2, timeout=TIMEOUT)
+        barrier = threading.Barrier(2, timeout=base.WAIT)
         one = self.group()
         other = async_tasks.TaskGroup(os.path.join(self.log_dir, "other"),
-                                      clock=FakeClock(), log_format=FORMAT)
+                                      clock=fakes.FakeClock(),
+                                      log_format=FORMAT)
         self.addCleanup(other.cleanup)
 
         def step(word: str) -> None:
@@ -486,7 +468,7 @@ class TestInline(BehaviourMixin, AsyncTestCase):
         group.wait()
 
     def test_summary_math(self) -> None:
-        clock = FakeClock()
+        clock = fakes.FakeClock()
         group = self.group(clock=clock)
         group.run("a", clock.advance, 4.0)
         clock.advance(1.0)
@@ -606,7 +588,8 @@ class TestDefaultGroup(AsyncTestCase):
 
     def test_module_functions(self) -> None:
         group = async_tasks.configure(self.log_dir, parallel=False,
-                                      clock=FakeClock(), log_format=FORMAT)
+                                      clock=fakes.FakeClock(),
+                                      log_format=FORMAT)
         self.assertIs(group, async_tasks.default_group())
         async_tasks.run("one", TASK_LOG.info, "hello there")
         async_tasks.run("two", lambda: 2)
@@ -624,21 +607,16 @@ class TestDefaultGroup(AsyncTestCase):
     def test_reset_cleans_up(self) -> None:
         go = threading.Event()
         async_tasks.configure(self.log_dir)
-        async_tasks.run("pending", go.wait, TIMEOUT)
+        async_tasks.run("pending", go.wait, base.WAIT)
         go.set()
         async_tasks.reset()
         self.assertEqual([], _task_threads())
         self.assertFalse(_capture_installed())
 
 
-def _wait_for_file(path: str, timeout: float = 10.0) -> bool:
+def _wait_for_file(path: str) -> bool:
     """Wait (bounded) for another process to create ``path``."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+    return bool(base.wait_until(lambda: os.path.exists(path)))
 
 
 class ProcessMixin(_MixinBase):

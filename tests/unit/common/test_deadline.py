@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.common.deadline."""
 
 from __future__ import annotations
@@ -7,6 +8,13 @@ import time
 
 from conductor.common import deadline
 from tests import base
+
+
+def _remaining(**kwargs: float) -> float:
+    """deadline.remaining() where a deadline (or default) applies."""
+    value = deadline.remaining(**kwargs)
+    assert value is not None
+    return value
 
 
 class TestDeadline(base.TestCase):
@@ -19,7 +27,7 @@ class TestDeadline(base.TestCase):
     def test_remaining_inside_scope(self) -> None:
         before = time.monotonic()
         with deadline.scope(100) as expires:
-            left = deadline.remaining(default=5)
+            left = _remaining(default=5)
             self.assertGreater(left, 99)
             self.assertLessEqual(left, 100)
             self.assertGreaterEqual(expires, before + 100)
@@ -37,22 +45,22 @@ class TestDeadline(base.TestCase):
     def test_nested_shorter_scope_wins(self) -> None:
         with deadline.scope(100):
             with deadline.scope(10):
-                self.assertLessEqual(deadline.remaining(), 10)
-            self.assertGreater(deadline.remaining(), 10)
+                self.assertLessEqual(_remaining(), 10)
+            self.assertGreater(_remaining(), 10)
         self.assertIsNone(deadline.remaining())
 
     def test_nested_longer_scope_keeps_outer(self) -> None:
         with deadline.scope(10) as outer:
             with deadline.scope(100) as inner:
                 self.assertEqual(outer, inner)
-                self.assertLessEqual(deadline.remaining(), 10)
+                self.assertLessEqual(_remaining(), 10)
             with deadline.scope(0):
                 with deadline.scope(100):
                     exc = self.assertRaises(deadline.DeadlineExceeded,
                                             deadline.check)
                     # The message names the scope that expired.
                     self.assertIn("within 0.0 seconds", str(exc))
-            self.assertGreater(deadline.remaining(), 0)
+            self.assertGreater(_remaining(), 0)
 
     def test_scope_restored_after_error(self) -> None:
         def fail() -> None:
@@ -61,7 +69,7 @@ class TestDeadline(base.TestCase):
 
         with deadline.scope(100):
             self.assertRaises(RuntimeError, fail)
-            self.assertGreater(deadline.remaining(), 50)
+            self.assertGreater(_remaining(), 50)
         self.assertIsNone(deadline.remaining())
 
     def test_scope_is_per_thread(self) -> None:

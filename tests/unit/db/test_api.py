@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.db.api against a real, migrated SQLite file."""
 
 from __future__ import annotations
@@ -5,6 +6,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from typing import Any
 from unittest import mock
 
 import fixtures
@@ -36,7 +38,7 @@ class DbTestCase(base.TestCase):
 
     def node(self, name: str | None = None, **values: object
              ) -> db_api.NodeRecord:
-        fields = {"driver": "fake", "driver_info": {}}
+        fields: dict[str, object] = {"driver": "fake", "driver_info": {}}
         if name is not None:
             fields["name"] = name
         fields.update(values)
@@ -186,7 +188,7 @@ class TestGetAndList(DbTestCase):
         self.node("c", maintenance=True)
         self.node("d", driver="ipmi", maintenance=True)
 
-        def names(**kw: object) -> list[str | None]:
+        def names(**kw: Any) -> list[str | None]:
             return [node.name for node in self.db.list_nodes(**kw)]
 
         self.assertEqual(["a", "b", "c", "d"], names())

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.db.migration on a temp-file SQLite database."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.drivers.fake."""
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from conductor.drivers import base as driver_base
 from conductor.drivers import fake
 from conductor import states
 from tests import base
+from tests import fakes
 
 UUID = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123"
 
 
 def _node(power_state: str | None = None, name: str | None = "n1",
           uuid: str = UUID, **info: Any) -> driver_base.DriverNode:
-    return driver_base.DriverNode(uuid=uuid, name=name, driver="fake",
-                                  driver_info=info, power_state=power_state)
+    return fakes.driver_node("fake", name, uuid, info, power_state)
 
 
 class TestFakePower(base.TestCase):

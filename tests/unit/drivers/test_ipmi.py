@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Unit tests of the ipmi driver, with ipmitool faked."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from conductor.drivers import base as drivers_base
 from conductor.drivers import ipmi
 from conductor import states
 from tests import base
+from tests import fakes
 
 PASSWORD = "pa55-word"
 INFO = {"ipmi_address": "10.0.0.5", "ipmi_username": "admin",
@@ -22,15 +24,7 @@ INFO = {"ipmi_address": "10.0.0.5", "ipmi_username": "admin",
 
 
 def make_node(**changes: Any) -> drivers_base.DriverNode:
-    info: dict[str, Any] = dict(INFO)
-    for key, value in changes.items():
-        if value is None:
-            info.pop(key, None)
-        else:
-            info[key] = value
-    return drivers_base.DriverNode(
-        uuid="1be26c0b-03f2-4d2e-ae87-c02d7f33c781", name="node-1",
-        driver="ipmi", driver_info=info, power_state=None)
+    return fakes.node_with_info("ipmi", INFO, **changes)
 
 
 def done(stdout: str = "", stderr: str = "",

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.drivers.loader, with fake entry points."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Unit tests of the redfish driver, with sushy faked."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from conductor.drivers import base as drivers_base
 from conductor.drivers import redfish
 from conductor import states
 from tests import base
+from tests import fakes
 
 PASSWORD = "pa55-word"
 INFO = {"redfish_address": "https://bmc.example.com",
@@ -32,15 +34,7 @@ ALL_RESETS = set(sushy.ResetType)
 
 
 def make_node(**changes: Any) -> drivers_base.DriverNode:
-    info: dict[str, Any] = dict(INFO)
-    for key, value in changes.items():
-        if value is None:
-            info.pop(key, None)
-        else:
-            info[key] = value
-    return drivers_base.DriverNode(
-        uuid="1be26c0b-03f2-4d2e-ae87-c02d7f33c781", name="node-1",
-        driver="redfish", driver_info=info, power_state=None)
+    return fakes.node_with_info("redfish", INFO, **changes)
 
 
 def http_error(cls: type[sushy_exc.HTTPError], status: int,

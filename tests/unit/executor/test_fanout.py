@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.executor.fanout: the one bounded fan-out."""
 
 from __future__ import annotations
@@ -8,9 +9,11 @@ from typing import Iterator
 import fixtures
 
 from conductor.executor import fanout
+from tests import base
+from tests import fakes
 from tests.unit.executor import test_pool
 
-WAIT = test_pool.WAIT
+WAIT = base.WAIT
 
 
 class TestFanOut(test_pool.PoolTestCase):
@@ -25,16 +28,16 @@ class TestFanOut(test_pool.PoolTestCase):
                              **kwargs)  # type: ignore[arg-type]
 
     def run_blocked(self, fan: fanout.FanOut[int, str], items: int,
-                    blocker: test_pool.Blocker
+                    blocker: fakes.Recorder
                     ) -> fanout.Report[int, str]:
         """Run ``items`` blockers from a helper thread; release them."""
         reports: list[fanout.Report[int, str]] = []
         thread = threading.Thread(
             target=lambda: reports.append(
-                fan.run(range(items), lambda item: blocker())))
+                fan.run(range(items), lambda item: blocker(item))))
         thread.start()
         self.addCleanup(thread.join, WAIT)
-        self.assertTrue(blocker.wait_entered(fan.limit))
+        self.assertTrue(blocker.wait_calls(fan.limit))
         blocker.release.set()
         thread.join(WAIT)
         self.assertFalse(thread.is_alive())
@@ -42,13 +45,13 @@ class TestFanOut(test_pool.PoolTestCase):
 
     def test_at_most_limit_at_once(self) -> None:
         pool = self.make_pool(8)
-        blocker = test_pool.Blocker()
+        blocker = fakes.Recorder(held=True)
         self.addCleanup(blocker.release.set)
         fan = self.fan(pool, 2)
         report = self.run_blocked(fan, 6, blocker)
         self.assertEqual(2, fan.limit)
         self.assertEqual(2, report.peak)
-        self.assertEqual(6, blocker.entered)
+        self.assertEqual(6, len(blocker.calls))
         # The caller's thread was one of the two lanes.
         self.assertEqual((2, True, 6), (report.lanes, report.inline,
                                         len(report.results)))
@@ -56,7 +59,7 @@ class TestFanOut(test_pool.PoolTestCase):
 
     def test_limit_capped_below_pool_size(self) -> None:
         pool = self.make_pool(3)
-        blocker = test_pool.Blocker()
+        blocker = fakes.Recorder(held=True)
         self.addCleanup(blocker.release.set)
         fan = self.fan(pool, 50)
         report = self.run_blocked(fan, 5, blocker)
@@ -104,19 +107,19 @@ class TestFanOut(test_pool.PoolTestCase):
 
     def test_stop_takes_no_new_item(self) -> None:
         pool = self.make_pool(4)
-        blocker = test_pool.Blocker()
+        blocker = fakes.Recorder(held=True)
         self.addCleanup(blocker.release.set)
         reports: list[fanout.Report[int, str]] = []
         fan = self.fan(pool, 1)
         thread = threading.Thread(target=lambda: reports.append(
-            fan.run(range(5), lambda item: blocker())))
+            fan.run(range(5), lambda item: blocker(item))))
         thread.start()
-        self.assertTrue(blocker.wait_entered(1))
+        self.assertTrue(blocker.wait_calls(1))
         self.stop.set()
         blocker.release.set()
         thread.join(WAIT)
         self.assertFalse(thread.is_alive())
-        self.assertEqual((1, 1), (blocker.entered, reports[0].taken))
+        self.assertEqual((1, 1), (len(blocker.calls), reports[0].taken))
 
     def test_a_hung_call_is_abandoned_and_the_rest_done(self) -> None:
         pool = self.make_pool(4)

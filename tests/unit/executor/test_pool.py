@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests for conductor.executor.pool: the rules the bounded pool keeps."""
 
 from __future__ import annotations
@@ -12,49 +13,21 @@ import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import exceptions
 from conductor.executor import pool as pool_mod
 from tests import base
-
-WAIT = 5.0
-
-
-class Blocker:
-    """Jobs that hold a pool thread until released."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self.entered = 0
-        self.threads: list[str] = []
-        self.futures: list[futures.Future[Any]] = []
-
-    def __call__(self) -> str:
-        with self._cond:
-            self.entered += 1
-            self.threads.append(threading.current_thread().name)
-            self._cond.notify_all()
-        assert self.release.wait(WAIT), "blocker never released"
-        return "done"
-
-    def wait_entered(self, count: int) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.entered >= count, WAIT)
+from tests import fakes
 
 
 class PoolTestCase(base.TestCase):
 
     def make_pool(self, size: int = 2,
                   name: str = "tp") -> pool_mod.WorkerPool:
-        pool = pool_mod.WorkerPool(size, name)
-        pool.start()
-        self.addCleanup(pool.shutdown, True, WAIT)
-        return pool
+        return fakes.start_pool(self, size, name)
 
-    def fill(self, pool: pool_mod.WorkerPool) -> Blocker:
-        blocker = Blocker()
+    def fill(self, pool: pool_mod.WorkerPool) -> fakes.Recorder:
+        blocker = fakes.Recorder(held=True)
         self.addCleanup(blocker.release.set)
         for _ in range(pool.size):
             blocker.futures.append(pool.submit(blocker))
-        self.assertTrue(blocker.wait_entered(pool.size))
+        self.assertTrue(blocker.wait_calls(pool.size))
         return blocker
 
 
@@ -94,7 +67,7 @@ class TestSubmit(PoolTestCase):
     def test_result_and_counters(self) -> None:
         pool = self.make_pool(3)
         fut = pool.submit(lambda a, b=0: a + b, 2, b=3)
-        self.assertEqual(5, fut.result(WAIT))
+        self.assertEqual(5, fut.result(base.WAIT))
         stats = pool.stats()
         self.assertEqual(1, stats["submitted"])
         self.assertEqual(1, stats["completed"])
@@ -111,15 +84,15 @@ class TestSubmit(PoolTestCase):
         self.assertIn("All 2 worker threads are busy", str(exc))
         self.assertEqual(1, pool.stats()["rejected"])
         blocker.release.set()
-        self.assertTrue(pool.wait_for_free(WAIT))
-        self.assertEqual(1, pool.submit(lambda: 1).result(WAIT))
+        self.assertTrue(pool.wait_for_free(base.WAIT))
+        self.assertEqual(1, pool.submit(lambda: 1).result(base.WAIT))
 
     def test_thread_free_before_future_done(self) -> None:
         # NOTE: rejection is on busy threads, not on backlog: once a
         # caller sees its result the thread counts as free again.
         pool = self.make_pool(1)
         for i in range(20):
-            self.assertEqual(i, pool.submit(lambda v: v, i).result(WAIT))
+            self.assertEqual(i, pool.submit(lambda v: v, i).result(base.WAIT))
         self.assertEqual(0, pool.stats()["rejected"])
         self.assertEqual(1, pool.stats()["threads"])
 
@@ -127,12 +100,12 @@ class TestSubmit(PoolTestCase):
         pool = self.make_pool(3, name="worker-7")
         blocker = self.fill(pool)
         blocker.release.set()
-        futures.wait(blocker.futures, WAIT)
+        futures.wait(blocker.futures, base.WAIT)
         self.assertEqual(
             ["worker-7-1", "worker-7-2", "worker-7-3"],
             sorted(blocker.threads))
         names = {pool.submit(lambda: threading.current_thread().name)
-                 .result(WAIT) for _ in range(10)}
+                 .result(base.WAIT) for _ in range(10)}
         self.assertTrue(names <= set(blocker.threads))
         self.assertEqual(3, pool.stats()["threads"])
 
@@ -143,16 +116,16 @@ class TestSubmit(PoolTestCase):
             raise KeyError("x")
 
         fut = pool.submit(boom)
-        self.assertIsInstance(fut.exception(WAIT), KeyError)
+        self.assertIsInstance(fut.exception(base.WAIT), KeyError)
         self.assertEqual(1, pool.stats()["failed"])
 
     def _check_threads_alive(self, pool: pool_mod.WorkerPool) -> None:
         # Every thread still serves: ``size`` blockers all start.
-        blocker = Blocker()
+        blocker = fakes.Recorder(held=True)
         self.addCleanup(blocker.release.set)
         for _ in range(pool.size):
             pool.submit(blocker)
-        self.assertTrue(blocker.wait_entered(pool.size),
+        self.assertTrue(blocker.wait_calls(pool.size),
                         "a pool thread died")
         blocker.release.set()
 
@@ -162,7 +135,7 @@ class TestSubmit(PoolTestCase):
             def raiser(e: type[BaseException] = exc_type) -> None:
                 raise e()
             fut = pool.submit(raiser)
-            self.assertIsInstance(fut.exception(WAIT), exc_type)
+            self.assertIsInstance(fut.exception(base.WAIT), exc_type)
         self._check_threads_alive(pool)
 
     def test_callback_raising_base_exception_keeps_thread(self) -> None:
@@ -174,10 +147,10 @@ class TestSubmit(PoolTestCase):
             called.set()
             raise SystemExit(1)
 
-        fut = pool.submit(gate.wait, WAIT)
+        fut = pool.submit(gate.wait, base.WAIT)
         fut.add_done_callback(callback)
         gate.set()
-        self.assertTrue(called.wait(WAIT))
+        self.assertTrue(called.wait(base.WAIT))
         self._check_threads_alive(pool)
 
 
@@ -188,8 +161,8 @@ class TestWaitForFree(PoolTestCase):
         blocker = self.fill(pool)
         threading.Timer(0.05, blocker.release.set).start()
         start = time.monotonic()
-        self.assertTrue(pool.wait_for_free(WAIT))
-        self.assertLess(time.monotonic() - start, WAIT / 2)
+        self.assertTrue(pool.wait_for_free(base.WAIT))
+        self.assertLess(time.monotonic() - start, base.WAIT / 2)
 
     def test_times_out(self) -> None:
         pool = self.make_pool(1)
@@ -208,7 +181,7 @@ class TestWaitForFree(PoolTestCase):
         waiter.start()
         stop.set()
         pool.wake_waiters()
-        waiter.join(WAIT)
+        waiter.join(base.WAIT)
         self.assertFalse(waiter.is_alive())
         self.assertEqual([False], result)
 
@@ -218,10 +191,10 @@ class TestShutdown(PoolTestCase):
     def test_idle_pool(self) -> None:
         pool = self.make_pool(3)
         for _ in range(3):
-            pool.submit(lambda: None).result(WAIT)
-        self.assertTrue(pool.shutdown(wait=True, timeout=WAIT))
+            pool.submit(lambda: None).result(base.WAIT)
+        self.assertTrue(pool.shutdown(wait=True, timeout=base.WAIT))
         self.assertRaises(RuntimeError, pool.submit, lambda: None)
-        self.assertTrue(pool.shutdown(wait=True, timeout=WAIT))
+        self.assertTrue(pool.shutdown(wait=True, timeout=base.WAIT))
 
     def test_unstarted(self) -> None:
         self.assertTrue(pool_mod.WorkerPool(2, "x").shutdown())
@@ -233,11 +206,11 @@ class TestShutdown(PoolTestCase):
         self.assertFalse(pool.shutdown(wait=True, timeout=0.1))
         self.assertLess(time.monotonic() - start, 2.0)
         blocker.release.set()
-        self.assertTrue(pool.shutdown(wait=True, timeout=WAIT))
+        self.assertTrue(pool.shutdown(wait=True, timeout=base.WAIT))
 
     def test_no_wait(self) -> None:
         pool = self.make_pool(1)
         blocker = self.fill(pool)
         self.assertFalse(pool.shutdown(wait=False))
         blocker.release.set()
-        self.assertTrue(pool.shutdown(wait=True, timeout=WAIT))
+        self.assertTrue(pool.shutdown(wait=True, timeout=base.WAIT))

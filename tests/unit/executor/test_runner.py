@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Pins the futurist internals conductor.executor.runner relies on.
 
 futurist is pinned below its next major release; these tests fail first
@@ -61,7 +62,7 @@ class TestFuturistInternals(base.TestCase):
         next_run, first_run = strategies[runner_mod._STRATEGY]
         task = self.task()
         self.assertEqual(100.0, first_run(task, 100.0))
-        self.assertEqual(50.01, next_run(task, 50.0, 60.0, None))
+        self.assertEqual(50.01, next_run(task, 50.0, 60.0, {}))
 
     def test_the_executor_is_handed_the_task_as_a_work_callback(self
                                                                 ) -> None:

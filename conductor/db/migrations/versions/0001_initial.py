@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Initial schema: nodes and conductors.
 
 Revision ID: 0001_initial
