@@ -14,7 +14,7 @@ _PACKAGE = os.path.join(os.path.dirname(__file__), "..", "..", "conductor")
 def _conductor_imports(path: str) -> set[str]:
     with open(path, encoding="utf-8") as stream:
         tree = ast.parse(stream.read(), path)
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module:
             if node.module == "conductor":
