@@ -396,7 +396,7 @@ class ConductorManager:
                   "via": " (via %s)" % forwarded_by if forwarded_by else ""})
         if not wait:
             return nodes.to_primitive(requested)
-        return nodes.to_primitive(self._outcome(record.uuid, future))
+        return nodes.to_primitive(self._outcome(t, future))
 
     def _apply(self, t: task.Task) -> db_api.NodeRecord | None:
         """Pool thread: apply the action just requested and reserved."""
@@ -408,18 +408,15 @@ class ConductorManager:
             LOG.exception("Power action of node %s failed", t.node.uuid)
             raise
 
-    def _outcome(self, uuid: str,
+    def _outcome(self, t: task.Task,
                  future: concurrent.futures.Future[Any]
                  ) -> db_api.NodeRecord:
         """The node once its action is done, or as it is at the bound."""
         try:
-            done = future.result(timeout=self._action_timeout + WAIT_GRACE)
+            future.result(timeout=self._action_timeout + WAIT_GRACE)
         except concurrent.futures.TimeoutError:
-            done = None
-        if done is None:
-            return self._db.get_node(uuid)
-        # NOTE: recorded under our reservation, released since.
-        return dataclasses.replace(done, reservation=None)
+            return self._db.get_node(t.node.uuid)
+        return t.node
 
 
 class _OwnerUnreachable(Exception):

@@ -17,7 +17,6 @@ once and calls :meth:`PowerActions.apply` directly.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from typing import Any, Mapping
@@ -110,16 +109,10 @@ class PowerActions:
             or None when it had none.
         :raises: NodeLocked, NodeNotFound.
         """
-        node = self._apply(uuid)
-        # NOTE: the record was read under our reservation, which is
-        # released by now; do not hand a stale lock holder to callers.
-        return (None if node is None
-                else dataclasses.replace(node, reservation=None))
-
-    def _apply(self, uuid: str) -> db_api.NodeRecord | None:
         with task.acquire(self._db, uuid, self._rings.holder, self._drivers,
                           self._timeout) as t:
-            return self.apply_task(t)
+            applied = self.apply_task(t)
+        return None if applied is None else t.node
 
     def apply_task(self, t: task.Task) -> db_api.NodeRecord | None:
         """Apply the pending action of a node this worker reserved.

@@ -106,12 +106,10 @@ class ConductorPeriodics:
 
     def __init__(self, sync: power_sync.PowerSync,
                  actions: power_actions.PowerActions,
-                 rings: ownership.Rings, db: db_api.Connection,
-                 conf: cfg.ConfigOpts) -> None:
+                 rings: ownership.Rings, conf: cfg.ConfigOpts) -> None:
         self._sync = sync
         self._actions = actions
         self._rings = rings
-        self._db = db
         self.conf = conf
 
     @periodics.periodic(
@@ -307,7 +305,7 @@ class ConductorService(service.ServiceBase):
 
     def _collect_periodics(self, rt: _Runtime
                            ) -> list[periodics.PeriodicSpec]:
-        own = ConductorPeriodics(rt.power_sync, rt.actions, rt.rings, rt.db,
+        own = ConductorPeriodics(rt.power_sync, rt.actions, rt.rings,
                                  self._conf)
         specs = periodics.collect(own)
         for name, driver in rt.drivers.items():

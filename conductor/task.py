@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from concurrent import futures
 import contextlib
+import dataclasses
 import logging
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
@@ -62,8 +63,8 @@ class Task:
     Built by :func:`acquire` or :func:`request_power`; release it exactly
     once (``acquire`` does, :meth:`spawn` hands that to the pool thread).
 
-    :ivar node: the node as read when it was reserved (updated by
-        :meth:`record`).
+    :ivar node: the node as read when it was reserved, updated by
+        :meth:`record`; its ``reservation`` is cleared by :meth:`release`.
     :ivar driver: its enabled driver, or None when the driver is not
         enabled on this worker.
     """
@@ -101,10 +102,14 @@ class Task:
             return
         self._released = True
         self._db.release_node(self.node.uuid, self.holder)
+        self.node = dataclasses.replace(self.node, reservation=None)
 
     def spawn(self, pool: pool_mod.WorkerPool,
               fn: Callable[["Task"], _R]) -> futures.Future[_R]:
         """Run ``fn(self)`` on a pool thread, which then releases the node.
+
+        The returned future completes after the release, so whoever waits
+        on it reads :attr:`node` as released.
 
         :raises NoFreeWorker: when the pool is full (or shutting down);
             the reservation is still the caller's then.

@@ -53,9 +53,8 @@ class TestConductorPeriodics(base.TestCase):
         self.actions = mock.create_autospec(power_actions.PowerActions,
                                             instance=True)
         self.rings = mock.create_autospec(ownership.Rings, instance=True)
-        self.db = mock.create_autospec(db_api.Connection, instance=True)
         self.own = service.ConductorPeriodics(self.sync, self.actions,
-                                              self.rings, self.db, self.conf)
+                                              self.rings, self.conf)
 
     def test_each_task_calls_its_component(self) -> None:
         self.own.sync_power_states()
