@@ -28,6 +28,14 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
 
 
 def set_lib_defaults() -> None:
-    """Apply conductor's defaults for library options (sample generator)."""
+    """Apply conductor's defaults for library options (sample generator).
+
+    The generator and the docs list oslo.db's own option objects, not the
+    copies registered on a ``ConfigOpts``; the default must be set on
+    those objects for the sample to show the embedded SQLite connection.
+    """
+    from oslo_db import options as db_options
+
     from conductor.conf import database
-    database.register_opts(cfg.CONF)
+    cfg.set_defaults(db_options.database_opts,
+                     connection=database.DEFAULT_CONNECTION)
