@@ -73,7 +73,7 @@ class TestNoEventlet(base.TestCase):
 
     def test_lint_check_flags_eventlet_imports(self) -> None:
         sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..",
-                                        "..", "tools", "hacking"))
+                                        "..", "..", "tools", "hacking"))
         self.addCleanup(sys.path.pop, 0)
         import checks
         for line in ("import eventlet", "from eventlet import greenpool",
