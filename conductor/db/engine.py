@@ -20,6 +20,7 @@ from oslo_db.sqlalchemy import engines
 import sqlalchemy as sa
 
 from conductor.common import exceptions
+from conductor.common import private
 
 
 def create_engine(url: str, *, max_retries: int = 0,
@@ -59,23 +60,62 @@ def create_engine(url: str, *, max_retries: int = 0,
     except (db_exc.DBError, sa.exc.SQLAlchemyError) as exc:
         engine.dispose()
         raise unavailable(url, exc) from exc
+    if engine.dialect.name == "sqlite":
+        sqlite_file = _sqlite_file(url)
+        if sqlite_file is not None:
+            _tighten_sqlite_companions(sqlite_file)
     return engine
 
 
-def _prepare_sqlite_dir(url: str) -> None:
-    """Create the directory of an SQLite file database (the default)."""
+def _sqlite_file(url: str) -> str | None:
+    """The file of an SQLite file database URL, else None."""
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or \
-            parsed.database == ":memory:":
+            parsed.database == ":memory:" or \
+            parsed.database.startswith("file:"):
+        return None
+    return os.path.abspath(parsed.database)
+
+
+def _prepare_sqlite_dir(url: str) -> None:
+    """Create an SQLite file database (the default) and its directory.
+
+    The file holds every node's BMC password: it is created (or
+    tightened) 0600, its ``-wal`` and ``-shm`` companions too, and the
+    directories created for it 0700.
+    """
+    path = _sqlite_file(url)
+    if path is None:
         return
-    directory = os.path.dirname(os.path.abspath(parsed.database))
+    directory = os.path.dirname(path)
     try:
-        os.makedirs(directory, exist_ok=True)
+        private.makedirs(directory)
     except OSError as exc:
         raise exceptions.DatabaseUnavailable(
             url=mask_url(url),
             reason="cannot create directory %s: %s"
                    % (directory, exc.strerror or exc)) from exc
+    try:
+        private.create_file(path)
+    except OSError as exc:
+        raise exceptions.DatabaseUnavailable(
+            url=mask_url(url),
+            reason="cannot create %s: %s" % (path, exc.strerror or exc)
+        ) from exc
+    _tighten_sqlite_companions(path)
+
+
+def _tighten_sqlite_companions(path: str) -> None:
+    """Set the SQLite file's ``-wal`` and ``-shm`` files to 0600.
+
+    SQLite creates them with the database file's mode; files left by an
+    older release (0644) are tightened here.
+    """
+    for suffix in ("-wal", "-shm"):
+        try:
+            private.tighten(path + suffix)
+        except OSError:
+            pass
 
 
 def _sqlite_on_connect(dbapi_connection: Any, record: Any) -> None:
