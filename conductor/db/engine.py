@@ -42,8 +42,10 @@ def create_engine(url: str, *, max_retries: int = 0,
             pool_timeout=pool_timeout, sqlite_synchronous=True,
             mysql_sql_mode="TRADITIONAL",
             thread_checkin=False)
-    except (db_exc.DBError, sa.exc.SQLAlchemyError, ImportError,
-            ValueError) as exc:
+    except ImportError as exc:
+        raise exceptions.DatabaseUnavailable(
+            url=mask_url(url), reason=missing_driver(url, exc)) from exc
+    except (db_exc.DBError, sa.exc.SQLAlchemyError, ValueError) as exc:
         raise unavailable(url, exc) from exc
     # NOTE: SQLAlchemy puts a failed statement's parameters in the error
     # text, driver_info passwords included; errors reach logs, task logs
@@ -65,6 +67,35 @@ def create_engine(url: str, *, max_retries: int = 0,
         if sqlite_file is not None:
             _tighten_sqlite_companions(sqlite_file)
     return engine
+
+
+#: The package extra that installs the driver of each database backend
+#: (setup.cfg ``[extras]``), with what it installs, for which URLs.
+DRIVER_EXTRAS = {
+    "mysql": ("mysql", "PyMySQL, for mysql+pymysql:// URLs"),
+    "mariadb": ("mysql", "PyMySQL, for mysql+pymysql:// URLs"),
+    "postgresql": ("postgresql", "psycopg2, for postgresql:// URLs"),
+}
+
+
+def missing_driver(url: str, exc: ImportError) -> str:
+    """The reason for a database driver module that is not installed.
+
+    Names the module and, for MariaDB/MySQL and PostgreSQL, the extra to
+    install (``pip install 'conductor[mysql]'``).
+    """
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else (
+        "No module named %r" % exc.name)
+    try:
+        backend = sa.engine.make_url(url).get_backend_name()
+    except Exception:
+        return text
+    extra = DRIVER_EXTRAS.get(backend)
+    if extra is None:
+        return "%s: the database driver for %s:// is not installed" % (
+            text, backend)
+    return ("%s: the database driver is not installed; install it with "
+            "pip install 'conductor[%s]' (%s)" % (text, extra[0], extra[1]))
 
 
 def _sqlite_file(url: str) -> str | None:

@@ -7,6 +7,7 @@ import datetime
 import logging
 import os
 import stat
+import sys
 from typing import Any
 from unittest import mock
 
@@ -661,6 +662,21 @@ class TestCreateEngine(base.TestCase):
         self.addCleanup(again.dispose)
         for suffix in ("", "-wal", "-shm"):
             self.assertEqual(0o600, self._mode(path + suffix), suffix)
+
+    def test_missing_driver_names_the_extra(self) -> None:
+        for url, module, extra in (
+                ("mysql+pymysql://root:s3cret@127.0.0.1/c", "pymysql",
+                 "conductor[mysql]"),
+                ("postgresql://u:s3cret@127.0.0.1/c", "psycopg2",
+                 "conductor[postgresql]")):
+            with mock.patch.dict(sys.modules, {module: None}):
+                exc = self.assertRaises(exceptions.DatabaseUnavailable,
+                                        db_engine.create_engine, url)
+            message = str(exc)
+            self.assertIn(module, message)
+            self.assertIn("pip install '%s'" % extra, message)
+            self.assertNotIn("s3cret", message)
+            self.assertEqual(1, len(message.splitlines()))
 
     def test_sqlite_parent_not_creatable(self) -> None:
         blocker = os.path.join(self.conf.state_path, "file")
