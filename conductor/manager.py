@@ -69,8 +69,7 @@ def _invalid(text: str) -> exceptions.InvalidParameterValue:
 
 
 def _short(value: Any) -> str:
-    """``value`` for an error message: a number's repr, cut to 40 digits;
-    another type's name."""
+    """``value`` for an error message (a number cut to 40 characters)."""
     if isinstance(value, (int, float)):
         text = repr(value)
         return text if len(text) <= 40 else text[:37] + "..."
