@@ -129,8 +129,9 @@ class ConductorPeriodics:
         spacing=_option("conductor", "pending_action_interval"),
         run_immediately=True)
     def apply_pending_actions(self) -> None:
-        """Apply requested power actions on owned nodes."""
-        self._actions.scan()
+        """Apply requested power actions on owned nodes; drop stale ones."""
+        self._actions.scan(
+            request_timeout=self.conf.conductor.power_request_timeout)
 
     @periodics.periodic(
         spacing=_option("conductor", "hash_ring_reset_interval"))

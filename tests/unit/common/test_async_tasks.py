@@ -10,9 +10,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import stat
 import pickle
 import signal
+import stat
 import subprocess
 import sys
 import threading
