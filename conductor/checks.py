@@ -14,6 +14,7 @@ import os
 from oslo_config import cfg
 
 from conductor.common import exceptions
+from conductor.common import private
 from conductor.common import rpc
 from conductor.executor import fanout
 
@@ -113,10 +114,13 @@ def check_host(conf: cfg.ConfigOpts) -> None:
 def _writable_dir(path: str, option: str) -> str:
     """Create ``path`` when missing; it must be a writable directory.
 
+    Directories created here are private (0700): they hold the SQLite
+    database and the task logs, which may hold BMC passwords.
+
     :raises: ConfigInvalid naming ``option`` ("[GROUP] name").
     """
     try:
-        os.makedirs(path, exist_ok=True)
+        private.makedirs(path)
     except OSError as exc:
         raise exceptions.ConfigInvalid(
             problem="%s %s cannot be created: %s"

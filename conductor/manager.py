@@ -57,12 +57,23 @@ LIST_FILTERS: dict[str, type] = {"driver": str, "maintenance": bool}
 #: Seconds a ``set_power_state(wait=True)`` waits beyond the driver
 #: deadline (``power_state_timeout``) for the action to be recorded.
 WAIT_GRACE = 5.0
+#: Largest ``limit`` ``list_nodes`` accepts: beyond it a number no longer
+#: fits the database's integer types (an SQL error, not a refusal).
+MAX_LIST_LIMIT = 100000
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _invalid(text: str) -> exceptions.InvalidParameterValue:
     return exceptions.InvalidParameterValue(err=text)
+
+
+def _short(value: Any) -> str:
+    """``value`` for an error message (a number cut to 40 characters)."""
+    if isinstance(value, (int, float)):
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return type(value).__name__
 
 
 def _clean_copy(exc: exceptions.ConductorException
@@ -275,10 +286,9 @@ class ConductorManager:
                     type(value).__name__))
         if limit is not None and (isinstance(limit, bool)
                                   or not isinstance(limit, int)
-                                  or limit < 1):
-            raise _invalid("limit must be an integer >= 1 or null, got %s"
-                           % (repr(limit) if isinstance(limit, (int, float))
-                              else type(limit).__name__))
+                                  or not 1 <= limit <= MAX_LIST_LIMIT):
+            raise _invalid("limit must be an integer from 1 to %d or null, "
+                           "got %s" % (MAX_LIST_LIMIT, _short(limit)))
         found = self._db.list_nodes(driver=filters.get("driver"),
                                     maintenance=filters.get("maintenance"),
                                     limit=limit)

@@ -17,9 +17,12 @@ once and calls :meth:`PowerActions.apply` directly.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 from typing import Any, Mapping
+
+from oslo_utils import timeutils
 
 from conductor.common import exceptions
 from conductor.db import api as db_api
@@ -36,13 +39,16 @@ class PowerActions:
     """Applies requested power actions on this worker's nodes.
 
     :param timeout: the per-call deadline (``power_state_timeout``).
+    :param request_timeout: seconds after which a request not applied
+        yet is dropped (``power_request_timeout``; 0: never).
     """
 
     def __init__(self, db: db_api.Connection,
                  drivers: Mapping[str, base.BaseDriver],
                  rings: ownership.Rings, pool: worker_pool.WorkerPool,
-                 timeout: float) -> None:
+                 timeout: float, request_timeout: float = 0) -> None:
         self._db = db
+        self._request_timeout = request_timeout
         self._drivers = dict(drivers)
         self._rings = rings
         self._pool = pool
@@ -52,17 +58,26 @@ class PowerActions:
         self._lock = threading.Lock()
         self._queued: set[str] = set()
 
-    def scan(self) -> int:
+    def scan(self, request_timeout: float | None = None) -> int:
         """Submit every owned node with a pending action; returns how many.
 
-        Nodes that do not fit in the pool now are picked up by a later
-        scan (``NoFreeWorker`` is never an error here).
+        Requests older than ``request_timeout`` are dropped first (see
+        :meth:`expire`). Nodes that do not fit in the pool now are picked
+        up by a later scan (``NoFreeWorker`` is never an error here).
+
+        :param request_timeout: overrides the one given at construction
+            (the periodic task passes the current option value).
         """
         self._rings.update()
         pending = self._db.node_uuids(with_target=True, reserved=False,
                                       drivers=list(self._drivers))
+        owned = self._rings.owned(pending)
+        expired = self.expire(owned, self._request_timeout
+                              if request_timeout is None else request_timeout)
         submitted = 0
-        for uuid in self._rings.owned(pending):
+        for uuid in owned:
+            if uuid in expired:
+                continue
             try:
                 if self.submit(uuid):
                     submitted += 1
@@ -71,6 +86,33 @@ class PowerActions:
                           "the next scan", uuid)
                 break
         return submitted
+
+    def expire(self, uuids: list[str], request_timeout: float) -> set[str]:
+        """Drop the requests of ``uuids`` older than ``request_timeout`` s.
+
+        A request nobody applied in time (no conductor with the node's
+        driver was running) is not applied late: it is cleared, and
+        ``last_error`` says why. Each is one conditional write, so a
+        request taken by a worker meanwhile is left to it.
+
+        :returns: the uuids whose request was dropped.
+        """
+        if request_timeout <= 0 or not uuids:
+            return set()
+        now = timeutils.utcnow()
+        cutoff = now - datetime.timedelta(seconds=request_timeout)
+        dropped = set()
+        for uuid, target, version in self._db.stale_power_requests(
+                uuids, cutoff):
+            error = ("Requested '%s' dropped: not applied within [conductor] "
+                     "power_request_timeout (%ss); request it again"
+                     % (target, _seconds(request_timeout)))
+            if self._db.clear_power_request(uuid, error, target=target,
+                                            version=version):
+                LOG.warning("Node %(node)s: %(err)s",
+                            {"node": uuid, "err": error})
+                dropped.add(uuid)
+        return dropped
 
     def submit(self, uuid: str) -> bool:
         """Apply the node's pending action on a pool thread.
@@ -152,6 +194,10 @@ class PowerActions:
             LOG.info("Node %(node)s: %(target)s done",
                      {"node": uuid, "target": target})
         return t.record(values)
+
+
+def _seconds(value: float) -> str:
+    return "%d" % value if float(value).is_integer() else "%g" % value
 
 
 def _text(exc: BaseException) -> str:

@@ -129,7 +129,7 @@ class ConductorPeriodics:
         spacing=_option("conductor", "pending_action_interval"),
         run_immediately=True)
     def apply_pending_actions(self) -> None:
-        """Apply requested power actions on owned nodes."""
+        """Apply requested power actions on owned nodes; drop stale ones."""
         self._actions.scan()
 
     @periodics.periodic(
@@ -285,8 +285,9 @@ class ConductorService(service.ServiceBase):
             rings=rings,
             power_sync=power_sync.PowerSync(db, drivers, rings, pool,
                                             settings.sync, stopped),
-            actions=power_actions.PowerActions(db, drivers, rings, pool,
-                                               timeout=timeout),
+            actions=power_actions.PowerActions(
+                db, drivers, rings, pool, timeout=timeout,
+                request_timeout=self._conf.conductor.power_request_timeout),
             runner=periodic_runner.PeriodicRunner(
                 pool, _NodeProvider(db, rings, drivers, timeout)))
         db.register_conductor(self.host, self.worker_id, list(drivers),

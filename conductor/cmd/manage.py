@@ -19,6 +19,7 @@ import conductor.cmd  # noqa: F401  (backend first: see the package doc)
 from oslo_config import cfg
 from oslo_db import exception as db_exc
 import oslo_messaging as messaging
+from oslo_utils import timeutils
 import sqlalchemy as sa
 
 from conductor import checks
@@ -178,22 +179,33 @@ class Manage:
         self.out("Deleted node %s" % (node.name or node.uuid))
 
     def node_power(self, args: argparse.Namespace) -> None:
+        if args.cancel:
+            self._node_power_cancel(args)
+            return
         target = states.POWER_VERBS[args.action]
         if self.rpc_api is not None:
             self._node_power_rpc(self.rpc_api, args, target)
             return
-        node = self.db.request_power_state(args.node, target)
+        node = self.db.get_node(args.node)
         label = node.name or node.uuid
+        expiry = self.conf.conductor.power_request_timeout
+        if not args.queue and not self._live_driver(node.driver):
+            raise exceptions.ConductorException(
+                "no live conductor has driver '%s' to apply '%s' to node %s "
+                "(see 'conductor-manage status'); nothing was requested: "
+                "start one, or give --queue to leave the request for it"
+                % (node.driver, target, label))
+        node = self.db.request_power_state(args.node, target)
         if not args.wait:
             self.out("Requested %s for node %s" % (target, label))
             return
         deadline = time.monotonic() + args.timeout
         while node.target_power_state is not None:
             if time.monotonic() > deadline:
-                raise exceptions.ConductorException(
-                    "Timed out after %ss waiting for node %s to apply '%s'; "
-                    "is a conductor running? (see 'conductor-manage status')"
-                    % (args.timeout, label, target))
+                node = self._timed_out(args, node, label, target, expiry)
+                if node.target_power_state is not None:
+                    continue
+                break
             time.sleep(0.1)
             node = self.db.get_node(node.uuid)
         if node.last_error:
@@ -201,6 +213,71 @@ class Manage:
                 err="Node %s: %s failed: %s" % (label, target,
                                                 node.last_error))
         self.out("Node %s is %s" % (label, node.power_state))
+
+    def _live_driver(self, driver: str) -> bool:
+        """Whether a live worker (fresh heartbeat, online) has ``driver``."""
+        timeout = self.conf.conductor.heartbeat_timeout
+        now = timeutils.utcnow()
+        return any(
+            record.online and driver in record.drivers
+            and (now - record.heartbeat_at).total_seconds() < timeout
+            for record in self.db.list_conductors())
+
+    def _timed_out(self, args: argparse.Namespace,
+                   node: db_api.NodeRecord, label: str, target: str,
+                   expiry: int) -> db_api.NodeRecord:
+        """``--wait`` ran out: cancel the request (unless ``--keep``).
+
+        :returns: the node when its action finished meanwhile.
+        :raises: ConductorException saying what became of the request.
+        """
+        text = ("Timed out after %ss waiting for node %s to apply '%s'; "
+                "is a conductor running? (see 'conductor-manage status')"
+                % (_seconds(args.timeout), label, target))
+        if args.keep:
+            raise exceptions.ConductorException(
+                "%s; the request stays queued%s (cancel it with "
+                "'conductor-manage node power %s --cancel')" % (
+                    text, "" if not expiry else " for at most [conductor] "
+                    "power_request_timeout = %ss" % expiry, args.node))
+        if self.db.clear_power_request(
+                node.uuid, "Requested '%s' cancelled: conductor-manage "
+                "--wait timed out after %ss" % (target,
+                                                _seconds(args.timeout)),
+                target=target):
+            raise exceptions.ConductorException(
+                "%s; the request was cancelled (--keep leaves it queued)"
+                % text)
+        node = self.db.get_node(node.uuid)
+        if node.target_power_state is None:
+            return node  # applied just now
+        raise exceptions.ConductorException(
+            "%s; it is being applied by %s now and was not cancelled"
+            % (text, node.reservation))
+
+    def _node_power_cancel(self, args: argparse.Namespace) -> None:
+        """``node power NODE --cancel``: drop a request not taken yet."""
+        node = self.db.get_node(args.node)
+        label = node.name or node.uuid
+        target = node.target_power_state
+        if target is None:
+            raise exceptions.ConductorException(
+                "node %s has no pending power request to cancel" % label)
+        if node.reservation is None and self.db.clear_power_request(
+                node.uuid, "Requested '%s' cancelled by conductor-manage"
+                % target, target=target):
+            self.out("Cancelled the pending '%s' request of node %s"
+                     % (target, label))
+            return
+        node = self.db.get_node(node.uuid)
+        if node.target_power_state is None:
+            raise exceptions.ConductorException(
+                "node %s: the '%s' request was applied before it could be "
+                "cancelled" % (label, target))
+        raise exceptions.ConductorException(
+            "node %s: the '%s' request is being applied by %s and cannot "
+            "be cancelled" % (label, node.target_power_state,
+                              node.reservation))
 
     def _node_power_rpc(self, api: rpcapi.ConductorAPI,
                         args: argparse.Namespace, target: str) -> None:
@@ -385,6 +462,27 @@ def _positive(text: str) -> float:
     return value
 
 
+def _check_power_args(parser: argparse.ArgumentParser,
+                      args: argparse.Namespace) -> None:
+    """Usage errors (exit 2) of ``node power``'s option combinations."""
+    if args.cancel:
+        extra = [name for name, given in (
+            ("ACTION", args.action is not None), ("--wait", args.wait),
+            ("--keep", args.keep), ("--queue", args.queue)) if given]
+        if extra:
+            parser.error("--cancel takes no %s" % ", ".join(extra))
+        return
+    if args.action is None:
+        parser.error("ACTION (%s) is required unless --cancel"
+                     % ", ".join(sorted(states.POWER_VERBS)))
+    if args.keep and not args.wait:
+        parser.error("--keep applies to --wait only")
+
+
+def _seconds(value: float) -> str:
+    return "%d" % value if float(value).is_integer() else "%g" % value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="conductor-manage",
@@ -460,15 +558,30 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("node", metavar="NODE", help="uuid or name")
     delete.set_defaults(func=Manage.node_delete)
 
-    power = node_cmds.add_parser("power", help="power a node on/off/reboot")
+    power = node_cmds.add_parser(
+        "power", help="power a node on/off/reboot, or cancel a request")
     power.add_argument("node", metavar="NODE", help="uuid or name")
-    power.add_argument("action", choices=sorted(states.POWER_VERBS))
+    power.add_argument("action", choices=sorted(states.POWER_VERBS),
+                       nargs="?", help="required unless --cancel")
     power.add_argument("--wait", action="store_true",
                        help="return when the action is done; exit 1 with "
                             "the node's last_error if it failed")
     power.add_argument("--timeout", type=_positive, default=120.0,
-                       help="seconds --wait waits at most (default 120)")
-    power.set_defaults(func=Manage.node_power)
+                       help="seconds --wait waits at most (default 120); "
+                            "then the request is cancelled unless --keep")
+    power.add_argument("--keep", action="store_true",
+                       help="with --wait: leave the request queued when "
+                            "the wait times out")
+    power.add_argument("--queue", action="store_true",
+                       help="request it even when no live conductor has "
+                            "the node's driver (it is applied when one "
+                            "starts, unless [conductor] "
+                            "power_request_timeout passes first)")
+    power.add_argument("--cancel", action="store_true",
+                       help="cancel the node's pending request (one no "
+                            "conductor has started applying)")
+    power.set_defaults(func=Manage.node_power,
+                       check=lambda args: _check_power_args(power, args))
 
     status = commands.add_parser("status", help="hosts, workers, nodes")
     fmt(status)
@@ -484,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    check = getattr(args, "check", None)
+    if check is not None:
+        check(args)
     logging.basicConfig(level=logging.DEBUG if args.debug else
                         logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

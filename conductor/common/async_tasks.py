@@ -48,6 +48,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from conductor.common import exceptions
+from conductor.common import private
 from conductor.common import processutils
 
 LOG = logging.getLogger(__name__)
@@ -318,8 +319,12 @@ class TaskGroup:
             # Reserve the name: the I/O below is done outside the lock.
             self._starting.add(name)
         try:
-            os.makedirs(self.log_dir, exist_ok=True)
+            private.makedirs(self.log_dir)
             log_path = os.path.join(self.log_dir, name + ".log")
+            # NOTE: a task's log may quote what it read (BMC passwords
+            # in an inventory): readable by our user only, also when an
+            # older release left it 0644.
+            private.create_file(log_path)
             handler = logging.FileHandler(log_path, mode="w",
                                           encoding="utf-8")
         except BaseException:

@@ -56,6 +56,11 @@ DRIVER_NAMESPACE = "oslo.messaging.drivers"
 #: default ``executor_thread_pool_size``.
 PREFETCH_COUNT = 64
 
+#: Default ``[oslo_messaging_rabbit] kombu_missing_consumer_retry_timeout``
+#: (seconds): how long a worker keeps retrying a reply whose reply queue
+#: is gone (the caller exited or timed out) before dropping it.
+MISSING_CONSUMER_RETRY_TIMEOUT = 5
+
 
 @functools.cache
 def _messaging_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
@@ -86,6 +91,14 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     # bound; a limit the size of the executor's thread pool keeps the
     # backlog in the broker, where any free worker of the host can take it.
     conf.set_default("rabbit_qos_prefetch_count", PREFETCH_COUNT,
+                     group="oslo_messaging_rabbit")
+    # NOTE: oslo.messaging retries a reply to a vanished reply queue for
+    # 60 s by default, holding one RPC executor thread the whole time; a
+    # burst of calls whose callers went away (a client killed, or timed
+    # out) then takes every thread and stalls valid calls for a minute.
+    # A caller that is still there has its reply queue within seconds.
+    conf.set_default("kombu_missing_consumer_retry_timeout",
+                     MISSING_CONSUMER_RETRY_TIMEOUT,
                      group="oslo_messaging_rabbit")
     if conf is not cfg.CONF:
         # NOTE: private modules, but the only place these lists live; the

@@ -98,6 +98,17 @@ opts: list[cfg.Opt] = [
         help="Seconds between checks for requested power actions "
              "(target_power_state) on owned nodes. With RPC an action is "
              "applied at once; this bounds the delay without a broker."),
+    cfg.IntOpt(
+        "power_request_timeout",
+        default=300,
+        min=0,
+        mutable=True,
+        help="Seconds a requested power action (target_power_state) may "
+             "wait to be applied. A request still pending after that, "
+             "e.g. made while no conductor with the node's driver was "
+             "running, is dropped with last_error saying so rather than "
+             "applied long after it was asked for. Minimum 0; 0 keeps "
+             "requests until they are applied."),
     cfg.StrOpt(
         "rpc_version_cap",
         help="Newest conductor RPC API version this host sends, for "

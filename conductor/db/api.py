@@ -75,6 +75,8 @@ class NodeRecord:
     #: reservation): a writer that read version N may write only while
     #: the node is still at N.
     version: int = 0
+    #: When ``target_power_state`` was requested (None when none is).
+    target_power_state_requested_at: datetime.datetime | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> "NodeRecord":
@@ -338,9 +340,11 @@ class Connection:
         :raises: NodeNotFound, NodeLocked.
         """
         node = self.get_node(ident)
+        now = timeutils.utcnow()
         values: dict[str, Any] = {
             "target_power_state": target, "last_error": None,
-            "version": _nodes.c.version + 1, "updated_at": timeutils.utcnow()}
+            "target_power_state_requested_at": now,
+            "version": _nodes.c.version + 1, "updated_at": now}
         if holder is not None:
             values["reservation"] = holder
         with self.engine.begin() as conn:
@@ -356,6 +360,60 @@ class Connection:
                 "a pending '%s' action" % current.target_power_state)
             raise exceptions.NodeLocked(node=ident, holder=holder)
         return self.get_node(node.uuid)
+
+    def stale_power_requests(self, uuids: Sequence[str],
+                             cutoff: datetime.datetime
+                             ) -> list[tuple[str, str, int]]:
+        """Pending, unreserved requests of these nodes made before ``cutoff``.
+
+        A request stored before its time was recorded (an older release)
+        counts from the node's last change.
+
+        :returns: ``(uuid, target_power_state, version)`` of each.
+        """
+        c = _nodes.c
+        requested = sa.func.coalesce(c.target_power_state_requested_at,
+                                     c.updated_at, c.created_at)
+        found: list[tuple[str, str, int]] = []
+        with self.engine.connect() as conn:
+            for start in range(0, len(uuids), 500):
+                chunk = list(uuids[start:start + 500])
+                found.extend(
+                    (row.uuid, row.target_power_state, row.version)
+                    for row in conn.execute(
+                        sa.select(c.uuid, c.target_power_state, c.version)
+                        .where(c.uuid.in_(chunk))
+                        .where(c.target_power_state.is_not(None))
+                        .where(c.reservation.is_(None))
+                        .where(requested < cutoff)))
+        return found
+
+    def clear_power_request(self, uuid: str, last_error: str, *,
+                            target: str | None = None,
+                            version: int | None = None) -> bool:
+        """Drop the node's pending request unless it is being applied.
+
+        One conditional UPDATE: only while a request is pending and the
+        node is not reserved (no worker has taken it), and, when given,
+        while the request is still ``target`` and the node at ``version``.
+
+        :param last_error: recorded on the node, saying why.
+        :returns: whether a request was dropped.
+        """
+        query = (_nodes.update().where(_nodes.c.uuid == uuid)
+                 .where(_nodes.c.target_power_state.is_not(None))
+                 .where(_nodes.c.reservation.is_(None)))
+        if target is not None:
+            query = query.where(_nodes.c.target_power_state == target)
+        if version is not None:
+            query = query.where(_nodes.c.version == version)
+        with self.engine.begin() as conn:
+            count = conn.execute(query.values(
+                target_power_state=None,
+                target_power_state_requested_at=None,
+                last_error=last_error, version=_nodes.c.version + 1,
+                updated_at=timeutils.utcnow())).rowcount
+        return count == 1
 
     # -- reservations --------------------------------------------------
 

@@ -20,6 +20,7 @@ from oslo_db.sqlalchemy import engines
 import sqlalchemy as sa
 
 from conductor.common import exceptions
+from conductor.common import private
 
 
 def create_engine(url: str, *, max_retries: int = 0,
@@ -41,8 +42,10 @@ def create_engine(url: str, *, max_retries: int = 0,
             pool_timeout=pool_timeout, sqlite_synchronous=True,
             mysql_sql_mode="TRADITIONAL",
             thread_checkin=False)
-    except (db_exc.DBError, sa.exc.SQLAlchemyError, ImportError,
-            ValueError) as exc:
+    except ImportError as exc:
+        raise exceptions.DatabaseUnavailable(
+            url=mask_url(url), reason=missing_driver(url, exc)) from exc
+    except (db_exc.DBError, sa.exc.SQLAlchemyError, ValueError) as exc:
         raise unavailable(url, exc) from exc
     # NOTE: SQLAlchemy puts a failed statement's parameters in the error
     # text, driver_info passwords included; errors reach logs, task logs
@@ -59,23 +62,91 @@ def create_engine(url: str, *, max_retries: int = 0,
     except (db_exc.DBError, sa.exc.SQLAlchemyError) as exc:
         engine.dispose()
         raise unavailable(url, exc) from exc
+    if engine.dialect.name == "sqlite":
+        sqlite_file = _sqlite_file(url)
+        if sqlite_file is not None:
+            _tighten_sqlite_companions(sqlite_file)
     return engine
 
 
-def _prepare_sqlite_dir(url: str) -> None:
-    """Create the directory of an SQLite file database (the default)."""
+#: The package extra that installs the driver of each database backend
+#: (setup.cfg ``[extras]``), with what it installs, for which URLs.
+DRIVER_EXTRAS = {
+    "mysql": ("mysql", "PyMySQL, for mysql+pymysql:// URLs"),
+    "mariadb": ("mysql", "PyMySQL, for mysql+pymysql:// URLs"),
+    "postgresql": ("postgresql", "psycopg2, for postgresql:// URLs"),
+}
+
+
+def missing_driver(url: str, exc: ImportError) -> str:
+    """The reason for a database driver module that is not installed.
+
+    Names the module and, for MariaDB/MySQL and PostgreSQL, the extra to
+    install (``pip install 'conductor[mysql]'``).
+    """
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else (
+        "No module named %r" % exc.name)
+    try:
+        backend = sa.engine.make_url(url).get_backend_name()
+    except Exception:
+        return text
+    extra = DRIVER_EXTRAS.get(backend)
+    if extra is None:
+        return "%s: the database driver for %s:// is not installed" % (
+            text, backend)
+    return ("%s: the database driver is not installed; install it with "
+            "pip install 'conductor[%s]' (%s)" % (text, extra[0], extra[1]))
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The file of an SQLite file database URL, else None."""
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or \
-            parsed.database == ":memory:":
+            parsed.database == ":memory:" or \
+            parsed.database.startswith("file:"):
+        return None
+    return os.path.abspath(parsed.database)
+
+
+def _prepare_sqlite_dir(url: str) -> None:
+    """Create an SQLite file database (the default) and its directory.
+
+    The file holds every node's BMC password: it is created (or
+    tightened) 0600, its ``-wal`` and ``-shm`` companions too, and the
+    directories created for it 0700.
+    """
+    path = _sqlite_file(url)
+    if path is None:
         return
-    directory = os.path.dirname(os.path.abspath(parsed.database))
+    directory = os.path.dirname(path)
     try:
-        os.makedirs(directory, exist_ok=True)
+        private.makedirs(directory)
     except OSError as exc:
         raise exceptions.DatabaseUnavailable(
             url=mask_url(url),
             reason="cannot create directory %s: %s"
                    % (directory, exc.strerror or exc)) from exc
+    try:
+        private.create_file(path)
+    except OSError as exc:
+        raise exceptions.DatabaseUnavailable(
+            url=mask_url(url),
+            reason="cannot create %s: %s" % (path, exc.strerror or exc)
+        ) from exc
+    _tighten_sqlite_companions(path)
+
+
+def _tighten_sqlite_companions(path: str) -> None:
+    """Set the SQLite file's ``-wal`` and ``-shm`` files to 0600.
+
+    SQLite creates them with the database file's mode; files left by an
+    older release (0644) are tightened here.
+    """
+    for suffix in ("-wal", "-shm"):
+        try:
+            private.tighten(path + suffix)
+        except OSError:
+            pass
 
 
 def _sqlite_on_connect(dbapi_connection: Any, record: Any) -> None:

@@ -36,6 +36,10 @@ nodes = sa.Table(
     sa.Column("reservation", sa.String(MAX_NAME_LENGTH), nullable=True),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=True),
+    # NOTE: when target_power_state was requested (migration 0002): a
+    # request older than [conductor] power_request_timeout is dropped.
+    sa.Column("target_power_state_requested_at", sa.DateTime,
+              nullable=True),
     sa.UniqueConstraint("uuid", name="uniq_nodes0uuid"),
     sa.UniqueConstraint("name", name="uniq_nodes0name"),
     sa.Index("nodes_reservation_idx", "reservation"),

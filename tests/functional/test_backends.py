@@ -44,7 +44,8 @@ class TestCliOnBackend(base.FunctionalTestCase):
         unsynced = self.manage("node", "list", check=1)
         self.assertIn("run 'conductor-manage db sync'", unsynced.stderr)
         self.manage("db", "sync")
-        self.assertIn("0001_initial (head: 0001_initial)",
+        self.assertIn("0002_power_request_time (head: "
+                      "0002_power_request_time)",
                       self.manage("db", "version").stdout)
         # Again: upgrading an up-to-date schema does nothing.
         self.manage("db", "sync")
@@ -94,11 +95,12 @@ class TestCliOnBackend(base.FunctionalTestCase):
                           updated["maintenance_reason"]))
         self.manage("node", "set", "n2b", "--name", "n3", check=1)
 
-        self.manage("node", "power", "n1", "on")
+        self.manage("node", "power", "n1", "on", "--queue")
         shown = json.loads(self.manage("node", "show", created["uuid"],
                                        "--format", "json").stdout)
         self.assertEqual("power on", shown["target_power_state"])
-        locked = self.manage("node", "power", "n1", "off", check=1)
+        locked = self.manage("node", "power", "n1", "off", "--queue",
+                             check=1)
         self.assertIn("pending 'power on' action", locked.stderr)
 
         self.manage("node", "delete", "n3")

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import collections
+import configparser
+import datetime
 import json
 import os
 import re
@@ -12,6 +14,7 @@ from typing import Any, cast
 
 from oslo_utils import timeutils
 
+from conductor.db import models
 from tests.functional import base
 
 POLL_RE = re.compile(r"\[(?P<who>[^\]]+ worker \d+)\] \[-\] Fake BMC of node "
@@ -208,6 +211,56 @@ class TestPowerActions(PowerSyncTestCase):
         self.assertIn("power off failed: Fake BMC of node %s failed" % uuid,
                       failed.stderr)
         self.assertEqual("power on", self.node(uuid).power_state)
+
+    def test_stale_requests_are_cancelled_or_dropped(self) -> None:
+        [fresh, stale, never] = self.enrol(3, prefix="st")
+        options = _options(self.workdir)
+        config = os.path.join(self.workdir, "manage.conf")
+        parser = configparser.ConfigParser(interpolation=None)
+        for section, values in options.items():
+            if section != "DEFAULT":
+                parser.add_section(section)
+            for key, value in values.items():
+                parser.set(section, key, str(value))
+        with open(config, "w") as stream:
+            parser.write(stream)
+        # No conductor: refused, nothing queued.
+        refused = self.run_manage(config, "node", "power", "st002", "on",
+                                  "--wait", "--timeout", "1", check=1)
+        self.assertIn("no live conductor has driver 'fake'", refused.stderr)
+        self.assertIsNone(self.node(never).target_power_state)
+        # --queue --wait: the wait times out and cancels the request.
+        timed_out = self.run_manage(config, "node", "power", "st002", "on",
+                                    "--queue", "--wait", "--timeout", "0.3",
+                                    check=1)
+        self.assertIn("the request was cancelled", timed_out.stderr)
+        self.assertIsNone(self.node(never).target_power_state)
+        # --cancel drops a queued request.
+        self.run_manage(config, "node", "power", "st002", "off", "--queue")
+        cancelled = self.run_manage(config, "node", "power", "st002",
+                                    "--cancel")
+        self.assertEqual("Cancelled the pending 'power off' request of node "
+                         "st002\n", cancelled.stdout)
+        # A request made long ago is dropped by the conductor, not applied;
+        # a recent one is applied.
+        self.run_manage(config, "node", "power", "st001", "on", "--queue")
+        with self.db.engine.begin() as conn:
+            conn.execute(models.nodes.update()
+                         .where(models.nodes.c.uuid == stale).values(
+                target_power_state_requested_at=timeutils.utcnow()
+                - datetime.timedelta(seconds=1000)))
+        self.run_manage(config, "node", "power", "st000", "on", "--queue")
+        self.start_conductor(options)
+        base.wait_for(lambda: self.node(fresh).power_state == "power on",
+                      30, "the recent request applied")
+        base.wait_for(lambda: self.node(stale).target_power_state is None,
+                      30, "the stale request dropped")
+        node = self.node(stale)
+        self.assertNotEqual("power on", node.power_state)
+        self.assertIn("Requested 'power on' dropped: not applied within "
+                      "[conductor] power_request_timeout (300s)",
+                      str(node.last_error))
+        self.assertNotEqual("power on", self.node(never).power_state)
 
     def test_killed_worker_respawns_and_leaves_no_reservation(self) -> None:
         uuids = self.enrol(12, prefix="slow", fake_latency_ms=3000)

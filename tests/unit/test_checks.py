@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import types
 from typing import Any, Callable
 from unittest import mock
@@ -126,6 +127,19 @@ class TestChecks(base.TestCase):
         self.config(state_path=path)
         self.assertEqual(path, checks.check_state_path(self.conf))
         self.assertTrue(os.path.isdir(path))
+
+    def test_check_state_path_and_async_log_dir_created_private(
+            self) -> None:
+        old_umask = os.umask(0o022)
+        self.addCleanup(os.umask, old_umask)
+        path = os.path.join(self.conf.state_path, "a", "b")
+        self.config(state_path=path)
+        checks.check_state_path(self.conf)
+        checks.check_async_log_dir(self.conf)
+        for directory in (os.path.dirname(path), path,
+                          os.path.join(path, "async")):
+            self.assertEqual(0o700, stat.S_IMODE(os.stat(directory).st_mode),
+                             directory)
 
     def test_check_state_path_not_creatable(self) -> None:
         blocker = os.path.join(self.conf.state_path, "file")

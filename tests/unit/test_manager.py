@@ -152,6 +152,8 @@ class TestReads(ManagerTestCase):
             "list_nodes", limit=2)])
         self.assertEqual([], self.call("list_nodes",
                                        filters={"driver": "ipmi"}))
+        self.assertEqual(3, len(self.call(
+            "list_nodes", limit=manager.MAX_LIST_LIMIT)))
 
     def test_list_nodes_bad_arguments(self) -> None:
         for kwargs, text in (
@@ -163,7 +165,10 @@ class TestReads(ManagerTestCase):
                 ({"limit": 0}, "got 0"),
                 ({"limit": True}, "got True"),
                 ({"limit": "5"}, "got str"),
-                ({"limit": 2.5}, "got 2.5")):
+                ({"limit": 2.5}, "got 2.5"),
+                # NOTE: beyond the database's integers: an SQL error before.
+                ({"limit": 10 ** 30}, "limit must be an integer from 1 to "
+                                      "100000 or null, got 1000000")):
             exc = self.error(exceptions.InvalidParameterValue, "list_nodes",
                              **kwargs)
             self.assertIn(text, str(exc))

@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import datetime
 import threading
 from typing import Any
 from unittest import mock
 
+from oslo_utils import timeutils
+
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import deadline
 from conductor.common import exceptions
+from conductor.db import models
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
 from conductor.executor import pool as pool_mod
@@ -207,6 +211,62 @@ class TestScanAndSubmit(ActionsTestCase):
                          (busy_node.target_power_state,
                           busy_node.reservation))
         self.assertEqual(2, self.power.set_power_state.call_count)
+
+    def _requested(self, uuid: str, seconds_ago: float | None,
+                   updated_ago: float = 0) -> None:
+        """Backdate the node's request (None: made by an older release)."""
+        now = timeutils.utcnow()
+        with self.db.engine.begin() as conn:
+            conn.execute(models.nodes.update()
+                         .where(models.nodes.c.uuid == uuid).values(
+                target_power_state_requested_at=None if seconds_ago is None
+                else now - datetime.timedelta(seconds=seconds_ago),
+                updated_at=now - datetime.timedelta(seconds=updated_ago)))
+
+    def test_scan_drops_requests_older_than_the_timeout(self) -> None:
+        stale = self.node("stale", states.POWER_ON)
+        fresh = self.node("fresh", states.POWER_OFF)
+        legacy = self.node("legacy", states.REBOOT)
+        self._requested(stale, 301)
+        self._requested(fresh, 299, updated_ago=1000)
+        self._requested(legacy, None, updated_ago=400)
+        self.assertEqual(1, self.actions.scan(request_timeout=300))
+        self.drain()
+        node = self.db.get_node(stale)
+        self.assertEqual((None, None, None), (
+            node.target_power_state, node.power_state, node.reservation))
+        self.assertEqual("Requested 'power on' dropped: not applied within "
+                         "[conductor] power_request_timeout (300s); request "
+                         "it again", node.last_error)
+        self.assertIn("Requested 'rebooting' dropped",
+                      str(self.db.get_node(legacy).last_error))
+        self.assertEqual(states.POWER_OFF, self.db.get_node(fresh).power_state)
+        self.power.set_power_state.assert_called_once()
+        self.power.reboot.assert_not_called()
+
+    def test_request_timeout_zero_keeps_requests(self) -> None:
+        uuid = self.node("old", states.POWER_ON)
+        self._requested(uuid, 10 ** 6)
+        self.assertEqual(1, self.actions.scan(request_timeout=0))
+        self.drain()
+        self.assertEqual(states.POWER_ON, self.db.get_node(uuid).power_state)
+
+    def test_request_timeout_of_the_constructor(self) -> None:
+        actions = power_actions.PowerActions(
+            self.db, {"scripted": self.driver}, self.rings, self.pool,
+            timeout=5.0, request_timeout=60)
+        uuid = self.node("old", states.POWER_ON)
+        self._requested(uuid, 61)
+        self.assertEqual(0, actions.scan())
+        self.assertIn("(60s)", str(self.db.get_node(uuid).last_error))
+
+    def test_expiry_leaves_a_request_being_applied(self) -> None:
+        uuid = self.node("taken", states.POWER_ON)
+        self._requested(uuid, 1000)
+        self.db.reserve_node(uuid, "h:0")
+        self.assertEqual(set(), self.actions.expire([uuid], 300))
+        self.assertEqual(states.POWER_ON,
+                         self.db.get_node(uuid).target_power_state)
 
     def test_scan_skips_nodes_it_does_not_own(self) -> None:
         self.db.register_conductor("h", 1, ["scripted"])

@@ -61,6 +61,18 @@ class TestOptions(base.TestCase):
         self.conf(["--config-file", path], project="conductor")
         self.assertTrue(rpc.enabled(self.conf))
 
+    def test_missing_reply_queue_retry_is_short(self) -> None:
+        # NOTE: oslo.messaging's own 60 s lets replies to vanished callers
+        # hold executor threads long enough to stall valid calls.
+        rabbit = self.conf.oslo_messaging_rabbit
+        self.assertEqual(rpc.MISSING_CONSUMER_RETRY_TIMEOUT,
+                         rabbit.kombu_missing_consumer_retry_timeout)
+        self.assertLessEqual(rabbit.kombu_missing_consumer_retry_timeout, 10)
+        # An operator's value still wins.
+        self.config(kombu_missing_consumer_retry_timeout=30,
+                    group="oslo_messaging_rabbit")
+        self.assertEqual(30, rabbit.kombu_missing_consumer_retry_timeout)
+
     def test_malformed_url_is_named_without_its_password(self) -> None:
         for url, text in (("rabbit://u:pw9@h:notaport/", "notaport"),
                           ("nodriver", "No scheme specified"),

@@ -24,6 +24,7 @@ from oslo_utils import timeutils
 from conductor.cmd import manage
 from conductor.db import api as db_api
 from conductor.db import migration
+from conductor.db import models
 from conductor import states
 from tests import base
 
@@ -449,6 +450,9 @@ class TestNodePower(DbManageTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.ok("node", "create", "--driver", "fake", "--name", "n1")
+        # NOTE: a live worker with the fake driver (a heartbeat, no
+        # process): requests are accepted and nothing applies them.
+        self.db.register_conductor("host-a", 0, ["fake"], pid=1)
 
     def test_request_without_conductor(self) -> None:
         self.assertEqual("Requested power on for node n1\n",
@@ -505,9 +509,106 @@ class TestNodePower(DbManageTestCase):
         patcher.start()
         message = self.fails("node", "power", "n1", "on", "--wait",
                              "--timeout", "0.05")
-        self.assertEqual("Timed out after 0.05s waiting for node n1 to apply "
-                         "'power on'; is a conductor running? (see "
-                         "'conductor-manage status')", message)
+        self.assertTrue(message.startswith(
+            "Timed out after 0.05s waiting for node n1 to apply "
+            "'power on'; is a conductor running? (see "
+            "'conductor-manage status')"), message)
+        self.assertIn("the request was cancelled", message)
+        node = self.db.get_node("n1")
+        self.assertIsNone(node.target_power_state)
+        self.assertIn("cancelled: conductor-manage --wait timed out",
+                      str(node.last_error))
+
+    def _no_sleep(self) -> None:
+        patcher = mock.patch.object(time, "sleep", autospec=True)
+        self.addCleanup(patcher.stop)
+        patcher.start()
+
+    def test_wait_timeout_keep_leaves_the_request(self) -> None:
+        self._no_sleep()
+        message = self.fails("node", "power", "n1", "on", "--wait",
+                             "--timeout", "0.05", "--keep")
+        self.assertIn("the request stays queued for at most [conductor] "
+                      "power_request_timeout = 300s (cancel it with "
+                      "'conductor-manage node power n1 --cancel')", message)
+        self.assertEqual(states.POWER_ON,
+                         self.db.get_node("n1").target_power_state)
+
+    def test_wait_timeout_while_being_applied_is_not_cancelled(self) -> None:
+        def take(seconds: float) -> None:
+            node = self.db.get_node("n1")
+            if node.reservation is None:
+                self.db.reserve_node(node.uuid, "host-a:0")
+
+        patcher = mock.patch.object(time, "sleep", autospec=True,
+                                    side_effect=take)
+        self.addCleanup(patcher.stop)
+        patcher.start()
+        message = self.fails("node", "power", "n1", "on", "--wait",
+                             "--timeout", "0.05")
+        self.assertIn("it is being applied by host-a:0 now and was not "
+                      "cancelled", message)
+        self.assertEqual(states.POWER_ON,
+                         self.db.get_node("n1").target_power_state)
+
+    def test_no_live_owner_refused_unless_queue(self) -> None:
+        self.db.set_offline("host-a")
+        self.assertEqual(
+            "no live conductor has driver 'fake' to apply 'power on' to "
+            "node n1 (see 'conductor-manage status'); nothing was "
+            "requested: start one, or give --queue to leave the request "
+            "for it", self.fails("node", "power", "n1", "on"))
+        self.assertIsNone(self.db.get_node("n1").target_power_state)
+        # A stale heartbeat is no live owner either.
+        self.db.register_conductor("host-b", 0, ["fake"], pid=2)
+        with self.db.engine.begin() as conn:
+            conn.execute(models.conductors.update().values(
+                heartbeat_at=timeutils.utcnow() - datetime.timedelta(
+                    seconds=61)))
+        self.assertIn("no live conductor",
+                      self.fails("node", "power", "n1", "on", "--wait"))
+        # A live worker without the node's driver is none either.
+        self.db.register_conductor("host-c", 0, ["ipmi"], pid=3)
+        self.assertIn("no live conductor",
+                      self.fails("node", "power", "n1", "on"))
+        self.assertEqual("Requested power on for node n1\n",
+                         self.ok("node", "power", "n1", "on", "--queue"))
+        self.assertEqual(states.POWER_ON,
+                         self.db.get_node("n1").target_power_state)
+
+    def test_cancel(self) -> None:
+        self.ok("node", "power", "n1", "reboot")
+        self.assertEqual("Cancelled the pending 'rebooting' request of node "
+                         "n1\n", self.ok("node", "power", "n1", "--cancel"))
+        node = self.db.get_node("n1")
+        self.assertIsNone(node.target_power_state)
+        self.assertEqual("Requested 'rebooting' cancelled by "
+                         "conductor-manage",
+                         node.last_error)
+        self.assertEqual("node n1 has no pending power request to cancel",
+                         self.fails("node", "power", "n1", "--cancel"))
+        # Another action is accepted again.
+        self.ok("node", "power", "n1", "off")
+
+    def test_cancel_refused_while_being_applied(self) -> None:
+        self.ok("node", "power", "n1", "on")
+        self.db.reserve_node(self.db.get_node("n1").uuid, "host-a:0")
+        self.assertEqual("node n1: the 'power on' request is being applied "
+                         "by host-a:0 and cannot be cancelled",
+                         self.fails("node", "power", "n1", "--cancel"))
+        self.assertEqual(states.POWER_ON,
+                         self.db.get_node("n1").target_power_state)
+
+    def test_power_usage_errors(self) -> None:
+        for argv, text in (
+                (("n1",), "ACTION (off, on, reboot) is required unless "
+                          "--cancel"),
+                (("n1", "on", "--cancel"), "--cancel takes no ACTION"),
+                (("n1", "--cancel", "--wait"), "--cancel takes no --wait"),
+                (("n1", "--cancel", "--queue"), "--cancel takes no --queue"),
+                (("n1", "on", "--keep"), "--keep applies to --wait only")):
+            self.assertIn(text, self.usage_error("node", "power", *argv))
+        self.assertIsNone(self.db.get_node("n1").target_power_state)
 
 
 class TestStatusAndClean(DbManageTestCase):

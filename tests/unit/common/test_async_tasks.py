@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -317,6 +318,38 @@ class BehaviourMixin(_MixinBase):
         group.run("t", TASK_LOG.info, "x")
         group.wait()
         self.assertEqual(["INFO tests.task x"], self.read_log("t"))
+
+    def test_log_dir_and_task_logs_are_private(self) -> None:
+        # NOTE: a task log may quote an inventory's BMC passwords.
+        old_umask = os.umask(0o022)
+        self.addCleanup(os.umask, old_umask)
+        self.log_dir = os.path.join(self.log_dir, "deeper", "async")
+        stale = os.path.join(self.log_dir, "old.log")
+        os.makedirs(self.log_dir)
+        os.chmod(self.log_dir, 0o700)
+        with open(stale, "w") as stream:
+            stream.write("left by an older release\n")
+        os.chmod(stale, 0o644)
+        group = self.group()
+        group.run("t", TASK_LOG.info, "x")
+        group.run("old", TASK_LOG.info, "y")
+        group.wait()
+        for name in ("t", "old"):
+            self.assertEqual(0o600, stat.S_IMODE(os.stat(
+                os.path.join(self.log_dir, name + ".log")).st_mode), name)
+        self.assertEqual(["INFO tests.task y"], self.read_log("old"))
+
+    def test_created_log_dir_is_private(self) -> None:
+        old_umask = os.umask(0o022)
+        self.addCleanup(os.umask, old_umask)
+        top = os.path.join(self.log_dir, "deeper")
+        self.log_dir = os.path.join(top, "async")
+        group = self.group()
+        group.run("t", TASK_LOG.info, "x")
+        group.wait()
+        for path in (top, self.log_dir):
+            self.assertEqual(0o700, stat.S_IMODE(os.stat(path).st_mode),
+                             path)
 
     @staticmethod
     def _raise(exc: BaseException) -> None:

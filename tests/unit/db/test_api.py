@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import stat
+import sys
 from typing import Any
 from unittest import mock
 
@@ -616,6 +618,65 @@ class TestCreateEngine(base.TestCase):
         with engine.connect() as conn:
             mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
         self.assertEqual("wal", mode)
+
+    def _mode(self, path: str) -> int:
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    def test_sqlite_file_and_directories_private(self) -> None:
+        # NOTE: the file holds every node's BMC password.
+        old_umask = os.umask(0o022)
+        self.addCleanup(os.umask, old_umask)
+        top = os.path.join(self.conf.state_path, "a")
+        path = os.path.join(top, "b", "c.sqlite")
+        engine = db_engine.create_engine("sqlite:///" + path)
+        self.addCleanup(engine.dispose)
+        migration.upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(models.nodes.insert().values(
+                uuid=uuidutils.generate_uuid(), driver="fake",
+                driver_info={"ipmi_password": "pw"},
+                created_at=timeutils.utcnow()))
+        # NOTE: -wal and -shm exist while a connection is open.
+        keep = engine.connect()
+        self.addCleanup(keep.close)
+        keep.exec_driver_sql("SELECT count(*) FROM nodes").scalar()
+        for suffix in ("", "-wal", "-shm"):
+            self.assertTrue(os.path.exists(path + suffix), suffix)
+            self.assertEqual(0o600, self._mode(path + suffix), suffix)
+        for directory in (top, os.path.dirname(path)):
+            self.assertEqual(0o700, self._mode(directory), directory)
+
+    def test_sqlite_files_of_an_older_release_tightened(self) -> None:
+        path = os.path.join(self.conf.state_path, "old.sqlite")
+        engine = db_engine.create_engine("sqlite:///" + path)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+            conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        # NOTE: keep -wal and -shm: a connection stays open meanwhile.
+        keep = engine.connect()
+        self.addCleanup(engine.dispose)
+        self.addCleanup(keep.close)
+        for suffix in ("", "-wal", "-shm"):
+            os.chmod(path + suffix, 0o644)
+        again = db_engine.create_engine("sqlite:///" + path)
+        self.addCleanup(again.dispose)
+        for suffix in ("", "-wal", "-shm"):
+            self.assertEqual(0o600, self._mode(path + suffix), suffix)
+
+    def test_missing_driver_names_the_extra(self) -> None:
+        for url, module, extra in (
+                ("mysql+pymysql://root:s3cret@127.0.0.1/c", "pymysql",
+                 "conductor[mysql]"),
+                ("postgresql://u:s3cret@127.0.0.1/c", "psycopg2",
+                 "conductor[postgresql]")):
+            with mock.patch.dict(sys.modules, {module: None}):
+                exc = self.assertRaises(exceptions.DatabaseUnavailable,
+                                        db_engine.create_engine, url)
+            message = str(exc)
+            self.assertIn(module, message)
+            self.assertIn("pip install '%s'" % extra, message)
+            self.assertNotIn("s3cret", message)
+            self.assertEqual(1, len(message.splitlines()))
 
     def test_sqlite_parent_not_creatable(self) -> None:
         blocker = os.path.join(self.conf.state_path, "file")
