@@ -34,6 +34,7 @@ from oslo_utils import timeutils
 
 from conductor.common import hooks
 from conductor.common import log as conductor_log
+from conductor.common import processutils
 from conductor.common import rpc
 from conductor.db import api as db_api
 from conductor.drivers import base
@@ -319,7 +320,8 @@ class ConductorService(service.ServiceBase):
         rt = self._rt
         if rt is None:
             return {}
-        return {"pool": rt.pool.stats(),
+        return {"boot_id": processutils.boot_id(),
+                "pool": rt.pool.stats(),
                 "periodics": rt.runner.stats(),
                 "sweeps": {kind: result.as_dict() for kind, result in
                            rt.power_sync.last.items()}}

@@ -43,6 +43,7 @@ because the master forks right after.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import gc
 import logging
 import os
@@ -52,11 +53,13 @@ from typing import Any, Collection, Mapping, Sequence
 from oslo_config import cfg
 from oslo_db import api as oslo_db_api
 from oslo_db import exception as db_exc
+from oslo_utils import timeutils
 import sqlalchemy as sa
 
 from conductor.common import async_tasks
 from conductor.common import exceptions
 from conductor.common import hooks
+from conductor.common import processutils
 from conductor.common import rpc
 from conductor.db import api as db_api
 from conductor.db import engine as db_engine
@@ -104,17 +107,57 @@ class DatabaseState:
 
 
 def open_database(conf: cfg.ConfigOpts, read_nodes: bool,
-                  opened: list[db_api.Connection]) -> DatabaseState:
-    """Connect, and :func:`prepare_database` on that connection.
+                  opened: list[db_api.Connection],
+                  force: bool = False) -> DatabaseState:
+    """Connect, :func:`prepare_database` and :func:`check_host_free`.
 
     The connection is kept for ``inventory-import``: it is appended to
     ``opened`` as soon as it exists, and the caller disposes of it.
 
-    :raises: DatabaseUnavailable, SchemaOutOfDate.
+    :param force: skip :func:`check_host_free` (``conductor --force``).
+    :raises: DatabaseUnavailable, SchemaOutOfDate, HostInUse.
     """
     db = db_api.Connection.create(conf.database.connection, max_retries=0)
     opened.append(db)
-    return prepare_database(conf, db, read_nodes)
+    state = prepare_database(conf, db, read_nodes)
+    if force:
+        LOG.warning("--force: not checking whether another conductor runs "
+                    "as %s", conf.host)
+    else:
+        check_host_free(db, conf.host, conf.conductor.heartbeat_timeout)
+    return state
+
+
+def check_host_free(db: db_api.Connection, host: str,
+                    heartbeat_timeout: float) -> None:
+    """Refuse ``host`` when a live conductor already runs under that name.
+
+    A worker of ``host`` that is online and heartbeating is another
+    conductor when it runs on another machine (its boot id differs from
+    ours), or on this one in a process that still exists. Rows left by a
+    conductor that was killed (its processes gone) do not count, so a
+    restart right after a crash is not refused.
+
+    :raises: HostInUse naming that conductor's worker and pid.
+    """
+    cutoff = timeutils.utcnow() - datetime.timedelta(
+        seconds=heartbeat_timeout)
+    mine = processutils.boot_id()
+    for row in db.list_conductors(with_status=True):
+        if row.host != host or not row.online or row.heartbeat_at < cutoff:
+            continue
+        theirs = (row.status or {}).get("boot_id")
+        elsewhere = bool(theirs and mine and theirs != mine)
+        if elsewhere:
+            where = "on another machine"
+        elif row.pid is not None and row.pid != os.getpid() and \
+                processutils.pid_alive(row.pid):
+            where = "on this machine"
+        else:
+            continue
+        raise exceptions.HostInUse(
+            host=host, holder="worker %d, pid %s %s" % (
+                row.worker_id, row.pid, where))
 
 
 def prepare_database(conf: cfg.ConfigOpts, db: db_api.Connection,
@@ -304,7 +347,8 @@ def _insert(db: db_api.Connection, new: list[dict[str, Any]]) -> None:
     db.import_nodes(new, read_back=False)
 
 
-def run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]) -> None:
+def run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook],
+        force: bool = False) -> None:
     """Run every start-up step; returns once all are done.
 
     :raises: ConductorException naming the failed step and its problem
@@ -317,13 +361,13 @@ def run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]) -> None:
     # it is not traversed by every full collection the steps trigger.
     gc.freeze()
     try:
-        _run(conf, hook_list)
+        _run(conf, hook_list, force)
     finally:
         gc.unfreeze()
 
 
-def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
-         ) -> None:
+def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook],
+         force: bool) -> None:
     """Body of :func:`run`."""
     # NOTE: the module's default group, so hooks and drivers can use the
     # module-level run/wait API of async_tasks during start-up too.
@@ -348,7 +392,7 @@ def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook]
         if check_rpc:
             group.run_process("broker", check_broker, conf)
         group.run("database", open_database, conf,
-                  bool(conf.inventory_file), opened)
+                  bool(conf.inventory_file), opened, force)
         group.run("pre-start-hooks", hooks.run_hooks, hook_list, "start",
                   "pre-start", conf=conf, config_files=config_files)
         group.run("drivers", load_drivers, conf)

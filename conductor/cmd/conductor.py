@@ -33,10 +33,18 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
+_FORCE = cfg.BoolOpt(
+    "force", default=False,
+    help="Start even when the database shows a live conductor with this "
+         "[DEFAULT] host, for recovery when that conductor is known to be "
+         "dead (its heartbeats stop counting after heartbeat_timeout).")
+
+
 def main(argv: list[str] | None = None) -> None:
     conf = conductor_conf.CONF
     conductor_log.set_defaults()
     conductor_log.register_options(conf)
+    conf.register_cli_opt(_FORCE)
     try:
         # NOTE: hooks_dir is not parsed yet: only entry point hooks can
         # change option defaults.
@@ -56,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         hooks.run_hooks(hook_list, "source", conf=conf,
                         config_files=list(conf.config_file))
         workers = checks.check_all(conf)
-        startup.run(conf, hook_list)
+        startup.run(conf, hook_list, force=conf.force)
         launcher, start_extra = master.launch(conf, workers, hook_list)
     except exceptions.ConductorException as exc:
         fail(str(exc))

@@ -53,6 +53,12 @@ class NodeLocked(ConductorException):
                "after the current operation is completed.")
 
 
+class HostInUse(ConductorException):
+    message = ("[DEFAULT] host %(host)s is already run by a live conductor "
+               "(%(holder)s); stop it, give this one a distinct [DEFAULT] "
+               "host, or start with --force if that conductor is dead")
+
+
 class DuplicateName(ConductorException):
     message = "A node with name %(name)s already exists."
 

@@ -21,6 +21,28 @@ from typing import Mapping, Sequence
 
 LOG = logging.getLogger(__name__)
 
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> str | None:
+    """This machine's boot id (Linux), or None where there is none."""
+    try:
+        with open(_BOOT_ID, encoding="ascii") as stream:
+            return stream.read().strip() or None
+    except OSError:
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 
 def run_command(argv: Sequence[str], *, cwd: str | None = None,
                 env: Mapping[str, str] | None = None,

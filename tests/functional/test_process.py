@@ -77,6 +77,42 @@ class TestWorkers(base.FunctionalTestCase):
         self.assertIn(row.pid, {p.pid for p in conductor.children()})
         self.assertEqual(2, len(conductor.children()))
 
+    def test_a_second_conductor_with_the_same_host_is_refused(self) -> None:
+        first = self.start_conductor(_options(self.workdir))
+        db = self.db_fixture.connect(upgrade=False)
+        rows = self.wait_workers(db, "ftest", 2)
+        result = subprocess.run(
+            [base.binary("conductor"), "--config-file", first.config_file],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(1, result.returncode, result.stderr)
+        errors = [line for line in result.stderr.splitlines()
+                  if line.startswith("conductor: ERROR:")]
+        self.assertEqual(1, len(errors), result.stderr)
+        self.assertIn("[DEFAULT] host ftest is already run by a live "
+                      "conductor (worker 0, pid %d on this machine)"
+                      % rows[0].pid, errors[0])
+        self.assertIn("--force", errors[0])
+        # The first one is untouched.
+        self.assertEqual(2, len(first.children()))
+        self.assertEqual([2], [len(self.wait_workers(db, "ftest", 2))])
+
+    def test_force_starts_over_a_live_looking_host(self) -> None:
+        first = self.start_conductor(_options(self.workdir))
+        db = self.db_fixture.connect(upgrade=False)
+        self.wait_workers(db, "ftest", 2)
+        second = subprocess.Popen(
+            [base.binary("conductor"), "--config-file", first.config_file,
+             "--force"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        self.addCleanup(second.wait, 30)
+        self.addCleanup(second.kill)
+        base.wait_for(lambda: "--force: not checking" in first.log(), 30,
+                      "the forced start logged")
+        base.wait_for(lambda: "Conductor ftest starting 2 worker(s)"
+                      in first.log().split("--force: not checking", 1)[1],
+                      30, "the forced conductor forked its workers")
+        self.assertIsNone(second.poll())
+
     def test_sigterm_stops_gracefully_and_marks_offline(self) -> None:
         conductor = self.start_conductor(_options(self.workdir))
         db = self.db_fixture.connect(upgrade=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 from typing import Any, Callable, cast
 from unittest import mock
 
@@ -447,3 +448,66 @@ class TestLoadDrivers(base.TestCase):
                                     startup.load_drivers, self.conf)
         self.assertEqual("Driver fake could not be loaded: RuntimeError: "
                          "no /dev/ipmi0", str(exc))
+
+
+class TestCheckHostFree(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.db = self.make_db()
+        self.useFixture(fixtures.MockPatchObject(
+            startup.processutils, "boot_id", return_value="boot-a"))
+
+    def live_pid(self) -> int:
+        child = subprocess.Popen(["sleep", "30"])
+        self.addCleanup(child.wait)
+        self.addCleanup(child.kill)
+        return child.pid
+
+    def dead_pid(self) -> int:
+        child = subprocess.Popen(["true"])
+        child.wait()
+        return child.pid
+
+    def register(self, pid: int, boot: str | None = None,
+                 host: str = "h1", worker: int = 0) -> None:
+        self.db.register_conductor(host, worker, ["fake"], pid=pid)
+        if boot is not None:
+            self.db.heartbeat(host, worker, drivers=["fake"], pid=pid,
+                              status={"boot_id": boot})
+
+    def check(self) -> None:
+        startup.check_host_free(self.db, "h1", heartbeat_timeout=60)
+
+    def test_a_live_process_on_this_machine_is_refused(self) -> None:
+        pid = self.live_pid()
+        self.register(pid, boot="boot-a")
+        exc = self.assertRaises(exceptions.HostInUse, self.check)
+        self.assertEqual(
+            "[DEFAULT] host h1 is already run by a live conductor (worker 0, "
+            "pid %d on this machine); stop it, give this one a distinct "
+            "[DEFAULT] host, or start with --force if that conductor is "
+            "dead" % pid, str(exc))
+
+    def test_a_conductor_on_another_machine_is_refused(self) -> None:
+        self.register(self.dead_pid(), boot="boot-b")
+        exc = self.assertRaises(exceptions.HostInUse, self.check)
+        self.assertIn("on another machine", str(exc))
+
+    def test_rows_left_by_a_killed_conductor_do_not_count(self) -> None:
+        self.register(self.dead_pid(), boot="boot-a")
+        self.register(self.dead_pid(), worker=1)      # never beat
+        self.check()
+
+    def test_offline_stale_and_other_hosts_do_not_count(self) -> None:
+        pid = self.live_pid()
+        self.register(pid, host="h2")
+        self.register(pid, worker=1)
+        self.db.set_offline("h1", 1)
+        self.check()
+        self.register(pid, worker=2)
+        startup.check_host_free(self.db, "h1", heartbeat_timeout=-1)
+
+    def test_our_own_pid_does_not_count(self) -> None:
+        self.register(os.getpid(), boot="boot-a")
+        self.check()
