@@ -90,7 +90,7 @@ class TestWorkers(base.FunctionalTestCase):
         self.assertEqual(1, len(errors), result.stderr)
         self.assertIn("[DEFAULT] host ftest is already run by a live "
                       "conductor (worker 0, pid %d on this machine)"
-                      % rows[0].pid, errors[0])
+                      % cast(int, rows[0].pid), errors[0])
         self.assertIn("--force", errors[0])
         # The first one is untouched.
         self.assertEqual(2, len(first.children()))
