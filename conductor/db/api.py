@@ -48,7 +48,7 @@ _INSERTABLE = frozenset(nodes.CREATABLE)
 #: change, plus the fields power sync and power actions record.
 _WRITABLE = frozenset(nodes.UPDATABLE) | {
     "fault", "last_error", "power_state", "target_power_state",
-    "power_sync_failures"}
+    "power_sync_failures", "power_action_claim"}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,6 +75,10 @@ class NodeRecord:
     #: reservation): a writer that read version N may write only while
     #: the node is still at N.
     version: int = 0
+    #: Set when a worker took the pending action (``target_power_state``)
+    #: to apply it, cleared when its outcome was recorded: a node with a
+    #: target and a claim it did not write had its action interrupted.
+    power_action_claim: str | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> "NodeRecord":
@@ -327,7 +331,8 @@ class Connection:
             self._raise_not_updated(node.uuid, ident)
 
     def request_power_state(self, ident: str, target: str, *,
-                            holder: str | None = None) -> NodeRecord:
+                            holder: str | None = None,
+                            claim: str | None = None) -> NodeRecord:
         """Record a requested power action for the owner to apply.
 
         Succeeds only when the node is neither reserved nor already has a
@@ -335,11 +340,14 @@ class Connection:
 
         :param holder: also reserve the node for ``holder``, in the same
             UPDATE (the caller applies the action itself).
+        :param claim: with ``holder``: the claim marker written in the
+            same UPDATE (see ``NodeRecord.power_action_claim``).
         :raises: NodeNotFound, NodeLocked.
         """
         node = self.get_node(ident)
         values: dict[str, Any] = {
             "target_power_state": target, "last_error": None,
+            "power_action_claim": claim if holder is not None else None,
             "version": _nodes.c.version + 1, "updated_at": timeutils.utcnow()}
         if holder is not None:
             values["reservation"] = holder
@@ -359,16 +367,28 @@ class Connection:
 
     # -- reservations --------------------------------------------------
 
-    def reserve_node(self, uuid: str, holder: str) -> NodeRecord:
+    def reserve_node(self, uuid: str, holder: str,
+                     claim: str | None = None) -> NodeRecord:
         """Take the node's reservation for ``holder``.
 
+        :param claim: also claim the node's pending power action, in the
+            same UPDATE: when it has a ``target_power_state`` and no claim
+            yet, ``power_action_claim`` becomes ``claim``. An older claim
+            is kept, so the caller sees that the action was interrupted.
         :raises: NodeLocked when someone holds it, NodeNotFound.
         """
+        values: dict[str, Any] = {"reservation": holder}
+        if claim is not None:
+            c = _nodes.c
+            values["power_action_claim"] = sa.case(
+                (sa.and_(c.target_power_state.is_not(None),
+                         c.power_action_claim.is_(None)), claim),
+                else_=c.power_action_claim)
         with self.engine.begin() as conn:
             count = conn.execute(
                 _nodes.update().where(_nodes.c.uuid == uuid)
                 .where(_nodes.c.reservation.is_(None))
-                .values(reservation=holder)).rowcount
+                .values(**values)).rowcount
         if count != 1:
             self._raise_not_updated(uuid, uuid)
         try:
@@ -382,8 +402,9 @@ class Connection:
     def release_node(self, uuid: str, holder: str) -> bool:
         """Drop ``holder``'s reservation; False when it did not hold it.
 
-        A database error is retried once: a reservation left behind keeps
-        the node locked until its holder restarts.
+        A database error is retried once at once; a second one is raised
+        (:class:`conductor.task.Holdings` queues the release and retries
+        it until it succeeds).
         """
         query = (_nodes.update().where(_nodes.c.uuid == uuid)
                  .where(_nodes.c.reservation == holder)
@@ -402,18 +423,25 @@ class Connection:
 
     def release_reservations(self, *, holders: Iterable[str] | None = None,
                              keep: Iterable[str] | None = None,
-                             uuids: Sequence[str] | None = None) -> int:
+                             uuids: Sequence[str] | None = None,
+                             exclude: Iterable[str] | None = None) -> int:
         """Clear stale reservations; returns how many were cleared.
+
+        Claims of power actions stay (``power_action_claim``): whoever
+        applies such an action next reads the BMC before acting.
 
         :param holders: clear the reservations of these holders, or
         :param keep: clear every reservation *not* held by these holders,
-        :param uuids: only among these nodes (None: all nodes).
+        :param uuids: only among these nodes (None: all nodes),
+        :param exclude: never these nodes (calls still in progress).
         """
         query = _nodes.update().where(_nodes.c.reservation.is_not(None))
         if holders is not None:
             query = query.where(_nodes.c.reservation.in_(list(holders)))
         if keep is not None:
             query = query.where(_nodes.c.reservation.not_in(list(keep)))
+        if exclude is not None and (excluded := list(exclude)):
+            query = query.where(_nodes.c.uuid.not_in(excluded))
         total = 0
         with self.engine.begin() as conn:
             if uuids is None:
@@ -425,6 +453,13 @@ class Connection:
                         query.where(_nodes.c.uuid.in_(chunk))
                         .values(reservation=None)).rowcount
         return total
+
+    def reservations(self) -> dict[str, str]:
+        """Every reserved node: ``{uuid: holder}``."""
+        query = (sa.select(_nodes.c.uuid, _nodes.c.reservation)
+                 .where(_nodes.c.reservation.is_not(None)))
+        with self.engine.connect() as conn:
+            return {uuid: holder for uuid, holder in conn.execute(query)}
 
     # -- power sync ----------------------------------------------------
 

@@ -36,6 +36,10 @@ nodes = sa.Table(
     sa.Column("reservation", sa.String(MAX_NAME_LENGTH), nullable=True),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=True),
+    # NOTE: set with the reservation when a worker takes a pending power
+    # action, cleared with target_power_state when its outcome is recorded;
+    # both set means the action was interrupted (see power_actions).
+    sa.Column("power_action_claim", sa.String(64), nullable=True),
     sa.UniqueConstraint("uuid", name="uniq_nodes0uuid"),
     sa.UniqueConstraint("name", name="uniq_nodes0name"),
     sa.Index("nodes_reservation_idx", "reservation"),
