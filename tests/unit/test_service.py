@@ -445,8 +445,9 @@ class TestStartStop(ServiceTestCase):
         svc.start()
         self.db.request_power_state(uuid, states.POWER_ON)
         self.assertTrue(base.wait_until(
-            lambda: uuid in svc.status()["reservations"]["release_pending"]))
+            lambda: self.db.get_node(uuid).target_power_state is None))
         self.assertEqual(states.POWER_ON, self.db.get_node(uuid).power_state)
+        # The worker retries (on its heartbeats) until the release works.
         self.assertTrue(base.wait_until(
             lambda: self.db.get_node(uuid).reservation is None))
         self.assertEqual(4, attempts[0])
