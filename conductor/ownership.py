@@ -214,7 +214,12 @@ class Rings:
         return [uuid for uuid in uuids if self.owns(uuid)]
 
     def release_dead_reservations(self, uuids: Sequence[str]) -> int:
-        """Release reservations on owned ``uuids`` held by dead workers."""
+        """Release reservations on owned ``uuids`` held by dead workers.
+
+        A power action a dead worker had claimed stays claimed: it may
+        have reached the BMC, so it is resolved by reading the BMC first
+        (see :mod:`conductor.power_actions`), never applied blindly.
+        """
         with self._lock:
             live = self.membership.holders
         mine = self.owned(uuids)

@@ -5,10 +5,19 @@ A power action is requested by writing the node's ``target_power_state``
 (the database is the source of truth); the owning worker applies it under
 the node's reservation and records the outcome::
 
-    reserve node  ->  driver call under the deadline  ->  record
-    power_state (or last_error), clear target_power_state  ->  release
+    reserve and claim  ->  driver call under the deadline  ->  record
+    power_state (or last_error), clear target and claim  ->  release
 
 through :mod:`conductor.task`, the one path that acts on a node.
+
+The claim is written in the UPDATE that reserves the node. A node whose
+target is still set under a claim nobody recorded had its action
+interrupted (the worker stopped or died, perhaps during the BMC call):
+whoever takes it next reads the BMC first and never acts blindly again.
+A power on or off already in effect is recorded as done; one not in
+effect is applied. A reboot is never repeated: it is recorded as
+interrupted in ``last_error`` and the target is cleared, so only a new
+request reboots the node again.
 
 Without a broker the ``apply_pending_actions`` periodic finds requests
 every ``pending_action_interval`` seconds; with RPC the owner is told at
@@ -135,7 +144,8 @@ class PowerActions:
     def _apply_queued(self, uuid: str) -> None:
         try:
             self.apply(uuid)
-        except (exceptions.NodeLocked, exceptions.NodeNotFound) as exc:
+        except (exceptions.NodeLocked, exceptions.NodeNotFound,
+                task.WorkerStopping) as exc:
             LOG.debug("Power action of node %s skipped: %s", uuid, exc)
         except Exception:
             LOG.exception("Power action of node %s failed unexpectedly",
@@ -152,7 +162,7 @@ class PowerActions:
         :raises: NodeLocked, NodeNotFound.
         """
         with task.acquire(self._db, uuid, self._rings.holder, self._drivers,
-                          self._timeout) as t:
+                          self._timeout, claim=True) as t:
             applied = self.apply_task(t)
         return None if applied is None else t.node
 
@@ -160,29 +170,87 @@ class PowerActions:
         """Apply the pending action of a node this worker reserved.
 
         Runs the driver call under the deadline and records the outcome
-        (``power_state`` or ``last_error``; ``target_power_state``
-        cleared). The caller releases the reservation.
+        (``power_state`` or ``last_error``; ``target_power_state`` and
+        the claim cleared). An interrupted action (see
+        :attr:`conductor.task.Task.interrupted`) is resolved by reading
+        the BMC first. The caller releases the reservation.
 
         :returns: the node as recorded, or None when it had no action.
         """
         node, holder = t.node, t.holder
-        uuid, target = node.uuid, node.target_power_state
+        target = node.target_power_state
         if target is None:
             return None
         if target not in states.POWER_TARGETS:
             return t.record({"target_power_state": None,
+                             "power_action_claim": None,
                              "last_error": "Unknown requested power state "
                                            "%r" % target})
         if t.driver is None:
             return t.record({"target_power_state": None,
+                             "power_action_claim": None,
                              "last_error": "Driver %s is not enabled on %s"
                                            % (node.driver, holder)})
-        values: dict[str, Any] = {"target_power_state": None}
+        if t.interrupted:
+            return self._resolve(t, target)
+        return self._act(t, target)
+
+    def _resolve(self, t: task.Task, target: str) -> db_api.NodeRecord:
+        """Settle an interrupted action by reading the BMC first."""
+        uuid = t.node.uuid
+        try:
+            actual = t.call("get_power_state")
+        except task.WorkerStopping:
+            return t.node           # still interrupted: the next owner
+        except Exception as exc:
+            error = ("%s was interrupted (the conductor stopped during the "
+                     "BMC call) and is not repeated: reading the power "
+                     "state failed: %s; request it again"
+                     % (_action(target), _text(exc)))
+            LOG.warning("Node %(node)s: %(err)s", {"node": uuid,
+                                                   "err": error})
+            return t.record({"target_power_state": None,
+                             "power_action_claim": None,
+                             "last_error": error})
+        if target == states.REBOOT:
+            error = ("reboot was interrupted (the conductor stopped during "
+                     "the BMC call) and is not repeated; the node is %s: "
+                     "request a reboot again if it is still needed"
+                     % actual)
+            LOG.warning("Node %(node)s: %(err)s", {"node": uuid,
+                                                   "err": error})
+            return t.record({"target_power_state": None,
+                             "power_action_claim": None,
+                             "power_state": actual, "last_error": error})
+        if actual == target:
+            LOG.info("Node %(node)s: interrupted %(target)s had taken "
+                     "effect (the BMC reports %(actual)s); recorded as done "
+                     "without acting again",
+                     {"node": uuid, "target": target, "actual": actual})
+            return t.record({"target_power_state": None,
+                             "power_action_claim": None,
+                             "power_state": actual, "last_error": None})
+        LOG.info("Node %(node)s: interrupted %(target)s had not taken "
+                 "effect (the BMC reports %(actual)s); applying it",
+                 {"node": uuid, "target": target, "actual": actual})
+        return self._act(t, target)
+
+    def _act(self, t: task.Task, target: str) -> db_api.NodeRecord:
+        """Apply the claimed action and record its outcome."""
+        uuid = t.node.uuid
+        values: dict[str, Any] = {"target_power_state": None,
+                                  "power_action_claim": None}
         try:
             if target == states.REBOOT:
                 t.call("reboot")
             else:
                 t.call("set_power_state", target)
+        except task.WorkerStopping:
+            # NOTE: nothing was sent to the BMC: hand the request over to
+            # the next owner untouched (pending, unclaimed).
+            LOG.info("Node %(node)s: %(target)s left pending; the worker "
+                     "is stopping", {"node": uuid, "target": target})
+            return t.record({"power_action_claim": None})
         except Exception as exc:
             values["last_error"] = "%s failed: %s" % (target, _text(exc))
             LOG.warning("Node %(node)s: %(err)s",
@@ -198,6 +266,10 @@ class PowerActions:
 
 def _seconds(value: float) -> str:
     return "%d" % value if float(value).is_integer() else "%g" % value
+
+
+def _action(target: str) -> str:
+    return "reboot" if target == states.REBOOT else target
 
 
 def _text(exc: BaseException) -> str:

@@ -264,6 +264,8 @@ class ConductorService(service.ServiceBase):
             drivers = loader.load(settings.enabled_drivers)
             # NOTE: a worker that starts has no work in flight, so any
             # reservation in its name was left by its previous life.
+            # Claimed power actions stay claimed: they are resolved by
+            # reading the BMC first, never applied again blindly.
             released = db.release_reservations(holders=[self.holder])
         except BaseException:
             db.dispose()
@@ -323,6 +325,7 @@ class ConductorService(service.ServiceBase):
         return {"boot_id": processutils.boot_id(),
                 "pool": rt.pool.stats(),
                 "periodics": rt.runner.stats(),
+                "reservations": task.holdings(rt.db, self.holder).status(),
                 "sweeps": {kind: result.as_dict() for kind, result in
                            rt.power_sync.last.items()}}
 
@@ -337,7 +340,9 @@ class ConductorService(service.ServiceBase):
 
         Order: stop taking new work (loops see the stop Event), wait for
         in-flight work with a bounded join, release this worker's
-        reservations, mark it offline, then close the database. A stop
+        reservations except those of tasks still running (their BMC call
+        may still be under way; the next owner reads the BMC before it
+        acts on them), mark it offline, then close the database. A stop
         that arrives while :meth:`start` runs tears down whatever exists
         (``start`` checks the Event before registering the worker).
         """
@@ -361,14 +366,27 @@ class ConductorService(service.ServiceBase):
             if not rt.pool.shutdown(wait=True,
                                     timeout=self._left(deadline)):
                 LOG.warning("Pool threads still busy at shutdown; their "
-                            "reservations are released below")
+                            "nodes stay reserved")
         for thread in self._threads:
             thread.join(self._left(deadline))
             if thread.is_alive():
                 LOG.warning("Thread %s did not stop in time", thread.name)
         if rt is not None:
+            held = task.holdings(rt.db, self.holder)
+            # NOTE: from here no task starts and no driver call begins;
+            # a task not released yet may be inside its call.
+            in_use = held.close()
             try:
-                rt.db.release_reservations(holders=[self.holder])
+                rt.db.release_reservations(holders=[self.holder],
+                                           exclude=in_use)
+                held.forget_releases()
+                if in_use:
+                    LOG.warning("%(n)d node(s) stay reserved by %(holder)s: "
+                                "their task did not finish in time; their "
+                                "next owner reads the BMC before acting: "
+                                "%(nodes)s", {"n": len(in_use),
+                                              "holder": self.holder,
+                                              "nodes": ", ".join(in_use)})
                 rt.db.set_offline(self.host, self.worker_id)
             except Exception:
                 LOG.exception("Could not mark worker %s offline",
@@ -448,11 +466,14 @@ class ConductorService(service.ServiceBase):
     def _heartbeat_loop(self, rt: _Runtime, stopped: threading.Event
                         ) -> None:
         interval = rt.settings.heartbeat_interval
+        held = task.holdings(rt.db, self.holder)
         while not stopped.wait(interval):
+            beat = False
             try:
                 rt.db.heartbeat(self.host, self.worker_id,
                                 drivers=list(rt.drivers),
                                 pid=os.getpid(), status=self.status())
+                beat = True
                 HEARTBEAT_LOG.debug("Heartbeat of %s (every %ss)",
                                     self.holder, interval)
             except Exception:
@@ -460,6 +481,10 @@ class ConductorService(service.ServiceBase):
                 # peers take our nodes over only if it lasts past
                 # heartbeat_timeout.
                 LOG.exception("Heartbeat of %s failed", self.holder)
+            # NOTE: failed releases are retried here at the latest (all of
+            # them once the database answered): a worker never keeps a
+            # reservation for a call it is not making.
+            held.retry_releases(now=beat)
 
 
 class StartExtra:

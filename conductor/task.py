@@ -22,6 +22,16 @@ full pool is refused before anything is left half done::
 
 Reads that change nothing (a power-sync sweep) do not reserve; they use
 :func:`call_driver` for the same deadline.
+
+A power action is *claimed* in the UPDATE that reserves the node for it
+(``power_action_claim``), then applied, then recorded (target and claim
+cleared). A task that finds a claim it did not write knows the action
+was interrupted (:attr:`Task.interrupted`).
+
+Each worker knows what it holds (:func:`holdings`): the nodes whose task
+is not released yet, never released by a stopping worker (their call may
+still be running), and the releases that failed, retried until they
+succeed.
 """
 
 from __future__ import annotations
@@ -30,7 +40,12 @@ from concurrent import futures
 import contextlib
 import dataclasses
 import logging
+import threading
+import time
 from typing import Any, Callable, Iterator, Mapping, TypeVar
+import weakref
+
+from oslo_utils import uuidutils
 
 from conductor.common import deadline
 from conductor.common import exceptions
@@ -42,6 +57,187 @@ from conductor import nodes
 LOG = logging.getLogger(__name__)
 
 _R = TypeVar("_R")
+
+#: Seconds before the first retry of a failed release; doubled after
+#: every failed retry, up to :data:`RETRY_MAX`.
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
+
+
+class WorkerStopping(exceptions.ConductorException):
+    message = ("Worker %(holder)s is stopping; node %(node)s is left to "
+               "its next owner.")
+
+
+@dataclasses.dataclass
+class _Retry:
+    attempts: int
+    due: float
+
+
+class Holdings:
+    """What one worker holds: nodes in use by its tasks, releases to retry.
+
+    A node is *in use* from just before its reservation is taken until
+    its task released it: its driver call may be running, so a stopping
+    worker never releases it (:meth:`close`). A release that fails is
+    queued and retried (:meth:`retry_releases`) with a backoff, until it
+    succeeds; meanwhile the node is refused to new tasks of this worker.
+
+    Built by :func:`holdings`, one per database connection and holder.
+    """
+
+    def __init__(self, db: db_api.Connection, holder: str,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._db = db
+        self.holder = holder
+        self._monotonic = monotonic
+        # NOTE: guards every attribute below; database calls are made
+        # outside it.
+        self._lock = threading.Lock()
+        self._in_use: dict[str, int] = {}
+        self._retry: dict[str, _Retry] = {}
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran: no new task, no new driver call."""
+        with self._lock:
+            return self._closed
+
+    def enter(self, uuid: str) -> None:
+        """Mark ``uuid`` in use, before its reservation is taken.
+
+        :raises WorkerStopping: after :meth:`close`.
+        :raises NodeLocked: while a failed release of it waits for retry.
+        """
+        with self._lock:
+            if self._closed:
+                raise WorkerStopping(holder=self.holder, node=uuid)
+            if uuid in self._retry:
+                raise exceptions.NodeLocked(
+                    node=uuid, holder="%s (its release failed and is being "
+                    "retried)" % self.holder)
+            self._in_use[uuid] = self._in_use.get(uuid, 0) + 1
+
+    def leave(self, uuid: str) -> None:
+        """``uuid`` is no longer used by a task of this worker."""
+        with self._lock:
+            count = self._in_use.get(uuid, 0) - 1
+            if count > 0:
+                self._in_use[uuid] = count
+            else:
+                self._in_use.pop(uuid, None)
+
+    def in_use(self) -> list[str]:
+        """The nodes whose task is not released yet (sorted)."""
+        with self._lock:
+            return sorted(self._in_use)
+
+    def pending_releases(self) -> list[str]:
+        """The nodes whose release failed and waits for a retry (sorted)."""
+        with self._lock:
+            return sorted(self._retry)
+
+    def status(self) -> dict[str, list[str]]:
+        """For the worker's status snapshot (JSON-safe)."""
+        return {"in_flight": self.in_use(),
+                "release_pending": self.pending_releases()}
+
+    def close(self) -> list[str]:
+        """Refuse new tasks and driver calls; returns the nodes in use.
+
+        Everything else this worker holds may then be released: nothing
+        can start using it any more.
+        """
+        with self._lock:
+            self._closed = True
+            return sorted(self._in_use)
+
+    def forget_releases(self) -> None:
+        """Drop the queued releases (the caller released them in bulk)."""
+        with self._lock:
+            self._retry.clear()
+
+    def release(self, uuid: str) -> bool:
+        """Release ``uuid``; a failure is queued for retry, never raised.
+
+        A success proves the database answers: due retries follow.
+
+        :returns: True when released now.
+        """
+        try:
+            self._db.release_node(uuid, self.holder)
+        except Exception as exc:
+            with self._lock:
+                self._retry[uuid] = _Retry(
+                    1, self._monotonic() + RETRY_FIRST)
+            LOG.warning("Releasing node %(node)s failed (%(err)s); %(holder)s "
+                        "retries until it succeeds",
+                        {"node": uuid, "err": _text(exc),
+                         "holder": self.holder})
+            return False
+        if self._retry:
+            self.retry_releases()
+        return True
+
+    def retry_releases(self, now: bool = False) -> int:
+        """Retry the queued releases that are due; returns how many remain.
+
+        Stops at the first failure (the database is likely away), which
+        waits twice as long as before, up to :data:`RETRY_MAX` seconds.
+
+        :param now: retry every queued release, due or not (the database
+            just answered).
+        """
+        with self._lock:
+            clock = self._monotonic()
+            due = [uuid for uuid, entry in sorted(self._retry.items())
+                   if now or entry.due <= clock]
+        for uuid in due:
+            try:
+                self._db.release_node(uuid, self.holder)
+            except Exception as exc:
+                with self._lock:
+                    entry = self._retry.get(uuid)
+                    if entry is not None:
+                        entry.due = self._monotonic() + min(
+                            RETRY_MAX, RETRY_FIRST * 2 ** entry.attempts)
+                        entry.attempts += 1
+                LOG.warning("Releasing node %(node)s failed again "
+                            "(%(err)s); retrying later",
+                            {"node": uuid, "err": _text(exc)})
+                break
+            with self._lock:
+                self._retry.pop(uuid, None)
+            LOG.info("Node %(node)s released by %(holder)s after a failed "
+                     "release", {"node": uuid, "holder": self.holder})
+        with self._lock:
+            return len(self._retry)
+
+
+_HOLDINGS: weakref.WeakKeyDictionary[
+    db_api.Connection, dict[str, Holdings]] = weakref.WeakKeyDictionary()
+_HOLDINGS_LOCK = threading.Lock()
+
+
+def holdings(db: db_api.Connection, holder: str) -> Holdings:
+    """The :class:`Holdings` of ``holder`` over connection ``db``.
+
+    One worker has one connection, so this is the worker's own; another
+    connection (another worker, a restarted one) starts with none.
+    """
+    with _HOLDINGS_LOCK:
+        by_holder = _HOLDINGS.setdefault(db, {})
+        found = by_holder.get(holder)
+        if found is None:
+            found = by_holder[holder] = Holdings(db, holder)
+        return found
+
+
+def new_claim() -> str:
+    """A fresh ``power_action_claim`` marker."""
+    return uuidutils.generate_uuid(dashed=False)
 
 
 def call_driver(driver: base.BaseDriver, method: str, node: Any,
@@ -67,26 +263,45 @@ class Task:
         :meth:`record`; its ``reservation`` is cleared by :meth:`release`.
     :ivar driver: its enabled driver, or None when the driver is not
         enabled on this worker.
+    :ivar claim: the ``power_action_claim`` this task wrote, or None.
     """
 
     def __init__(self, db: db_api.Connection, node: db_api.NodeRecord,
                  holder: str, drivers: Mapping[str, base.BaseDriver],
-                 timeout: float) -> None:
+                 timeout: float, claim: str | None = None) -> None:
         self.node = node
         self.holder = holder
         self.driver = drivers.get(node.driver)
+        self.claim = claim
         self._db = db
         self._timeout = timeout
         self._released = False
+        self._holdings = holdings(db, holder)
+
+    @property
+    def interrupted(self) -> bool:
+        """The pending action was claimed before, by another task.
+
+        That task reserved the node to apply it and never recorded the
+        outcome: the worker stopped or died, perhaps during the BMC call.
+        The action may have been (partly) applied.
+        """
+        claim = self.node.power_action_claim
+        return (self.node.target_power_state is not None
+                and claim is not None and claim != self.claim)
 
     def call(self, method: str, *args: Any) -> Any:
         """Call the node's driver under the deadline (see call_driver).
 
         :raises DriverNotEnabled: when the driver is not enabled here.
+        :raises WorkerStopping: when the worker is stopping (no new call
+            starts then).
         """
         if self.driver is None:
             raise exceptions.DriverNotEnabled(driver=self.node.driver,
                                               enabled=self.holder)
+        if self._holdings.closed:
+            raise WorkerStopping(holder=self.holder, node=self.node.uuid)
         return call_driver(self.driver, method, self.node, *args,
                            timeout=self._timeout)
 
@@ -97,11 +312,18 @@ class Task:
         return self.node
 
     def release(self) -> None:
-        """Release the reservation (once; later calls do nothing)."""
+        """Release the reservation (once; later calls do nothing).
+
+        A release the database refuses is retried by the worker until it
+        succeeds (:meth:`Holdings.release`); it is not raised.
+        """
         if self._released:
             return
         self._released = True
-        self._db.release_node(self.node.uuid, self.holder)
+        try:
+            self._holdings.release(self.node.uuid)
+        finally:
+            self._holdings.leave(self.node.uuid)
         self.node = dataclasses.replace(self.node, reservation=None)
 
     def spawn(self, pool: pool_mod.WorkerPool,
@@ -129,17 +351,33 @@ class Task:
 @contextlib.contextmanager
 def acquire(db: db_api.Connection, uuid: str, holder: str,
             drivers: Mapping[str, base.BaseDriver],
-            timeout: float) -> Iterator[Task]:
+            timeout: float, claim: bool = False) -> Iterator[Task]:
     """Reserve node ``uuid`` for the ``with`` block; release it after.
 
+    :param claim: also claim its pending power action (same UPDATE).
     :raises NodeLocked: when another holder has it.
     :raises NodeNotFound: when it is gone.
+    :raises WorkerStopping: when this worker is stopping.
     """
-    t = Task(db, db.reserve_node(uuid, holder), holder, drivers, timeout)
+    t = _reserve(db, uuid, holder, drivers, timeout,
+                 new_claim() if claim else None)
     try:
         yield t
     finally:
         t.release()
+
+
+def _reserve(db: db_api.Connection, uuid: str, holder: str,
+             drivers: Mapping[str, base.BaseDriver], timeout: float,
+             claim: str | None) -> Task:
+    held = holdings(db, holder)
+    held.enter(uuid)
+    try:
+        node = db.reserve_node(uuid, holder, claim=claim)
+    except BaseException:
+        held.leave(uuid)
+        raise
+    return Task(db, node, holder, drivers, timeout, claim=claim)
 
 
 def request_power(db: db_api.Connection, uuid: str, target: str,
@@ -147,20 +385,37 @@ def request_power(db: db_api.Connection, uuid: str, target: str,
                   timeout: float) -> Task:
     """Record ``target`` as the node's requested action, reserved by us.
 
-    One conditional UPDATE: accepted only when the node is neither
-    reserved nor already has an action pending. The caller then
+    One conditional UPDATE records the target, reserves the node and
+    claims the action: accepted only when the node is neither reserved
+    nor already has an action pending. The caller then
     :meth:`Task.spawn` s the action, or calls :func:`withdraw`.
 
+    :param uuid: the node's uuid or name.
     :raises NodeLocked: when it is reserved or has an action pending.
     :raises NodeNotFound: when it is gone.
+    :raises WorkerStopping: when this worker is stopping.
     """
-    node = db.request_power_state(uuid, target, holder=holder)
-    return Task(db, node, holder, drivers, timeout)
+    held = holdings(db, holder)
+    real_uuid = db.get_node(uuid).uuid
+    held.enter(real_uuid)
+    claim = new_claim()
+    try:
+        node = db.request_power_state(uuid, target, holder=holder,
+                                      claim=claim)
+    except BaseException:
+        held.leave(real_uuid)
+        raise
+    return Task(db, node, holder, drivers, timeout, claim=claim)
 
 
 def withdraw(t: Task) -> None:
     """Undo :func:`request_power`: clear the request, release the node."""
     try:
-        t.record({"target_power_state": None})
+        t.record({"target_power_state": None, "power_action_claim": None})
     finally:
         t.release()
+
+
+def _text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text if text else type(exc).__name__

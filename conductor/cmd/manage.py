@@ -378,10 +378,47 @@ class Manage:
         self.out("Removed %d dead worker record(s) and %d start-up task "
                  "log(s), released %d stale reservation(s)"
                  % (len(dead), removed, released))
+        idle = _idle_reservations(self.db.reservations(), data["workers"])
+        if idle:
+            self.out("%d reservation(s) held by live workers with no call "
+                     "in progress at their last heartbeat (left alone; a "
+                     "worker retries its failed releases itself):"
+                     % len(idle))
+            for uuid, holder, why in idle:
+                self.out("  node %s: %s, %s" % (uuid, holder, why))
         if failures:
             raise exceptions.ConductorException(
                 "%d clean hook(s) failed: %s" % (
                     len(failures), "; ".join(str(f) for f in failures)))
+
+
+def _idle_reservations(reserved: dict[str, str],
+                       workers: list[dict[str, Any]]
+                       ) -> list[tuple[str, str, str]]:
+    """Reservations of live workers that no task of theirs is using.
+
+    Compared with the set each worker publishes with its heartbeat
+    (``status["reservations"]``); a worker that publishes none is not
+    judged. A reservation taken since the last heartbeat shows here too.
+
+    :returns: ``(uuid, holder, why)``, sorted.
+    """
+    published: dict[str, dict[str, Any]] = {}
+    for worker in workers:
+        held = (worker.get("status") or {}).get("reservations")
+        if worker["alive"] and isinstance(held, dict):
+            published[db_api.holder_name(worker["host"],
+                                         worker["worker_id"])] = held
+    idle = []
+    for uuid, holder in sorted(reserved.items()):
+        held = published.get(holder)
+        if held is None or uuid in (held.get("in_flight") or ()):
+            continue
+        why = ("its release failed and is being retried"
+               if uuid in (held.get("release_pending") or ())
+               else "no call in progress")
+        idle.append((uuid, holder, why))
+    return idle
 
 
 def _remove_task_logs(log_dir: str | None) -> int:

@@ -48,7 +48,7 @@ _INSERTABLE = frozenset(nodes.CREATABLE)
 #: change, plus the fields power sync and power actions record.
 _WRITABLE = frozenset(nodes.UPDATABLE) | {
     "fault", "last_error", "power_state", "target_power_state",
-    "power_sync_failures"}
+    "power_sync_failures", "power_action_claim"}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,6 +77,10 @@ class NodeRecord:
     version: int = 0
     #: When ``target_power_state`` was requested (None when none is).
     target_power_state_requested_at: datetime.datetime | None = None
+    #: Set when a worker took the pending action (``target_power_state``)
+    #: to apply it, cleared when its outcome was recorded: a node with a
+    #: target and a claim it did not write had its action interrupted.
+    power_action_claim: str | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> "NodeRecord":
@@ -329,7 +333,8 @@ class Connection:
             self._raise_not_updated(node.uuid, ident)
 
     def request_power_state(self, ident: str, target: str, *,
-                            holder: str | None = None) -> NodeRecord:
+                            holder: str | None = None,
+                            claim: str | None = None) -> NodeRecord:
         """Record a requested power action for the owner to apply.
 
         Succeeds only when the node is neither reserved nor already has a
@@ -337,6 +342,8 @@ class Connection:
 
         :param holder: also reserve the node for ``holder``, in the same
             UPDATE (the caller applies the action itself).
+        :param claim: with ``holder``: the claim marker written in the
+            same UPDATE (see ``NodeRecord.power_action_claim``).
         :raises: NodeNotFound, NodeLocked.
         """
         node = self.get_node(ident)
@@ -344,6 +351,7 @@ class Connection:
         values: dict[str, Any] = {
             "target_power_state": target, "last_error": None,
             "target_power_state_requested_at": now,
+            "power_action_claim": claim if holder is not None else None,
             "version": _nodes.c.version + 1, "updated_at": now}
         if holder is not None:
             values["reservation"] = holder
@@ -364,7 +372,7 @@ class Connection:
     def stale_power_requests(self, uuids: Sequence[str],
                              cutoff: datetime.datetime
                              ) -> list[tuple[str, str, int]]:
-        """Pending, unreserved requests of these nodes made before ``cutoff``.
+        """Pending, unreserved, unclaimed requests made before ``cutoff``.
 
         A request stored before its time was recorded (an older release)
         counts from the node's last change.
@@ -385,6 +393,7 @@ class Connection:
                         .where(c.uuid.in_(chunk))
                         .where(c.target_power_state.is_not(None))
                         .where(c.reservation.is_(None))
+                        .where(c.power_action_claim.is_(None))
                         .where(requested < cutoff)))
         return found
 
@@ -393,16 +402,20 @@ class Connection:
                             version: int | None = None) -> bool:
         """Drop the node's pending request unless it is being applied.
 
-        One conditional UPDATE: only while a request is pending and the
-        node is not reserved (no worker has taken it), and, when given,
+        One conditional UPDATE: only while a request is pending, the node
+        is not reserved and the request was never claimed (no worker has
+        taken it), and, when given,
         while the request is still ``target`` and the node at ``version``.
 
         :param last_error: recorded on the node, saying why.
         :returns: whether a request was dropped.
         """
+        # NOTE: a claimed request may have been partly applied before its
+        # worker died: only its next owner, reading the BMC, resolves it.
         query = (_nodes.update().where(_nodes.c.uuid == uuid)
                  .where(_nodes.c.target_power_state.is_not(None))
-                 .where(_nodes.c.reservation.is_(None)))
+                 .where(_nodes.c.reservation.is_(None))
+                 .where(_nodes.c.power_action_claim.is_(None)))
         if target is not None:
             query = query.where(_nodes.c.target_power_state == target)
         if version is not None:
@@ -417,16 +430,28 @@ class Connection:
 
     # -- reservations --------------------------------------------------
 
-    def reserve_node(self, uuid: str, holder: str) -> NodeRecord:
+    def reserve_node(self, uuid: str, holder: str,
+                     claim: str | None = None) -> NodeRecord:
         """Take the node's reservation for ``holder``.
 
+        :param claim: also claim the node's pending power action, in the
+            same UPDATE: when it has a ``target_power_state`` and no claim
+            yet, ``power_action_claim`` becomes ``claim``. An older claim
+            is kept, so the caller sees that the action was interrupted.
         :raises: NodeLocked when someone holds it, NodeNotFound.
         """
+        values: dict[str, Any] = {"reservation": holder}
+        if claim is not None:
+            c = _nodes.c
+            values["power_action_claim"] = sa.case(
+                (sa.and_(c.target_power_state.is_not(None),
+                         c.power_action_claim.is_(None)), claim),
+                else_=c.power_action_claim)
         with self.engine.begin() as conn:
             count = conn.execute(
                 _nodes.update().where(_nodes.c.uuid == uuid)
                 .where(_nodes.c.reservation.is_(None))
-                .values(reservation=holder)).rowcount
+                .values(**values)).rowcount
         if count != 1:
             self._raise_not_updated(uuid, uuid)
         try:
@@ -440,8 +465,9 @@ class Connection:
     def release_node(self, uuid: str, holder: str) -> bool:
         """Drop ``holder``'s reservation; False when it did not hold it.
 
-        A database error is retried once: a reservation left behind keeps
-        the node locked until its holder restarts.
+        A database error is retried once at once; a second one is raised
+        (:class:`conductor.task.Holdings` queues the release and retries
+        it until it succeeds).
         """
         query = (_nodes.update().where(_nodes.c.uuid == uuid)
                  .where(_nodes.c.reservation == holder)
@@ -460,18 +486,25 @@ class Connection:
 
     def release_reservations(self, *, holders: Iterable[str] | None = None,
                              keep: Iterable[str] | None = None,
-                             uuids: Sequence[str] | None = None) -> int:
+                             uuids: Sequence[str] | None = None,
+                             exclude: Iterable[str] | None = None) -> int:
         """Clear stale reservations; returns how many were cleared.
+
+        Claims of power actions stay (``power_action_claim``): whoever
+        applies such an action next reads the BMC before acting.
 
         :param holders: clear the reservations of these holders, or
         :param keep: clear every reservation *not* held by these holders,
-        :param uuids: only among these nodes (None: all nodes).
+        :param uuids: only among these nodes (None: all nodes),
+        :param exclude: never these nodes (calls still in progress).
         """
         query = _nodes.update().where(_nodes.c.reservation.is_not(None))
         if holders is not None:
             query = query.where(_nodes.c.reservation.in_(list(holders)))
         if keep is not None:
             query = query.where(_nodes.c.reservation.not_in(list(keep)))
+        if exclude is not None and (excluded := list(exclude)):
+            query = query.where(_nodes.c.uuid.not_in(excluded))
         total = 0
         with self.engine.begin() as conn:
             if uuids is None:
@@ -483,6 +516,13 @@ class Connection:
                         query.where(_nodes.c.uuid.in_(chunk))
                         .values(reservation=None)).rowcount
         return total
+
+    def reservations(self) -> dict[str, str]:
+        """Every reserved node: ``{uuid: holder}``."""
+        query = (sa.select(_nodes.c.uuid, _nodes.c.reservation)
+                 .where(_nodes.c.reservation.is_not(None)))
+        with self.engine.connect() as conn:
+            return {uuid: holder for uuid, holder in conn.execute(query)}
 
     # -- power sync ----------------------------------------------------
 

@@ -40,6 +40,10 @@ nodes = sa.Table(
     # request older than [conductor] power_request_timeout is dropped.
     sa.Column("target_power_state_requested_at", sa.DateTime,
               nullable=True),
+    # NOTE: set with the reservation when a worker takes a pending power
+    # action, cleared with target_power_state when its outcome is recorded;
+    # both set means the action was interrupted (see power_actions).
+    sa.Column("power_action_claim", sa.String(64), nullable=True),
     sa.UniqueConstraint("uuid", name="uniq_nodes0uuid"),
     sa.UniqueConstraint("name", name="uniq_nodes0name"),
     sa.Index("nodes_reservation_idx", "reservation"),

@@ -13,11 +13,21 @@
     The hardware's power state until the conductor changes it
     (``"power on"`` or ``"power off"``); by default the hardware reports
     what the database recorded, or ``"power off"`` for a new node.
+``fake_call_log``
+    Path of a file to which every power change (``set_power_state``,
+    ``reboot``) is appended as one JSON line when the call starts
+    (``{"node", "call", "target", "applied", "pid"}``). The change takes
+    effect as the call starts (``fake_latency_ms`` is the time the BMC
+    takes to answer), and the fake BMC then keeps its power state in
+    that file, so that it survives a restart of the conductor: tests
+    count the changes each node received.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -34,7 +44,8 @@ LOG = logging.getLogger(__name__)
 #: Seconds between runs of the ``fake-periodic`` driver's example tasks.
 PERIODIC_SPACING = 1.0
 #: The driver_info fields the fake driver reads.
-FIELDS = ("fake_latency_ms", "fake_fail", "fake_power_state")
+FIELDS = ("fake_latency_ms", "fake_fail", "fake_power_state",
+          "fake_call_log")
 
 _FAIL_VALUES = {"true": "all", "all": "all", "get": "get", "set": "set",
                 "false": None, "": None}
@@ -73,6 +84,10 @@ class FakePower(base.PowerInterface):
                                                states.POWER_OFF):
             problems.append("fake_power_state must be '%s' or '%s', got %r"
                             % (states.POWER_ON, states.POWER_OFF, power))
+        log = info.get("fake_call_log")
+        if log is not None and (not isinstance(log, str) or not log):
+            problems.append("fake_call_log must be a file path, got %r"
+                            % (log,))
         problems += base.field_problems(info, "fake", FIELDS)
         if problems:
             raise exceptions.InvalidParameterValue(
@@ -96,10 +111,46 @@ class FakePower(base.PowerInterface):
                 err="Fake BMC of node %s failed (fake_fail=%s)"
                     % (node.uuid, info.get("fake_fail")))
 
+    def _change(self, node: base.DriverNode, call: str,
+                target: str) -> None:
+        """Log a power change as it starts (with ``fake_call_log``)."""
+        path = node.driver_info.get("fake_call_log")
+        if not path:
+            return
+        mode = _fail_mode(node.driver_info)
+        line = json.dumps({"node": node.uuid, "call": call,
+                           "target": target,
+                           "applied": mode not in ("all", "set"),
+                           "pid": os.getpid()}) + "\n"
+        # NOTE: one write of one short line in append mode: lines of
+        # concurrent writers (threads, processes) never interleave.
+        with self._lock, open(path, "a") as stream:
+            stream.write(line)
+
+    @staticmethod
+    def _logged_state(node: base.DriverNode) -> str | None:
+        """The power state the call log gives the node, if any."""
+        path = node.driver_info.get("fake_call_log")
+        if not path or not os.path.exists(path):
+            return None
+        state = None
+        with open(path) as stream:
+            for text in stream:
+                try:
+                    entry = json.loads(text)
+                except ValueError:
+                    continue
+                if entry.get("node") == node.uuid and entry.get("applied"):
+                    state = entry.get("target")
+        return state
+
     def get_power_state(self, node: base.DriverNode) -> str:
         self._call(node, "get")
         with self._lock:
             state = self._hardware.get(node.uuid)
+        logged = self._logged_state(node)
+        if logged is not None:
+            state = logged
         if state is None:
             state = (node.driver_info.get("fake_power_state")
                      or node.power_state or states.POWER_OFF)
@@ -111,11 +162,13 @@ class FakePower(base.PowerInterface):
         if target not in (states.POWER_ON, states.POWER_OFF):
             raise exceptions.InvalidParameterValue(
                 err="Fake driver cannot set power state %r" % (target,))
+        self._change(node, "set_power_state", target)
         self._call(node, "set")
         with self._lock:
             self._hardware[node.uuid] = target
 
     def reboot(self, node: base.DriverNode) -> None:
+        self._change(node, "reboot", states.POWER_ON)
         self._call(node, "set")
         with self._lock:
             self._hardware[node.uuid] = states.POWER_ON

@@ -44,8 +44,8 @@ class TestCliOnBackend(base.FunctionalTestCase):
         unsynced = self.manage("node", "list", check=1)
         self.assertIn("run 'conductor-manage db sync'", unsynced.stderr)
         self.manage("db", "sync")
-        self.assertIn("0002_power_request_time (head: "
-                      "0002_power_request_time)",
+        self.assertIn("0003_power_action_claim (head: "
+                      "0003_power_action_claim)",
                       self.manage("db", "version").stdout)
         # Again: upgrading an up-to-date schema does nothing.
         self.manage("db", "sync")
@@ -114,6 +114,23 @@ class TestCliOnBackend(base.FunctionalTestCase):
                                         "json").stdout)
         self.assertEqual(2, status["nodes"]["total"])
         self.assertEqual(1, status["nodes"]["maintenance"])
+
+    def test_power_action_claims(self) -> None:
+        db = self.db_fixture.connect()
+        one, two = db.import_nodes([{"name": "c1", "driver": "fake"},
+                                    {"name": "c2", "driver": "fake"}])
+        db.request_power_state(one.uuid, "power on")
+        # The reserving UPDATE claims a pending action, once.
+        self.assertEqual("first", db.reserve_node(
+            one.uuid, "h:0", claim="first").power_action_claim)
+        self.assertIsNone(db.reserve_node(
+            two.uuid, "h:0", claim="other").power_action_claim)
+        self.assertEqual(1, db.release_reservations(holders=["h:0"],
+                                                    exclude=[two.uuid]))
+        self.assertEqual({two.uuid: "h:0"}, db.reservations())
+        again = db.reserve_node(one.uuid, "h:1", claim="second")
+        self.assertEqual(("h:1", "first"),
+                         (again.reservation, again.power_action_claim))
 
     def test_conductor_runs_on_backend(self) -> None:
         self.manage("db", "sync")

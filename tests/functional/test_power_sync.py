@@ -337,3 +337,59 @@ class TestDriverPeriodics(PowerSyncTestCase):
                  for task in worker["status"].get("periodics", [])}
         self.assertIn("ConductorPeriodics.sync_power_states", names)
         self.assertFalse([n for n in names if "FakePeriodic" in n], names)
+
+
+class TestActionsAcrossARestart(PowerSyncTestCase):
+    """Power is never applied twice, nor lost, by a stop or a restart."""
+
+    def set_calls(self, path: str) -> collections.Counter[str]:
+        if not os.path.exists(path):
+            return collections.Counter()
+        with open(path) as stream:
+            return collections.Counter(
+                json.loads(line)["node"] for line in stream
+                if json.loads(line)["call"] == "set_power_state")
+
+    def test_sigterm_mid_action_then_restart_applies_each_once(self) -> None:
+        calls = os.path.join(self.workdir, "calls.jsonl")
+        uuids = self.enrol(20, prefix="slow", fake_latency_ms=6000,
+                           fake_call_log=calls)
+        # The actions (6 s) outlast graceful_shutdown_timeout (4 s).
+
+        def options() -> dict:
+            return _options(self.workdir,
+                            DEFAULT={"graceful_shutdown_timeout": 4},
+                            conductor={"power_state_timeout": 30,
+                                       "sync_power_state_interval": 0,
+                                       "workers_pool_size": 32})
+        first = self.start_conductor(options())
+        self.wait_workers(self.db, "ftest", 2)
+        for uuid in uuids:
+            self.db.request_power_state(uuid, "power on")
+        # Every set call has begun (and reached the fake BMC).
+        base.wait_for(lambda: set(self.set_calls(calls)) == set(uuids), 20,
+                      "every node's power on under way")
+        first.signal(signal.SIGTERM)
+        self.assertEqual(0, first.wait_exit(20))
+        # The calls were still running: their nodes stay reserved and
+        # claimed for the next owner.
+        for uuid in uuids:
+            node = self.node(uuid)
+            self.assertEqual("power on", node.target_power_state)
+            self.assertIsNotNone(node.reservation)
+            self.assertIsNotNone(node.power_action_claim)
+        self.assertIn("stay reserved", first.log())
+        second = self.start_conductor(options(), name="restarted")
+        base.wait_for(
+            lambda: all(self.node(u).target_power_state is None
+                        and self.node(u).reservation is None
+                        for u in uuids), 40,
+            "every interrupted action resolved")
+        for uuid in uuids:
+            node = self.node(uuid)
+            self.assertEqual(("power on", None, None),
+                             (node.power_state, node.last_error,
+                              node.power_action_claim))
+        self.assertEqual({uuid: 1 for uuid in uuids},
+                         dict(self.set_calls(calls)))
+        self.assertIn("recorded as done without acting again", second.log())

@@ -20,6 +20,7 @@ from conductor.executor import pool as pool_mod
 from conductor import ownership
 from conductor import power_actions
 from conductor import states
+from conductor import task
 from tests import base
 from tests import fakes
 
@@ -388,3 +389,151 @@ class TestScanAndSubmit(ActionsTestCase):
         self.assertEqual(0, self.pool.stats()["failed"])
         self.assertTrue(self.actions.submit(uuid))
         self.drain()
+
+
+class TestInterruptedActions(ActionsTestCase):
+    """A worker claimed the action and never recorded its outcome."""
+
+    def interrupted(self, name: str, target: str, **values: Any) -> str:
+        uuid = self.node(name, **values)
+        # The dead worker h:9 requested, reserved and claimed it; then its
+        # reservation was released (start-up or dead-worker release).
+        task.request_power(self.db, uuid, target, "h:9", {}, 5.0)
+        self.db.release_reservations(holders=["h:9"])
+        node = self.db.get_node(uuid)
+        self.assertEqual(target, node.target_power_state)
+        self.assertIsNotNone(node.power_action_claim)
+        return uuid
+
+    def test_an_interrupted_action_is_neither_expired_nor_cancelled(
+            self) -> None:
+        # Partly applied, maybe: only its next owner, reading the BMC,
+        # may resolve it; expiry and --cancel leave it alone.
+        uuid = self.interrupted("late", states.POWER_ON)
+        long_ago = timeutils.utcnow() - datetime.timedelta(seconds=1000)
+        with self.db.engine.begin() as conn:
+            conn.execute(models.nodes.update()
+                         .where(models.nodes.c.uuid == uuid)
+                         .values(target_power_state_requested_at=long_ago))
+        self.assertEqual(set(), self.actions.expire([uuid], 300))
+        self.assertFalse(self.db.clear_power_request(uuid, "cancelled"))
+        node = self.db.get_node(uuid)
+        self.assertEqual((states.POWER_ON, None),
+                         (node.target_power_state, node.last_error))
+
+    def test_claim_is_held_during_the_call_and_cleared_after(self) -> None:
+        uuid = self.node("a", states.POWER_ON)
+        seen: list[tuple[str | None, str | None]] = []
+        self.power.set_power_state.side_effect = lambda node, target: \
+            seen.append((self.db.get_node(node.uuid).reservation,
+                         self.db.get_node(node.uuid).power_action_claim))
+        node = self.actions.apply(uuid)
+        assert node is not None
+        self.assertEqual(HOLDER, seen[0][0])
+        self.assertIsNotNone(seen[0][1])
+        self.assertEqual((None, None, None),
+                         (node.target_power_state, node.power_action_claim,
+                          node.reservation))
+
+    def test_unclaimed_action_is_applied_once_without_reading(self) -> None:
+        uuid = self.node("a", states.POWER_ON)
+        self.actions.apply(uuid)
+        self.power.set_power_state.assert_called_once_with(mock.ANY,
+                                                           states.POWER_ON)
+        self.power.get_power_state.assert_not_called()
+
+    def test_target_already_reached_is_recorded_without_acting(self) -> None:
+        uuid = self.interrupted("a", states.POWER_ON,
+                                power_state=states.POWER_OFF,
+                                last_error="old")
+        self.power.get_power_state.return_value = states.POWER_ON
+        node = self.actions.apply(uuid)
+        assert node is not None
+        self.power.get_power_state.assert_called_once_with(mock.ANY)
+        self.power.set_power_state.assert_not_called()
+        self.assertEqual((states.POWER_ON, None, None, None, None),
+                         (node.power_state, node.target_power_state,
+                          node.power_action_claim, node.last_error,
+                          node.reservation))
+
+    def test_target_not_reached_is_applied_once(self) -> None:
+        uuid = self.interrupted("a", states.POWER_OFF,
+                                power_state=states.POWER_ON)
+        self.power.get_power_state.return_value = states.POWER_ON
+        node = self.actions.apply(uuid)
+        assert node is not None
+        self.power.set_power_state.assert_called_once_with(mock.ANY,
+                                                           states.POWER_OFF)
+        self.assertEqual((states.POWER_OFF, None, None, None),
+                         (node.power_state, node.target_power_state,
+                          node.power_action_claim, node.last_error))
+
+    def test_interrupted_reboot_is_never_repeated(self) -> None:
+        uuid = self.interrupted("a", states.REBOOT,
+                                power_state=states.POWER_OFF)
+        self.power.get_power_state.return_value = states.POWER_ON
+        node = self.actions.apply(uuid)
+        assert node is not None
+        self.power.reboot.assert_not_called()
+        self.power.set_power_state.assert_not_called()
+        self.assertEqual((states.POWER_ON, None, None, None),
+                         (node.power_state, node.target_power_state,
+                          node.power_action_claim, node.reservation))
+        assert node.last_error is not None
+        self.assertIn("reboot was interrupted", node.last_error)
+        self.assertIn("not repeated", node.last_error)
+        # Nothing left to do: a later scan does not reboot it either.
+        self.assertEqual(0, self.actions.scan())
+        self.drain()
+        self.power.reboot.assert_not_called()
+        # A new request is a new action: that one reboots, once.
+        self.db.request_power_state(uuid, states.REBOOT)
+        node = self.actions.apply(uuid)
+        assert node is not None
+        self.power.reboot.assert_called_once_with(mock.ANY)
+        self.assertIsNone(node.last_error)
+
+    def test_unreadable_bmc_is_recorded_without_acting(self) -> None:
+        uuid = self.interrupted("a", states.POWER_ON)
+        self.power.get_power_state.side_effect = \
+            exceptions.PowerStateFailure(err="BMC unreachable")
+        node = self.actions.apply(uuid)
+        assert node is not None
+        self.power.set_power_state.assert_not_called()
+        self.assertEqual((None, None),
+                         (node.target_power_state, node.power_action_claim))
+        assert node.last_error is not None
+        self.assertIn("power on was interrupted", node.last_error)
+        self.assertIn("BMC unreachable", node.last_error)
+
+    def test_scan_resolves_what_a_dead_worker_claimed(self) -> None:
+        uuid = self.node("a")
+        t = task.request_power(self.db, uuid, states.POWER_ON, "h:9", {},
+                               5.0)
+        self.assertEqual("h:9", self.db.get_node(uuid).reservation)
+        self.power.get_power_state.return_value = states.POWER_ON
+        actions = self.make_actions(
+            rings=ownership.Rings(self.db, "h", 0, 60, 15))
+        self.assertEqual(1, actions.scan())     # releases h:9's first
+        self.drain()
+        self.power.set_power_state.assert_not_called()
+        node = self.db.get_node(uuid)
+        self.assertEqual((states.POWER_ON, None, None, None),
+                         (node.power_state, node.target_power_state,
+                          node.power_action_claim, node.reservation))
+        self.assertIsNotNone(t.claim)
+
+    def test_a_stopping_worker_hands_the_action_over_untouched(
+            self) -> None:
+        uuid = self.node("a")
+        t = task.request_power(self.db, uuid, states.POWER_ON, HOLDER,
+                               {"scripted": self.driver}, 5.0)
+        task.holdings(self.db, HOLDER).close()
+        self.actions.apply_task(t)
+        t.release()
+        self.power.set_power_state.assert_not_called()
+        node = self.db.get_node(uuid)
+        # Still pending, no longer claimed: the next owner applies it.
+        self.assertEqual((states.POWER_ON, None, None),
+                         (node.target_power_state, node.power_action_claim,
+                          node.reservation))

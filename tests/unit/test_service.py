@@ -11,6 +11,7 @@ from typing import Any
 from unittest import mock
 
 import fixtures
+from oslo_db import exception as db_exc
 from oslo_service import service as oslo_service
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
@@ -361,11 +362,94 @@ class TestStartStop(ServiceTestCase):
         # Bounded by graceful_shutdown_timeout (3 s; 1 s for the pool).
         self.assertGreater(elapsed, 0.9)
         self.assertLess(elapsed, 3.0)
+        # The call may still reach the BMC: the node stays reserved, its
+        # action claimed, for the next owner to resolve.
         node = self.db.get_node(uuid)
-        self.assertIsNone(node.reservation)
+        self.assertEqual(("test-host:0", states.POWER_ON),
+                         (node.reservation, node.target_power_state))
+        self.assertIsNotNone(node.power_action_claim)
         self.assertFalse(self.db.list_conductors()[0].online)
         # Let the stuck call end before the database goes away.
         release.set()
         pool = svc.pool
         assert pool is not None
         self.assertTrue(base.wait_until(lambda: pool.busy == 0))
+
+    def test_stop_leaves_a_call_in_progress_to_the_next_owner(self) -> None:
+        entered, release = threading.Event(), threading.Event()
+        self.addCleanup(release.set)
+        calls: list[str] = []
+
+        class BlockingPower(fake.FakePower):
+            def set_power_state(self, node: driver_base.DriverNode,
+                                target: str) -> None:
+                calls.append(target)
+                with self._lock:
+                    self._hardware[node.uuid] = target  # the BMC took it
+                entered.set()
+                release.wait(base.WAIT)  # past graceful_shutdown_timeout
+
+        driver = fake.FakeDriver()
+        driver.power = BlockingPower()
+        uuid = self.node("slow")
+        idle = self.node("idle")
+        self.db.request_power_state(uuid, states.POWER_ON)
+        first = service.ConductorService("test-host", 0, self.conf)
+        with mock.patch.object(loader, "load", autospec=True,
+                               return_value={"fake": driver}):
+            first.start()
+            self.assertTrue(entered.wait(base.WAIT))
+            # A reservation with no call behind it is still released.
+            self.db.reserve_node(idle, "test-host:0")
+            first.stop()
+            node = self.db.get_node(uuid)
+            self.assertEqual(("test-host:0", states.POWER_ON),
+                             (node.reservation, node.target_power_state))
+            self.assertIsNotNone(node.power_action_claim)
+            self.assertIsNone(self.db.get_node(idle).reservation)
+            # The restarted worker releases it and reads the BMC first:
+            # the power on is in effect, so it is recorded, not repeated.
+            second = self.service()
+            second.start()
+            self.assertTrue(base.wait_until(
+                lambda: self.db.get_node(uuid).target_power_state is None))
+            second.stop()
+        node = self.db.get_node(uuid)
+        self.assertEqual((states.POWER_ON, None, None, None),
+                         (node.power_state, node.power_action_claim,
+                          node.last_error, node.reservation))
+        self.assertEqual([states.POWER_ON], calls)
+        release.set()
+        pool = first.pool
+        assert pool is not None
+        self.assertTrue(base.wait_until(lambda: pool.busy == 0))
+        self.assertEqual([states.POWER_ON], calls)
+
+    def test_a_failed_release_is_retried_without_a_restart(self) -> None:
+        uuid = self.node("a")
+        attempts = [0]
+        real = db_api.Connection.release_node
+
+        def release(conn: db_api.Connection, node_uuid: str,
+                    holder: str) -> bool:
+            if node_uuid == uuid:
+                attempts[0] += 1
+                if attempts[0] <= 3:
+                    raise db_exc.DBConnectionError("database went away")
+            return real(conn, node_uuid, holder)
+
+        self.useFixture(fixtures.MockPatchObject(
+            db_api.Connection, "release_node", autospec=True,
+            side_effect=release))
+        svc = self.service()
+        svc.start()
+        self.db.request_power_state(uuid, states.POWER_ON)
+        self.assertTrue(base.wait_until(
+            lambda: self.db.get_node(uuid).target_power_state is None))
+        self.assertEqual(states.POWER_ON, self.db.get_node(uuid).power_state)
+        # The worker retries (on its heartbeats) until the release works.
+        self.assertTrue(base.wait_until(
+            lambda: self.db.get_node(uuid).reservation is None))
+        self.assertEqual(4, attempts[0])
+        self.assertEqual({"in_flight": [], "release_pending": []},
+                         svc.status()["reservations"])

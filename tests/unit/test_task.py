@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import threading
 
+import fixtures
+from oslo_db import exception as db_exc
+
 from conductor.common import deadline
 from conductor.common import exceptions
 from conductor.drivers import fake
@@ -12,6 +15,7 @@ from conductor.executor import pool as pool_mod
 from conductor import states
 from conductor import task
 from tests import base
+from tests import fakes
 
 
 class TestTask(base.TestCase):
@@ -102,3 +106,168 @@ class TestTask(base.TestCase):
         node = self.db.get_node(self.uuid)
         self.assertEqual((None, None),
                          (node.target_power_state, node.reservation))
+
+
+class TestClaim(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.db = self.make_db()
+        self.drivers = {"fake": fake.FakeDriver()}
+        self.uuid = self.db.create_node({"driver": "fake", "name": "n1",
+                                         "driver_info": {}}).uuid
+
+    def test_request_claims_in_the_reserving_update(self) -> None:
+        t = task.request_power(self.db, "n1", states.POWER_ON, "h:0",
+                               self.drivers, 5.0)
+        node = self.db.get_node(self.uuid)
+        self.assertEqual(("h:0", t.claim), (node.reservation,
+                                            node.power_action_claim))
+        self.assertIsNotNone(t.claim)
+        self.assertFalse(t.interrupted)
+        task.withdraw(t)
+        node = self.db.get_node(self.uuid)
+        self.assertEqual((None, None, None),
+                         (node.target_power_state, node.power_action_claim,
+                          node.reservation))
+
+    def test_acquire_claims_a_pending_action(self) -> None:
+        self.db.request_power_state(self.uuid, states.POWER_ON)
+        self.assertIsNone(self.db.get_node(self.uuid).power_action_claim)
+        with task.acquire(self.db, self.uuid, "h:0", self.drivers, 5.0,
+                          claim=True) as t:
+            self.assertIsNotNone(t.claim)
+            self.assertEqual(t.claim, t.node.power_action_claim)
+            self.assertFalse(t.interrupted)
+        # Released without a record: the claim stays for the next owner.
+        node = self.db.get_node(self.uuid)
+        self.assertEqual((None, t.claim),
+                         (node.reservation, node.power_action_claim))
+        with task.acquire(self.db, self.uuid, "h:1", self.drivers, 5.0,
+                          claim=True) as again:
+            self.assertTrue(again.interrupted)
+            self.assertEqual(t.claim, again.node.power_action_claim)
+
+    def test_acquire_without_claim_leaves_it(self) -> None:
+        self.db.request_power_state(self.uuid, states.POWER_ON)
+        with task.acquire(self.db, self.uuid, "h:0", self.drivers,
+                          5.0) as t:
+            self.assertIsNone(t.node.power_action_claim)
+            self.assertFalse(t.interrupted)
+
+    def test_nothing_pending_nothing_claimed(self) -> None:
+        with task.acquire(self.db, self.uuid, "h:0", self.drivers, 5.0,
+                          claim=True) as t:
+            self.assertIsNone(t.node.power_action_claim)
+            self.assertFalse(t.interrupted)
+
+
+class TestHoldings(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.db = self.make_db()
+        self.drivers = {"fake": fake.FakeDriver()}
+        self.uuid = self.db.create_node({"driver": "fake", "name": "n1",
+                                         "driver_info": {}}).uuid
+
+    def failing_releases(self, failures: int) -> list[int]:
+        """The next ``failures`` releases fail; returns the attempt count."""
+        attempts = [0]
+        real = self.db.release_node
+
+        def release(uuid: str, holder: str) -> bool:
+            attempts[0] += 1
+            if attempts[0] <= failures:
+                raise db_exc.DBConnectionError("database went away")
+            return real(uuid, holder)
+
+        self.useFixture(fixtures.MockPatchObject(self.db, "release_node",
+                                                 side_effect=release))
+        return attempts
+
+    def test_tasks_are_in_use_until_released(self) -> None:
+        held = task.holdings(self.db, "h:0")
+        self.assertIs(held, task.holdings(self.db, "h:0"))
+        with task.acquire(self.db, self.uuid, "h:0", self.drivers, 5.0):
+            self.assertEqual([self.uuid], held.in_use())
+        self.assertEqual([], held.in_use())
+        # A refused reservation is not in use either.
+        self.db.reserve_node(self.uuid, "h:1")
+        self.assertRaises(exceptions.NodeLocked, task.request_power,
+                          self.db, "n1", states.POWER_ON, "h:0",
+                          self.drivers, 5.0)
+        self.assertEqual([], held.in_use())
+
+    def test_another_connection_holds_nothing(self) -> None:
+        with task.acquire(self.db, self.uuid, "h:0", self.drivers, 5.0):
+            other = self.make_db()
+            self.assertEqual([], task.holdings(other, "h:0").in_use())
+
+    def test_closed_refuses_tasks_and_calls(self) -> None:
+        held = task.holdings(self.db, "h:0")
+        with task.acquire(self.db, self.uuid, "h:0", self.drivers,
+                          5.0) as t:
+            self.assertEqual([self.uuid], held.close())
+            self.assertRaises(task.WorkerStopping, t.call,
+                              "get_power_state")
+        other = self.db.create_node({"driver": "fake", "name": "n2"}).uuid
+        self.assertRaises(task.WorkerStopping, task.acquire(
+            self.db, other, "h:0", self.drivers, 5.0).__enter__)
+        self.assertIsNone(self.db.get_node(other).reservation)
+
+    def test_failed_release_is_retried_until_it_succeeds(self) -> None:
+        attempts = self.failing_releases(3)
+        held = task.holdings(self.db, "h:0")
+        with task.acquire(self.db, self.uuid, "h:0", self.drivers, 5.0):
+            pass
+        # Not raised; queued, and the node is no longer in use.
+        self.assertEqual("h:0", self.db.get_node(self.uuid).reservation)
+        self.assertEqual({"in_flight": [], "release_pending": [self.uuid]},
+                         held.status())
+        # Meanwhile no task of this worker takes the node.
+        exc = self.assertRaises(
+            exceptions.NodeLocked, task.acquire(
+                self.db, self.uuid, "h:0", self.drivers, 5.0).__enter__)
+        self.assertIn("release failed and is being retried", str(exc))
+        self.assertEqual(1, held.retry_releases(now=True))
+        self.assertEqual(1, held.retry_releases(now=True))
+        self.assertEqual(0, held.retry_releases(now=True))
+        self.assertEqual(4, attempts[0])
+        self.assertIsNone(self.db.get_node(self.uuid).reservation)
+        self.assertEqual([], held.pending_releases())
+
+    def test_retries_back_off(self) -> None:
+        clock = fakes.FakeClock(100.0)
+        attempts = self.failing_releases(3)
+        held = task.Holdings(self.db, "h:0", monotonic=clock)
+        self.db.reserve_node(self.uuid, "h:0")
+        self.assertFalse(held.release(self.uuid))
+        self.assertEqual(1, attempts[0])
+
+        def retry_at(offset: float) -> int:
+            clock.now = 100.0 + offset
+            held.retry_releases()
+            return attempts[0]
+
+        self.assertEqual(1, retry_at(0.9))          # first retry after 1s
+        self.assertEqual(2, retry_at(1.0))          # fails: next in 2s
+        self.assertEqual(2, retry_at(2.9))
+        self.assertEqual(3, retry_at(3.0))          # fails: next in 4s
+        self.assertEqual(3, retry_at(6.9))
+        self.assertEqual(4, retry_at(7.0))          # succeeds
+        self.assertEqual([], held.pending_releases())
+        self.assertIsNone(self.db.get_node(self.uuid).reservation)
+
+    def test_a_successful_release_retries_the_due_ones(self) -> None:
+        clock = fakes.FakeClock(0.0)
+        held = task.Holdings(self.db, "h:0", monotonic=clock)
+        other = self.db.create_node({"driver": "fake", "name": "n2"}).uuid
+        self.db.reserve_node(self.uuid, "h:0")
+        self.db.reserve_node(other, "h:0")
+        self.failing_releases(1)
+        self.assertFalse(held.release(self.uuid))
+        clock.advance(1.0)
+        self.assertTrue(held.release(other))
+        self.assertEqual([], held.pending_releases())
+        self.assertIsNone(self.db.get_node(self.uuid).reservation)

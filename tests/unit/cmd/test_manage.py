@@ -717,6 +717,33 @@ class TestStatusAndClean(DbManageTestCase):
                          "task log(s), released 0 stale reservation(s)\n",
                          self.ok("clean"))
 
+    def test_clean_reports_reservations_with_no_call_in_progress(
+            self) -> None:
+        uuids = {}
+        for name in ("busy", "stuck", "idle", "free"):
+            self.ok("node", "create", "--driver", "fake", "--name", name)
+            uuids[name] = self.db.get_node(name).uuid
+        for name in ("busy", "stuck", "idle"):
+            self.db.reserve_node(uuids[name], "h:0")
+        self.snapshot["reservations"] = {
+            "in_flight": [uuids["busy"]],
+            "release_pending": [uuids["stuck"]]}
+        self.db.heartbeat("h", 0, status=self.snapshot)
+        out = self.ok("clean").splitlines()
+        self.assertEqual(
+            "2 reservation(s) held by live workers with no call in progress "
+            "at their last heartbeat (left alone; a worker retries its "
+            "failed releases itself):", out[1])
+        self.assertEqual(sorted([
+            "  node %s: h:0, no call in progress" % uuids["idle"],
+            "  node %s: h:0, its release failed and is being retried"
+            % uuids["stuck"]]), sorted(out[2:]))
+        # Only reported: the live worker keeps them.
+        self.assertEqual({"busy": "h:0", "stuck": "h:0", "idle": "h:0",
+                          "free": None},
+                         {n.name: n.reservation
+                          for n in self.db.list_nodes()})
+
     def _task_logs(self, host: str) -> tuple[str, str]:
         log_dir = os.path.join(self.state, "async")
         os.makedirs(log_dir)

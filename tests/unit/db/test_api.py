@@ -375,6 +375,68 @@ class TestReservations(DbTestCase):
             holders=["h:0", "h:1"], uuids=[nodes[1].uuid, nodes[2].uuid]))
         self.assertEqual(["h:0", None, "g:0", None], self.reservations())
 
+    def test_release_reservations_exclude(self) -> None:
+        nodes = self._reserve_three()
+        self.assertEqual(1, self.db.release_reservations(
+            holders=["h:0", "h:1"], exclude=[nodes[1].uuid]))
+        self.assertEqual([None, "h:1", "g:0", None], self.reservations())
+        self.assertEqual(1, self.db.release_reservations(
+            holders=["h:1"], exclude=[]))
+
+    def test_reservations(self) -> None:
+        nodes = self._reserve_three()
+        self.assertEqual({nodes[0].uuid: "h:0", nodes[1].uuid: "h:1",
+                          nodes[2].uuid: "g:0"}, self.db.reservations())
+
+    def test_release_keeps_the_claim(self) -> None:
+        node = self.node("n1")
+        self.db.request_power_state(node.uuid, states.POWER_ON,
+                                    holder="h:0", claim="c1")
+        self.assertEqual(1, self.db.release_reservations(holders=["h:0"]))
+        stored = self.db.get_node(node.uuid)
+        self.assertEqual((None, states.POWER_ON, "c1"),
+                         (stored.reservation, stored.target_power_state,
+                          stored.power_action_claim))
+
+
+class TestClaims(DbTestCase):
+
+    def claim(self, uuid: str) -> str | None:
+        return self.db.get_node(uuid).power_action_claim
+
+    def test_reserve_claims_a_pending_action(self) -> None:
+        node = self.node("n1")
+        self.db.request_power_state(node.uuid, states.POWER_ON)
+        reserved = self.db.reserve_node(node.uuid, "h:0", claim="c1")
+        self.assertEqual(("h:0", "c1"), (reserved.reservation,
+                                         reserved.power_action_claim))
+
+    def test_reserve_keeps_an_older_claim(self) -> None:
+        node = self.node("n1")
+        self.db.request_power_state(node.uuid, states.POWER_ON,
+                                    holder="h:0", claim="c1")
+        self.db.release_node(node.uuid, "h:0")
+        reserved = self.db.reserve_node(node.uuid, "h:1", claim="c2")
+        self.assertEqual(("h:1", "c1"), (reserved.reservation,
+                                         reserved.power_action_claim))
+
+    def test_reserve_claims_nothing_without_an_action(self) -> None:
+        node = self.node("n1")
+        self.db.reserve_node(node.uuid, "h:0", claim="c1")
+        self.assertIsNone(self.claim(node.uuid))
+
+    def test_reserve_without_claim_leaves_it(self) -> None:
+        node = self.node("n1")
+        self.db.request_power_state(node.uuid, states.POWER_ON)
+        self.db.reserve_node(node.uuid, "h:0")
+        self.assertIsNone(self.claim(node.uuid))
+
+    def test_request_without_holder_claims_nothing(self) -> None:
+        node = self.node("n1")
+        self.db.request_power_state(node.uuid, states.POWER_ON,
+                                    claim="ignored")
+        self.assertIsNone(self.claim(node.uuid))
+
 
 class TestPowerSync(DbTestCase):
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import Any
 
@@ -127,6 +129,58 @@ class TestFakePower(base.TestCase):
                          self.power.get_power_state(_node()))
 
 
+class TestCallLog(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.path = os.path.join(self.conf.state_path, "calls.jsonl")
+
+    def entries(self) -> list[dict[str, Any]]:
+        with open(self.path) as stream:
+            return [json.loads(line) for line in stream]
+
+    def test_changes_are_logged_and_survive_a_new_driver(self) -> None:
+        node = _node(fake_call_log=self.path)
+        fake.FakePower().set_power_state(node, states.POWER_ON)
+        fake.FakePower().reboot(node)
+        fake.FakePower().get_power_state(node)        # reads are not logged
+        self.assertEqual(
+            [("set_power_state", states.POWER_ON, True, os.getpid()),
+             ("reboot", states.POWER_ON, True, os.getpid())],
+            [(e["call"], e["target"], e["applied"], e["pid"])
+             for e in self.entries()])
+        self.assertEqual({UUID}, {e["node"] for e in self.entries()})
+        # Another process (a new driver) reads the state from the log.
+        self.assertEqual(states.POWER_ON,
+                         fake.FakePower().get_power_state(node))
+
+    def test_logged_as_the_call_starts(self) -> None:
+        node = _node(fake_call_log=self.path, fake_latency_ms=5000)
+        with deadline.scope(0.05):
+            self.assertRaises(deadline.DeadlineExceeded,
+                              fake.FakePower().set_power_state, node,
+                              states.POWER_ON)
+        self.assertEqual([states.POWER_ON],
+                         [e["target"] for e in self.entries()])
+        self.assertEqual(states.POWER_ON, fake.FakePower().get_power_state(
+            _node(fake_call_log=self.path)))
+
+    def test_failing_change_is_logged_not_applied(self) -> None:
+        node = _node(fake_call_log=self.path, fake_fail="set")
+        self.assertRaises(exceptions.PowerStateFailure,
+                          fake.FakePower().set_power_state, node,
+                          states.POWER_ON)
+        self.assertEqual([False], [e["applied"] for e in self.entries()])
+        self.assertEqual(states.POWER_OFF, fake.FakePower().get_power_state(
+            _node(fake_call_log=self.path)))
+
+    def test_bad_path_is_refused(self) -> None:
+        exc = self.assertRaises(exceptions.InvalidParameterValue,
+                                fake.FakePower().validate,
+                                _node(fake_call_log=5))
+        self.assertIn("fake_call_log must be a file path, got 5", str(exc))
+
+
 class TestFakeValidate(base.TestCase):
 
     def setUp(self) -> None:
@@ -164,7 +218,7 @@ class TestFakeValidate(base.TestCase):
     def test_unknown_fields(self) -> None:
         self.assertRefused("unknown field(s) a_password, ipmi_address (the "
                            "fake driver reads fake_latency_ms, fake_fail, "
-                           "fake_power_state)",
+                           "fake_power_state, fake_call_log)",
                            _node(ipmi_address="x", a_password="y"))
 
     def test_every_problem_named_with_uuid(self) -> None:
