@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 
 import cotyledon
 from cotyledon import _service_worker
+from cotyledon import _utils
 from oslo_config import cfg
 from oslo_service import service
 
@@ -184,9 +185,39 @@ class _ServiceManager(cotyledon.ServiceManager):
 
 
 class _ServiceWorker(_service_worker.ServiceWorker):
-    """Cotyledon's worker side, with SIGINT as SIGTERM."""
+    """Cotyledon's worker side, with SIGINT as SIGTERM.
+
+    A stop (SIGTERM, SIGINT) that arrives while the worker starts waits
+    for ``start()`` to end, up to :data:`START_WAIT` seconds: the process
+    ends when ``stop()`` returns, and a ``start()`` cut short at that
+    moment could leave its worker registered online, or not yet offline
+    after a failed start.
+    """
 
     _sigints = 0
+    #: Seconds a stop waits for a ``start()`` in progress.
+    START_WAIT = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._start_ended = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def _service_run(self) -> None:
+        # NOTE: oslo.service's ServiceWrapper.run() without its raw
+        # traceback on stderr: ConductorService.start() logs its errors.
+        instance = self.service.service_instance  # type: ignore[attr-defined]
+        with _utils.exit_on_exception():
+            try:
+                instance.start()
+            finally:
+                self._start_ended.set()
+            instance.wait()
+
+    def _service_terminate(self) -> None:
+        if not self._start_ended.wait(self.START_WAIT):
+            LOG.warning("%s still starting after %g s; stopping it anyway",
+                        self.title, self.START_WAIT)
+        super()._service_terminate()
 
     def _on_signal_received(self, sig: int) -> None:
         if sig == signal.SIGINT:

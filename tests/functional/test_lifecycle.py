@@ -173,18 +173,17 @@ class TestWorkerStartFailures(LifecycleTestCase):
         healthy.signal(signal.SIGTERM)
         self.assertEqual(0, healthy.wait_exit(30))
         self.install_broken_driver()
-        # NOTE: one worker: with several, the give-up may SIGTERM another
-        # in the middle of its own start (see ConductorService.stop()).
         conductor = self.start_conductor(_options(
             self.workdir, DEFAULT={"enabled_drivers": "acme-broken"},
-            conductor={"max_worker_start_failures": 2, "workers": 1}))
+            conductor={"max_worker_start_failures": 2}))
         self.assertEqual(1, conductor.wait_exit(60))
         with open(conductor.log_file) as stream:
             log_lines = stream.read().splitlines()
         failures = [m for m in map(WORKER_FAILED_RE.search, log_lines) if m]
         # Each failed start: one ERROR line naming the cause (with its
-        # traceback through the logger); no start after the second.
-        self.assertEqual(["0", "0"], [m.group("id") for m in failures])
+        # traceback through the logger); 2 workers x 2 starts at most.
+        self.assertGreaterEqual(len(failures), 2)
+        self.assertLessEqual(len(failures), 4)
         for match in failures:
             self.assertIn("ValueError: Periodic task AcmePower."
                           "refresh_sessions: resolving spacing failed: no "
@@ -192,13 +191,13 @@ class TestWorkerStartFailures(LifecycleTestCase):
         gave_up = [line for line in log_lines
                    if " ERROR " in line and "Stopping the conductor" in line]
         self.assertEqual(1, len(gave_up), "\n".join(log_lines))
-        self.assertRegex(gave_up[0], r"worker 0 failed to start 2 time\(s\) "
+        self.assertRegex(gave_up[0], r"worker \d failed to start 2 time\(s\) "
                                      r"in a row: ValueError: Periodic task "
                                      r"AcmePower.refresh_sessions")
         with open(conductor.stdout.name) as stream:
             console = stream.read()
         # The exit names the cause; no raw traceback went to stderr.
-        self.assertRegex(console, r"conductor: ERROR: worker 0 failed to "
+        self.assertRegex(console, r"conductor: ERROR: worker \d failed to "
                                   r"start 2 time\(s\) in a row: ValueError")
         self.assertNotIn("Traceback", console)
         # No worker row shows the healthy run's figures as alive.

@@ -166,6 +166,63 @@ class TestWorkerSignals(base.TestCase):
                          self.dispatched.call_args_list)
 
 
+class _Exited(Exception):
+    pass
+
+
+class TestWorkerStartAndStop(base.TestCase):
+    """A stop waits for a start in progress; a failed start exits 1."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.terminate = self.useFixture(fixtures.MockPatchObject(
+            _service_worker.ServiceWorker, "_service_terminate")).mock
+        self.exit = self.useFixture(fixtures.MockPatch(
+            "os._exit", side_effect=_Exited)).mock
+        self.logger = self.useFixture(fixtures.FakeLogger(
+            level=logging.INFO))
+        self.worker = _bare_worker()
+        self.ended = mock.Mock(spec=threading.Event)
+        self.worker._start_ended = self.ended
+        self.instance = mock.Mock(spec=service.ConductorService)
+        self.worker.service = mock.Mock(service_instance=self.instance)
+
+    def test_stop_waits_for_the_start_to_end(self) -> None:
+        calls = mock.Mock()
+        calls.attach_mock(self.ended.wait, "wait")
+        calls.attach_mock(self.terminate, "terminate")
+        self.ended.wait.return_value = True
+        self.worker._service_terminate()
+        self.assertEqual([mock.call.wait(5.0), mock.call.terminate()],
+                         calls.mock_calls)
+        self.assertNotIn("still starting", self.logger.output)
+
+    def test_a_start_that_does_not_end_is_stopped_anyway(self) -> None:
+        self.ended.wait.return_value = False
+        self.worker._service_terminate()
+        self.terminate.assert_called_once_with()
+        self.assertIn("ServiceWrapper(0) [1] still starting after 5 s; "
+                      "stopping it anyway", self.logger.output)
+
+    def test_run_starts_then_waits(self) -> None:
+        self.worker._service_run()
+        self.assertEqual([mock.call.start(), mock.call.wait()],
+                         self.instance.mock_calls)
+        self.ended.set.assert_called_once_with()
+        self.exit.assert_not_called()
+
+    def test_a_failed_start_exits_1_quietly(self) -> None:
+        self.instance.start.side_effect = lifecycle.StartFailed(0, "E: a")
+        stderr = self.useFixture(fixtures.StringStream("stderr")).stream
+        self.useFixture(fixtures.MonkeyPatch("sys.stderr", stderr))
+        self.assertRaises(_Exited, self.worker._service_run)
+        self.exit.assert_called_once_with(1)
+        self.ended.set.assert_called_once_with()
+        self.instance.wait.assert_not_called()
+        stderr.seek(0)
+        self.assertEqual("", stderr.read())
+
+
 class TestManager(base.TestCase):
 
     def setUp(self) -> None:
