@@ -116,6 +116,23 @@ class TestCtrlC(LifecycleTestCase):
                                            log)))
         self.assertNotIn("instantaneous", log)
 
+    def test_sigint_to_one_worker_stops_it_gracefully(self) -> None:
+        conductor = self.start_conductor(_options(self.workdir))
+        rows = self.wait_workers(self.db, "ftest", 2)
+        victim = rows[1]
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGINT)
+        # As with SIGTERM: it stops gracefully and is forked again.
+        base.wait_for(lambda: "Worker 1 of ftest stopped" in conductor.log(),
+                      15, "worker 1 stopped gracefully")
+        base.wait_for(
+            lambda: any(r.worker_id == 1 and r.online and r.pid != victim.pid
+                        for r in self.db.list_conductors()),
+            20, "worker 1 forked again")
+        self.assertNotIn("instantaneous", conductor.log())
+        assert conductor.process is not None
+        self.assertIsNone(conductor.process.poll())
+
     def test_second_ctrl_c_forces_the_exit(self) -> None:
         uuids = self.enrol(4, fake_latency_ms=50000)
         conductor = self.start_conductor(_options(self.workdir))
