@@ -41,6 +41,7 @@ from conductor.drivers import base
 from conductor.drivers import loader
 from conductor.executor import pool as worker_pool
 from conductor.executor import runner as periodic_runner
+from conductor import lifecycle
 from conductor import manager
 from conductor import nodes
 from conductor import ownership
@@ -247,11 +248,36 @@ class ConductorService(service.ServiceBase):
     def start(self) -> None:
         """Build everything in the child, register, then start the loops.
 
-        :raises: any error building the DB engine or the drivers; the
-            process then exits 1 and the launcher respawns it.
+        When anything fails (the DB engine, the drivers, collecting the
+        periodic tasks...), the error is logged once at ERROR with its
+        traceback, whatever was built is stopped (a registered worker is
+        marked offline) and the master is told why.
+
+        :raises: lifecycle.StartFailed (a SystemExit: the process exits 1
+            and the master respawns it, or gives up, see
+            :mod:`conductor.master`).
         """
         conductor_log.set_identity(
             conductor_log.worker_identity(self.host, self.worker_id))
+        try:
+            self._start()
+        except Exception as exc:
+            LOG.exception("Worker %(id)d of %(host)s failed to start: "
+                          "%(error)s", {"id": self.worker_id,
+                                        "host": self.host,
+                                        "error": lifecycle.one_line(exc)})
+            try:
+                # NOTE: offline first: a SIGTERM arriving now may end the
+                # process as soon as stop() returns, in another thread.
+                if self._rt is not None:
+                    self._rt.db.set_offline(self.host, self.worker_id)
+                self.stop()
+            except Exception:
+                LOG.exception("Could not stop worker %s after its failed "
+                              "start", self.holder)
+            raise lifecycle.start_failed(self.worker_id, exc) from exc
+
+    def _start(self) -> None:
         started = time.monotonic()
         settings = WorkerSettings.from_conf(self._conf)
         stopped = self._stopped = threading.Event()

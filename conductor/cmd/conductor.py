@@ -4,6 +4,11 @@
 The master parses config, sets up logging, validates everything it can
 (failing fast with one line naming the problem), runs the start-up steps
 and hooks, then forks ``[conductor] workers`` workers and supervises them.
+
+SIGTERM and SIGINT (Ctrl-C) stop the conductor gracefully (exit 0); a
+second SIGINT forces the exit (exit 1). The master exits 1 as well when a
+worker failed to start ``[conductor] max_worker_start_failures`` times in
+a row (see :mod:`conductor.master`).
 """
 
 from __future__ import annotations
@@ -65,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
                         config_files=list(conf.config_file))
         workers = checks.check_all(conf)
         startup.run(conf, hook_list, force=conf.force)
-        launcher, start_extra = master.launch(conf, workers, hook_list)
+        launcher, start_extra, policy = master.launch(conf, workers,
+                                                      hook_list)
     except exceptions.ConductorException as exc:
         fail(str(exc))
     except (OSError, ValueError, cfg.Error) as exc:
@@ -75,5 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         master.on_stop(conf, hook_list)
         LOG.info("Conductor %s master exiting", conf.host)
+        if policy.gave_up:
+            # NOTE: already logged at ERROR when the master gave up.
+            sys.stderr.write("conductor: ERROR: %s\n" % policy.gave_up)
+            sys.exit(1)
         if start_extra.failed:
             sys.exit(1)

@@ -18,6 +18,17 @@ opts: list[cfg.Opt] = [
              "worker owns a share of this host's nodes and has its own "
              "thread pool. Unset (the default) means one per CPU."),
     cfg.IntOpt(
+        "max_worker_start_failures",
+        default=5,
+        min=0,
+        help="How many times in a row one worker may fail to start before "
+             "the conductor gives up: it then stops its other workers and "
+             "exits 1, naming the worker and the error. Between failed "
+             "starts the master waits before forking the worker again, "
+             "1 s after the first failure, doubling up to 30 s. A worker "
+             "that starts resets its count. 0 never gives up (re-fork "
+             "forever, with the same waits). Minimum 0."),
+    cfg.IntOpt(
         "workers_pool_size",
         default=100,
         min=3,
