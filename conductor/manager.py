@@ -287,8 +287,8 @@ class ConductorManager:
         if limit is not None and (isinstance(limit, bool)
                                   or not isinstance(limit, int)
                                   or not 1 <= limit <= MAX_LIST_LIMIT):
-            raise _invalid("limit must be an integer from 1 to %d or null, "
-                           "got %s" % (MAX_LIST_LIMIT, _short(limit)))
+            raise _invalid("limit must be an integer >= 1 and <= %d, or "
+                           "null, got %s" % (MAX_LIST_LIMIT, _short(limit)))
         found = self._db.list_nodes(driver=filters.get("driver"),
                                     maintenance=filters.get("maintenance"),
                                     limit=limit)

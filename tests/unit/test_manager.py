@@ -167,8 +167,8 @@ class TestReads(ManagerTestCase):
                 ({"limit": "5"}, "got str"),
                 ({"limit": 2.5}, "got 2.5"),
                 # NOTE: beyond the database's integers: an SQL error before.
-                ({"limit": 10 ** 30}, "limit must be an integer from 1 to "
-                                      "100000 or null, got 1000000")):
+                ({"limit": 10 ** 30}, "limit must be an integer >= 1 and "
+                                      "<= 100000, or null, got 1000000")):
             exc = self.error(exceptions.InvalidParameterValue, "list_nodes",
                              **kwargs)
             self.assertIn(text, str(exc))
