@@ -13,11 +13,20 @@
     The hardware's power state until the conductor changes it
     (``"power on"`` or ``"power off"``); by default the hardware reports
     what the database recorded, or ``"power off"`` for a new node.
+``fake_call_log``
+    Path of a file to which every power change (``set_power_state`` or
+    ``reboot``) appends one JSON line when it ends: ``node``, ``op``,
+    ``target``, ``applied`` (false when it failed or ran out of time),
+    ``pid``, ``time`` (seconds since the epoch). Lines are appended with
+    one ``O_APPEND`` write, so several processes may share the file. For
+    benchmarks that count how often an action reached the hardware.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -34,7 +43,8 @@ LOG = logging.getLogger(__name__)
 #: Seconds between runs of the ``fake-periodic`` driver's example tasks.
 PERIODIC_SPACING = 1.0
 #: The driver_info fields the fake driver reads.
-FIELDS = ("fake_latency_ms", "fake_fail", "fake_power_state")
+FIELDS = ("fake_latency_ms", "fake_fail", "fake_power_state",
+          "fake_call_log")
 
 _FAIL_VALUES = {"true": "all", "all": "all", "get": "get", "set": "set",
                 "false": None, "": None}
@@ -73,6 +83,11 @@ class FakePower(base.PowerInterface):
                                                states.POWER_OFF):
             problems.append("fake_power_state must be '%s' or '%s', got %r"
                             % (states.POWER_ON, states.POWER_OFF, power))
+        call_log = info.get("fake_call_log")
+        if call_log is not None and (not isinstance(call_log, str)
+                                     or not call_log):
+            problems.append("fake_call_log must be a file path, got %r"
+                            % (call_log,))
         problems += base.field_problems(info, "fake", FIELDS)
         if problems:
             raise exceptions.InvalidParameterValue(
@@ -111,14 +126,38 @@ class FakePower(base.PowerInterface):
         if target not in (states.POWER_ON, states.POWER_OFF):
             raise exceptions.InvalidParameterValue(
                 err="Fake driver cannot set power state %r" % (target,))
-        self._call(node, "set")
-        with self._lock:
-            self._hardware[node.uuid] = target
+        self._change(node, "set_power_state", target)
 
     def reboot(self, node: base.DriverNode) -> None:
-        self._call(node, "set")
-        with self._lock:
-            self._hardware[node.uuid] = states.POWER_ON
+        self._change(node, "reboot", states.POWER_ON)
+
+    def _change(self, node: base.DriverNode, op: str, state: str) -> None:
+        applied = False
+        try:
+            self._call(node, "set")
+            with self._lock:
+                self._hardware[node.uuid] = state
+            applied = True
+        finally:
+            path = node.driver_info.get("fake_call_log")
+            if path:
+                _log_call(path, {"node": node.uuid, "op": op,
+                                 "target": state, "applied": applied,
+                                 "pid": os.getpid(), "time": time.time()})
+
+
+def _log_call(path: str, entry: dict[str, Any]) -> None:
+    """Append one JSON line to ``path`` with a single O_APPEND write."""
+    line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        LOG.warning("Fake BMC of node %s: cannot write fake_call_log %s: "
+                    "%s", entry["node"], path, exc)
 
 
 class FakeDriver(base.BaseDriver):

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import Any
+
+import fixtures
 
 from conductor.common import deadline
 from conductor.common import exceptions
@@ -127,6 +131,56 @@ class TestFakePower(base.TestCase):
                          self.power.get_power_state(_node()))
 
 
+class TestFakeCallLog(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.power = fake.FakePower()
+        self.path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                                 "calls.jsonl")
+
+    def _entries(self) -> list[dict[str, Any]]:
+        with open(self.path) as stream:
+            return [json.loads(line) for line in stream]
+
+    def test_every_change_appends_one_line(self) -> None:
+        node = _node(fake_call_log=self.path)
+        self.power.get_power_state(node)
+        self.power.set_power_state(node, states.POWER_ON)
+        self.power.reboot(node)
+        self.power.set_power_state(node, states.POWER_OFF)
+        entries = self._entries()
+        self.assertEqual(
+            [("set_power_state", states.POWER_ON),
+             ("reboot", states.POWER_ON),
+             ("set_power_state", states.POWER_OFF)],
+            [(e["op"], e["target"]) for e in entries])
+        for entry in entries:
+            self.assertEqual(UUID, entry["node"])
+            self.assertIs(True, entry["applied"])
+            self.assertEqual(os.getpid(), entry["pid"])
+            self.assertIsInstance(entry["time"], float)
+
+    def test_failed_change_is_logged_not_applied(self) -> None:
+        node = _node(fake_call_log=self.path, fake_fail="set")
+        self.assertRaises(exceptions.PowerStateFailure, self.power.reboot,
+                          node)
+        self.assertEqual([False], [e["applied"] for e in self._entries()])
+        self.assertEqual(states.POWER_OFF, self.power.get_power_state(
+            _node(fake_call_log=self.path)))
+
+    def test_no_log_without_the_field(self) -> None:
+        self.power.set_power_state(_node(), states.POWER_ON)
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_unwritable_log_does_not_fail_the_call(self) -> None:
+        node = _node(fake_call_log=os.path.join(self.path, "no", "dir"))
+        with self.assertLogs("conductor.drivers.fake", "WARNING") as logs:
+            self.power.set_power_state(node, states.POWER_ON)
+        self.assertEqual(states.POWER_ON, self.power.get_power_state(node))
+        self.assertIn("cannot write fake_call_log", logs.output[0])
+
+
 class TestFakeValidate(base.TestCase):
 
     def setUp(self) -> None:
@@ -157,6 +211,11 @@ class TestFakeValidate(base.TestCase):
         self.assertRefused("fake_fail must be true, false, 'get' or 'set', "
                            "got 'sometimes'", _node(fake_fail="sometimes"))
 
+    def test_bad_call_log(self) -> None:
+        for value in ("", 5, True):
+            self.assertRefused("fake_call_log must be a file path, got %r"
+                               % (value,), _node(fake_call_log=value))
+
     def test_bad_power_state(self) -> None:
         self.assertRefused("fake_power_state must be 'power on' or 'power "
                            "off', got 'on'", _node(fake_power_state="on"))
@@ -164,7 +223,7 @@ class TestFakeValidate(base.TestCase):
     def test_unknown_fields(self) -> None:
         self.assertRefused("unknown field(s) a_password, ipmi_address (the "
                            "fake driver reads fake_latency_ms, fake_fail, "
-                           "fake_power_state)",
+                           "fake_power_state, fake_call_log)",
                            _node(ipmi_address="x", a_password="y"))
 
     def test_every_problem_named_with_uuid(self) -> None:
