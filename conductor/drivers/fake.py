@@ -14,13 +14,16 @@
     (``"power on"`` or ``"power off"``); by default the hardware reports
     what the database recorded, or ``"power off"`` for a new node.
 ``fake_call_log``
-    Path of a file to which every power change (``set_power_state``,
-    ``reboot``) is appended as one JSON line when the call starts
-    (``{"node", "call", "target", "applied", "pid"}``). The change takes
+    Path of a file to which every power change (``set_power_state`` or
+    ``reboot``) appends one JSON line as the call starts: ``node``,
+    ``op``, ``target``, ``applied`` (false when the fake fails changes),
+    ``pid``, ``time`` (seconds since the epoch), in one ``O_APPEND``
+    write, so several processes may share the file. The change takes
     effect as the call starts (``fake_latency_ms`` is the time the BMC
-    takes to answer), and the fake BMC then keeps its power state in
-    that file, so that it survives a restart of the conductor: tests
-    count the changes each node received.
+    takes to answer: a call cut short still reached the BMC), and the
+    fake BMC then keeps its power state in that file, so that it survives
+    a restart of the conductor. Tests and benchmarks count the changes
+    each node received.
 """
 
 from __future__ import annotations
@@ -111,21 +114,16 @@ class FakePower(base.PowerInterface):
                 err="Fake BMC of node %s failed (fake_fail=%s)"
                     % (node.uuid, info.get("fake_fail")))
 
-    def _change(self, node: base.DriverNode, call: str,
+    def _change(self, node: base.DriverNode, op: str,
                 target: str) -> None:
         """Log a power change as it starts (with ``fake_call_log``)."""
         path = node.driver_info.get("fake_call_log")
         if not path:
             return
         mode = _fail_mode(node.driver_info)
-        line = json.dumps({"node": node.uuid, "call": call,
-                           "target": target,
-                           "applied": mode not in ("all", "set"),
-                           "pid": os.getpid()}) + "\n"
-        # NOTE: one write of one short line in append mode: lines of
-        # concurrent writers (threads, processes) never interleave.
-        with self._lock, open(path, "a") as stream:
-            stream.write(line)
+        _log_call(path, {"node": node.uuid, "op": op, "target": target,
+                         "applied": mode not in ("all", "set"),
+                         "pid": os.getpid(), "time": time.time()})
 
     @staticmethod
     def _logged_state(node: base.DriverNode) -> str | None:
@@ -172,6 +170,20 @@ class FakePower(base.PowerInterface):
         self._call(node, "set")
         with self._lock:
             self._hardware[node.uuid] = states.POWER_ON
+
+
+def _log_call(path: str, entry: dict[str, Any]) -> None:
+    """Append one JSON line to ``path`` with a single O_APPEND write."""
+    line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        LOG.warning("Fake BMC of node %s: cannot write fake_call_log %s: "
+                    "%s", entry["node"], path, exc)
 
 
 class FakeDriver(base.BaseDriver):

@@ -348,7 +348,7 @@ class TestActionsAcrossARestart(PowerSyncTestCase):
         with open(path) as stream:
             return collections.Counter(
                 json.loads(line)["node"] for line in stream
-                if json.loads(line)["call"] == "set_power_state")
+                if json.loads(line)["op"] == "set_power_state")
 
     def test_sigterm_mid_action_then_restart_applies_each_once(self) -> None:
         calls = os.path.join(self.workdir, "calls.jsonl")

@@ -8,6 +8,8 @@ import os
 import time
 from typing import Any
 
+import fixtures
+
 from conductor.common import deadline
 from conductor.common import exceptions
 from conductor.drivers import base as driver_base
@@ -147,7 +149,7 @@ class TestCallLog(base.TestCase):
         self.assertEqual(
             [("set_power_state", states.POWER_ON, True, os.getpid()),
              ("reboot", states.POWER_ON, True, os.getpid())],
-            [(e["call"], e["target"], e["applied"], e["pid"])
+            [(e["op"], e["target"], e["applied"], e["pid"])
              for e in self.entries()])
         self.assertEqual({UUID}, {e["node"] for e in self.entries()})
         # Another process (a new driver) reads the state from the log.
@@ -181,6 +183,56 @@ class TestCallLog(base.TestCase):
         self.assertIn("fake_call_log must be a file path, got 5", str(exc))
 
 
+class TestFakeCallLog(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.power = fake.FakePower()
+        self.path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                                 "calls.jsonl")
+
+    def _entries(self) -> list[dict[str, Any]]:
+        with open(self.path) as stream:
+            return [json.loads(line) for line in stream]
+
+    def test_every_change_appends_one_line(self) -> None:
+        node = _node(fake_call_log=self.path)
+        self.power.get_power_state(node)
+        self.power.set_power_state(node, states.POWER_ON)
+        self.power.reboot(node)
+        self.power.set_power_state(node, states.POWER_OFF)
+        entries = self._entries()
+        self.assertEqual(
+            [("set_power_state", states.POWER_ON),
+             ("reboot", states.POWER_ON),
+             ("set_power_state", states.POWER_OFF)],
+            [(e["op"], e["target"]) for e in entries])
+        for entry in entries:
+            self.assertEqual(UUID, entry["node"])
+            self.assertIs(True, entry["applied"])
+            self.assertEqual(os.getpid(), entry["pid"])
+            self.assertIsInstance(entry["time"], float)
+
+    def test_failed_change_is_logged_not_applied(self) -> None:
+        node = _node(fake_call_log=self.path, fake_fail="set")
+        self.assertRaises(exceptions.PowerStateFailure, self.power.reboot,
+                          node)
+        self.assertEqual([False], [e["applied"] for e in self._entries()])
+        self.assertEqual(states.POWER_OFF, self.power.get_power_state(
+            _node(fake_call_log=self.path)))
+
+    def test_no_log_without_the_field(self) -> None:
+        self.power.set_power_state(_node(), states.POWER_ON)
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_unwritable_log_does_not_fail_the_call(self) -> None:
+        node = _node(fake_call_log=os.path.join(self.path, "no", "dir"))
+        with self.assertLogs("conductor.drivers.fake", "WARNING") as logs:
+            self.power.set_power_state(node, states.POWER_ON)
+        self.assertEqual(states.POWER_ON, self.power.get_power_state(node))
+        self.assertIn("cannot write fake_call_log", logs.output[0])
+
+
 class TestFakeValidate(base.TestCase):
 
     def setUp(self) -> None:
@@ -210,6 +262,11 @@ class TestFakeValidate(base.TestCase):
     def test_bad_fail(self) -> None:
         self.assertRefused("fake_fail must be true, false, 'get' or 'set', "
                            "got 'sometimes'", _node(fake_fail="sometimes"))
+
+    def test_bad_call_log(self) -> None:
+        for value in ("", 5, True):
+            self.assertRefused("fake_call_log must be a file path, got %r"
+                               % (value,), _node(fake_call_log=value))
 
     def test_bad_power_state(self) -> None:
         self.assertRefused("fake_power_state must be 'power on' or 'power "

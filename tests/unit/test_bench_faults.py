@@ -1,0 +1,136 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The fault benchmark's own logic: options, re-poll time, summaries."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import io
+import os
+from types import ModuleType
+from typing import Any
+
+import fixtures
+
+from tests import base
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "bench_faults", os.path.join(ROOT, "tools", "bench_faults.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load()
+T0 = datetime.datetime(2026, 1, 2, 3, 4, 5)
+
+
+def _sweep(at: float, who: str, nodes: int, total: float) -> str:
+    stamp = (T0 + datetime.timedelta(seconds=at)).strftime(
+        "%Y-%m-%d %H:%M:%S.%f")[:23]
+    return ("%s 123 INFO conductor.power_sync [%s] [-] Power sync sweep: "
+            "%d node(s) in %.3fs (calls) / %.3fs (total), 0 failure(s), "
+            "0 change(s), 0 to maintenance, 0 recovered, 8 lane(s), peak 1 "
+            "concurrent call(s)\n" % (stamp, who, nodes, total, total))
+
+
+class TestOptions(base.TestCase):
+
+    def _refused(self, *argv: str) -> str:
+        stderr = self.useFixture(fixtures.MonkeyPatch(
+            "sys.stderr", io.StringIO())).new_value
+        exc = self.assertRaises(SystemExit, bench.parse_args, list(argv))
+        self.assertEqual(1, exc.code)
+        lines = stderr.getvalue().splitlines()
+        self.assertEqual(1, len(lines))
+        return str(lines[0])
+
+    def test_defaults_are_the_issues_figures(self) -> None:
+        args = bench.parse_args([])
+        self.assertEqual((5, 1000, 50, 3000, 2),
+                         (args.runs, args.nodes, args.actions,
+                          args.latency_ms, args.workers))
+        self.assertEqual(list(bench.SCENARIOS), args.scenario_list)
+        self.assertEqual((8.0, 20.0), (args.db_outage, args.rabbit_outage))
+
+    def test_quick_is_small(self) -> None:
+        args = bench.parse_args(["--quick", "--scenarios", "sigterm"])
+        self.assertEqual((1, 20, 3), (args.runs, args.nodes, args.actions))
+        self.assertEqual(["sigterm"], args.scenario_list)
+
+    def test_unknown_scenario(self) -> None:
+        self.assertIn("unknown scenario(s) nap; choose from ctrl-c",
+                      self._refused("--scenarios", "sigterm,nap"))
+
+    def test_db_outage_needs_the_private_server(self) -> None:
+        self.assertIn("db-outage needs the private MariaDB",
+                      self._refused("--database-url", "mysql+pymysql://x/",
+                                    "--scenarios", "db-outage"))
+
+    def test_bad_database_name(self) -> None:
+        self.assertIn("--database-name must be letters",
+                      self._refused("--database-name", "x; DROP"))
+
+    def test_more_actions_than_nodes(self) -> None:
+        self.assertIn("--actions must not exceed --nodes",
+                      self._refused("--nodes", "3", "--actions", "4"))
+
+
+class TestRepolledAt(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.log = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                                "conductor.log")
+        self.since = T0.timestamp() + 10
+
+    def _write(self, *lines: str) -> None:
+        with open(self.log, "w") as stream:
+            stream.writelines(lines)
+
+    def test_every_worker_swept_after_the_fault(self) -> None:
+        self._write(
+            _sweep(11, "h1 worker 0", 6, 3.0),   # started before: ignored
+            _sweep(14, "h1 worker 0", 6, 2.0),
+            _sweep(15, "h1 worker 1", 4, 1.0),
+            _sweep(18, "h1 worker 0", 6, 2.0))
+        self.assertEqual(self.since + 5,
+                         bench.repolled_at(self.log, self.since, 10))
+
+    def test_not_yet(self) -> None:
+        self._write(_sweep(14, "h1 worker 0", 6, 2.0),
+                    _sweep(16, "h1 worker 0", 6, 2.0))
+        self.assertIsNone(bench.repolled_at(self.log, self.since, 10))
+
+    def test_no_log(self) -> None:
+        self.assertIsNone(bench.repolled_at(self.log + ".x", self.since, 1))
+
+
+class TestSummary(base.TestCase):
+
+    def _run(self, **values: Any) -> dict[str, Any]:
+        run = {"errors": [], "applied_twice": 0, "lost_without_error": 0,
+               "reservations_left": 0, "failed_with_error": 0,
+               "still_pending": 0, "repoll_seconds": 4.0,
+               "exit_codes": {"master": 0, "final_stop": 0}}
+        run.update(values)
+        return run
+
+    def test_clean_runs_are_ok(self) -> None:
+        summary = bench.summarise([self._run(), self._run(repoll_seconds=6)])
+        self.assertTrue(summary["ok"])
+        self.assertEqual(5.0, summary["repoll_seconds_median"])
+        self.assertEqual(['{"final_stop": 0, "master": 0}'],
+                         summary["exit_codes"])
+
+    def test_each_defect_fails_the_scenario(self) -> None:
+        for bad in ({"applied_twice": 1}, {"lost_without_error": 2},
+                    {"reservations_left": 1}, {"repoll_seconds": None},
+                    {"errors": ["RuntimeError: x"]}):
+            summary = bench.summarise([self._run(), self._run(**bad)])
+            self.assertFalse(summary["ok"], bad)

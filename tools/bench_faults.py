@@ -1,0 +1,825 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Fault benchmark: do power actions survive signals, crashes and outages?
+
+Starts a PRIVATE MariaDB (own datadir, port and socket in a temporary
+directory) and a PRIVATE RabbitMQ (own node name, ports and directories),
+never the machine's shared ones. Per run of a scenario: a fresh schema,
+N fake nodes, a real ``conductor`` (W workers, host h1), A slow power
+actions (``fake_latency_ms``) requested over RPC, the fault injected while
+the actions are in flight, the conductor restarted when the fault stopped
+it, then it counts, from the fake driver's call log (``fake_call_log``)
+and the database:
+
+``applied_twice``
+    action nodes whose hardware got more than one change (must be 0);
+``lost_without_error``
+    action nodes whose change never reached the hardware and that show no
+    ``last_error`` (must be 0);
+``reservations_left``
+    nodes still reserved 2 x heartbeat_timeout after the fault ended
+    (must be 0);
+``exit_codes``
+    of the master after the fault and at the final stop;
+``repoll_seconds``
+    from the fault's end until power sync has polled every node again
+    (sweeps started after the end, read from the log), or null when it
+    did not within the bound.
+
+Scenarios: ``ctrl-c`` (SIGINT to the process group), ``sigterm`` (to the
+master, graceful_shutdown_timeout shorter than the actions),
+``kill-worker`` (SIGKILL to one worker), ``kill-master`` (SIGKILL to the
+master), ``db-outage`` (private MariaDB killed, restarted after 8 s),
+``rabbit-outage`` (private RabbitMQ stopped, restarted after 20 s).
+Prints one JSON document: per scenario every run and a summary.
+
+    python tools/bench_faults.py                  # the issue's figures
+    python tools/bench_faults.py --quick --scenarios sigterm
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Iterator
+
+import psutil
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import conductor.cmd  # noqa: E402,F401  (selects the threading backend)
+from oslo_config import cfg  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+
+from conductor.common import rpc  # noqa: E402
+from conductor.conf import conductor as conductor_opts  # noqa: E402
+from conductor.db import api as db_api  # noqa: E402
+from conductor.db import migration  # noqa: E402
+from conductor import rpcapi  # noqa: E402
+from conductor import states  # noqa: E402
+
+SCENARIOS = ("ctrl-c", "sigterm", "kill-worker", "kill-master",
+             "db-outage", "rabbit-outage")
+DB_NAME = "bench_faults"
+HOST = "h1"
+#: Start, stop and wait bounds (seconds).
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+SWEEP_RE = re.compile(
+    r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \d+ INFO "
+    r"conductor\.power_sync \[(?P<who>[^\]]+)\] \[-\] Power sync sweep: "
+    r"(?P<nodes>\d+) node\(s\) in [\d.]+s \(calls\) / (?P<total>[\d.]+)s "
+    r"\(total\)")
+
+
+def log(text: str) -> None:
+    print("[bench_faults %s] %s" % (time.strftime("%H:%M:%S"), text),
+          file=sys.stderr, flush=True)
+
+
+def _bin(name: str) -> str:
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(predicate: Any, timeout: float, what: str,
+          interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out after %.0fs: %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def _end(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT
+         ) -> int:
+    """Wait for ``proc``; SIGKILL it past ``timeout``. Its exit code."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
+
+
+class MariaDB:
+    """A private mariadbd on a loopback port, in a temporary datadir."""
+
+    def __init__(self, workdir: str) -> None:
+        self.dir = os.path.join(workdir, "mariadb")
+        self.datadir = os.path.join(self.dir, "data")
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        os.makedirs(self.dir)
+        subprocess.run(
+            ["mariadb-install-db", "--no-defaults",
+             "--datadir=%s" % self.datadir, "--user=%s" % _user(),
+             "--auth-root-authentication-method=normal", "--skip-test-db"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            timeout=120)
+
+    @property
+    def admin_url(self) -> str:
+        return "mysql+pymysql://root@127.0.0.1:%d/" % self.port
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["mariadbd", "--no-defaults", "--datadir=%s" % self.datadir,
+             "--port=%d" % self.port, "--bind-address=127.0.0.1",
+             "--socket=%s" % os.path.join(self.dir, "sock"),
+             "--pid-file=%s" % os.path.join(self.dir, "pid"),
+             "--log-error=%s" % os.path.join(self.dir, "error.log"),
+             "--user=%s" % _user(), "--skip-grant-tables",
+             "--skip-name-resolve", "--max-connections=500",
+             "--innodb-flush-log-at-trx-commit=2"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        engine = sa.create_engine(self.admin_url)
+
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError("private mariadbd exited (%s); see %s"
+                                   % (self.proc.returncode, self.dir))
+            try:
+                with engine.connect() as conn:
+                    conn.execute(sa.text("SELECT 1"))
+                return True
+            except sa.exc.OperationalError:
+                return False
+        try:
+            _wait(up, START_TIMEOUT, "private mariadbd to accept connections")
+        finally:
+            engine.dispose()
+
+    def crash(self) -> None:
+        """SIGKILL: an outage as abrupt as a lost database host."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            _end(self.proc)
+
+
+def _user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+class RabbitMQ:
+    """A private RabbitMQ node (own name, ports, directories)."""
+
+    def __init__(self, workdir: str) -> None:
+        self.dir = os.path.join(workdir, "rabbitmq")
+        self.node = "bench-%d@localhost" % os.getpid()
+        self.port = _free_port()
+        os.makedirs(os.path.join(self.dir, "mnesia"))
+        os.makedirs(os.path.join(self.dir, "log"))
+        open(os.path.join(self.dir, "plugins"), "w").close()
+        with open(os.path.join(self.dir, "rabbitmq.conf"), "w") as stream:
+            stream.write("listeners.tcp.local = 127.0.0.1:%d\n"
+                         "loopback_users = none\n" % self.port)
+        # NOTE: rabbitmq-server drops root to the rabbitmq user.
+        if os.getuid() == 0:
+            try:
+                entry = pwd.getpwnam("rabbitmq")
+            except KeyError:
+                pass
+            else:
+                for root, dirs, files in os.walk(self.dir):
+                    for name in [root] + [os.path.join(root, f)
+                                          for f in dirs + files]:
+                        os.chown(name, entry.pw_uid, entry.pw_gid)
+        self.env = dict(
+            os.environ, RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(_free_port()),
+            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_MNESIA_BASE=os.path.join(self.dir, "mnesia"),
+            RABBITMQ_LOG_BASE=os.path.join(self.dir, "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(self.dir, "plugins"),
+            RABBITMQ_CONFIG_FILE=os.path.join(self.dir, "rabbitmq.conf"),
+            RABBITMQ_FEATURE_FLAGS_FILE=os.path.join(self.dir, "ff"),
+            RABBITMQ_PID_FILE=os.path.join(self.dir, "pid"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return "rabbit://guest:guest@127.0.0.1:%d/" % self.port
+
+    def _ctl(self, *args: str, timeout: float = START_TIMEOUT) -> int:
+        return subprocess.run(
+            ["rabbitmqctl", "-n", self.node, *args], env=self.env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            timeout=timeout + 10).returncode
+
+    def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.env["RABBITMQ_PID_FILE"])
+        self.proc = subprocess.Popen(
+            ["rabbitmq-server"], env=self.env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        if self._ctl("wait", self.env["RABBITMQ_PID_FILE"], "--timeout",
+                     str(int(START_TIMEOUT))) != 0:
+            raise RuntimeError("private RabbitMQ %s did not start; see %s"
+                               % (self.node, self.dir))
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self._ctl("stop", timeout=STOP_TIMEOUT)
+            if _end(self.proc) != 0 and self.proc.poll() is None:
+                self.proc.kill()
+        self.proc = None
+
+
+class Conductor:
+    """The real ``conductor`` binary in its own session (process group)."""
+
+    def __init__(self, config: str, log_file: str) -> None:
+        self.config = config
+        self.log_file = log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+
+    def start(self) -> None:
+        self.started_at = time.time()
+        self.proc = subprocess.Popen(
+            [_bin("conductor"), "--config-file", self.config],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+
+    def workers(self) -> list[psutil.Process]:
+        assert self.proc is not None
+        try:
+            return psutil.Process(self.proc.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+
+    def wait_up(self, workers: int, since: float) -> None:
+        wanted = ["All %d worker(s) of %s are up" % (workers, HOST)]
+
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError("conductor exited (%s) while starting; "
+                                   "see %s" % (self.proc.returncode,
+                                               self.log_file))
+            return all(text in _log_since(self.log_file, since)
+                       for text in wanted)
+        _wait(up, START_TIMEOUT, "conductor workers to start")
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        pgid = self.proc.pid
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        code = _end(self.proc)
+        _kill_group(pgid)
+        self.proc = None
+        return code
+
+
+def _kill_group(pgid: int) -> int:
+    """SIGKILL what is left of a process group; how many were left."""
+    left = [p for p in psutil.process_iter(["pid"])
+            if _pgid(p.pid) == pgid]
+    for proc in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    return len(left)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _log_since(path: str, since: float) -> str:
+    """The log's lines written at or after ``since`` (epoch seconds)."""
+    if not os.path.exists(path):
+        return ""
+    with open(path, errors="replace") as stream:
+        lines = stream.readlines()
+    keep = []
+    for line in lines:
+        stamp = _stamp(line)
+        if stamp is None or stamp >= since - 0.5:
+            keep.append(line)
+    return "".join(keep)
+
+
+def _stamp(line: str) -> float | None:
+    try:
+        return datetime.datetime.strptime(
+            line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    except ValueError:
+        return None
+
+
+def repolled_at(log_file: str, since: float, nodes: int) -> float | None:
+    """When sweeps that started after ``since`` had covered every node.
+
+    Keeps, per worker, its latest sweep started after ``since``; the
+    answer is the first log time at which those add up to ``nodes``.
+    """
+    latest: dict[str, int] = {}
+    if not os.path.exists(log_file):
+        return None
+    with open(log_file, errors="replace") as stream:
+        for line in stream:
+            match = SWEEP_RE.match(line)
+            if not match:
+                continue
+            end = _stamp(line)
+            if end is None or end - float(match["total"]) < since:
+                continue
+            latest[match["who"]] = int(match["nodes"])
+            if sum(latest.values()) >= nodes:
+                return end
+    return None
+
+
+def make_rpc(url: str) -> tuple[rpcapi.ConductorAPI, Any]:
+    """An RPC client of the private broker, and its transport."""
+    conf = cfg.ConfigOpts()
+    conductor_opts.register_opts(conf)
+    rpc.register_opts(conf)
+    conf([], project="bench-faults")
+    conf.set_override("transport_url", url)
+    transport = rpc.get_transport(conf)
+    return (rpcapi.ConductorAPI.from_conf(conf, transport, timeout=30),
+            transport)
+
+
+class Bench:
+
+    def __init__(self, args: argparse.Namespace, workdir: str) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.mariadb: MariaDB | None = None
+        self.rabbit: RabbitMQ | None = None
+        self._api: rpcapi.ConductorAPI | None = None
+        self._transport: Any = None
+        self.settings = {
+            "workers": args.workers, "heartbeat_interval": args.heartbeat,
+            "heartbeat_timeout": args.heartbeat_timeout,
+            "graceful_shutdown_timeout": 1,
+            "sync_power_state_interval": args.sync_interval,
+            "power_state_timeout": args.power_state_timeout,
+            "pending_action_interval": 1, "hash_ring_reset_interval": 5,
+            "force_power_state_during_sync": False}
+
+    # -- services ----------------------------------------------------------
+
+    def start_services(self) -> None:
+        if self.args.database_url:
+            self.admin_url = self.args.database_url.rstrip("/") + "/"
+        else:
+            log("starting a private MariaDB")
+            self.mariadb = MariaDB(self.workdir)
+            self.mariadb.start()
+            self.admin_url = self.mariadb.admin_url
+        self.url = self.admin_url + self.args.database_name
+        log("starting a private RabbitMQ")
+        self.rabbit = RabbitMQ(self.workdir)
+        self.rabbit.start()
+        self._api, self._transport = make_rpc(self.rabbit.url)
+
+    def stop_services(self) -> None:
+        if self._transport is not None:
+            with contextlib.suppress(Exception):
+                self._transport.cleanup()
+        if self.rabbit is not None:
+            self.rabbit.stop()
+        if self.args.database_url:
+            with contextlib.suppress(Exception):
+                self._admin("DROP DATABASE IF EXISTS %s"
+                            % self.args.database_name)
+        if self.mariadb is not None:
+            self.mariadb.stop()
+
+    def _admin(self, statement: str) -> None:
+        engine = sa.create_engine(self.admin_url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(statement))
+        finally:
+            engine.dispose()
+
+    # -- one run -----------------------------------------------------------
+
+    def prepare(self, rundir: str) -> tuple[db_api.Connection, list[str],
+                                            str]:
+        name = self.args.database_name
+        self._admin("DROP DATABASE IF EXISTS %s" % name)
+        self._admin("CREATE DATABASE %s CHARACTER SET utf8mb4" % name)
+        db = db_api.Connection.create(self.url)
+        migration.upgrade(db.engine)
+        call_log = os.path.join(rundir, "calls.jsonl")
+        items = []
+        for i in range(self.args.nodes):
+            info: dict[str, Any] = {}
+            if i < self.args.actions:
+                info = {"fake_latency_ms": self.args.latency_ms,
+                        "fake_call_log": call_log}
+            items.append({"name": "n%05d" % i, "driver": "fake",
+                          "driver_info": info})
+        for start in range(0, len(items), 1000):
+            db.import_nodes(items[start:start + 1000])
+        action_nodes = [db.get_node("n%05d" % i).uuid
+                        for i in range(self.args.actions)]
+        return db, action_nodes, call_log
+
+    def config(self, rundir: str) -> tuple[str, str]:
+        path = os.path.join(rundir, "conductor.conf")
+        log_file = os.path.join(rundir, "conductor.log")
+        s = self.settings
+        assert self.rabbit is not None
+        with open(path, "w") as stream:
+            stream.write(
+                "[DEFAULT]\nhost = %s\nstate_path = %s\nlog_file = %s\n"
+                "enabled_drivers = fake\ntransport_url = %s\n"
+                "graceful_shutdown_timeout = %d\n"
+                "[database]\nconnection = %s\n"
+                "[conductor]\nworkers = %d\nheartbeat_interval = %d\n"
+                "heartbeat_timeout = %d\nsync_power_state_interval = %d\n"
+                "power_state_timeout = %s\npending_action_interval = %s\n"
+                "hash_ring_reset_interval = %d\n"
+                "force_power_state_during_sync = false\n"
+                % (HOST, rundir, log_file, self.rabbit.url,
+                   s["graceful_shutdown_timeout"], self.url, s["workers"],
+                   s["heartbeat_interval"], s["heartbeat_timeout"],
+                   s["sync_power_state_interval"], s["power_state_timeout"],
+                   s["pending_action_interval"],
+                   s["hash_ring_reset_interval"]))
+        return path, log_file
+
+    def request(self, db: db_api.Connection, uuids: list[str]
+                ) -> tuple[dict[str, str], int]:
+        """Ask for one action per node over RPC (the database if refused)."""
+        targets = (states.POWER_ON, states.REBOOT, states.POWER_OFF)
+        wanted = {uuid: targets[i % 3] for i, uuid in enumerate(uuids)}
+        refused = 0
+        assert self._api is not None
+        for uuid, target in wanted.items():
+            try:
+                self._api.set_power_state(uuid, target, timeout=30)
+            except Exception as exc:
+                refused += 1
+                log("RPC request for %s refused (%s); via the database"
+                    % (uuid, type(exc).__name__))
+                with contextlib.suppress(Exception):
+                    db.request_power_state(uuid, target)
+        return wanted, refused
+
+    def run_once(self, scenario: str, index: int) -> dict[str, Any]:
+        rundir = os.path.join(self.workdir, "%s-%d" % (scenario, index))
+        os.makedirs(rundir)
+        db, action_nodes, call_log = self.prepare(rundir)
+        config, log_file = self.config(rundir)
+        cond = Conductor(config, log_file)
+        workers = self.settings["workers"]
+        result: dict[str, Any] = {"run": index, "errors": []}
+        try:
+            cond.start()
+            cond.wait_up(workers, cond.started_at)
+            requested_at = time.time()
+            wanted, refused = self.request(db, action_nodes)
+            result["requests_refused"] = refused
+
+            def in_flight() -> bool:
+                with contextlib.suppress(Exception):
+                    if os.path.exists(call_log):
+                        return True  # some already done: inject now
+                    rows = db.get_nodes_by_uuid(action_nodes)
+                    return sum(1 for r in rows if r.reservation) >= max(
+                        1, len(action_nodes) // 2)
+                return False
+            with contextlib.suppress(RuntimeError):
+                _wait(in_flight, 10, "actions in flight", 0.05)
+            fault_start = time.time()
+            result["fault_after_request_s"] = round(
+                fault_start - requested_at, 2)
+            fault_end = self.inject(scenario, cond, result, workers)
+            result["fault_s"] = round(fault_end - fault_start, 2)
+            db.dispose()
+            db = db_api.Connection.create(self.url)
+            result.update(self.measure(db, cond, wanted, call_log,
+                                       fault_end, log_file))
+        except Exception as exc:
+            result["errors"].append("%s: %s" % (type(exc).__name__, exc))
+        finally:
+            code = cond.stop()
+            result.setdefault("exit_codes", {})["final_stop"] = code
+            db.dispose()
+        return result
+
+    def inject(self, scenario: str, cond: Conductor, result: dict[str, Any],
+               workers: int) -> float:
+        """Inject the fault; returns when it ended (epoch seconds)."""
+        assert cond.proc is not None
+        codes = result.setdefault("exit_codes", {})
+        pgid = cond.proc.pid
+        if scenario in ("ctrl-c", "sigterm", "kill-master"):
+            if scenario == "ctrl-c":
+                os.killpg(pgid, signal.SIGINT)
+            elif scenario == "sigterm":
+                cond.proc.send_signal(signal.SIGTERM)
+            else:
+                cond.proc.kill()
+            started = time.monotonic()
+            codes["master"] = _end(cond.proc)
+            result["master_exit_s"] = round(time.monotonic() - started, 2)
+            # NOTE: workers left behind by the master (bounded wait, then
+            # killed so the restarted conductor runs alone).
+            try:
+                _wait(lambda: not [p for p in psutil.process_iter()
+                                   if _pgid(p.pid) == pgid],
+                      float(self.settings["heartbeat_timeout"]),
+                      "workers to exit")
+                result["workers_left_killed"] = 0
+            except RuntimeError:
+                result["workers_left_killed"] = _kill_group(pgid)
+            result["workers_exit_s"] = round(time.monotonic() - started, 2)
+            cond.proc = None
+            cond.start()
+            fault_end = cond.started_at
+            cond.wait_up(workers, fault_end)
+            return fault_end
+        if scenario == "kill-worker":
+            victims = cond.workers()
+            if not victims:
+                raise RuntimeError("no worker to kill")
+            victims[0].kill()
+            codes["worker"] = -signal.SIGKILL
+            fault_end = time.time()
+            # NOTE: the master must fork a replacement (bounded); it says
+            # so in the log (its children may include helper processes).
+            started = re.compile(r"^\S+ \S+ (\d+) INFO conductor\.service "
+                                 r".* Worker \d+ of %s started" % HOST,
+                                 re.M)
+
+            def respawned() -> bool:
+                text = _log_since(cond.log_file, fault_end)
+                return any(int(pid) != victims[0].pid
+                           for pid in started.findall(text))
+            try:
+                _wait(respawned, 30, "worker respawn")
+                result["worker_respawn_s"] = round(time.time() - fault_end,
+                                                   2)
+            except RuntimeError:
+                result["worker_respawn_s"] = None
+            return fault_end
+        if scenario == "db-outage":
+            if self.mariadb is None:
+                raise RuntimeError("db-outage needs the private MariaDB "
+                                   "(not --database-url)")
+            started = time.monotonic()
+            self.mariadb.crash()
+            time.sleep(max(0.0, self.args.db_outage -
+                           (time.monotonic() - started)))
+            self.mariadb.start()
+            return time.time()
+        if scenario == "rabbit-outage":
+            assert self.rabbit is not None
+            started = time.monotonic()
+            self.rabbit.stop()
+            time.sleep(max(0.0, self.args.rabbit_outage -
+                           (time.monotonic() - started)))
+            self.rabbit.start()
+            return time.time()
+        raise ValueError(scenario)
+
+    def measure(self, db: db_api.Connection, cond: Conductor,
+                wanted: dict[str, str], call_log: str, fault_end: float,
+                log_file: str) -> dict[str, Any]:
+        hb_timeout = self.settings["heartbeat_timeout"]
+        uuids = list(wanted)
+
+        def settled() -> bool:
+            with contextlib.suppress(Exception):
+                rows = db.get_nodes_by_uuid(uuids)
+                return all(r.target_power_state is None
+                           and r.reservation is None for r in rows)
+            return False
+        try:
+            _wait(settled, self.args.settle_timeout, "actions to settle",
+                  0.5)
+        except RuntimeError:
+            pass
+        left = fault_end + 2 * hb_timeout - time.time()
+        if left > 0:
+            time.sleep(left)
+        reserved = db.node_uuids(reserved=True)
+        deadline = fault_end + self.args.repoll_timeout
+        repolled = None
+        while time.time() < deadline:
+            repolled = repolled_at(log_file, fault_end, self.args.nodes)
+            if repolled is not None:
+                break
+            time.sleep(0.5)
+        calls: dict[str, list[dict[str, Any]]] = collections.defaultdict(
+            list)
+        if os.path.exists(call_log):
+            with open(call_log) as stream:
+                for line in stream:
+                    entry = json.loads(line)
+                    calls[entry["node"]].append(entry)
+        rows = {r.uuid: r for r in db.get_nodes_by_uuid(uuids)}
+        twice, lost, failed, pending, ok = [], [], [], [], 0
+        for uuid in uuids:
+            applied = [c for c in calls[uuid] if c["applied"]]
+            row = rows[uuid]
+            if len(applied) > 1:
+                twice.append(uuid)
+            if not applied:
+                if row.last_error:
+                    failed.append(uuid)
+                else:
+                    lost.append(uuid)
+            elif len(applied) == 1:
+                ok += 1
+            if row.target_power_state is not None:
+                pending.append(uuid)
+        alive = cond.proc is not None and cond.proc.poll() is None
+        return {
+            "applied_once": ok, "applied_twice": len(twice),
+            "lost_without_error": len(lost),
+            "failed_with_error": len(failed),
+            "still_pending": len(pending),
+            "reservations_left": len(reserved),
+            "repoll_seconds": (None if repolled is None
+                               else round(repolled - fault_end, 1)),
+            "conductor_running": alive,
+            "examples": {"applied_twice": twice[:3], "lost": lost[:3],
+                         "reserved": reserved[:3]},
+        }
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def values(key: str) -> list[Any]:
+        return [r[key] for r in runs if r.get(key) is not None]
+    summary: dict[str, Any] = {"runs": len(runs)}
+    for key in ("applied_twice", "lost_without_error", "reservations_left",
+                "failed_with_error", "still_pending"):
+        summary[key + "_total"] = sum(values(key))
+    repoll = values("repoll_seconds")
+    summary["repoll_seconds_median"] = (statistics.median(repoll)
+                                        if repoll else None)
+    summary["repoll_seconds_max"] = max(repoll) if repoll else None
+    summary["repoll_missing"] = len(runs) - len(repoll)
+    summary["exit_codes"] = sorted(
+        {json.dumps(r.get("exit_codes", {}), sort_keys=True)
+         for r in runs})
+    summary["errors"] = sum(len(r["errors"]) for r in runs)
+    summary["ok"] = (summary["applied_twice_total"] == 0
+                     and summary["lost_without_error_total"] == 0
+                     and summary["reservations_left_total"] == 0
+                     and summary["repoll_missing"] == 0
+                     and summary["errors"] == 0)
+    return summary
+
+
+def _bad(message: str) -> None:
+    """Refuse bad input: one line on stderr, exit 1."""
+    print("bench_faults: error: %s" % message, file=sys.stderr)
+    raise SystemExit(1)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--actions", type=int, default=50)
+    parser.add_argument("--latency-ms", type=int, default=3000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--heartbeat", type=int, default=2)
+    parser.add_argument("--heartbeat-timeout", type=int, default=10)
+    parser.add_argument("--sync-interval", type=int, default=5)
+    parser.add_argument("--power-state-timeout", type=float, default=10.0)
+    parser.add_argument("--db-outage", type=float, default=8.0)
+    parser.add_argument("--rabbit-outage", type=float, default=20.0)
+    parser.add_argument("--settle-timeout", type=float, default=60.0)
+    parser.add_argument("--repoll-timeout", type=float, default=90.0)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated, of: %s" % ", ".join(SCENARIOS))
+    parser.add_argument("--database-url",
+                        help="an existing MySQL/MariaDB server (e.g. "
+                             "mysql+pymysql://root@127.0.0.1:3306/) instead "
+                             "of a private one; the benchmark creates and "
+                             "drops --database-name there. No db-outage.")
+    parser.add_argument("--database-name", default=DB_NAME)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work directory (logs, call logs)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 1 run, 20 nodes, 3 actions of "
+                             "2000 ms, short outages")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.nodes, args.actions = 1, 20, 3
+        args.latency_ms, args.sync_interval = 2000, 2
+        args.db_outage, args.rabbit_outage = 2.0, 3.0
+        args.settle_timeout, args.repoll_timeout = 30.0, 30.0
+    names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SCENARIOS]
+    if unknown or not names:
+        _bad("unknown scenario(s) %s; choose from %s"
+             % (", ".join(unknown) or "(none)", ", ".join(SCENARIOS)))
+    if args.database_url and "db-outage" in names:
+        _bad("db-outage needs the private MariaDB; drop "
+             "--database-url")
+    if not re.fullmatch(r"[A-Za-z0-9_]+", args.database_name):
+        _bad("--database-name must be letters, digits and _")
+    for key in ("runs", "nodes", "actions", "workers"):
+        if getattr(args, key) < 1:
+            _bad("--%s must be >= 1" % key)
+    if args.actions > args.nodes:
+        _bad("--actions must not exceed --nodes")
+    args.scenario_list = names
+    return args
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM ends the benchmark like Ctrl-C: through the finally."""
+    def raise_interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt()
+    old = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = tempfile.mkdtemp(prefix="bench-faults-")
+    os.chmod(workdir, 0o755)
+    bench = Bench(args, workdir)
+    report: dict[str, Any] = {
+        "settings": dict(bench.settings, nodes=args.nodes,
+                         actions=args.actions, latency_ms=args.latency_ms,
+                         runs=args.runs, db_outage_s=args.db_outage,
+                         rabbit_outage_s=args.rabbit_outage,
+                         database="given server" if args.database_url
+                         else "private MariaDB"),
+        "scenarios": {}}
+    code = 0
+    with _stop_on_signals():
+        try:
+            bench.start_services()
+            for scenario in args.scenario_list:
+                runs = []
+                for index in range(args.runs):
+                    log("%s run %d/%d" % (scenario, index + 1, args.runs))
+                    runs.append(bench.run_once(scenario, index))
+                    log("  %s" % json.dumps(
+                        {k: v for k, v in runs[-1].items()
+                         if k != "examples"}))
+                report["scenarios"][scenario] = {
+                    "summary": summarise(runs), "runs": runs}
+        except KeyboardInterrupt:
+            report["interrupted"] = True
+            code = 130
+        except Exception as exc:
+            report["error"] = "%s: %s" % (type(exc).__name__, exc)
+            code = 1
+        finally:
+            bench.stop_services()
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                report["workdir"] = workdir
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
