@@ -18,7 +18,8 @@ from tests import base
 from tests import fakes
 
 
-class TestTask(base.TestCase):
+class TaskTestCase(base.TestCase):
+    """A migrated database with one fake node, ``n1``."""
 
     def setUp(self) -> None:
         super().setUp()
@@ -26,6 +27,9 @@ class TestTask(base.TestCase):
         self.drivers = {"fake": fake.FakeDriver()}
         self.uuid = self.db.create_node({"driver": "fake", "name": "n1",
                                          "driver_info": {}}).uuid
+
+
+class TestTask(TaskTestCase):
 
     def reservation(self) -> str | None:
         return self.db.get_node(self.uuid).reservation
@@ -108,14 +112,7 @@ class TestTask(base.TestCase):
                          (node.target_power_state, node.reservation))
 
 
-class TestClaim(base.TestCase):
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.db = self.make_db()
-        self.drivers = {"fake": fake.FakeDriver()}
-        self.uuid = self.db.create_node({"driver": "fake", "name": "n1",
-                                         "driver_info": {}}).uuid
+class TestClaim(TaskTestCase):
 
     def test_request_claims_in_the_reserving_update(self) -> None:
         t = task.request_power(self.db, "n1", states.POWER_ON, "h:0",
