@@ -20,14 +20,25 @@ Figure 2: ``--readers`` concurrent callers call ``get_node`` in a loop for
 failures (there must be none), and the CPU used meanwhile by the conductor
 (master and workers), the broker (``beam.smp``) and this caller process.
 
+Figure "flood": ``--flood`` ``get_node`` calls whose reply queue does not
+exist (the caller is gone: killed, or timed out) are published to the
+conductor topic of a W = 2 conductor, then ``--flood-valid`` valid
+``get_node`` calls are made at once by ``--flood-callers`` callers: how
+long until the first is answered, and their p50/max latency. Once with
+the conductor's ``[oslo_messaging_rabbit]
+kombu_missing_consumer_retry_timeout`` and once with oslo.messaging's own
+default (60 s), each in a virtual host of its own.
+
     python tools/bench_rpc.py
     python tools/bench_rpc.py --callers 20 --latency-ms 200 --readers 64 \\
         --seconds 10
+    python tools/bench_rpc.py --figures flood --flood 200
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -37,12 +48,16 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+import uuid
 
+import kombu
 import psutil
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from oslo_config import cfg
+from oslo_messaging._drivers import amqp as rpc_amqp
+from oslo_messaging._drivers import common as rpc_common
 
 from conductor.common import rpc
 from conductor.conf import conductor as conductor_opts
@@ -64,7 +79,8 @@ class Conductor:
 
     def __init__(self, workdir: str, name: str, url: str, db_url: str,
                  workers: int, rpc_threads: int | None,
-                 pool_size: int | None) -> None:
+                 pool_size: int | None,
+                 rabbit: dict[str, Any] | None = None) -> None:
         self.name = name
         self.workers = workers
         self.dir = os.path.join(workdir, name)
@@ -82,6 +98,9 @@ class Conductor:
         if pool_size is not None:
             lines.append("workers_pool_size = %d" % pool_size)
         lines += ["[database]", "connection = %s" % db_url]
+        if rabbit:
+            lines.append("[oslo_messaging_rabbit]")
+            lines += ["%s = %s" % item for item in rabbit.items()]
         with open(config, "w") as stream:
             stream.write("\n".join(lines) + "\n")
         binary = os.path.join(os.path.dirname(sys.executable), "conductor")
@@ -135,7 +154,8 @@ def broker_processes() -> list[psutil.Process]:
             if proc.info["name"] == "beam.smp"]
 
 
-def make_api(url: str, connections: int) -> rpcapi.ConductorAPI:
+def make_api(url: str, connections: int, timeout: float = 60,
+             transports: list[Any] | None = None) -> rpcapi.ConductorAPI:
     conf = cfg.ConfigOpts()
     conductor_opts.register_opts(conf)
     rpc.register_opts(conf)
@@ -145,8 +165,10 @@ def make_api(url: str, connections: int) -> rpcapi.ConductorAPI:
     # measure the conductor, not a wait for this process's pool.
     conf.set_override("rpc_conn_pool_size", connections,
                       group="oslo_messaging_rabbit")
-    return rpcapi.ConductorAPI.from_conf(conf, rpc.get_transport(conf),
-                                         timeout=60)
+    transport = rpc.get_transport(conf)
+    if transports is not None:
+        transports.append(transport)
+    return rpcapi.ConductorAPI.from_conf(conf, transport, timeout=timeout)
 
 
 def at_once(count: int, call: Callable[[int], Any]) -> list[float]:
@@ -264,14 +286,165 @@ def figure2(api: rpcapi.ConductorAPI, server: Conductor, node: str,
     }
 
 
+def publish_orphaned_calls(url: str, node: str, count: int,
+                           reply_queues: int = 1) -> None:
+    """Publish ``count`` ``get_node`` calls whose reply queue is missing.
+
+    Built as oslo.messaging's RPC client builds a call (its own envelope
+    helpers), but naming ``reply_queues`` reply queues that do not exist,
+    as when the caller was killed after sending: the conductor answers
+    each and finds no queue to deliver the answer to.
+    """
+    gone = ["reply_gone_%s" % uuid.uuid4().hex for _ in range(reply_queues)]
+    context = rpc.new_context().to_dict()
+    with kombu.Connection(url.replace("rabbit://", "amqp://", 1)) as conn:
+        producer = conn.Producer()
+        for index in range(count):
+            msg: dict[str, Any] = {
+                "method": "get_node", "args": {"node": node},
+                "version": rpcapi.ConductorAPI.RPC_API_VERSION,
+                "_msg_id": uuid.uuid4().hex,
+                "_reply_q": gone[index % reply_queues], "_timeout": None}
+            rpc_amqp._add_unique_id(msg)
+            rpc_amqp.pack_context(msg, context)
+            # NOTE: "openstack" is oslo.messaging's default control
+            # exchange, which the conductor's RPC server consumes from.
+            producer.publish(rpc_common.serialize_msg(msg),
+                             exchange="openstack", routing_key=rpc.TOPIC)
+
+
+@contextlib.contextmanager
+def private_vhost(label: str) -> Iterator[str]:
+    """A virtual host of its own on the local RabbitMQ; yields its URL."""
+    vhost = "conductor_bench_%d_%s" % (os.getpid(), label)
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*",
+                    ".*")
+        yield "%s/%s" % (RABBIT_URL.rstrip("/"), vhost)
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+
+
+def figure_flood(workdir: str, db_url: str, node: str, label: str,
+                 retry_timeout: int | None, flood: int, reply_queues: int,
+                 valid: int, callers: int) -> dict[str, Any]:
+    """Valid calls right after ``flood`` orphaned ones; seconds."""
+    rabbit = (None if retry_timeout is None else
+              {"kombu_missing_consumer_retry_timeout": retry_timeout})
+    with private_vhost(label) as url:
+        server = Conductor(workdir, label, url, db_url, 2, None, None,
+                           rabbit)
+        try:
+            server.wait_rpc()
+            # NOTE: a patient caller (the 60 s case must be seen through).
+            transports: list[Any] = []
+            api = make_api(url, callers, timeout=300, transports=transports)
+            for _ in range(3):
+                api.get_node(node)  # its reply queue exists
+            published = time.monotonic()
+            publish_orphaned_calls(url, node, flood, reply_queues)
+            publish_s = time.monotonic() - published
+            answered: list[float] = []
+            lock = threading.Lock()
+
+            def call(index: int) -> None:
+                for _ in range(index, valid, callers):
+                    started = time.monotonic()
+                    api.get_node(node)
+                    done = time.monotonic()
+                    with lock:
+                        answered.append(done - published)
+                        latencies.append(done - started)
+
+            latencies: list[float] = []
+            try:
+                at_once(callers, call)
+            finally:
+                transports[0].cleanup()
+        finally:
+            server.stop()
+        with open(server.log, errors="replace") as stream:
+            log = stream.read()
+    latencies.sort()
+    return {
+        "kombu_missing_consumer_retry_timeout":
+            retry_timeout if retry_timeout is not None
+            else "default (%d)" % rpc.MISSING_CONSUMER_RETRY_TIMEOUT,
+        "orphaned_calls": flood, "missing_reply_queues": reply_queues,
+        "publish_s": round(publish_s, 3),
+        "valid_calls": len(latencies),
+        "first_valid_answer_s": round(min(answered), 3),
+        "last_valid_answer_s": round(max(answered), 3),
+        "valid_p50_s": round(latencies[len(latencies) // 2], 3),
+        "valid_max_s": round(latencies[-1], 3),
+        "replies_abandoned_logged": log.count("due to a missing queue"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--callers", type=int, default=20)
     parser.add_argument("--latency-ms", type=int, default=200)
     parser.add_argument("--readers", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--figures", default="rpc,flood",
+                        help="comma-separated: rpc (figures 1 and 2), "
+                        "flood")
+    parser.add_argument("--flood", type=int, default=200,
+                        help="orphaned calls published")
+    parser.add_argument("--flood-reply-queues", type=int, default=1,
+                        help="missing reply queues they name (1: one "
+                        "vanished caller)")
+    parser.add_argument("--flood-valid", type=int, default=20,
+                        help="valid calls made right after")
+    parser.add_argument("--flood-callers", type=int, default=4)
+    parser.add_argument("--flood-timeouts", default="default,60",
+                        help="kombu_missing_consumer_retry_timeout values "
+                        "(default: the conductor's)")
     args = parser.parse_args()
+    figures = set(args.figures.split(","))
+    if not figures or figures - {"rpc", "flood"}:
+        parser.error("--figures: expected rpc and/or flood, got %r"
+                     % args.figures)
+    try:
+        timeouts = [None if value == "default" else int(value)
+                    for value in args.flood_timeouts.split(",")]
+    except ValueError:
+        parser.error("--flood-timeouts: expected 'default' or seconds, "
+                     "got %r" % args.flood_timeouts)
+    for name in ("flood", "flood_reply_queues", "flood_valid",
+                 "flood_callers"):
+        if getattr(args, name) < 1:
+            parser.error("--%s must be >= 1" % name.replace("_", "-"))
     workdir = tempfile.mkdtemp(prefix="bench-rpc-")
+    db_url = "sqlite:///%s/conductor.sqlite" % workdir
+    db = db_api.Connection.create(db_url)
+    migration.upgrade(db.engine)
+    result: dict[str, Any] = {
+        "machine": {"cpus": psutil.cpu_count(),
+                    "python": sys.version.split()[0]},
+        "settings": vars(args)}
+    if "rpc" in figures:
+        result.update(figures_rpc(args, workdir, db_url, db))
+    if "flood" in figures:
+        node = db.create_node({"driver": "fake", "name": "flood"})
+        cases = [figure_flood(workdir, db_url, node.uuid, "flood-%d" % index,
+                              timeout, args.flood, args.flood_reply_queues,
+                              args.flood_valid, args.flood_callers)
+                 for index, timeout in enumerate(timeouts)]
+        flood: dict[str, Any] = {"cases": cases}
+        if len(cases) > 1:
+            flood["first_answer_ratio_last_over_first"] = round(
+                cases[-1]["first_valid_answer_s"]
+                / max(0.001, cases[0]["first_valid_answer_s"]), 1)
+        result["figure_flood_orphaned_calls"] = flood
+    print(json.dumps(result, indent=2))
+
+
+def figures_rpc(args: argparse.Namespace, workdir: str, db_url: str,
+                db: db_api.Connection) -> dict[str, Any]:
+    result: dict[str, Any] = {}
     vhost = "conductor_bench_%d" % os.getpid()
     rabbitmqctl("add_vhost", vhost)
     conductors: list[Conductor] = []
@@ -279,14 +452,7 @@ def main() -> None:
         rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*",
                     ".*")
         url = "%s/%s" % (RABBIT_URL.rstrip("/"), vhost)
-        db_url = "sqlite:///%s/conductor.sqlite" % workdir
-        db = db_api.Connection.create(db_url)
-        migration.upgrade(db.engine)
         api = make_api(url, max(args.callers, args.readers))
-        result: dict[str, Any] = {
-            "machine": {"cpus": psutil.cpu_count(),
-                        "python": sys.version.split()[0]},
-            "settings": vars(args)}
 
         def run(name: str, workers: int, rpc_threads: int | None,
                 pool_size: int | None) -> Conductor:
@@ -322,7 +488,7 @@ def main() -> None:
             "target_max_le_3x_one_call": fig1_default["max_over_one_call"]
             <= 3.0}
         result["figure2_get_node"] = {"w1": fig2_w1, "w2": fig2_w2}
-        print(json.dumps(result, indent=2))
+        return result
     finally:
         for started in conductors:
             started.stop()

@@ -21,10 +21,14 @@ import subprocess
 import threading
 import time
 from typing import Any, Callable
+import uuid
 
 import fixtures
+import kombu
 from oslo_config import cfg
 import oslo_messaging as messaging
+from oslo_messaging._drivers import amqp as rpc_amqp
+from oslo_messaging._drivers import common as rpc_common
 import sqlalchemy as sa
 
 from conductor.common import exceptions
@@ -581,3 +585,65 @@ class TestTwoHostTakeover(RpcTestCase):
         self.assertEqual(states.POWER_ON, done["power_state"])
         self.assertIn("Node %s: power on done" % of_b[0].uuid,
                       host_a.log())
+
+
+def publish_orphaned_calls(url: str, node: str, count: int) -> str:
+    """``count`` get_node calls naming a reply queue that does not exist.
+
+    Built with oslo.messaging's own envelope helpers, as its RPC client
+    builds a call, as if the caller was killed right after sending.
+    :returns: the missing reply queue's name.
+    """
+    gone = "reply_gone_%s" % uuid.uuid4().hex
+    context = rpc.new_context().to_dict()
+    with kombu.Connection(url.replace("rabbit://", "amqp://", 1)) as conn:
+        producer = conn.Producer()
+        for _ in range(count):
+            msg: dict[str, Any] = {
+                "method": "get_node", "args": {"node": node},
+                "version": rpcapi.ConductorAPI.RPC_API_VERSION,
+                "_msg_id": uuid.uuid4().hex, "_reply_q": gone,
+                "_timeout": None}
+            rpc_amqp._add_unique_id(msg)
+            rpc_amqp.pack_context(msg, context)
+            # NOTE: oslo.messaging's default control exchange.
+            producer.publish(rpc_common.serialize_msg(msg),
+                             exchange="openstack", routing_key=rpc.TOPIC)
+    return gone
+
+
+class TestOrphanedCallFlood(RpcTestCase):
+
+    #: Orphaned calls, five times the RPC threads of the one worker.
+    FLOOD = 20
+    RPC_THREADS = 4
+    #: Well below oslo.messaging's own 60 s retry of a missing reply queue.
+    BOUND = 15
+
+    def test_valid_call_answered_soon_after_a_flood(self) -> None:
+        db_fixture = self.useFixture(
+            base.Database("sqlite", state_dir=self.workdir))
+        conductor = self.start(
+            "ha", db_fixture, workers=1,
+            DEFAULT={"executor_thread_pool_size": self.RPC_THREADS},
+            conductor={"sync_power_state_interval": 0})
+        db = db_fixture.connect(upgrade=False)
+        node = db.create_node({"driver": "fake", "name": "n1"})
+        api = self.api(timeout=self.BOUND + 5)
+        self.assertEqual(node.uuid, api.get_node("n1")["uuid"])
+
+        gone = publish_orphaned_calls(self.vhost.url, node.uuid, self.FLOOD)
+        started = time.monotonic()
+        try:
+            answer = api.get_node("n1")
+        except messaging.MessagingTimeout:
+            self.fail("no answer %ds after %d orphaned calls\n%s"
+                      % (self.BOUND + 5, self.FLOOD, conductor.log_tail()))
+        took = time.monotonic() - started
+        self.assertEqual(node.uuid, answer["uuid"])
+        self.assertLessEqual(took, self.BOUND, "answered after %.1fs" % took)
+        # The flood did take every RPC thread: the worker gave up a reply
+        # to the missing queue, and dropped the others to it.
+        log = conductor.log()
+        self.assertIn("due to a missing queue (%s). Abandoning" % gone, log)
+        self.assertIn("%s doesn't exist, drop reply" % gone, log)
