@@ -111,16 +111,25 @@ class PowerActions:
         now = timeutils.utcnow()
         cutoff = now - datetime.timedelta(seconds=request_timeout)
         dropped = set()
-        for uuid, target, version in self._db.stale_power_requests(
-                uuids, cutoff):
-            error = ("Requested '%s' dropped: not applied within [conductor] "
-                     "power_request_timeout (%ss); request it again"
-                     % (target, _seconds(request_timeout)))
-            if self._db.clear_power_request(uuid, error, target=target,
-                                            version=version):
-                LOG.warning("Node %(node)s: %(err)s",
-                            {"node": uuid, "err": error})
-                dropped.add(uuid)
+        stale = self._db.stale_power_requests(uuids, cutoff)
+        for _ in range(_EXPIRY_ATTEMPTS):
+            retry = []
+            for uuid, target, version in stale:
+                error = _dropped(target, request_timeout)
+                if self._db.clear_power_request(uuid, error, target=target,
+                                                version=version):
+                    LOG.warning("Node %(node)s: %(err)s",
+                                {"node": uuid, "err": error})
+                    dropped.add(uuid)
+                else:
+                    retry.append(uuid)
+            if not retry:
+                break
+            # NOTE: another write (a power-sync record) may have changed
+            # the node's version since it was read; what is still stale,
+            # pending and untaken is dropped at the next attempt, so a
+            # stale request never slips through to be applied late.
+            stale = self._db.stale_power_requests(retry, cutoff)
         return dropped
 
     def submit(self, uuid: str) -> bool:
@@ -193,7 +202,24 @@ class PowerActions:
                                            % (node.driver, holder)})
         if t.interrupted:
             return self._resolve(t, target)
+        if self._stale(node):
+            # NOTE: expire() drops stale requests before they are taken;
+            # this catches one whose node changed while expire() tried.
+            error = _dropped(target, self._request_timeout)
+            LOG.warning("Node %(node)s: %(err)s", {"node": node.uuid,
+                                                   "err": error})
+            return t.record({"target_power_state": None,
+                             "power_action_claim": None,
+                             "last_error": error})
         return self._act(t, target)
+
+    def _stale(self, node: db_api.NodeRecord) -> bool:
+        """True when the node's request is older than the request timeout."""
+        requested = node.target_power_state_requested_at or node.updated_at
+        if self._request_timeout <= 0 or requested is None:
+            return False
+        return requested < timeutils.utcnow() - datetime.timedelta(
+            seconds=self._request_timeout)
 
     def _resolve(self, t: task.Task, target: str) -> db_api.NodeRecord:
         """Settle an interrupted action by reading the BMC first."""
@@ -262,6 +288,17 @@ class PowerActions:
             LOG.info("Node %(node)s: %(target)s done",
                      {"node": uuid, "target": target})
         return t.record(values)
+
+
+def _dropped(target: str, request_timeout: float) -> str:
+    """``last_error`` of a request dropped for being too old."""
+    return ("Requested '%s' dropped: not applied within [conductor] "
+            "power_request_timeout (%ss); request it again"
+            % (target, _seconds(request_timeout)))
+
+
+#: Attempts at dropping one stale request whose node changed meanwhile.
+_EXPIRY_ATTEMPTS = 3
 
 
 def _seconds(value: float) -> str:

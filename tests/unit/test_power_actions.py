@@ -261,6 +261,23 @@ class TestScanAndSubmit(ActionsTestCase):
         self.assertEqual(0, actions.scan())
         self.assertIn("(60s)", str(self.db.get_node(uuid).last_error))
 
+    def test_a_stale_request_taken_anyway_is_dropped_not_applied(
+            self) -> None:
+        # The scan's expiry can lose a race with another write to the
+        # node; the worker that takes the request checks its age again.
+        actions = power_actions.PowerActions(
+            self.db, {"scripted": self.driver}, self.rings, self.pool,
+            timeout=5.0, request_timeout=300)
+        uuid = self.node("late", states.POWER_ON)
+        self._requested(uuid, 1000)
+        node = actions.apply(uuid)
+        assert node is not None
+        self.power.set_power_state.assert_not_called()
+        self.assertIsNone(node.target_power_state)
+        self.assertIn("Requested 'power on' dropped: not applied within "
+                      "[conductor] power_request_timeout (300s)",
+                      str(node.last_error))
+
     def test_expiry_leaves_a_request_being_applied(self) -> None:
         uuid = self.node("taken", states.POWER_ON)
         self._requested(uuid, 1000)
