@@ -49,7 +49,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -71,14 +70,15 @@ from conductor.db import api as db_api  # noqa: E402
 from conductor.db import migration  # noqa: E402
 from conductor import rpcapi  # noqa: E402
 from conductor import states  # noqa: E402
+from tests.functional import services  # noqa: E402
 
 SCENARIOS = ("ctrl-c", "sigterm", "kill-worker", "kill-master",
              "db-outage", "rabbit-outage")
 DB_NAME = "bench_faults"
 HOST = "h1"
 #: Start, stop and wait bounds (seconds).
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 30.0
+START_TIMEOUT = services.START_TIMEOUT
+STOP_TIMEOUT = services.STOP_TIMEOUT
 SWEEP_RE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \d+ INFO "
     r"conductor\.power_sync \[(?P<who>[^\]]+)\] \[-\] Power sync sweep: "
@@ -95,12 +95,6 @@ def _bin(name: str) -> str:
     return os.path.join(os.path.dirname(sys.executable), name)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait(predicate: Any, timeout: float, what: str,
           interval: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
@@ -113,23 +107,13 @@ def _wait(predicate: Any, timeout: float, what: str,
         time.sleep(interval)
 
 
-def _end(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT
-         ) -> int:
-    """Wait for ``proc``; SIGKILL it past ``timeout``. Its exit code."""
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait(10)
-
-
 class MariaDB:
     """A private mariadbd on a loopback port, in a temporary datadir."""
 
     def __init__(self, workdir: str) -> None:
         self.dir = os.path.join(workdir, "mariadb")
         self.datadir = os.path.join(self.dir, "data")
-        self.port = _free_port()
+        self.port = services.free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         os.makedirs(self.dir)
         subprocess.run(
@@ -181,79 +165,11 @@ class MariaDB:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            _end(self.proc)
+            services.end(self.proc)
 
 
 def _user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
-
-
-class RabbitMQ:
-    """A private RabbitMQ node (own name, ports, directories)."""
-
-    def __init__(self, workdir: str) -> None:
-        self.dir = os.path.join(workdir, "rabbitmq")
-        self.node = "bench-%d@localhost" % os.getpid()
-        self.port = _free_port()
-        os.makedirs(os.path.join(self.dir, "mnesia"))
-        os.makedirs(os.path.join(self.dir, "log"))
-        open(os.path.join(self.dir, "plugins"), "w").close()
-        with open(os.path.join(self.dir, "rabbitmq.conf"), "w") as stream:
-            stream.write("listeners.tcp.local = 127.0.0.1:%d\n"
-                         "loopback_users = none\n" % self.port)
-        # NOTE: rabbitmq-server drops root to the rabbitmq user.
-        if os.getuid() == 0:
-            try:
-                entry = pwd.getpwnam("rabbitmq")
-            except KeyError:
-                pass
-            else:
-                for root, dirs, files in os.walk(self.dir):
-                    for name in [root] + [os.path.join(root, f)
-                                          for f in dirs + files]:
-                        os.chown(name, entry.pw_uid, entry.pw_gid)
-        self.env = dict(
-            os.environ, RABBITMQ_NODENAME=self.node,
-            RABBITMQ_NODE_PORT=str(self.port),
-            RABBITMQ_DIST_PORT=str(_free_port()),
-            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
-            RABBITMQ_MNESIA_BASE=os.path.join(self.dir, "mnesia"),
-            RABBITMQ_LOG_BASE=os.path.join(self.dir, "log"),
-            RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(self.dir, "plugins"),
-            RABBITMQ_CONFIG_FILE=os.path.join(self.dir, "rabbitmq.conf"),
-            RABBITMQ_FEATURE_FLAGS_FILE=os.path.join(self.dir, "ff"),
-            RABBITMQ_PID_FILE=os.path.join(self.dir, "pid"))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return "rabbit://guest:guest@127.0.0.1:%d/" % self.port
-
-    def _ctl(self, *args: str, timeout: float = START_TIMEOUT) -> int:
-        return subprocess.run(
-            ["rabbitmqctl", "-n", self.node, *args], env=self.env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            timeout=timeout + 10).returncode
-
-    def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.env["RABBITMQ_PID_FILE"])
-        self.proc = subprocess.Popen(
-            ["rabbitmq-server"], env=self.env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True)
-        if self._ctl("wait", self.env["RABBITMQ_PID_FILE"], "--timeout",
-                     str(int(START_TIMEOUT))) != 0:
-            raise RuntimeError("private RabbitMQ %s did not start; see %s"
-                               % (self.node, self.dir))
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self._ctl("stop", timeout=STOP_TIMEOUT)
-            if _end(self.proc) != 0 and self.proc.poll() is None:
-                self.proc.kill()
-        self.proc = None
 
 
 class Conductor:
@@ -298,7 +214,7 @@ class Conductor:
         pgid = self.proc.pid
         if self.proc.poll() is None:
             self.proc.terminate()
-        code = _end(self.proc)
+        code = services.end(self.proc)
         _kill_group(pgid)
         self.proc = None
         return code
@@ -384,7 +300,7 @@ class Bench:
         self.args = args
         self.workdir = workdir
         self.mariadb: MariaDB | None = None
-        self.rabbit: RabbitMQ | None = None
+        self.rabbit: services.RabbitMQ | None = None
         self._api: rpcapi.ConductorAPI | None = None
         self._transport: Any = None
         self.settings = {
@@ -408,7 +324,7 @@ class Bench:
             self.admin_url = self.mariadb.admin_url
         self.url = self.admin_url + self.args.database_name
         log("starting a private RabbitMQ")
-        self.rabbit = RabbitMQ(self.workdir)
+        self.rabbit = services.RabbitMQ(self.workdir, prefix="bench")
         self.rabbit.start()
         self._api, self._transport = make_rpc(self.rabbit.url)
 
@@ -555,7 +471,7 @@ class Bench:
             else:
                 cond.proc.kill()
             started = time.monotonic()
-            codes["master"] = _end(cond.proc)
+            codes["master"] = services.end(cond.proc)
             result["master_exit_s"] = round(time.monotonic() - started, 2)
             # NOTE: workers left behind by the master (bounded wait, then
             # killed so the restarted conductor runs alone).

@@ -1,18 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """RPC end to end: real conductors, real RabbitMQ, real databases.
 
-Every test gets its own RabbitMQ virtual host, so tests running at the
-same time never answer each other's calls. The broker-restart test stops
-the whole broker: it takes an exclusive lock that every other test here
-holds shared (across stestr's worker processes), so it never pulls the
-broker from under them. RabbitMQ must be running (``rabbitmq-server
--detached``, as ``.ci/run`` does); when it is not, every test fails saying
-so.
+Every test gets its own RabbitMQ virtual host on the local shared broker,
+so tests running at the same time never answer each other's calls. The
+broker-restart test stops and starts a private RabbitMQ node it started
+itself (tests/functional/services.py); the shared broker is never
+stopped. RabbitMQ must be running (``rabbitmq-server -detached``, as
+``.ci/run`` does); when it is not, every test fails saying so.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import signal
@@ -38,15 +36,13 @@ from conductor import ownership
 from conductor import rpcapi
 from conductor import states
 from tests.functional import base
+from tests.functional import services
 
 #: Seconds between heartbeats, after which a worker is dead, and between
 #: power sync sweeps, in every test here.
 HEARTBEAT_INTERVAL = 1
 HEARTBEAT_TIMEOUT = 4
 SYNC_INTERVAL = 1
-#: Held shared by every test here, exclusive by the broker restart.
-LOCK_FILE = os.path.join(os.environ.get("TMPDIR", "/tmp"),
-                         "conductor-functional-rabbitmq.lock")
 _SWEEP = re.compile(r"^(\S+ \S+) \d+ INFO conductor\.power_sync "
                     r"\[(\S+) worker (\d+)\] \[-\] Power sync sweep: "
                     r"(\d+) node\(s\)")
@@ -64,21 +60,6 @@ def _rabbitmqctl(*args: str) -> str:
                              % (" ".join(args), result.returncode,
                                 result.stderr.strip() or result.stdout))
     return result.stdout
-
-
-class BrokerLock(fixtures.Fixture):
-    """An flock on :data:`LOCK_FILE`: shared, or exclusive."""
-
-    def __init__(self, exclusive: bool) -> None:
-        super().__init__()
-        self.exclusive = exclusive
-
-    def _setUp(self) -> None:
-        stream = open(LOCK_FILE, "a")
-        self.addCleanup(stream.close)
-        fcntl.flock(stream, fcntl.LOCK_EX if self.exclusive
-                    else fcntl.LOCK_SH)
-        self.addCleanup(fcntl.flock, stream, fcntl.LOCK_UN)
 
 
 class RabbitVhost(fixtures.Fixture):
@@ -104,17 +85,38 @@ class RabbitVhost(fixtures.Fixture):
         self.url = "%s/%s" % (base.RABBIT_URL.rstrip("/"), self.name)
 
 
+class PrivateRabbitMQ(fixtures.Fixture):
+    """A private RabbitMQ node this test starts, stopped at its cleanup.
+
+    For tests that stop the broker: the shared one must never be stopped.
+    """
+
+    def _setUp(self) -> None:
+        workdir = self.useFixture(fixtures.TempDir()).path
+        # NOTE: the node runs as the rabbitmq user when we are root.
+        os.chmod(workdir, 0o755)
+        try:
+            self.node = services.RabbitMQ(workdir, prefix="conductor-test")
+            # NOTE: registered before start(), so that a node that fails
+            # half-way still goes.
+            self.addCleanup(self.node.stop)
+            self.node.start()
+        except services.ServiceError as exc:
+            raise AssertionError("cannot run the private RabbitMQ this "
+                                 "test needs: %s" % exc)
+        self.url = self.node.url
+
+
 class RpcTestCase(base.FunctionalTestCase):
     """One vhost per test; ``self.api()`` is a client in this process."""
 
-    exclusive_broker = False
+    def broker(self) -> RabbitVhost | PrivateRabbitMQ:
+        """Where this test's conductors and clients talk (``.url``)."""
+        return RabbitVhost()
 
     def setUp(self) -> None:
-        # NOTE: before the base class starts the test's timeout: waiting
-        # for the broker restart test is not this test's time.
-        self.useFixture(BrokerLock(self.exclusive_broker))
         super().setUp()
-        self.vhost = self.useFixture(RabbitVhost())
+        self.vhost = self.useFixture(self.broker())
 
     def options(self, host: str, db_url: str, workers: int = 2,
                 **extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -485,7 +487,11 @@ class TestWithoutBroker(RpcTestCase):
 
 class TestBrokerRestart(RpcTestCase):
 
-    exclusive_broker = True
+    def broker(self) -> RabbitVhost | PrivateRabbitMQ:
+        # NOTE: this test stops the broker: a private one, never the
+        # shared one the other tests use.
+        self.private = PrivateRabbitMQ()
+        return self.private
 
     def test_rpc_resumes_and_periodics_go_on(self) -> None:
         db_fixture = self.useFixture(
@@ -496,8 +502,7 @@ class TestBrokerRestart(RpcTestCase):
         api = self.api(timeout=5)
         self.assertEqual("n1", api.get_node("n1")["name"])
 
-        _rabbitmqctl("stop_app")
-        self.addCleanup(_rabbitmqctl, "start_app")
+        self.private.node.stop_app()
         stopped = time.time()
         # Power sync sweeps keep coming while the broker is away.
         try:
@@ -512,7 +517,7 @@ class TestBrokerRestart(RpcTestCase):
                     line for line in conductor.log_lines()
                     if "sweep" in line or "ERROR" in line
                     or "WARNING" in line)[-6000:]))
-        _rabbitmqctl("start_app")
+        self.private.node.start_app()
         mark = len(conductor.log())
 
         def answers() -> bool:
