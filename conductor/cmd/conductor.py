@@ -24,8 +24,12 @@ from conductor import checks
 from conductor.common import exceptions
 from conductor.common import hooks
 from conductor.common import log as conductor_log
+from conductor.common import processutils
+from conductor.common import version
 from conductor import conf as conductor_conf
+from conductor.conf import validate
 from conductor import master
+from conductor import reports
 from conductor import startup
 
 LOG = logging.getLogger(__name__)
@@ -50,32 +54,46 @@ def main(argv: list[str] | None = None) -> None:
     conductor_log.set_defaults()
     conductor_log.register_options(conf)
     conf.register_cli_opt(_FORCE)
+    # NOTE: every fatal error is reported by fail() after its except block:
+    # oslo.log appends the exception being handled to a WARNING or ERROR
+    # logged inside one, which would repeat the reason on the same line.
+    error: str | None = None
     try:
         # NOTE: hooks_dir is not parsed yet: only entry point hooks can
         # change option defaults.
         hooks.run_hooks(hooks.discover(None), "override_defaults",
                         conf=conf)
         conf(sys.argv[1:] if argv is None else argv, project="conductor",
-             prog="conductor")
+             prog="conductor", version=version.version_string())
     except cfg.ConfigFilesNotFoundError as exc:
-        fail("config file(s) not found: %s" % ", ".join(exc.config_files))
+        error = "config file(s) not found: %s" % ", ".join(exc.config_files)
     except cfg.Error as exc:
-        fail(str(exc).splitlines()[0])
+        error = str(exc).splitlines()[0]
     except exceptions.ConductorException as exc:
-        fail(str(exc))
+        error = str(exc)
+    if error is not None:
+        fail(error)
     conductor_log.setup(conf, conductor_log.master_identity(conf.host))
+    processutils.set_title("conductor: master (%s)" % conf.host)
+    for problem in validate.unknown_options(conf):
+        LOG.warning("%s", problem)
     try:
         hook_list = hooks.discover(conf.hooks.hooks_dir)
         hooks.run_hooks(hook_list, "source", conf=conf,
                         config_files=list(conf.config_file))
         workers = checks.check_all(conf)
+        reports.setup(conf)
         startup.run(conf, hook_list, force=conf.force)
         launcher, start_extra, policy = master.launch(conf, workers,
                                                       hook_list)
     except exceptions.ConductorException as exc:
-        fail(str(exc))
+        LOG.debug("Start-up failed", exc_info=True)
+        error = str(exc)
     except (OSError, ValueError, cfg.Error) as exc:
-        fail("%s: %s" % (type(exc).__name__, exc))
+        LOG.debug("Start-up failed", exc_info=True)
+        error = "%s: %s" % (type(exc).__name__, exc)
+    if error is not None:
+        fail(error)
     try:
         launcher.wait()
     finally:

@@ -27,6 +27,7 @@ from conductor.common import exceptions
 from conductor.common import hooks
 from conductor.common import output
 from conductor.common import rpc
+from conductor.common import version
 from conductor import conf as conductor_conf
 from conductor.db import api as db_api
 from conductor.db import engine as db_engine
@@ -122,8 +123,8 @@ class Manage:
         for key in ("name", "uuid", "maintenance_reason"):
             if getattr(args, key) is not None:
                 values[key] = getattr(args, key)
-        if args.maintenance:
-            values["maintenance"] = True
+        if args.maintenance is not None:
+            values["maintenance"] = args.maintenance
         clean = nodes.validate_new(values, self.drivers)
         node = self.db.create_node(clean)
         self._show(node, args.format)
@@ -164,7 +165,7 @@ class Manage:
                 info.pop(key)
             values["driver_info"] = info
         if args.maintenance is not None:
-            values["maintenance"] = args.maintenance == "on"
+            values["maintenance"] = args.maintenance
         if args.maintenance_reason is not None:
             values["maintenance_reason"] = args.maintenance_reason
         if not values:
@@ -489,6 +490,41 @@ def _bool_arg(text: str) -> bool:
     raise argparse.ArgumentTypeError("expected true or false, got %r" % text)
 
 
+#: How ``--driver-info`` reads its values (see nodes.parse_pairs).
+DRIVER_INFO_HELP = (
+    "a driver_info field (repeatable; several pairs may follow one flag). "
+    "VALUE is read as JSON when it is valid JSON (5 is a number, true a "
+    "boolean, '\"5\"' in a shell the string 5), else as a string")
+
+
+def _maintenance_arg(parser: argparse.ArgumentParser,
+                     text: str = "put the node in maintenance (true) or "
+                     "take it out (false); alone it means true") -> None:
+    """One ``--maintenance [true|false]`` for create, list and set."""
+    parser.add_argument("--maintenance", type=_bool_arg, nargs="?",
+                        const=True, default=None, metavar="true|false",
+                        help=text + "; also yes/no, on/off, 1/0")
+
+
+def _check_set_args(parser: argparse.ArgumentParser,
+                    args: argparse.Namespace) -> None:
+    """Give back a NODE a list option swallowed (``--driver-info k=v N``).
+
+    argparse lets ``nargs="+"`` options take every word up to the next
+    option, NODE included. A ``--driver-info`` word without ``=`` cannot
+    be a pair, so it is NODE; failing that, the last ``--unset-driver-info``
+    word is.
+    """
+    if args.node is not None:
+        return
+    if args.driver_info and "=" not in args.driver_info[-1]:
+        args.node = args.driver_info.pop()
+    elif args.unset_driver_info:
+        args.node = args.unset_driver_info.pop()
+    if args.node is None:
+        parser.error("the following arguments are required: NODE")
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -530,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="DIR", help="directory of *.conf files")
     parser.add_argument("--debug", action="store_true",
                         help="show tracebacks and library logs")
+    parser.add_argument("--version", action="version",
+                        version="%(prog)s " + version.version_string())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND",
                                      required=True)
 
@@ -553,9 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name")
     create.add_argument("--uuid")
     create.add_argument("--driver-info", action="extend", nargs="+",
-                        default=[],
-                        metavar="KEY=VALUE")
-    create.add_argument("--maintenance", action="store_true")
+                        default=[], metavar="KEY=VALUE",
+                        help=DRIVER_INFO_HELP)
+    _maintenance_arg(create)
     create.add_argument("--maintenance-reason")
     fmt(create)
     create.set_defaults(func=Manage.node_create)
@@ -567,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = node_cmds.add_parser("list", help="list nodes")
     lst.add_argument("--driver")
-    lst.add_argument("--maintenance", type=_bool_arg, metavar="true|false")
+    _maintenance_arg(lst, "only nodes in maintenance (true) or not "
+                     "(false)")
     fmt(lst)
     lst.set_defaults(func=Manage.node_list)
 
@@ -577,19 +616,23 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=Manage.node_show)
 
     nset = node_cmds.add_parser("set", help="change a node's fields")
-    nset.add_argument("node", metavar="NODE", help="uuid or name")
+    # NOTE: NODE is optional for argparse only: a list option given just
+    # before it swallows it, and _check_set_args gives it back.
+    nset.add_argument("node", metavar="NODE", nargs="?",
+                      help="uuid or name")
     nset.add_argument("--name", help="new name ('' removes it)")
     nset.add_argument("--driver")
     nset.add_argument("--driver-info", action="extend", nargs="+",
-                      default=[],
-                      metavar="KEY=VALUE")
+                      default=[], metavar="KEY=VALUE",
+                      help=DRIVER_INFO_HELP)
     nset.add_argument("--unset-driver-info", action="extend", nargs="+",
                       default=[],
                       metavar="KEY")
-    nset.add_argument("--maintenance", choices=("on", "off"))
+    _maintenance_arg(nset)
     nset.add_argument("--maintenance-reason")
     fmt(nset)
-    nset.set_defaults(func=Manage.node_set)
+    nset.set_defaults(func=Manage.node_set,
+                      check=lambda args: _check_set_args(nset, args))
 
     delete = node_cmds.add_parser("delete", help="delete a node")
     delete.add_argument("node", metavar="NODE", help="uuid or name")

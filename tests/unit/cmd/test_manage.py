@@ -22,6 +22,7 @@ import fixtures
 from oslo_utils import timeutils
 
 from conductor.cmd import manage
+from conductor.common import version
 from conductor.db import api as db_api
 from conductor.db import migration
 from conductor.db import models
@@ -403,6 +404,35 @@ class TestNodeSet(DbManageTestCase):
                          (data["maintenance"], data["maintenance_reason"],
                           data["fault"]))
 
+    def test_node_after_driver_info_is_not_swallowed(self) -> None:
+        data = self.json("node", "set", "--driver-info", "fake_fail=set",
+                         "fake_latency_ms=9", "n1")
+        self.assertEqual({"fake_fail": "set", "fake_latency_ms": 9},
+                         data["driver_info"])
+        data = self.json("node", "set", "--unset-driver-info",
+                         "fake_fail", self.uuid)
+        self.assertEqual({"fake_latency_ms": 9}, data["driver_info"])
+        self.assertIn("the following arguments are required: NODE",
+                      self.usage_error("node", "set", "--driver-info",
+                                       "fake_fail=set"))
+
+    def test_one_maintenance_syntax(self) -> None:
+        # The same --maintenance [true|false] on create, list and set.
+        self.ok("node", "create", "--driver", "fake", "--name", "n2",
+                "--maintenance", "false")
+        self.ok("node", "create", "--driver", "fake", "--name", "n3",
+                "--maintenance")
+        self.json("node", "set", "n1", "--maintenance", "true")
+        self.json("node", "set", "n2", "--maintenance", "yes")
+        self.json("node", "set", "n2", "--maintenance", "false")
+        listed = self.json("node", "list", "--maintenance", "true")
+        self.assertEqual(["n1", "n3"], sorted(n["name"] for n in listed))
+        listed = self.json("node", "list", "--maintenance", "off")
+        self.assertEqual(["n2"], [n["name"] for n in listed])
+        self.assertIn("expected true or false, got 'perhaps'",
+                      self.usage_error("node", "set", "n1", "--maintenance",
+                                       "perhaps"))
+
     def test_nothing_to_change(self) -> None:
         self.assertEqual("node set: nothing to change; give at least one "
                          "option", self.fails("node", "set", "n1"))
@@ -420,6 +450,20 @@ class TestNodeSet(DbManageTestCase):
     def test_table_output(self) -> None:
         out = self.ok("node", "set", "n1", "--maintenance", "on")
         self.assertIn("maintenance             true", out)
+
+
+class TestVersion(ManageTestCase):
+
+    def test_every_command_prints_its_version(self) -> None:
+        # The installed console scripts, as an operator runs them.
+        expected = version.version_string()
+        bindir = os.path.dirname(sys.executable)
+        for command in ("conductor", "conductor-manage", "conductor-status"):
+            result = subprocess.run(
+                [os.path.join(bindir, command), "--version"],
+                capture_output=True, text=True, timeout=60)
+            self.assertEqual(0, result.returncode, result.stderr)
+            self.assertIn(expected, result.stdout + result.stderr, command)
 
 
 class TestNodeDelete(DbManageTestCase):
