@@ -341,6 +341,12 @@ class Manage:
                                "heartbeat age (s)", "drivers",
                                "pool busy/size (rejected)",
                                "last power sync"), rows))
+        draining = sorted(host for host, info in data["hosts"].items()
+                          if info.get("draining"))
+        if draining:
+            self.out("Draining (their nodes moved to the other hosts; they "
+                     "stop once the handover is done): %s"
+                     % ", ".join(draining))
         tasks = _periodic_rows(data["workers"])
         if tasks:
             self.out("")
@@ -355,6 +361,34 @@ class Manage:
         self.out("")
         self.out("%d node(s), %d in maintenance" % (counts["total"],
                                                     counts["maintenance"]))
+
+    def drain(self, args: argparse.Namespace) -> None:
+        """Mark HOST draining; with ``--wait``, wait until it stopped."""
+        data = db_status(self.db, self.conf.conductor.heartbeat_timeout)
+        live = {w["host"] for w in data["workers"] if w["alive"]}
+        if args.host not in live:
+            raise exceptions.ConductorException(
+                "no live conductor on host %s to drain (see "
+                "'conductor-manage status')" % args.host)
+        if live == {args.host} and not args.force:
+            raise exceptions.ConductorException(
+                "%s is the only live host: no other would take its nodes; "
+                "give --force to drain it anyway" % args.host)
+        count = self.db.set_draining(args.host)
+        self.out("Draining %s (%d worker(s)): the other hosts take its nodes "
+                 "now; it stops once they had the time to poll them"
+                 % (args.host, count))
+        if not args.wait:
+            return
+        deadline = time.monotonic() + args.timeout
+        while any(record.online for record in self.db.list_conductors()
+                  if record.host == args.host):
+            if time.monotonic() > deadline:
+                raise exceptions.ConductorException(
+                    "%s still running after %ss; it stays draining (see "
+                    "its log)" % (args.host, _seconds(args.timeout)))
+            time.sleep(0.2)
+        self.out("Host %s drained and stopped" % args.host)
 
     def clean(self, args: argparse.Namespace) -> None:
         timeout = self.conf.conductor.heartbeat_timeout
@@ -666,6 +700,19 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="hosts, workers, nodes")
     fmt(status)
     status.set_defaults(func=Manage.status)
+
+    drain = commands.add_parser(
+        "drain", help="move a host's nodes to the other hosts, then stop "
+        "it (as SIGUSR1 to its master)")
+    drain.add_argument("host", metavar="HOST", help="its [DEFAULT] host")
+    drain.add_argument("--wait", action="store_true",
+                       help="return once the host has stopped")
+    drain.add_argument("--timeout", type=_positive, default=600.0,
+                       help="seconds --wait waits at most (default 600)")
+    drain.add_argument("--force", action="store_true",
+                       help="drain even the only live host (its nodes are "
+                       "then polled by nobody)")
+    drain.set_defaults(func=Manage.drain)
 
     clean = commands.add_parser(
         "clean", help="forget dead workers, release their reservations, "

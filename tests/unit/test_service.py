@@ -221,7 +221,9 @@ class TestWorkerSettings(ServiceTestCase):
             heartbeat_timeout=30, hash_ring_reset_interval=15,
             graceful_shutdown_timeout=3,
             sync=power_sync.SyncSettings(workers=4, timeout=5.0,
-                                         max_retries=2, force=False))
+                                         max_retries=2, force=False),
+            # One sync interval, one action scan, the margin.
+            drain_handover=60 + 0.1 + service.DRAIN_MARGIN)
         self.assertEqual(expected,
                          service.WorkerSettings.from_conf(self.conf))
 
@@ -239,8 +241,8 @@ class TestPickle(base.TestCase):
         # Runtime state that cannot be pickled is dropped.
         svc._stopped = threading.Event()
         svc._threads.append(threading.Thread(target=lambda: None))
-        self.assertEqual({"host", "worker_id", "_conf", "start_extra"},
-                         set(svc.__getstate__()))
+        self.assertEqual({"host", "worker_id", "_conf", "start_extra",
+                          "_master_pid"}, set(svc.__getstate__()))
         copy = pickle.loads(pickle.dumps(svc))
         self.assertEqual(("h", 3, "h:3"),
                          (copy.host, copy.worker_id, copy.holder))

@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 from unittest import mock
@@ -655,6 +656,63 @@ class TestNodePower(DbManageTestCase):
         self.assertIsNone(self.db.get_node("n1").target_power_state)
 
 
+class TestDrain(DbManageTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.db.register_conductor("a", 0, ["fake"], pid=10)
+        self.db.register_conductor("b", 0, ["fake"], pid=20)
+        self.db.register_conductor("b", 1, ["fake"], pid=21)
+
+    def draining(self) -> dict[str, bool]:
+        return {record.holder: record.draining
+                for record in self.db.list_conductors()}
+
+    def test_drain_marks_the_hosts_workers(self) -> None:
+        self.assertEqual("Draining b (2 worker(s)): the other hosts take its "
+                         "nodes now; it stops once they had the time to poll "
+                         "them\n", self.ok("drain", "b"))
+        self.assertEqual({"a:0": False, "b:0": True, "b:1": True},
+                         self.draining())
+        data = self.json("status")
+        self.assertEqual({"a": False, "b": True},
+                         {host: info["draining"]
+                          for host, info in data["hosts"].items()})
+        self.assertIn("Draining (their nodes moved to the other hosts; they "
+                      "stop once the handover is done): b",
+                      self.ok("status"))
+        # Registering again (a restart) ends the drain.
+        self.db.register_conductor("b", 0, ["fake"])
+        self.assertFalse(self.draining()["b:0"])
+
+    def test_refusals(self) -> None:
+        self.assertEqual("no live conductor on host c to drain (see "
+                         "'conductor-manage status')",
+                         self.fails("drain", "c"))
+        self.db.set_offline("b")
+        self.assertEqual("a is the only live host: no other would take its "
+                         "nodes; give --force to drain it anyway",
+                         self.fails("drain", "a"))
+        self.assertEqual({"a:0": False, "b:0": False, "b:1": False},
+                         self.draining())
+        self.ok("drain", "a", "--force")
+        self.assertTrue(self.draining()["a:0"])
+
+    def test_wait_until_stopped_or_timeout(self) -> None:
+        code, out, err = self.manage("drain", "b", "--wait", "--timeout",
+                                     "0.3")
+        self.assertEqual(1, code)
+        self.assertIn("Draining b", out)
+        self.assertIn("b still running after 0.3s; it stays draining", err)
+        self.db.set_offline("b")
+        self.db.register_conductor("b", 0, ["fake"])
+        stopper = threading.Timer(0.3, self.db.set_offline, ("b",))
+        stopper.start()
+        self.addCleanup(stopper.join)
+        self.assertIn("Host b drained and stopped",
+                      self.ok("drain", "b", "--wait", "--timeout", "30"))
+
+
 class TestStatusAndClean(DbManageTestCase):
 
     def setUp(self) -> None:
@@ -686,14 +744,14 @@ class TestStatusAndClean(DbManageTestCase):
         data = self.json("status")
         self.assertEqual([
             {"host": "g", "worker_id": 0, "pid": 50, "online": False,
-             "alive": False, "heartbeat_age": 5.0, "drivers": ["fake"],
-             "status": {}},
+             "alive": False, "draining": False, "heartbeat_age": 5.0,
+             "drivers": ["fake"], "status": {}},
             {"host": "h", "worker_id": 0, "pid": 40, "online": True,
-             "alive": True, "heartbeat_age": 5.0,
+             "alive": True, "draining": False, "heartbeat_age": 5.0,
              "drivers": ["fake", "ipmi"], "status": self.snapshot},
             {"host": "h", "worker_id": 1, "pid": 41, "online": True,
-             "alive": False, "heartbeat_age": 120.0, "drivers": ["fake"],
-             "status": {}},
+             "alive": False, "draining": False, "heartbeat_age": 120.0,
+             "drivers": ["fake"], "status": {}},
         ], data["workers"])
         self.assertEqual({"total": 3, "maintenance": 1,
                           "by_power_state": {"power on": 2, "none": 1}},
