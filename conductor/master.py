@@ -39,6 +39,7 @@ from oslo_config import cfg
 from oslo_service import service
 
 from conductor.common import hooks
+from conductor.common import processutils
 from conductor import lifecycle
 from conductor import service as conductor_service
 
@@ -297,6 +298,8 @@ def launch(conf: cfg.ConfigOpts, workers: int,
                 workers=1)
     finally:
         cotyledon.ServiceManager = original  # type: ignore[misc]
+    # NOTE: after cotyledon's manager named the process its own way.
+    processutils.set_title("conductor: master (%s)" % conf.host)
     LOG.info("Conductor %(host)s starting %(workers)d worker(s)",
              {"host": conf.host, "workers": workers})
     return launcher, start_extra, policy

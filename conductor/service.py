@@ -32,6 +32,7 @@ from oslo_config import cfg
 from oslo_service import service
 from oslo_utils import timeutils
 
+from conductor.common import exceptions
 from conductor.common import hooks
 from conductor.common import log as conductor_log
 from conductor.common import processutils
@@ -295,10 +296,18 @@ class ConductorService(service.ServiceBase):
         try:
             self._start()
         except Exception as exc:
-            LOG.exception("Worker %(id)d of %(host)s failed to start: "
-                          "%(error)s", {"id": self.worker_id,
-                                        "host": self.host,
-                                        "error": lifecycle.one_line(exc)})
+            values = {"id": self.worker_id, "host": self.host,
+                      "error": lifecycle.one_line(exc)}
+            if isinstance(exc, exceptions.ConductorException):
+                # NOTE: a predictable error (configuration, database,
+                # driver) says all in one line; the traceback is DEBUG.
+                LOG.error("Worker %(id)d of %(host)s failed to start: "
+                          "%(error)s", values)
+                LOG.debug("Failed start of worker %d", self.worker_id,
+                          exc_info=True)
+            else:
+                LOG.exception("Worker %(id)d of %(host)s failed to start: "
+                              "%(error)s", values)
             try:
                 # NOTE: offline first: a SIGTERM arriving now may end the
                 # process as soon as stop() returns, in another thread.

@@ -24,7 +24,6 @@ from conductor import checks
 from conductor.common import exceptions
 from conductor.common import hooks
 from conductor.common import log as conductor_log
-from conductor.common import processutils
 from conductor.common import version
 from conductor import conf as conductor_conf
 from conductor.conf import validate
@@ -74,7 +73,6 @@ def main(argv: list[str] | None = None) -> None:
     if error is not None:
         fail(error)
     conductor_log.setup(conf, conductor_log.master_identity(conf.host))
-    processutils.set_title("conductor: master (%s)" % conf.host)
     for problem in validate.unknown_options(conf):
         LOG.warning("%s", problem)
     try:
