@@ -6,7 +6,9 @@ The master parses config, sets up logging, validates everything it can
 and hooks, then forks ``[conductor] workers`` workers and supervises them.
 
 SIGTERM and SIGINT (Ctrl-C) stop the conductor gracefully (exit 0); a
-second SIGINT forces the exit (exit 1). The master exits 1 as well when a
+second SIGINT forces the exit (exit 1). SIGUSR1 drains the host (its
+nodes move to the other hosts, then it stops, exit 0); SIGUSR2 writes a
+Guru Meditation Report of the master and of every worker. The master exits 1 as well when a
 worker failed to start ``[conductor] max_worker_start_failures`` times in
 a row (see :mod:`conductor.master`).
 """
@@ -14,6 +16,7 @@ a row (see :mod:`conductor.master`).
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import conductor.cmd  # noqa: F401  (backend first: see the package doc)
@@ -49,6 +52,11 @@ _FORCE = cfg.BoolOpt(
 
 
 def main(argv: list[str] | None = None) -> None:
+    # NOTE: until their handlers are installed (reports on SIGUSR2 before
+    # the fork, drain on SIGUSR1 at the launch), a drain or report request
+    # must not kill the master, as their default action would.
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
     conf = conductor_conf.CONF
     conductor_log.set_defaults()
     conductor_log.register_options(conf)

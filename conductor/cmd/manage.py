@@ -327,6 +327,44 @@ class Manage:
     # -- status and clean ----------------------------------------------
 
     def status(self, args: argparse.Namespace) -> None:
+        if not args.watch:
+            self._status_once(args)
+            return
+        self._watch(args)
+
+    def _watch(self, args: argparse.Namespace) -> None:
+        """``status --watch``: the report again every ``--interval`` s.
+
+        In a terminal each report replaces the previous one (the screen is
+        cleared); otherwise (a pipe, a file) reports follow each other,
+        each headed by its time. Ctrl-C ends it (exit 0).
+        """
+        tty = sys.stdout.isatty()
+        try:
+            while True:
+                lines: list[str] = []
+                out, self.out = self.out, lines.append
+                try:
+                    self._status_once(args)
+                finally:
+                    self.out = out
+                if args.format != "json":
+                    lines[:0] = ["Every %ss: conductor-manage status    %s"
+                                 % (_seconds(args.interval),
+                                    timeutils.utcnow().strftime(
+                                        "%Y-%m-%d %H:%M:%S UTC")), ""]
+                if tty:
+                    # NOTE: cursor home, then clear the screen: the report
+                    # is redrawn in place.
+                    sys.stdout.write("\x1b[H\x1b[2J")
+                self.out("\n".join(lines) + ("" if tty else "\n"))
+                sys.stdout.flush()
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            if tty:
+                sys.stdout.write("\n")
+
+    def _status_once(self, args: argparse.Namespace) -> None:
         api = self.rpc_api
         data = (api.get_status() if api is not None else
                 db_status(self.db, self.conf.conductor.heartbeat_timeout))
@@ -559,6 +597,14 @@ def _check_set_args(parser: argparse.ArgumentParser,
         parser.error("the following arguments are required: NODE")
 
 
+def _check_status_args(parser: argparse.ArgumentParser,
+                       args: argparse.Namespace) -> None:
+    if args.interval is not None and not args.watch:
+        parser.error("--interval applies to --watch only")
+    if args.interval is None:
+        args.interval = 2.0
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -699,7 +745,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="hosts, workers, nodes")
     fmt(status)
-    status.set_defaults(func=Manage.status)
+    status.add_argument("--watch", action="store_true",
+                        help="show it again every --interval seconds, in "
+                        "place in a terminal, until Ctrl-C")
+    status.add_argument("--interval", type=_positive, default=None,
+                        metavar="SECONDS",
+                        help="seconds between two reports of --watch "
+                        "(default 2)")
+    status.set_defaults(func=Manage.status,
+                        check=lambda args: _check_status_args(status, args))
 
     drain = commands.add_parser(
         "drain", help="move a host's nodes to the other hosts, then stop "

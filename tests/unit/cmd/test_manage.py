@@ -12,6 +12,8 @@ import io
 import json
 import logging
 import os
+import pty
+import signal
 import subprocess
 import sys
 import threading
@@ -711,6 +713,63 @@ class TestDrain(DbManageTestCase):
         self.addCleanup(stopper.join)
         self.assertIn("Host b drained and stopped",
                       self.ok("drain", "b", "--wait", "--timeout", "30"))
+
+
+class TestStatusWatch(DbManageTestCase):
+    """``status --watch``, run as the installed command."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.db.register_conductor("w", 0, ["fake"], pid=7)
+
+    def command(self, *extra: str) -> list[str]:
+        return [os.path.join(os.path.dirname(sys.executable),
+                             "conductor-manage"), "--config-file",
+                self.config_file, "status", "--watch", *extra]
+
+    def read_until(self, fd: int, count: int, marker: bytes) -> bytes:
+        data = b""
+        deadline = time.monotonic() + base.WAIT
+        while data.count(marker) < count:
+            self.assertLess(time.monotonic(), deadline, data)
+            chunk = os.read(fd, 65536)
+            self.assertTrue(chunk, data)
+            data += chunk
+        return data
+
+    def test_plain_repeated_output_when_not_a_tty(self) -> None:
+        proc = subprocess.Popen(self.command("--interval", "0.2"),
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        self.addCleanup(proc.kill)
+        assert proc.stdout is not None
+        data = self.read_until(proc.stdout.fileno(), 3,
+                               b"Every 0.2s: conductor-manage status")
+        self.assertNotIn(b"\x1b[", data)
+        self.assertEqual(3, data.count(b"\nw     0       7"), data)
+        proc.send_signal(signal.SIGINT)        # Ctrl-C
+        self.assertEqual(0, proc.wait(base.WAIT))
+        self.assertEqual(b"", proc.stderr.read() if proc.stderr else b"")
+
+    def test_in_place_in_a_terminal(self) -> None:
+        primary, secondary = pty.openpty()
+        self.addCleanup(os.close, primary)
+        proc = subprocess.Popen(self.command("--interval", "0.2"),
+                                stdout=secondary, stderr=subprocess.PIPE)
+        os.close(secondary)
+        self.addCleanup(proc.kill)
+        data = self.read_until(primary, 2, b"\x1b[H\x1b[2J")
+        # Each report starts by going home and clearing the screen.
+        self.assertTrue(data.startswith(b"\x1b[H\x1b[2JEvery 0.2s"), data)
+        proc.send_signal(signal.SIGINT)
+        self.assertEqual(0, proc.wait(base.WAIT))
+
+    def test_interval_must_be_positive_and_needs_watch(self) -> None:
+        self.assertIn("must be > 0, got '0'",
+                      self.usage_error("status", "--watch", "--interval",
+                                       "0"))
+        self.assertIn("--interval applies to --watch only",
+                      self.usage_error("status", "--interval", "5"))
 
 
 class TestStatusAndClean(DbManageTestCase):
