@@ -8,9 +8,9 @@ and hooks, then forks ``[conductor] workers`` workers and supervises them.
 SIGTERM and SIGINT (Ctrl-C) stop the conductor gracefully (exit 0); a
 second SIGINT forces the exit (exit 1). SIGUSR1 drains the host (its
 nodes move to the other hosts, then it stops, exit 0); SIGUSR2 writes a
-Guru Meditation Report of the master and of every worker. The master exits 1 as well when a
-worker failed to start ``[conductor] max_worker_start_failures`` times in
-a row (see :mod:`conductor.master`).
+Guru Meditation Report of the master and of every worker. The master
+exits 1 as well when a worker failed to start ``[conductor]
+max_worker_start_failures`` times in a row (see :mod:`conductor.master`).
 """
 
 from __future__ import annotations

@@ -731,9 +731,9 @@ class TestStatusWatch(DbManageTestCase):
         data = b""
         deadline = time.monotonic() + base.WAIT
         while data.count(marker) < count:
-            self.assertLess(time.monotonic(), deadline, data)
+            self.assertLess(time.monotonic(), deadline, str(data))
             chunk = os.read(fd, 65536)
-            self.assertTrue(chunk, data)
+            self.assertTrue(chunk, str(data))
             data += chunk
         return data
 
@@ -746,7 +746,7 @@ class TestStatusWatch(DbManageTestCase):
         data = self.read_until(proc.stdout.fileno(), 3,
                                b"Every 0.2s: conductor-manage status")
         self.assertNotIn(b"\x1b[", data)
-        self.assertEqual(3, data.count(b"\nw     0       7"), data)
+        self.assertEqual(3, data.count(b"\nw     0       7"), str(data))
         proc.send_signal(signal.SIGINT)        # Ctrl-C
         self.assertEqual(0, proc.wait(base.WAIT))
         self.assertEqual(b"", proc.stderr.read() if proc.stderr else b"")
