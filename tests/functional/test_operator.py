@@ -126,3 +126,19 @@ class TestStartupErrors(base.FunctionalTestCase):
             self.assertEqual(1, line.count(reason), line)
         self.assertNotIn("Traceback", text)
         self.assertNotIn(" WARNING ", text)
+
+    def test_task_warning_is_replayed_as_a_warning(self) -> None:
+        # An unreachable broker is a warning of the 'broker' start-up
+        # task (an unknown driver then ends the start-up early).
+        code, text = self.run_conductor(_options(
+            self.workdir, DEFAULT={
+                "enabled_drivers": "fake,nope",
+                "transport_url": "rabbit://guest:guest@127.0.0.1:1/"}))
+        self.assertEqual(1, code)
+        warnings = [line for line in text.splitlines()
+                    if " WARNING " in line]
+        self.assertEqual(1, len(warnings), text)
+        self.assertRegex(warnings[0], r" WARNING conductor\.startup .*"
+                                      r"\[async broker\] .* WARNING "
+                                      r"conductor\.startup Message broker "
+                                      r"unreachable: 127\.0\.0\.1:1")
