@@ -125,6 +125,10 @@ def open_database(conf: cfg.ConfigOpts, read_nodes: bool,
                     "as %s", conf.host)
     else:
         check_host_free(db, conf.host, conf.conductor.heartbeat_timeout)
+    # NOTE: a drain ends with the conductor it stopped; this is a new one.
+    if db.clear_draining(conf.host):
+        LOG.info("%s was drained when it last stopped; it takes nodes "
+                 "again", conf.host)
     return state
 
 

@@ -630,7 +630,7 @@ class Connection:
         """Mark this worker online with a fresh heartbeat (upsert)."""
         now = timeutils.utcnow()
         values = {"drivers": list(drivers), "online": True, "pid": pid,
-                  "started_at": now, "heartbeat_at": now, "draining": False}
+                  "started_at": now, "heartbeat_at": now}
         with self.engine.begin() as conn:
             if _update_conductor(conn, host, worker_id, values):
                 return
@@ -675,13 +675,22 @@ class Connection:
         The other hosts leave it out of their rings at their next refresh
         (see :func:`conductor.ownership.live_membership`); its own workers
         stop the conductor once the others had the time to take its nodes.
-        A worker that registers again is no longer draining.
+        A worker respawned meanwhile (or after a SIGHUP) keeps the flag;
+        the next start of the conductor clears it (:meth:`clear_draining`).
         """
         with self.engine.begin() as conn:
             return int(conn.execute(
                 _conductors.update().where(_conductors.c.host == host)
                 .where(_conductors.c.online == sa.true())
                 .values(draining=True)).rowcount)
+
+    def clear_draining(self, host: str) -> int:
+        """Forget a drain of ``host`` (a new start); returns rows changed."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(
+                _conductors.update().where(_conductors.c.host == host)
+                .where(_conductors.c.draining == sa.true())
+                .values(draining=False)).rowcount)
 
     def set_offline(self, host: str, worker_id: int | None = None) -> None:
         """Mark one worker (or every worker of ``host``) offline."""

@@ -683,9 +683,9 @@ class TestDrain(DbManageTestCase):
         self.assertIn("Draining (their nodes moved to the other hosts; they "
                       "stop once the handover is done): b",
                       self.ok("status"))
-        # Registering again (a restart) ends the drain.
+        # A worker respawned during the drain keeps draining.
         self.db.register_conductor("b", 0, ["fake"])
-        self.assertFalse(self.draining()["b:0"])
+        self.assertTrue(self.draining()["b:0"])
 
     def test_refusals(self) -> None:
         self.assertEqual("no live conductor on host c to drain (see "
@@ -707,6 +707,7 @@ class TestDrain(DbManageTestCase):
         self.assertIn("Draining b", out)
         self.assertIn("b still running after 0.3s; it stays draining", err)
         self.db.set_offline("b")
+        self.db.clear_draining("b")
         self.db.register_conductor("b", 0, ["fake"])
         stopper = threading.Timer(0.3, self.db.set_offline, ("b",))
         stopper.start()
