@@ -46,7 +46,7 @@ class PollLogDriver(fake.FakeDriver):
 #: Seconds between two polls of a node ([conductor]
 #: sync_power_state_interval in these tests).
 INTERVAL = 4
-NODES = 60
+NODES = 200
 #: What a sweep may add to the interval here (a loaded test machine).
 SLACK = 1.5
 
