@@ -139,6 +139,7 @@ class Checks(upgradecheck.UpgradeCommands):
     def _options(self) -> Result:
         problems = [str(problem) for problem in
                     validate.unknown_options(self.conf)]
+        problems += validate.deprecated_options(self.conf)
         for (group, name), advice in sorted(REMOVED_OPTIONS.items()):
             for path in validate.config_files(self.conf):
                 if validate.file_sets(path, group, name):

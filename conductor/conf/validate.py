@@ -66,37 +66,86 @@ def config_files(conf: cfg.ConfigOpts) -> list[str]:
     return files
 
 
-def known_options(conf: cfg.ConfigOpts,
-                  namespaces: Iterable[str] = NAMESPACES
-                  ) -> dict[str, set[str]]:
-    """``{group: option names}`` with deprecated names, dashes as ``_``."""
-    known: dict[str, set[str]] = {}
+def _all_opts(conf: cfg.ConfigOpts, namespaces: Iterable[str]
+              ) -> Iterator[tuple[str, cfg.Opt | None]]:
+    """Every known option as ``(group, option)``.
 
-    def add(group: str | None, opt: cfg.Opt) -> None:
-        names = known.setdefault(_norm(group or "DEFAULT"), set())
-        names.add(_norm(opt.name))
-        for old in opt.deprecated_opts:
-            target = known.setdefault(
-                _norm(old.group or group or "DEFAULT"), set())
-            target.add(_norm(old.name or opt.name))
-
+    Every known group also comes as ``(group, None)``: it may have none.
+    """
     # NOTE: ConfigOpts has no public listing of its registered options.
     for info in conf._opts.values():
-        add(None, info["opt"])
+        yield "DEFAULT", info["opt"]
     for name, group in conf._groups.items():
-        known.setdefault(_norm(name), set())
+        yield name, None
         for info in group._opts.values():
-            add(name, info["opt"])
+            yield name, info["opt"]
     manager: named.NamedExtensionManager[Any] = named.NamedExtensionManager(
         "oslo.config.opts", names=list(namespaces), invoke_on_load=True,
         on_load_failure_callback=lambda *args: None)
     for extension in manager:
         for group, opts in extension.obj or ():
             name = group.name if isinstance(group, cfg.OptGroup) else group
-            known.setdefault(_norm(name or "DEFAULT"), set())
+            yield name or "DEFAULT", None
             for opt in opts:
-                add(name, opt)
+                yield name or "DEFAULT", opt
+
+
+def known_options(conf: cfg.ConfigOpts,
+                  namespaces: Iterable[str] = NAMESPACES
+                  ) -> dict[str, set[str]]:
+    """``{group: option names}`` with deprecated names, dashes as ``_``."""
+    known: dict[str, set[str]] = {}
+    for group, opt in _all_opts(conf, namespaces):
+        names = known.setdefault(_norm(group), set())
+        if opt is None:
+            continue
+        names.add(_norm(opt.name))
+        for old in opt.deprecated_opts:
+            known.setdefault(_norm(old.group or group), set()).add(
+                _norm(old.name or opt.name))
     return known
+
+
+def deprecated_options(conf: cfg.ConfigOpts,
+                       files: Iterable[str] | None = None,
+                       namespaces: Iterable[str] = NAMESPACES) -> list[str]:
+    """Options set in the files under an old name, or due for removal.
+
+    :returns: one line per use: ``PATH: [group] name was renamed to
+        [group] name`` or ``PATH: [group] name is deprecated for removal``
+        (with the reason the option gives).
+    """
+    renamed: dict[tuple[str, str], str] = {}
+    removal: dict[tuple[str, str], str] = {}
+    for group, opt in _all_opts(conf, namespaces):
+        if opt is None:
+            continue
+        for old in opt.deprecated_opts:
+            was = (_norm(old.group or group), _norm(old.name or opt.name))
+            if was != (_norm(group), _norm(opt.name)):
+                renamed[was] = "[%s] %s" % (group, opt.name)
+        if opt.deprecated_for_removal:
+            removal[(_norm(group), _norm(opt.name))] = (
+                opt.deprecated_reason or "")
+    found = []
+    for path in (config_files(conf) if files is None else files):
+        sections: dict[str, dict[str, list[str]]] = {}
+        try:
+            cfg.ConfigParser(path, sections).parse()
+        except (OSError, cfg.ParseError):
+            continue
+        for section, values in sections.items():
+            for key in values:
+                where = (_norm(section), _norm(key))
+                if where in renamed:
+                    found.append("%s: [%s] %s was renamed to %s"
+                                 % (path, section, key, renamed[where]))
+                elif where in removal:
+                    found.append("%s: [%s] %s is deprecated for removal%s"
+                                 % (path, section, key,
+                                    ": " + removal[where]
+                                    if removal[where] else ""))
+    return found
 
 
 def unknown_options(conf: cfg.ConfigOpts,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import configparser
 import os
 
+from oslo_config import cfg
+
 from conductor.conf import validate
 from tests import base
 
@@ -71,6 +73,24 @@ class TestUnknownOptions(base.TestCase):
             listed = [line.split("=", 1)[1].strip() for line in stream
                       if line.startswith("namespace")]
         self.assertEqual(sorted(listed), sorted(validate.NAMESPACES))
+
+    def test_renamed_and_removed_options(self) -> None:
+        self.conf.register_opt(cfg.IntOpt("new_knob",
+                                          deprecated_name="old_knob",
+                                          deprecated_group="DEFAULT"),
+                               group="conductor")
+        self.conf.register_opt(cfg.BoolOpt(
+            "legacy_mode", deprecated_for_removal=True,
+            deprecated_reason="always on now"), group="conductor")
+        path = self.parse("[DEFAULT]\nold_knob = 3\n"
+                          "[conductor]\nlegacy_mode = true\nnew_knob = 4\n")
+        self.assertEqual([
+            "%s: [DEFAULT] old_knob was renamed to [conductor] new_knob"
+            % path,
+            "%s: [conductor] legacy_mode is deprecated for removal: always "
+            "on now" % path], validate.deprecated_options(self.conf))
+        # Known under their names: not reported as unknown.
+        self.assertEqual([], validate.unknown_options(self.conf))
 
     def test_unreadable_file_is_left_to_oslo_config(self) -> None:
         self.assertEqual([], validate.unknown_options(
