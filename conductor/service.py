@@ -581,8 +581,10 @@ class ConductorService(service.ServiceBase):
                     rt.rings.update()
                     written = True
                 except Exception:
-                    LOG.exception("Could not mark %s draining; retrying",
-                                  self.host)
+                    LOG.exception("Could not mark %s draining; retrying in "
+                                  "%ss", self.host,
+                                  rt.settings.heartbeat_interval)
+                    stopped.wait(rt.settings.heartbeat_interval)
                     continue
             since = rt.rings.draining_since
             if since is None:
