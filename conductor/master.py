@@ -39,6 +39,7 @@ from oslo_config import cfg
 from oslo_service import service
 
 from conductor.common import hooks
+from conductor.common import processutils
 from conductor import lifecycle
 from conductor import service as conductor_service
 
@@ -119,6 +120,10 @@ class _ServiceManager(cotyledon.ServiceManager):
         self._sigints = 0
         self._worker_ids: dict[Any, int] = {}
         self.register_hooks(on_dead_worker=self._on_dead_worker)
+        # NOTE: SIGUSR1 (drain) reaches _on_signal_received through
+        # cotyledon's wakeup pipe, like its own signals; the forked
+        # workers inherit the handler.
+        signal.signal(signal.SIGUSR1, self._signal_catcher)
 
     def add(self, service: Any, workers: int = 1, args: Any = None,
             kwargs: Any = None) -> Any:
@@ -133,6 +138,9 @@ class _ServiceManager(cotyledon.ServiceManager):
     # -- signals (cotyledon calls this from its main-thread loop) -------
 
     def _on_signal_received(self, sig: int) -> None:
+        if sig == signal.SIGUSR1:
+            self._drain()
+            return
         if sig == signal.SIGINT:
             self._sigints += 1
             if self._sigints > 1:
@@ -147,6 +155,20 @@ class _ServiceManager(cotyledon.ServiceManager):
             # real handler counts the next SIGINTs meanwhile.
             signal.signal(signal.SIGINT, self._on_sigint_while_stopping)
         super()._on_signal_received(sig)
+
+    def _drain(self) -> None:
+        """SIGUSR1: pass the drain request on to every worker."""
+        if self._stopping.is_set():
+            LOG.info("Caught SIGUSR1 while stopping: nothing to drain")
+            return
+        LOG.warning("Caught SIGUSR1: draining this host; the other hosts "
+                    "take its nodes, then it stops (exit code 0)")
+        for process in self._child_processes:
+            if process.pid is not None:
+                try:
+                    os.kill(process.pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass  # died meanwhile: its successor reads the DB
 
     def _on_sigint_while_stopping(self, signo: int,
                                   frame: types.FrameType | None) -> None:
@@ -220,6 +242,10 @@ class _ServiceWorker(_service_worker.ServiceWorker):
         super()._service_terminate()
 
     def _on_signal_received(self, sig: int) -> None:
+        if sig == signal.SIGUSR1:
+            instance = self.service.service_instance  # type: ignore
+            instance.request_drain()
+            return
         if sig == signal.SIGINT:
             self._sigints += 1
             if self._sigints == 1:
@@ -272,6 +298,8 @@ def launch(conf: cfg.ConfigOpts, workers: int,
                 workers=1)
     finally:
         cotyledon.ServiceManager = original  # type: ignore[misc]
+    # NOTE: after cotyledon's manager named the process its own way.
+    processutils.set_title("conductor: master (%s)" % conf.host)
     LOG.info("Conductor %(host)s starting %(workers)d worker(s)",
              {"host": conf.host, "workers": workers})
     return launcher, start_extra, policy

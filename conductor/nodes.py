@@ -277,6 +277,12 @@ def from_primitive(data: Mapping[str, Any]) -> dict[str, Any]:
     return node
 
 
+def label(node: Any) -> str:
+    """How logs name a node: ``NAME (UUID)``, or the uuid alone."""
+    name = getattr(node, "name", None)
+    return "%s (%s)" % (name, node.uuid) if name else str(node.uuid)
+
+
 def parse_pairs(pairs: Sequence[str], what: str = "--driver-info"
                 ) -> dict[str, Any]:
     """Parse ``K=V`` arguments; V is read as JSON when it parses, else text.

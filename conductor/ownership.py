@@ -45,6 +45,9 @@ class Membership:
     """The live workers, by host: ``{host: (worker ids, sorted)}``."""
 
     hosts: dict[str, tuple[int, ...]]
+    #: Holders of live workers of draining hosts, left out of the rings:
+    #: they still finish what they hold.
+    draining: tuple[str, ...] = ()
 
     @property
     def holders(self) -> list[str]:
@@ -60,15 +63,27 @@ class Membership:
 
 def live_membership(records: Iterable[db_api.ConductorRecord],
                     now: datetime.datetime,
-                    heartbeat_timeout: float) -> Membership:
-    """Workers online with a heartbeat younger than ``heartbeat_timeout``."""
+                    heartbeat_timeout: float,
+                    own_host: str | None = None) -> Membership:
+    """Workers online with a heartbeat younger than ``heartbeat_timeout``.
+
+    Workers of a draining host are left out, except by that host itself
+    (``own_host``): the others take its nodes at once, while it keeps
+    working them until it stops, so that no node waits on the handover.
+    """
     cutoff = now - datetime.timedelta(seconds=heartbeat_timeout)
     hosts: dict[str, list[int]] = {}
+    draining = []
     for record in records:
-        if record.online and record.heartbeat_at > cutoff:
-            hosts.setdefault(record.host, []).append(record.worker_id)
+        if not (record.online and record.heartbeat_at > cutoff):
+            continue
+        if record.draining and record.host != own_host:
+            draining.append(record.holder)
+            continue
+        hosts.setdefault(record.host, []).append(record.worker_id)
     return Membership({host: tuple(sorted(workers))
-                       for host, workers in hosts.items()})
+                       for host, workers in hosts.items()},
+                      tuple(sorted(draining)))
 
 
 class Rings:
@@ -113,6 +128,9 @@ class Rings:
         self._applied_ticket = 0
         #: Incremented on every rebuild that changed membership.
         self.generation = 0
+        #: ``monotonic`` time at which a refresh first found this host
+        #: draining; None while it is not.
+        self.draining_since: float | None = None
         self._cache: dict[str, bool] = {}
 
     def refresh(self, force: bool = False) -> bool:
@@ -130,12 +148,19 @@ class Rings:
         with self._lock:
             self._tickets += 1
             ticket = self._tickets
-        membership = live_membership(self._db.list_conductors(),
-                                     self._now(), self._timeout)
+        records = self._db.list_conductors()
+        membership = live_membership(records, self._now(), self._timeout,
+                                     own_host=self.host)
+        draining = any(record.draining and record.online
+                       for record in records if record.host == self.host)
         with self._lock:
             if ticket < self._applied_ticket:
                 return False
             self._applied_ticket = ticket
+            if not draining:
+                self.draining_since = None
+            elif self.draining_since is None:
+                self.draining_since = self._monotonic()
             changed = membership != self.membership
             never_built = self._built_at == -float("inf")
             if not (changed or never_built or force):
@@ -221,7 +246,9 @@ class Rings:
         (see :mod:`conductor.power_actions`), never applied blindly.
         """
         with self._lock:
-            live = self.membership.holders
+            # NOTE: a draining host is still live: it finishes the work
+            # it holds, and releases it itself.
+            live = self.membership.holders + list(self.membership.draining)
         mine = self.owned(uuids)
         if not mine:
             return 0

@@ -37,6 +37,7 @@ from conductor.common import exceptions
 from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.executor import pool as worker_pool
+from conductor import nodes
 from conductor import ownership
 from conductor import states
 from conductor import task
@@ -206,7 +207,7 @@ class PowerActions:
             # NOTE: expire() drops stale requests before they are taken;
             # this catches one whose node changed while expire() tried.
             error = _dropped(target, self._request_timeout)
-            LOG.warning("Node %(node)s: %(err)s", {"node": node.uuid,
+            LOG.warning("Node %(node)s: %(err)s", {"node": nodes.label(node),
                                                    "err": error})
             return t.record({"target_power_state": None,
                              "power_action_claim": None,
@@ -223,7 +224,7 @@ class PowerActions:
 
     def _resolve(self, t: task.Task, target: str) -> db_api.NodeRecord:
         """Settle an interrupted action by reading the BMC first."""
-        uuid = t.node.uuid
+        uuid = nodes.label(t.node)  # for the logs
         try:
             actual = t.call("get_power_state")
         except task.WorkerStopping:
@@ -263,7 +264,7 @@ class PowerActions:
 
     def _act(self, t: task.Task, target: str) -> db_api.NodeRecord:
         """Apply the claimed action and record its outcome."""
-        uuid = t.node.uuid
+        uuid = nodes.label(t.node)  # for the logs
         values: dict[str, Any] = {"target_power_state": None,
                                   "power_action_claim": None}
         try:

@@ -33,6 +33,7 @@ from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.executor import fanout
 from conductor.executor import pool as worker_pool
+from conductor import nodes
 from conductor import ownership
 from conductor import states
 from conductor import task
@@ -156,7 +157,7 @@ class PowerSync:
                 change["power_state"] = outcome.state
             changes.append(change)
             LOG.info("Node %(node)s: BMC answers again (%(state)s); "
-                     "leaving maintenance", {"node": outcome.row.uuid,
+                     "leaving maintenance", {"node": nodes.label(outcome.row),
                                              "state": outcome.state})
         result.recovered = self._db.apply_sync_results(changes)
         return self._finish(result, started)
@@ -245,12 +246,13 @@ class PowerSync:
                     result.to_maintenance += 1
                     LOG.warning("Node %(node)s: power state read failed "
                                 "%(n)d time(s); entering maintenance: "
-                                "%(err)s", {"node": row.uuid, "n": failures,
+                                "%(err)s", {"node": nodes.label(row),
+                                            "n": failures,
                                             "err": outcome.error})
                 else:
                     LOG.warning("Node %(node)s: power state read failed "
                                 "(%(n)d of %(max)d retries): %(err)s",
-                                {"node": row.uuid, "n": failures,
+                                {"node": nodes.label(row), "n": failures,
                                  "max": max_retries, "err": outcome.error})
             else:
                 if row.power_sync_failures:
@@ -266,7 +268,7 @@ class PowerSync:
                         if row.power_state is not None:
                             LOG.info("Node %(node)s: power state changed "
                                      "outside conductor: %(old)s -> %(new)s;"
-                                     " recorded", {"node": row.uuid,
+                                     " recorded", {"node": nodes.label(row),
                                                    "old": row.power_state,
                                                    "new": outcome.state})
             if change:
@@ -298,12 +300,12 @@ class PowerSync:
                             or current.target_power_state is not None):
                         LOG.info("Node %(node)s changed during the sweep; "
                                  "not restoring %(rec)s",
-                                 {"node": row.uuid, "rec": recorded})
+                                 {"node": nodes.label(row), "rec": recorded})
                         continue
                     LOG.warning("Node %(node)s: hardware is %(hw)s but "
                                 "%(rec)s is recorded; restoring %(rec)s", {
-                                    "node": row.uuid, "hw": outcome.state,
-                                    "rec": recorded})
+                                    "node": nodes.label(row),
+                                    "hw": outcome.state, "rec": recorded})
                     error = None
                     try:
                         t.call("set_power_state", recorded)

@@ -32,6 +32,7 @@ from oslo_config import cfg
 from oslo_service import service
 from oslo_utils import timeutils
 
+from conductor.common import exceptions
 from conductor.common import hooks
 from conductor.common import log as conductor_log
 from conductor.common import processutils
@@ -48,6 +49,7 @@ from conductor import ownership
 from conductor import periodics
 from conductor import power_actions
 from conductor import power_sync
+from conductor import reports
 from conductor import rpcapi
 from conductor import task
 
@@ -55,6 +57,11 @@ LOG = logging.getLogger(__name__)
 #: One DEBUG line per heartbeat; enable with
 #: ``default_log_levels = conductor.heartbeat=DEBUG`` (the quick start does).
 HEARTBEAT_LOG = logging.getLogger("conductor.heartbeat")
+#: Seconds a draining host works on past one sweep and one action scan of
+#: the others: time for their last sweep to reach its nodes.
+DRAIN_MARGIN = 2.0
+#: Seconds between a worker's checks for a drain request.
+DRAIN_POLL = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +79,11 @@ class WorkerSettings:
     hash_ring_reset_interval: float
     graceful_shutdown_timeout: float
     sync: power_sync.SyncSettings
+    #: Seconds a draining host keeps working its nodes after the others
+    #: left it out of their rings: one power sync interval (they poll its
+    #: nodes at their next sweep) and one pending-action scan, plus
+    #: :data:`DRAIN_MARGIN`.
+    drain_handover: float = 0.0
 
     @classmethod
     def from_conf(cls, conf: cfg.ConfigOpts) -> "WorkerSettings":
@@ -91,6 +103,9 @@ class WorkerSettings:
                 timeout=conf.conductor.power_state_timeout,
                 max_retries=conf.conductor.power_state_sync_max_retries,
                 force=conf.conductor.force_power_state_during_sync),
+            drain_handover=(conf.conductor.sync_power_state_interval
+                            + conf.conductor.pending_action_interval
+                            + DRAIN_MARGIN),
         )
 
 
@@ -222,16 +237,32 @@ class ConductorService(service.ServiceBase):
         self._stopped: threading.Event | None = None
         self._threads: list[threading.Thread] = []
         self._rt: _Runtime | None = None
+        #: The master's pid (the service is built in the master): the only
+        #: process a finished drain stops.
+        self._master_pid = os.getpid()
+        # NOTE: set by the SIGUSR1 handler (a flag only), acted upon by
+        # the drain thread.
+        self._drain_asked = False
 
     # NOTE: oslo.service's threading backend may pickle the service to
     # decide between fork and spawn; keep only plain values in the state.
     def __getstate__(self) -> dict[str, Any]:
         return {"host": self.host, "worker_id": self.worker_id,
-                "_conf": self._conf, "start_extra": self.start_extra}
+                "_conf": self._conf, "start_extra": self.start_extra,
+                "_master_pid": self._master_pid}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["host"], state["worker_id"],  # type: ignore
                       state["_conf"], state.get("start_extra"))
+        self._master_pid = state.get("_master_pid", self._master_pid)
+
+    def request_drain(self) -> None:
+        """Drain this host (SIGUSR1): only sets a flag, for any thread.
+
+        The drain thread then marks every worker of the host draining in
+        the database, as ``conductor-manage drain HOST`` does.
+        """
+        self._drain_asked = True
 
     @property
     def db(self) -> db_api.Connection | None:
@@ -259,13 +290,24 @@ class ConductorService(service.ServiceBase):
         """
         conductor_log.set_identity(
             conductor_log.worker_identity(self.host, self.worker_id))
+        processutils.set_title("conductor: worker %d (%s)"
+                               % (self.worker_id, self.host))
+        reports.set_process("worker-%d" % self.worker_id)
         try:
             self._start()
         except Exception as exc:
-            LOG.exception("Worker %(id)d of %(host)s failed to start: "
-                          "%(error)s", {"id": self.worker_id,
-                                        "host": self.host,
-                                        "error": lifecycle.one_line(exc)})
+            values = {"id": self.worker_id, "host": self.host,
+                      "error": lifecycle.one_line(exc)}
+            if isinstance(exc, exceptions.ConductorException):
+                # NOTE: a predictable error (configuration, database,
+                # driver) says all in one line; the traceback is DEBUG.
+                LOG.error("Worker %(id)d of %(host)s failed to start: "
+                          "%(error)s", values)
+                LOG.debug("Failed start of worker %d", self.worker_id,
+                          exc_info=True)
+            else:
+                LOG.exception("Worker %(id)d of %(host)s failed to start: "
+                              "%(error)s", values)
             try:
                 # NOTE: offline first: a SIGTERM arriving now may end the
                 # process as soon as stop() returns, in another thread.
@@ -322,6 +364,12 @@ class ConductorService(service.ServiceBase):
         db.register_conductor(self.host, self.worker_id, list(drivers),
                               pid=os.getpid())
         self._spawn("heartbeat", self._heartbeat_loop, rt, stopped)
+        self._spawn("drain", self._drain_loop, rt, stopped)
+        reports.add_state("pool", pool.stats)
+        reports.add_state("ownership", lambda: {
+            "live workers": rings.membership.describe(),
+            "ring generation": rings.generation,
+            "draining": rings.draining_since is not None})
         pool.start()
         rt.runner.start(self._collect_periodics(rt))
         self._start_rpc(rt)
@@ -511,6 +559,60 @@ class ConductorService(service.ServiceBase):
             # them once the database answered): a worker never keeps a
             # reservation for a call it is not making.
             held.retry_releases(now=beat)
+
+    def _drain_loop(self, rt: _Runtime, stopped: threading.Event) -> None:
+        """Act on a drain request; worker 0 stops the conductor after it.
+
+        A request comes as SIGUSR1 (:meth:`request_drain`), written to the
+        database here, or straight from the database (``conductor-manage
+        drain``), which the rings' refreshes read. From the moment the
+        host is seen draining, the other hosts own its nodes; it keeps
+        working them (in-flight actions included) for
+        ``drain_handover`` seconds, long enough for the others to poll
+        them, then worker 0 sends SIGTERM to the master: the graceful stop
+        follows and the conductor exits 0.
+        """
+        written = False
+        announced = False
+        while not stopped.wait(DRAIN_POLL):
+            if self._drain_asked and not written:
+                try:
+                    rt.db.set_draining(self.host)
+                    rt.rings.update()
+                    written = True
+                except Exception:
+                    LOG.exception("Could not mark %s draining; retrying in "
+                                  "%ss", self.host,
+                                  rt.settings.heartbeat_interval)
+                    stopped.wait(rt.settings.heartbeat_interval)
+                    continue
+            since = rt.rings.draining_since
+            if since is None:
+                continue
+            handover = rt.settings.drain_handover
+            if not announced:
+                announced = True
+                LOG.warning("Host %(host)s is draining: the other hosts "
+                            "own its nodes now; worker %(id)d works on for "
+                            "%(secs)gs while they take over, then the "
+                            "conductor stops", {"host": self.host,
+                                                "id": self.worker_id,
+                                                "secs": handover})
+            if self.worker_id != 0 or \
+                    time.monotonic() - since < handover:
+                continue
+            if os.getppid() != self._master_pid:
+                LOG.error("Drain of %s done but the master (pid %d) is "
+                          "gone; stopping this worker", self.host,
+                          self._master_pid)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            LOG.warning("Drain of %(host)s done after %(secs).1fs; "
+                        "stopping the conductor",
+                        {"host": self.host,
+                         "secs": time.monotonic() - since})
+            os.kill(self._master_pid, signal.SIGTERM)
+            return
 
 
 class StartExtra:

@@ -125,6 +125,10 @@ def open_database(conf: cfg.ConfigOpts, read_nodes: bool,
                     "as %s", conf.host)
     else:
         check_host_free(db, conf.host, conf.conductor.heartbeat_timeout)
+    # NOTE: a drain ends with the conductor it stopped; this is a new one.
+    if db.clear_draining(conf.host):
+        LOG.info("%s was drained when it last stopped; it takes nodes "
+                 "again", conf.host)
     return state
 
 
@@ -375,6 +379,7 @@ def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook],
                                   parallel=conf.parallel_startup, logger=LOG)
     config_files = list(conf.config_file)
     opened: list[db_api.Connection] = []
+    failure: BaseException | None = None
     try:
         # NOTE: children first, forked while no other thread runs (see
         # TaskGroup.run_process); then the tasks that run in threads.
@@ -406,12 +411,17 @@ def _run(conf: cfg.ConfigOpts, hook_list: Sequence[hooks.Hook],
         _wait(group, "pre-start-hooks")
         if check_rpc:
             _wait(group, "broker")
+    except BaseException as exc:
+        failure = exc
+    # NOTE: outside the except block: the tasks' clean-up logs must not
+    # carry the failure (oslo.log appends the exception being handled).
+    try:
+        group.cleanup(after_failure=failure is not None)
     finally:
-        try:
-            group.cleanup()
-        finally:
-            for db in opened:
-                db.dispose()
+        for db in opened:
+            db.dispose()
+    if failure is not None:
+        raise failure
     hooks.run_hooks(hook_list, "start", "post-config", conf=conf,
                     config_files=config_files)
     LOG.info("Start-up %s", group.summary())

@@ -46,13 +46,17 @@ def build(db: db_api.Connection, heartbeat_timeout: float
         workers.append({"host": record.host, "worker_id": record.worker_id,
                         "pid": record.pid, "online": record.online,
                         "alive": alive,
+                        "draining": record.draining,
                         "heartbeat_age": round(age, 1),
                         "drivers": record.drivers,
                         "status": record.status or {}})
         host = hosts.setdefault(record.host, {"workers": 0,
                                               "alive_workers": 0,
+                                              "draining": False,
                                               "drivers": []})
         host["workers"] += 1
+        if alive and record.draining:
+            host["draining"] = True
         if alive:
             host["alive_workers"] += 1
             host["drivers"] = sorted(set(host["drivers"])

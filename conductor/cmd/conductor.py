@@ -6,14 +6,17 @@ The master parses config, sets up logging, validates everything it can
 and hooks, then forks ``[conductor] workers`` workers and supervises them.
 
 SIGTERM and SIGINT (Ctrl-C) stop the conductor gracefully (exit 0); a
-second SIGINT forces the exit (exit 1). The master exits 1 as well when a
-worker failed to start ``[conductor] max_worker_start_failures`` times in
-a row (see :mod:`conductor.master`).
+second SIGINT forces the exit (exit 1). SIGUSR1 drains the host (its
+nodes move to the other hosts, then it stops, exit 0); SIGUSR2 writes a
+Guru Meditation Report of the master and of every worker. The master
+exits 1 as well when a worker failed to start ``[conductor]
+max_worker_start_failures`` times in a row (see :mod:`conductor.master`).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import conductor.cmd  # noqa: F401  (backend first: see the package doc)
@@ -24,8 +27,11 @@ from conductor import checks
 from conductor.common import exceptions
 from conductor.common import hooks
 from conductor.common import log as conductor_log
+from conductor.common import version
 from conductor import conf as conductor_conf
+from conductor.conf import validate
 from conductor import master
+from conductor import reports
 from conductor import startup
 
 LOG = logging.getLogger(__name__)
@@ -46,36 +52,54 @@ _FORCE = cfg.BoolOpt(
 
 
 def main(argv: list[str] | None = None) -> None:
+    # NOTE: until their handlers are installed (reports on SIGUSR2 before
+    # the fork, drain on SIGUSR1 at the launch), a drain or report request
+    # must not kill the master, as their default action would.
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
     conf = conductor_conf.CONF
     conductor_log.set_defaults()
     conductor_log.register_options(conf)
     conf.register_cli_opt(_FORCE)
+    # NOTE: every fatal error is reported by fail() after its except block:
+    # oslo.log appends the exception being handled to a WARNING or ERROR
+    # logged inside one, which would repeat the reason on the same line.
+    error: str | None = None
     try:
         # NOTE: hooks_dir is not parsed yet: only entry point hooks can
         # change option defaults.
         hooks.run_hooks(hooks.discover(None), "override_defaults",
                         conf=conf)
         conf(sys.argv[1:] if argv is None else argv, project="conductor",
-             prog="conductor")
+             prog="conductor", version=version.version_string())
     except cfg.ConfigFilesNotFoundError as exc:
-        fail("config file(s) not found: %s" % ", ".join(exc.config_files))
+        error = "config file(s) not found: %s" % ", ".join(exc.config_files)
     except cfg.Error as exc:
-        fail(str(exc).splitlines()[0])
+        error = str(exc).splitlines()[0]
     except exceptions.ConductorException as exc:
-        fail(str(exc))
+        error = str(exc)
+    if error is not None:
+        fail(error)
     conductor_log.setup(conf, conductor_log.master_identity(conf.host))
+    for problem in validate.unknown_options(conf):
+        LOG.warning("%s", problem)
     try:
         hook_list = hooks.discover(conf.hooks.hooks_dir)
         hooks.run_hooks(hook_list, "source", conf=conf,
                         config_files=list(conf.config_file))
         workers = checks.check_all(conf)
+        reports.setup(conf)
         startup.run(conf, hook_list, force=conf.force)
         launcher, start_extra, policy = master.launch(conf, workers,
                                                       hook_list)
     except exceptions.ConductorException as exc:
-        fail(str(exc))
+        LOG.debug("Start-up failed", exc_info=True)
+        error = str(exc)
     except (OSError, ValueError, cfg.Error) as exc:
-        fail("%s: %s" % (type(exc).__name__, exc))
+        LOG.debug("Start-up failed", exc_info=True)
+        error = "%s: %s" % (type(exc).__name__, exc)
+    if error is not None:
+        fail(error)
     try:
         launcher.wait()
     finally:

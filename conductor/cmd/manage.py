@@ -27,6 +27,7 @@ from conductor.common import exceptions
 from conductor.common import hooks
 from conductor.common import output
 from conductor.common import rpc
+from conductor.common import version
 from conductor import conf as conductor_conf
 from conductor.db import api as db_api
 from conductor.db import engine as db_engine
@@ -122,8 +123,8 @@ class Manage:
         for key in ("name", "uuid", "maintenance_reason"):
             if getattr(args, key) is not None:
                 values[key] = getattr(args, key)
-        if args.maintenance:
-            values["maintenance"] = True
+        if args.maintenance is not None:
+            values["maintenance"] = args.maintenance
         clean = nodes.validate_new(values, self.drivers)
         node = self.db.create_node(clean)
         self._show(node, args.format)
@@ -164,7 +165,7 @@ class Manage:
                 info.pop(key)
             values["driver_info"] = info
         if args.maintenance is not None:
-            values["maintenance"] = args.maintenance == "on"
+            values["maintenance"] = args.maintenance
         if args.maintenance_reason is not None:
             values["maintenance_reason"] = args.maintenance_reason
         if not values:
@@ -326,6 +327,44 @@ class Manage:
     # -- status and clean ----------------------------------------------
 
     def status(self, args: argparse.Namespace) -> None:
+        if not args.watch:
+            self._status_once(args)
+            return
+        self._watch(args)
+
+    def _watch(self, args: argparse.Namespace) -> None:
+        """``status --watch``: the report again every ``--interval`` s.
+
+        In a terminal each report replaces the previous one (the screen is
+        cleared); otherwise (a pipe, a file) reports follow each other,
+        each headed by its time. Ctrl-C ends it (exit 0).
+        """
+        tty = sys.stdout.isatty()
+        try:
+            while True:
+                lines: list[str] = []
+                out, self.out = self.out, lines.append
+                try:
+                    self._status_once(args)
+                finally:
+                    self.out = out
+                if args.format != "json":
+                    lines[:0] = ["Every %ss: conductor-manage status    %s"
+                                 % (_seconds(args.interval),
+                                    timeutils.utcnow().strftime(
+                                        "%Y-%m-%d %H:%M:%S UTC")), ""]
+                if tty:
+                    # NOTE: cursor home, then clear the screen: the report
+                    # is redrawn in place.
+                    sys.stdout.write("\x1b[H\x1b[2J")
+                self.out("\n".join(lines) + ("" if tty else "\n"))
+                sys.stdout.flush()
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            if tty:
+                sys.stdout.write("\n")
+
+    def _status_once(self, args: argparse.Namespace) -> None:
         api = self.rpc_api
         data = (api.get_status() if api is not None else
                 db_status(self.db, self.conf.conductor.heartbeat_timeout))
@@ -340,6 +379,12 @@ class Manage:
                                "heartbeat age (s)", "drivers",
                                "pool busy/size (rejected)",
                                "last power sync"), rows))
+        draining = sorted(host for host, info in data["hosts"].items()
+                          if info.get("draining"))
+        if draining:
+            self.out("Draining (their nodes moved to the other hosts; they "
+                     "stop once the handover is done): %s"
+                     % ", ".join(draining))
         tasks = _periodic_rows(data["workers"])
         if tasks:
             self.out("")
@@ -354,6 +399,34 @@ class Manage:
         self.out("")
         self.out("%d node(s), %d in maintenance" % (counts["total"],
                                                     counts["maintenance"]))
+
+    def drain(self, args: argparse.Namespace) -> None:
+        """Mark HOST draining; with ``--wait``, wait until it stopped."""
+        data = db_status(self.db, self.conf.conductor.heartbeat_timeout)
+        live = {w["host"] for w in data["workers"] if w["alive"]}
+        if args.host not in live:
+            raise exceptions.ConductorException(
+                "no live conductor on host %s to drain (see "
+                "'conductor-manage status')" % args.host)
+        if live == {args.host} and not args.force:
+            raise exceptions.ConductorException(
+                "%s is the only live host: no other would take its nodes; "
+                "give --force to drain it anyway" % args.host)
+        count = self.db.set_draining(args.host)
+        self.out("Draining %s (%d worker(s)): the other hosts take its nodes "
+                 "now; it stops once they had the time to poll them"
+                 % (args.host, count))
+        if not args.wait:
+            return
+        deadline = time.monotonic() + args.timeout
+        while any(record.online for record in self.db.list_conductors()
+                  if record.host == args.host):
+            if time.monotonic() > deadline:
+                raise exceptions.ConductorException(
+                    "%s still running after %ss; it stays draining (see "
+                    "its log)" % (args.host, _seconds(args.timeout)))
+            time.sleep(0.2)
+        self.out("Host %s drained and stopped" % args.host)
 
     def clean(self, args: argparse.Namespace) -> None:
         timeout = self.conf.conductor.heartbeat_timeout
@@ -489,6 +562,49 @@ def _bool_arg(text: str) -> bool:
     raise argparse.ArgumentTypeError("expected true or false, got %r" % text)
 
 
+#: How ``--driver-info`` reads its values (see nodes.parse_pairs).
+DRIVER_INFO_HELP = (
+    "a driver_info field (repeatable; several pairs may follow one flag). "
+    "VALUE is read as JSON when it is valid JSON (5 is a number, true a "
+    "boolean, '\"5\"' in a shell the string 5), else as a string")
+
+
+def _maintenance_arg(parser: argparse.ArgumentParser,
+                     text: str = "put the node in maintenance (true) or "
+                     "take it out (false); alone it means true") -> None:
+    """One ``--maintenance [true|false]`` for create, list and set."""
+    parser.add_argument("--maintenance", type=_bool_arg, nargs="?",
+                        const=True, default=None, metavar="true|false",
+                        help=text + "; also yes/no, on/off, 1/0")
+
+
+def _check_set_args(parser: argparse.ArgumentParser,
+                    args: argparse.Namespace) -> None:
+    """Give back a NODE a list option swallowed (``--driver-info k=v N``).
+
+    argparse lets ``nargs="+"`` options take every word up to the next
+    option, NODE included. A ``--driver-info`` word without ``=`` cannot
+    be a pair, so it is NODE; failing that, the last ``--unset-driver-info``
+    word is.
+    """
+    if args.node is not None:
+        return
+    if args.driver_info and "=" not in args.driver_info[-1]:
+        args.node = args.driver_info.pop()
+    elif args.unset_driver_info:
+        args.node = args.unset_driver_info.pop()
+    if args.node is None:
+        parser.error("the following arguments are required: NODE")
+
+
+def _check_status_args(parser: argparse.ArgumentParser,
+                       args: argparse.Namespace) -> None:
+    if args.interval is not None and not args.watch:
+        parser.error("--interval applies to --watch only")
+    if args.interval is None:
+        args.interval = 2.0
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -530,6 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="DIR", help="directory of *.conf files")
     parser.add_argument("--debug", action="store_true",
                         help="show tracebacks and library logs")
+    parser.add_argument("--version", action="version",
+                        version="%(prog)s " + version.version_string())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND",
                                      required=True)
 
@@ -553,9 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name")
     create.add_argument("--uuid")
     create.add_argument("--driver-info", action="extend", nargs="+",
-                        default=[],
-                        metavar="KEY=VALUE")
-    create.add_argument("--maintenance", action="store_true")
+                        default=[], metavar="KEY=VALUE",
+                        help=DRIVER_INFO_HELP)
+    _maintenance_arg(create)
     create.add_argument("--maintenance-reason")
     fmt(create)
     create.set_defaults(func=Manage.node_create)
@@ -567,7 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = node_cmds.add_parser("list", help="list nodes")
     lst.add_argument("--driver")
-    lst.add_argument("--maintenance", type=_bool_arg, metavar="true|false")
+    _maintenance_arg(lst, "only nodes in maintenance (true) or not "
+                     "(false)")
     fmt(lst)
     lst.set_defaults(func=Manage.node_list)
 
@@ -577,19 +696,23 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=Manage.node_show)
 
     nset = node_cmds.add_parser("set", help="change a node's fields")
-    nset.add_argument("node", metavar="NODE", help="uuid or name")
+    # NOTE: NODE is optional for argparse only: a list option given just
+    # before it swallows it, and _check_set_args gives it back.
+    nset.add_argument("node", metavar="NODE", nargs="?",
+                      help="uuid or name")
     nset.add_argument("--name", help="new name ('' removes it)")
     nset.add_argument("--driver")
     nset.add_argument("--driver-info", action="extend", nargs="+",
-                      default=[],
-                      metavar="KEY=VALUE")
+                      default=[], metavar="KEY=VALUE",
+                      help=DRIVER_INFO_HELP)
     nset.add_argument("--unset-driver-info", action="extend", nargs="+",
                       default=[],
                       metavar="KEY")
-    nset.add_argument("--maintenance", choices=("on", "off"))
+    _maintenance_arg(nset)
     nset.add_argument("--maintenance-reason")
     fmt(nset)
-    nset.set_defaults(func=Manage.node_set)
+    nset.set_defaults(func=Manage.node_set,
+                      check=lambda args: _check_set_args(nset, args))
 
     delete = node_cmds.add_parser("delete", help="delete a node")
     delete.add_argument("node", metavar="NODE", help="uuid or name")
@@ -622,7 +745,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="hosts, workers, nodes")
     fmt(status)
-    status.set_defaults(func=Manage.status)
+    status.add_argument("--watch", action="store_true",
+                        help="show it again every --interval seconds, in "
+                        "place in a terminal, until Ctrl-C")
+    status.add_argument("--interval", type=_positive, default=None,
+                        metavar="SECONDS",
+                        help="seconds between two reports of --watch "
+                        "(default 2)")
+    status.set_defaults(func=Manage.status,
+                        check=lambda args: _check_status_args(status, args))
+
+    drain = commands.add_parser(
+        "drain", help="move a host's nodes to the other hosts, then stop "
+        "it (as SIGUSR1 to its master)")
+    drain.add_argument("host", metavar="HOST", help="its [DEFAULT] host")
+    drain.add_argument("--wait", action="store_true",
+                       help="return once the host has stopped")
+    drain.add_argument("--timeout", type=_positive, default=600.0,
+                       help="seconds --wait waits at most (default 600)")
+    drain.add_argument("--force", action="store_true",
+                       help="drain even the only live host (its nodes are "
+                       "then polled by nobody)")
+    drain.set_defaults(func=Manage.drain)
 
     clean = commands.add_parser(
         "clean", help="forget dead workers, release their reservations, "

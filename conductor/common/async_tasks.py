@@ -216,6 +216,47 @@ class _LogCapture(logging.Handler):
             target.handle(record)
 
 
+class _LevelReader:
+    """The level of each line of a task log written with ``log_format``.
+
+    A line that starts a record has the level it names; the lines that
+    follow it (a multi-line message) keep that level, except a traceback,
+    which is DEBUG up to the next record. The record saying the task
+    itself failed (``failed_message``) is DEBUG too.
+    """
+
+    _LEVELS = "|".join(("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+
+    def __init__(self, log_format: str, failed_message: str) -> None:
+        pattern = ""
+        for part in re.split(r"(%\(\w+\)[-#0 +]*\d*(?:\.\d+)?[sdfr])",
+                             log_format):
+            if part.startswith("%(levelname)"):
+                pattern += "(?P<level>%s)" % self._LEVELS
+            elif part.startswith("%(message)"):
+                pattern += "(?P<message>.*)"
+            elif part.startswith("%("):
+                pattern += ".*?"
+            else:
+                pattern += re.escape(part)
+        self._record = re.compile(pattern + "$")
+        self._failed = failed_message
+        self._current = logging.INFO
+        self._in_traceback = False
+
+    def level(self, line: str) -> int:
+        match = self._record.match(line)
+        if match is not None and match.groupdict().get("level"):
+            self._in_traceback = False
+            self._current = int(logging.getLevelName(match.group("level")))
+            if match.groupdict().get("message") == self._failed:
+                self._current = logging.DEBUG
+            return self._current
+        if line.startswith("Traceback (most recent call last):"):
+            self._in_traceback = True
+        return logging.DEBUG if self._in_traceback else self._current
+
+
 @dataclasses.dataclass(eq=False)
 class _Task:
     name: str
@@ -526,20 +567,33 @@ class TaskGroup:
         raise TaskFailed(task.name, task.error) from task.error
 
     def _replay(self, task: _Task) -> None:
+        """Replay the task's log, each record at its own level.
+
+        A WARNING of the task is a WARNING in the main log. Traceback
+        lines, and the task's own "failed" record (the failure is logged
+        once more, with its reason, when it is collected), are replayed at
+        DEBUG: the reason is told once, the details are there with
+        ``debug = true`` and in the task's file.
+        """
+        levels = _LevelReader(self._log_format,
+                              "[async %s] failed" % task.name)
         try:
             with open(task.log_path, encoding="utf-8",
                       errors="replace") as log_file:
                 for line in log_file:
-                    self._logger.info("[async %s] %s", task.name,
-                                      line.rstrip("\n"))
+                    line = line.rstrip("\n")
+                    self._logger.log(levels.level(line), "[async %s] %s",
+                                     task.name, line)
         except OSError as exc:
             self._logger.warning("[async %s] cannot replay %s: %s",
                                  task.name, task.log_path, exc)
 
-    def cleanup(self) -> list[TaskFailed]:
+    def cleanup(self, after_failure: bool = False) -> list[TaskFailed]:
         """Wait for every task never waited for; call before forking.
 
-        Each such task is named in a warning, then waited for as by
+        Each such task is named in a warning (at INFO with
+        ``after_failure``: the caller stopped waiting because another
+        task failed, which it reports), then waited for as by
         :meth:`wait` (log replayed). Failures are logged, not raised, so
         that every task is joined; they are returned for the caller to
         act on. Afterwards no task thread is alive and the log capture
@@ -552,7 +606,8 @@ class TaskGroup:
                        if not t.collected]
         try:
             for task in pending:
-                self._logger.warning(
+                self._logger.log(
+                    logging.INFO if after_failure else logging.WARNING,
                     "[async %s] was never waited for; waiting for it now",
                     task.name)
                 try:

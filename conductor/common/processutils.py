@@ -134,3 +134,13 @@ def _kill_session(proc: subprocess.Popen[str],
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def set_title(title: str) -> None:
+    """Name this process in ``ps`` and ``top`` (setproctitle).
+
+    For example ``conductor: worker 1 (host-a)``.
+    """
+    import setproctitle
+
+    setproctitle.setproctitle(title)

@@ -103,6 +103,8 @@ class ConductorRecord:
     heartbeat_at: datetime.datetime
     #: The worker's last status snapshot, or None before its first beat.
     status: dict[str, Any] | None = None
+    #: Its host is being drained (``conductor-manage drain``, SIGUSR1).
+    draining: bool = False
 
     @property
     def holder(self) -> str:
@@ -667,6 +669,29 @@ class Connection:
                         {"host": host, "worker": worker_id})
             self.register_conductor(host, worker_id, drivers, pid=pid)
 
+    def set_draining(self, host: str) -> int:
+        """Mark every online worker of ``host`` draining; returns how many.
+
+        The other hosts leave it out of their rings at their next refresh
+        (see :func:`conductor.ownership.live_membership`); its own workers
+        stop the conductor once the others had the time to take its nodes.
+        A worker respawned meanwhile (or after a SIGHUP) keeps the flag;
+        the next start of the conductor clears it (:meth:`clear_draining`).
+        """
+        with self.engine.begin() as conn:
+            return int(conn.execute(
+                _conductors.update().where(_conductors.c.host == host)
+                .where(_conductors.c.online == sa.true())
+                .values(draining=True)).rowcount)
+
+    def clear_draining(self, host: str) -> int:
+        """Forget a drain of ``host`` (a new start); returns rows changed."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(
+                _conductors.update().where(_conductors.c.host == host)
+                .where(_conductors.c.draining == sa.true())
+                .values(draining=False)).rowcount)
+
     def set_offline(self, host: str, worker_id: int | None = None) -> None:
         """Mark one worker (or every worker of ``host``) offline."""
         query = (_conductors.update().where(_conductors.c.host == host)
@@ -684,7 +709,7 @@ class Connection:
         """
         c = _conductors.c
         columns = [c.host, c.worker_id, c.pid, c.drivers, c.online,
-                   c.started_at, c.heartbeat_at]
+                   c.started_at, c.heartbeat_at, c.draining]
         if with_status:
             columns.append(c.status)
         query = (sa.select(*columns)
@@ -695,7 +720,8 @@ class Connection:
                                     bool(row.online), row.started_at,
                                     row.heartbeat_at,
                                     _as_optional_dict(row.status)
-                                    if with_status else None)
+                                    if with_status else None,
+                                    bool(row.draining))
                     for row in conn.execute(query)]
 
     def delete_conductors(self, host: str, worker_ids: Iterable[int]) -> int:

@@ -43,6 +43,12 @@ def head() -> str:
     return revision
 
 
+def known_revisions() -> set[str]:
+    """Every revision this release has a migration for."""
+    script = alembic_script.ScriptDirectory.from_config(_config())
+    return {rev.revision for rev in script.walk_revisions()}
+
+
 def current(engine: sa.Engine) -> str | None:
     """The database's revision, or None when it has no schema yet."""
     with engine.connect() as connection:

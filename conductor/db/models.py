@@ -63,6 +63,10 @@ conductors = sa.Table(
     sa.Column("started_at", sa.DateTime, nullable=False),
     sa.Column("heartbeat_at", sa.DateTime, nullable=False),
     sa.Column("status", sa.JSON, nullable=True),
+    # NOTE: set for every worker of a host being drained (migration 0006):
+    # the other hosts leave it out of their rings.
+    sa.Column("draining", sa.Boolean, nullable=False,
+              server_default=sa.false()),
     sa.UniqueConstraint("host", "worker_id",
                         name="uniq_conductors0host0worker_id"),
 )

@@ -9,6 +9,8 @@ import subprocess
 
 import testscenarios
 
+from conductor.db import engine as db_engine
+from conductor.db import migration
 from conductor import startup
 from tests.functional import base
 
@@ -44,8 +46,8 @@ class TestCliOnBackend(base.FunctionalTestCase):
         unsynced = self.manage("node", "list", check=1)
         self.assertIn("run 'conductor-manage db sync'", unsynced.stderr)
         self.manage("db", "sync")
-        self.assertIn("0003_power_action_claim (head: "
-                      "0003_power_action_claim)",
+        self.assertIn("0006_conductor_draining (head: "
+                      "0006_conductor_draining)",
                       self.manage("db", "version").stdout)
         # Again: upgrading an up-to-date schema does nothing.
         self.manage("db", "sync")
@@ -114,6 +116,32 @@ class TestCliOnBackend(base.FunctionalTestCase):
                                         "json").stdout)
         self.assertEqual(2, status["nodes"]["total"])
         self.assertEqual(1, status["nodes"]["maintenance"])
+
+    def upgrade_check(self) -> tuple[int, dict[str, dict]]:
+        result = subprocess.run(
+            [base.binary("conductor-status"), "--config-file",
+             self.config_file, "upgrade", "check", "--json"],
+            capture_output=True, text=True, timeout=120)
+        checks = {c["check"]: c for c in json.loads(result.stdout)["checks"]}
+        return result.returncode, checks
+
+    def test_upgrade_check(self) -> None:
+        # An older schema fails, naming the problem.
+        engine = db_engine.create_engine(self.db_fixture.url)
+        self.addCleanup(engine.dispose)
+        migration.upgrade(engine, "0002_power_request_time")
+        code, checks = self.upgrade_check()
+        self.assertEqual(2, code, str(checks))
+        self.assertIn("schema revision 0002_power_request_time is older than "
+                      "this release's", checks["Database schema"]["details"])
+        # At head (a fresh database after db sync), every check passes.
+        self.manage("db", "sync")
+        code, checks = self.upgrade_check()
+        self.assertEqual(0, code, str(checks))
+        expected = {"sqlite": "sqlite", "mysql": "mariadb",
+                    "postgresql": "postgresql"}[self.backend]
+        self.assertTrue(checks["Database version"]["details"].startswith(
+            expected + " "), str(checks))
 
     def test_power_action_claims(self) -> None:
         db = self.db_fixture.connect()

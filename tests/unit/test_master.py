@@ -13,6 +13,7 @@ from cotyledon import _service_worker
 import fixtures
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
+from conductor.common import exceptions
 from conductor.drivers import fake
 from conductor.drivers import loader
 from conductor import lifecycle
@@ -359,3 +360,20 @@ class TestFailedStart(test_service.ServiceTestCase):
         # With its traceback, through the logger.
         self.assertIn("ZeroDivisionError: division by zero", logger.output)
         self.assertIn("Worker 0 of test-host stopped", logger.output)
+
+    def test_predictable_error_is_one_line(self) -> None:
+        logger = self.useFixture(fixtures.FakeLogger(level=logging.INFO))
+        failures = lifecycle.StartFailures(1)
+        lifecycle.install(failures)
+        self.addCleanup(lifecycle.install, None)
+        svc = service.ConductorService("test-host", 0, self.conf)
+        self.addCleanup(svc.stop)
+        error = exceptions.DriverLoadError(driver="acme", reason="gone")
+        with mock.patch.object(loader, "load", autospec=True,
+                               side_effect=error):
+            self.assertRaises(lifecycle.StartFailed, svc.start)
+        errors = [line for line in logger.output.splitlines()
+                  if "failed to start" in line]
+        self.assertEqual(["Worker 0 of test-host failed to start: "
+                          "DriverLoadError: %s" % error], errors)
+        self.assertNotIn("Traceback", logger.output)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import threading
 from typing import Sequence
@@ -52,6 +53,19 @@ class TestLiveMembership(base.TestCase):
             NOW, TIMEOUT)
         # NOTE: a heartbeat exactly heartbeat_timeout old is dead.
         self.assertEqual({"a": (0,)}, membership.hosts)
+
+    def test_draining_host_is_left_out_except_by_itself(self) -> None:
+        records = [record("a", 0), record("b", 0),
+                   dataclasses.replace(record("b", 1), draining=True),
+                   dataclasses.replace(record("c", 0, online=False),
+                                       draining=True)]
+        others = ownership.live_membership(records, NOW, TIMEOUT, "a")
+        self.assertEqual({"a": (0,), "b": (0,)}, others.hosts)
+        # Still live: what it holds is not released by the others.
+        self.assertEqual(("b:1",), others.draining)
+        itself = ownership.live_membership(records, NOW, TIMEOUT, "b")
+        self.assertEqual({"a": (0,), "b": (0, 1)}, itself.hosts)
+        self.assertEqual((), itself.draining)
 
     def test_nobody(self) -> None:
         membership = ownership.live_membership([], NOW, TIMEOUT)
@@ -173,6 +187,44 @@ class TestRingsPartition(RingsTestCase):
             self.assertLessEqual(after[holder], before[holder])
         self.assertGreater(len(after["c:0"]), 400)
         self.assertLess(len(after["c:0"]), 1000)
+
+
+class TestRingsDrain(RingsTestCase):
+
+    def test_drained_host_nodes_move_to_the_others_at_once(self) -> None:
+        for host, worker in (("a", 0), ("b", 0), ("b", 1)):
+            self.beat(host, worker)
+        items = uuids(500)
+        a0, b0, b1 = self.views(("a", 0), ("b", 0), ("b", 1))
+        self.assertGreater(len(b0.owned(items) + b1.owned(items)), 100)
+        self.assertIsNone(b0.draining_since)
+        self.assertEqual(2, self.db.set_draining("b"))
+        for view in (a0, b0, b1):
+            view.refresh()
+        # The others: b is out of the rings.
+        self.assertEqual(set(items), set(a0.owned(items)))
+        self.assertEqual({"a"}, {a0.owner_host(i) for i in items})
+        # b itself keeps working its share until it stops.
+        self.assertGreater(len(b0.owned(items) + b1.owned(items)), 100)
+        self.assertEqual(1000.0, b0.draining_since)
+        # A new start of b's conductor ends the drain.
+        self.assertEqual(2, self.db.clear_draining("b"))
+        b0.refresh()
+        self.assertIsNone(b0.draining_since)
+
+    def test_others_keep_a_draining_workers_reservations(self) -> None:
+        for host, worker in (("a", 0), ("b", 0)):
+            self.beat(host, worker)
+        items = uuids(40)
+        self.db.import_nodes([{"uuid": item, "driver": "fake"}
+                              for item in items])
+        for item in items:
+            self.db.reserve_node(item, "b:0")
+        self.db.set_draining("b")
+        a0 = self.rings("a", 0)
+        self.assertEqual(set(items), set(a0.owned(items)))
+        self.assertEqual(0, a0.release_dead_reservations(items))
+        self.assertEqual({"b:0"}, set(self.db.reservations().values()))
 
 
 class TestRingsSpread(RingsTestCase):

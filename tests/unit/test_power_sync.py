@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
 
+import fixtures
 import sqlalchemy as sa
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
@@ -242,6 +244,15 @@ class TestSyncFailures(SyncTestCase):
         self.assertEqual("OSError: connection refused", b.last_error)
         self.assertIsNone(a.power_state)
         self.assertFalse(a.maintenance)
+
+    def test_warnings_name_the_node_by_name_and_uuid(self) -> None:
+        logger = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
+        [uuid] = self.nodes("a")
+        self.power.answers["a"] = exceptions.PowerStateFailure(
+            err="BMC unreachable")
+        self.syncer().sync()
+        self.assertIn("Node a (%s): power state read failed (1 of 2 "
+                      "retries): BMC unreachable" % uuid, logger.output)
 
     def test_invalid_state_from_the_driver_is_a_failure(self) -> None:
         self.nodes("a")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import threading
@@ -221,7 +222,9 @@ class TestWorkerSettings(ServiceTestCase):
             heartbeat_timeout=30, hash_ring_reset_interval=15,
             graceful_shutdown_timeout=3,
             sync=power_sync.SyncSettings(workers=4, timeout=5.0,
-                                         max_retries=2, force=False))
+                                         max_retries=2, force=False),
+            # One sync interval, one action scan, the margin.
+            drain_handover=60 + 0.1 + service.DRAIN_MARGIN)
         self.assertEqual(expected,
                          service.WorkerSettings.from_conf(self.conf))
 
@@ -239,8 +242,8 @@ class TestPickle(base.TestCase):
         # Runtime state that cannot be pickled is dropped.
         svc._stopped = threading.Event()
         svc._threads.append(threading.Thread(target=lambda: None))
-        self.assertEqual({"host", "worker_id", "_conf", "start_extra"},
-                         set(svc.__getstate__()))
+        self.assertEqual({"host", "worker_id", "_conf", "start_extra",
+                          "_master_pid"}, set(svc.__getstate__()))
         copy = pickle.loads(pickle.dumps(svc))
         self.assertEqual(("h", 3, "h:3"),
                          (copy.host, copy.worker_id, copy.holder))
@@ -453,3 +456,71 @@ class TestStartStop(ServiceTestCase):
         self.assertEqual(4, attempts[0])
         self.assertEqual({"in_flight": [], "release_pending": []},
                          svc.status()["reservations"])
+
+
+class TestDrainLoop(ServiceTestCase):
+    """The drain thread, driven with a fast poll and a fake kill."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.useFixture(fixtures.MockPatchObject(service, "DRAIN_POLL",
+                                                 0.01))
+        self.kill = self.useFixture(fixtures.MockPatchObject(
+            service.os, "kill", autospec=True)).mock
+        for host, worker in (("test-host", 0), ("test-host", 1),
+                             ("other", 0)):
+            self.db.register_conductor(host, worker, ["fake"])
+
+    def run_loop(self, worker_id: int, handover: float = 0.0
+                 ) -> tuple[service.ConductorService, threading.Event,
+                            threading.Thread]:
+        svc = service.ConductorService("test-host", worker_id, self.conf)
+        svc._master_pid = os.getppid()
+        rings = self.rings = ownership.Rings(
+            self.db, "test-host", worker_id, heartbeat_timeout=30,
+            reset_interval=15)
+        rt: Any = mock.Mock(
+            db=self.db, rings=rings,
+            settings=mock.Mock(drain_handover=handover,
+                               heartbeat_interval=0.01))
+        stopped = threading.Event()
+        thread = threading.Thread(target=svc._drain_loop,
+                                  args=(rt, stopped))
+        thread.start()
+        self.addCleanup(thread.join, base.WAIT)
+        self.addCleanup(stopped.set)
+        return svc, stopped, thread
+
+    def test_sigusr1_marks_the_host_then_worker_0_stops_the_master(
+            self) -> None:
+        svc, stopped, thread = self.run_loop(0)
+        svc.request_drain()
+        thread.join(base.WAIT)
+        self.assertFalse(thread.is_alive())
+        self.kill.assert_called_once_with(os.getppid(), service.signal.SIGTERM)
+        self.assertEqual({"test-host:0": True, "test-host:1": True,
+                          "other:0": False},
+                         {r.holder: r.draining
+                          for r in self.db.list_conductors()})
+
+    def test_other_workers_never_stop_the_master(self) -> None:
+        self.announced_then_no_kill(worker_id=1, handover=0.0)
+
+    def test_worker_0_waits_for_the_handover(self) -> None:
+        self.announced_then_no_kill(worker_id=0, handover=3600.0)
+
+    def announced_then_no_kill(self, worker_id: int,
+                               handover: float) -> None:
+        logger = self.useFixture(fixtures.FakeLogger(level=logging.INFO))
+        svc, stopped, thread = self.run_loop(worker_id, handover)
+        self.db.set_draining("test-host")      # conductor-manage drain
+        self.rings.refresh()                   # as the periodic tasks do
+        self.assertTrue(base.wait_until(
+            lambda: "Host test-host is draining" in logger.output))
+        # The announcement and the handover check are one iteration.
+        self.assertTrue(thread.is_alive())
+        stopped.set()
+        thread.join(base.WAIT)
+        self.kill.assert_not_called()
+        self.assertIn("worker %d works on for %gs" % (worker_id, handover),
+                      logger.output)

@@ -77,6 +77,25 @@ class TestPrepareDatabase(StartupTestCase):
         self.assertTrue(state.revision)
 
 
+class TestOpenDatabase(StartupTestCase):
+
+    def test_a_new_start_ends_the_drain_of_its_host(self) -> None:
+        self.config(host="h1")
+        for host in ("h1", "h2"):
+            self.db.register_conductor(host, 0, ["fake"])
+            self.db.set_draining(host)
+            self.db.set_offline(host)
+        opened: list[Any] = []
+        startup.open_database(self.conf, False, opened)
+        for db in opened:
+            db.dispose()
+        self.assertEqual({"h1": False, "h2": True},
+                         {r.host: r.draining
+                          for r in self.db.list_conductors()})
+        self.assertIn("h1 was drained when it last stopped",
+                      self.logger.output)
+
+
 class TestImportInventory(StartupTestCase):
 
     def validated(self, *names: str) -> list[dict[str, Any]]:

@@ -12,8 +12,11 @@ import io
 import json
 import logging
 import os
+import pty
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 from unittest import mock
@@ -22,6 +25,7 @@ import fixtures
 from oslo_utils import timeutils
 
 from conductor.cmd import manage
+from conductor.common import version
 from conductor.db import api as db_api
 from conductor.db import migration
 from conductor.db import models
@@ -403,6 +407,35 @@ class TestNodeSet(DbManageTestCase):
                          (data["maintenance"], data["maintenance_reason"],
                           data["fault"]))
 
+    def test_node_after_driver_info_is_not_swallowed(self) -> None:
+        data = self.json("node", "set", "--driver-info", "fake_fail=set",
+                         "fake_latency_ms=9", "n1")
+        self.assertEqual({"fake_fail": "set", "fake_latency_ms": 9},
+                         data["driver_info"])
+        data = self.json("node", "set", "--unset-driver-info",
+                         "fake_fail", self.uuid)
+        self.assertEqual({"fake_latency_ms": 9}, data["driver_info"])
+        self.assertIn("the following arguments are required: NODE",
+                      self.usage_error("node", "set", "--driver-info",
+                                       "fake_fail=set"))
+
+    def test_one_maintenance_syntax(self) -> None:
+        # The same --maintenance [true|false] on create, list and set.
+        self.ok("node", "create", "--driver", "fake", "--name", "n2",
+                "--maintenance", "false")
+        self.ok("node", "create", "--driver", "fake", "--name", "n3",
+                "--maintenance")
+        self.json("node", "set", "n1", "--maintenance", "true")
+        self.json("node", "set", "n2", "--maintenance", "yes")
+        self.json("node", "set", "n2", "--maintenance", "false")
+        listed = self.json("node", "list", "--maintenance", "true")
+        self.assertEqual(["n1", "n3"], sorted(n["name"] for n in listed))
+        listed = self.json("node", "list", "--maintenance", "off")
+        self.assertEqual(["n2"], [n["name"] for n in listed])
+        self.assertIn("expected true or false, got 'perhaps'",
+                      self.usage_error("node", "set", "n1", "--maintenance",
+                                       "perhaps"))
+
     def test_nothing_to_change(self) -> None:
         self.assertEqual("node set: nothing to change; give at least one "
                          "option", self.fails("node", "set", "n1"))
@@ -420,6 +453,20 @@ class TestNodeSet(DbManageTestCase):
     def test_table_output(self) -> None:
         out = self.ok("node", "set", "n1", "--maintenance", "on")
         self.assertIn("maintenance             true", out)
+
+
+class TestVersion(ManageTestCase):
+
+    def test_every_command_prints_its_version(self) -> None:
+        # The installed console scripts, as an operator runs them.
+        expected = version.version_string()
+        bindir = os.path.dirname(sys.executable)
+        for command in ("conductor", "conductor-manage", "conductor-status"):
+            result = subprocess.run(
+                [os.path.join(bindir, command), "--version"],
+                capture_output=True, text=True, timeout=60)
+            self.assertEqual(0, result.returncode, result.stderr)
+            self.assertIn(expected, result.stdout + result.stderr, command)
 
 
 class TestNodeDelete(DbManageTestCase):
@@ -611,6 +658,121 @@ class TestNodePower(DbManageTestCase):
         self.assertIsNone(self.db.get_node("n1").target_power_state)
 
 
+class TestDrain(DbManageTestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.db.register_conductor("a", 0, ["fake"], pid=10)
+        self.db.register_conductor("b", 0, ["fake"], pid=20)
+        self.db.register_conductor("b", 1, ["fake"], pid=21)
+
+    def draining(self) -> dict[str, bool]:
+        return {record.holder: record.draining
+                for record in self.db.list_conductors()}
+
+    def test_drain_marks_the_hosts_workers(self) -> None:
+        self.assertEqual("Draining b (2 worker(s)): the other hosts take its "
+                         "nodes now; it stops once they had the time to poll "
+                         "them\n", self.ok("drain", "b"))
+        self.assertEqual({"a:0": False, "b:0": True, "b:1": True},
+                         self.draining())
+        data = self.json("status")
+        self.assertEqual({"a": False, "b": True},
+                         {host: info["draining"]
+                          for host, info in data["hosts"].items()})
+        self.assertIn("Draining (their nodes moved to the other hosts; they "
+                      "stop once the handover is done): b",
+                      self.ok("status"))
+        # A worker respawned during the drain keeps draining.
+        self.db.register_conductor("b", 0, ["fake"])
+        self.assertTrue(self.draining()["b:0"])
+
+    def test_refusals(self) -> None:
+        self.assertEqual("no live conductor on host c to drain (see "
+                         "'conductor-manage status')",
+                         self.fails("drain", "c"))
+        self.db.set_offline("b")
+        self.assertEqual("a is the only live host: no other would take its "
+                         "nodes; give --force to drain it anyway",
+                         self.fails("drain", "a"))
+        self.assertEqual({"a:0": False, "b:0": False, "b:1": False},
+                         self.draining())
+        self.ok("drain", "a", "--force")
+        self.assertTrue(self.draining()["a:0"])
+
+    def test_wait_until_stopped_or_timeout(self) -> None:
+        code, out, err = self.manage("drain", "b", "--wait", "--timeout",
+                                     "0.3")
+        self.assertEqual(1, code)
+        self.assertIn("Draining b", out)
+        self.assertIn("b still running after 0.3s; it stays draining", err)
+        self.db.set_offline("b")
+        self.db.clear_draining("b")
+        self.db.register_conductor("b", 0, ["fake"])
+        stopper = threading.Timer(0.3, self.db.set_offline, ("b",))
+        stopper.start()
+        self.addCleanup(stopper.join)
+        self.assertIn("Host b drained and stopped",
+                      self.ok("drain", "b", "--wait", "--timeout", "30"))
+
+
+class TestStatusWatch(DbManageTestCase):
+    """``status --watch``, run as the installed command."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.db.register_conductor("w", 0, ["fake"], pid=7)
+
+    def command(self, *extra: str) -> list[str]:
+        return [os.path.join(os.path.dirname(sys.executable),
+                             "conductor-manage"), "--config-file",
+                self.config_file, "status", "--watch", *extra]
+
+    def read_until(self, fd: int, count: int, marker: bytes) -> bytes:
+        data = b""
+        deadline = time.monotonic() + base.WAIT
+        while data.count(marker) < count:
+            self.assertLess(time.monotonic(), deadline, str(data))
+            chunk = os.read(fd, 65536)
+            self.assertTrue(chunk, str(data))
+            data += chunk
+        return data
+
+    def test_plain_repeated_output_when_not_a_tty(self) -> None:
+        proc = subprocess.Popen(self.command("--interval", "0.2"),
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        self.addCleanup(proc.kill)
+        assert proc.stdout is not None
+        data = self.read_until(proc.stdout.fileno(), 3,
+                               b"Every 0.2s: conductor-manage status")
+        self.assertNotIn(b"\x1b[", data)
+        self.assertEqual(3, data.count(b"\nw     0       7"), str(data))
+        proc.send_signal(signal.SIGINT)        # Ctrl-C
+        self.assertEqual(0, proc.wait(base.WAIT))
+        self.assertEqual(b"", proc.stderr.read() if proc.stderr else b"")
+
+    def test_in_place_in_a_terminal(self) -> None:
+        primary, secondary = pty.openpty()
+        self.addCleanup(os.close, primary)
+        proc = subprocess.Popen(self.command("--interval", "0.2"),
+                                stdout=secondary, stderr=subprocess.PIPE)
+        os.close(secondary)
+        self.addCleanup(proc.kill)
+        data = self.read_until(primary, 2, b"\x1b[H\x1b[2J")
+        # Each report starts by going home and clearing the screen.
+        self.assertTrue(data.startswith(b"\x1b[H\x1b[2JEvery 0.2s"), data)
+        proc.send_signal(signal.SIGINT)
+        self.assertEqual(0, proc.wait(base.WAIT))
+
+    def test_interval_must_be_positive_and_needs_watch(self) -> None:
+        self.assertIn("must be > 0, got '0'",
+                      self.usage_error("status", "--watch", "--interval",
+                                       "0"))
+        self.assertIn("--interval applies to --watch only",
+                      self.usage_error("status", "--interval", "5"))
+
+
 class TestStatusAndClean(DbManageTestCase):
 
     def setUp(self) -> None:
@@ -642,14 +804,14 @@ class TestStatusAndClean(DbManageTestCase):
         data = self.json("status")
         self.assertEqual([
             {"host": "g", "worker_id": 0, "pid": 50, "online": False,
-             "alive": False, "heartbeat_age": 5.0, "drivers": ["fake"],
-             "status": {}},
+             "alive": False, "draining": False, "heartbeat_age": 5.0,
+             "drivers": ["fake"], "status": {}},
             {"host": "h", "worker_id": 0, "pid": 40, "online": True,
-             "alive": True, "heartbeat_age": 5.0,
+             "alive": True, "draining": False, "heartbeat_age": 5.0,
              "drivers": ["fake", "ipmi"], "status": self.snapshot},
             {"host": "h", "worker_id": 1, "pid": 41, "online": True,
-             "alive": False, "heartbeat_age": 120.0, "drivers": ["fake"],
-             "status": {}},
+             "alive": False, "draining": False, "heartbeat_age": 120.0,
+             "drivers": ["fake"], "status": {}},
         ], data["workers"])
         self.assertEqual({"total": 3, "maintenance": 1,
                           "by_power_state": {"power on": 2, "none": 1}},

@@ -125,7 +125,7 @@ class BehaviourMixin(_MixinBase):
             "<locals>.step, logging to %s/step.log" % self.log_dir,
             "INFO conductor.common.async_tasks [async step] INFO "
             "tests.task one x",
-            "INFO conductor.common.async_tasks [async step] WARNING "
+            "WARNING conductor.common.async_tasks [async step] WARNING "
             "tests.task two x",
             "INFO conductor.common.async_tasks [async step] finished in "
             "0.00s",
@@ -162,6 +162,17 @@ class BehaviourMixin(_MixinBase):
                       self.main.output)
         self.assertEqual({"good": 42}, group.wait("good"))
         self.assertRaises(async_tasks.UnknownTask, group.wait, "bad")
+        # Replayed: the traceback and the task's own "failed" line at
+        # DEBUG; the reason at ERROR once.
+        levels: dict[str, list[str]] = {}
+        for line in self.async_lines():
+            levels.setdefault(line.split(" ", 1)[0], []).append(line)
+        self.assertEqual(1, len(levels["ERROR"]), str(levels["ERROR"]))
+        self.assertIn("FAILED after", levels["ERROR"][0])
+        self.assertTrue(any("Traceback (most recent" in line
+                            for line in levels["DEBUG"]))
+        self.assertTrue(any(line.endswith("ValueError: boom")
+                            for line in levels["DEBUG"]))
 
     def test_wait_unknown_name(self) -> None:
         group = self.group()

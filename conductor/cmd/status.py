@@ -1,0 +1,191 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``conductor-status upgrade check``: is this deployment ready to run
+this release? (oslo.upgradecheck)
+
+Run it with the new release installed, before restarting the conductors,
+against the configuration they use::
+
+    conductor-status --config-file /etc/conductor/conductor.conf upgrade check
+
+Exit codes (oslo.upgradecheck's): 0 every check passed, 1 a warning
+(worth reading, not blocking), 2 a failure (fix it before the upgrade),
+255 the check itself could not run.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+import conductor.cmd  # noqa: F401  (backend first: see the package doc)
+
+from oslo_config import cfg
+from oslo_upgradecheck import upgradecheck
+import sqlalchemy as sa
+
+from conductor.common import version
+from conductor import conf as conductor_conf
+from conductor.conf import validate
+from conductor.db import engine as db_engine
+from conductor.db import migration
+from conductor import reports
+
+Code = upgradecheck.Code
+Result = upgradecheck.Result
+
+#: Oldest database server versions the conductor is tested with.
+MIN_VERSIONS = {"sqlite": (3, 31), "mysql": (8, 0), "mariadb": (10, 6),
+                "postgresql": (13, 0)}
+
+#: Options of earlier releases that are gone: ``(group, name): advice``.
+#: Renamed options keep working under their old name (oslo.config's
+#: ``deprecated_name``) and are reported by oslo.config itself.
+REMOVED_OPTIONS: dict[tuple[str, str], str] = {}
+
+
+class Checks(upgradecheck.UpgradeCommands):
+    """The conductor's upgrade checks; each returns one Result."""
+
+    display_title = "conductor upgrade check"
+
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        self.conf = conf
+        self._engine: sa.Engine | None = None
+
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = db_engine.create_engine(
+                self.conf.database.connection)
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def _database_version(self) -> Result:
+        try:
+            with self.engine.connect() as connection:
+                name = self.engine.dialect.name
+                raw = connection.dialect.server_version_info or ()
+                text = ".".join(str(part) for part in raw)
+                if name == "mysql" and "mariadb" in str(
+                        connection.exec_driver_sql(
+                            "SELECT VERSION()").scalar()).lower():
+                    name = "mariadb"
+        except Exception as exc:
+            return Result(Code.FAILURE, "cannot reach the database %s: %s"
+                          % (db_engine.mask_url(
+                              self.conf.database.connection),
+                             db_engine.reason(exc)))
+        minimum = MIN_VERSIONS.get(name)
+        found = tuple(part for part in raw if isinstance(part, int))
+        if minimum is None:
+            return Result(Code.WARNING, "%s %s is not a database the "
+                          "conductor is tested with (SQLite, MariaDB, MySQL, "
+                          "PostgreSQL)" % (name, text))
+        if found[:len(minimum)] < minimum:
+            return Result(Code.FAILURE, "%s %s is older than %s, the oldest "
+                          "supported" % (name, text,
+                                         ".".join(map(str, minimum))))
+        return Result(Code.SUCCESS, "%s %s" % (name, text))
+
+    def _schema(self) -> Result:
+        head = migration.head()
+        try:
+            current = migration.current(self.engine)
+        except Exception as exc:
+            return Result(Code.FAILURE, "cannot read the schema revision: %s"
+                          % db_engine.reason(exc))
+        if current is None:
+            return Result(Code.SUCCESS, "empty database: the conductor "
+                          "creates the schema (revision %s) when it starts, "
+                          "or run 'conductor-manage db sync'" % head)
+        if current == head:
+            return Result(Code.SUCCESS, "schema at revision %s (head)"
+                          % head)
+        known = migration.known_revisions()
+        if current not in known:
+            return Result(Code.FAILURE, "schema revision %s is unknown to "
+                          "this release (head %s): the database was "
+                          "upgraded by a newer release" % (current, head))
+        return Result(Code.FAILURE, "schema revision %s is older than this "
+                      "release's %s: run 'conductor-manage db sync' before "
+                      "starting the new conductors" % (current, head))
+
+    def _partitions(self) -> Result:
+        try:
+            columns = {column["name"] for column in
+                       sa.inspect(self.engine).get_columns("nodes")}
+        except sa.exc.NoSuchTableError:
+            return Result(Code.SUCCESS, "not applicable: no nodes table yet")
+        except Exception as exc:
+            return Result(Code.FAILURE, "cannot read the nodes table: %s"
+                          % db_engine.reason(exc))
+        if "partition" not in columns:
+            return Result(Code.SUCCESS, "not applicable: this schema has no "
+                          "nodes.partition column")
+        # NOTE: PARTITION is a reserved word of MySQL: let SQLAlchemy quote.
+        nodes = sa.table("nodes", sa.column("partition"))
+        query = (sa.select(sa.func.count()).select_from(nodes)
+                 .where(nodes.c.partition.is_(None)))
+        with self.engine.connect() as connection:
+            missing = int(connection.execute(query).scalar_one())
+        if missing:
+            return Result(Code.FAILURE, "%d node(s) have no partition: run "
+                          "'conductor-manage db sync'" % missing)
+        return Result(Code.SUCCESS, "every node has its partition")
+
+    def _options(self) -> Result:
+        problems = [str(problem) for problem in
+                    validate.unknown_options(self.conf)]
+        problems += validate.deprecated_options(self.conf)
+        for (group, name), advice in sorted(REMOVED_OPTIONS.items()):
+            for path in validate.config_files(self.conf):
+                if validate.file_sets(path, group, name):
+                    problems.append("%s: [%s] %s was removed: %s"
+                                    % (path, group, name, advice))
+        if problems:
+            return Result(Code.WARNING, "; ".join(problems))
+        return Result(Code.SUCCESS, "no unknown, removed or misspelled "
+                      "option in %s" % (", ".join(
+                          validate.config_files(self.conf)) or
+                          "the configuration (no file)"))
+
+    _upgrade_checks = (
+        ("Database version", _database_version),
+        ("Database schema", _schema),
+        ("Node partitions", _partitions),
+        ("Configuration options", _options),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    conf = conductor_conf.CONF
+    reports.register_opts(conf)
+    checks = Checks(conf)
+    upgradecheck.register_cli_options(conf, checks)
+    try:
+        conf(list(sys.argv[1:] if argv is None else argv),
+             project="conductor", prog="conductor-status",
+             version=version.version_string())
+    except cfg.ConfigFilesNotFoundError as exc:
+        return _error("config file(s) not found: %s"
+                      % ", ".join(exc.config_files))
+    except cfg.Error as exc:
+        return _error(str(exc).splitlines()[0])
+    # NOTE: oslo.upgradecheck reads --json from its module-level CONF.
+    upgradecheck.CONF = conf
+    try:
+        return int(upgradecheck.run(conf))
+    finally:
+        checks.close()
+
+
+def _error(message: str) -> int:
+    sys.stderr.write("conductor-status: ERROR: %s\n" % message)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
