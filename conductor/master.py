@@ -39,7 +39,10 @@ from oslo_config import cfg
 from oslo_service import service
 
 from conductor.common import hooks
+from conductor.common import systemd
+from conductor import health
 from conductor import lifecycle
+from conductor import metrics
 from conductor import service as conductor_service
 
 LOG = logging.getLogger(__name__)
@@ -111,8 +114,12 @@ class _ServiceManager(cotyledon.ServiceManager):
 
     def __init__(self, *args: Any, policy: RestartPolicy,
                  failures: lifecycle.StartFailures,
-                 stopping: threading.Event, **kwargs: Any) -> None:
+                 stopping: threading.Event,
+                 monitor: Callable[["_ServiceManager"], health.Monitor],
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.monitor = monitor(self)
+        self._forked = 0
         self._policy = policy
         self._failures = failures
         self._stopping = stopping
@@ -129,6 +136,18 @@ class _ServiceManager(cotyledon.ServiceManager):
         if isinstance(worker_id, int):
             self._worker_ids[service_id] = worker_id
         return service_id
+
+    @staticmethod
+    def _systemd_notify_once() -> None:
+        # NOTE: cotyledon sends READY=1 before any worker is forked and
+        # unsets NOTIFY_SOCKET; the health monitor sends it once every
+        # worker is up, and keeps the socket for watchdog pings.
+        return None
+
+    def supervising(self) -> bool:
+        thread = self._child_supervisor
+        return (thread is not None and thread.is_alive()
+                and not self._stopping.is_set())
 
     # -- signals (cotyledon calls this from its main-thread loop) -------
 
@@ -169,7 +188,11 @@ class _ServiceManager(cotyledon.ServiceManager):
                         exit_code: int) -> None:
         """In cotyledon's supervisor thread, before it forks again."""
         worker_id = self._worker_ids.get(service_id)
-        if worker_id is None or self._stopping.is_set():
+        if worker_id is None:
+            return
+        metrics.worker_died(health.worker_pid(worker_id), worker_id,
+                            restart=not self._stopping.is_set())
+        if self._stopping.is_set():
             return
         reason = self._failures.take(worker_id)
         if self._policy.worker_died(worker_id, reason):
@@ -182,6 +205,11 @@ class _ServiceManager(cotyledon.ServiceManager):
         if self._stopping.is_set():
             return  # stopping, or given up: no new worker
         super()._start_worker(service_id, worker_id)
+        self._forked += 1
+        if self._forked == len(self._worker_ids):
+            # NOTE: the monitor's threads start once the first worker of
+            # each id was forked, so that those forks happen without them.
+            self.monitor.start()
 
 
 class _ServiceWorker(_service_worker.ServiceWorker):
@@ -248,13 +276,34 @@ def launch(conf: cfg.ConfigOpts, workers: int,
     start_extra = conductor_service.StartExtra(conf, workers, hook_list)
     failures = lifecycle.StartFailures(workers)
     lifecycle.install(failures)
+    beats = health.WorkerBeats(workers)
+    health.install(beats)
     stopping = threading.Event()
     policy = RestartPolicy(conf.conductor.max_worker_start_failures,
                            wait=stopping.wait)
+    settings = health.Settings(
+        host=conf.host,
+        heartbeat_timeout=conf.conductor.heartbeat_timeout,
+        database_url=conf.database.connection,
+        bind_host=conf.metrics.bind_host, port=conf.metrics.port)
+    if settings.port is not None:
+        metrics.setup(metrics.directory_for(conf.state_path, conf.host))
+    else:
+        metrics.disable()
+    monitors: list[health.Monitor] = []
+
+    def monitor(manager: _ServiceManager) -> health.Monitor:
+        found = health.Monitor(beats, settings, manager.supervising,
+                               notifier=systemd.Notifier.from_environ(),
+                               watchdog=systemd.watchdog_interval())
+        found.bind()
+        monitors.append(found)
+        return found
 
     def manager(*args: Any, **kwargs: Any) -> _ServiceManager:
         return _ServiceManager(*args, policy=policy, failures=failures,
-                               stopping=stopping, **kwargs)
+                               stopping=stopping, monitor=monitor,
+                               **kwargs)
 
     # NOTE: oslo.service builds cotyledon.ServiceManager when the first
     # service is launched, and cotyledon forks _service_worker.

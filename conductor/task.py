@@ -52,6 +52,7 @@ from conductor.common import exceptions
 from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.executor import pool as pool_mod
+from conductor import metrics
 from conductor import nodes
 
 LOG = logging.getLogger(__name__)
@@ -249,7 +250,8 @@ def call_driver(driver: base.BaseDriver, method: str, node: Any,
     :param timeout: the per-call deadline (``power_state_timeout``).
     :returns: what the driver returned; its exceptions pass through.
     """
-    with deadline.scope(timeout):
+    with deadline.scope(timeout), metrics.driver_timer(
+            getattr(node, "driver", "?"), method):
         return getattr(driver.power, method)(nodes.driver_view(node), *args)
 
 
