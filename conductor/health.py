@@ -179,7 +179,8 @@ class Monitor:
                                       exc.strerror or exc)) from exc
         os.register_at_fork(after_in_child=self._close_in_child)
         LOG.info("Serving /metrics and /healthz on %(host)s port %(port)d",
-                 {"host": s.bind_host, "port": s.port})
+                 {"host": s.bind_host,
+                  "port": self._server.server_address[1]})
 
     def _close_in_child(self) -> None:
         # NOTE: a forked worker must not keep the master's listening

@@ -144,6 +144,8 @@ _worker: str = "master"
 _interval: float = 0.0
 _last_read: dict[str, float] = {}
 _read_lock = threading.Lock()
+#: The clock of the node gauges (tests replace it).
+_clock = time.monotonic
 
 
 def directory_for(state_path: str, host: str) -> str:
@@ -286,7 +288,7 @@ def nodes_read(owned: Iterable[str], read: Iterable[str]) -> None:
     """
     if _metrics is None:
         return
-    now = time.monotonic()
+    now = _clock()
     with _read_lock:
         known = _last_read
         fresh = {uuid: known.get(uuid, now) for uuid in owned}
@@ -307,7 +309,7 @@ def refresh_nodes(maintenance: int | None = None) -> None:
     m = _metrics
     if m is None:
         return
-    now = time.monotonic()
+    now = _clock()
     with _read_lock:
         times = list(_last_read.values())
     oldest = now - min(times) if times else 0.0
