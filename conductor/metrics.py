@@ -29,6 +29,7 @@ ids, all bounded.
 
 from __future__ import annotations
 
+import bisect
 import glob
 import logging
 import os
@@ -136,16 +137,38 @@ class _Metrics:
 
 
 _metrics: _Metrics | None = None
+_paused: _Metrics | None = None
 _directory: str | None = None
 # NOTE: per-process, set in a worker's start(): the worker's id, the sync
-# interval, and when each owned node's power state was last read. The lock
-# protects _last_read; power sync and the heartbeat loop use it.
+# interval, and what power sync last read: how many nodes it owns, when
+# the last sweep read them, and since when each node that sweep failed to
+# read is unread. The lock protects the last three; power sync and the
+# heartbeat loop use them.
 _worker: str = "master"
 _interval: float = 0.0
-_last_read: dict[str, float] = {}
+_owned: int = 0
+_read_at: float = 0.0
+_unread: dict[str, float] = {}
 _read_lock = threading.Lock()
+# NOTE: driver calls, added up by each thread in its own totals (see
+# driver_call): (driver, operation, result) -> [count, sum of seconds,
+# count per bucket...]. flush() writes what grew since it last copied
+# them. The lock protects the list of every thread's totals (with the
+# copy flushed last) and serialises flushes.
+_local = threading.local()
+_all_totals: list[tuple[dict[tuple[str, str, str], list[Any]],
+                        dict[tuple[str, str, str], list[Any]]]] = []
+_pending_lock = threading.Lock()
 #: The clock of the node gauges (tests replace it).
 _clock = time.monotonic
+
+
+def _reset_totals() -> None:
+    # NOTE: only while no driver call runs (start-up, tests).
+    with _pending_lock:
+        for totals, flushed in _all_totals:
+            totals.clear()
+            flushed.clear()
 
 
 def directory_for(state_path: str, host: str) -> str:
@@ -162,7 +185,7 @@ def setup(directory: str) -> None:
 
     :raises OSError: when the directory cannot be created or emptied.
     """
-    global _metrics, _directory
+    global _metrics, _directory, _paused
     os.makedirs(directory, mode=0o700, exist_ok=True)
     for path in glob.glob(os.path.join(directory, "*.db")):
         os.unlink(path)
@@ -173,13 +196,28 @@ def setup(directory: str) -> None:
     # variable was set, so pick again now that it is.
     values.ValueClass = values.get_value_class()
     _directory = directory
+    _paused = None
+    _reset_totals()
     _metrics = _Metrics()
 
 
 def disable() -> None:
-    """Stop recording (the metric objects are kept for :func:`setup`)."""
-    global _metrics
+    """Stop recording; :func:`enable` resumes with the same metrics."""
+    global _metrics, _paused
+    if _metrics is not None:
+        _paused = _metrics
     _metrics = None
+
+
+def enable() -> None:
+    """Resume recording after :func:`disable`.
+
+    :raises RuntimeError: when :func:`setup` never ran.
+    """
+    global _metrics
+    if _paused is None and _metrics is None:
+        raise RuntimeError("metrics.setup() never ran")
+    _metrics = _metrics or _paused
 
 
 def enabled() -> bool:
@@ -188,11 +226,14 @@ def enabled() -> bool:
 
 def set_worker(worker_id: int, interval: float) -> None:
     """In a worker's ``start()``: its id and power sync interval."""
-    global _worker, _interval
+    global _worker, _interval, _owned, _read_at
     _worker = str(worker_id)
     _interval = float(interval)
     with _read_lock:
-        _last_read.clear()
+        _owned = 0
+        _read_at = 0.0
+        _unread.clear()
+    _reset_totals()
 
 
 def worker_died(pid: int | None, worker_id: int,
@@ -224,17 +265,20 @@ def exposition() -> tuple[bytes, str]:
 # -- recording (cheap no-ops while disabled) ------------------------------
 
 class _DriverTimer:
-    """Times one driver call; an exception counts it as an error."""
+    """Times one driver call; an exception counts it as an error.
+
+    The clock starts when the timer is built, in the ``with`` line.
+    """
 
     __slots__ = ("_driver", "_operation", "_started")
 
     def __init__(self, driver: str, operation: str) -> None:
         self._driver = driver
         self._operation = operation
-        self._started = 0.0
+        self._started = time.monotonic()
 
     def __enter__(self) -> None:
-        self._started = time.monotonic()
+        return None
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         driver_call(self._driver, self._operation,
@@ -264,12 +308,68 @@ def driver_timer(driver: str, operation: str) -> Any:
 
 def driver_call(driver: str, operation: str, result: str,
                 seconds: float) -> None:
-    """One driver call: ``result`` is 'success' or 'error'."""
+    """One driver call: ``result`` is 'success' or 'error'.
+
+    Added up in memory by the calling thread and written by :func:`flush`
+    (after each power sync and at each heartbeat): a multiprocess sample
+    costs ~5 us and a lock shared by the sweep's threads more; a sweep
+    makes one call per node.
+    """
+    if _metrics is None:
+        return
+    try:
+        totals = _local.totals
+    except AttributeError:
+        totals = _local.totals = {}
+        with _pending_lock:
+            _all_totals.append((totals, {}))
+    key = (driver, operation, result)
+    entry = totals.get(key)
+    if entry is None:
+        entry = totals[key] = [0, 0.0] + [0] * (len(CALL_BUCKETS) + 1)
+    # NOTE: only this thread writes its totals; flush() reads them.
+    entry[0] += 1
+    entry[1] += seconds
+    entry[2 + bisect.bisect_left(CALL_BUCKETS, seconds)] += 1
+
+
+def flush() -> None:
+    """Write the driver calls added up since the last flush."""
     m = _metrics
     if m is None:
         return
-    m.child(m.driver_calls, driver, operation, result).inc()
-    m.child(m.driver_seconds, driver, operation).observe(seconds)
+    with _pending_lock:
+        for totals, flushed in _all_totals:
+            # NOTE: a copy taken at once (no Python code runs while a
+            # dict of str tuples is copied); the values may still grow
+            # after it, and are written at the next flush.
+            for key, entry in list(totals.items()):
+                now = list(entry)
+                before = flushed.get(key)
+                flushed[key] = now
+                if before is not None:
+                    now = [a - b for a, b in zip(now, before)]
+                if not now[0]:
+                    continue
+                driver, operation, result = key
+                m.child(m.driver_calls, driver, operation,
+                        result).inc(now[0])
+                _observe_many(m.child(m.driver_seconds, driver, operation),
+                              now[1], now[2:])
+
+
+def _observe_many(child: Any, total: float, buckets: list[int]) -> None:
+    """Add many observations to a histogram child at once.
+
+    NOTE: prometheus_client has no bulk observe; this adds to the values
+    ``Histogram.observe`` adds to (the sum, and one non-cumulative value
+    per bucket, +Inf last). tests/unit/test_metrics.py pins that both
+    give the same exposition.
+    """
+    child._sum.inc(total)
+    for index, count in enumerate(buckets):
+        if count:
+            child._buckets[index].inc(count)
 
 
 def power_change(kind: str, count: int = 1) -> None:
@@ -280,23 +380,24 @@ def power_change(kind: str, count: int = 1) -> None:
     m.child(m.power_changes, kind).inc(count)
 
 
-def nodes_read(owned: Iterable[str], read: Iterable[str]) -> None:
-    """After a power sync: the nodes this worker owns, those it read.
+def nodes_read(owned: int, failed: Iterable[str]) -> None:
+    """After a power sync over every owned node: how many, which failed.
 
-    Nodes no longer owned are forgotten; a node owned for the first time
-    counts as read now (its age starts with the ownership).
+    A node that failed stays unread since it was last read (or since this
+    sweep, when it was not owned or failed before); the others were read
+    now. Nodes absent from ``failed`` are forgotten.
     """
+    global _read_at, _owned
     if _metrics is None:
         return
     now = _clock()
     with _read_lock:
-        known = _last_read
-        fresh = {uuid: known.get(uuid, now) for uuid in owned}
-        for uuid in read:
-            if uuid in fresh:
-                fresh[uuid] = now
-        known.clear()
-        known.update(fresh)
+        previous = _read_at or now
+        fresh = {uuid: _unread.get(uuid, previous) for uuid in failed}
+        _unread.clear()
+        _unread.update(fresh)
+        _owned = owned
+        _read_at = now
     refresh_nodes()
 
 
@@ -309,13 +410,21 @@ def refresh_nodes(maintenance: int | None = None) -> None:
     m = _metrics
     if m is None:
         return
+    flush()
     now = _clock()
     with _read_lock:
-        times = list(_last_read.values())
-    oldest = now - min(times) if times else 0.0
-    overdue = sum(1 for t in times if now - t > _interval) if _interval \
-        else 0
-    m.child(m.nodes_owned, _worker).set(len(times))
+        owned = _owned
+        unread = list(_unread.values())
+        read_at = _read_at
+    read = owned - len(unread)
+    oldest = now - min(unread + ([read_at] if read else [])) if owned \
+        else 0.0
+    overdue = 0
+    if _interval:
+        overdue = sum(1 for t in unread if now - t > _interval)
+        if now - read_at > _interval:
+            overdue += read
+    m.child(m.nodes_owned, _worker).set(owned)
     m.child(m.nodes_overdue, _worker).set(overdue)
     m.child(m.oldest_reading, _worker).set(oldest)
     if maintenance is not None:

@@ -131,8 +131,8 @@ class PowerSync:
         mine.sort(key=lambda row: -row.power_sync_failures)
         result = SweepResult(kind="sync", nodes=len(mine))
         outcomes = self._run_lanes(mine, result)
-        metrics.nodes_read((row.uuid for row in mine),
-                           (o.row.uuid for o in outcomes if o.error is None))
+        metrics.nodes_read(len(mine), (o.row.uuid for o in outcomes
+                                       if o.error is not None))
         changes, drifted = self._sync_changes(outcomes, result)
         result.changed = self._db.apply_sync_results(changes)
         if drifted:

@@ -433,6 +433,7 @@ class ConductorService(service.ServiceBase):
                 LOG.exception("Could not mark worker %s offline",
                               self.holder)
             rt.db.dispose()
+        metrics.flush()
         LOG.info("Worker %d of %s stopped", self.worker_id, self.host)
 
     def _start_notifications(self, rt: _Runtime) -> None:

@@ -35,7 +35,8 @@ class MetricsFixture(fixtures.Fixture):
         self.addCleanup(setattr, values, "ValueClass", value_class)
         self.addCleanup(metrics.disable)
         self.addCleanup(setattr, metrics, "_worker", "master")
-        self.addCleanup(metrics._last_read.clear)
+        self.addCleanup(setattr, metrics, "_owned", 0)
+        self.addCleanup(metrics._unread.clear)
         metrics.setup(self.directory)
 
 
@@ -43,10 +44,13 @@ class TestDisabled(base.TestCase):
 
     def test_recording_is_a_no_op(self) -> None:
         metrics.disable()
+        self.addCleanup(setattr, metrics, "_paused", metrics._paused)
+        metrics._paused = None
+        self.assertRaises(RuntimeError, metrics.enable)
         self.assertFalse(metrics.enabled())
         metrics.driver_call("fake", "get_power_state", "success", 0.1)
-        metrics.nodes_read(["a"], ["a"])
-        self.assertEqual({}, metrics._last_read)
+        metrics.nodes_read(1, ["a"])
+        self.assertEqual({}, metrics._unread)
         with metrics.driver_timer("fake", "reboot"):
             pass
         self.assertIs(metrics._NO_TIMER,
@@ -60,6 +64,7 @@ class TestMultiprocess(base.TestCase):
         self.fx = self.useFixture(MetricsFixture())
 
     def scrape(self) -> dict[Any, float]:
+        metrics.flush()
         body, content_type = metrics.exposition()
         self.assertIn("text/plain", content_type)
         return samples(body)
@@ -95,6 +100,7 @@ class TestMultiprocess(base.TestCase):
                                     0.02)
             metrics.driver_call("fake", "get_power_state", "error", 3.0)
             metrics.rpc_call("get_node", "NodeNotFound")
+            metrics.flush()
 
         self._in_child(child)
         found = self.scrape()
@@ -138,6 +144,36 @@ class TestMultiprocess(base.TestCase):
         self.assertEqual(1.0, self.scrape()[(
             "conductor_worker_restarts_total", (("worker", "1"),))])
 
+    def test_calls_wait_for_a_flush(self) -> None:
+        metrics.driver_call("fake", "get_power_state", "success", 0.002)
+        body, _ = metrics.exposition()
+        self.assertNotIn(b"conductor_driver_calls_total{", body)
+        # A sweep's end flushes them.
+        metrics.nodes_read(1, [])
+        body, _ = metrics.exposition()
+        self.assertIn(b"conductor_driver_calls_total{", body)
+
+    def test_batched_observations_equal_observe(self) -> None:
+        # Pins the prometheus_client internals _observe_many relies on.
+        import prometheus_client as prom
+        seconds = [0.0, 0.004, 0.005, 0.0051, 0.7, 59.0, 61.0, 1e6]
+        direct = prom.Histogram("direct", "d", ["x"],
+                                buckets=metrics.CALL_BUCKETS, registry=None)
+        for value in seconds:
+            direct.labels("y").observe(value)
+        for value in seconds:
+            metrics.driver_call("d", "op", "success", value)
+        found = self.scrape()
+        expected = {dict(labels)["le"]: value for (name, labels), value
+                    in found.items() if name == "direct_bucket"}
+        got = {dict(labels)["le"]: value for (name, labels), value
+               in found.items()
+               if name == "conductor_driver_call_duration_seconds_bucket"}
+        self.assertEqual(expected, got)
+        self.assertEqual(found[("direct_sum", (("x", "y"),))], found[(
+            "conductor_driver_call_duration_seconds_sum",
+            (("driver", "d"), ("operation", "op")))])
+
     def test_driver_timer_counts_errors(self) -> None:
         with metrics.driver_timer("ipmi", "set_power_state"):
             pass
@@ -156,9 +192,9 @@ class TestMultiprocess(base.TestCase):
         self.useFixture(fixtures.MockPatchObject(metrics, "_clock",
                                                  lambda: now[0]))
         metrics.set_worker(0, interval=10)
-        metrics.nodes_read(["a", "b", "c"], ["a", "b"])
+        metrics.nodes_read(3, ["c"])
         now[0] = 105.0
-        metrics.nodes_read(["a", "b", "c", "d"], ["a"])
+        metrics.nodes_read(4, ["b", "c", "d"])
         now[0] = 112.0
         metrics.refresh_nodes(maintenance=2)
         found = self.scrape()
@@ -167,14 +203,19 @@ class TestMultiprocess(base.TestCase):
             return found[(name, (("worker", "0"),))]
 
         self.assertEqual(4.0, gauge("conductor_nodes_owned"))
-        # b and c were last read (or first owned) at 100: 12 s > 10 s.
-        self.assertEqual(2.0, gauge("conductor_nodes_overdue"))
+        # b, c and d were last read (or unread since the sweep) at 100:
+        # 12 s > 10 s; a was read at 105.
+        self.assertEqual(3.0, gauge("conductor_nodes_overdue"))
         self.assertEqual(12.0,
                          gauge("conductor_oldest_power_reading_age_seconds"))
         self.assertEqual(2.0, gauge("conductor_nodes_maintenance"))
-        # A node no longer owned is forgotten.
-        metrics.nodes_read(["a"], [])
-        self.assertEqual(["a"], list(metrics._last_read))
+        # Read again (or no longer owned): forgotten.
+        metrics.nodes_read(1, [])
+        self.assertEqual((1, {}), (metrics._owned, metrics._unread))
+        metrics.refresh_nodes()
+        self.assertEqual(0.0, self.scrape()[(
+            "conductor_oldest_power_reading_age_seconds",
+            (("worker", "0"),))])
 
     def test_periodic_and_other_counters(self) -> None:
         metrics.periodic_run("T.sync", failed=True, seconds=0.2, lag=-1.0)
@@ -207,8 +248,16 @@ class TestMultiprocess(base.TestCase):
             (("event_type", "baremetal.node.power_set.start"),
              ("result", "sent")))])
 
+    def test_disable_and_enable_again(self) -> None:
+        metrics.disable()
+        metrics.heartbeat(True)
+        metrics.enable()
+        metrics.heartbeat(True)
+        self.assertEqual(1.0, self.scrape()[("conductor_heartbeats_total",
+                                             (("result", "success"),))])
+
     def test_no_node_label_anywhere(self) -> None:
         metrics.driver_call("fake", "get_power_state", "success", 0.1)
-        metrics.nodes_read(["a"], ["a"])
+        metrics.nodes_read(1, [])
         labels = {name for (_, found) in self.scrape() for name, _ in found}
         self.assertEqual(set(), labels & {"node", "uuid", "name"})
