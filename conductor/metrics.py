@@ -264,48 +264,6 @@ def exposition() -> tuple[bytes, str]:
 
 # -- recording (cheap no-ops while disabled) ------------------------------
 
-class _DriverTimer:
-    """Times one driver call; an exception counts it as an error.
-
-    The clock starts when the timer is built, in the ``with`` line.
-    """
-
-    __slots__ = ("_driver", "_operation", "_started")
-
-    def __init__(self, driver: str, operation: str) -> None:
-        self._driver = driver
-        self._operation = operation
-        self._started = time.monotonic()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        driver_call(self._driver, self._operation,
-                    "success" if exc_type is None else "error",
-                    time.monotonic() - self._started)
-
-
-class _NoTimer:
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        return None
-
-
-_NO_TIMER = _NoTimer()
-
-
-def driver_timer(driver: str, operation: str) -> Any:
-    """``with driver_timer("fake", "get_power_state"): <the call>``."""
-    if _metrics is None:
-        return _NO_TIMER
-    return _DriverTimer(driver, operation)
-
-
 def driver_call(driver: str, operation: str, result: str,
                 seconds: float) -> None:
     """One driver call: ``result`` is 'success' or 'error'.
@@ -317,9 +275,8 @@ def driver_call(driver: str, operation: str, result: str,
     """
     if _metrics is None:
         return
-    try:
-        totals = _local.totals
-    except AttributeError:
+    totals = getattr(_local, "totals", None)
+    if totals is None:
         totals = _local.totals = {}
         with _pending_lock:
             _all_totals.append((totals, {}))
@@ -340,9 +297,10 @@ def flush() -> None:
         return
     with _pending_lock:
         for totals, flushed in _all_totals:
-            # NOTE: a copy taken at once (no Python code runs while a
-            # dict of str tuples is copied); the values may still grow
-            # after it, and are written at the next flush.
+            # NOTE: the values may still grow after the copy; what grew
+            # is written at the next flush.
+            # NOTE: list() copies at once (no Python code runs while a
+            # dict of str tuples is copied) while the thread may add keys.
             for key, entry in list(totals.items()):
                 now = list(entry)
                 before = flushed.get(key)

@@ -235,3 +235,25 @@ class TestBeats(base.TestCase):
         health.beat(5)          # an unknown id is ignored
         self.assertEqual(os.getpid(), health.worker_pid(0))
         self.assertIsNotNone(beats.last(0))
+
+
+class TestSampleUnit(base.TestCase):
+    """etc/systemd/conductor.service matches the conductor's defaults."""
+
+    def test_type_watchdog_and_stop_timeout(self) -> None:
+        import configparser
+        root = os.path.join(os.path.dirname(__file__), "..", "..")
+        unit = configparser.ConfigParser(strict=False,
+                                         interpolation=None)
+        unit.optionxform = str  # type: ignore[assignment,method-assign]
+        unit.read(os.path.join(root, "etc", "systemd", "conductor.service"))
+        service = unit["Service"]
+        self.assertEqual("notify", service["Type"])
+        self.assertEqual("mixed", service["KillMode"])
+        self.assertGreater(int(service["WatchdogSec"]), 0)
+        with open(os.path.join(root, "etc", "conductor",
+                               "conductor.conf.sample")) as stream:
+            graceful = [line.split("=")[1].strip() for line in stream
+                        if line.startswith("#graceful_shutdown_timeout =")]
+        self.assertEqual(int(graceful[0]) + 15,
+                         int(service["TimeoutStopSec"]))

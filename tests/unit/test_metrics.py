@@ -6,12 +6,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from unittest import mock
+
 import fixtures
 from prometheus_client import parser
 from prometheus_client import values
 import testtools
 
+from conductor.drivers import base as driver_base
 from conductor import metrics
+from conductor import task
 from tests import base
 
 
@@ -51,10 +55,7 @@ class TestDisabled(base.TestCase):
         metrics.driver_call("fake", "get_power_state", "success", 0.1)
         metrics.nodes_read(1, ["a"])
         self.assertEqual({}, metrics._unread)
-        with metrics.driver_timer("fake", "reboot"):
-            pass
-        self.assertIs(metrics._NO_TIMER,
-                      metrics.driver_timer("fake", "reboot"))
+        metrics.flush()
 
 
 class TestMultiprocess(base.TestCase):
@@ -174,12 +175,16 @@ class TestMultiprocess(base.TestCase):
             "conductor_driver_call_duration_seconds_sum",
             (("driver", "d"), ("operation", "op")))])
 
-    def test_driver_timer_counts_errors(self) -> None:
-        with metrics.driver_timer("ipmi", "set_power_state"):
-            pass
+    def test_driver_calls_through_call_driver(self) -> None:
+        power = mock.Mock(spec=["set_power_state"])
+        driver = mock.Mock(power=power)
+        node = driver_base.DriverNode("u", "n", "ipmi", {}, None)
+        task.call_driver(driver, "set_power_state", node, "power on",
+                         timeout=5)
+        power.set_power_state.side_effect = ValueError("BMC said no")
         with testtools.ExpectedException(ValueError):
-            with metrics.driver_timer("ipmi", "set_power_state"):
-                raise ValueError("BMC said no")
+            task.call_driver(driver, "set_power_state", node, "power on",
+                             timeout=5)
         found = self.scrape()
         for result in ("success", "error"):
             self.assertEqual(1.0, found[(
