@@ -130,6 +130,7 @@ class Monitor:
     :param settings: see :class:`Settings`.
     :param supervisor_alive: True while the master supervises its workers
         (cotyledon's supervisor thread runs).
+    :param stopping: True once the master stops its workers.
     :param notifier: systemd's notification socket, or None.
     :param watchdog: seconds between watchdog pings, or None.
     """
@@ -138,10 +139,13 @@ class Monitor:
                  supervisor_alive: Callable[[], bool],
                  notifier: systemd.Notifier | None = None,
                  watchdog: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.beats = beats
         self.settings = settings
         self._supervisor_alive = supervisor_alive
+        self._stopping = stopping
+        self.stopping_sent = False
         self.notifier = notifier
         self.watchdog = watchdog
         self._clock = clock
@@ -233,11 +237,18 @@ class Monitor:
             if self.notifier is not None:
                 self.notifier.notify("READY=1\nSTATUS=%d worker(s) up"
                                      % self.beats.workers)
+        stopping = self._stopping()
+        if stopping and not self.stopping_sent:
+            self.stopping_sent = True
+            if self.notifier is not None:
+                self.notifier.notify("STOPPING=1")
         if (self.watchdog and self.notifier is not None
                 and now - self._last_ping >= self.watchdog
-                and self._supervisor_alive()):
+                and (stopping or self._supervisor_alive())):
             # NOTE: the watchdog watches the master, which keeps the
-            # workers alive; a worker's health is /healthz's business.
+            # workers alive (a worker's health is /healthz's business);
+            # it keeps pinging during a graceful stop, which may last
+            # longer than WatchdogSec.
             self.notifier.notify("WATCHDOG=1")
             self._last_ping = now
 

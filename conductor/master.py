@@ -295,7 +295,8 @@ def launch(conf: cfg.ConfigOpts, workers: int,
     def monitor(manager: _ServiceManager) -> health.Monitor:
         found = health.Monitor(beats, settings, manager.supervising,
                                notifier=systemd.Notifier.from_environ(),
-                               watchdog=systemd.watchdog_interval())
+                               watchdog=systemd.watchdog_interval(),
+                               stopping=stopping.is_set)
         found.bind()
         monitors.append(found)
         return found

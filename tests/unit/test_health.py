@@ -36,6 +36,7 @@ class MonitorTestCase(base.TestCase):
         self.clock = FakeClock()
         self.beats = health.WorkerBeats(2)
         self.supervising = True
+        self.stopping = False
         self.addCleanup(health.install, None)
 
     def monitor(self, **kwargs: Any) -> health.Monitor:
@@ -45,7 +46,8 @@ class MonitorTestCase(base.TestCase):
         settings.update(kwargs.pop("settings", {}))
         monitor = health.Monitor(self.beats, health.Settings(**settings),
                                  lambda: self.supervising,
-                                 clock=self.clock, **kwargs)
+                                 clock=self.clock,
+                                 stopping=lambda: self.stopping, **kwargs)
         self.addCleanup(monitor.stop)
         return monitor
 
@@ -136,11 +138,19 @@ class TestSystemd(MonitorTestCase):
         monitor.tick()
         monitor.tick()
         self.assertEqual([b"WATCHDOG=1"], received())
-        # No ping while the master does not supervise its workers.
+        # No ping while the master does not supervise its workers...
         self.supervising = False
         self.clock.now += 5
         monitor.tick()
         self.assertEqual([], received())
+        # ... unless it is stopping them (a graceful stop may outlast
+        # WatchdogSec); systemd hears it once.
+        self.stopping = True
+        monitor.tick()
+        self.clock.now += 5
+        monitor.tick()
+        self.assertEqual([b"STOPPING=1", b"WATCHDOG=1", b"WATCHDOG=1"],
+                         received())
 
 
 class TestHTTP(MonitorTestCase):
