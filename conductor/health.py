@@ -38,8 +38,8 @@ from wsgiref import simple_server
 
 import sqlalchemy as sa
 
+from conductor.common import metrics
 from conductor.common import systemd
-from conductor import metrics
 
 LOG = logging.getLogger(__name__)
 

@@ -37,10 +37,10 @@ import oslo_messaging as messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from conductor.common import exceptions
+from conductor.common import metrics
 from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.executor import pool as worker_pool
-from conductor import metrics
 from conductor import nodes
 from conductor import ownership
 from conductor import power_actions

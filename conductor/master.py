@@ -39,10 +39,10 @@ from oslo_config import cfg
 from oslo_service import service
 
 from conductor.common import hooks
+from conductor.common import metrics
 from conductor.common import systemd
 from conductor import health
 from conductor import lifecycle
-from conductor import metrics
 from conductor import service as conductor_service
 
 LOG = logging.getLogger(__name__)

@@ -41,8 +41,8 @@ from typing import Any
 from oslo_config import cfg
 import oslo_messaging as messaging
 
+from conductor.common import metrics
 from conductor.common import rpc
-from conductor import metrics
 
 LOG = logging.getLogger(__name__)
 

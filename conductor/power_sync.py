@@ -29,11 +29,11 @@ import time
 from typing import Any, Callable, Iterable, Mapping
 
 from conductor.common import exceptions
+from conductor.common import metrics
 from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.executor import fanout
 from conductor.executor import pool as worker_pool
-from conductor import metrics
 from conductor import notifications
 from conductor import ownership
 from conductor import states

@@ -34,6 +34,7 @@ from oslo_utils import timeutils
 
 from conductor.common import hooks
 from conductor.common import log as conductor_log
+from conductor.common import metrics
 from conductor.common import processutils
 from conductor.common import rpc
 from conductor.db import api as db_api
@@ -44,7 +45,6 @@ from conductor.executor import runner as periodic_runner
 from conductor import health
 from conductor import lifecycle
 from conductor import manager
-from conductor import metrics
 from conductor import nodes
 from conductor import notifications
 from conductor import ownership

@@ -49,10 +49,10 @@ from oslo_utils import uuidutils
 
 from conductor.common import deadline
 from conductor.common import exceptions
+from conductor.common import metrics
 from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.executor import pool as pool_mod
-from conductor import metrics
 from conductor import nodes
 
 LOG = logging.getLogger(__name__)

@@ -35,11 +35,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from prometheus_client import parser  # noqa: E402
 
+from conductor.common import metrics  # noqa: E402
 from conductor.db import api as db_api  # noqa: E402
 from conductor.db import migration  # noqa: E402
 from conductor.drivers import fake  # noqa: E402
 from conductor.executor import pool as worker_pool  # noqa: E402
-from conductor import metrics  # noqa: E402
 from conductor import ownership  # noqa: E402
 from conductor import power_sync  # noqa: E402
 from conductor import task  # noqa: E402

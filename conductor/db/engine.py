@@ -20,8 +20,8 @@ from oslo_db.sqlalchemy import engines
 import sqlalchemy as sa
 
 from conductor.common import exceptions
+from conductor.common import metrics
 from conductor.common import private
-from conductor import metrics
 
 
 def create_engine(url: str, *, max_retries: int = 0,

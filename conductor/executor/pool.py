@@ -33,7 +33,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 from conductor.common import exceptions
-from conductor import metrics
+from conductor.common import metrics
 
 LOG = logging.getLogger(__name__)
 

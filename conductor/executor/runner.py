@@ -46,10 +46,10 @@ import futurist
 from futurist import periodics as futurist_periodics
 
 from conductor.common import exceptions
+from conductor.common import metrics
 from conductor.drivers import base as driver_base
 from conductor.executor import fanout
 from conductor.executor import pool as pool_mod
-from conductor import metrics
 from conductor import periodics
 
 LOG = logging.getLogger(__name__)

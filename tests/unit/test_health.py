@@ -12,11 +12,11 @@ import urllib.request
 
 import fixtures
 
+from conductor.common import metrics
 from conductor.common import systemd
 from conductor import health
-from conductor import metrics
 from tests import base
-from tests.unit import test_metrics
+from tests.unit.common import test_metrics
 
 
 class FakeClock:

@@ -13,12 +13,12 @@ from cotyledon import _service_worker
 import fixtures
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
+from conductor.common import metrics
 from conductor.drivers import fake
 from conductor.drivers import loader
 from conductor import health
 from conductor import lifecycle
 from conductor import master
-from conductor import metrics
 from conductor import periodics
 from conductor import service
 from conductor import status

@@ -10,12 +10,12 @@ import fixtures
 from oslo_config import cfg
 
 from conductor.common import exceptions
+from conductor.common import metrics
 from conductor.common import rpc
-from conductor import metrics
 from conductor import notifications
 from conductor import states
 from tests import base
-from tests.unit import test_metrics
+from tests.unit.common import test_metrics
 from tests.unit import test_power_actions
 from tests.unit import test_power_sync
 

@@ -13,8 +13,8 @@ from prometheus_client import parser
 from prometheus_client import values
 import testtools
 
+from conductor.common import metrics
 from conductor.drivers import base as driver_base
-from conductor import metrics
 from conductor import task
 from tests import base
 
