@@ -196,8 +196,11 @@ class Monitor:
         self._server = None
 
     def start(self) -> None:
-        """Start the loop and the HTTP server (after the first fork)."""
-        if self._threads:
+        """Start the loop and the HTTP server (after the first fork).
+
+        Nothing starts when there is nothing to serve or notify.
+        """
+        if self._threads or (self._server is None and self.notifier is None):
             return
         self._tick_at = self._clock()
         self._spawn("health-monitor", self._loop)

@@ -108,6 +108,22 @@ class TestHealth(MonitorTestCase):
             "database: OperationalError"), report["problems"])
 
 
+class TestStart(MonitorTestCase):
+
+    def test_no_thread_without_port_or_notify_socket(self) -> None:
+        monitor = self.monitor()
+        monitor.bind()
+        monitor.start()
+        self.assertEqual([], monitor._threads)
+
+    def test_loop_with_a_notify_socket(self) -> None:
+        monitor = self.monitor(notifier=systemd.Notifier("@unused"))
+        monitor.start()
+        monitor.start()
+        self.assertEqual(["health-monitor"],
+                         [t.name for t in monitor._threads])
+
+
 class TestSystemd(MonitorTestCase):
 
     def test_ready_once_all_up_then_watchdog(self) -> None:
