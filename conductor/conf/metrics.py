@@ -17,6 +17,7 @@ opts: list[cfg.Opt] = [
              "remote Prometheus scrape them."),
     cfg.PortOpt(
         "port",
+        min=1,
         help="TCP port of /metrics and /healthz. Unset (the default) "
              "disables both; 0 is refused. Possible values: 1-65535."),
 ]

@@ -131,6 +131,8 @@ class TestMetrics(OperationsTestCase):
         self.assertGreaterEqual(counted, 2 * len(uuids))
 
         samples = self.scrape()
+        counted = _total(samples, "conductor_driver_calls_total",
+                         operation="get_power_state")
         # Per-worker gauges: the two workers own every node between them.
         owned = {dict(labels)["worker"]: value for (name, labels), value
                  in samples.items() if name == "conductor_nodes_owned"}
@@ -161,6 +163,23 @@ class TestMetrics(OperationsTestCase):
         self.assertGreaterEqual(
             _total(self.scrape(), "conductor_driver_calls_total",
                    operation="get_power_state"), counted)
+
+
+class TestPortTaken(OperationsTestCase):
+
+    def test_one_line_error_and_exit_1(self) -> None:
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", self.port))
+        taken.listen()
+        conductor = self.start_conductor(_options(self.workdir, self.port))
+        self.assertEqual(1, conductor.wait_exit(60))
+        with open(conductor.stdout.name) as stream:
+            errors = [line for line in stream
+                      if line.startswith("conductor: ERROR:")]
+        self.assertEqual(1, len(errors), conductor.log_tail())
+        self.assertIn("cannot serve [metrics] on 127.0.0.1 port %d"
+                      % self.port, errors[0])
 
 
 class TestHealthAndSystemd(OperationsTestCase):
