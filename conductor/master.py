@@ -21,6 +21,10 @@ Two small subclasses of cotyledon's own classes, installed by
   the log. Cotyledon itself makes the first SIGINT an instantaneous exit.
 - **A worker that fails to start is not re-forked forever**: see
   :class:`RestartPolicy`.
+- **systemd hears READY=1 once every worker is up**, not when the master
+  starts forking, and watchdog pings after that: the master's
+  :class:`conductor.health.Monitor` sends them, and serves ``/metrics``
+  and ``/healthz`` when ``[metrics] port`` is set.
 """
 
 from __future__ import annotations
@@ -272,6 +276,12 @@ def launch(conf: cfg.ConfigOpts, workers: int,
     :class:`conductor.service.StartExtra`, returned so the caller can
     tell whether they failed). The :class:`RestartPolicy` returned tells
     whether the conductor gave up on a worker that cannot start.
+
+    With ``[metrics] port`` set, metrics are set up (multiprocess mode)
+    before the fork and the HTTP port is bound at once.
+
+    :raises OSError: the metrics directory cannot be emptied, or the
+        metrics port cannot be bound (the message names it).
     """
     start_extra = conductor_service.StartExtra(conf, workers, hook_list)
     failures = lifecycle.StartFailures(workers)
@@ -290,7 +300,6 @@ def launch(conf: cfg.ConfigOpts, workers: int,
         metrics.setup(metrics.directory_for(conf.state_path, conf.host))
     else:
         metrics.disable()
-    monitors: list[health.Monitor] = []
 
     def monitor(manager: _ServiceManager) -> health.Monitor:
         found = health.Monitor(beats, settings, manager.supervising,
@@ -298,7 +307,6 @@ def launch(conf: cfg.ConfigOpts, workers: int,
                                watchdog=systemd.watchdog_interval(),
                                stopping=stopping.is_set)
         found.bind()
-        monitors.append(found)
         return found
 
     def manager(*args: Any, **kwargs: Any) -> _ServiceManager:
