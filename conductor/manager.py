@@ -37,6 +37,7 @@ import oslo_messaging as messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from conductor.common import exceptions
+from conductor.common import metrics
 from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.executor import pool as worker_pool
@@ -112,8 +113,11 @@ def _endpoint(fn: _F) -> _F:
                 signature.bind(self, context, **kwargs)
             except TypeError as exc:
                 raise _invalid("%s: %s" % (name, exc)) from None
-            return fn(self, context, **kwargs)
+            found = fn(self, context, **kwargs)
+            metrics.rpc_call(name, "success")
+            return found
         except Exception as exc:
+            metrics.rpc_call(name, type(exc).__name__)
             clean = self._contain(name, context, exc)
         expected = rpc_dispatcher.ExpectedException()
         # NOTE: no traceback: oslo.messaging would send its text (paths,

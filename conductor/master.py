@@ -21,6 +21,10 @@ Two small subclasses of cotyledon's own classes, installed by
   the log. Cotyledon itself makes the first SIGINT an instantaneous exit.
 - **A worker that fails to start is not re-forked forever**: see
   :class:`RestartPolicy`.
+- **systemd hears READY=1 once every worker is up**, not when the master
+  starts forking, and watchdog pings after that: the master's
+  :class:`conductor.health.Monitor` sends them, and serves ``/metrics``
+  and ``/healthz`` when ``[metrics] port`` is set.
 """
 
 from __future__ import annotations
@@ -39,7 +43,10 @@ from oslo_config import cfg
 from oslo_service import service
 
 from conductor.common import hooks
+from conductor.common import metrics
 from conductor.common import processutils
+from conductor.common import systemd
+from conductor import health
 from conductor import lifecycle
 from conductor import service as conductor_service
 
@@ -112,8 +119,12 @@ class _ServiceManager(cotyledon.ServiceManager):
 
     def __init__(self, *args: Any, policy: RestartPolicy,
                  failures: lifecycle.StartFailures,
-                 stopping: threading.Event, **kwargs: Any) -> None:
+                 stopping: threading.Event,
+                 monitor: Callable[["_ServiceManager"], health.Monitor],
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.monitor = monitor(self)
+        self._forked = 0
         self._policy = policy
         self._failures = failures
         self._stopping = stopping
@@ -134,6 +145,18 @@ class _ServiceManager(cotyledon.ServiceManager):
         if isinstance(worker_id, int):
             self._worker_ids[service_id] = worker_id
         return service_id
+
+    @staticmethod
+    def _systemd_notify_once() -> None:
+        # NOTE: cotyledon sends READY=1 before any worker is forked and
+        # unsets NOTIFY_SOCKET; the health monitor sends it once every
+        # worker is up, and keeps the socket for watchdog pings.
+        return None
+
+    def supervising(self) -> bool:
+        thread = self._child_supervisor
+        return (thread is not None and thread.is_alive()
+                and not self._stopping.is_set())
 
     # -- signals (cotyledon calls this from its main-thread loop) -------
 
@@ -191,7 +214,11 @@ class _ServiceManager(cotyledon.ServiceManager):
                         exit_code: int) -> None:
         """In cotyledon's supervisor thread, before it forks again."""
         worker_id = self._worker_ids.get(service_id)
-        if worker_id is None or self._stopping.is_set():
+        if worker_id is None:
+            return
+        metrics.worker_died(health.worker_pid(worker_id), worker_id,
+                            restart=not self._stopping.is_set())
+        if self._stopping.is_set():
             return
         reason = self._failures.take(worker_id)
         if self._policy.worker_died(worker_id, reason):
@@ -204,6 +231,11 @@ class _ServiceManager(cotyledon.ServiceManager):
         if self._stopping.is_set():
             return  # stopping, or given up: no new worker
         super()._start_worker(service_id, worker_id)
+        self._forked += 1
+        if self._forked == len(self._worker_ids):
+            # NOTE: the monitor's threads start once the first worker of
+            # each id was forked, so that those forks happen without them.
+            self.monitor.start()
 
 
 class _ServiceWorker(_service_worker.ServiceWorker):
@@ -270,17 +302,43 @@ def launch(conf: cfg.ConfigOpts, workers: int,
     :class:`conductor.service.StartExtra`, returned so the caller can
     tell whether they failed). The :class:`RestartPolicy` returned tells
     whether the conductor gave up on a worker that cannot start.
+
+    With ``[metrics] port`` set, metrics are set up (multiprocess mode)
+    before the fork and the HTTP port is bound at once.
+
+    :raises OSError: the metrics directory cannot be emptied, or the
+        metrics port cannot be bound (the message names it).
     """
     start_extra = conductor_service.StartExtra(conf, workers, hook_list)
     failures = lifecycle.StartFailures(workers)
     lifecycle.install(failures)
+    beats = health.WorkerBeats(workers)
+    health.install(beats)
     stopping = threading.Event()
     policy = RestartPolicy(conf.conductor.max_worker_start_failures,
                            wait=stopping.wait)
+    settings = health.Settings(
+        host=conf.host,
+        heartbeat_timeout=conf.conductor.heartbeat_timeout,
+        database_url=conf.database.connection,
+        bind_host=conf.metrics.bind_host, port=conf.metrics.port)
+    if settings.port is not None:
+        metrics.setup(metrics.directory_for(conf.state_path, conf.host))
+    else:
+        metrics.disable()
+
+    def monitor(manager: _ServiceManager) -> health.Monitor:
+        found = health.Monitor(beats, settings, manager.supervising,
+                               notifier=systemd.Notifier.from_environ(),
+                               watchdog=systemd.watchdog_interval(),
+                               stopping=stopping.is_set)
+        found.bind()
+        return found
 
     def manager(*args: Any, **kwargs: Any) -> _ServiceManager:
         return _ServiceManager(*args, policy=policy, failures=failures,
-                               stopping=stopping, **kwargs)
+                               stopping=stopping, monitor=monitor,
+                               **kwargs)
 
     # NOTE: oslo.service builds cotyledon.ServiceManager when the first
     # service is launched, and cotyledon forks _service_worker.

@@ -38,6 +38,7 @@ from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.executor import pool as worker_pool
 from conductor import nodes
+from conductor import notifications
 from conductor import ownership
 from conductor import states
 from conductor import task
@@ -267,6 +268,7 @@ class PowerActions:
         uuid = nodes.label(t.node)  # for the logs
         values: dict[str, Any] = {"target_power_state": None,
                                   "power_action_claim": None}
+        notifications.power_set("start", t.node, target)
         try:
             if target == states.REBOOT:
                 t.call("reboot")
@@ -280,12 +282,15 @@ class PowerActions:
             return t.record({"power_action_claim": None})
         except Exception as exc:
             values["last_error"] = "%s failed: %s" % (target, _text(exc))
+            notifications.power_set("error", t.node, target,
+                                    values["last_error"])
             LOG.warning("Node %(node)s: %(err)s",
                         {"node": uuid, "err": values["last_error"]})
         else:
             values["last_error"] = None
             values["power_state"] = (states.POWER_ON
                                      if target == states.REBOOT else target)
+            notifications.power_set("end", t.node, target)
             LOG.info("Node %(node)s: %(target)s done",
                      {"node": uuid, "target": target})
         return t.record(values)

@@ -29,11 +29,13 @@ import time
 from typing import Any, Callable, Iterable, Mapping
 
 from conductor.common import exceptions
+from conductor.common import metrics
 from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.executor import fanout
 from conductor.executor import pool as worker_pool
 from conductor import nodes
+from conductor import notifications
 from conductor import ownership
 from conductor import states
 from conductor import task
@@ -130,6 +132,8 @@ class PowerSync:
         mine.sort(key=lambda row: -row.power_sync_failures)
         result = SweepResult(kind="sync", nodes=len(mine))
         outcomes = self._run_lanes(mine, result)
+        metrics.nodes_read(len(mine), (o.row.uuid for o in outcomes
+                                       if o.error is not None))
         changes, drifted = self._sync_changes(outcomes, result)
         result.changed = self._db.apply_sync_results(changes)
         if drifted:
@@ -266,6 +270,7 @@ class PowerSync:
                     else:
                         change["power_state"] = outcome.state
                         if row.power_state is not None:
+                            _drift_recorded(row, outcome.state)
                             LOG.info("Node %(node)s: power state changed "
                                      "outside conductor: %(old)s -> %(new)s;"
                                      " recorded", {"node": nodes.label(row),
@@ -307,11 +312,14 @@ class PowerSync:
                                     "node": nodes.label(row),
                                     "hw": outcome.state, "rec": recorded})
                     error = None
+                    _forcing("start", current, recorded)
                     try:
                         t.call("set_power_state", recorded)
                     except Exception as exc:
                         error = "Restoring %s failed: %s" % (
                             recorded, _error_text(exc))
+                    _forcing("end" if error is None else "error", current,
+                             recorded, error)
                     values: dict[str, Any] = {"last_error": error}
                     if error is not None:
                         values["power_state"] = outcome.state
@@ -320,6 +328,21 @@ class PowerSync:
             except (exceptions.NodeLocked, exceptions.NodeNotFound):
                 continue
         return forced
+
+
+def _drift_recorded(row: db_api.SyncRow, state: str | None) -> None:
+    """Metrics and notification of a drift whose record follows."""
+    metrics.power_change("detected")
+    if state is not None:
+        notifications.power_state_corrected(row, row.power_state, state)
+
+
+def _forcing(phase: str, node: Any, target: str,
+             error: str | None = None) -> None:
+    """Metrics and notifications of a drift forced back."""
+    if phase == "start":
+        metrics.power_change("forced")
+    notifications.power_set(phase, node, target, error)
 
 
 def _error_text(exc: BaseException) -> str:

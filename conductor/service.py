@@ -35,6 +35,7 @@ from oslo_utils import timeutils
 from conductor.common import exceptions
 from conductor.common import hooks
 from conductor.common import log as conductor_log
+from conductor.common import metrics
 from conductor.common import processutils
 from conductor.common import rpc
 from conductor.db import api as db_api
@@ -42,9 +43,11 @@ from conductor.drivers import base
 from conductor.drivers import loader
 from conductor.executor import pool as worker_pool
 from conductor.executor import runner as periodic_runner
+from conductor import health
 from conductor import lifecycle
 from conductor import manager
 from conductor import nodes
+from conductor import notifications
 from conductor import ownership
 from conductor import periodics
 from conductor import power_actions
@@ -209,6 +212,8 @@ class _Runtime:
     transport: Any = None
     rpc_server: Any = None
     rpc_starter: threading.Thread | None = None
+    #: Versioned notifications; None when disabled.
+    notifier: notifications.Sender | None = None
 
 
 class ConductorService(service.ServiceBase):
@@ -323,6 +328,8 @@ class ConductorService(service.ServiceBase):
         started = time.monotonic()
         settings = WorkerSettings.from_conf(self._conf)
         stopped = self._stopped = threading.Event()
+        metrics.set_worker(self.worker_id,
+                           self._conf.conductor.sync_power_state_interval)
         db = db_api.Connection.create(
             settings.database_url, max_retries=settings.db_max_retries,
             retry_interval=settings.db_retry_interval,
@@ -363,6 +370,7 @@ class ConductorService(service.ServiceBase):
                 pool, _NodeProvider(db, rings, drivers, timeout)))
         db.register_conductor(self.host, self.worker_id, list(drivers),
                               pid=os.getpid())
+        self._start_notifications(rt)
         self._spawn("heartbeat", self._heartbeat_loop, rt, stopped)
         self._spawn("drain", self._drain_loop, rt, stopped)
         reports.add_state("pool", pool.stats)
@@ -373,6 +381,7 @@ class ConductorService(service.ServiceBase):
         pool.start()
         rt.runner.start(self._collect_periodics(rt))
         self._start_rpc(rt)
+        health.beat(self.worker_id)
         if self.start_extra is not None:
             self._spawn("start-extra", self.start_extra.run, db, stopped)
         LOG.info("Worker %(id)d of %(host)s started in %(secs).2fs with "
@@ -445,6 +454,12 @@ class ConductorService(service.ServiceBase):
             thread.join(self._left(deadline))
             if thread.is_alive():
                 LOG.warning("Thread %s did not stop in time", thread.name)
+        if rt is not None and rt.notifier is not None:
+            # NOTE: after the pool drained: the outcome of the actions in
+            # flight is queued and sent within the bound.
+            notifications.install(None)
+            rt.notifier.stop(self._left(deadline))
+            rt.notifier = None
         if rt is not None:
             held = task.holdings(rt.db, self.holder)
             # NOTE: from here no task starts and no driver call begins;
@@ -466,7 +481,16 @@ class ConductorService(service.ServiceBase):
                 LOG.exception("Could not mark worker %s offline",
                               self.holder)
             rt.db.dispose()
+        metrics.flush()
         LOG.info("Worker %d of %s stopped", self.worker_id, self.host)
+
+    def _start_notifications(self, rt: _Runtime) -> None:
+        sender = notifications.Sender.from_conf(self._conf, self.host)
+        if sender is None:
+            return
+        rt.notifier = sender
+        sender.start()
+        notifications.install(sender)
 
     # -- RPC -----------------------------------------------------------
 
@@ -548,6 +572,7 @@ class ConductorService(service.ServiceBase):
                                 drivers=list(rt.drivers),
                                 pid=os.getpid(), status=self.status())
                 beat = True
+                health.beat(self.worker_id)
                 HEARTBEAT_LOG.debug("Heartbeat of %s (every %ss)",
                                     self.holder, interval)
             except Exception:
@@ -555,6 +580,9 @@ class ConductorService(service.ServiceBase):
                 # peers take our nodes over only if it lasts past
                 # heartbeat_timeout.
                 LOG.exception("Heartbeat of %s failed", self.holder)
+            metrics.heartbeat(beat)
+            if metrics.enabled():
+                self._refresh_metrics(rt)
             # NOTE: failed releases are retried here at the latest (all of
             # them once the database answered): a worker never keeps a
             # reservation for a call it is not making.
@@ -613,6 +641,19 @@ class ConductorService(service.ServiceBase):
                          "secs": time.monotonic() - since})
             os.kill(self._master_pid, signal.SIGTERM)
             return
+
+    def _refresh_metrics(self, rt: _Runtime) -> None:
+        """The gauges that change without an event (every heartbeat)."""
+        stats = rt.pool.stats()
+        metrics.pool(stats["size"], stats["busy"])
+        try:
+            maintenance = sum(1 for uuid in rt.db.node_uuids(maintenance=True)
+                              if rt.rings.owns(uuid))
+        except Exception as exc:
+            LOG.warning("Could not count the nodes in maintenance of %s: "
+                        "%s", self.holder, exc)
+            maintenance = None
+        metrics.refresh_nodes(maintenance)
 
 
 class StartExtra:

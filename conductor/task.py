@@ -49,6 +49,7 @@ from oslo_utils import uuidutils
 
 from conductor.common import deadline
 from conductor.common import exceptions
+from conductor.common import metrics
 from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.executor import pool as pool_mod
@@ -249,8 +250,17 @@ def call_driver(driver: base.BaseDriver, method: str, node: Any,
     :param timeout: the per-call deadline (``power_state_timeout``).
     :returns: what the driver returned; its exceptions pass through.
     """
-    with deadline.scope(timeout):
-        return getattr(driver.power, method)(nodes.driver_view(node), *args)
+    started = time.monotonic()
+    result = "error"
+    try:
+        with deadline.scope(timeout):
+            answer = getattr(driver.power, method)(nodes.driver_view(node),
+                                                   *args)
+        result = "success"
+        return answer
+    finally:
+        metrics.driver_call(node.driver, method, result,
+                            time.monotonic() - started)
 
 
 class Task:

@@ -15,6 +15,8 @@ from conductor.conf import database
 from conductor.conf import default
 from conductor.conf import hooks
 from conductor.conf import ipmi
+from conductor.conf import metrics
+from conductor.conf import notifications
 from conductor.conf import redfish
 
 CONF = cfg.CONF
@@ -24,4 +26,6 @@ conductor.register_opts(CONF)
 database.register_opts(CONF)
 hooks.register_opts(CONF)
 ipmi.register_opts(CONF)
+metrics.register_opts(CONF)
+notifications.register_opts(CONF)
 redfish.register_opts(CONF)

@@ -9,6 +9,8 @@ from conductor.conf import conductor
 from conductor.conf import default
 from conductor.conf import hooks
 from conductor.conf import ipmi
+from conductor.conf import metrics
+from conductor.conf import notifications
 from conductor.conf import redfish
 
 # NOTE: explicit and alphabetical by group, so a new module is a visible
@@ -18,6 +20,8 @@ _GROUPS = [
     ("conductor", conductor),
     ("hooks", hooks),
     ("ipmi", ipmi),
+    ("metrics", metrics),
+    ("notifications", notifications),
     ("redfish", redfish),
 ]
 

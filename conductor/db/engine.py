@@ -20,6 +20,7 @@ from oslo_db.sqlalchemy import engines
 import sqlalchemy as sa
 
 from conductor.common import exceptions
+from conductor.common import metrics
 from conductor.common import private
 
 
@@ -51,6 +52,7 @@ def create_engine(url: str, *, max_retries: int = 0,
     # text, driver_info passwords included; errors reach logs, task logs
     # and stderr, so they never carry parameters.
     engine.hide_parameters = True
+    sa.event.listen(engine, "handle_error", _count_error)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_on_connect)
         # NOTE: the test connection above was made before the listener
@@ -67,6 +69,10 @@ def create_engine(url: str, *, max_retries: int = 0,
         if sqlite_file is not None:
             _tighten_sqlite_companions(sqlite_file)
     return engine
+
+
+def _count_error(context: Any) -> None:
+    metrics.db_error(type(context.original_exception).__name__)
 
 
 #: The package extra that installs the driver of each database backend

@@ -33,6 +33,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 from conductor.common import exceptions
+from conductor.common import metrics
 
 LOG = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ class WorkerPool:
                     % self.name)
             if rt.busy >= self.size:
                 rt.rejected += 1
+                metrics.pool_rejected()
                 raise exceptions.NoFreeWorker(size=self.size)
             rt.busy += 1
             rt.submitted += 1

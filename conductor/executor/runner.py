@@ -46,6 +46,7 @@ import futurist
 from futurist import periodics as futurist_periodics
 
 from conductor.common import exceptions
+from conductor.common import metrics
 from conductor.drivers import base as driver_base
 from conductor.executor import fanout
 from conductor.executor import pool as pool_mod
@@ -157,6 +158,7 @@ class _Task:
                 return
             self.running = True
             started = self._now()
+            lag = 0.0 if self.due is None else started - self.due
             self.last_started_wall = self._wall()
             self.due = started + self.spec.spacing
         LOG.debug("Periodic task %(task)s starting", {"task": name})
@@ -192,6 +194,7 @@ class _Task:
                 if failed:
                     self.failures += 1
                 self.last_duration = max(0.0, finished - started)
+            metrics.periodic_run(name, failed, finished - started, lag)
             LOG.debug("Periodic task %(task)s finished in %(elapsed).3f s",
                       {"task": name, "elapsed": finished - started})
 

@@ -132,6 +132,8 @@ class ConductorProcess(fixtures.Fixture):
         self.config_file = os.path.join(workdir, "%s.conf" % name)
         self.log_file = os.path.join(workdir, "%s.log" % name)
         self.process: subprocess.Popen[bytes] | None = None
+        #: Extra environment variables of the process.
+        self.env: dict[str, str] = {}
 
     def write_config(self, **changes: dict[str, Any]) -> None:
         for section, values in changes.items():
@@ -159,7 +161,7 @@ class ConductorProcess(fixtures.Fixture):
         self.process = subprocess.Popen(
             [binary("conductor"), "--config-file", self.config_file],
             stdout=self.stdout, stderr=subprocess.STDOUT,
-            cwd=self.workdir)
+            cwd=self.workdir, env=dict(os.environ, **self.env))
 
     @property
     def pid(self) -> int:
@@ -245,8 +247,12 @@ class FunctionalTestCase(testtools.TestCase):
         return result
 
     def start_conductor(self, options: dict[str, dict[str, Any]],
-                        name: str = "conductor") -> ConductorProcess:
-        return self.useFixture(ConductorProcess(self.workdir, options, name))
+                        name: str = "conductor",
+                        env: dict[str, str] | None = None
+                        ) -> ConductorProcess:
+        process = ConductorProcess(self.workdir, options, name)
+        process.env.update(env or {})
+        return self.useFixture(process)
 
     def wait_workers(self, db: db_api.Connection, host: str, count: int,
                      timeout: float = 30,

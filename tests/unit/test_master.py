@@ -14,8 +14,10 @@ import fixtures
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import exceptions
+from conductor.common import metrics
 from conductor.drivers import fake
 from conductor.drivers import loader
+from conductor import health
 from conductor import lifecycle
 from conductor import master
 from conductor import periodics
@@ -249,6 +251,10 @@ class TestManager(base.TestCase):
         manager._stopping = self.stopping
         manager._sigints = 0
         manager._worker_ids = {"sid-0": 0, "sid-1": 1}
+        manager._forked = 0
+        self.monitor = manager.monitor = mock.Mock(spec=health.Monitor)
+        self.worker_died = self.useFixture(fixtures.MockPatchObject(
+            metrics, "worker_died", autospec=True)).mock
 
     def test_sigint_takes_the_sigterm_path(self) -> None:
         self.manager._on_signal_received(signal.SIGINT)
@@ -288,6 +294,29 @@ class TestManager(base.TestCase):
         self.manager._start_worker("sid-1", 0)
         self.started.assert_called_once_with("sid-1", 0)
         self.kill.assert_not_called()
+
+    def test_monitor_starts_once_every_worker_was_forked(self) -> None:
+        self.manager._start_worker("sid-0", 0)
+        self.monitor.start.assert_not_called()
+        self.manager._start_worker("sid-1", 0)
+        self.monitor.start.assert_called_once_with()
+        # A respawn later does not start it again.
+        self.manager._start_worker("sid-1", 0)
+        self.monitor.start.assert_called_once_with()
+
+    def test_no_early_systemd_ready(self) -> None:
+        sock = self.useFixture(fixtures.MockPatch("socket.socket")).mock
+        self.useFixture(fixtures.EnvironmentVariable("NOTIFY_SOCKET",
+                                                     "/run/x.sock"))
+        self.manager._systemd_notify_once()
+        sock.assert_not_called()
+
+    def test_dead_worker_metrics(self) -> None:
+        self.manager._on_dead_worker("sid-1", 0, -9)
+        self.worker_died.assert_called_once_with(mock.ANY, 1, restart=True)
+        self.stopping.set()
+        self.manager._on_dead_worker("sid-0", 0, 0)
+        self.worker_died.assert_called_with(mock.ANY, 0, restart=False)
 
     def test_gives_up_stops_and_forks_no_more(self) -> None:
         for _ in range(2):
