@@ -97,6 +97,9 @@ class Gate:
         # for a token run outside it.
         self._lock = threading.Lock()
         self._addresses: dict[str, _Address] = {}
+        # Prune idle addresses when there are this many (doubled when a
+        # prune leaves many, so that pruning stays rare).
+        self._prune_at = PRUNE_THRESHOLD
         # The token bucket as a schedule: the earliest time the next call
         # may start if the bucket were full is _next_token - tolerance.
         self._next_token = 0.0
@@ -165,7 +168,7 @@ class Gate:
         with self._lock:
             state = self._addresses.get(address)
             if state is None:
-                if len(self._addresses) >= PRUNE_THRESHOLD:
+                if len(self._addresses) >= self._prune_at:
                     self._prune(time.monotonic())
                 state = _Address(address, self._lock)
                 self._addresses[address] = state
@@ -231,6 +234,7 @@ class Gate:
         for address, state in list(self._addresses.items()):
             if not state.queue and not state.busy and state.free_at <= now:
                 del self._addresses[address]
+        self._prune_at = max(PRUNE_THRESHOLD, 2 * len(self._addresses))
 
     # -- rate cap ------------------------------------------------------
 

@@ -230,6 +230,25 @@ class TestGate(base.TestCase):
             self.enter(gate, "bmc-new")
         self.assertEqual(1, gate.stats()["addresses"])
 
+    def test_pruning_stays_rare_with_many_busy_addresses(self) -> None:
+        self.useFixture_threshold(4)
+        gate = bmc.Gate(min_interval=30)
+        prunes = []
+        real = gate._prune
+
+        def counting(now: float) -> None:
+            prunes.append(now)
+            real(now)
+
+        gate._prune = counting  # type: ignore[method-assign]
+        with deadline.scope(WAIT):
+            for index in range(8):
+                self.enter(gate, "bmc-%d" % index)
+        # Nothing could be pruned (every address waits 30 s) at the 5th
+        # address; the next prune waits until twice as many are tracked.
+        self.assertEqual(1, len(prunes))
+        self.assertEqual(8, gate.stats()["addresses"])
+
     def settled(self, gate: bmc.Gate) -> bool:
         return time.monotonic() > self._last_free(gate)
 
