@@ -311,6 +311,13 @@ class Host:
         return code
 
 
+def _is_worker(proc: psutil.Process) -> bool:
+    """A worker process (its title names it, see setproctitle)."""
+    with contextlib.suppress(psutil.Error):
+        return "worker(" in " ".join(proc.cmdline())
+    return False
+
+
 class CpuMeter:
     """Latest CPU reading of every process of the hosts, sampled on demand.
 
@@ -328,7 +335,7 @@ class CpuMeter:
                 with contextlib.suppress(psutil.Error):
                     times = proc.cpu_times()
                     self.last[proc.pid] = times.user + times.system
-                    if host.proc is not None and proc.pid != host.proc.pid:
+                    if _is_worker(proc):
                         self.rss[proc.pid] = max(
                             self.rss.get(proc.pid, 0),
                             proc.memory_info().rss)
@@ -470,6 +477,7 @@ class Bench:
                 intervals: int) -> dict[str, Any]:
         """The steady-state figures over ``intervals`` intervals from now."""
         interval = float(self.args.interval)
+        meter.rss = {}
         meter.sample(hosts)
         baseline = meter.snapshot()
         rows_before = self.rows_read()
@@ -494,6 +502,7 @@ class Bench:
             "rows_read_per_second": round(rows_per_s, 1),
             "rows_read_counter": self.rows_counter,
             "rows_read_ratio": ratio(rows_per_s, ideal_rows),
+            "rss_mb_per_worker": _rss_mb(meter),
             "polls_per_node": interval_histograms(
                 self.entries, self.nodes, start, interval, intervals)}
         result.update(peak_rate(starts, start, end))
@@ -537,7 +546,6 @@ class Bench:
             if phases:
                 result.setdefault("phases", {}).update(
                     self.scenarios(rundir, hosts, meter, phases))
-            result["rss_mb_per_worker"] = _rss_mb(meter)
         finally:
             for host in hosts:
                 host.stop()
@@ -608,7 +616,6 @@ class Bench:
             self.idle(self.args.interval, meter, hosts)
             result = {"nodes": count}
             result.update(self.measure(hosts, meter, self.args.intervals))
-            result["rss_mb_per_worker"] = _rss_mb(meter)
         finally:
             for host in hosts:
                 host.stop()
