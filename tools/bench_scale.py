@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -62,19 +63,36 @@ import sys
 import tempfile
 import time
 import traceback
+from types import ModuleType
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import psutil
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_faults  # noqa: E402  (its private MariaDB starter)
 import sqlalchemy as sa  # noqa: E402
 
 from conductor.db import api as db_api  # noqa: E402
 from conductor.db import migration  # noqa: E402
 from tests.functional import services  # noqa: E402
+
+
+def _sibling(name: str) -> ModuleType:
+    """A module of tools/, loaded without putting tools/ on sys.path.
+
+    (tools/hacking would then shadow the hacking library.)
+    """
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           name + ".py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: Its private MariaDB starter and process helpers.
+bench_faults = _sibling("bench_faults")
 
 SCENARIOS = ("start", "sighup", "join", "sigterm", "kill")
 DB_NAME = "bench_scale"

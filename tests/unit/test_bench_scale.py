@@ -7,7 +7,6 @@ import importlib.util
 import io
 import json
 import os
-import sys
 from types import ModuleType
 from typing import Any
 
@@ -19,11 +18,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 def _load() -> ModuleType:
-    tools = os.path.join(ROOT, "tools")
-    if tools not in sys.path:
-        sys.path.append(tools)
     spec = importlib.util.spec_from_file_location(
-        "bench_scale", os.path.join(tools, "bench_scale.py"))
+        "bench_scale", os.path.join(ROOT, "tools", "bench_scale.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
