@@ -41,6 +41,7 @@ from conductor.common import rpc
 from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.drivers import loader
+from conductor.executor import bmc
 from conductor.executor import pool as worker_pool
 from conductor.executor import runner as periodic_runner
 from conductor import health
@@ -353,6 +354,10 @@ class ConductorService(service.ServiceBase):
             return  # SIGTERM while starting: register nothing
         pool = worker_pool.WorkerPool(settings.pool_size,
                                       name="pool-w%d" % self.worker_id)
+        # NOTE: one gate per worker process, shared by every driver call
+        # it makes (see conductor.executor.bmc).
+        bmc.configure(self._conf.conductor.bmc_min_interval,
+                      self._conf.conductor.max_driver_calls_per_second)
         rings = ownership.Rings(
             db, self.host, self.worker_id,
             heartbeat_timeout=settings.heartbeat_timeout,
@@ -409,6 +414,7 @@ class ConductorService(service.ServiceBase):
                 "pool": rt.pool.stats(),
                 "periodics": rt.runner.stats(),
                 "reservations": task.holdings(rt.db, self.holder).status(),
+                "bmc": bmc.current().stats(),
                 "sweeps": {kind: result.as_dict() for kind, result in
                            rt.power_sync.last.items()}}
 

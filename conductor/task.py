@@ -52,6 +52,7 @@ from conductor.common import exceptions
 from conductor.common import metrics
 from conductor.db import api as db_api
 from conductor.drivers import base
+from conductor.executor import bmc
 from conductor.executor import pool as pool_mod
 from conductor import nodes
 
@@ -245,22 +246,54 @@ def call_driver(driver: base.BaseDriver, method: str, node: Any,
                 *args: Any, timeout: float) -> Any:
     """``driver.power.<method>(view of node, *args)`` under the deadline.
 
+    The call waits for its turn at the node's BMC first (the worker's
+    :class:`conductor.executor.bmc.Gate`: one call at a time per BMC
+    address, ``bmc_min_interval`` apart, ``max_driver_calls_per_second``);
+    that wait counts against the deadline.
+
     :param node: a stored node or a sync row (see
         :func:`conductor.nodes.driver_view`).
     :param timeout: the per-call deadline (``power_state_timeout``).
     :returns: what the driver returned; its exceptions pass through.
+    :raises BmcBusy: when the call's turn did not come before the
+        deadline (the driver was not called).
     """
-    started = time.monotonic()
-    result = "error"
-    try:
-        with deadline.scope(timeout):
-            answer = getattr(driver.power, method)(nodes.driver_view(node),
-                                                   *args)
-        result = "success"
-        return answer
-    finally:
-        metrics.driver_call(node.driver, method, result,
-                            time.monotonic() - started)
+    view = nodes.driver_view(node)
+    power = driver.power
+    with deadline.scope(timeout):
+        address = bmc_address(power, view)
+        with bmc.current().turn(address, node=view.uuid):
+            # NOTE: the latency recorded is the driver's own, without the
+            # wait for the BMC's turn.
+            started = time.monotonic()
+            result = "error"
+            try:
+                answer = getattr(power, method)(view, *args)
+                result = "success"
+                return answer
+            finally:
+                metrics.driver_call(view.driver, method, result,
+                                    time.monotonic() - started)
+
+
+def bmc_address(power: base.PowerInterface,
+                view: base.DriverNode) -> str | None:
+    """The node's BMC address as its driver names it (None: not gated).
+
+    Drivers written before ``bmc_address`` existed have none: their
+    calls are not serialised per address.
+
+    :raises TypeError: when the driver answers something else than a
+        string or None.
+    """
+    getter = getattr(power, "bmc_address", None)
+    if getter is None:
+        return None
+    address = getter(view)
+    if address is not None and not isinstance(address, str):
+        raise TypeError("%s.bmc_address returned %r, not a string or None"
+                        % (type(power).__name__, address))
+    return address or None
 
 
 class Task:

@@ -56,6 +56,12 @@ def remaining(default: float | None = None) -> float | None:
     return max(0.0, expires - time.monotonic())
 
 
+def length() -> float | None:
+    """The length (seconds) of the current scope, or None outside one."""
+    seconds = getattr(_local, "seconds", None)
+    return None if seconds is None else float(seconds)
+
+
 def check(what: str = "The driver call") -> None:
     """Raise DeadlineExceeded when the current scope has expired."""
     left = remaining()

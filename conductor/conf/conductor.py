@@ -102,6 +102,35 @@ opts: list[cfg.Opt] = [
              "still running at the deadline counts as a failure and its "
              "slot is freed."),
     cfg.FloatOpt(
+        "bmc_min_interval",
+        default=0.0,
+        min=0.0,
+        max=60.0,
+        mutable=True,
+        help="Seconds between the end of one driver call to a BMC address "
+             "and the start of the next one to that address, within a "
+             "worker (power sync, power actions and driver periodic "
+             "tasks alike). Calls to one address are always made one at "
+             "a time, in arrival order; the time a call waits for its "
+             "turn counts against power_state_timeout, and a call whose "
+             "turn does not come in time fails naming the BMC. The "
+             "driver names the address (ipmi: ipmi_address:ipmi_port; "
+             "redfish: host:port of redfish_address; fake: "
+             "fake_bmc_address). 0 (the default) means back to back, "
+             "which suits the fake driver and robust BMCs; many IPMI "
+             "BMCs want about 1 to 5 seconds (what Ironic calls "
+             "min_command_interval). Minimum 0, maximum 60."),
+    cfg.FloatOpt(
+        "max_driver_calls_per_second",
+        default=0.0,
+        min=0.0,
+        mutable=True,
+        help="Cap on the driver calls one worker starts per second, over "
+             "all BMCs, so that a sweep or a burst of power actions "
+             "reaches the BMC network evenly spread. Calls beyond it "
+             "wait (within power_state_timeout) instead of starting at "
+             "once. 0 (the default) means no cap. Minimum 0."),
+    cfg.FloatOpt(
         "pending_action_interval",
         default=1.0,
         min=0.1,

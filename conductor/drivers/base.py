@@ -71,6 +71,21 @@ class PowerInterface(abc.ABC):
     def reboot(self, node: DriverNode) -> None:
         """Power-cycle the node; returns once the BMC accepted it."""
 
+    def bmc_address(self, node: DriverNode) -> str | None:
+        """The address of the node's BMC, e.g. ``"10.0.0.7:623"`` (optional).
+
+        The conductor sends at most one call at a time to one address,
+        and spaces calls to it by ``[conductor] bmc_min_interval``: nodes
+        whose BMC is shared (a chassis manager, one Redfish service for
+        many systems) return the same string. Called before every driver
+        call, so keep it cheap and do not talk to the BMC; it may be
+        called for a node that fails :meth:`validate`.
+
+        :returns: a string naming the BMC (host and port, lower case), or
+            None (the default) when calls to this node need no spacing.
+        """
+        return None
+
 
 class BaseDriver:
     """Base class for drivers; a subclass sets ``self.power``."""
@@ -92,6 +107,14 @@ class BaseDriver:
         :raises: any exception; start-up stops with DriverLoadError
             naming the driver and the exception's message.
         """
+
+
+def host_port(host: str, port: Any) -> str:
+    """``host:port`` for a BMC address (IPv6 literals in brackets)."""
+    host = host.strip().lower()
+    if ":" in host and not host.startswith("["):
+        host = "[%s]" % host
+    return "%s:%s" % (host, port)
 
 
 def text_value(value: Any) -> str | None:

@@ -23,7 +23,21 @@
     takes to answer: a call cut short still reached the BMC), and the
     fake BMC then keeps its power state in that file, so that it survives
     a restart of the conductor. Tests and benchmarks count the changes
-    each node received.
+    each node received. Each process reads the file once, incrementally
+    (only what was appended since its last read), however often it polls.
+``fake_timing_log``
+    Path of a file to which every BMC call, reads included, appends one
+    JSON line as it ends: ``node``, ``op`` (``get_power_state``,
+    ``set_power_state`` or ``reboot``), ``bmc`` (``fake_bmc_address`` or
+    null), ``ok`` (false when it failed or ran out of time), ``pid``,
+    ``start`` and ``end`` (seconds since the epoch). One ``O_APPEND``
+    write per call, so several processes may share the file. Benchmarks
+    and tests count polls per node and check the spacing of calls to one
+    BMC address from it.
+``fake_bmc_address``
+    The BMC address this node's calls are serialised and spaced by
+    (``[conductor] bmc_min_interval``); nodes with the same value share a
+    fake BMC. By default a fake node has no BMC address (no spacing).
 """
 
 from __future__ import annotations
@@ -48,7 +62,7 @@ LOG = logging.getLogger(__name__)
 PERIODIC_SPACING = 1.0
 #: The driver_info fields the fake driver reads.
 FIELDS = ("fake_latency_ms", "fake_fail", "fake_power_state",
-          "fake_call_log")
+          "fake_call_log", "fake_timing_log", "fake_bmc_address")
 
 _FAIL_VALUES = {"true": "all", "all": "all", "get": "get", "set": "set",
                 "false": None, "": None}
@@ -65,9 +79,15 @@ class FakePower(base.PowerInterface):
     """Power interface of the fake driver; hardware state lives in memory."""
 
     def __init__(self) -> None:
-        # NOTE: guards _hardware, written by concurrent power actions.
+        # NOTE: guards _hardware, written by concurrent power actions, and
+        # _tails, read by concurrent polls.
         self._lock = threading.Lock()
         self._hardware: dict[str, str] = {}
+        self._tails: dict[str, _LogTail] = {}
+
+    def bmc_address(self, node: base.DriverNode) -> str | None:
+        address = node.driver_info.get("fake_bmc_address")
+        return address.strip() if isinstance(address, str) else None
 
     def validate(self, node: base.DriverNode) -> None:
         info = node.driver_info
@@ -87,32 +107,49 @@ class FakePower(base.PowerInterface):
                                                states.POWER_OFF):
             problems.append("fake_power_state must be '%s' or '%s', got %r"
                             % (states.POWER_ON, states.POWER_OFF, power))
-        log = info.get("fake_call_log")
-        if log is not None and (not isinstance(log, str) or not log):
-            problems.append("fake_call_log must be a file path, got %r"
-                            % (log,))
+        for key in ("fake_call_log", "fake_timing_log"):
+            log = info.get(key)
+            if log is not None and (not isinstance(log, str) or not log):
+                problems.append("%s must be a file path, got %r"
+                                % (key, log))
+        address = info.get("fake_bmc_address")
+        if address is not None and (not isinstance(address, str)
+                                    or not address.strip()):
+            problems.append("fake_bmc_address must be a non-empty string, "
+                            "got %r" % (address,))
         problems += base.field_problems(info, "fake", FIELDS)
         if problems:
             raise exceptions.InvalidParameterValue(
                 err="Node %s: %s" % (node.name or node.uuid,
                                      "; ".join(problems)))
 
-    def _call(self, node: base.DriverNode, kind: str) -> None:
+    def _call(self, node: base.DriverNode, kind: str, op: str) -> None:
         info = node.driver_info
-        latency = float(info.get("fake_latency_ms", 0) or 0) / 1000.0
-        if latency > 0:
-            left = deadline.remaining()
-            if left is not None and left < latency:
-                time.sleep(left)
-                raise deadline.DeadlineExceeded(
-                    what="Fake BMC of node %s" % node.uuid,
-                    seconds=left)
-            time.sleep(latency)
-        mode = _fail_mode(info)
-        if mode == "all" or mode == kind:
-            raise exceptions.PowerStateFailure(
-                err="Fake BMC of node %s failed (fake_fail=%s)"
-                    % (node.uuid, info.get("fake_fail")))
+        started = time.time()
+        ok = False
+        try:
+            latency = float(info.get("fake_latency_ms", 0) or 0) / 1000.0
+            if latency > 0:
+                left = deadline.remaining()
+                if left is not None and left < latency:
+                    time.sleep(left)
+                    raise deadline.DeadlineExceeded(
+                        what="Fake BMC of node %s" % node.uuid,
+                        seconds=left)
+                time.sleep(latency)
+            mode = _fail_mode(info)
+            if mode == "all" or mode == kind:
+                raise exceptions.PowerStateFailure(
+                    err="Fake BMC of node %s failed (fake_fail=%s)"
+                        % (node.uuid, info.get("fake_fail")))
+            ok = True
+        finally:
+            path = info.get("fake_timing_log")
+            if path:
+                _log_call(path, {"node": node.uuid, "op": op,
+                                 "bmc": self.bmc_address(node), "ok": ok,
+                                 "pid": os.getpid(), "start": started,
+                                 "end": time.time()}, "fake_timing_log")
 
     def _change(self, node: base.DriverNode, op: str,
                 target: str) -> None:
@@ -125,25 +162,19 @@ class FakePower(base.PowerInterface):
                          "applied": mode not in ("all", "set"),
                          "pid": os.getpid(), "time": time.time()})
 
-    @staticmethod
-    def _logged_state(node: base.DriverNode) -> str | None:
+    def _logged_state(self, node: base.DriverNode) -> str | None:
         """The power state the call log gives the node, if any."""
         path = node.driver_info.get("fake_call_log")
-        if not path or not os.path.exists(path):
+        if not path:
             return None
-        state = None
-        with open(path) as stream:
-            for text in stream:
-                try:
-                    entry = json.loads(text)
-                except ValueError:
-                    continue
-                if entry.get("node") == node.uuid and entry.get("applied"):
-                    state = entry.get("target")
-        return state
+        with self._lock:
+            tail = self._tails.get(path)
+            if tail is None:
+                tail = self._tails[path] = _LogTail(path)
+            return tail.state(node.uuid)
 
     def get_power_state(self, node: base.DriverNode) -> str:
-        self._call(node, "get")
+        self._call(node, "get", "get_power_state")
         with self._lock:
             state = self._hardware.get(node.uuid)
         logged = self._logged_state(node)
@@ -161,18 +192,70 @@ class FakePower(base.PowerInterface):
             raise exceptions.InvalidParameterValue(
                 err="Fake driver cannot set power state %r" % (target,))
         self._change(node, "set_power_state", target)
-        self._call(node, "set")
+        self._call(node, "set", "set_power_state")
         with self._lock:
             self._hardware[node.uuid] = target
 
     def reboot(self, node: base.DriverNode) -> None:
         self._change(node, "reboot", states.POWER_ON)
-        self._call(node, "set")
+        self._call(node, "set", "reboot")
         with self._lock:
             self._hardware[node.uuid] = states.POWER_ON
 
 
-def _log_call(path: str, entry: dict[str, Any]) -> None:
+class _LogTail:
+    """The power states a ``fake_call_log`` gives, read incrementally.
+
+    Each refresh reads only the complete lines appended since the last
+    one (one ``stat`` when nothing was appended); a file replaced or
+    truncated is read again from its start. Not thread-safe: the caller
+    holds a lock.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._ident: tuple[int, int] | None = None
+        self._offset = 0
+        self._states: dict[str, str] = {}
+
+    def state(self, uuid: str) -> str | None:
+        """The target of the node's last applied change, if any."""
+        self._refresh()
+        return self._states.get(uuid)
+
+    def _refresh(self) -> None:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            self._ident, self._offset, self._states = None, 0, {}
+            return
+        ident = (info.st_dev, info.st_ino)
+        if ident != self._ident or info.st_size < self._offset:
+            self._ident, self._offset, self._states = ident, 0, {}
+        if info.st_size == self._offset:
+            return
+        try:
+            with open(self.path, "rb") as stream:
+                stream.seek(self._offset)
+                data = stream.read()
+        except OSError:
+            return
+        # NOTE: a line being written by another process is read next time.
+        complete = data.rfind(b"\n") + 1
+        self._offset += complete
+        for text in data[:complete].splitlines():
+            try:
+                entry = json.loads(text)
+            except ValueError:
+                continue
+            if (isinstance(entry, dict) and entry.get("applied")
+                    and isinstance(entry.get("node"), str)
+                    and isinstance(entry.get("target"), str)):
+                self._states[entry["node"]] = entry["target"]
+
+
+def _log_call(path: str, entry: dict[str, Any],
+              key: str = "fake_call_log") -> None:
     """Append one JSON line to ``path`` with a single O_APPEND write."""
     line = (json.dumps(entry, sort_keys=True) + "\n").encode()
     try:
@@ -182,8 +265,8 @@ def _log_call(path: str, entry: dict[str, Any]) -> None:
         finally:
             os.close(fd)
     except OSError as exc:
-        LOG.warning("Fake BMC of node %s: cannot write fake_call_log %s: "
-                    "%s", entry["node"], path, exc)
+        LOG.warning("Fake BMC of node %s: cannot write %s %s: %s",
+                    entry["node"], key, path, exc)
 
 
 class FakeDriver(base.BaseDriver):

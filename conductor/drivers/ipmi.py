@@ -236,6 +236,14 @@ class IPMIPower(base.PowerInterface):
         """
         parse_driver_info(node)
 
+    def bmc_address(self, node: base.DriverNode) -> str | None:
+        """``ipmi_address:ipmi_port`` (calls to one BMC are spaced)."""
+        address = node.driver_info.get("ipmi_address")
+        if not isinstance(address, str) or not address.strip():
+            return None
+        port = node.driver_info.get("ipmi_port", DEFAULT_PORT)
+        return base.host_port(address, str(port).strip())
+
     def get_power_state(self, node: base.DriverNode) -> str:
         """Return POWER_ON or POWER_OFF as the BMC reports it.
 

@@ -225,6 +225,28 @@ class RedfishPower(base.PowerInterface):
         """
         parse_driver_info(node)
 
+    def bmc_address(self, node: base.DriverNode) -> str | None:
+        """``host:port`` of ``redfish_address`` (calls to one BMC are spaced).
+
+        Systems behind one Redfish service share its address.
+        """
+        value = node.driver_info.get("redfish_address")
+        if not isinstance(value, str) or not value.strip():
+            return None
+        text = value.strip()
+        if "://" not in text:
+            text = "https://" + text
+        try:
+            parsed = urlparse.urlsplit(text)
+            port = parsed.port
+        except ValueError:
+            return None
+        if not parsed.hostname:
+            return None
+        if port is None:
+            port = 80 if parsed.scheme == "http" else 443
+        return base.host_port(parsed.hostname, port)
+
     def _sushy(self) -> Any:
         """The sushy side (imported, and built, at the first BMC call)."""
         with self._lock:

@@ -393,3 +393,43 @@ class TestActionsAcrossARestart(PowerSyncTestCase):
         self.assertEqual({uuid: 1 for uuid in uuids},
                          dict(self.set_calls(calls)))
         self.assertIn("recorded as done without acting again", second.log())
+
+
+class TestBmcSpacing(PowerSyncTestCase):
+    """Calls to one BMC address are one at a time and spaced, per worker."""
+
+    def test_twenty_nodes_behind_one_bmc(self) -> None:
+        timing = os.path.join(self.workdir, "timing.jsonl")
+        self.enrol(20, prefix="bmc", fake_latency_ms=10,
+                   fake_bmc_address="chassis-1", fake_timing_log=timing)
+        conductor = self.start_conductor(_options(
+            self.workdir, conductor={"bmc_min_interval": 0.1,
+                                     "sync_power_state_interval": 2,
+                                     "sync_power_state_workers": 8,
+                                     "power_state_timeout": 10}))
+        self.wait_workers(self.db, "ftest", 2)
+
+        def calls() -> list[dict[str, Any]]:
+            if not os.path.exists(timing):
+                return []
+            with open(timing) as stream:
+                return [json.loads(line) for line in stream]
+
+        # A power action meets the sweeps at the same BMC.
+        self.run_manage(conductor.config_file, "node", "power", "bmc000",
+                        "on", "--wait", "--timeout", "20")
+        base.wait_for(lambda: len(calls()) >= 60, 60,
+                      "three sweeps' worth of calls")
+        by_worker: dict[int, list[dict[str, Any]]] = \
+            collections.defaultdict(list)
+        for entry in calls():
+            by_worker[entry["pid"]].append(entry)
+        self.assertEqual(2, len(by_worker))
+        ops = {entry["op"] for entry in calls()}
+        self.assertEqual({"get_power_state", "set_power_state"}, ops)
+        for entries in by_worker.values():
+            entries.sort(key=lambda entry: entry["start"])
+            for before, after in zip(entries, entries[1:]):
+                self.assertGreaterEqual(
+                    after["start"] - before["end"], 0.1 - 0.002,
+                    (before, after))

@@ -37,6 +37,7 @@ class ActionsTestCase(base.TestCase):
         self.db.register_conductor("h", 0, ["scripted", "fake"])
         self.power = mock.create_autospec(driver_base.PowerInterface,
                                           instance=True)
+        self.power.bmc_address.return_value = None
         self.driver = driver_base.BaseDriver()
         self.driver.power = self.power
         self.fake = fake.FakeDriver()

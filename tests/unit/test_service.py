@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -23,6 +24,7 @@ from conductor.db import migration
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
 from conductor.drivers import loader
+from conductor.executor import bmc
 from conductor import ownership
 from conductor import periodics
 from conductor import power_actions
@@ -311,6 +313,34 @@ class TestStartStop(ServiceTestCase):
                               if n.reservation is not None])
         svc.wait()      # returns at once once stopped
         svc.stop()      # idempotent
+
+    def test_power_sync_spaces_calls_to_one_bmc(self) -> None:
+        self.addCleanup(bmc.reset)
+        self.config(bmc_min_interval=0.1, group="conductor")
+        log = os.path.join(self.conf.state_path, "timing.jsonl")
+        for index in range(6):
+            self.node("shared-%d" % index, fake_bmc_address="chassis",
+                      fake_timing_log=log)
+        svc = self.service()
+        svc.start()
+
+        def reads() -> list[dict[str, Any]]:
+            if not os.path.exists(log):
+                return []
+            with open(log) as stream:
+                return sorted((json.loads(line) for line in stream),
+                              key=lambda entry: entry["start"])
+
+        # The first sweep reads the six nodes through its lanes at once;
+        # the worker's gate serialises and spaces them.
+        self.assertTrue(base.wait_until(lambda: len(reads()) >= 6))
+        calls = reads()[:6]
+        for before, after in zip(calls, calls[1:]):
+            self.assertGreaterEqual(after["start"] - before["end"],
+                                    0.1 - 0.002)
+        gate = svc.status()["bmc"]
+        self.assertEqual(0.1, gate["min_interval"])
+        self.assertGreaterEqual(gate["waited"], 5)
 
     def test_stop_is_bounded_with_a_slow_bmc(self) -> None:
         self.config(power_state_timeout=0.2, sync_power_state_workers=1,

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
+from typing import Any
 
 import fixtures
 from oslo_db import exception as db_exc
@@ -11,6 +14,7 @@ from oslo_db import exception as db_exc
 from conductor.common import deadline
 from conductor.common import exceptions
 from conductor.drivers import fake
+from conductor.executor import bmc
 from conductor.executor import pool as pool_mod
 from conductor import states
 from conductor import task
@@ -268,3 +272,99 @@ class TestHoldings(base.TestCase):
         self.assertTrue(held.release(other))
         self.assertEqual([], held.pending_releases())
         self.assertIsNone(self.db.get_node(self.uuid).reservation)
+
+
+class TestBmcGate(base.TestCase):
+    """Every driver call waits for its turn at the node's BMC."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.addCleanup(bmc.reset)
+        self.driver = fake.FakeDriver()
+        self.log = os.path.join(self.conf.state_path, "timing.jsonl")
+
+    def node(self, index: int, **info: object) -> fake.base.DriverNode:
+        return fakes.driver_node(
+            "fake", "n%d" % index, "00000000-0000-4000-8000-%012d" % index,
+            dict({"fake_bmc_address": "chassis-1",
+                  "fake_timing_log": self.log}, **info))
+
+    def entries(self) -> list[dict[str, Any]]:
+        with open(self.log) as stream:
+            return sorted((json.loads(line) for line in stream),
+                          key=lambda entry: entry["start"])
+
+    def test_twenty_nodes_behind_one_address_are_spaced(self) -> None:
+        interval = 0.05
+        bmc.configure(min_interval=interval)
+        nodes = [self.node(i, fake_latency_ms=5) for i in range(20)]
+        pool = pool_mod.WorkerPool(25, name="bmc-test")
+        pool.start()
+        self.addCleanup(pool.shutdown, True, base.WAIT)
+        # Reads (as power sync makes them) and changes (as power actions
+        # make them) all at once, from pool threads.
+        futures = [pool.submit(task.call_driver, self.driver,
+                               "get_power_state", node, timeout=base.WAIT)
+                   for node in nodes]
+        futures += [pool.submit(task.call_driver, self.driver,
+                                "set_power_state", node, states.POWER_ON,
+                                timeout=base.WAIT)
+                    for node in nodes[:5]]
+        for future in futures:
+            future.result(base.WAIT)
+        entries = self.entries()
+        self.assertEqual(25, len(entries))
+        self.assertEqual({"chassis-1"}, {e["bmc"] for e in entries})
+        for before, after in zip(entries, entries[1:]):
+            # Never overlapping, and bmc_min_interval apart (the log is
+            # written by the driver, inside the turn).
+            self.assertGreaterEqual(
+                after["start"] - before["end"], interval - 0.002,
+                (before, after))
+
+    def test_wait_counts_against_the_deadline(self) -> None:
+        bmc.configure(min_interval=30)
+        node = self.node(1)
+        task.call_driver(self.driver, "get_power_state", node, timeout=5)
+        exc = self.assertRaises(bmc.BmcBusy, task.call_driver, self.driver,
+                                "get_power_state", node, timeout=5)
+        self.assertIn("node %s could not start within its 5.0 s deadline"
+                      % node.uuid, str(exc))
+        self.assertIn("BMC chassis-1 needs bmc_min_interval (30.0 s)",
+                      str(exc))
+        # The driver was not called the second time.
+        self.assertEqual(1, len(self.entries()))
+
+    def test_other_addresses_and_no_address_are_not_held(self) -> None:
+        bmc.configure(min_interval=30)
+        task.call_driver(self.driver, "get_power_state", self.node(1),
+                         timeout=5)
+        task.call_driver(self.driver, "get_power_state",
+                         self.node(2, fake_bmc_address="chassis-2"),
+                         timeout=5)
+        plain = fakes.driver_node("fake", "n3", driver_info={})
+        for _ in range(3):
+            task.call_driver(self.driver, "get_power_state", plain,
+                             timeout=5)
+        self.assertEqual(5, bmc.current().stats()["calls"])
+        self.assertEqual(0, bmc.current().stats()["waited"])
+
+    def test_driver_without_bmc_address(self) -> None:
+        class OldPower:
+            def get_power_state(self, node: object) -> str:
+                return states.POWER_ON
+
+        class OldDriver(fake.base.BaseDriver):
+            def __init__(self) -> None:
+                self.power = OldPower()  # type: ignore[assignment]
+
+        self.assertEqual(states.POWER_ON, task.call_driver(
+            OldDriver(), "get_power_state", self.node(1), timeout=5))
+
+    def test_bad_bmc_address_answer(self) -> None:
+        self.useFixture(fixtures.MockPatchObject(
+            fake.FakePower, "bmc_address", return_value=42))
+        exc = self.assertRaises(TypeError, task.call_driver, self.driver,
+                                "get_power_state", self.node(1), timeout=5)
+        self.assertIn("FakePower.bmc_address returned 42, not a string or "
+                      "None", str(exc))

@@ -268,6 +268,17 @@ class TestFakeValidate(base.TestCase):
             self.assertRefused("fake_call_log must be a file path, got %r"
                                % (value,), _node(fake_call_log=value))
 
+    def test_bad_timing_log(self) -> None:
+        for value in ("", 5):
+            self.assertRefused("fake_timing_log must be a file path, got %r"
+                               % (value,), _node(fake_timing_log=value))
+
+    def test_bad_bmc_address(self) -> None:
+        for value in ("", " ", 7):
+            self.assertRefused("fake_bmc_address must be a non-empty "
+                               "string, got %r" % (value,),
+                               _node(fake_bmc_address=value))
+
     def test_bad_power_state(self) -> None:
         self.assertRefused("fake_power_state must be 'power on' or 'power "
                            "off', got 'on'", _node(fake_power_state="on"))
@@ -275,7 +286,8 @@ class TestFakeValidate(base.TestCase):
     def test_unknown_fields(self) -> None:
         self.assertRefused("unknown field(s) a_password, ipmi_address (the "
                            "fake driver reads fake_latency_ms, fake_fail, "
-                           "fake_power_state, fake_call_log)",
+                           "fake_power_state, fake_call_log, "
+                           "fake_timing_log, fake_bmc_address)",
                            _node(ipmi_address="x", a_password="y"))
 
     def test_every_problem_named_with_uuid(self) -> None:
@@ -286,3 +298,131 @@ class TestFakeValidate(base.TestCase):
         self.assertIn("fake_latency_ms", message)
         self.assertIn("fake_fail", message)
         self.assertIn("other", message)
+
+
+class TestFakeBmcAddress(base.TestCase):
+
+    def test_address_from_driver_info(self) -> None:
+        power = fake.FakePower()
+        self.assertIsNone(power.bmc_address(_node()))
+        self.assertEqual("rack-1", power.bmc_address(
+            _node(fake_bmc_address="rack-1")))
+        power.validate(_node(fake_bmc_address="rack-1"))
+
+
+class TestFakeTimingLog(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.power = fake.FakePower()
+        self.path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                                 "timing.jsonl")
+
+    def _entries(self) -> list[dict[str, Any]]:
+        with open(self.path) as stream:
+            return [json.loads(line) for line in stream]
+
+    def test_every_call_appends_one_line_as_it_ends(self) -> None:
+        node = _node(fake_timing_log=self.path, fake_latency_ms=20,
+                     fake_bmc_address="bmc-a")
+        before = time.time()
+        self.power.get_power_state(node)
+        self.power.set_power_state(node, states.POWER_ON)
+        self.power.reboot(node)
+        entries = self._entries()
+        self.assertEqual(["get_power_state", "set_power_state", "reboot"],
+                         [e["op"] for e in entries])
+        for entry in entries:
+            self.assertEqual(UUID, entry["node"])
+            self.assertEqual("bmc-a", entry["bmc"])
+            self.assertIs(True, entry["ok"])
+            self.assertEqual(os.getpid(), entry["pid"])
+            self.assertLessEqual(before, entry["start"])
+            self.assertGreaterEqual(entry["end"] - entry["start"], 0.02)
+        for first, second in zip(entries, entries[1:]):
+            self.assertLessEqual(first["end"], second["start"])
+
+    def test_failed_and_cut_calls_are_logged_not_ok(self) -> None:
+        failing = _node(fake_timing_log=self.path, fake_fail="get")
+        self.assertRaises(exceptions.PowerStateFailure,
+                          self.power.get_power_state, failing)
+        slow = _node(fake_timing_log=self.path, fake_latency_ms=5000)
+        with deadline.scope(0.05):
+            self.assertRaises(deadline.DeadlineExceeded,
+                              self.power.get_power_state, slow)
+        self.assertEqual([False, False], [e["ok"] for e in self._entries()])
+        self.assertIsNone(self._entries()[0]["bmc"])
+
+    def test_no_call_log_entries(self) -> None:
+        # The timing log is separate: the call log keeps only changes.
+        calls = os.path.join(os.path.dirname(self.path), "calls.jsonl")
+        node = _node(fake_timing_log=self.path, fake_call_log=calls)
+        self.power.get_power_state(node)
+        self.assertFalse(os.path.exists(calls))
+        self.assertEqual(1, len(self._entries()))
+
+
+class TestCallLogTail(base.TestCase):
+    """The call log is read incrementally, once per process."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                                 "calls.jsonl")
+
+    def test_appended_changes_are_seen(self) -> None:
+        reader, writer = fake.FakePower(), fake.FakePower()
+        node = _node(fake_call_log=self.path)
+        self.assertEqual(states.POWER_OFF, reader.get_power_state(node))
+        writer.set_power_state(node, states.POWER_ON)
+        self.assertEqual(states.POWER_ON, reader.get_power_state(node))
+        writer.set_power_state(node, states.POWER_OFF)
+        self.assertEqual(states.POWER_OFF, reader.get_power_state(node))
+
+    def test_only_new_bytes_are_read(self) -> None:
+        reader = fake.FakePower()
+        node = _node(fake_call_log=self.path)
+        fake.FakePower().set_power_state(node, states.POWER_ON)
+        reader.get_power_state(node)
+        offsets = []
+        real_open = open
+
+        def tracking_open(path: str, *args: Any, **kwargs: Any) -> Any:
+            stream = real_open(path, *args, **kwargs)
+            real_seek = stream.seek
+
+            def seek(offset: int, *more: Any) -> int:
+                offsets.append(offset)
+                return real_seek(offset, *more)
+            stream.seek = seek
+            return stream
+
+        self.useFixture(fixtures.MonkeyPatch("builtins.open", tracking_open))
+        reader.get_power_state(node)            # nothing new: not opened
+        self.assertEqual([], offsets)
+        fake.FakePower().set_power_state(node, states.POWER_OFF)
+        self.assertEqual(states.POWER_OFF, reader.get_power_state(node))
+        self.assertEqual(1, len(offsets))
+        self.assertGreater(offsets[0], 0)
+
+    def test_partial_line_waits_for_its_end(self) -> None:
+        reader = fake.FakePower()
+        node = _node(fake_call_log=self.path)
+        line = json.dumps({"node": UUID, "op": "set_power_state",
+                           "target": states.POWER_ON, "applied": True})
+        with open(self.path, "w") as stream:
+            stream.write(line[:20])
+        self.assertEqual(states.POWER_OFF, reader.get_power_state(node))
+        with open(self.path, "a") as stream:
+            stream.write(line[20:] + "\n")
+        self.assertEqual(states.POWER_ON, reader.get_power_state(node))
+
+    def test_replaced_file_is_read_again(self) -> None:
+        reader = fake.FakePower()
+        node = _node(fake_call_log=self.path)
+        fake.FakePower().set_power_state(node, states.POWER_ON)
+        self.assertEqual(states.POWER_ON, reader.get_power_state(node))
+        os.unlink(self.path)
+        self.assertEqual(states.POWER_OFF, reader.get_power_state(node))
+        fake.FakePower().reboot(node)
+        self.assertEqual(states.POWER_ON, reader.get_power_state(node))

@@ -333,3 +333,18 @@ class DriverTest(base.TestCase):
                                 ipmi.IPMIDriver().prepare)
         self.assertIn("'%s -V' exited with status 127: libcrypto.so.3: "
                       "cannot open" % path, str(exc))
+
+
+class BmcAddressTest(base.TestCase):
+
+    def test_address_and_port(self) -> None:
+        power = ipmi.IPMIPower()
+        self.assertEqual("10.0.0.5:623", power.bmc_address(make_node()))
+        self.assertEqual("bmc-7.example.com:6230", power.bmc_address(
+            make_node(ipmi_address="BMC-7.example.com", ipmi_port=6230)))
+        self.assertEqual("[fd00::5]:623", power.bmc_address(
+            make_node(ipmi_address="fd00::5")))
+
+    def test_no_address_no_gating(self) -> None:
+        self.assertIsNone(ipmi.IPMIPower().bmc_address(
+            make_node(ipmi_address=None)))

@@ -482,3 +482,28 @@ class LazyImportTest(base.TestCase):
                                 capture_output=True, text=True, timeout=60)
         self.assertEqual(0, result.returncode, result.stderr)
         self.assertEqual("[]", result.stdout.strip())
+
+
+class BmcAddressTest(base.TestCase):
+
+    def test_host_and_port(self) -> None:
+        power = redfish.RedfishPower()
+        for address, expected in (
+                ("https://bmc.example.com", "bmc.example.com:443"),
+                ("http://BMC.example.com", "bmc.example.com:80"),
+                ("bmc.example.com:8000", "bmc.example.com:8000"),
+                ("https://[fd00::7]:8443/", "[fd00::7]:8443")):
+            self.assertEqual(expected, power.bmc_address(
+                make_node(redfish_address=address)), str(address))
+
+    def test_systems_of_one_service_share_it(self) -> None:
+        power = redfish.RedfishPower()
+        self.assertEqual(
+            power.bmc_address(make_node(redfish_system_id="1")),
+            power.bmc_address(make_node(redfish_system_id="2")))
+
+    def test_bad_or_missing_address_no_gating(self) -> None:
+        power = redfish.RedfishPower()
+        for address in (None, "", "http://[bad", 5):
+            self.assertIsNone(power.bmc_address(
+                make_node(redfish_address=address)), str(address))
