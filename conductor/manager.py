@@ -412,6 +412,9 @@ class ConductorManager:
         """Pool thread: apply the action just requested and reserved."""
         try:
             return self._actions.apply_task(t)
+        except task.ReservationLost:
+            # NOTE: logged at ERROR by the task; the new owner settles it.
+            return None
         except Exception:
             # NOTE: nobody reads this future when the caller did not wait;
             # log here or the error is lost.

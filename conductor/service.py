@@ -307,7 +307,9 @@ class ConductorService(service.ServiceBase):
         rings = ownership.Rings(
             db, self.host, self.worker_id,
             heartbeat_timeout=settings.heartbeat_timeout,
-            reset_interval=settings.hash_ring_reset_interval)
+            reset_interval=settings.hash_ring_reset_interval,
+            liveness=ownership.Liveness(settings.heartbeat_interval,
+                                        settings.heartbeat_timeout))
         timeout = settings.sync.timeout
         rt = self._rt = _Runtime(
             settings=settings, db=db, drivers=drivers, pool=pool,
@@ -321,6 +323,8 @@ class ConductorService(service.ServiceBase):
                 pool, _NodeProvider(db, rings, drivers, timeout)))
         db.register_conductor(self.host, self.worker_id, list(drivers),
                               pid=os.getpid())
+        assert rings.liveness is not None
+        rings.liveness.started()
         self._spawn("heartbeat", self._heartbeat_loop, rt, stopped)
         pool.start()
         rt.runner.start(self._collect_periodics(rt))
@@ -500,6 +504,8 @@ class ConductorService(service.ServiceBase):
                                 drivers=list(rt.drivers),
                                 pid=os.getpid(), status=self.status())
                 beat = True
+                if rt.rings.liveness is not None:
+                    rt.rings.liveness.beat()
                 HEARTBEAT_LOG.debug("Heartbeat of %s (every %ss)",
                                     self.holder, interval)
             except Exception:

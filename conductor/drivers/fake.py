@@ -24,6 +24,11 @@
     fake BMC then keeps its power state in that file, so that it survives
     a restart of the conductor. Tests and benchmarks count the changes
     each node received.
+``fake_settle_ms``
+    With ``fake_call_log``: milliseconds after a change started before
+    reads through the log report it (a real BMC accepts a command at once
+    and reports the new state only once the power transition is over);
+    until then they report the state before it. Default 0.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ LOG = logging.getLogger(__name__)
 PERIODIC_SPACING = 1.0
 #: The driver_info fields the fake driver reads.
 FIELDS = ("fake_latency_ms", "fake_fail", "fake_power_state",
-          "fake_call_log")
+          "fake_call_log", "fake_settle_ms")
 
 _FAIL_VALUES = {"true": "all", "all": "all", "get": "get", "set": "set",
                 "false": None, "": None}
@@ -72,11 +77,12 @@ class FakePower(base.PowerInterface):
     def validate(self, node: base.DriverNode) -> None:
         info = node.driver_info
         problems = []
-        latency = info.get("fake_latency_ms", 0)
-        if (isinstance(latency, bool) or not isinstance(latency, (int, float))
-                or latency < 0):
-            problems.append("fake_latency_ms must be a number >= 0, got %r"
-                            % (latency,))
+        for field in ("fake_latency_ms", "fake_settle_ms"):
+            value = info.get(field, 0)
+            if (isinstance(value, bool)
+                    or not isinstance(value, (int, float)) or value < 0):
+                problems.append("%s must be a number >= 0, got %r"
+                                % (field, value))
         fail = info.get("fake_fail", False)
         if not isinstance(fail, bool) and str(fail).lower() not in \
                 _FAIL_VALUES:
@@ -131,6 +137,8 @@ class FakePower(base.PowerInterface):
         path = node.driver_info.get("fake_call_log")
         if not path or not os.path.exists(path):
             return None
+        settle = float(node.driver_info.get("fake_settle_ms", 0) or 0)
+        settled_before = time.time() - settle / 1000.0
         state = None
         with open(path) as stream:
             for text in stream:
@@ -138,7 +146,8 @@ class FakePower(base.PowerInterface):
                     entry = json.loads(text)
                 except ValueError:
                     continue
-                if entry.get("node") == node.uuid and entry.get("applied"):
+                if (entry.get("node") == node.uuid and entry.get("applied")
+                        and entry.get("time", 0) <= settled_before):
                     state = entry.get("target")
         return state
 
@@ -147,7 +156,9 @@ class FakePower(base.PowerInterface):
         with self._lock:
             state = self._hardware.get(node.uuid)
         logged = self._logged_state(node)
-        if logged is not None:
+        if logged is not None or node.driver_info.get("fake_settle_ms"):
+            # NOTE: a change still settling is not reported yet, here
+            # either.
             state = logged
         if state is None:
             state = (node.driver_info.get("fake_power_state")
