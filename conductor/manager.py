@@ -37,6 +37,7 @@ import oslo_messaging as messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from conductor.common import exceptions
+from conductor.common import masking
 from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.executor import pool as worker_pool
@@ -87,8 +88,10 @@ def _clean_copy(exc: exceptions.ConductorException
     cls = type(exc)
     if cls.__name__.endswith("_Remote"):
         cls = cls.__mro__[1]
-    return cls(str(exc.args[0]) if exc.args else None,
-               **getattr(exc, "kwargs", {}))
+    # NOTE: the message may quote the caller's input, an address with a
+    # password in it: never send it back (nor log it) unmasked.
+    return cls(masking.mask_url(str(exc)),
+               **masking.mask_data(getattr(exc, "kwargs", {})))
 
 
 def _endpoint(fn: _F) -> _F:
@@ -167,11 +170,12 @@ class ConductorManager:
                  ) -> exceptions.ConductorException:
         """What the caller gets for ``exc`` raised by ``method``."""
         if isinstance(exc, exceptions.RPC_EXCEPTIONS):
+            clean = _clean_copy(exc)
             LOG.debug("%(method)s: %(error)s",
-                      {"method": method, "error": exc})
-            return _clean_copy(exc)
+                      {"method": method, "error": clean})
+            return clean
         if isinstance(exc, _OwnerUnreachable):
-            return exceptions.ConductorException(str(exc))
+            return exceptions.ConductorException(masking.mask_url(str(exc)))
         request_id = getattr(context, "request_id", None) or "-"
         LOG.exception("Internal error in %(method)s (request %(req)s)",
                       {"method": method, "req": request_id})

@@ -28,6 +28,7 @@ import uuid
 from oslo_utils import uuidutils
 
 from conductor.common import exceptions
+from conductor.common import masking
 from conductor.drivers import base
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
@@ -244,7 +245,10 @@ def as_dict(node: Any) -> dict[str, Any]:
     Timestamps stay ``datetime``; see :func:`to_primitive` for the wire.
     """
     data: dict[str, Any] = {field: getattr(node, field) for field in FIELDS}
-    data["driver_info"] = base.mask_secrets(node.driver_info)
+    data["driver_info"] = masking.mask_data(
+        base.mask_secrets(node.driver_info))
+    for field in ("last_error", "maintenance_reason"):
+        data[field] = masking.mask_data(data[field])
     return data
 
 

@@ -24,6 +24,7 @@ from conductor import checks
 from conductor.common import exceptions
 from conductor.common import hooks
 from conductor.common import log as conductor_log
+from conductor.common import masking
 from conductor import conf as conductor_conf
 from conductor import master
 from conductor import startup
@@ -34,7 +35,7 @@ LOG = logging.getLogger(__name__)
 def fail(message: str) -> None:
     """Report a fatal start-up problem on one line and exit 1."""
     LOG.error("Start-up failed: %s", message)
-    sys.stderr.write("conductor: ERROR: %s\n" % message)
+    sys.stderr.write("conductor: ERROR: %s\n" % masking.mask_url(message))
     sys.exit(1)
 
 
