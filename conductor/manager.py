@@ -216,10 +216,32 @@ class ConductorManager:
                            % (field, type(value).__name__))
         return value
 
-    @staticmethod
-    def _forwarded(value: Any) -> str | None:
-        if value is not None and not isinstance(value, str):
-            raise _invalid("forwarded_by must be a host name or null")
+    def _forwarded(self, value: Any) -> str | None:
+        """``forwarded_by``: None, or a live host other than this one.
+
+        A call marked as forwarded is handled here whoever owns the node
+        (it is never forwarded twice); only a conductor forwarding to the
+        owner may say so, so the claim is checked against the hosts with
+        a live worker.
+        """
+        if value is None:
+            return None
+        if not isinstance(value, str) or not 1 <= len(value) <= \
+                nodes.MAX_NAME_LENGTH:
+            raise _invalid("forwarded_by must be a host name of 1 to %d "
+                           "characters or null, got %s"
+                           % (nodes.MAX_NAME_LENGTH,
+                              "%d characters" % len(value)
+                              if isinstance(value, str)
+                              else type(value).__name__))
+        if value == self._host:
+            raise _invalid("forwarded_by names this host (%s): a host "
+                           "never forwards to itself" % value)
+        self._rings.refresh()
+        if value not in self._rings.membership.hosts:
+            raise _invalid("forwarded_by %r is not a live conductor host; "
+                           "only a conductor forwarding a call to the "
+                           "node's owner sets it" % value)
         return value
 
     # -- routing -------------------------------------------------------------

@@ -57,12 +57,14 @@ class RabbitMQ:
     """A private RabbitMQ node: own node name, ports and directories.
 
     Its own config file too: /etc/rabbitmq/rabbitmq.conf pins the
-    listener to 5672, the shared broker's port. The directories belong
+    listener to 5672, the shared broker's port. ``config`` adds lines to
+    it (``max_message_size = 1048576``, say). The directories belong
     to the rabbitmq user when run as root, since rabbitmq-server drops
     root to it.
     """
 
-    def __init__(self, workdir: str, prefix: str = "private") -> None:
+    def __init__(self, workdir: str, prefix: str = "private",
+                 config: str = "") -> None:
         self.dir = os.path.join(workdir, "rabbitmq")
         self.node = "%s-%d-%s@localhost" % (prefix, os.getpid(),
                                             uuid.uuid4().hex[:8])
@@ -74,7 +76,7 @@ class RabbitMQ:
         open(os.path.join(self.dir, "plugins"), "w").close()
         with open(os.path.join(self.dir, "rabbitmq.conf"), "w") as stream:
             stream.write("listeners.tcp.local = 127.0.0.1:%d\n"
-                         "loopback_users = none\n" % self.port)
+                         "loopback_users = none\n%s" % (self.port, config))
         if os.getuid() == 0:
             try:
                 entry = pwd.getpwnam("rabbitmq")
