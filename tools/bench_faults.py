@@ -427,8 +427,11 @@ class Bench:
         for host, interval in (("h1", 1), ("h2", max(beat, timeout - 1))):
             hostdir = os.path.join(rundir, host)
             os.makedirs(hostdir)
-            config, log_file = self.config(hostdir, host=host, workers=1,
-                                           heartbeat_interval=interval)
+            # NOTE: every call (reads too) takes the latency: the deadline
+            # must not cut the actions short.
+            config, log_file = self.config(
+                hostdir, host=host, workers=1, heartbeat_interval=interval,
+                power_state_timeout=3 * latency / 1000.0)
             conds[host] = Conductor(config, log_file, host)
         result: dict[str, Any] = {"run": index, "errors": []}
         hosts_of: dict[int, str] = {}
@@ -467,7 +470,8 @@ class Bench:
                                and r.reservation is None for r in rows)
                 return False
             with contextlib.suppress(RuntimeError):
-                _wait(settled, self.args.settle_timeout + latency / 1000.0,
+                _wait(settled,
+                      self.args.settle_timeout + 3 * latency / 1000.0,
                       "actions to settle", 0.5)
             calls = _calls(call_log)
             both = [uuid for uuid, entries in calls.items()
