@@ -95,7 +95,8 @@ def check_driver_info(info: Any) -> dict[str, Any]:
     if not isinstance(info, Mapping):
         raise _invalid("driver_info must be a mapping of field to value, "
                        "got %s" % type(info).__name__)
-    bad = [_shown(key) for key in info if not isinstance(key, str) or not key]
+    bad = [_shown(repr(key)) for key in info
+           if not isinstance(key, str) or not key]
     if bad:
         raise _invalid("driver_info keys must be non-empty strings: %s"
                        % ", ".join(bad[:10]))
