@@ -246,6 +246,7 @@ class Rings:
                     and record.worker_id not in hosts.get(record.host, ())):
                 hosts.setdefault(record.host, set()).add(record.worker_id)
                 kept.append(record.holder)
+        kept = [holder for holder in kept if holder != self.holder]
         with self._lock:
             news, self._kept = kept != self._kept, kept
         if kept and news:
