@@ -83,7 +83,8 @@ def check_uuid(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not uuidutils.is_uuid_like(value):
-        raise _invalid("Node uuid %s is not a valid UUID" % _shown(value))
+        raise _invalid("Node uuid %s is not a valid UUID"
+                       % _shown(repr(value)))
     # NOTE: canonical form, so that braces, "urn:uuid:" or missing hyphens
     # never reach the 36-character column or break lookups by uuid.
     return str(uuid.UUID(value))
@@ -115,7 +116,7 @@ def check_driver_info(info: Any) -> dict[str, Any]:
 def check_bool(field: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise _invalid("%s must be true or false, got %s"
-                       % (field, _shown(value)))
+                       % (field, _shown(repr(value))))
     return value
 
 
