@@ -37,6 +37,7 @@ import oslo_messaging as messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
 from conductor.common import exceptions
+from conductor.common import masking
 from conductor.common import metrics
 from conductor.db import api as db_api
 from conductor.drivers import base
@@ -88,8 +89,10 @@ def _clean_copy(exc: exceptions.ConductorException
     cls = type(exc)
     if cls.__name__.endswith("_Remote"):
         cls = cls.__mro__[1]
-    return cls(str(exc.args[0]) if exc.args else None,
-               **getattr(exc, "kwargs", {}))
+    # NOTE: the message may quote the caller's input, an address with a
+    # password in it: never send it back (nor log it) unmasked.
+    return cls(masking.mask_url(str(exc)),
+               **masking.mask_data(getattr(exc, "kwargs", {})))
 
 
 def _endpoint(fn: _F) -> _F:
@@ -171,11 +174,12 @@ class ConductorManager:
                  ) -> exceptions.ConductorException:
         """What the caller gets for ``exc`` raised by ``method``."""
         if isinstance(exc, exceptions.RPC_EXCEPTIONS):
+            clean = _clean_copy(exc)
             LOG.debug("%(method)s: %(error)s",
-                      {"method": method, "error": exc})
-            return _clean_copy(exc)
+                      {"method": method, "error": clean})
+            return clean
         if isinstance(exc, _OwnerUnreachable):
-            return exceptions.ConductorException(str(exc))
+            return exceptions.ConductorException(masking.mask_url(str(exc)))
         request_id = getattr(context, "request_id", None) or "-"
         LOG.exception("Internal error in %(method)s (request %(req)s)",
                       {"method": method, "req": request_id})
@@ -216,10 +220,32 @@ class ConductorManager:
                            % (field, type(value).__name__))
         return value
 
-    @staticmethod
-    def _forwarded(value: Any) -> str | None:
-        if value is not None and not isinstance(value, str):
-            raise _invalid("forwarded_by must be a host name or null")
+    def _forwarded(self, value: Any) -> str | None:
+        """``forwarded_by``: None, or a live host other than this one.
+
+        A call marked as forwarded is handled here whoever owns the node
+        (it is never forwarded twice); only a conductor forwarding to the
+        owner may say so, so the claim is checked against the hosts with
+        a live worker.
+        """
+        if value is None:
+            return None
+        if not isinstance(value, str) or not 1 <= len(value) <= \
+                nodes.MAX_NAME_LENGTH:
+            raise _invalid("forwarded_by must be a host name of 1 to %d "
+                           "characters or null, got %s"
+                           % (nodes.MAX_NAME_LENGTH,
+                              "%d characters" % len(value)
+                              if isinstance(value, str)
+                              else type(value).__name__))
+        if value == self._host:
+            raise _invalid("forwarded_by names this host (%s): a host "
+                           "never forwards to itself" % value)
+        self._rings.refresh()
+        if value not in self._rings.membership.hosts:
+            raise _invalid("forwarded_by %r is not a live conductor host; "
+                           "only a conductor forwarding a call to the "
+                           "node's owner sets it" % value)
         return value
 
     # -- routing -------------------------------------------------------------
@@ -416,6 +442,9 @@ class ConductorManager:
         """Pool thread: apply the action just requested and reserved."""
         try:
             return self._actions.apply_task(t)
+        except task.ReservationLost:
+            # NOTE: logged at ERROR by the task; the new owner settles it.
+            return None
         except Exception:
             # NOTE: nobody reads this future when the caller did not wait;
             # log here or the error is lost.

@@ -28,6 +28,7 @@ import uuid
 from oslo_utils import uuidutils
 
 from conductor.common import exceptions
+from conductor.common import masking
 from conductor.drivers import base
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
@@ -82,7 +83,8 @@ def check_uuid(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not uuidutils.is_uuid_like(value):
-        raise _invalid("Node uuid %r is not a valid UUID" % (value,))
+        raise _invalid("Node uuid %s is not a valid UUID"
+                       % _shown(repr(value)))
     # NOTE: canonical form, so that braces, "urn:uuid:" or missing hyphens
     # never reach the 36-character column or break lookups by uuid.
     return str(uuid.UUID(value))
@@ -94,10 +96,11 @@ def check_driver_info(info: Any) -> dict[str, Any]:
     if not isinstance(info, Mapping):
         raise _invalid("driver_info must be a mapping of field to value, "
                        "got %s" % type(info).__name__)
-    bad = [repr(key) for key in info if not isinstance(key, str) or not key]
+    bad = [_shown(repr(key)) for key in info
+           if not isinstance(key, str) or not key]
     if bad:
         raise _invalid("driver_info keys must be non-empty strings: %s"
-                       % ", ".join(bad))
+                       % ", ".join(bad[:10]))
     try:
         # NOTE: allow_nan=False: NaN and Infinity are not JSON, and MySQL
         # and PostgreSQL JSON columns refuse them.
@@ -112,7 +115,8 @@ def check_driver_info(info: Any) -> dict[str, Any]:
 
 def check_bool(field: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _invalid("%s must be true or false, got %r" % (field, value))
+        raise _invalid("%s must be true or false, got %s"
+                       % (field, _shown(repr(value))))
     return value
 
 
@@ -132,6 +136,9 @@ def check_driver(name: Any, drivers: Mapping[str, base.BaseDriver]
                  ) -> base.BaseDriver:
     if not isinstance(name, str) or not name:
         raise _invalid("Node driver is required and must be a string")
+    if len(name) > MAX_NAME_LENGTH:
+        raise _invalid("Node driver must be at most %d characters, got %d"
+                       % (MAX_NAME_LENGTH, len(name)))
     if name not in drivers:
         raise exceptions.DriverNotEnabled(
             driver=name, enabled=", ".join(sorted(drivers)) or "none")
@@ -142,11 +149,24 @@ def _check_fields(values: Any, allowed: Sequence[str]) -> Mapping[str, Any]:
     if not isinstance(values, Mapping):
         raise _invalid("A node must be a mapping of field to value, got %s"
                        % type(values).__name__)
-    unknown = sorted(str(key) for key in values if key not in allowed)
+    unknown = sorted(_shown(key) for key in values if key not in allowed)
     if unknown:
         raise _invalid("Unknown node field(s): %s; allowed: %s"
-                       % (", ".join(unknown), ", ".join(allowed)))
+                       % (", ".join(unknown[:10]) + (
+                           ", ..." if len(unknown) > 10 else ""),
+                          ", ".join(allowed)))
     return values
+
+
+#: Most characters of a caller's value quoted back in an error.
+SHOWN_LENGTH = 64
+
+
+def _shown(value: Any) -> str:
+    """``value`` as quoted in an error: cut to :data:`SHOWN_LENGTH`."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= SHOWN_LENGTH else \
+        text[:SHOWN_LENGTH - 3] + "..."
 
 
 def validate_new(values: Any, drivers: Mapping[str, base.BaseDriver]
@@ -244,7 +264,10 @@ def as_dict(node: Any) -> dict[str, Any]:
     Timestamps stay ``datetime``; see :func:`to_primitive` for the wire.
     """
     data: dict[str, Any] = {field: getattr(node, field) for field in FIELDS}
-    data["driver_info"] = base.mask_secrets(node.driver_info)
+    data["driver_info"] = masking.mask_data(
+        base.mask_secrets(node.driver_info))
+    for field in ("last_error", "maintenance_reason"):
+        data[field] = masking.mask_data(data[field])
     return data
 
 

@@ -16,6 +16,14 @@ ids. A worker is live while its ``heartbeat_at`` is younger than
 :meth:`Rings.update` is the one refresh every caller uses: when
 membership changed, the new owners also release reservations left by
 workers that are no longer live (:meth:`Rings.release_dead_reservations`).
+
+A worker judges others dead only while it can trust its own view of the
+database (:class:`Liveness`): its own last heartbeat is recent, and its
+database access resumed at least ``heartbeat_timeout`` ago. After an
+outage every heartbeat in the database is old, the worker's own included;
+the first worker back must not take the nodes of workers that simply have
+not reached the database again yet. Until then, the workers it last saw
+live stay live in its view.
 """
 
 from __future__ import annotations
@@ -86,6 +94,69 @@ def live_membership(records: Iterable[db_api.ConductorRecord],
                       tuple(sorted(draining)))
 
 
+class Liveness:
+    """Whether this worker may judge other workers dead right now.
+
+    The heartbeat loop reports each successful heartbeat
+    (:meth:`beat`). The worker's view is trusted when its last heartbeat
+    is at most :attr:`gap` seconds old *and* its heartbeats have been
+    regular (no gap longer than :attr:`gap`) for at least
+    ``heartbeat_timeout`` seconds: a worker that could not reach the
+    database (an outage, a stall) first gives every other worker a full
+    ``heartbeat_timeout`` to heartbeat again.
+
+    :param heartbeat_interval: seconds between this worker's heartbeats.
+    :param heartbeat_timeout: seconds after which a silent worker is dead.
+    :param monotonic: the clock.
+    """
+
+    def __init__(self, heartbeat_interval: float, heartbeat_timeout: float,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        #: Longest pause between two heartbeats that is not an outage.
+        self.gap = max(2.0 * heartbeat_interval, heartbeat_interval + 2.0)
+        self.timeout = heartbeat_timeout
+        self._monotonic = monotonic
+        # NOTE: guards the two times below.
+        self._lock = threading.Lock()
+        self._last_beat: float | None = None
+        self._resumed_at: float | None = None
+
+    def beat(self) -> None:
+        """This worker's heartbeat (or registration) reached the database."""
+        now = self._monotonic()
+        with self._lock:
+            if self._last_beat is None or now - self._last_beat > self.gap:
+                resumed = self._last_beat is not None
+                self._resumed_at = now
+            else:
+                resumed = False
+            self._last_beat = now
+        if resumed:
+            LOG.warning("Database access resumed; other workers get "
+                        "%(timeout)ss to heartbeat before they are judged "
+                        "dead", {"timeout": self.timeout})
+
+    def trusted(self) -> bool:
+        """True when heartbeat ages in the database may be believed."""
+        now = self._monotonic()
+        with self._lock:
+            last, resumed = self._last_beat, self._resumed_at
+        return (last is not None and resumed is not None
+                and now - last <= self.gap
+                and now - resumed >= self.timeout)
+
+    def started(self) -> None:
+        """The worker just registered: trust its view from now on.
+
+        A starting worker had no outage to recover from; it judges by
+        heartbeat ages at once (as a worker always did).
+        """
+        with self._lock:
+            now = self._monotonic()
+            self._last_beat = now
+            self._resumed_at = now - self.timeout
+
+
 class Rings:
     """This worker's view of ownership, rebuilt from ``conductors`` rows.
 
@@ -98,13 +169,18 @@ class Rings:
         (seconds) even when membership looks unchanged.
     :param now_func: wall clock (UTC, naive) for heartbeat ages.
     :param monotonic: clock for the reset interval.
+    :param liveness: this worker's own heartbeat record; when given,
+        workers are judged dead only while it is :meth:`Liveness.trusted`
+        (None: by heartbeat age alone, for views that act on nothing).
     """
 
     def __init__(self, db: db_api.Connection, host: str, worker_id: int,
                  heartbeat_timeout: float, reset_interval: float,
                  now_func: Callable[[], datetime.datetime] = timeutils.utcnow,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 liveness: Liveness | None = None) -> None:
         self._db = db
+        self.liveness = liveness
         self.host = host
         self.worker_id = worker_id
         self.holder = db_api.holder_name(host, worker_id)
@@ -132,6 +208,8 @@ class Rings:
         #: draining; None while it is not.
         self.draining_since: float | None = None
         self._cache: dict[str, bool] = {}
+        #: Holders kept live by the last untrusted refresh (for logging).
+        self._kept: list[str] = []
 
     def refresh(self, force: bool = False) -> bool:
         """Re-read the live workers; rebuild the rings if they changed.
@@ -153,6 +231,8 @@ class Rings:
                                      own_host=self.host)
         draining = any(record.draining and record.online
                        for record in records if record.host == self.host)
+        if self.liveness is not None and not self.liveness.trusted():
+            membership = self._keep_previous(membership, records)
         with self._lock:
             if ticket < self._applied_ticket:
                 return False
@@ -171,6 +251,38 @@ class Rings:
                      "%(members)s", {"holder": self.holder,
                                      "members": membership.describe()})
         return changed
+
+    def _keep_previous(self, membership: Membership,
+                       records: Iterable[db_api.ConductorRecord]
+                       ) -> Membership:
+        """``membership`` plus the workers seen live last time and online.
+
+        Used while this worker's own view of heartbeats is not trusted: a
+        worker that went offline itself still leaves at once, a silent
+        one stays until this worker may judge it.
+        """
+        with self._lock:
+            previous = set(self.membership.holders)
+        hosts = {host: set(workers)
+                 for host, workers in membership.hosts.items()}
+        kept = []
+        for record in records:
+            if (record.online and record.holder in previous
+                    and not (record.draining and record.host != self.host)
+                    and record.worker_id not in hosts.get(record.host, ())):
+                hosts.setdefault(record.host, set()).add(record.worker_id)
+                kept.append(record.holder)
+        kept = [holder for holder in kept if holder != self.holder]
+        with self._lock:
+            news, self._kept = kept != self._kept, kept
+        if kept and news:
+            LOG.info("%(holder)s does not judge %(kept)s dead yet: its own "
+                     "database access resumed too recently, or its "
+                     "heartbeat is late", {"holder": self.holder,
+                                           "kept": ", ".join(kept)})
+        return Membership({host: tuple(sorted(workers))
+                           for host, workers in hosts.items()},
+                          membership.draining)
 
     def update(self, force: bool = False) -> bool:
         """:meth:`refresh`, then release what departed workers held.

@@ -156,7 +156,8 @@ class PowerActions:
         try:
             self.apply(uuid)
         except (exceptions.NodeLocked, exceptions.NodeNotFound,
-                task.WorkerStopping) as exc:
+                task.WorkerStopping, task.ReservationLost) as exc:
+            # NOTE: a lost reservation was logged at ERROR by the task.
             LOG.debug("Power action of node %s skipped: %s", uuid, exc)
         except Exception:
             LOG.exception("Power action of node %s failed unexpectedly",
@@ -228,7 +229,7 @@ class PowerActions:
         uuid = nodes.label(t.node)  # for the logs
         try:
             actual = t.call("get_power_state")
-        except task.WorkerStopping:
+        except (task.WorkerStopping, task.ReservationLost):
             return t.node           # still interrupted: the next owner
         except Exception as exc:
             error = ("%s was interrupted (the conductor stopped during the "
@@ -280,6 +281,10 @@ class PowerActions:
             LOG.info("Node %(node)s: %(target)s left pending; the worker "
                      "is stopping", {"node": uuid, "target": target})
             return t.record({"power_action_claim": None})
+        except task.ReservationLost:
+            # NOTE: another worker owns the node now and settles the
+            # action (its claim tells it to read the BMC first).
+            return t.node
         except Exception as exc:
             values["last_error"] = "%s failed: %s" % (target, _text(exc))
             notifications.power_set("error", t.node, target,

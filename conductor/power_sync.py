@@ -325,7 +325,8 @@ class PowerSync:
                         values["power_state"] = outcome.state
                     t.record(values)
                     forced += 1
-            except (exceptions.NodeLocked, exceptions.NodeNotFound):
+            except (exceptions.NodeLocked, exceptions.NodeNotFound,
+                    task.ReservationLost):
                 continue
         return forced
 

@@ -361,7 +361,9 @@ class ConductorService(service.ServiceBase):
         rings = ownership.Rings(
             db, self.host, self.worker_id,
             heartbeat_timeout=settings.heartbeat_timeout,
-            reset_interval=settings.hash_ring_reset_interval)
+            reset_interval=settings.hash_ring_reset_interval,
+            liveness=ownership.Liveness(settings.heartbeat_interval,
+                                        settings.heartbeat_timeout))
         timeout = settings.sync.timeout
         rt = self._rt = _Runtime(
             settings=settings, db=db, drivers=drivers, pool=pool,
@@ -376,6 +378,8 @@ class ConductorService(service.ServiceBase):
         db.register_conductor(self.host, self.worker_id, list(drivers),
                               pid=os.getpid())
         self._start_notifications(rt)
+        assert rings.liveness is not None
+        rings.liveness.started()
         self._spawn("heartbeat", self._heartbeat_loop, rt, stopped)
         self._spawn("drain", self._drain_loop, rt, stopped)
         reports.add_state("pool", pool.stats)
@@ -579,6 +583,8 @@ class ConductorService(service.ServiceBase):
                                 pid=os.getpid(), status=self.status())
                 beat = True
                 health.beat(self.worker_id)
+                if rt.rings.liveness is not None:
+                    rt.rings.liveness.beat()
                 HEARTBEAT_LOG.debug("Heartbeat of %s (every %ss)",
                                     self.holder, interval)
             except Exception:

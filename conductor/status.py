@@ -22,6 +22,7 @@ from typing import Any
 
 from oslo_utils import timeutils
 
+from conductor.common import masking
 from conductor.db import api as db_api
 
 LOG = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ def build(db: db_api.Connection, heartbeat_timeout: float
                         "draining": record.draining,
                         "heartbeat_age": round(age, 1),
                         "drivers": record.drivers,
-                        "status": record.status or {}})
+                        # NOTE: errors in it may quote a URL.
+                        "status": masking.mask_data(record.status or {})})
         host = hosts.setdefault(record.host, {"workers": 0,
                                               "alive_workers": 0,
                                               "draining": False,

@@ -32,6 +32,14 @@ Each worker knows what it holds (:func:`holdings`): the nodes whose task
 is not released yet, never released by a stopping worker (their call may
 still be running), and the releases that failed, retried until they
 succeed.
+
+Every reservation carries a fencing token, the node's
+``reservation_epoch`` as the reserving UPDATE left it; the database
+increments it at every reserve and every takeover. A task writes and
+releases only at its own epoch, and checks it before every driver call.
+A task whose reservation was taken over (another worker judged this one
+dead and released it) is *fenced*: it logs an error naming the node,
+records nothing and calls the BMC no more (:class:`ReservationLost`).
 """
 
 from __future__ import annotations
@@ -66,6 +74,10 @@ RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
 
 
+#: Raised by a task whose reservation was taken over (see the module doc).
+ReservationLost = exceptions.ReservationLost
+
+
 class WorkerStopping(exceptions.ConductorException):
     message = ("Worker %(holder)s is stopping; node %(node)s is left to "
                "its next owner.")
@@ -75,6 +87,7 @@ class WorkerStopping(exceptions.ConductorException):
 class _Retry:
     attempts: int
     due: float
+    epoch: int | None = None
 
 
 class Holdings:
@@ -161,19 +174,21 @@ class Holdings:
         with self._lock:
             self._retry.clear()
 
-    def release(self, uuid: str) -> bool:
+    def release(self, uuid: str, epoch: int | None = None) -> bool:
         """Release ``uuid``; a failure is queued for retry, never raised.
 
         A success proves the database answers: due retries follow.
 
+        :param epoch: the reservation's fencing token (a reservation
+            taken over since is left alone).
         :returns: True when released now.
         """
         try:
-            self._db.release_node(uuid, self.holder)
+            self._db.release_node(uuid, self.holder, epoch)
         except Exception as exc:
             with self._lock:
                 self._retry[uuid] = _Retry(
-                    1, self._monotonic() + RETRY_FIRST)
+                    1, self._monotonic() + RETRY_FIRST, epoch)
             LOG.warning("Releasing node %(node)s failed (%(err)s); %(holder)s "
                         "retries until it succeeds",
                         {"node": uuid, "err": _text(exc),
@@ -194,11 +209,12 @@ class Holdings:
         """
         with self._lock:
             clock = self._monotonic()
-            due = [uuid for uuid, entry in sorted(self._retry.items())
+            due = [(uuid, entry.epoch)
+                   for uuid, entry in sorted(self._retry.items())
                    if now or entry.due <= clock]
-        for uuid in due:
+        for uuid, epoch in due:
             try:
-                self._db.release_node(uuid, self.holder)
+                self._db.release_node(uuid, self.holder, epoch)
             except Exception as exc:
                 with self._lock:
                     entry = self._retry.get(uuid)
@@ -307,6 +323,8 @@ class Task:
     :ivar driver: its enabled driver, or None when the driver is not
         enabled on this worker.
     :ivar claim: the ``power_action_claim`` this task wrote, or None.
+    :ivar epoch: the fencing token of the reservation.
+    :ivar fenced: True once the reservation was found taken over.
     """
 
     def __init__(self, db: db_api.Connection, node: db_api.NodeRecord,
@@ -316,6 +334,8 @@ class Task:
         self.holder = holder
         self.driver = drivers.get(node.driver)
         self.claim = claim
+        self.epoch = node.reservation_epoch
+        self.fenced = False
         self._db = db
         self._timeout = timeout
         self._released = False
@@ -339,20 +359,48 @@ class Task:
         :raises DriverNotEnabled: when the driver is not enabled here.
         :raises WorkerStopping: when the worker is stopping (no new call
             starts then).
+        :raises ReservationLost: when the reservation was taken over
+            (checked in the database before every call).
         """
         if self.driver is None:
             raise exceptions.DriverNotEnabled(driver=self.node.driver,
                                               enabled=self.holder)
         if self._holdings.closed:
             raise WorkerStopping(holder=self.holder, node=self.node.uuid)
+        if self.fenced or not self._db.holds(self.node.uuid, self.holder,
+                                             self.epoch):
+            raise self._fence()
         return call_driver(self.driver, method, self.node, *args,
                            timeout=self._timeout)
 
     def record(self, values: Mapping[str, Any]) -> db_api.NodeRecord:
-        """Write ``values`` to the node under this reservation."""
-        self.node = self._db.update_node(self.node.uuid, values,
-                                         holder=self.holder)
+        """Write ``values`` to the node under this reservation.
+
+        :raises ReservationLost: when the reservation was taken over;
+            nothing is written.
+        """
+        if self.fenced:
+            raise self._fence()
+        try:
+            self.node = self._db.update_node(self.node.uuid, values,
+                                             holder=self.holder,
+                                             epoch=self.epoch)
+        except ReservationLost:
+            raise self._fence() from None
         return self.node
+
+    def _fence(self) -> ReservationLost:
+        """Mark this task fenced (logged once); the error to raise."""
+        if not self.fenced:
+            self.fenced = True
+            LOG.error("Node %(node)s: the reservation of %(holder)s (epoch "
+                      "%(epoch)d) was taken over by another worker; "
+                      "%(holder)s stops acting on it: no further BMC call, "
+                      "its outcome is not recorded",
+                      {"node": self.node.uuid, "holder": self.holder,
+                       "epoch": self.epoch})
+        return ReservationLost(node=self.node.uuid, holder=self.holder,
+                               epoch=self.epoch)
 
     def release(self) -> None:
         """Release the reservation (once; later calls do nothing).
@@ -364,7 +412,8 @@ class Task:
             return
         self._released = True
         try:
-            self._holdings.release(self.node.uuid)
+            if not self.fenced:
+                self._holdings.release(self.node.uuid, self.epoch)
         finally:
             self._holdings.leave(self.node.uuid)
         self.node = dataclasses.replace(self.node, reservation=None)

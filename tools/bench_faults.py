@@ -24,13 +24,20 @@ and the database:
 ``repoll_seconds``
     from the fault's end until power sync has polled every node again
     (sweeps started after the end, read from the log), or null when it
-    did not within the bound.
+    did not within the bound;
+``acted_on_by_two_hosts``
+    (``db-outage-two-hosts`` only) action nodes whose BMC got changes
+    from both hosts (must be 0).
 
 Scenarios: ``ctrl-c`` (SIGINT to the process group), ``sigterm`` (to the
 master, graceful_shutdown_timeout shorter than the actions),
 ``kill-worker`` (SIGKILL to one worker), ``kill-master`` (SIGKILL to the
 master), ``db-outage`` (private MariaDB killed, restarted after 8 s),
-``rabbit-outage`` (private RabbitMQ stopped, restarted after 20 s).
+``rabbit-outage`` (private RabbitMQ stopped, restarted after 20 s),
+``db-outage-two-hosts`` (hosts h1 and h2, one worker each, h1 beating
+every second, h2 just under heartbeat_timeout; long actions in flight
+with a BMC that reports a change only once it settled; the private
+MariaDB killed for longer than heartbeat_timeout, then restarted).
 Prints one JSON document: per scenario every run and a summary.
 
     python tools/bench_faults.py                  # the issue's figures
@@ -45,7 +52,6 @@ import contextlib
 import datetime
 import json
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -73,7 +79,7 @@ from conductor import states  # noqa: E402
 from tests.functional import services  # noqa: E402
 
 SCENARIOS = ("ctrl-c", "sigterm", "kill-worker", "kill-master",
-             "db-outage", "rabbit-outage")
+             "db-outage", "rabbit-outage", "db-outage-two-hosts")
 DB_NAME = "bench_faults"
 HOST = "h1"
 #: Start, stop and wait bounds (seconds).
@@ -107,77 +113,13 @@ def _wait(predicate: Any, timeout: float, what: str,
         time.sleep(interval)
 
 
-class MariaDB:
-    """A private mariadbd on a loopback port, in a temporary datadir."""
-
-    def __init__(self, workdir: str) -> None:
-        self.dir = os.path.join(workdir, "mariadb")
-        self.datadir = os.path.join(self.dir, "data")
-        self.port = services.free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        os.makedirs(self.dir)
-        subprocess.run(
-            ["mariadb-install-db", "--no-defaults",
-             "--datadir=%s" % self.datadir, "--user=%s" % _user(),
-             "--auth-root-authentication-method=normal", "--skip-test-db"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            timeout=120)
-
-    @property
-    def admin_url(self) -> str:
-        return "mysql+pymysql://root@127.0.0.1:%d/" % self.port
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["mariadbd", "--no-defaults", "--datadir=%s" % self.datadir,
-             "--port=%d" % self.port, "--bind-address=127.0.0.1",
-             "--socket=%s" % os.path.join(self.dir, "sock"),
-             "--pid-file=%s" % os.path.join(self.dir, "pid"),
-             "--log-error=%s" % os.path.join(self.dir, "error.log"),
-             "--user=%s" % _user(), "--skip-grant-tables",
-             "--skip-name-resolve", "--max-connections=500",
-             "--innodb-flush-log-at-trx-commit=2"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        engine = sa.create_engine(self.admin_url)
-
-        def up() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError("private mariadbd exited (%s); see %s"
-                                   % (self.proc.returncode, self.dir))
-            try:
-                with engine.connect() as conn:
-                    conn.execute(sa.text("SELECT 1"))
-                return True
-            except sa.exc.OperationalError:
-                return False
-        try:
-            _wait(up, START_TIMEOUT, "private mariadbd to accept connections")
-        finally:
-            engine.dispose()
-
-    def crash(self) -> None:
-        """SIGKILL: an outage as abrupt as a lost database host."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(STOP_TIMEOUT)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            services.end(self.proc)
-
-
-def _user() -> str:
-    return pwd.getpwuid(os.getuid()).pw_name
-
-
 class Conductor:
     """The real ``conductor`` binary in its own session (process group)."""
 
-    def __init__(self, config: str, log_file: str) -> None:
+    def __init__(self, config: str, log_file: str, host: str = HOST) -> None:
         self.config = config
         self.log_file = log_file
+        self.host = host
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 
@@ -196,7 +138,7 @@ class Conductor:
             return []
 
     def wait_up(self, workers: int, since: float) -> None:
-        wanted = ["All %d worker(s) of %s are up" % (workers, HOST)]
+        wanted = ["All %d worker(s) of %s are up" % (workers, self.host)]
 
         def up() -> bool:
             assert self.proc is not None
@@ -299,7 +241,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, workdir: str) -> None:
         self.args = args
         self.workdir = workdir
-        self.mariadb: MariaDB | None = None
+        self.mariadb: services.MariaDB | None = None
         self.rabbit: services.RabbitMQ | None = None
         self._api: rpcapi.ConductorAPI | None = None
         self._transport: Any = None
@@ -319,7 +261,7 @@ class Bench:
             self.admin_url = self.args.database_url.rstrip("/") + "/"
         else:
             log("starting a private MariaDB")
-            self.mariadb = MariaDB(self.workdir)
+            self.mariadb = services.MariaDB(self.workdir)
             self.mariadb.start()
             self.admin_url = self.mariadb.admin_url
         self.url = self.admin_url + self.args.database_name
@@ -351,8 +293,9 @@ class Bench:
 
     # -- one run -----------------------------------------------------------
 
-    def prepare(self, rundir: str) -> tuple[db_api.Connection, list[str],
-                                            str]:
+    def prepare(self, rundir: str, latency_ms: int | None = None,
+                settle_ms: int = 0) -> tuple[db_api.Connection, list[str],
+                                             str]:
         name = self.args.database_name
         self._admin("DROP DATABASE IF EXISTS %s" % name)
         self._admin("CREATE DATABASE %s CHARACTER SET utf8mb4" % name)
@@ -363,8 +306,10 @@ class Bench:
         for i in range(self.args.nodes):
             info: dict[str, Any] = {}
             if i < self.args.actions:
-                info = {"fake_latency_ms": self.args.latency_ms,
+                info = {"fake_latency_ms": latency_ms or self.args.latency_ms,
                         "fake_call_log": call_log}
+                if settle_ms:
+                    info["fake_settle_ms"] = settle_ms
             items.append({"name": "n%05d" % i, "driver": "fake",
                           "driver_info": info})
         for start in range(0, len(items), 1000):
@@ -373,10 +318,11 @@ class Bench:
                         for i in range(self.args.actions)]
         return db, action_nodes, call_log
 
-    def config(self, rundir: str) -> tuple[str, str]:
+    def config(self, rundir: str, host: str = HOST,
+               **changes: Any) -> tuple[str, str]:
         path = os.path.join(rundir, "conductor.conf")
         log_file = os.path.join(rundir, "conductor.log")
-        s = self.settings
+        s = dict(self.settings, **changes)
         assert self.rabbit is not None
         with open(path, "w") as stream:
             stream.write(
@@ -389,7 +335,7 @@ class Bench:
                 "power_state_timeout = %s\npending_action_interval = %s\n"
                 "hash_ring_reset_interval = %d\n"
                 "force_power_state_during_sync = false\n"
-                % (HOST, rundir, log_file, self.rabbit.url,
+                % (host, rundir, log_file, self.rabbit.url,
                    s["graceful_shutdown_timeout"], self.url, s["workers"],
                    s["heartbeat_interval"], s["heartbeat_timeout"],
                    s["sync_power_state_interval"], s["power_state_timeout"],
@@ -416,6 +362,8 @@ class Bench:
         return wanted, refused
 
     def run_once(self, scenario: str, index: int) -> dict[str, Any]:
+        if scenario == "db-outage-two-hosts":
+            return self.run_two_hosts(scenario, index)
         rundir = os.path.join(self.workdir, "%s-%d" % (scenario, index))
         os.makedirs(rundir)
         db, action_nodes, call_log = self.prepare(rundir)
@@ -454,6 +402,104 @@ class Bench:
         finally:
             code = cond.stop()
             result.setdefault("exit_codes", {})["final_stop"] = code
+            db.dispose()
+        return result
+
+    def run_two_hosts(self, scenario: str, index: int) -> dict[str, Any]:
+        """Two hosts, long actions in flight, a DB outage past the timeout.
+
+        Counts the action nodes whose BMC got changes from both hosts.
+        """
+        if self.mariadb is None:
+            raise RuntimeError("db-outage-two-hosts needs the private "
+                               "MariaDB (not --database-url)")
+        rundir = os.path.join(self.workdir, "%s-%d" % (scenario, index))
+        os.makedirs(rundir)
+        latency = self.args.two_host_latency_ms
+        db, action_nodes, call_log = self.prepare(
+            rundir, latency_ms=latency, settle_ms=2 * latency)
+        beat = self.settings["heartbeat_interval"]
+        timeout = self.settings["heartbeat_timeout"]
+        conds = {}
+        # NOTE: h1 beats every second, h2 just under the timeout: when the
+        # database is back, h1 reaches it first and finds h2's heartbeat
+        # older than heartbeat_timeout.
+        for host, interval in (("h1", 1), ("h2", max(beat, timeout - 1))):
+            hostdir = os.path.join(rundir, host)
+            os.makedirs(hostdir)
+            # NOTE: every call (reads too) takes the latency: the deadline
+            # must not cut the actions short.
+            config, log_file = self.config(
+                hostdir, host=host, workers=1, heartbeat_interval=interval,
+                power_state_timeout=3 * latency / 1000.0)
+            conds[host] = Conductor(config, log_file, host)
+        result: dict[str, Any] = {"run": index, "errors": []}
+        hosts_of: dict[int, str] = {}
+
+        def note_pids() -> None:
+            for host, cond in conds.items():
+                for proc in cond.workers():
+                    hosts_of[proc.pid] = host
+        try:
+            for cond in conds.values():
+                cond.start()
+            for cond in conds.values():
+                cond.wait_up(1, cond.started_at)
+            note_pids()
+            wanted, refused = self.request(db, action_nodes)
+            result["requests_refused"] = refused
+            with contextlib.suppress(RuntimeError):
+                _wait(lambda: len(_calls(call_log)) >= len(action_nodes),
+                      30, "actions in flight", 0.2)
+            note_pids()
+            started = time.monotonic()
+            self.mariadb.crash()
+            time.sleep(max(0.0, self.args.two_host_outage -
+                           (time.monotonic() - started)))
+            self.mariadb.start()
+            fault_end = time.time()
+            result["fault_s"] = round(time.monotonic() - started, 2)
+            db.dispose()
+            db = db_api.Connection.create(self.url)
+
+            def settled() -> bool:
+                with contextlib.suppress(Exception):
+                    note_pids()
+                    rows = db.get_nodes_by_uuid(action_nodes)
+                    return all(r.target_power_state is None
+                               and r.reservation is None for r in rows)
+                return False
+            with contextlib.suppress(RuntimeError):
+                _wait(settled,
+                      self.args.settle_timeout + 3 * latency / 1000.0,
+                      "actions to settle", 0.5)
+            calls = _calls(call_log)
+            both = [uuid for uuid, entries in calls.items()
+                    if len({hosts_of.get(e["pid"], "pid %d" % e["pid"])
+                            for e in entries}) > 1]
+            rows = {r.uuid: r for r in db.get_nodes_by_uuid(action_nodes)}
+            twice = [uuid for uuid in action_nodes
+                     if sum(1 for c in calls.get(uuid, ())
+                            if c["applied"]) > 1]
+            lost = [uuid for uuid in action_nodes
+                    if not calls.get(uuid) and not rows[uuid].last_error]
+            result.update({
+                "acted_on_by_two_hosts": len(both),
+                "applied_twice": len(twice),
+                "lost_without_error": len(lost),
+                "still_pending": sum(1 for r in rows.values()
+                                     if r.target_power_state is not None),
+                "reservations_left": len(db.node_uuids(reserved=True)),
+                "settle_seconds": round(time.time() - fault_end, 1),
+                "examples": {"acted_on_by_two_hosts": both[:3],
+                             "applied_twice": twice[:3], "lost": lost[:3]},
+            })
+        except Exception as exc:
+            result["errors"].append("%s: %s" % (type(exc).__name__, exc))
+        finally:
+            codes = result.setdefault("exit_codes", {})
+            for host, cond in conds.items():
+                codes["final_stop_" + host] = cond.stop()
             db.dispose()
         return result
 
@@ -561,13 +607,7 @@ class Bench:
             if repolled is not None:
                 break
             time.sleep(0.5)
-        calls: dict[str, list[dict[str, Any]]] = collections.defaultdict(
-            list)
-        if os.path.exists(call_log):
-            with open(call_log) as stream:
-                for line in stream:
-                    entry = json.loads(line)
-                    calls[entry["node"]].append(entry)
+        calls = _calls(call_log)
         rows = {r.uuid: r for r in db.get_nodes_by_uuid(uuids)}
         twice, lost, failed, pending, ok = [], [], [], [], 0
         for uuid in uuids:
@@ -599,23 +639,39 @@ class Bench:
         }
 
 
+def _calls(path: str) -> dict[str, list[dict[str, Any]]]:
+    """The fake driver's call log (``fake_call_log``), per node."""
+    calls: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    if os.path.exists(path):
+        with open(path) as stream:
+            for line in stream:
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    calls[entry["node"]].append(entry)
+    return calls
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     def values(key: str) -> list[Any]:
         return [r[key] for r in runs if r.get(key) is not None]
     summary: dict[str, Any] = {"runs": len(runs)}
     for key in ("applied_twice", "lost_without_error", "reservations_left",
-                "failed_with_error", "still_pending"):
+                "failed_with_error", "still_pending",
+                "acted_on_by_two_hosts"):
         summary[key + "_total"] = sum(values(key))
     repoll = values("repoll_seconds")
     summary["repoll_seconds_median"] = (statistics.median(repoll)
                                         if repoll else None)
     summary["repoll_seconds_max"] = max(repoll) if repoll else None
-    summary["repoll_missing"] = len(runs) - len(repoll)
+    summary["repoll_missing"] = sum(
+        1 for r in runs if "acted_on_by_two_hosts" not in r
+        and r.get("repoll_seconds") is None)
     summary["exit_codes"] = sorted(
         {json.dumps(r.get("exit_codes", {}), sort_keys=True)
          for r in runs})
     summary["errors"] = sum(len(r["errors"]) for r in runs)
     summary["ok"] = (summary["applied_twice_total"] == 0
+                     and summary["acted_on_by_two_hosts_total"] == 0
                      and summary["lost_without_error_total"] == 0
                      and summary["reservations_left_total"] == 0
                      and summary["repoll_missing"] == 0
@@ -642,6 +698,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--power-state-timeout", type=float, default=10.0)
     parser.add_argument("--db-outage", type=float, default=8.0)
     parser.add_argument("--rabbit-outage", type=float, default=20.0)
+    parser.add_argument("--two-host-outage", type=float, default=15.0,
+                        help="db-outage-two-hosts: seconds the database is "
+                             "away (longer than --heartbeat-timeout)")
+    parser.add_argument("--two-host-latency-ms", type=int, default=30000,
+                        help="db-outage-two-hosts: each BMC call (longer "
+                             "than the outage, so actions are still in "
+                             "flight when the database is back)")
     parser.add_argument("--settle-timeout", type=float, default=60.0)
     parser.add_argument("--repoll-timeout", type=float, default=90.0)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
@@ -662,13 +725,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.runs, args.nodes, args.actions = 1, 20, 3
         args.latency_ms, args.sync_interval = 2000, 2
         args.db_outage, args.rabbit_outage = 2.0, 3.0
+        args.two_host_outage = args.heartbeat_timeout + 3.0
+        args.two_host_latency_ms = int(args.two_host_outage * 1000) + 8000
         args.settle_timeout, args.repoll_timeout = 30.0, 30.0
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in names if s not in SCENARIOS]
     if unknown or not names:
         _bad("unknown scenario(s) %s; choose from %s"
              % (", ".join(unknown) or "(none)", ", ".join(SCENARIOS)))
-    if args.database_url and "db-outage" in names:
+    if args.database_url and ("db-outage" in names
+                              or "db-outage-two-hosts" in names):
         _bad("db-outage needs the private MariaDB; drop "
              "--database-url")
     if not re.fullmatch(r"[A-Za-z0-9_]+", args.database_name):
@@ -704,6 +770,8 @@ def main(argv: list[str] | None = None) -> int:
                          actions=args.actions, latency_ms=args.latency_ms,
                          runs=args.runs, db_outage_s=args.db_outage,
                          rabbit_outage_s=args.rabbit_outage,
+                         two_host_outage_s=args.two_host_outage,
+                         two_host_latency_ms=args.two_host_latency_ms,
                          database="given server" if args.database_url
                          else "private MariaDB"),
         "scenarios": {}}

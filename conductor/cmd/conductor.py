@@ -27,6 +27,7 @@ from conductor import checks
 from conductor.common import exceptions
 from conductor.common import hooks
 from conductor.common import log as conductor_log
+from conductor.common import masking
 from conductor.common import version
 from conductor import conf as conductor_conf
 from conductor.conf import validate
@@ -40,7 +41,7 @@ LOG = logging.getLogger(__name__)
 def fail(message: str) -> None:
     """Report a fatal start-up problem on one line and exit 1."""
     LOG.error("Start-up failed: %s", message)
-    sys.stderr.write("conductor: ERROR: %s\n" % message)
+    sys.stderr.write("conductor: ERROR: %s\n" % masking.mask_url(message))
     sys.exit(1)
 
 

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from conductor import checks
 from conductor.common import exceptions
 from conductor.common import hooks
+from conductor.common import masking
 from conductor.common import output
 from conductor.common import rpc
 from conductor.common import version
@@ -784,6 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else
                         logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    masking.install()
     conf = conductor_conf.CONF
     conf_args = []
     for path in args.config_file:
@@ -797,7 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       % ", ".join(exc.config_files))
     except cfg.Error as exc:
         return _error(str(exc).splitlines()[0])
-    manage = Manage(conf, print)
+    manage = Manage(conf, _print_masked)
     try:
         # NOTE: read every option now, so that a bad value is reported as
         # "[group] option: reason" rather than oslo.config's message about
@@ -836,8 +838,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _print_masked(*values: Any, **kwargs: Any) -> None:
+    """``print``, with credentials in URLs hidden (see common.masking)."""
+    print(*(masking.mask_url(str(value)) for value in values), **kwargs)
+
+
 def _error(message: str, code: int = 1) -> int:
-    sys.stderr.write("conductor-manage: ERROR: %s\n" % message)
+    # NOTE: an error may quote what the user typed (an address with a
+    # password in it): credentials in URLs never reach the terminal.
+    sys.stderr.write("conductor-manage: ERROR: %s\n"
+                     % masking.mask_url(message))
     return code
 
 

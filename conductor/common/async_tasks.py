@@ -48,6 +48,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from conductor.common import exceptions
+from conductor.common import masking
 from conductor.common import private
 from conductor.common import processutils
 
@@ -372,7 +373,8 @@ class TaskGroup:
             with self._lock:
                 self._starting.discard(name)
             raise
-        handler.setFormatter(logging.Formatter(self._log_format))
+        handler.setFormatter(masking.MaskingFormatter(
+            logging.Formatter(self._log_format)))
         task = _Task(name=name, fn=fn, args=args, kwargs=dict(kwargs),
                      log_path=log_path, handler=handler, start=0.0)
         with self._lock:

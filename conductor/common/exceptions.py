@@ -53,6 +53,17 @@ class NodeLocked(ConductorException):
                "after the current operation is completed.")
 
 
+class ReservationLost(ConductorException):
+    """A holder's reservation was taken over (its fencing token is stale).
+
+    Not sent over RPC: the worker that gets it stops acting on the node.
+    """
+
+    message = ("Node %(node)s: the reservation of %(holder)s (epoch "
+               "%(epoch)s) was taken over by another worker; %(holder)s "
+               "no longer acts on it")
+
+
 class HostInUse(ConductorException):
     message = ("[DEFAULT] host %(host)s is already run by a live conductor "
                "(%(holder)s); stop it, give this one a distinct [DEFAULT] "

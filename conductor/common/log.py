@@ -15,6 +15,8 @@ from typing import Any
 from oslo_config import cfg
 from oslo_log import log as oslo_log
 
+from conductor.common import masking
+
 _identity = "-"
 _factory_installed = False
 
@@ -53,6 +55,8 @@ def setup(conf: cfg.ConfigOpts, identity: str) -> None:
     """Configure oslo.log and name this process in every line."""
     set_identity(identity)
     oslo_log.setup(conf, "conductor")
+    # NOTE: a line may quote an address typed with a password in it.
+    masking.install()
 
 
 def set_identity(identity: str) -> None:

@@ -270,7 +270,32 @@ class RequestContextSerializer(messaging.Serializer):
         return dict(ctxt.to_dict())
 
     def deserialize_context(self, ctxt: Any) -> RequestContext:
-        return RequestContext.from_dict(ctxt or {})
+        return RequestContext.from_dict(bounded_context(ctxt))
+
+
+#: Longest string, and most items of a list, a caller's request context
+#: may carry per field; longer fields are dropped (their defaults apply).
+#: The request id is printed in every log line of the call.
+MAX_CONTEXT_STRING = 255
+MAX_CONTEXT_ITEMS = 64
+
+
+def bounded_context(ctxt: Any) -> dict[str, Any]:
+    """The caller's context dict without its oversized fields."""
+    if not isinstance(ctxt, dict):
+        return {}
+
+    def fits(value: Any) -> bool:
+        if isinstance(value, str):
+            return len(value) <= MAX_CONTEXT_STRING
+        if isinstance(value, (list, tuple)):
+            return len(value) <= MAX_CONTEXT_ITEMS and all(
+                isinstance(item, str) and len(item) <= MAX_CONTEXT_STRING
+                for item in value)
+        return value is None or isinstance(value, (bool, int, float))
+    return {key: value for key, value in ctxt.items()
+            if isinstance(key, str) and len(key) <= MAX_CONTEXT_STRING
+            and fits(value)}
 
 
 def new_context() -> RequestContext:

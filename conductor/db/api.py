@@ -81,6 +81,10 @@ class NodeRecord:
     #: to apply it, cleared when its outcome was recorded: a node with a
     #: target and a claim it did not write had its action interrupted.
     power_action_claim: str | None = None
+    #: The fencing token of the reservation: incremented by every reserve
+    #: and every takeover. A holder writes and releases only while the
+    #: node is still at the epoch its reservation got.
+    reservation_epoch: int = 0
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> "NodeRecord":
@@ -277,12 +281,17 @@ class Connection:
             return [NodeRecord.from_row(row) for row in conn.execute(query)]
 
     def update_node(self, ident: str, values: Mapping[str, Any], *,
-                    holder: str | None = None) -> NodeRecord:
+                    holder: str | None = None,
+                    epoch: int | None = None) -> NodeRecord:
         """Change fields of a node not reserved by another holder.
 
         :param holder: the caller's reservation; None means the node must
             not be reserved at all.
-        :raises: NodeNotFound, NodeLocked, DuplicateName.
+        :param epoch: with ``holder``: the fencing token of that
+            reservation (``reservation_epoch``); the write happens only
+            while the node is still at it.
+        :raises: NodeNotFound, NodeLocked, DuplicateName; ReservationLost
+            when ``holder`` and ``epoch`` no longer match the node.
         """
         unknown = set(values) - _WRITABLE
         if unknown:
@@ -302,14 +311,34 @@ class Connection:
             query = query.where(_nodes.c.reservation.is_(None))
         else:
             query = query.where(_nodes.c.reservation == holder)
+            if epoch is not None:
+                query = query.where(_nodes.c.reservation_epoch == epoch)
         try:
             with self.engine.begin() as conn:
                 count = conn.execute(query.values(**changes)).rowcount
         except (db_exc.DBDuplicateEntry, sa.exc.IntegrityError) as exc:
             raise exceptions.DuplicateName(name=values.get("name")) from exc
         if count != 1:
+            if holder is not None and epoch is not None and \
+                    self.holds(node.uuid, holder, epoch) is False:
+                raise exceptions.ReservationLost(node=node.uuid,
+                                                 holder=holder, epoch=epoch)
             self._raise_not_updated(node.uuid, ident)
         return self.get_node(node.uuid)
+
+    def holds(self, uuid: str, holder: str, epoch: int) -> bool | None:
+        """Whether ``holder`` still has the node at ``epoch``.
+
+        :returns: None when the node is gone.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(_nodes.c.reservation, _nodes.c.reservation_epoch)
+                .where(_nodes.c.uuid == uuid)).first()
+        if row is None:
+            return None
+        return bool(row.reservation == holder
+                    and row.reservation_epoch == epoch)
 
     def _raise_not_updated(self, uuid: str, ident: str) -> None:
         with self.engine.connect() as conn:
@@ -357,6 +386,7 @@ class Connection:
             "version": _nodes.c.version + 1, "updated_at": now}
         if holder is not None:
             values["reservation"] = holder
+            values["reservation_epoch"] = _nodes.c.reservation_epoch + 1
         with self.engine.begin() as conn:
             count = conn.execute(
                 _nodes.update()
@@ -440,9 +470,15 @@ class Connection:
             same UPDATE: when it has a ``target_power_state`` and no claim
             yet, ``power_action_claim`` becomes ``claim``. An older claim
             is kept, so the caller sees that the action was interrupted.
+        The reservation gets a new fencing token: the returned node's
+        ``reservation_epoch``, to pass to :meth:`update_node` and
+        :meth:`release_node`.
+
         :raises: NodeLocked when someone holds it, NodeNotFound.
         """
-        values: dict[str, Any] = {"reservation": holder}
+        values: dict[str, Any] = {
+            "reservation": holder,
+            "reservation_epoch": _nodes.c.reservation_epoch + 1}
         if claim is not None:
             c = _nodes.c
             values["power_action_claim"] = sa.case(
@@ -464,16 +500,22 @@ class Connection:
             self.release_node(uuid, holder)
             raise
 
-    def release_node(self, uuid: str, holder: str) -> bool:
+    def release_node(self, uuid: str, holder: str,
+                     epoch: int | None = None) -> bool:
         """Drop ``holder``'s reservation; False when it did not hold it.
+
+        :param epoch: the fencing token of the reservation: a reservation
+            taken over since (a later epoch) is left alone.
 
         A database error is retried once at once; a second one is raised
         (:class:`conductor.task.Holdings` queues the release and retries
         it until it succeeds).
         """
         query = (_nodes.update().where(_nodes.c.uuid == uuid)
-                 .where(_nodes.c.reservation == holder)
-                 .values(reservation=None))
+                 .where(_nodes.c.reservation == holder))
+        if epoch is not None:
+            query = query.where(_nodes.c.reservation_epoch == epoch)
+        query = query.values(reservation=None)
         try:
             with self.engine.begin() as conn:
                 count = conn.execute(query).rowcount
@@ -482,8 +524,11 @@ class Connection:
             with self.engine.begin() as conn:
                 count = conn.execute(query).rowcount
         if count != 1:
-            LOG.warning("Node %(node)s was not reserved by %(holder)s when "
-                        "releasing it", {"node": uuid, "holder": holder})
+            LOG.warning("Node %(node)s was not reserved by %(holder)s%(at)s "
+                        "when releasing it",
+                        {"node": uuid, "holder": holder,
+                         "at": "" if epoch is None
+                         else " at epoch %d" % epoch})
         return count == 1
 
     def release_reservations(self, *, holders: Iterable[str] | None = None,
@@ -493,7 +538,9 @@ class Connection:
         """Clear stale reservations; returns how many were cleared.
 
         Claims of power actions stay (``power_action_claim``): whoever
-        applies such an action next reads the BMC before acting.
+        applies such an action next reads the BMC before acting. Each
+        cleared reservation's ``reservation_epoch`` is incremented: its
+        former holder can no longer write to the node or release it.
 
         :param holders: clear the reservations of these holders, or
         :param keep: clear every reservation *not* held by these holders,
@@ -508,15 +555,17 @@ class Connection:
         if exclude is not None and (excluded := list(exclude)):
             query = query.where(_nodes.c.uuid.not_in(excluded))
         total = 0
+        query = query.values(
+            reservation=None,
+            reservation_epoch=_nodes.c.reservation_epoch + 1)
         with self.engine.begin() as conn:
             if uuids is None:
-                total = conn.execute(query.values(reservation=None)).rowcount
+                total = conn.execute(query).rowcount
             else:
                 for start in range(0, len(uuids), 500):
                     chunk = list(uuids[start:start + 500])
                     total += conn.execute(
-                        query.where(_nodes.c.uuid.in_(chunk))
-                        .values(reservation=None)).rowcount
+                        query.where(_nodes.c.uuid.in_(chunk))).rowcount
         return total
 
     def reservations(self) -> dict[str, str]:

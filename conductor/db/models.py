@@ -44,6 +44,11 @@ nodes = sa.Table(
     # action, cleared with target_power_state when its outcome is recorded;
     # both set means the action was interrupted (see power_actions).
     sa.Column("power_action_claim", sa.String(64), nullable=True),
+    # NOTE: the fencing token of the reservation (migration 0005): bumped
+    # by every reserve and every takeover; a holder writes and releases
+    # only at the epoch its reservation got (see conductor.task).
+    sa.Column("reservation_epoch", sa.Integer, nullable=False,
+              server_default="0"),
     sa.UniqueConstraint("uuid", name="uniq_nodes0uuid"),
     sa.UniqueConstraint("name", name="uniq_nodes0name"),
     sa.Index("nodes_reservation_idx", "reservation"),

@@ -38,6 +38,11 @@
     The BMC address this node's calls are serialised and spaced by
     (``[conductor] bmc_min_interval``); nodes with the same value share a
     fake BMC. By default a fake node has no BMC address (no spacing).
+``fake_settle_ms``
+    With ``fake_call_log``: milliseconds after a change started before
+    reads through the log report it (a real BMC accepts a command at once
+    and reports the new state only once the power transition is over);
+    until then they report the state before it. Default 0.
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ LOG = logging.getLogger(__name__)
 PERIODIC_SPACING = 1.0
 #: The driver_info fields the fake driver reads.
 FIELDS = ("fake_latency_ms", "fake_fail", "fake_power_state",
-          "fake_call_log", "fake_timing_log", "fake_bmc_address")
+          "fake_call_log", "fake_timing_log", "fake_bmc_address",
+          "fake_settle_ms")
 
 _FAIL_VALUES = {"true": "all", "all": "all", "get": "get", "set": "set",
                 "false": None, "": None}
@@ -92,11 +98,12 @@ class FakePower(base.PowerInterface):
     def validate(self, node: base.DriverNode) -> None:
         info = node.driver_info
         problems = []
-        latency = info.get("fake_latency_ms", 0)
-        if (isinstance(latency, bool) or not isinstance(latency, (int, float))
-                or latency < 0):
-            problems.append("fake_latency_ms must be a number >= 0, got %r"
-                            % (latency,))
+        for field in ("fake_latency_ms", "fake_settle_ms"):
+            value = info.get(field, 0)
+            if (isinstance(value, bool)
+                    or not isinstance(value, (int, float)) or value < 0):
+                problems.append("%s must be a number >= 0, got %r"
+                                % (field, value))
         fail = info.get("fake_fail", False)
         if not isinstance(fail, bool) and str(fail).lower() not in \
                 _FAIL_VALUES:
@@ -167,18 +174,21 @@ class FakePower(base.PowerInterface):
         path = node.driver_info.get("fake_call_log")
         if not path:
             return None
+        settle = float(node.driver_info.get("fake_settle_ms", 0) or 0)
         with self._lock:
             tail = self._tails.get(path)
             if tail is None:
                 tail = self._tails[path] = _LogTail(path)
-            return tail.state(node.uuid)
+            return tail.state(node.uuid, time.time() - settle / 1000.0)
 
     def get_power_state(self, node: base.DriverNode) -> str:
         self._call(node, "get", "get_power_state")
         with self._lock:
             state = self._hardware.get(node.uuid)
         logged = self._logged_state(node)
-        if logged is not None:
+        if logged is not None or node.driver_info.get("fake_settle_ms"):
+            # NOTE: a change still settling is not reported yet, here
+            # either.
             state = logged
         if state is None:
             state = (node.driver_info.get("fake_power_state")
@@ -216,12 +226,26 @@ class _LogTail:
         self.path = path
         self._ident: tuple[int, int] | None = None
         self._offset = 0
-        self._states: dict[str, str] = {}
+        #: node -> its applied changes (time, target), oldest first; only
+        #: the last one settled and those after it are kept.
+        self._states: dict[str, list[tuple[float, str]]] = {}
 
-    def state(self, uuid: str) -> str | None:
-        """The target of the node's last applied change, if any."""
+    def state(self, uuid: str, settled_before: float) -> str | None:
+        """The target of the node's last change applied before a time.
+
+        :param settled_before: changes logged after this (epoch seconds)
+            have not settled yet: reads still report the state before.
+        """
         self._refresh()
-        return self._states.get(uuid)
+        changes = self._states.get(uuid)
+        if not changes:
+            return None
+        settled = [i for i, (at, _) in enumerate(changes)
+                   if at <= settled_before]
+        if not settled:
+            return None
+        del changes[:settled[-1]]
+        return changes[0][1]
 
     def _refresh(self) -> None:
         try:
@@ -251,7 +275,10 @@ class _LogTail:
             if (isinstance(entry, dict) and entry.get("applied")
                     and isinstance(entry.get("node"), str)
                     and isinstance(entry.get("target"), str)):
-                self._states[entry["node"]] = entry["target"]
+                at = entry.get("time", 0)
+                self._states.setdefault(entry["node"], []).append(
+                    (at if isinstance(at, (int, float)) else 0,
+                     entry["target"]))
 
 
 def _log_call(path: str, entry: dict[str, Any],

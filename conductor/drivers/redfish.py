@@ -59,6 +59,7 @@ from typing import Any, Mapping
 from urllib import parse as urlparse
 
 from conductor.common import exceptions
+from conductor.common import masking
 from conductor.drivers import base
 from conductor import states
 
@@ -95,12 +96,23 @@ class Target:
 def _parse_address(value: Any, problems: list[str]) -> str | None:
     """The BMC's base URL (scheme://host[:port]), or None with a problem.
 
-    A value with credentials in it is never quoted back.
+    A value with credentials in it is refused, whatever else is wrong
+    with it, and never quoted back (other values are quoted masked, see
+    :func:`conductor.common.masking.mask_url`).
     """
     text = value if isinstance(value, str) else None
+    if text is not None and "@" in text:
+        # NOTE: "user:password@" in an address, typo or not: refused
+        # before parsing, so that no message about a malformed URL ever
+        # quotes the password.
+        problems.append("redfish_address must not hold credentials (it "
+                        "contains '@'); put them in redfish_username and "
+                        "redfish_password")
+        return None
+    shown = masking.mask_data(value)
     if text is None or not text.strip() or any(ch.isspace() for ch in text):
         problems.append("redfish_address must be a URL such as "
-                        "https://bmc.example.com, got %r" % (value,))
+                        "https://bmc.example.com, got %r" % (shown,))
         return None
     if "://" not in text:
         text = "https://" + text
@@ -109,7 +121,7 @@ def _parse_address(value: Any, problems: list[str]) -> str | None:
         port = parsed.port
     except ValueError as exc:
         problems.append("redfish_address %r is not a valid URL: %s"
-                        % (value, exc))
+                        % (shown, masking.mask_url(str(exc))))
         return None
     if parsed.username is not None or parsed.password is not None:
         problems.append("redfish_address must not hold credentials; put "
@@ -117,12 +129,12 @@ def _parse_address(value: Any, problems: list[str]) -> str | None:
         return None
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         problems.append("redfish_address must be an http:// or https:// "
-                        "URL with a host, got %r" % (value,))
+                        "URL with a host, got %r" % (shown,))
         return None
     if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
         problems.append("redfish_address must have no path, query or "
                         "fragment (the service root /redfish/v1 is found "
-                        "by itself), got %r" % (value,))
+                        "by itself), got %r" % (shown,))
         return None
     host = parsed.hostname
     if ":" in host:

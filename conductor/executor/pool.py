@@ -59,9 +59,9 @@ class _Runtime:
 
     def __init__(self) -> None:
         # NOTE: this lock (and the condition built on it) protects
-        # ``busy``, ``spawned``, ``threads``, ``stopping`` and the counters
-        # below. The condition is notified whenever a thread frees up, and
-        # by WorkerPool.wake_waiters().
+        # ``busy``, ``spawned``, ``threads``, ``running``, ``stopping`` and
+        # the counters below. The condition is notified whenever a thread
+        # frees up, and by WorkerPool.wake_waiters().
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         # NOTE: never holds more than ``size`` items: an item is counted
@@ -69,6 +69,9 @@ class _Runtime:
         # rejects when ``busy`` reached ``size``.
         self.queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self.threads: list[threading.Thread] = []
+        #: Names of the threads running a submission right now (an idle
+        #: thread, even one not yet ended at shutdown, is not in it).
+        self.running: set[str] = set()
         self.spawned = 0
         self.busy = 0
         self.stopping = False
@@ -225,6 +228,9 @@ class WorkerPool:
             return
         error: BaseException | None = None
         result: Any = None
+        name = threading.current_thread().name
+        with rt.lock:
+            rt.running.add(name)
         try:
             result = item.fn(*item.args, **item.kwargs)
         except BaseException as exc:  # the future carries it to the caller
@@ -234,6 +240,8 @@ class WorkerPool:
                           "the thread keeps serving",
                           {"pool": self.name, "fn": item.fn, "exc": exc})
         finally:
+            with rt.lock:
+                rt.running.discard(name)
             self._release(rt, failed=error is not None)
         if error is not None:
             future.set_exception(error)
@@ -321,10 +329,13 @@ class WorkerPool:
         Work already accepted still runs; new submissions raise
         ``RuntimeError``. With ``wait``, joins the threads for at most
         ``timeout`` seconds in total (``None``: no bound). A thread still
-        busy at the bound is left behind (it is a daemon thread).
+        busy at the bound is left behind (it is a daemon thread); the
+        warning then names only the threads running a submission, not
+        idle ones that have not ended yet.
 
-        :returns: True when every thread has ended (always True for an
-            unstarted pool), False while one is still running.
+        :returns: True when no submission is left unfinished (always
+            True for an unstarted pool), False while one still runs or
+            waits for a thread.
         """
         rt = self._rt
         if rt is None:
@@ -346,10 +357,17 @@ class WorkerPool:
                 remaining = (None if deadline is None
                              else max(0.0, deadline - time.monotonic()))
                 thread.join(remaining)
-        alive = [t.name for t in threads if t.is_alive()]
-        if alive and wait:
+        # NOTE: an idle thread may not have ended yet (its sentinel is
+        # queued, or the join had no time left): that is not work left
+        # behind. Count the submissions not finished, name the threads
+        # running one.
+        with rt.lock:
+            unfinished = rt.busy
+            running = sorted(rt.running)
+        if unfinished and wait:
             LOG.warning("Worker pool %(pool)s: %(count)d thread(s) still "
                         "busy after %(timeout)s s: %(names)s",
-                        {"pool": self.name, "count": len(alive),
-                         "timeout": timeout, "names": ", ".join(alive)})
-        return not alive
+                        {"pool": self.name, "count": unfinished,
+                         "timeout": timeout,
+                         "names": ", ".join(running) or "(starting)"})
+        return not unfinished

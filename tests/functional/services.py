@@ -2,7 +2,8 @@
 """Private services for fault tests and tools/bench_faults.py.
 
 A fault test stops and restarts a service; it must be one it started
-itself, never the machine's shared one. Standard library only, so that
+itself, never the machine's shared one. Standard library only (and
+SQLAlchemy, a requirement of the conductor itself), so that
 tools/bench_faults.py (which puts the repository root on ``sys.path``)
 can import it without the test requirements.
 """
@@ -15,6 +16,7 @@ import pwd
 import signal
 import socket
 import subprocess
+import time
 import uuid
 
 #: Start and stop bounds (seconds).
@@ -55,12 +57,14 @@ class RabbitMQ:
     """A private RabbitMQ node: own node name, ports and directories.
 
     Its own config file too: /etc/rabbitmq/rabbitmq.conf pins the
-    listener to 5672, the shared broker's port. The directories belong
+    listener to 5672, the shared broker's port. ``config`` adds lines to
+    it (``max_message_size = 1048576``, say). The directories belong
     to the rabbitmq user when run as root, since rabbitmq-server drops
     root to it.
     """
 
-    def __init__(self, workdir: str, prefix: str = "private") -> None:
+    def __init__(self, workdir: str, prefix: str = "private",
+                 config: str = "") -> None:
         self.dir = os.path.join(workdir, "rabbitmq")
         self.node = "%s-%d-%s@localhost" % (prefix, os.getpid(),
                                             uuid.uuid4().hex[:8])
@@ -72,7 +76,7 @@ class RabbitMQ:
         open(os.path.join(self.dir, "plugins"), "w").close()
         with open(os.path.join(self.dir, "rabbitmq.conf"), "w") as stream:
             stream.write("listeners.tcp.local = 127.0.0.1:%d\n"
-                         "loopback_users = none\n" % self.port)
+                         "loopback_users = none\n%s" % (self.port, config))
         if os.getuid() == 0:
             try:
                 entry = pwd.getpwnam("rabbitmq")
@@ -166,3 +170,89 @@ class RabbitMQ:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc = None
+
+
+def _user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+class MariaDB:
+    """A private mariadbd on a loopback port, in a temporary datadir.
+
+    :meth:`crash` kills it (an outage as abrupt as a lost database host);
+    :meth:`start` brings it back with its data.
+    """
+
+    def __init__(self, workdir: str) -> None:
+        self.dir = os.path.join(workdir, "mariadb")
+        self.datadir = os.path.join(self.dir, "data")
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        os.makedirs(self.dir)
+        try:
+            subprocess.run(
+                ["mariadb-install-db", "--no-defaults",
+                 "--datadir=%s" % self.datadir, "--user=%s" % _user(),
+                 "--auth-root-authentication-method=normal",
+                 "--skip-test-db"],
+                check=True, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, timeout=120)
+        except FileNotFoundError:
+            raise ServiceError("mariadb-install-db is not installed: cannot "
+                               "run a private MariaDB")
+        except subprocess.CalledProcessError as exc:
+            raise ServiceError("mariadb-install-db failed (%d) in %s"
+                               % (exc.returncode, self.datadir))
+
+    @property
+    def admin_url(self) -> str:
+        return "mysql+pymysql://root@127.0.0.1:%d/" % self.port
+
+    def start(self) -> None:
+        """Start mariadbd; :class:`ServiceError` when it does not come up."""
+        import sqlalchemy as sa
+
+        self.proc = subprocess.Popen(
+            ["mariadbd", "--no-defaults", "--datadir=%s" % self.datadir,
+             "--port=%d" % self.port, "--bind-address=127.0.0.1",
+             "--socket=%s" % os.path.join(self.dir, "sock"),
+             "--pid-file=%s" % os.path.join(self.dir, "pid"),
+             "--log-error=%s" % os.path.join(self.dir, "error.log"),
+             "--user=%s" % _user(), "--skip-grant-tables",
+             "--skip-name-resolve", "--max-connections=500",
+             "--innodb-flush-log-at-trx-commit=2"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        engine = sa.create_engine(self.admin_url)
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise ServiceError(
+                        "private mariadbd exited (%s); log tail:\n%s"
+                        % (self.proc.returncode, _tail(os.path.join(
+                            self.dir, "error.log"))))
+                try:
+                    with engine.connect() as conn:
+                        conn.execute(sa.text("SELECT 1"))
+                    return
+                except sa.exc.OperationalError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.crash()
+                    raise ServiceError(
+                        "private mariadbd did not accept connections "
+                        "within %ds" % START_TIMEOUT)
+                time.sleep(0.2)
+        finally:
+            engine.dispose()
+
+    def crash(self) -> None:
+        """SIGKILL: an outage as abrupt as a lost database host."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            end(self.proc)

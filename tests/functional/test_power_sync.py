@@ -379,6 +379,16 @@ class TestActionsAcrossARestart(PowerSyncTestCase):
             self.assertIsNotNone(node.reservation)
             self.assertIsNotNone(node.power_action_claim)
         self.assertIn("stay reserved", first.log())
+        # The pool's warning counts its busy threads only (idle ones not
+        # ended yet are not): as many as the nodes each worker left
+        # reserved.
+        busy = {int(w): int(n) for w, n in re.findall(
+            r"Worker pool pool-w(\d+): (\d+) thread\(s\) still busy",
+            first.log())}
+        held = {int(w): int(n) for n, w in re.findall(
+            r"(\d+) node\(s\) stay reserved by ftest:(\d+)", first.log())}
+        self.assertEqual(held, busy)
+        self.assertEqual(len(uuids), sum(busy.values()))
         second = self.start_conductor(options(), name="restarted")
         base.wait_for(
             lambda: all(self.node(u).target_power_state is None

@@ -91,12 +91,16 @@ class PrivateRabbitMQ(fixtures.Fixture):
     For tests that stop the broker: the shared one must never be stopped.
     """
 
+    #: Lines added to the node's rabbitmq.conf.
+    CONFIG = ""
+
     def _setUp(self) -> None:
         workdir = self.useFixture(fixtures.TempDir()).path
         # NOTE: the node runs as the rabbitmq user when we are root.
         os.chmod(workdir, 0o755)
         try:
-            self.node = services.RabbitMQ(workdir, prefix="conductor-test")
+            self.node = services.RabbitMQ(workdir, prefix="conductor-test",
+                                          config=self.CONFIG)
             # NOTE: registered before start(), so that a node that fails
             # half-way still goes.
             self.addCleanup(self.node.stop)

@@ -68,9 +68,11 @@ class TestOptions(base.TestCase):
                       self._refused("--scenarios", "sigterm,nap"))
 
     def test_db_outage_needs_the_private_server(self) -> None:
-        self.assertIn("db-outage needs the private MariaDB",
-                      self._refused("--database-url", "mysql+pymysql://x/",
-                                    "--scenarios", "db-outage"))
+        for scenario in ("db-outage", "db-outage-two-hosts"):
+            self.assertIn("db-outage needs the private MariaDB",
+                          self._refused("--database-url",
+                                        "mysql+pymysql://x/",
+                                        "--scenarios", scenario))
 
     def test_bad_database_name(self) -> None:
         self.assertIn("--database-name must be letters",
@@ -134,3 +136,11 @@ class TestSummary(base.TestCase):
                     {"errors": ["RuntimeError: x"]}):
             summary = bench.summarise([self._run(), self._run(**bad)])
             self.assertFalse(summary["ok"], bad)
+
+    def test_two_hosts_acting_on_a_node_fails_the_scenario(self) -> None:
+        runs = [self._run(acted_on_by_two_hosts=0, repoll_seconds=None)]
+        self.assertTrue(bench.summarise(runs)["ok"])
+        runs.append(self._run(acted_on_by_two_hosts=3, repoll_seconds=None))
+        summary = bench.summarise(runs)
+        self.assertEqual(3, summary["acted_on_by_two_hosts_total"])
+        self.assertFalse(summary["ok"])

@@ -415,6 +415,50 @@ class TestRouting(ManagerTestCase):
         self.forwarder.set_power_state.assert_not_called()
         self.forwarder.update_node.assert_not_called()
 
+    def test_forwarded_by_must_be_another_live_host(self) -> None:
+        node = self.node_owned_by("other")
+        for forwarded_by, text in (
+                ("nobody-like-this", "'nobody-like-this' is not a live "
+                                     "conductor host"),
+                ("h", "forwarded_by names this host (h)"),
+                ("", "host name of 1 to 255 characters"),
+                ("x" * 1000000, "got 1000000 characters"),
+                (["other"], "got list")):
+            for method, kwargs in (
+                    ("set_power_state", {"target": "on"}),
+                    ("update_node", {"values": {"maintenance": True}}),
+                    ("delete_node", {})):
+                exc = self.error(exceptions.InvalidParameterValue, method,
+                                 node=node.uuid, forwarded_by=forwarded_by,
+                                 **kwargs)
+                self.assertIn(text, str(exc))
+                self.assertLess(len(str(exc)), 400)
+        self.assertEqual(node, self.db.get_node(node.uuid))
+        self.forwarder.set_power_state.assert_not_called()
+        # A host that stopped is no longer believed.
+        self.db.set_offline("other")
+        exc = self.error(exceptions.InvalidParameterValue, "set_power_state",
+                         node=node.uuid, target="on", forwarded_by="other")
+        self.assertIn("not a live conductor host", str(exc))
+
+    def test_oversized_strings_are_refused_not_echoed(self) -> None:
+        huge = "z" * 1000000
+        for method, kwargs in (
+                ("create_node", {"values": {"driver": huge}}),
+                ("create_node", {"values": {"driver": "fake", huge: 1}}),
+                ("create_node", {"values": {"driver": "fake", "uuid": huge}}),
+                ("create_node", {"values": {"driver": "fake",
+                                            "maintenance": huge}}),
+                ("create_node", {"values": {"driver": "fake",
+                                            "driver_info": {huge: 1}}}),
+                ("list_nodes", {"filters": {huge: 1}}),
+                ("set_power_state", {"node": "n1", "target": huge}),
+                ("get_node", {"node": huge})):
+            exc = self.error(exceptions.InvalidParameterValue, method,
+                             **kwargs)
+            self.assertLess(len(str(exc)), 1000, (method, str(exc)[:200]))
+        self.assertEqual([], self.db.list_nodes())
+
     def test_own_nodes_and_reads_are_not_forwarded(self) -> None:
         mine = self.node_owned_by("h")
         other = self.node_owned_by("other")

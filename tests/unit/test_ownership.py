@@ -419,3 +419,122 @@ class TestReleaseDeadReservations(RingsTestCase):
         self.assertEqual(
             0, self.rings_a0.release_dead_reservations(self.theirs))
         self.assertEqual("b:0", self.reservations()[self.theirs[0]])
+
+
+class TestLiveness(base.TestCase):
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.clock = fakes.FakeClock(1000.0)
+        self.live = ownership.Liveness(10.0, TIMEOUT, monotonic=self.clock)
+
+    def test_not_trusted_before_any_beat(self) -> None:
+        self.assertFalse(self.live.trusted())
+
+    def test_a_starting_worker_is_trusted_at_once(self) -> None:
+        self.live.started()
+        self.assertTrue(self.live.trusted())
+
+    def test_regular_beats_keep_trust(self) -> None:
+        self.live.started()
+        for _ in range(20):
+            self.clock.advance(10.0)
+            self.live.beat()
+            self.assertTrue(self.live.trusted())
+
+    def test_a_late_heartbeat_loses_trust(self) -> None:
+        self.live.started()
+        self.clock.advance(self.live.gap + 0.1)
+        self.assertFalse(self.live.trusted())
+
+    def test_after_an_outage_others_get_a_full_timeout(self) -> None:
+        self.live.started()
+        self.clock.advance(TIMEOUT + 30)     # no beat reached the database
+        with self.assertLogs(ownership.LOG, "WARNING") as logs:
+            self.live.beat()
+        self.assertIn("Database access resumed", logs.output[0])
+        for _ in range(int(TIMEOUT // 10) - 1):
+            self.assertFalse(self.live.trusted())
+            self.clock.advance(10.0)
+            self.live.beat()
+        self.clock.advance(10.0)
+        self.live.beat()
+        self.assertTrue(self.live.trusted())
+
+
+class TestJudgementAfterOutage(RingsTestCase):
+    """A worker back from an outage does not take the others' nodes."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.now = NOW
+        self.beat("a", 0)
+        self.beat("b", 0)
+        self.live = ownership.Liveness(10.0, TIMEOUT, monotonic=self.clock)
+        self.live.started()
+        self.view = ownership.Rings(self.db, "a", 0,
+                                    heartbeat_timeout=TIMEOUT,
+                                    reset_interval=15.0,
+                                    now_func=lambda: self.now,
+                                    monotonic=self.clock,
+                                    liveness=self.live)
+        self.view.refresh()
+        self.nodes = uuids(200)
+        self.theirs = [uuid for uuid in self.nodes
+                       if not self.view.owns(uuid)]
+        self.assertTrue(self.theirs)
+        self.db.import_nodes([{"uuid": uuid, "driver": "fake"}
+                              for uuid in self.nodes])
+        self.db.reserve_node(self.theirs[0], "b:0")
+
+    def outage(self, seconds: float) -> None:
+        """The database was away: every heartbeat in it is that old."""
+        self.now += datetime.timedelta(seconds=seconds)
+        self.clock.advance(seconds)
+        self.beat("a", 0, age=-seconds + 0.0)    # our beat lands first
+
+    def test_b_is_not_judged_dead_until_a_full_timeout_after(self) -> None:
+        self.outage(TIMEOUT + 40)
+        self.live.beat()
+        self.assertFalse(self.view.update(force=True))
+        self.assertEqual(["a:0", "b:0"], self.view.membership.holders)
+        self.assertEqual("b:0", self.db.get_node(self.theirs[0]).reservation)
+        # b never comes back: after a full timeout of regular beats of
+        # ours, it is dead and its reservation released.
+        for _ in range(int(TIMEOUT // 10)):
+            self.now += datetime.timedelta(seconds=10)
+            self.clock.advance(10.0)
+            self.beat("a", 0, age=-(self.now - NOW).total_seconds())
+            self.live.beat()
+        self.assertTrue(self.view.update())
+        self.assertEqual(["a:0"], self.view.membership.holders)
+        self.assertIsNone(self.db.get_node(self.theirs[0]).reservation)
+
+    def test_b_beating_again_stays_live(self) -> None:
+        self.outage(TIMEOUT + 40)
+        self.live.beat()
+        self.view.update(force=True)
+        self.beat("b", 0, age=-(self.now - NOW).total_seconds())
+        for _ in range(int(TIMEOUT // 10) + 1):
+            self.now += datetime.timedelta(seconds=10)
+            self.clock.advance(10.0)
+            self.beat("a", 0, age=-(self.now - NOW).total_seconds())
+            self.beat("b", 0, age=-(self.now - NOW).total_seconds())
+            self.live.beat()
+            self.view.update(force=True)
+            self.assertEqual(["a:0", "b:0"], self.view.membership.holders)
+        self.assertEqual("b:0", self.db.get_node(self.theirs[0]).reservation)
+
+    def test_a_worker_gone_offline_leaves_at_once(self) -> None:
+        self.outage(TIMEOUT + 40)
+        self.live.beat()
+        self.db.set_offline("b", 0)
+        self.assertTrue(self.view.update())
+        self.assertEqual(["a:0"], self.view.membership.holders)
+
+    def test_without_liveness_heartbeat_age_alone_decides(self) -> None:
+        self.view.liveness = None
+        self.outage(TIMEOUT + 40)
+        self.assertTrue(self.view.update())
+        self.assertEqual(["a:0"], self.view.membership.holders)
+        self.assertIsNone(self.db.get_node(self.theirs[0]).reservation)

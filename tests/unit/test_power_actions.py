@@ -103,6 +103,29 @@ class TestApply(ActionsTestCase):
                           node.last_error, node.reservation))
         self.assertEqual(node, self.db.get_node(uuid))
 
+    def test_taken_over_during_the_call_records_nothing(self) -> None:
+        uuid = self.node("a", states.POWER_ON)
+
+        def taken_over(node: Any, target: str) -> None:
+            # Another worker judged this one dead meanwhile, released the
+            # reservation and took the node.
+            self.db.release_reservations(holders=[HOLDER])
+            self.db.reserve_node(uuid, "other:0")
+        self.power.set_power_state.side_effect = taken_over
+        with self.assertLogs(task.LOG, "ERROR") as logs:
+            self.actions.submit(uuid)
+            self.drain()
+        self.assertIn("Node %s: the reservation of %s" % (uuid, HOLDER),
+                      logs.output[0])
+        node = self.db.get_node(uuid)
+        # The outcome is the new owner's to record (its claim check reads
+        # the BMC first); the stale worker wrote nothing, released nothing.
+        self.assertEqual((states.POWER_ON, None, "other:0"),
+                         (node.target_power_state, node.power_state,
+                          node.reservation))
+        self.assertIsNotNone(node.power_action_claim)
+        self.power.set_power_state.assert_called_once()
+
     def test_power_off(self) -> None:
         uuid = self.node("a", states.POWER_OFF, power_state=states.POWER_ON)
         node = self.actions.apply(uuid)

@@ -464,12 +464,12 @@ class TestStartStop(ServiceTestCase):
         real = db_api.Connection.release_node
 
         def release(conn: db_api.Connection, node_uuid: str,
-                    holder: str) -> bool:
+                    holder: str, epoch: int | None = None) -> bool:
             if node_uuid == uuid:
                 attempts[0] += 1
                 if attempts[0] <= 3:
                     raise db_exc.DBConnectionError("database went away")
-            return real(conn, node_uuid, holder)
+            return real(conn, node_uuid, holder, epoch)
 
         self.useFixture(fixtures.MockPatchObject(
             db_api.Connection, "release_node", autospec=True,

@@ -163,6 +163,76 @@ class TestClaim(TaskTestCase):
             self.assertFalse(t.interrupted)
 
 
+class TestFencing(TaskTestCase):
+    """A task whose reservation was taken over stops acting on the node."""
+
+    def take_over(self) -> None:
+        """Another worker judged h:0 dead and released its reservation."""
+        self.assertEqual(1, self.db.release_reservations(keep=["h:1"]))
+
+    def test_every_reserve_and_takeover_bumps_the_epoch(self) -> None:
+        epochs = [self.db.get_node(self.uuid).reservation_epoch]
+        epochs.append(self.db.reserve_node(self.uuid, "h:0")
+                      .reservation_epoch)
+        self.take_over()
+        epochs.append(self.db.get_node(self.uuid).reservation_epoch)
+        self.assertTrue(self.db.release_node(self.uuid, "h:0") is False)
+        t = task.request_power(self.db, "n1", states.POWER_ON, "h:0",
+                               self.drivers, 5.0)
+        epochs.append(t.epoch)
+        self.assertEqual([0, 1, 2, 3], epochs)
+        task.withdraw(t)
+
+    def test_a_stale_holder_writes_nothing_and_calls_no_bmc(self) -> None:
+        calls: list[str] = []
+        power = self.drivers["fake"].power
+        self.useFixture(fixtures.MockPatchObject(
+            power, "set_power_state",
+            side_effect=lambda node, target: calls.append(target)))
+        stale = task.acquire(self.db, self.uuid, "h:0", self.drivers, 5.0)
+        t = stale.__enter__()
+        self.take_over()
+        # The same holder name reserves it again, for another task (a
+        # worker that was judged dead and lives on).
+        again = task.acquire(self.db, self.uuid, "h:0", self.drivers, 5.0)
+        new = again.__enter__()
+        with self.assertLogs(task.LOG, "ERROR") as logs:
+            self.assertRaises(task.ReservationLost, t.record,
+                              {"last_error": "stale outcome"})
+        self.assertIn("Node %s: the reservation of h:0 (epoch 1) was taken "
+                      "over" % self.uuid, logs.output[0])
+        self.assertRaises(task.ReservationLost, t.call, "set_power_state",
+                          states.POWER_ON)
+        self.assertEqual([], calls)
+        self.assertIsNone(self.db.get_node(self.uuid).last_error)
+        # Its release leaves the new task's reservation alone.
+        stale.__exit__(None, None, None)
+        node = self.db.get_node(self.uuid)
+        self.assertEqual(("h:0", new.epoch),
+                         (node.reservation, node.reservation_epoch))
+        new.call("set_power_state", states.POWER_ON)
+        new.record({"power_state": states.POWER_ON})
+        again.__exit__(None, None, None)
+        self.assertEqual([states.POWER_ON], calls)
+        self.assertIsNone(self.db.get_node(self.uuid).reservation)
+
+    def test_taken_over_before_the_call(self) -> None:
+        calls: list[str] = []
+        power = self.drivers["fake"].power
+        self.useFixture(fixtures.MockPatchObject(
+            power, "set_power_state",
+            side_effect=lambda node, target: calls.append(target)))
+        with task.acquire(self.db, self.uuid, "h:0", self.drivers,
+                          5.0) as t:
+            self.take_over()
+            self.db.reserve_node(self.uuid, "h:1")
+            self.assertRaises(task.ReservationLost, t.call,
+                              "set_power_state", states.POWER_ON)
+            self.assertTrue(t.fenced)
+        self.assertEqual([], calls)
+        self.assertEqual("h:1", self.db.get_node(self.uuid).reservation)
+
+
 class TestHoldings(base.TestCase):
 
     def setUp(self) -> None:
@@ -177,11 +247,12 @@ class TestHoldings(base.TestCase):
         attempts = [0]
         real = self.db.release_node
 
-        def release(uuid: str, holder: str) -> bool:
+        def release(uuid: str, holder: str,
+                    epoch: int | None = None) -> bool:
             attempts[0] += 1
             if attempts[0] <= failures:
                 raise db_exc.DBConnectionError("database went away")
-            return real(uuid, holder)
+            return real(uuid, holder, epoch)
 
         self.useFixture(fixtures.MockPatchObject(self.db, "release_node",
                                                  side_effect=release))

@@ -287,7 +287,8 @@ class TestFakeValidate(base.TestCase):
         self.assertRefused("unknown field(s) a_password, ipmi_address (the "
                            "fake driver reads fake_latency_ms, fake_fail, "
                            "fake_power_state, fake_call_log, "
-                           "fake_timing_log, fake_bmc_address)",
+                           "fake_timing_log, fake_bmc_address, "
+                           "fake_settle_ms)",
                            _node(ipmi_address="x", a_password="y"))
 
     def test_every_problem_named_with_uuid(self) -> None:

@@ -103,6 +103,16 @@ class ValidateTest(base.TestCase):
                             % PASSWORD)
         self.assertIn("redfish_address must not hold credentials", text)
 
+    def test_credentials_in_a_malformed_address_are_never_quoted(
+            self) -> None:
+        # Typos that broke the URL used to be quoted whole in the error.
+        for typo in ("https://admin:%s@bmc:44x3", "https:/admin:%s@bmc",
+                     "admin:%s@bmc/redfish", "https://admin:%s@bmc ",
+                     "htps://admin:%s@bmc"):
+            text = self.invalid(redfish_address=typo % PASSWORD)
+            self.assertIn("redfish_address must not hold credentials", text)
+            self.assertNotIn(PASSWORD, text)
+
     def test_system_id_forms(self) -> None:
         self.assertEqual("/redfish/v1/Systems/1", self.target().system_path)
         self.assertEqual("/redfish/v1/Systems/7",

@@ -208,6 +208,32 @@ class TestShutdown(PoolTestCase):
         blocker.release.set()
         self.assertTrue(pool.shutdown(wait=True, timeout=base.WAIT))
 
+    def test_warning_counts_busy_threads_only(self) -> None:
+        pool = self.make_pool(10)
+        # Ten threads exist; two stay busy, eight are idle.
+        idle = fakes.Recorder(held=True)
+        for _ in range(10):
+            idle.futures.append(pool.submit(idle))
+        self.assertTrue(idle.wait_calls(10))
+        idle.release.set()
+        futures.wait(idle.futures, base.WAIT)
+        busy = fakes.Recorder(held=True)
+        self.addCleanup(busy.release.set)
+        for _ in range(2):
+            busy.futures.append(pool.submit(busy))
+        self.assertTrue(busy.wait_calls(2))
+        self.assertEqual(10, pool.stats()["threads"])
+        with self.assertLogs(pool_mod.LOG, "WARNING") as logs:
+            # NOTE: no time left to join: idle threads have not ended yet
+            # either, and must not be counted as busy.
+            self.assertFalse(pool.shutdown(wait=True, timeout=0))
+        [line] = logs.output
+        self.assertIn("2 thread(s) still busy", line)
+        for name in busy.threads:
+            self.assertIn(name, line)
+        busy.release.set()
+        self.assertTrue(pool.shutdown(wait=True, timeout=base.WAIT))
+
     def test_no_wait(self) -> None:
         pool = self.make_pool(1)
         blocker = self.fill(pool)

@@ -15,7 +15,7 @@ from alembic import op
 import sqlalchemy as sa
 
 revision = "0006_conductor_draining"
-down_revision = "0003_power_action_claim"
+down_revision = "0005_reservation_epoch"
 branch_labels = None
 depends_on = None
 
