@@ -67,6 +67,7 @@ class WorkerSettings:
     db_retry_interval: int
     enabled_drivers: tuple[str, ...]
     pool_size: int
+    max_abandoned_calls: int
     heartbeat_interval: float
     heartbeat_timeout: float
     hash_ring_reset_interval: float
@@ -82,6 +83,7 @@ class WorkerSettings:
             db_retry_interval=conf.database.retry_interval,
             enabled_drivers=tuple(conf.enabled_drivers),
             pool_size=conf.conductor.workers_pool_size,
+            max_abandoned_calls=conf.conductor.max_abandoned_calls,
             heartbeat_interval=conf.conductor.heartbeat_interval,
             heartbeat_timeout=conf.conductor.heartbeat_timeout,
             hash_ring_reset_interval=conf.conductor.hash_ring_reset_interval,
@@ -259,6 +261,8 @@ class ConductorService(service.ServiceBase):
         """
         conductor_log.set_identity(
             conductor_log.worker_identity(self.host, self.worker_id))
+        # NOTE: an outage the master was counting is not this worker's.
+        conductor_log.reset_outage_logs()
         try:
             self._start()
         except Exception as exc:
@@ -302,8 +306,9 @@ class ConductorService(service.ServiceBase):
         if stopped.is_set():
             db.dispose()
             return  # SIGTERM while starting: register nothing
-        pool = worker_pool.WorkerPool(settings.pool_size,
-                                      name="pool-w%d" % self.worker_id)
+        pool = worker_pool.WorkerPool(
+            settings.pool_size, name="pool-w%d" % self.worker_id,
+            max_abandoned=settings.max_abandoned_calls)
         rings = ownership.Rings(
             db, self.host, self.worker_id,
             heartbeat_timeout=settings.heartbeat_timeout,
@@ -349,6 +354,7 @@ class ConductorService(service.ServiceBase):
         if rt is None:
             return {}
         return {"boot_id": processutils.boot_id(),
+                "health": "degraded" if rt.pool.degraded else "healthy",
                 "pool": rt.pool.stats(),
                 "periodics": rt.runner.stats(),
                 "reservations": task.holdings(rt.db, self.holder).status(),
@@ -489,24 +495,51 @@ class ConductorService(service.ServiceBase):
         thread.start()
         self._threads.append(thread)
 
+    def _health_changed(self, rt: _Runtime, degraded: bool) -> None:
+        """Say that the worker became degraded, or healthy again."""
+        total, running = rt.pool.abandoned_calls()
+        if degraded:
+            LOG.error("Worker %(holder)s is degraded: %(n)d abandoned "
+                      "driver call(s) still running reached [conductor] "
+                      "max_abandoned_calls (%(cap)d). It heartbeats as "
+                      "offline so that other workers take its nodes over "
+                      "until those calls return",
+                      {"holder": self.holder, "n": running,
+                       "cap": rt.pool.max_abandoned})
+        else:
+            LOG.info("Worker %(holder)s is healthy again: %(n)d abandoned "
+                     "driver call(s) still running (cap %(cap)d); it takes "
+                     "its share of the nodes back",
+                     {"holder": self.holder, "n": running,
+                      "cap": rt.pool.max_abandoned})
+
     def _heartbeat_loop(self, rt: _Runtime, stopped: threading.Event
                         ) -> None:
         interval = rt.settings.heartbeat_interval
         held = task.holdings(rt.db, self.holder)
+        degraded = False
         while not stopped.wait(interval):
             beat = False
+            if rt.pool.degraded != degraded:
+                degraded = not degraded
+                self._health_changed(rt, degraded)
             try:
                 rt.db.heartbeat(self.host, self.worker_id,
                                 drivers=list(rt.drivers),
-                                pid=os.getpid(), status=self.status())
+                                pid=os.getpid(), status=self.status(),
+                                online=not degraded)
                 beat = True
                 HEARTBEAT_LOG.debug("Heartbeat of %s (every %ss)",
                                     self.holder, interval)
-            except Exception:
+            except Exception as exc:
                 # NOTE: a database blip must not end the heartbeat loop;
                 # peers take our nodes over only if it lasts past
                 # heartbeat_timeout.
-                LOG.exception("Heartbeat of %s failed", self.holder)
+                if not conductor_log.database_failed(
+                        "heartbeat of %s" % self.holder, exc):
+                    LOG.exception("Heartbeat of %s failed", self.holder)
+            else:
+                conductor_log.database_ok()
             # NOTE: failed releases are retried here at the latest (all of
             # them once the database answered): a worker never keeps a
             # reservation for a call it is not making.
@@ -574,9 +607,12 @@ class StartExtra:
         while not stop.wait(0.2):
             try:
                 records = db.list_conductors()
-            except Exception:
+            except Exception as exc:
                 # NOTE: a database blip must not cancel the hooks for good.
-                LOG.exception("Could not read the workers; retrying")
+                if not conductor_log.database_failed(
+                        "reading the workers for the start extra hooks",
+                        exc):
+                    LOG.exception("Could not read the workers; retrying")
                 continue
             rows = [row for row in records
                     if row.host == self._conf.host and row.online
