@@ -384,7 +384,7 @@ class FanOut(Generic[_T, _R]):
     def _inline(self, run: _Run[_T, _R], lane: int) -> None:
         run.report.inline = True
         run.lane_started(lane)
-        self._lane(run, lane)
+        self._lane(run, lane, inline=True)
 
     def _watch(self, run: _Run[_T, _R], lane_ids: Iterator[int],
                wanted: int) -> None:
@@ -420,9 +420,15 @@ class FanOut(Generic[_T, _R]):
             run.lane_ended(lane)
             return False
 
-    def _lane(self, run: _Run[_T, _R], lane: int) -> None:
+    def _lane(self, run: _Run[_T, _R], lane: int,
+              inline: bool = False) -> None:
+        # NOTE: a lane on a pool thread whose call the pool abandoned
+        # leaves (the watchdog starts another); the caller's own lane and
+        # lanes of a fan-out without watchdog have no replacement.
+        leave = self._timeout is not None and not inline
         try:
-            while not self._stop.is_set() and not pool_mod.detached():
+            while not self._stop.is_set() and not (
+                    leave and pool_mod.detached()):
                 item = run.take(lane)
                 if item is _NOTHING:
                     return

@@ -679,8 +679,9 @@ class TestStatusAndClean(DbManageTestCase):
 
     def test_status_table_shows_a_degraded_worker(self) -> None:
         self.snapshot["health"] = "degraded"
-        self.snapshot["pool"].update(abandoned=4, abandoned_cap=4,
-                                     abandoned_total=9)
+        self.snapshot["pool"] = {"size": 10, "busy": 2, "rejected": 3,
+                                 "abandoned": 4, "abandoned_cap": 4,
+                                 "abandoned_total": 9}
         self.db.heartbeat("h", 0, status=self.snapshot, online=False)
         row = [line for line in self.ok("status").splitlines()
                if line.startswith("h ")][0]
