@@ -68,7 +68,8 @@ class SweepResult:
     nodes: int = 0
     #: Nodes the sweep meant to poll.
     planned: int = 0
-    #: Nodes not polled: an abandoned call on them is still running.
+    #: Nodes not polled: a call on them (abandoned, typically) is still
+    #: running.
     skipped: int = 0
     failures: int = 0
     changed: int = 0
@@ -189,7 +190,7 @@ class PowerSync:
                       "maint": result.to_maintenance,
                       "rec": result.recovered, "lanes": result.lanes,
                       "peak": result.peak_calls,
-                      "skipped": "; %d skipped (an abandoned call still "
+                      "skipped": "; %d skipped (a call on them still "
                                  "running)" % result.skipped
                                  if result.skipped else "",
                       "left": "; %d of %d planned not polled (stopping)"
@@ -205,7 +206,7 @@ class PowerSync:
                    ) -> list[_Outcome]:
         """Read every row's power state over the pool (see fanout)."""
         result.planned = len(rows)
-        rows = [row for row in rows if not self._pool.call_blocked(row.uuid)]
+        rows = [row for row in rows if not self._pool.in_call(row.uuid)]
         result.skipped = result.planned - len(rows)
         if not rows:
             return []

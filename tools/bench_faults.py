@@ -45,7 +45,6 @@ import contextlib
 import datetime
 import json
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -107,69 +106,7 @@ def _wait(predicate: Any, timeout: float, what: str,
         time.sleep(interval)
 
 
-class MariaDB:
-    """A private mariadbd on a loopback port, in a temporary datadir."""
-
-    def __init__(self, workdir: str) -> None:
-        self.dir = os.path.join(workdir, "mariadb")
-        self.datadir = os.path.join(self.dir, "data")
-        self.port = services.free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        os.makedirs(self.dir)
-        subprocess.run(
-            ["mariadb-install-db", "--no-defaults",
-             "--datadir=%s" % self.datadir, "--user=%s" % _user(),
-             "--auth-root-authentication-method=normal", "--skip-test-db"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            timeout=120)
-
-    @property
-    def admin_url(self) -> str:
-        return "mysql+pymysql://root@127.0.0.1:%d/" % self.port
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["mariadbd", "--no-defaults", "--datadir=%s" % self.datadir,
-             "--port=%d" % self.port, "--bind-address=127.0.0.1",
-             "--socket=%s" % os.path.join(self.dir, "sock"),
-             "--pid-file=%s" % os.path.join(self.dir, "pid"),
-             "--log-error=%s" % os.path.join(self.dir, "error.log"),
-             "--user=%s" % _user(), "--skip-grant-tables",
-             "--skip-name-resolve", "--max-connections=500",
-             "--innodb-flush-log-at-trx-commit=2"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        engine = sa.create_engine(self.admin_url)
-
-        def up() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError("private mariadbd exited (%s); see %s"
-                                   % (self.proc.returncode, self.dir))
-            try:
-                with engine.connect() as conn:
-                    conn.execute(sa.text("SELECT 1"))
-                return True
-            except sa.exc.OperationalError:
-                return False
-        try:
-            _wait(up, START_TIMEOUT, "private mariadbd to accept connections")
-        finally:
-            engine.dispose()
-
-    def crash(self) -> None:
-        """SIGKILL: an outage as abrupt as a lost database host."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(STOP_TIMEOUT)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            services.end(self.proc)
-
-
-def _user() -> str:
-    return pwd.getpwuid(os.getuid()).pw_name
+MariaDB = services.MariaDB
 
 
 class Conductor:

@@ -6,6 +6,10 @@
 ``fake_latency_ms``
     Milliseconds every BMC call takes (bounded by the call's deadline, so
     a "hung" BMC is simulated with a latency far beyond it).
+``fake_ignore_deadline``
+    ``true`` makes every call take its whole ``fake_latency_ms`` whatever
+    the call's deadline: a driver that does not honour
+    ``deadline.remaining()`` in front of a hung BMC.
 ``fake_fail``
     ``true`` makes every BMC call fail; ``"get"`` or ``"set"`` fails only
     reads or only changes (reboot counts as a change).
@@ -48,7 +52,7 @@ LOG = logging.getLogger(__name__)
 PERIODIC_SPACING = 1.0
 #: The driver_info fields the fake driver reads.
 FIELDS = ("fake_latency_ms", "fake_fail", "fake_power_state",
-          "fake_call_log")
+          "fake_call_log", "fake_ignore_deadline")
 
 _FAIL_VALUES = {"true": "all", "all": "all", "get": "get", "set": "set",
                 "false": None, "": None}
@@ -87,6 +91,10 @@ class FakePower(base.PowerInterface):
                                                states.POWER_OFF):
             problems.append("fake_power_state must be '%s' or '%s', got %r"
                             % (states.POWER_ON, states.POWER_OFF, power))
+        ignore = info.get("fake_ignore_deadline", False)
+        if not isinstance(ignore, bool):
+            problems.append("fake_ignore_deadline must be true or false, "
+                            "got %r" % (ignore,))
         log = info.get("fake_call_log")
         if log is not None and (not isinstance(log, str) or not log):
             problems.append("fake_call_log must be a file path, got %r"
@@ -100,7 +108,10 @@ class FakePower(base.PowerInterface):
     def _call(self, node: base.DriverNode, kind: str) -> None:
         info = node.driver_info
         latency = float(info.get("fake_latency_ms", 0) or 0) / 1000.0
-        if latency > 0:
+        LOG.debug("Fake BMC of node %s: %s call starts", node.uuid, kind)
+        if latency > 0 and info.get("fake_ignore_deadline") is True:
+            time.sleep(latency)
+        elif latency > 0:
             left = deadline.remaining()
             if left is not None and left < latency:
                 time.sleep(left)

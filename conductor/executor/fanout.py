@@ -390,6 +390,11 @@ class FanOut(Generic[_T, _R]):
                wanted: int) -> None:
         assert self._timeout is not None
         while not run.done.wait(self._interval):
+            # NOTE: let the pool abandon the driver calls past their
+            # deadline now, not at its own next look: their threads leave
+            # its count (room for replacement lanes) and their nodes are
+            # blocked before this sweep ends.
+            self._pool.reap()
             limit = self._clock() - self._timeout - WATCHDOG_GRACE
             for item in run.overdue(limit):
                 # NOTE: the pool logs one WARNING per batch of abandoned

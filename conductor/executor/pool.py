@@ -135,6 +135,8 @@ class _Runtime:
         self.detached: set[int] = set()
         #: node -> its abandoned call, until that call returns.
         self.blocked: dict[str, GuardedCall] = {}
+        #: node -> guarded calls on it in progress, abandoned or not.
+        self.on_node: dict[str, int] = {}
         #: Nodes whose last call was abandoned (until one returns in time).
         self.suspect: set[str] = set()
         self.abandoned_total = 0
@@ -422,6 +424,17 @@ class WorkerPool:
         with rt.lock:
             return node in rt.blocked
 
+    def in_call(self, node: str) -> bool:
+        """True while any guarded call on ``node`` runs (abandoned or not).
+
+        A sweep skips such a node: it would only queue behind that call.
+        """
+        rt = self._rt
+        if rt is None:
+            return False
+        with rt.lock:
+            return node in rt.on_node
+
     def suspect(self, node: str) -> bool:
         """True when the last call on ``node`` was abandoned."""
         rt = self._rt
@@ -441,6 +454,7 @@ class WorkerPool:
                                        seconds=now - previous.started)
             call = GuardedCall(node, method, now, now + seconds, ident)
             rt.calls[ident] = call
+            rt.on_node[node] = rt.on_node.get(node, 0) + 1
             if rt.reaper is None and not rt.stopping:
                 rt.reaper = threading.Thread(
                     target=self._reap_loop, args=(rt,),
@@ -452,6 +466,11 @@ class WorkerPool:
         with rt.lock:
             if rt.calls.get(call.thread) is call:
                 del rt.calls[call.thread]
+            left = rt.on_node.get(call.node, 1) - 1
+            if left > 0:
+                rt.on_node[call.node] = left
+            else:
+                rt.on_node.pop(call.node, None)
             if not call.abandoned:
                 rt.suspect.discard(call.node)
                 return
