@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import threading
@@ -22,6 +23,7 @@ from conductor.db import migration
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
 from conductor.drivers import loader
+from conductor.executor import pool as worker_pool
 from conductor import ownership
 from conductor import periodics
 from conductor import power_actions
@@ -454,3 +456,29 @@ class TestStartStop(ServiceTestCase):
         self.assertEqual(4, attempts[0])
         self.assertEqual({"in_flight": [], "release_pending": []},
                          svc.status()["reservations"])
+
+
+class TestDegraded(ServiceTestCase):
+
+    def test_a_degraded_pool_takes_the_worker_offline(self) -> None:
+        svc = service.ConductorService("test-host", 0, self.conf)
+        self.addCleanup(svc.stop)
+        logger = self.useFixture(fixtures.FakeLogger(level=logging.INFO))
+        degraded = mock.PropertyMock(return_value=False)
+        with mock.patch.object(worker_pool.WorkerPool, "degraded",
+                               new_callable=lambda: degraded):
+            svc.start()
+
+            def online() -> bool:
+                return self.db.list_conductors()[0].online
+            self.assertTrue(online())
+            degraded.return_value = True
+            # It heartbeats as offline: its nodes go to the others.
+            self.assertTrue(base.wait_until(lambda: not online()))
+            self.assertIn("Worker test-host:0 is degraded", logger.output)
+            self.assertEqual("degraded", svc.status()["health"])
+            degraded.return_value = False
+            self.assertTrue(base.wait_until(online))
+            self.assertIn("Worker test-host:0 is healthy again",
+                          logger.output)
+            self.assertEqual("healthy", svc.status()["health"])
