@@ -43,9 +43,9 @@ Containment scenarios (no power actions; see ``run_contained``):
     ``offline_s`` when its row went offline (both <= 2 x
     heartbeat_interval).
 ``hung-bmc``
-    the time from a sweep's start until the last healthy node's call
-    started (``healthy_start_delay_s``, median over the sweeps after the
-    first), with all BMCs healthy and with 10 % hung (cooperative, each
+    the time from a sweep's start until the last healthy node was read
+    (``healthy_start_delay_s``, median over the sweeps after the first;
+    each healthy read takes 20 ms), with all BMCs healthy and with 10 % hung (cooperative, each
     failing at the deadline): ``delay_ratio`` must be <= 1.5.
 ``db-flood``
     a private MariaDB killed for 20 s under a W=2 conductor: log lines per
@@ -724,8 +724,8 @@ class Bench:
 LINE_RE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \d+ (?P<level>[A-Z]+) "
     r"(?P<logger>\S+) \[(?P<who>[^\]]+)\] ")
-CALL_RE = re.compile(r"Fake BMC of node (?P<uuid>[0-9a-f-]{36}): get call "
-                     r"starts")
+CALL_RE = re.compile(r"Fake BMC of node (?P<uuid>[0-9a-f-]{36}): power "
+                     r"state read")
 SWEEP_START = "Periodic task ConductorPeriodics.sync_power_states starting"
 POLLED_RE = re.compile(r"Power sync sweep: (?P<nodes>\d+) node\(s\)")
 
@@ -744,7 +744,7 @@ def _lines(log_file: str) -> Iterator[tuple[float, re.Match[str], str]]:
 
 
 def sweep_delays(log_file: str, hung: set[str]) -> list[float]:
-    """Per finished sweep: seconds from its start to its last healthy call.
+    """Per finished sweep: seconds from its start to its last healthy read.
 
     A sweep is the span between two "sync_power_states starting" lines;
     only sweeps in which every healthy node got a call count.

@@ -152,11 +152,11 @@ class TestContainFigures(base.TestCase):
             stream.writelines(lines)
         return path
 
-    def test_sweep_delays_time_the_last_healthy_call(self) -> None:
+    def test_sweep_delays_time_the_last_healthy_read(self) -> None:
         ok = "1" * 8 + "-0000-0000-0000-" + "0" * 12
         ok2 = "2" * 8 + "-0000-0000-0000-" + "0" * 12
         hung = "3" * 8 + "-0000-0000-0000-" + "0" * 12
-        call = "Fake BMC of node %s: get call starts"
+        call = "Fake BMC of node %s: power state read: power off"
         path = self.write([
             _line(0, bench.SWEEP_START, "DEBUG"),
             _line(0.1, call % hung, "DEBUG"),
