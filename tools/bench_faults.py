@@ -45,8 +45,9 @@ Containment scenarios (no power actions; see ``run_contained``):
 ``hung-bmc``
     the time from a sweep's start until the last healthy node was read
     (``healthy_start_delay_s``, median over the sweeps after the first;
-    each healthy read takes 20 ms), with all BMCs healthy and with 10 % hung (cooperative, each
-    failing at the deadline): ``delay_ratio`` must be <= 1.5.
+    each healthy read takes 20 ms), with all BMCs healthy and with 10 %
+    hung (cooperative, each failing at the deadline): ``delay_ratio``
+    must be <= 1.5.
 ``db-flood``
     a private MariaDB killed for 20 s under a W=2 conductor: log lines per
     second and per worker during the outage (``max_lines_per_s_per_worker``
