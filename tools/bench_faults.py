@@ -820,21 +820,23 @@ def flood_figures(log_file: str, down: float, recovered: float,
     total = 0
     recovery_lines = 0
     last_when = 0.0
+    last_who = "?"
     if os.path.exists(log_file):
         with open(log_file, errors="replace") as stream:
             for line in stream:
                 match = LINE_RE.match(line)
                 when = _stamp(line) if match else None
-                if when is not None:
-                    last_when = when
+                if match is not None and when is not None:
+                    last_when, last_who = when, match["who"]
                 if not down <= last_when <= recovered:
                     continue
+                # NOTE: a traceback line belongs to the record above it
+                # and counts as a line of its worker.
+                total += 1
+                per[last_who][int(last_when - down)] += 1
                 if match is None or "Traceback" in line:
                     tracebacks += 1
-                    continue
-                total += 1
-                per[match["who"]][int(last_when - down)] += 1
-                if "database available again after" in line:
+                elif "database available again after" in line:
                     recovery_lines += 1
     peak = max((max(c.values()) for who, c in per.items()
                 if "worker" in who), default=0)
