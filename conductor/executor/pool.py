@@ -455,11 +455,15 @@ class WorkerPool:
             call = GuardedCall(node, method, now, now + seconds, ident)
             rt.calls[ident] = call
             rt.on_node[node] = rt.on_node.get(node, 0) + 1
+            reaper = None
             if rt.reaper is None and not rt.stopping:
-                rt.reaper = threading.Thread(
+                # NOTE: made on the first guarded call, in the worker (a
+                # pool creates no thread before it is used).
+                reaper = rt.reaper = threading.Thread(
                     target=self._reap_loop, args=(rt,),
                     name="%s-reaper" % self.name, daemon=True)
-                rt.reaper.start()
+        if reaper is not None:
+            reaper.start()
         return call
 
     def _end_call(self, rt: _Runtime, call: GuardedCall) -> None:
