@@ -93,6 +93,10 @@ class TestAbandonedCalls(ContainmentTestCase):
                             for uuid in hung))
         self.assertTrue(all(self.db.get_node(uuid).power_state is not None
                             for uuid in healthy))
+        # Power actions still start while the hung calls run on.
+        self.run_manage(cond.config_file, "node", "power", "ok03", "on",
+                        "--wait")
+        self.assertEqual("power on", self.db.get_node("ok03").power_state)
         worker = self.status(cond)
         pool = worker["status"]["pool"]
         self.assertEqual("healthy", worker["status"]["health"])
