@@ -4,8 +4,8 @@
 One sweep (the ``sync_power_states`` periodic)::
 
     rows   = one query: unreserved, non-maintenance nodes of enabled drivers
-    mine   = rows this worker owns (ownership rings), less the nodes whose
-             abandoned call has not returned yet
+    mine   = rows this worker owns (ownership rings), less the nodes with
+             a driver call still running (an abandoned one, typically)
     reads  = a fan-out over the pool (conductor.executor.fanout): at most
              sync_power_state_workers driver calls at once, each under the
              power_state_timeout deadline

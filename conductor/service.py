@@ -497,7 +497,7 @@ class ConductorService(service.ServiceBase):
 
     def _health_changed(self, rt: _Runtime, degraded: bool) -> None:
         """Say that the worker became degraded, or healthy again."""
-        total, running = rt.pool.abandoned_calls()
+        _, running = rt.pool.abandoned_calls()
         if degraded:
             LOG.error("Worker %(holder)s is degraded: %(n)d abandoned "
                       "driver call(s) still running reached [conductor] "
