@@ -34,6 +34,7 @@ from typing import Any, Mapping
 from oslo_utils import timeutils
 
 from conductor.common import exceptions
+from conductor.common import log as conductor_log
 from conductor.db import api as db_api
 from conductor.drivers import base
 from conductor.executor import pool as worker_pool
@@ -159,9 +160,11 @@ class PowerActions:
                 task.WorkerStopping, task.ReservationLost) as exc:
             # NOTE: a lost reservation was logged at ERROR by the task.
             LOG.debug("Power action of node %s skipped: %s", uuid, exc)
-        except Exception:
-            LOG.exception("Power action of node %s failed unexpectedly",
-                          uuid)
+        except Exception as exc:
+            if not conductor_log.database_failed(
+                    "power action of node %s" % uuid, exc):
+                LOG.exception("Power action of node %s failed "
+                              "unexpectedly", uuid)
         finally:
             with self._lock:
                 self._queued.discard(uuid)

@@ -4,7 +4,8 @@
 One sweep (the ``sync_power_states`` periodic)::
 
     rows   = one query: unreserved, non-maintenance nodes of enabled drivers
-    mine   = rows this worker owns (ownership rings), recent failures first
+    mine   = rows this worker owns (ownership rings), less the nodes with
+             a driver call still running (an abandoned one, typically)
     reads  = a fan-out over the pool (conductor.executor.fanout): at most
              sync_power_state_workers driver calls at once, each under the
              power_state_timeout deadline
@@ -12,7 +13,10 @@ One sweep (the ``sync_power_states`` periodic)::
 
 A call still running past its deadline (a driver that ignores
 ``deadline.remaining()``) is abandoned by the fan-out's watchdog and
-counted as a failure, so one hung BMC never slows the others.
+counted as a failure, so one hung BMC never slows the others; its node
+is not polled again until that call returned. Nodes that failed or whose
+last call was abandoned are *suspect*: they run on a bounded share of
+the lanes, so healthy nodes never wait behind them.
 
 A read that fails increments the node's durable ``power_sync_failures``;
 beyond ``max_retries`` the node enters maintenance with fault
@@ -63,7 +67,13 @@ class SweepResult:
     """What one sweep did; logged, and kept for ``status``."""
 
     kind: str
+    #: Nodes polled (driver calls made).
     nodes: int = 0
+    #: Nodes the sweep meant to poll.
+    planned: int = 0
+    #: Nodes not polled: a call on them (abandoned, typically) is still
+    #: running.
+    skipped: int = 0
     failures: int = 0
     changed: int = 0
     forced: int = 0
@@ -127,13 +137,10 @@ class PowerSync:
         self._rings.update()
         rows = self._db.sync_rows(drivers=list(self._drivers))
         mine = [row for row in rows if self._rings.owns(row.uuid)]
-        # NOTE: nodes that failed recently go first, so a flapping BMC is
-        # retried (and put into maintenance) without waiting a sweep.
-        mine.sort(key=lambda row: -row.power_sync_failures)
-        result = SweepResult(kind="sync", nodes=len(mine))
-        outcomes = self._run_lanes(mine, result)
-        metrics.nodes_read(len(mine), (o.row.uuid for o in outcomes
-                                       if o.error is not None))
+        result = SweepResult(kind="sync")
+        outcomes = self._run_lanes(mine, result, suspect=self._suspect)
+        metrics.nodes_read(result.nodes, (o.row.uuid for o in outcomes
+                                          if o.error is not None))
         changes, drifted = self._sync_changes(outcomes, result)
         result.changed = self._db.apply_sync_results(changes)
         if drifted:
@@ -147,7 +154,7 @@ class PowerSync:
         rows = self._db.sync_rows(drivers=list(self._drivers),
                                   maintenance=True, fault=POWER_FAILURE)
         mine = [row for row in rows if self._rings.owns(row.uuid)]
-        result = SweepResult(kind="recovery", nodes=len(mine))
+        result = SweepResult(kind="recovery")
         outcomes = self._run_lanes(mine, result)
         changes = []
         for outcome in outcomes:
@@ -172,24 +179,40 @@ class PowerSync:
         result.total_seconds = self._clock() - started
         result.finished_at = time.time()
         self.last[result.kind] = result
-        if result.nodes or result.kind == "sync":
+        if result.planned or result.kind == "sync":
+            # NOTE: "node(s)" counts the nodes polled, not those planned.
+            left = result.planned - result.nodes - result.skipped
             LOG.info("Power %(kind)s sweep: %(nodes)d node(s) in "
                      "%(secs).3fs (calls) / %(total).3fs (total), "
                      "%(failures)d failure(s), %(changed)d change(s), "
                      "%(maint)d to maintenance, %(rec)d recovered, "
-                     "%(lanes)d lane(s), peak %(peak)d concurrent call(s)",
+                     "%(lanes)d lane(s), peak %(peak)d concurrent call(s)"
+                     "%(skipped)s%(left)s",
                      {"kind": result.kind, "nodes": result.nodes,
                       "secs": result.seconds, "total": result.total_seconds,
                       "failures": result.failures,
                       "changed": result.changed + result.forced,
                       "maint": result.to_maintenance,
                       "rec": result.recovered, "lanes": result.lanes,
-                      "peak": result.peak_calls})
+                      "peak": result.peak_calls,
+                      "skipped": "; %d skipped (a call on them still "
+                                 "running)" % result.skipped
+                                 if result.skipped else "",
+                      "left": "; %d of %d planned not polled (stopping)"
+                              % (left, result.planned) if left > 0 else ""})
         return result
 
-    def _run_lanes(self, rows: list[db_api.SyncRow],
-                   result: SweepResult) -> list[_Outcome]:
+    def _suspect(self, row: db_api.SyncRow) -> bool:
+        """Failed lately, or its last call was abandoned."""
+        return row.power_sync_failures > 0 or self._pool.suspect(row.uuid)
+
+    def _run_lanes(self, rows: list[db_api.SyncRow], result: SweepResult,
+                   suspect: Callable[[db_api.SyncRow], bool] | None = None
+                   ) -> list[_Outcome]:
         """Read every row's power state over the pool (see fanout)."""
+        result.planned = len(rows)
+        rows = [row for row in rows if not self._pool.in_call(row.uuid)]
+        result.skipped = result.planned - len(rows)
         if not rows:
             return []
         timeout = self._settings.timeout
@@ -198,7 +221,8 @@ class PowerSync:
             call_timeout=timeout, clock=self._clock,
             watchdog_interval=self._watchdog_interval,
             name="Power %s sweep" % result.kind)
-        report = fan.run(rows, self._read)
+        report = fan.run(rows, self._read, suspect=suspect)
+        result.nodes = report.taken
         outcomes = {row.uuid: outcome for row, outcome in report.results}
         for row in report.abandoned:
             outcomes[row.uuid] = _Outcome(

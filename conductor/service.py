@@ -78,6 +78,7 @@ class WorkerSettings:
     db_retry_interval: int
     enabled_drivers: tuple[str, ...]
     pool_size: int
+    max_abandoned_calls: int
     heartbeat_interval: float
     heartbeat_timeout: float
     hash_ring_reset_interval: float
@@ -98,6 +99,7 @@ class WorkerSettings:
             db_retry_interval=conf.database.retry_interval,
             enabled_drivers=tuple(conf.enabled_drivers),
             pool_size=conf.conductor.workers_pool_size,
+            max_abandoned_calls=conf.conductor.max_abandoned_calls,
             heartbeat_interval=conf.conductor.heartbeat_interval,
             heartbeat_timeout=conf.conductor.heartbeat_timeout,
             hash_ring_reset_interval=conf.conductor.hash_ring_reset_interval,
@@ -299,6 +301,8 @@ class ConductorService(service.ServiceBase):
         processutils.set_title("conductor: worker %d (%s)"
                                % (self.worker_id, self.host))
         reports.set_process("worker-%d" % self.worker_id)
+        # NOTE: an outage the master was counting is not this worker's.
+        conductor_log.reset_outage_logs()
         try:
             self._start()
         except Exception as exc:
@@ -352,8 +356,9 @@ class ConductorService(service.ServiceBase):
         if stopped.is_set():
             db.dispose()
             return  # SIGTERM while starting: register nothing
-        pool = worker_pool.WorkerPool(settings.pool_size,
-                                      name="pool-w%d" % self.worker_id)
+        pool = worker_pool.WorkerPool(
+            settings.pool_size, name="pool-w%d" % self.worker_id,
+            max_abandoned=settings.max_abandoned_calls)
         # NOTE: one gate per worker process, shared by every driver call
         # it makes (see conductor.executor.bmc).
         bmc.configure(self._conf.conductor.bmc_min_interval,
@@ -415,6 +420,7 @@ class ConductorService(service.ServiceBase):
         if rt is None:
             return {}
         return {"boot_id": processutils.boot_id(),
+                "health": "degraded" if rt.pool.degraded else "healthy",
                 "pool": rt.pool.stats(),
                 "periodics": rt.runner.stats(),
                 "reservations": task.holdings(rt.db, self.holder).status(),
@@ -571,29 +577,58 @@ class ConductorService(service.ServiceBase):
         thread.start()
         self._threads.append(thread)
 
+    def _health_changed(self, rt: _Runtime, degraded: bool) -> None:
+        """Say that the worker became degraded, or healthy again."""
+        _, running = rt.pool.abandoned_calls()
+        if degraded:
+            LOG.error("Worker %(holder)s is degraded: %(n)d abandoned "
+                      "driver call(s) still running reached [conductor] "
+                      "max_abandoned_calls (%(cap)d). It heartbeats as "
+                      "offline so that other workers take its nodes over "
+                      "until those calls return",
+                      {"holder": self.holder, "n": running,
+                       "cap": rt.pool.max_abandoned})
+        else:
+            LOG.info("Worker %(holder)s is healthy again: %(n)d abandoned "
+                     "driver call(s) still running (cap %(cap)d); it takes "
+                     "its share of the nodes back",
+                     {"holder": self.holder, "n": running,
+                      "cap": rt.pool.max_abandoned})
+
     def _heartbeat_loop(self, rt: _Runtime, stopped: threading.Event
                         ) -> None:
         interval = rt.settings.heartbeat_interval
         held = task.holdings(rt.db, self.holder)
+        degraded = False
         while not stopped.wait(interval):
             beat = False
+            if rt.pool.degraded != degraded:
+                degraded = not degraded
+                self._health_changed(rt, degraded)
             try:
                 rt.db.heartbeat(self.host, self.worker_id,
                                 drivers=list(rt.drivers),
-                                pid=os.getpid(), status=self.status())
+                                pid=os.getpid(), status=self.status(),
+                                online=not degraded)
                 beat = True
                 health.beat(self.worker_id)
                 if rt.rings.liveness is not None:
                     rt.rings.liveness.beat()
                 HEARTBEAT_LOG.debug("Heartbeat of %s (every %ss)",
                                     self.holder, interval)
-            except Exception:
+            except Exception as exc:
                 # NOTE: a database blip must not end the heartbeat loop;
                 # peers take our nodes over only if it lasts past
                 # heartbeat_timeout.
-                LOG.exception("Heartbeat of %s failed", self.holder)
+                if not conductor_log.database_failed(
+                        "heartbeat of %s" % self.holder, exc):
+                    LOG.exception("Heartbeat of %s failed", self.holder)
+            else:
+                conductor_log.database_ok()
             metrics.heartbeat(beat)
-            if metrics.enabled():
+            if beat and metrics.enabled():
+                # NOTE: only with the database answering: the gauges read
+                # it, and an outage is already logged once above.
                 self._refresh_metrics(rt)
             # NOTE: failed releases are retried here at the latest (all of
             # them once the database answered): a worker never keeps a
@@ -729,9 +764,12 @@ class StartExtra:
         while not stop.wait(0.2):
             try:
                 records = db.list_conductors()
-            except Exception:
+            except Exception as exc:
                 # NOTE: a database blip must not cancel the hooks for good.
-                LOG.exception("Could not read the workers; retrying")
+                if not conductor_log.database_failed(
+                        "reading the workers for the start extra hooks",
+                        exc):
+                    LOG.exception("Could not read the workers; retrying")
                 continue
             rows = [row for row in records
                     if row.host == self._conf.host and row.online

@@ -57,6 +57,7 @@ from oslo_utils import uuidutils
 
 from conductor.common import deadline
 from conductor.common import exceptions
+from conductor.common import log as conductor_log
 from conductor.common import metrics
 from conductor.db import api as db_api
 from conductor.drivers import base
@@ -189,10 +190,12 @@ class Holdings:
             with self._lock:
                 self._retry[uuid] = _Retry(
                     1, self._monotonic() + RETRY_FIRST, epoch)
-            LOG.warning("Releasing node %(node)s failed (%(err)s); %(holder)s "
-                        "retries until it succeeds",
-                        {"node": uuid, "err": _text(exc),
-                         "holder": self.holder})
+            if not conductor_log.database_failed(
+                    "releasing node %s" % uuid, exc):
+                LOG.warning("Releasing node %(node)s failed (%(err)s); "
+                            "%(holder)s retries until it succeeds",
+                            {"node": uuid, "err": _text(exc),
+                             "holder": self.holder})
             return False
         if self._retry:
             self.retry_releases()
@@ -222,9 +225,11 @@ class Holdings:
                         entry.due = self._monotonic() + min(
                             RETRY_MAX, RETRY_FIRST * 2 ** entry.attempts)
                         entry.attempts += 1
-                LOG.warning("Releasing node %(node)s failed again "
-                            "(%(err)s); retrying later",
-                            {"node": uuid, "err": _text(exc)})
+                if not conductor_log.database_failed(
+                        "releasing node %s" % uuid, exc):
+                    LOG.warning("Releasing node %(node)s failed again "
+                                "(%(err)s); retrying later",
+                                {"node": uuid, "err": _text(exc)})
                 break
             with self._lock:
                 self._retry.pop(uuid, None)
@@ -267,16 +272,24 @@ def call_driver(driver: base.BaseDriver, method: str, node: Any,
     address, ``bmc_min_interval`` apart, ``max_driver_calls_per_second``);
     that wait counts against the deadline.
 
+    On a pool thread the call is watched by the pool: a driver that
+    ignores the deadline is abandoned ``pool.GRACE`` seconds past it (its
+    thread no longer holds a pool slot), and the node is not called again
+    until that call returned (see :mod:`conductor.executor.pool`).
+
     :param node: a stored node or a sync row (see
         :func:`conductor.nodes.driver_view`).
     :param timeout: the per-call deadline (``power_state_timeout``).
     :returns: what the driver returned; its exceptions pass through.
     :raises BmcBusy: when the call's turn did not come before the
         deadline (the driver was not called).
+    :raises conductor.executor.pool.CallStillRunning: when an abandoned
+        call on this node has not returned yet.
     """
     view = nodes.driver_view(node)
     power = driver.power
-    with deadline.scope(timeout):
+    with pool_mod.guard_call(view.uuid, method, timeout), \
+            deadline.scope(timeout):
         address = bmc_address(power, view)
         with bmc.current().turn(address, node=view.uuid):
             # NOTE: the latency recorded is the driver's own, without the

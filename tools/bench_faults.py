@@ -38,6 +38,28 @@ master), ``db-outage`` (private MariaDB killed, restarted after 8 s),
 every second, h2 just under heartbeat_timeout; long actions in flight
 with a BMC that reports a change only once it settled; the private
 MariaDB killed for longer than heartbeat_timeout, then restarted).
+
+Containment scenarios (no power actions; see ``run_contained``):
+
+``stall``
+    10 % of the BMCs hang behind a driver that ignores the deadline
+    (``fake_ignore_deadline``), more of them than ``max_abandoned_calls``
+    allows: ``silent_stall_minutes`` is how long the worker stopped
+    polling without saying so (must be 0), ``degraded_report_s`` how long
+    after its pool reached the cap it logged itself degraded, and
+    ``offline_s`` when its row went offline (both <= 2 x
+    heartbeat_interval).
+``hung-bmc``
+    the time from a sweep's start until the last healthy node was read
+    (``healthy_start_delay_s``, median over the sweeps after the first;
+    each healthy read takes 20 ms), with all BMCs healthy and with 10 %
+    hung (cooperative, each failing at the deadline): ``delay_ratio``
+    must be <= 1.5.
+``db-flood``
+    a private MariaDB killed for 20 s under a W=2 conductor: log lines per
+    second and per worker during the outage (``max_lines_per_s_per_worker``
+    <= 5), traceback lines (0) and the recovery line of each worker.
+
 Prints one JSON document: per scenario every run and a summary.
 
     python tools/bench_faults.py                  # the issue's figures
@@ -78,8 +100,11 @@ from conductor import rpcapi  # noqa: E402
 from conductor import states  # noqa: E402
 from tests.functional import services  # noqa: E402
 
+#: The containment scenarios (issue 17): no power actions, own nodes.
+CONTAIN_SCENARIOS = ("stall", "hung-bmc", "db-flood")
 SCENARIOS = ("ctrl-c", "sigterm", "kill-worker", "kill-master",
-             "db-outage", "rabbit-outage", "db-outage-two-hosts")
+             "db-outage", "rabbit-outage", "db-outage-two-hosts"
+             ) + CONTAIN_SCENARIOS
 DB_NAME = "bench_faults"
 HOST = "h1"
 #: Start, stop and wait bounds (seconds).
@@ -111,6 +136,9 @@ def _wait(predicate: Any, timeout: float, what: str,
         if time.monotonic() > deadline:
             raise RuntimeError("timed out after %.0fs: %s" % (timeout, what))
         time.sleep(interval)
+
+
+MariaDB = services.MariaDB
 
 
 class Conductor:
@@ -366,6 +394,8 @@ class Bench:
             return self.run_two_hosts(scenario, index)
         rundir = os.path.join(self.workdir, "%s-%d" % (scenario, index))
         os.makedirs(rundir)
+        if scenario in CONTAIN_SCENARIOS:
+            return self.run_contained(scenario, index, rundir)
         db, action_nodes, call_log = self.prepare(rundir)
         config, log_file = self.config(rundir)
         cond = Conductor(config, log_file)
@@ -638,6 +668,324 @@ class Bench:
                          "reserved": reserved[:3]},
         }
 
+    # -- containment scenarios (issue 17) ---------------------------------
+
+    def _contain_setup(self, rundir: str, nodes: list[dict[str, Any]],
+                       settings: dict[str, Any], debug: bool = False
+                       ) -> tuple[db_api.Connection, Conductor]:
+        """A fresh schema with ``nodes``, and an unstarted conductor."""
+        name = self.args.database_name
+        self._admin("DROP DATABASE IF EXISTS %s" % name)
+        self._admin("CREATE DATABASE %s CHARACTER SET utf8mb4" % name)
+        db = db_api.Connection.create(self.url)
+        migration.upgrade(db.engine)
+        for start in range(0, len(nodes), 1000):
+            db.import_nodes(nodes[start:start + 1000])
+        path = os.path.join(rundir, "conductor.conf")
+        log_file = os.path.join(rundir, "conductor.log")
+        options = {"heartbeat_interval": 1, "heartbeat_timeout": 30,
+                   "hash_ring_reset_interval": 5,
+                   "pending_action_interval": 1,
+                   "power_state_sync_max_retries": 1000,
+                   "force_power_state_during_sync": "false"}
+        options.update(settings)
+        with open(path, "w") as stream:
+            stream.write(
+                "[DEFAULT]\nhost = %s\nstate_path = %s\nlog_file = %s\n"
+                "enabled_drivers = fake\ngraceful_shutdown_timeout = 2\n"
+                "debug = %s\n[database]\nconnection = %s\n[conductor]\n"
+                % (HOST, rundir, log_file, "true" if debug else "false",
+                   self.url))
+            for key, value in sorted(options.items()):
+                stream.write("%s = %s\n" % (key, value))
+        return db, Conductor(path, log_file)
+
+    def _contain_nodes(self, hung: int, **hung_info: Any
+                       ) -> tuple[list[dict[str, Any]], set[str]]:
+        count = self.args.contain_nodes
+        items = []
+        names = set()
+        for i in range(count):
+            info: dict[str, Any] = {"fake_latency_ms": 20}
+            if i < hung:
+                info = dict(hung_info)
+                names.add("n%05d" % i)
+            items.append({"name": "n%05d" % i, "driver": "fake",
+                          "driver_info": info})
+        return items, names
+
+    def run_contained(self, scenario: str, index: int,
+                      rundir: str) -> dict[str, Any]:
+        result: dict[str, Any] = {"run": index, "errors": []}
+        try:
+            if scenario == "stall":
+                result.update(self._stall(rundir))
+            elif scenario == "hung-bmc":
+                result.update(self._hung_bmc(rundir))
+            else:
+                result.update(self._db_flood(rundir))
+        except Exception as exc:
+            result["errors"].append("%s: %s" % (type(exc).__name__, exc))
+        return result
+
+    def _stall(self, rundir: str) -> dict[str, Any]:
+        hung = max(1, int(self.args.contain_nodes
+                          * self.args.hung_percent / 100))
+        cap = max(1, hung // 2)
+        heartbeat, interval, timeout = 1, 2, 2.0
+        items, _ = self._contain_nodes(
+            hung, fake_latency_ms=30000, fake_ignore_deadline=True)
+        db, cond = self._contain_setup(rundir, items, {
+            "workers": 1, "workers_pool_size": 20,
+            "max_abandoned_calls": cap, "sync_power_state_workers": 8,
+            "sync_power_state_interval": interval,
+            "power_state_timeout": timeout,
+            "heartbeat_interval": heartbeat})
+        offline_at = None
+        try:
+            cond.start()
+            cond.wait_up(1, cond.started_at)
+            # NOTE: watch the worker's row; the hung calls return after
+            # 30 s and the worker must come back.
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                rows = [r for r in db.list_conductors() if r.host == HOST]
+                if offline_at is None and rows and not rows[0].online:
+                    offline_at = time.time()
+                if "is healthy again" in _log_since(cond.log_file, 0):
+                    break
+                time.sleep(0.2)
+        finally:
+            cond.stop()
+            db.dispose()
+        return stall_figures(cond.log_file, offline_at,
+                             stall_bound=interval + timeout + 2.0,
+                             heartbeat=heartbeat, hung=hung, cap=cap)
+
+    def _hung_bmc(self, rundir: str) -> dict[str, Any]:
+        hung = max(1, int(self.args.contain_nodes
+                          * self.args.hung_percent / 100))
+        figures: dict[str, Any] = {}
+        for label, count in (("all_healthy", 0), ("hung", hung)):
+            sub = os.path.join(rundir, label)
+            os.makedirs(sub)
+            items, hung_names = self._contain_nodes(
+                count, fake_latency_ms=600000)
+            db, cond = self._contain_setup(sub, items, {
+                "workers": 1, "workers_pool_size": 20,
+                "sync_power_state_workers": 8,
+                "sync_power_state_interval": 5,
+                "power_state_timeout": 2.0}, debug=True)
+            uuids = {n.name: n.uuid for n in db.list_nodes()}
+            hung_uuids = {uuids[name] for name in hung_names}
+            try:
+                cond.start()
+                cond.wait_up(1, cond.started_at)
+                _wait(lambda: len(sweep_delays(
+                    cond.log_file, hung_uuids)) >= 4, 120, "four sweeps")
+            finally:
+                cond.stop()
+                db.dispose()
+            delays = sweep_delays(cond.log_file, hung_uuids)
+            figures[label] = {
+                "first_sweep_s": round(delays[0], 3),
+                "later_sweeps_s": [round(d, 3) for d in delays[1:]],
+                "median_s": round(statistics.median(delays[1:]), 3)}
+        base_s = figures["all_healthy"]["median_s"]
+        figures["hung_nodes"] = hung
+        figures["delay_ratio"] = (round(figures["hung"]["median_s"]
+                                        / base_s, 2) if base_s else None)
+        return {"healthy_start_delay_s": figures}
+
+    def _db_flood(self, rundir: str) -> dict[str, Any]:
+        if self.mariadb is None:
+            raise RuntimeError("db-flood needs the private MariaDB")
+        items = [{"name": "n%05d" % i, "driver": "fake", "driver_info": {}}
+                 for i in range(40)]
+        workers = 2
+        db, cond = self._contain_setup(rundir, items, {
+            "workers": workers, "sync_power_state_interval": 1,
+            "pending_action_interval": 0.2, "heartbeat_interval": 1,
+            "power_state_timeout": 2.0})
+        db.dispose()
+        try:
+            cond.start()
+            cond.wait_up(workers, cond.started_at)
+            time.sleep(2)       # NOTE: steady state before the fault
+            down = time.time()
+            self.mariadb.crash()
+            time.sleep(self.args.flood_outage)
+            self.mariadb.start()
+            up = time.time()
+            try:
+                _wait(lambda: _log_since(cond.log_file, up).count(
+                    "database available again after") >= workers,
+                    60, "the recovery line of every worker")
+            except RuntimeError:
+                pass
+            recovered = time.time()
+        finally:
+            cond.stop()
+        return flood_figures(cond.log_file, down, recovered, workers)
+
+
+LINE_RE = re.compile(
+    r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \d+ (?P<level>[A-Z]+) "
+    r"(?P<logger>\S+) \[(?P<who>[^\]]+)\] ")
+CALL_RE = re.compile(r"Fake BMC of node (?P<uuid>[0-9a-f-]{36}): power "
+                     r"state read")
+SWEEP_START = "Periodic task ConductorPeriodics.sync_power_states starting"
+POLLED_RE = re.compile(r"Power sync sweep: (?P<nodes>\d+) node\(s\)")
+
+
+def _lines(log_file: str) -> Iterator[tuple[float, re.Match[str], str]]:
+    """(epoch, header match, line) of every stamped line of the log."""
+    if not os.path.exists(log_file):
+        return
+    with open(log_file, errors="replace") as stream:
+        for line in stream:
+            match = LINE_RE.match(line)
+            if match:
+                stamp = _stamp(line)
+                if stamp is not None:
+                    yield stamp, match, line
+
+
+def sweep_delays(log_file: str, hung: set[str]) -> list[float]:
+    """Per finished sweep: seconds from its start to its last healthy read.
+
+    A sweep is the span between two "sync_power_states starting" lines;
+    only sweeps in which every healthy node got a call count.
+    """
+    sweeps: list[tuple[float, float, int]] = []
+    start: float | None = None
+    last = 0.0
+    calls = 0
+    for when, _, line in _lines(log_file):
+        if SWEEP_START in line:
+            if start is not None and calls:
+                sweeps.append((start, last, calls))
+            start, last, calls = when, when, 0
+            continue
+        match = CALL_RE.search(line)
+        if match and start is not None and match["uuid"] not in hung:
+            last, calls = when, calls + 1
+    full = max((c for _, _, c in sweeps), default=0)
+    return [end - begin for begin, end, c in sweeps if c == full]
+
+
+def stall_figures(log_file: str, offline_at: float | None,
+                  stall_bound: float, heartbeat: float, hung: int,
+                  cap: int) -> dict[str, Any]:
+    """What the stall scenario measures, from the worker's log."""
+    cap_at = error_at = healthy_at = None
+    sweeps: list[float] = []
+    abandoned_lines = 0
+    for when, _, line in _lines(log_file):
+        if "abandoned" in line and "driver call(s) still running past" \
+                in line:
+            abandoned_lines += 1
+        if cap_at is None and "is degraded: " in line and \
+                "conductor.executor.pool" in line:
+            cap_at = when
+        if error_at is None and " ERROR conductor.service " in line and \
+                "is degraded" in line:
+            error_at = when
+        if healthy_at is None and "is healthy again" in line:
+            healthy_at = when
+        polled = POLLED_RE.search(line)
+        if polled and int(polled["nodes"]) > 0:
+            sweeps.append(when)
+    # NOTE: a gap between two sweeps that polled nodes, while the worker
+    # did not say it was degraded, is a silent stall beyond the bound.
+    silent = 0.0
+    for before, after in zip(sweeps, sweeps[1:]):
+        if error_at is not None and after >= error_at and (
+                healthy_at is None or before <= healthy_at):
+            continue
+        silent = max(silent, after - before - stall_bound)
+    return {"hung_nodes": hung, "max_abandoned_calls": cap,
+            "abandoned_warnings": abandoned_lines,
+            "silent_stall_minutes": round(silent / 60.0, 2),
+            "degraded_report_s": (None if cap_at is None or error_at is None
+                                  else round(error_at - cap_at, 2)),
+            "offline_s": (None if cap_at is None or offline_at is None
+                          else round(offline_at - cap_at, 2)),
+            "recovered": healthy_at is not None,
+            "within_2_heartbeats": (
+                cap_at is not None and error_at is not None
+                and offline_at is not None
+                and max(error_at, offline_at) - cap_at <= 2 * heartbeat)}
+
+
+def flood_figures(log_file: str, down: float, recovered: float,
+                  workers: int) -> dict[str, Any]:
+    """Log lines per second and worker from ``down`` to ``recovered``."""
+    per: dict[str, collections.Counter[int]] = collections.defaultdict(
+        collections.Counter)
+    tracebacks = 0
+    total = 0
+    recovery_lines = 0
+    last_when = 0.0
+    last_who = "?"
+    if os.path.exists(log_file):
+        with open(log_file, errors="replace") as stream:
+            for line in stream:
+                match = LINE_RE.match(line)
+                when = _stamp(line) if match else None
+                if match is not None and when is not None:
+                    last_when, last_who = when, match["who"]
+                if not down <= last_when <= recovered:
+                    continue
+                # NOTE: a traceback line belongs to the record above it
+                # and counts as a line of its worker.
+                total += 1
+                per[last_who][int(last_when - down)] += 1
+                if match is None or "Traceback" in line:
+                    tracebacks += 1
+                elif "database available again after" in line:
+                    recovery_lines += 1
+    peak = max((max(c.values()) for who, c in per.items()
+                if "worker" in who), default=0)
+    seconds = max(1.0, recovered - down)
+    return {"outage_window_s": round(seconds, 1),
+            "lines": total, "lines_per_s": round(total / seconds, 2),
+            "max_lines_per_s_per_worker": peak,
+            "traceback_lines": tracebacks,
+            "recovery_lines": recovery_lines, "workers": workers}
+
+
+def summarise_contained(scenario: str, runs: list[dict[str, Any]]
+                        ) -> dict[str, Any]:
+    """The issue's figures of a containment scenario, over its runs."""
+    good = [r for r in runs if not r["errors"]]
+    summary: dict[str, Any] = {"runs": len(runs),
+                               "errors": len(runs) - len(good)}
+    if scenario == "stall":
+        summary["silent_stall_minutes_max"] = max(
+            (r["silent_stall_minutes"] for r in good), default=None)
+        summary["degraded_within_2_heartbeats"] = all(
+            r["within_2_heartbeats"] for r in good) and bool(good)
+        summary["ok"] = (summary["silent_stall_minutes_max"] == 0
+                         and summary["degraded_within_2_heartbeats"])
+    elif scenario == "hung-bmc":
+        ratios = [r["healthy_start_delay_s"]["delay_ratio"] for r in good]
+        summary["delay_ratio_max"] = max(
+            (x for x in ratios if x is not None), default=None)
+        summary["ok"] = (summary["delay_ratio_max"] is not None
+                         and summary["delay_ratio_max"] <= 1.5)
+    else:
+        summary["max_lines_per_s_per_worker"] = max(
+            (r["max_lines_per_s_per_worker"] for r in good), default=None)
+        summary["traceback_lines"] = sum(r["traceback_lines"] for r in good)
+        summary["ok"] = (bool(good)
+                         and summary["max_lines_per_s_per_worker"] <= 5
+                         and summary["traceback_lines"] == 0
+                         and all(r["recovery_lines"] >= r["workers"]
+                                 for r in good))
+    summary["ok"] = bool(summary["ok"]) and not summary["errors"]
+    return summary
+
 
 def _calls(path: str) -> dict[str, list[dict[str, Any]]]:
     """The fake driver's call log (``fake_call_log``), per node."""
@@ -707,6 +1055,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "flight when the database is back)")
     parser.add_argument("--settle-timeout", type=float, default=60.0)
     parser.add_argument("--repoll-timeout", type=float, default=90.0)
+    parser.add_argument("--contain-nodes", type=int, default=200,
+                        help="nodes of the stall and hung-bmc scenarios")
+    parser.add_argument("--hung-percent", type=float, default=10.0)
+    parser.add_argument("--flood-outage", type=float, default=20.0,
+                        help="seconds of the db-flood outage")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="comma-separated, of: %s" % ", ".join(SCENARIOS))
     parser.add_argument("--database-url",
@@ -728,15 +1081,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.two_host_outage = args.heartbeat_timeout + 3.0
         args.two_host_latency_ms = int(args.two_host_outage * 1000) + 8000
         args.settle_timeout, args.repoll_timeout = 30.0, 30.0
+        args.contain_nodes, args.flood_outage = 40, 5.0
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in names if s not in SCENARIOS]
     if unknown or not names:
         _bad("unknown scenario(s) %s; choose from %s"
              % (", ".join(unknown) or "(none)", ", ".join(SCENARIOS)))
-    if args.database_url and ("db-outage" in names
-                              or "db-outage-two-hosts" in names):
-        _bad("db-outage needs the private MariaDB; drop "
-             "--database-url")
+    for name in ("db-outage", "db-outage-two-hosts", "db-flood"):
+        if args.database_url and name in names:
+            _bad("%s needs the private MariaDB; drop --database-url"
+                 % name)
+    if not 0 < args.hung_percent < 100:
+        _bad("--hung-percent must be between 0 and 100 (exclusive)")
+    if args.contain_nodes < 10:
+        _bad("--contain-nodes must be >= 10")
     if not re.fullmatch(r"[A-Za-z0-9_]+", args.database_name):
         _bad("--database-name must be letters, digits and _")
     for key in ("runs", "nodes", "actions", "workers"):
@@ -788,7 +1146,10 @@ def main(argv: list[str] | None = None) -> int:
                         {k: v for k, v in runs[-1].items()
                          if k != "examples"}))
                 report["scenarios"][scenario] = {
-                    "summary": summarise(runs), "runs": runs}
+                    "summary": (summarise_contained(scenario, runs)
+                                if scenario in CONTAIN_SCENARIOS
+                                else summarise(runs)),
+                    "runs": runs}
         except KeyboardInterrupt:
             report["interrupted"] = True
             code = 130

@@ -373,10 +373,12 @@ class Manage:
             self.out(output.to_json(data))
             return
         rows = [(w["host"], w["worker_id"], w["pid"], w["alive"],
-                 w["online"], w["heartbeat_age"], ", ".join(w["drivers"]),
+                 w["online"], _health_text(w["status"]),
+                 w["heartbeat_age"], ", ".join(w["drivers"]),
                  _pool_text(w["status"]), _sweep_text(w["status"]))
                 for w in data["workers"]]
         self.out(output.table(("host", "worker", "pid", "alive", "online",
+                               "health (abandoned calls)",
                                "heartbeat age (s)", "drivers",
                                "pool busy/size (rejected)",
                                "last power sync"), rows))
@@ -533,6 +535,19 @@ def _pool_text(status: dict[str, Any]) -> str:
         return ""
     return "%d/%d (%d)" % (pool.get("busy", 0), pool.get("size", 0),
                            pool.get("rejected", 0))
+
+
+def _health_text(status: dict[str, Any]) -> str:
+    """``healthy`` or ``degraded``, with abandoned calls running/cap."""
+    health = status.get("health")
+    if not health:
+        return ""
+    pool = status.get("pool") or {}
+    if not pool.get("abandoned_total"):
+        return str(health)
+    return "%s (%d running of %d, %d in total)" % (
+        health, pool.get("abandoned", 0), pool.get("abandoned_cap", 0),
+        pool.get("abandoned_total", 0))
 
 
 def _sweep_text(status: dict[str, Any]) -> str:

@@ -10,6 +10,14 @@ their own waits (subprocess timeouts, HTTP timeouts, sleeps) with
 
     # inside a driver
     subprocess.run(argv, timeout=deadline.remaining(default=30))
+    requests.get(url, timeout=(deadline.connect_timeout(default=5),
+                               deadline.remaining(default=30)))
+
+A BMC that does not even accept a connection is told apart quickly:
+:func:`connect_timeout` is a share of the call's deadline
+(:data:`CONNECT_SHARE`, at most :data:`CONNECT_MAX` seconds), so a hung
+BMC costs a fraction of the deadline where the driver can bound the
+connect on its own.
 """
 
 from __future__ import annotations
@@ -24,6 +32,11 @@ from conductor.common import exceptions
 # NOTE: thread-local because each pool thread runs one driver call at a
 # time; the value is the monotonic time at which the current call expires.
 _local = threading.local()
+
+#: Share of a call's deadline a driver should allow for connecting.
+CONNECT_SHARE = 0.2
+#: Upper bound of :func:`connect_timeout` (seconds).
+CONNECT_MAX = 5.0
 
 
 class DeadlineExceeded(exceptions.ConductorException):
@@ -68,3 +81,17 @@ def check(what: str = "The driver call") -> None:
     if left is not None and left <= 0:
         raise DeadlineExceeded(what=what,
                                seconds=float(getattr(_local, "seconds", 0)))
+
+
+def connect_timeout(default: float | None = None) -> float | None:
+    """Seconds a driver should allow for connecting to its BMC.
+
+    :data:`CONNECT_SHARE` of the current scope's deadline, at most
+    :data:`CONNECT_MAX` and never more than :func:`remaining`; ``default``
+    outside a scope.
+    """
+    left = remaining()
+    if left is None:
+        return default
+    seconds = float(getattr(_local, "seconds", left) or 0.0)
+    return min(left, CONNECT_MAX, seconds * CONNECT_SHARE)

@@ -37,6 +37,20 @@ opts: list[cfg.Opt] = [
              "Work beyond it is rejected (NoFreeWorker), never queued "
              "without bound. Minimum 3."),
     cfg.IntOpt(
+        "max_abandoned_calls",
+        default=100,
+        min=1,
+        mutable=True,
+        help="Hard cap on the driver calls one worker has abandoned (a "
+             "driver that ignored power_state_timeout) and that are still "
+             "running. An abandoned call no longer holds a slot of the "
+             "pool; its thread runs on outside it until the call returns, "
+             "and its node is not called again until then. At the cap the "
+             "worker reports itself degraded (log ERROR, 'conductor-manage "
+             "status') and stops heartbeating as live, so that other "
+             "workers take its nodes over, until enough of those calls "
+             "returned. Minimum 1."),
+    cfg.IntOpt(
         "heartbeat_interval",
         default=10,
         min=1,

@@ -695,7 +695,8 @@ class Connection:
     def heartbeat(self, host: str, worker_id: int, *,
                   drivers: Sequence[str] = (),
                   pid: int | None = None,
-                  status: Mapping[str, Any] | None = None) -> None:
+                  status: Mapping[str, Any] | None = None,
+                  online: bool = True) -> None:
         """Refresh this worker's heartbeat; re-registers if the row is gone.
 
         :param drivers: the worker's drivers and
@@ -705,9 +706,11 @@ class Connection:
         :param status: the worker's status snapshot (pool, periodic tasks,
             last sweeps) shown by ``conductor-manage status``; None keeps
             the stored one.
+        :param online: False: the worker is alive but degraded and lets
+            its nodes go (it is not a live member of the rings).
         """
         values: dict[str, Any] = {"heartbeat_at": timeutils.utcnow(),
-                                  "online": True}
+                                  "online": online}
         if status is not None:
             values["status"] = dict(status)
         with self.engine.begin() as conn:

@@ -6,6 +6,10 @@
 ``fake_latency_ms``
     Milliseconds every BMC call takes (bounded by the call's deadline, so
     a "hung" BMC is simulated with a latency far beyond it).
+``fake_ignore_deadline``
+    ``true`` makes every call take its whole ``fake_latency_ms`` whatever
+    the call's deadline: a driver that does not honour
+    ``deadline.remaining()`` in front of a hung BMC.
 ``fake_fail``
     ``true`` makes every BMC call fail; ``"get"`` or ``"set"`` fails only
     reads or only changes (reboot counts as a change).
@@ -68,7 +72,7 @@ PERIODIC_SPACING = 1.0
 #: The driver_info fields the fake driver reads.
 FIELDS = ("fake_latency_ms", "fake_fail", "fake_power_state",
           "fake_call_log", "fake_timing_log", "fake_bmc_address",
-          "fake_settle_ms")
+          "fake_settle_ms", "fake_ignore_deadline")
 
 _FAIL_VALUES = {"true": "all", "all": "all", "get": "get", "set": "set",
                 "false": None, "": None}
@@ -124,6 +128,10 @@ class FakePower(base.PowerInterface):
                                     or not address.strip()):
             problems.append("fake_bmc_address must be a non-empty string, "
                             "got %r" % (address,))
+        ignore = info.get("fake_ignore_deadline", False)
+        if not isinstance(ignore, bool):
+            problems.append("fake_ignore_deadline must be true or false, "
+                            "got %r" % (ignore,))
         problems += base.field_problems(info, "fake", FIELDS)
         if problems:
             raise exceptions.InvalidParameterValue(
@@ -134,9 +142,12 @@ class FakePower(base.PowerInterface):
         info = node.driver_info
         started = time.time()
         ok = False
+        LOG.debug("Fake BMC of node %s: %s call starts", node.uuid, kind)
         try:
             latency = float(info.get("fake_latency_ms", 0) or 0) / 1000.0
-            if latency > 0:
+            if latency > 0 and info.get("fake_ignore_deadline") is True:
+                time.sleep(latency)
+            elif latency > 0:
                 left = deadline.remaining()
                 if left is not None and left < latency:
                     time.sleep(left)

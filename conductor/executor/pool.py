@@ -20,17 +20,34 @@ is ever queued without bound::
 A caller that fans work out over many items (a sweep over nodes) does it
 through :class:`conductor.executor.fanout.FanOut`, which borrows a bounded
 number of this pool's threads.
+
+**Abandoned calls.** A driver call made on a pool thread through
+:func:`guard_call` (``conductor.task.call_driver`` does) is watched: a call
+still running ``grace`` seconds past its deadline (a driver that ignores
+``deadline.remaining()``) is *abandoned*. Its thread leaves the pool's
+count, so the slot is free for other work at once, and keeps running
+outside it until the call returns, then ends. Abandoned threads have
+their own hard cap (``max_abandoned``); a node whose call was abandoned
+is not called again until that call returns (:class:`CallStillRunning`),
+and stays *suspect* (:meth:`WorkerPool.suspect`) until a call on it
+returns in time. At the cap the pool is *degraded*
+(:attr:`WorkerPool.degraded`): the next hung call would hold its slot,
+so the worker must say so and let its nodes go::
+
+    with pool_mod.guard_call(node.uuid, "get_power_state", timeout):
+        state = driver.power.get_power_state(node)
 """
 
 from __future__ import annotations
 
 from concurrent import futures
+import contextlib
 import dataclasses
 import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from conductor.common import exceptions
 from conductor.common import metrics
@@ -38,6 +55,39 @@ from conductor.common import metrics
 LOG = logging.getLogger(__name__)
 
 _R = TypeVar("_R")
+
+#: Seconds a guarded call may run past its deadline before it is
+#: abandoned.
+GRACE = 1.0
+#: Seconds between the reaper's looks at the guarded calls.
+REAP_INTERVAL = 0.5
+#: Nodes named in one abandonment WARNING (the rest are counted).
+_NAMED = 5
+
+# NOTE: which pool (and runtime) the current thread serves; set by the
+# pool's own threads only, read by guard_call().
+_local = threading.local()
+
+
+class CallStillRunning(exceptions.ConductorException):
+    message = ("Node %(node)s: the previous %(method)s call to its BMC was "
+               "abandoned after %(seconds).1f s and has not returned; it is "
+               "not called again until it does.")
+
+
+@dataclasses.dataclass(eq=False)
+class GuardedCall:
+    """One driver call watched by the pool (see :func:`guard_call`)."""
+
+    node: str
+    method: str
+    started: float
+    #: Monotonic time after which (plus the pool's grace) it is abandoned.
+    expires: float
+    thread: int
+    #: Set by the pool when the call was abandoned; the caller may read it
+    #: once the call returned.
+    abandoned: bool = False
 
 
 @dataclasses.dataclass
@@ -79,6 +129,25 @@ class _Runtime:
         self.completed = 0
         self.failed = 0
         self.rejected = 0
+        #: Threads started so far (names only; ``spawned`` also drops the
+        #: threads that left the count).
+        self.named = 0
+        # -- abandoned calls (see guard_call) --
+        #: thread ident -> its guarded call in progress.
+        self.calls: dict[int, GuardedCall] = {}
+        #: Pool threads that left the count: they end after their item.
+        self.detached: set[int] = set()
+        #: node -> its abandoned call, until that call returns.
+        self.blocked: dict[str, GuardedCall] = {}
+        #: node -> guarded calls on it in progress, abandoned or not.
+        self.on_node: dict[str, int] = {}
+        #: Nodes whose last call was abandoned (until one returns in time).
+        self.suspect: set[str] = set()
+        self.abandoned_total = 0
+        self.degraded = False
+        self.reaper: threading.Thread | None = None
+        #: Set when the pool shuts down: the reaper ends.
+        self.reaper_stop = threading.Event()
 
 
 class WorkerPool:
@@ -96,17 +165,39 @@ class WorkerPool:
 
     :param size: the number of threads, at least 1.
     :param name: a short name used in thread names and logs.
-    :raises ValueError: when ``size`` is not an integer >= 1.
+    :param max_abandoned: the hard cap on abandoned calls still running
+        (see the module documentation), at least 1; None: ``size``.
+    :param grace: seconds past its deadline before a guarded call is
+        abandoned.
+    :param reap_interval: seconds between looks for such calls.
+    :param clock: monotonic clock of the deadlines.
+    :raises ValueError: when ``size`` or ``max_abandoned`` is not an
+        integer >= 1.
     """
 
-    def __init__(self, size: int, name: str) -> None:
+    def __init__(self, size: int, name: str,
+                 max_abandoned: int | None = None, *,
+                 grace: float = GRACE,
+                 reap_interval: float = REAP_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(
                 "WorkerPool size must be an integer >= 1, got %r" % (size,))
+        if max_abandoned is None:
+            max_abandoned = size
+        if (isinstance(max_abandoned, bool)
+                or not isinstance(max_abandoned, int) or max_abandoned < 1):
+            raise ValueError("WorkerPool max_abandoned must be an integer "
+                             ">= 1, got %r" % (max_abandoned,))
         #: The maximum number of threads and of unfinished submissions.
         self.size = size
         #: The name used in thread names and log lines.
         self.name = name
+        #: The hard cap on abandoned calls still running.
+        self.max_abandoned = max_abandoned
+        self._grace = grace
+        self._reap_interval = reap_interval
+        self._clock = clock
         self._rt: _Runtime | None = None
 
     def __repr__(self) -> str:
@@ -170,7 +261,8 @@ class WorkerPool:
             spawn = rt.spawned < rt.busy
             if spawn:
                 rt.spawned += 1
-                index = rt.spawned
+                rt.named += 1
+                index = rt.named
         if spawn:
             try:
                 self._spawn(rt, index)
@@ -205,6 +297,8 @@ class WorkerPool:
             raise
 
     def _thread_main(self, rt: _Runtime) -> None:
+        _local.pool, _local.rt = self, rt
+        ident = threading.get_ident()
         while True:
             item = rt.queue.get()
             if item is None:
@@ -220,6 +314,12 @@ class WorkerPool:
                               "raised; the thread keeps serving",
                               {"pool": self.name})
             del item
+            with rt.lock:
+                if ident in rt.detached:
+                    # NOTE: its call was abandoned; the pool already
+                    # counts a new thread in its place.
+                    rt.detached.discard(ident)
+                    return
 
     def _run_item(self, rt: _Runtime, item: _Item) -> None:
         future = item.future
@@ -251,7 +351,8 @@ class WorkerPool:
 
     def _release(self, rt: _Runtime, failed: bool) -> None:
         with rt.lock:
-            rt.busy -= 1
+            if threading.get_ident() not in rt.detached:
+                rt.busy -= 1
             rt.completed += 1
             if failed:
                 rt.failed += 1
@@ -274,20 +375,207 @@ class WorkerPool:
     def stats(self) -> dict[str, int]:
         """Counters for ``status``: a consistent snapshot.
 
-        Keys: ``size``, ``busy``, ``free``, ``threads`` (created so far),
-        ``submitted`` and ``rejected`` (totals), ``completed`` and
-        ``failed`` (submissions whose callable returned or raised).
+        Keys: ``size``, ``busy``, ``free``, ``threads`` (in the pool's
+        count now), ``submitted`` and ``rejected`` (totals), ``completed``
+        and ``failed`` (submissions whose callable returned or raised),
+        ``abandoned`` (abandoned calls still running), ``abandoned_total``
+        (calls abandoned so far), ``abandoned_cap`` and ``degraded``.
         """
         rt = self._rt
         if rt is None:
             return {"size": self.size, "busy": 0, "free": self.size,
                     "threads": 0, "submitted": 0, "rejected": 0,
-                    "completed": 0, "failed": 0}
+                    "completed": 0, "failed": 0, "abandoned": 0,
+                    "abandoned_total": 0,
+                    "abandoned_cap": self.max_abandoned,
+                    "degraded": False}
         with rt.lock:
             return {"size": self.size, "busy": rt.busy,
                     "free": self.size - rt.busy, "threads": rt.spawned,
                     "submitted": rt.submitted, "rejected": rt.rejected,
-                    "completed": rt.completed, "failed": rt.failed}
+                    "completed": rt.completed, "failed": rt.failed,
+                    "abandoned": len(rt.blocked),
+                    "abandoned_total": rt.abandoned_total,
+                    "abandoned_cap": self.max_abandoned,
+                    "degraded": rt.degraded}
+
+    # -- abandoned calls -------------------------------------------------
+
+    def abandoned_calls(self) -> tuple[int, int]:
+        """``(total, running)``: calls abandoned so far, and still running.
+
+        The counter a metrics exporter reads (``total`` only grows).
+        """
+        rt = self._rt
+        if rt is None:
+            return 0, 0
+        with rt.lock:
+            return rt.abandoned_total, len(rt.blocked)
+
+    @property
+    def degraded(self) -> bool:
+        """True while ``max_abandoned`` abandoned calls are still running.
+
+        No further call can be abandoned then: the next hung one holds
+        its slot for good. The worker reports itself degraded and lets
+        its nodes go until enough of those calls return.
+        """
+        rt = self._rt
+        if rt is None:
+            return False
+        with rt.lock:
+            return rt.degraded
+
+    def call_blocked(self, node: str) -> bool:
+        """True while an abandoned call on ``node`` is still running."""
+        rt = self._rt
+        if rt is None:
+            return False
+        with rt.lock:
+            return node in rt.blocked
+
+    def in_call(self, node: str) -> bool:
+        """True while any guarded call on ``node`` runs (abandoned or not).
+
+        A sweep skips such a node: it would only queue behind that call.
+        """
+        rt = self._rt
+        if rt is None:
+            return False
+        with rt.lock:
+            return node in rt.on_node
+
+    def suspect(self, node: str) -> bool:
+        """True when the last call on ``node`` was abandoned."""
+        rt = self._rt
+        if rt is None:
+            return False
+        with rt.lock:
+            return node in rt.suspect
+
+    def _begin_call(self, rt: _Runtime, node: str, method: str,
+                    seconds: float) -> GuardedCall:
+        now = self._clock()
+        ident = threading.get_ident()
+        with rt.lock:
+            previous = rt.blocked.get(node)
+            if previous is not None:
+                raise CallStillRunning(node=node, method=previous.method,
+                                       seconds=now - previous.started)
+            call = GuardedCall(node, method, now, now + seconds, ident)
+            rt.calls[ident] = call
+            rt.on_node[node] = rt.on_node.get(node, 0) + 1
+            reaper = None
+            if rt.reaper is None and not rt.stopping:
+                # NOTE: made on the first guarded call, in the worker (a
+                # pool creates no thread before it is used).
+                reaper = rt.reaper = threading.Thread(
+                    target=self._reap_loop, args=(rt,),
+                    name="%s-reaper" % self.name, daemon=True)
+        if reaper is not None:
+            reaper.start()
+        return call
+
+    def _end_call(self, rt: _Runtime, call: GuardedCall) -> None:
+        with rt.lock:
+            if rt.calls.get(call.thread) is call:
+                del rt.calls[call.thread]
+            left = rt.on_node.get(call.node, 1) - 1
+            if left > 0:
+                rt.on_node[call.node] = left
+            else:
+                rt.on_node.pop(call.node, None)
+            if not call.abandoned:
+                rt.suspect.discard(call.node)
+                return
+            rt.blocked.pop(call.node, None)
+            recovered = rt.degraded and len(rt.blocked) < self.max_abandoned
+            if recovered:
+                rt.degraded = False
+            running = len(rt.blocked)
+        LOG.info("Worker pool %(pool)s: the abandoned %(method)s call on "
+                 "node %(node)s returned after %(secs).1f s; %(n)d "
+                 "abandoned call(s) still running",
+                 {"pool": self.name, "method": call.method,
+                  "node": call.node, "secs": self._clock() - call.started,
+                  "n": running})
+        if recovered:
+            LOG.info("Worker pool %(pool)s is no longer degraded: "
+                     "%(n)d abandoned call(s) still running, cap %(cap)d",
+                     {"pool": self.name, "n": running,
+                      "cap": self.max_abandoned})
+
+    def _reap_loop(self, rt: _Runtime) -> None:
+        while not rt.reaper_stop.wait(self._reap_interval):
+            try:
+                self.reap()
+            except Exception:
+                LOG.exception("Worker pool %(pool)s: looking for calls "
+                              "past their deadline failed",
+                              {"pool": self.name})
+
+    def reap(self) -> int:
+        """Abandon the guarded calls past deadline + grace; how many.
+
+        The pool's own reaper thread calls it every ``reap_interval``
+        seconds; tests call it directly. Logs one WARNING per pass that
+        abandoned calls, and one when the pool becomes degraded (the worker
+        logs that at ERROR).
+        """
+        rt = self._rt
+        if rt is None:
+            return 0
+        limit = self._clock() - self._grace
+        newly: list[GuardedCall] = []
+        became_degraded = False
+        with rt.lock:
+            for call in sorted(rt.calls.values(), key=lambda c: c.started):
+                if call.abandoned or call.expires > limit:
+                    continue
+                if len(rt.blocked) >= self.max_abandoned:
+                    became_degraded = not rt.degraded
+                    rt.degraded = True
+                    break
+                call.abandoned = True
+                del rt.calls[call.thread]
+                rt.blocked[call.node] = call
+                rt.suspect.add(call.node)
+                rt.abandoned_total += 1
+                if call.thread not in rt.detached:
+                    # NOTE: the thread leaves the count: its slot is free
+                    # for other work now; it ends once its item is done.
+                    rt.detached.add(call.thread)
+                    rt.busy -= 1
+                    rt.spawned -= 1
+                newly.append(call)
+            if len(rt.blocked) >= self.max_abandoned and not rt.degraded:
+                became_degraded = rt.degraded = True
+            running = len(rt.blocked)
+            total = rt.abandoned_total
+            if newly:
+                rt.cond.notify_all()
+        if newly:
+            now = self._clock()
+            named = ", ".join("%s (%s, %.1f s)" % (
+                c.node, c.method, now - c.started) for c in newly[:_NAMED])
+            if len(newly) > _NAMED:
+                named += " and %d more" % (len(newly) - _NAMED)
+            LOG.warning("Worker pool %(pool)s abandoned %(n)d driver "
+                        "call(s) still running past their deadline: "
+                        "%(calls)s; their nodes are not called again "
+                        "until they return. Abandoned calls running: "
+                        "%(running)d (cap %(cap)d), %(total)d in total",
+                        {"pool": self.name, "n": len(newly),
+                         "calls": named, "running": running,
+                         "cap": self.max_abandoned, "total": total})
+        if became_degraded:
+            LOG.warning("Worker pool %(pool)s is degraded: %(n)d abandoned "
+                        "driver call(s) still running reached the cap "
+                        "(max_abandoned_calls = %(cap)d); a further hung "
+                        "call would hold its thread for good",
+                        {"pool": self.name, "n": running,
+                         "cap": self.max_abandoned})
+        return len(newly)
 
     def wait_for_free(self, timeout: float,
                       stop: threading.Event | None = None) -> bool:
@@ -343,6 +631,7 @@ class WorkerPool:
         with rt.lock:
             first = not rt.stopping
             rt.stopping = True
+            rt.reaper_stop.set()
             count = rt.spawned
             threads = list(rt.threads)
             rt.cond.notify_all()
@@ -361,8 +650,9 @@ class WorkerPool:
         # queued, or the join had no time left): that is not work left
         # behind. Count the submissions not finished, name the threads
         # running one.
+        # Abandoned calls left the pool's count but still run.
         with rt.lock:
-            unfinished = rt.busy
+            unfinished = rt.busy + len(rt.detached)
             running = sorted(rt.running)
         if unfinished and wait:
             LOG.warning("Worker pool %(pool)s: %(count)d thread(s) still "
@@ -371,3 +661,46 @@ class WorkerPool:
                          "timeout": timeout,
                          "names": ", ".join(running) or "(starting)"})
         return not unfinished
+
+
+def current() -> WorkerPool | None:
+    """The pool whose thread runs the caller, or None."""
+    return getattr(_local, "pool", None)
+
+
+def detached() -> bool:
+    """True when the calling thread left its pool's count.
+
+    Its call was abandoned: it should finish its item and take no more
+    work (a fan-out lane stops taking items).
+    """
+    rt = getattr(_local, "rt", None)
+    if rt is None:
+        return False
+    with rt.lock:
+        return threading.get_ident() in rt.detached
+
+
+@contextlib.contextmanager
+def guard_call(node: str, method: str,
+               seconds: float) -> Iterator[GuardedCall | None]:
+    """Watch a driver call on ``node`` expected to end within ``seconds``.
+
+    On a pool thread the pool abandons the call when it runs past
+    ``seconds`` plus the pool's grace (see the module documentation);
+    elsewhere this does nothing and yields None. Whatever the call
+    returns is returned to its caller even when it was abandoned.
+
+    :raises CallStillRunning: when an abandoned call on ``node`` has not
+        returned yet (nothing is called then).
+    """
+    pool = getattr(_local, "pool", None)
+    rt = getattr(_local, "rt", None)
+    if pool is None or rt is None:
+        yield None
+        return
+    call = pool._begin_call(rt, node, method, seconds)
+    try:
+        yield call
+    finally:
+        pool._end_call(rt, call)

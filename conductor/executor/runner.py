@@ -46,6 +46,7 @@ import futurist
 from futurist import periodics as futurist_periodics
 
 from conductor.common import exceptions
+from conductor.common import log as conductor_log
 from conductor.common import metrics
 from conductor.drivers import base as driver_base
 from conductor.executor import fanout
@@ -171,11 +172,15 @@ class _Task:
             with self._lock:
                 self.retired = True
             raise futurist_periodics.NeverAgain() from None
-        except Exception:
+        except Exception as exc:
             failed = True
-            LOG.exception("Periodic task %(task)s failed; it will run "
-                          "again in %(spacing).1f s",
-                          {"task": name, "spacing": self.spec.spacing})
+            # NOTE: in a database outage every task fails at once, each
+            # with a long traceback: counted in one line per interval.
+            if not conductor_log.database_failed(
+                    "periodic task %s" % name, exc):
+                LOG.exception("Periodic task %(task)s failed; it will run "
+                              "again in %(spacing).1f s",
+                              {"task": name, "spacing": self.spec.spacing})
         except BaseException as exc:
             # NOTE: futurist's runner catches only Exception: a
             # SystemExit escaping here would reach futurist's done
@@ -539,11 +544,13 @@ class PeriodicRunner:
                       "skipping %(purpose)s",
                       {"task": spec.name, "node": node_uuid,
                        "purpose": purpose})
-        except Exception:
-            LOG.exception("Periodic task %(task)s failed on node %(node)s "
-                          "while %(purpose)s",
-                          {"task": spec.name, "node": node_uuid,
-                           "purpose": purpose})
+        except Exception as exc:
+            if not conductor_log.database_failed(
+                    "periodic task %s" % spec.name, exc):
+                LOG.exception("Periodic task %(task)s failed on node "
+                              "%(node)s while %(purpose)s",
+                              {"task": spec.name, "node": node_uuid,
+                               "purpose": purpose})
         except BaseException as exc:
             # NOTE: contained for the same reason as in _Task.__call__.
             LOG.error("Periodic task %(task)s raised %(exc)r on node "

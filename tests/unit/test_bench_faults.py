@@ -144,3 +144,92 @@ class TestSummary(base.TestCase):
         summary = bench.summarise(runs)
         self.assertEqual(3, summary["acted_on_by_two_hosts_total"])
         self.assertFalse(summary["ok"])
+
+
+def _line(at: float, text: str, level: str = "INFO",
+          logger: str = "conductor.x", who: str = "h1 worker 0") -> str:
+    stamp = (T0 + datetime.timedelta(seconds=at)).strftime(
+        "%Y-%m-%d %H:%M:%S.%f")[:23]
+    return "%s 123 %s %s [%s] [-] %s\n" % (stamp, level, logger, who, text)
+
+
+class TestContainFigures(base.TestCase):
+
+    def write(self, lines: list[str]) -> str:
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                            "conductor.log")
+        with open(path, "w") as stream:
+            stream.writelines(lines)
+        return path
+
+    def test_sweep_delays_time_the_last_healthy_read(self) -> None:
+        ok = "1" * 8 + "-0000-0000-0000-" + "0" * 12
+        ok2 = "2" * 8 + "-0000-0000-0000-" + "0" * 12
+        hung = "3" * 8 + "-0000-0000-0000-" + "0" * 12
+        call = "Fake BMC of node %s: power state read: power off"
+        path = self.write([
+            _line(0, bench.SWEEP_START, "DEBUG"),
+            _line(0.1, call % hung, "DEBUG"),
+            _line(0.5, call % ok, "DEBUG"),
+            _line(2.0, call % ok2, "DEBUG"),
+            _line(5, bench.SWEEP_START, "DEBUG"),
+            _line(5.2, call % ok, "DEBUG"),
+            _line(5.3, call % ok2, "DEBUG"),
+            _line(5.4, call % hung, "DEBUG"),
+            _line(10, bench.SWEEP_START, "DEBUG")])
+        self.assertEqual([2.0, 0.3], [round(d, 3) for d in
+                                      bench.sweep_delays(path, {hung})])
+
+    def test_stall_figures(self) -> None:
+        sweep = "Power sync sweep: %d node(s) in 0.1s (calls)"
+        path = self.write([
+            _line(0, sweep % 10), _line(2, sweep % 10),
+            _line(3, "Worker pool pool-w0 abandoned 2 driver call(s) still "
+                     "running past their deadline: ...", "WARNING"),
+            _line(3.5, "Worker pool pool-w0 is degraded: 2 abandoned",
+                  "WARNING", "conductor.executor.pool"),
+            _line(4.2, "Worker h1:0 is degraded: ...", "ERROR",
+                  "conductor.service"),
+            _line(40, "Worker h1:0 is healthy again: ..."),
+            _line(41, sweep % 10), _line(43, sweep % 10)])
+        figures = bench.stall_figures(path, T0.timestamp() + 4.5,
+                                      stall_bound=6.0, heartbeat=1,
+                                      hung=4, cap=2)
+        self.assertEqual((0.0, 0.7, 1.0, True, True, 1), (
+            figures["silent_stall_minutes"], figures["degraded_report_s"],
+            figures["offline_s"], figures["recovered"],
+            figures["within_2_heartbeats"], figures["abandoned_warnings"]))
+        # Without the ERROR, the 39 s gap is a silent stall.
+        path = self.write([_line(0, sweep % 10), _line(2, sweep % 10),
+                           _line(41, sweep % 10)])
+        figures = bench.stall_figures(path, None, stall_bound=6.0,
+                                      heartbeat=1, hung=4, cap=2)
+        self.assertEqual((0.55, False), (figures["silent_stall_minutes"],
+                                         figures["within_2_heartbeats"]))
+
+    def test_flood_figures_count_per_worker_and_second(self) -> None:
+        down = T0.timestamp() + 10
+        lines = [_line(9, "before")]
+        lines += [_line(10.1 + i * 0.1, "x", who="h1 worker 0")
+                  for i in range(3)]
+        lines += [_line(10.5, "y", who="h1 worker 1"),
+                  _line(11, "failed", "ERROR"), "Traceback (most recent "
+                  "call last):\n", "  File x\n",
+                  _line(20, "database available again after 9.0 s; 5 "
+                            "operation(s) failed"),
+                  _line(40, "after")]
+        figures = bench.flood_figures(self.write(lines), down, down + 11, 2)
+        # The traceback counts with its worker's second: 1 + 2 lines.
+        self.assertEqual((3, 2, 8, 1), (
+            figures["max_lines_per_s_per_worker"],
+            figures["traceback_lines"], figures["lines"],
+            figures["recovery_lines"]))
+
+    def test_contain_summary(self) -> None:
+        ok = bench.summarise_contained("db-flood", [
+            {"errors": [], "max_lines_per_s_per_worker": 2,
+             "traceback_lines": 0, "recovery_lines": 2, "workers": 2}])
+        self.assertTrue(ok["ok"])
+        bad = bench.summarise_contained("hung-bmc", [
+            {"errors": [], "healthy_start_delay_s": {"delay_ratio": 3.1}}])
+        self.assertEqual((3.1, False), (bad["delay_ratio_max"], bad["ok"]))

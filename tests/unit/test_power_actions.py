@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import threading
 from typing import Any
 from unittest import mock
 
+import fixtures
+from oslo_db import exception as db_exc
 from oslo_utils import timeutils
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import deadline
 from conductor.common import exceptions
+from conductor.common import log as conductor_log
 from conductor.db import models
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
@@ -415,6 +419,24 @@ class TestScanAndSubmit(ActionsTestCase):
         self.assertEqual(0, self.pool.stats()["failed"])
         self.assertTrue(self.actions.submit(uuid))      # not stuck queued
         self.drain()
+
+    def test_database_errors_go_to_the_outage_log(self) -> None:
+        self.addCleanup(conductor_log.reset_outage_logs)
+        conductor_log.reset_outage_logs()
+        uuids = [self.node("n%d" % i, states.POWER_ON) for i in range(5)]
+        logger = self.useFixture(fixtures.FakeLogger(level=logging.DEBUG))
+        with mock.patch.object(
+                power_actions.PowerActions, "apply", autospec=True,
+                side_effect=db_exc.DBConnectionError("gone")):
+            for uuid in uuids:
+                self.assertTrue(self.actions.submit(uuid))
+            self.drain()
+        # One line for the five failures, none with a traceback above
+        # DEBUG, and no "failed unexpectedly".
+        self.assertNotIn("failed unexpectedly", logger.output)
+        self.assertEqual(1, logger.output.count(
+            "database unavailable since"))
+        self.assertTrue(conductor_log.outage_log("database").active)
 
     def test_unexpected_error_is_logged_and_forgotten(self) -> None:
         uuid = self.node("a", states.POWER_ON)

@@ -341,13 +341,14 @@ class TestSyncFailures(SyncTestCase):
                          (node.power_sync_failures, node.last_error,
                           node.power_state))
 
-    def test_nodes_with_failures_are_polled_first(self) -> None:
+    def test_healthy_nodes_are_polled_before_failing_ones(self) -> None:
         self.nodes("n0", "n1", "n2", "n3", "n4")
         self.db.update_node("n3", {"power_sync_failures": 2})
         self.db.update_node("n1", {"power_sync_failures": 1})
         self.syncer(workers=1, max_retries=5).sync()
-        self.assertEqual(["n3", "n1"], self.power.gets[:2])
-        self.assertEqual(5, len(self.power.gets))
+        # One lane: it takes every healthy node before a suspect one.
+        self.assertEqual(["n0", "n2", "n4"], self.power.gets[:3])
+        self.assertEqual(["n1", "n3"], sorted(self.power.gets[3:]))
 
 
 class TestRecover(SyncTestCase):
@@ -568,7 +569,8 @@ class TestLanes(SyncTestCase):
 
         self.power.default = stop_on_third
         result = self.syncer(workers=1).sync()
-        self.assertEqual(6, result.nodes)
+        # The sweep counts what it polled, not what it planned.
+        self.assertEqual((3, 6), (result.nodes, result.planned))
         self.assertEqual(3, len(self.power.gets))
         self.assertEqual(3, result.changed)
         self.assertEqual(3, sum(1 for node in self.db.list_nodes()
@@ -587,3 +589,45 @@ class TestLanes(SyncTestCase):
         assert left[0] is not None
         self.assertLessEqual(left[0], 2.0)
         self.assertGreater(left[0], 1.0)
+
+
+class TestContainment(SyncTestCase):
+
+    def test_a_node_with_a_call_in_flight_is_skipped(self) -> None:
+        busy, _, _ = self.nodes("busy", "n1", "n2")
+        release = threading.Event()
+        self.addCleanup(release.set)
+        in_call = threading.Event()
+
+        def hung_call() -> None:
+            with pool_mod.guard_call(busy, "get_power_state", 60):
+                in_call.set()
+                release.wait(base.WAIT)
+
+        self.pool.submit(hung_call)
+        self.assertTrue(in_call.wait(base.WAIT))
+        with fixtures.FakeLogger(level=logging.INFO) as logger:
+            result = self.syncer().sync()
+        self.assertEqual((2, 3, 1), (result.nodes, result.planned,
+                                     result.skipped))
+        self.assertEqual(["n1", "n2"], sorted(self.power.gets))
+        self.assertIn("Power sync sweep: 2 node(s) in", logger.output)
+        self.assertIn("; 1 skipped (a call on them still running)",
+                      logger.output)
+        self.assertIsNone(self.get("busy").power_state)
+
+    def test_a_node_whose_last_call_was_abandoned_is_suspect(self) -> None:
+        self.nodes(*["n%d" % i for i in range(7)])
+        odd = self.nodes("odd")[0]
+        pool = pool_mod.WorkerPool(8, "s", 4, grace=0.0,
+                                   reap_interval=3600)
+        pool.start()
+        self.addCleanup(pool.shutdown, wait=True, timeout=base.WAIT)
+        pool._runtime().suspect.add(odd)
+        order: list[str] = []
+        self.power.default = lambda node: (order.append(node.name),
+                                           states.POWER_ON)[1]
+        self.syncer(workers=1, pool=pool).sync()
+        # One lane: every healthy node before the suspect one.
+        self.assertEqual("odd", order[-1])
+        self.assertEqual(8, len(order))

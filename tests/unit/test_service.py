@@ -25,6 +25,7 @@ from conductor.drivers import base as driver_base
 from conductor.drivers import fake
 from conductor.drivers import loader
 from conductor.executor import bmc
+from conductor.executor import pool as worker_pool
 from conductor import ownership
 from conductor import periodics
 from conductor import power_actions
@@ -220,7 +221,8 @@ class TestWorkerSettings(ServiceTestCase):
             host="test-host", database_url=self.db_url,
             db_max_retries=self.conf.database.max_retries,
             db_retry_interval=self.conf.database.retry_interval,
-            enabled_drivers=("fake",), pool_size=6, heartbeat_interval=1,
+            enabled_drivers=("fake",), pool_size=6, max_abandoned_calls=100,
+            heartbeat_interval=1,
             heartbeat_timeout=30, hash_ring_reset_interval=15,
             graceful_shutdown_timeout=3,
             sync=power_sync.SyncSettings(workers=4, timeout=5.0,
@@ -554,3 +556,29 @@ class TestDrainLoop(ServiceTestCase):
         self.kill.assert_not_called()
         self.assertIn("worker %d works on for %gs" % (worker_id, handover),
                       logger.output)
+
+
+class TestDegraded(ServiceTestCase):
+
+    def test_a_degraded_pool_takes_the_worker_offline(self) -> None:
+        svc = service.ConductorService("test-host", 0, self.conf)
+        self.addCleanup(svc.stop)
+        logger = self.useFixture(fixtures.FakeLogger(level=logging.INFO))
+        degraded = mock.PropertyMock(return_value=False)
+        with mock.patch.object(worker_pool.WorkerPool, "degraded",
+                               new_callable=lambda: degraded):
+            svc.start()
+
+            def online() -> bool:
+                return self.db.list_conductors()[0].online
+            self.assertTrue(online())
+            degraded.return_value = True
+            # It heartbeats as offline: its nodes go to the others.
+            self.assertTrue(base.wait_until(lambda: not online()))
+            self.assertIn("Worker test-host:0 is degraded", logger.output)
+            self.assertEqual("degraded", svc.status()["health"])
+            degraded.return_value = False
+            self.assertTrue(base.wait_until(online))
+            self.assertIn("Worker test-host:0 is healthy again",
+                          logger.output)
+            self.assertEqual("healthy", svc.status()["health"])

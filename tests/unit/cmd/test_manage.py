@@ -830,6 +830,7 @@ class TestStatusAndClean(DbManageTestCase):
         out = self.ok("status")
         lines = out.splitlines()
         self.assertEqual(["host", "worker", "pid", "alive", "online",
+                          "health", "(abandoned", "calls)",
                           "heartbeat", "age", "(s)", "drivers", "pool",
                           "busy/size", "(rejected)", "last", "power",
                           "sync"], lines[0].split())
@@ -837,6 +838,18 @@ class TestStatusAndClean(DbManageTestCase):
                           "ipmi", "2/10", "(3)", "7", "nodes", "in", "0.25s,",
                           "1", "failed"], lines[3].split())
         self.assertEqual("0 node(s), 0 in maintenance", lines[-1])
+
+    def test_status_table_shows_a_degraded_worker(self) -> None:
+        self.snapshot["health"] = "degraded"
+        self.snapshot["pool"] = {"size": 10, "busy": 2, "rejected": 3,
+                                 "abandoned": 4, "abandoned_cap": 4,
+                                 "abandoned_total": 9}
+        self.db.heartbeat("h", 0, status=self.snapshot, online=False)
+        row = [line for line in self.ok("status").splitlines()
+               if line.startswith("h ")][0]
+        self.assertEqual(["h", "0", "40", "false", "false", "degraded",
+                          "(4", "running", "of", "4,", "9", "in", "total)"],
+                         row.split()[:13])
 
     def test_status_table_lists_periodic_tasks_of_live_workers(self) -> None:
         self.snapshot["periodics"] = [

@@ -80,3 +80,16 @@ class TestDeadline(base.TestCase):
             thread.start()
             thread.join()
         self.assertEqual([None], seen)
+
+    def test_connect_timeout_is_a_share_of_the_deadline(self) -> None:
+        self.assertIsNone(deadline.connect_timeout())
+        self.assertEqual(7.0, deadline.connect_timeout(default=7.0))
+        with deadline.scope(10):
+            connect = deadline.connect_timeout()
+            assert connect is not None
+            self.assertAlmostEqual(2.0, connect, places=3)
+        with deadline.scope(300):
+            self.assertEqual(deadline.CONNECT_MAX,
+                             deadline.connect_timeout())
+        with deadline.scope(0):
+            self.assertEqual(0.0, deadline.connect_timeout())

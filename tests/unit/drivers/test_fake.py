@@ -119,6 +119,16 @@ class TestFakePower(base.TestCase):
         self.assertGreaterEqual(elapsed, 0.04)
         self.assertIn("Fake BMC of node %s did not finish" % UUID, str(exc))
 
+    def test_ignore_deadline_takes_the_whole_latency(self) -> None:
+        # A driver that does not honour the deadline: the call returns
+        # only after its latency, long past a 10 ms deadline.
+        node = _node(fake_latency_ms=300, fake_ignore_deadline=True)
+        start = time.monotonic()
+        with deadline.scope(0.01):
+            self.assertEqual(states.POWER_OFF,
+                             self.power.get_power_state(node))
+        self.assertGreaterEqual(time.monotonic() - start, 0.3)
+
     def test_latency_bounds_set_too(self) -> None:
         node = _node(fake_latency_ms=5000)
         start = time.monotonic()
@@ -263,6 +273,10 @@ class TestFakeValidate(base.TestCase):
         self.assertRefused("fake_fail must be true, false, 'get' or 'set', "
                            "got 'sometimes'", _node(fake_fail="sometimes"))
 
+    def test_bad_ignore_deadline(self) -> None:
+        self.assertRefused("fake_ignore_deadline must be true or false, got "
+                           "'yes'", _node(fake_ignore_deadline="yes"))
+
     def test_bad_call_log(self) -> None:
         for value in ("", 5, True):
             self.assertRefused("fake_call_log must be a file path, got %r"
@@ -288,7 +302,7 @@ class TestFakeValidate(base.TestCase):
                            "fake driver reads fake_latency_ms, fake_fail, "
                            "fake_power_state, fake_call_log, "
                            "fake_timing_log, fake_bmc_address, "
-                           "fake_settle_ms)",
+                           "fake_settle_ms, fake_ignore_deadline)",
                            _node(ipmi_address="x", a_password="y"))
 
     def test_every_problem_named_with_uuid(self) -> None:

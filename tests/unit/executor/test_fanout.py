@@ -155,3 +155,117 @@ class TestFanOut(test_pool.PoolTestCase):
         fan = self.fan(pool, 1)
         self.assertRaises(LookupError, fan.run, items(), done.append)
         self.assertEqual([1, 2], done)
+
+
+class TestSuspectLanes(test_pool.PoolTestCase):
+    """Suspect items run on a bounded share of the lanes."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.stop = threading.Event()
+        self.release = threading.Event()
+        self.addCleanup(self.release.set)
+        self.cond = threading.Condition()
+        self.started: list[int] = []
+        self.finished: list[int] = []
+
+    def call(self, item: int) -> int:
+        with self.cond:
+            self.started.append(item)
+            self.cond.notify_all()
+        if item >= 100 or item < 0:      # suspect (>= 100), held (< 0)
+            assert self.release.wait(WAIT), "never released"
+        with self.cond:
+            self.finished.append(item)
+            self.cond.notify_all()
+        return item
+
+    def run_in_thread(self, fan: fanout.FanOut[int, int], items: list[int]
+                      ) -> tuple[threading.Thread,
+                                 list[fanout.Report[int, int]]]:
+        reports: list[fanout.Report[int, int]] = []
+        thread = threading.Thread(target=lambda: reports.append(fan.run(
+            items, self.call, suspect=lambda item: item >= 100)))
+        thread.start()
+        self.addCleanup(thread.join, WAIT)
+        return thread, reports
+
+    def wait(self, check: object) -> None:
+        with self.cond:
+            self.assertTrue(self.cond.wait_for(check, WAIT))  # type: ignore
+
+    def test_healthy_items_never_wait_behind_suspect_ones(self) -> None:
+        pool = self.make_pool(8)
+        fan: fanout.FanOut[int, int] = fanout.FanOut(
+            pool, 4, stop=self.stop, call_timeout=60)
+        self.assertEqual(1, fan.suspect_lanes)
+        # Suspect items first in the input, as a sort by failures would.
+        items = [100, 101, 102] + list(range(20))
+        thread, reports = self.run_in_thread(fan, items)
+        # Every healthy item is done while the suspect ones hang.
+        self.wait(lambda: set(range(20)) <= set(self.finished))
+        self.assertFalse(set(self.finished) & {100, 101, 102})
+        self.release.set()
+        thread.join(WAIT)
+        report = reports[0]
+        self.assertEqual(sorted(items), sorted(i for i, _ in report.results))
+        self.assertEqual(3, report.suspect_taken)
+
+    def test_suspect_share_is_bounded(self) -> None:
+        pool = self.make_pool(8)
+        fan: fanout.FanOut[int, int] = fanout.FanOut(
+            pool, 4, stop=self.stop, call_timeout=60)
+        # Three held healthy items keep three lanes busy: the fourth
+        # lane is the suspect share, one call at a time.
+        thread, reports = self.run_in_thread(
+            fan, [100, 101, 102, 103, -1, -2, -3])
+        self.wait(lambda: len(self.started) >= 4)
+        with self.cond:
+            self.assertEqual([-3, -2, -1, 100], sorted(self.started))
+        self.release.set()
+        thread.join(WAIT)
+        self.assertEqual(7, reports[0].taken)
+
+    def test_only_suspect_items_use_their_share(self) -> None:
+        pool = self.make_pool(8)
+        fan: fanout.FanOut[int, int] = fanout.FanOut(
+            pool, 4, stop=self.stop, call_timeout=60, suspect_lanes=2)
+        thread, reports = self.run_in_thread(fan, [100, 101, 102, 103])
+        self.wait(lambda: len(self.started) >= 2)
+        self.release.set()
+        thread.join(WAIT)
+        self.assertEqual((4, 2), (reports[0].taken, reports[0].lanes))
+
+    def test_invalid_suspect_lanes(self) -> None:
+        pool = self.make_pool(4)
+        for value in (0, -1, 1.5, True):
+            self.assertRaises(ValueError, fanout.FanOut, pool, 2,
+                              stop=self.stop, suspect_lanes=value)
+        self.assertEqual((1, 1, 2), (fanout.suspect_share(1),
+                                     fanout.suspect_share(7),
+                                     fanout.suspect_share(8)))
+
+    def test_a_lane_whose_call_was_abandoned_takes_no_more(self) -> None:
+        clock = fakes.FakeClock(0.0)
+        pool = fanout.pool_mod.WorkerPool(3, "lanes", 4, grace=0.0,
+                                          reap_interval=3600, clock=clock)
+        pool.start()
+        self.addCleanup(pool.shutdown, wait=True, timeout=WAIT)
+        taken: list[tuple[int, str]] = []
+
+        def call(item: int) -> int:
+            taken.append((item, threading.current_thread().name))
+            if item == 0:
+                with fanout.pool_mod.guard_call("n0", "get", 1.0):
+                    clock.advance(5)
+                    self.assertEqual(1, pool.reap())
+            return item
+
+        fan: fanout.FanOut[int, int] = fanout.FanOut(
+            pool, 1, stop=self.stop, call_timeout=60,
+            watchdog_interval=0.01)
+        # One lane on a pool thread: its call is abandoned, so the items
+        # after it go to a new lane on another thread.
+        report = pool.submit(fan.run, range(3), call).result(WAIT)
+        self.assertEqual([0, 1, 2], sorted(i for i, _ in report.results))
+        self.assertNotEqual(taken[0][1], taken[1][1])

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 from concurrent import futures
+import logging
 import pickle
 import threading
 import time
 from typing import Any
+
+import fixtures
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import exceptions
@@ -240,3 +243,154 @@ class TestShutdown(PoolTestCase):
         self.assertFalse(pool.shutdown(wait=False))
         blocker.release.set()
         self.assertTrue(pool.shutdown(wait=True, timeout=base.WAIT))
+
+
+class TestAbandonedCalls(PoolTestCase):
+    """A call past its deadline leaves the pool's count (see guard_call)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.clock = fakes.FakeClock(100.0)
+        self.release = threading.Event()
+        self.addCleanup(self.release.set)
+        self.entered: list[str] = []
+        self.cond = threading.Condition()
+
+    def guarded_pool(self, size: int = 2,
+                     max_abandoned: int = 4) -> pool_mod.WorkerPool:
+        # NOTE: a reap interval longer than any test: reap() is called
+        # by the test, on the fake clock.
+        pool = pool_mod.WorkerPool(size, "ab", max_abandoned,
+                                   grace=1.0, reap_interval=3600,
+                                   clock=self.clock)
+        pool.start()
+        self.addCleanup(pool.shutdown, wait=True, timeout=base.WAIT)
+        return pool
+
+    def hang(self, node: str, seconds: float = 5.0) -> str:
+        """A driver call on ``node`` that ignores its deadline."""
+        with pool_mod.guard_call(node, "get_power_state", seconds):
+            with self.cond:
+                self.entered.append(node)
+                self.cond.notify_all()
+            assert self.release.wait(base.WAIT), "never released"
+        return node
+
+    def wait_entered(self, count: int) -> None:
+        with self.cond:
+            self.assertTrue(self.cond.wait_for(
+                lambda: len(self.entered) >= count, base.WAIT))
+
+    def test_abandoned_call_frees_its_slot(self) -> None:
+        pool = self.guarded_pool(size=2)
+        hung = pool.submit(self.hang, "n1")
+        self.wait_entered(1)
+        self.clock.advance(5.9)             # within deadline + grace
+        self.assertEqual(0, pool.reap())
+        self.assertEqual(1, pool.busy)
+        self.clock.advance(0.2)
+        with fixtures.FakeLogger(level=logging.INFO) as logger:
+            self.assertEqual(1, pool.reap())
+        self.assertIn("abandoned 1 driver call(s) still running past their "
+                      "deadline: n1 (get_power_state, 6.1 s)",
+                      logger.output)
+        stats = pool.stats()
+        self.assertEqual((0, 2, 1, 1, 0), (
+            stats["busy"], stats["free"], stats["abandoned"],
+            stats["abandoned_total"], stats["threads"]))
+        # Both slots take new work while the abandoned call still runs.
+        blocker = self.fill(pool)
+        self.assertRaises(exceptions.NoFreeWorker, pool.submit, time.time)
+        self.assertFalse(hung.done())
+        self.assertEqual((1, 1), pool.abandoned_calls())
+        blocker.release.set()
+        self.release.set()
+        # Whatever the abandoned call returns still reaches its caller.
+        self.assertEqual("n1", hung.result(base.WAIT))
+        base.wait_until(lambda: pool.busy == 0)
+        stats = pool.stats()
+        self.assertEqual((0, 1, 2), (stats["abandoned"],
+                                     stats["abandoned_total"],
+                                     stats["threads"]))
+        self.assertTrue(pool.shutdown(wait=True, timeout=base.WAIT))
+
+    def test_node_is_not_called_again_until_the_call_returns(self) -> None:
+        pool = self.guarded_pool()
+        hung = pool.submit(self.hang, "n1")
+        self.wait_entered(1)
+        self.clock.advance(10)
+        self.assertEqual(1, pool.reap())
+        self.assertTrue(pool.call_blocked("n1"))
+        self.assertTrue(pool.suspect("n1"))
+        again = pool.submit(self.hang, "n1")
+        exc = self.assertRaises(pool_mod.CallStillRunning, again.result,
+                                base.WAIT)
+        self.assertIn("Node n1: the previous get_power_state call to its "
+                      "BMC was abandoned after 10.0 s", str(exc))
+        self.release.set()
+        self.assertEqual("n1", hung.result(base.WAIT))
+        base.wait_until(lambda: not pool.call_blocked("n1"))
+        # Still suspect until one call on it returns in time.
+        self.assertTrue(pool.suspect("n1"))
+        self.assertEqual("n1", pool.submit(self.hang, "n1").result(
+            base.WAIT))
+        self.assertFalse(pool.suspect("n1"))
+
+    def test_cap_makes_the_pool_degraded(self) -> None:
+        pool = self.guarded_pool(size=3, max_abandoned=1)
+        first = pool.submit(self.hang, "n1")
+        self.wait_entered(1)
+        self.clock.advance(1)
+        second = pool.submit(self.hang, "n2")
+        self.wait_entered(2)
+        self.clock.advance(10)
+        with fixtures.FakeLogger(level=logging.INFO) as logger:
+            self.assertEqual(1, pool.reap())
+        self.assertIn("n1 (get_power_state", logger.output)
+        self.assertIn("is degraded: 1 abandoned driver call(s) still "
+                      "running reached the cap", logger.output)
+        self.assertTrue(pool.degraded)
+        self.assertTrue(pool.stats()["degraded"])
+        # Past the cap the second hung call keeps its slot.
+        self.assertEqual((1, 1), (pool.busy, pool.abandoned_calls()[1]))
+        self.assertFalse(pool.call_blocked("n2"))
+        self.assertEqual(0, pool.reap())
+        self.release.set()
+        self.assertEqual(["n1", "n2"], [first.result(base.WAIT),
+                                        second.result(base.WAIT)])
+        base.wait_until(lambda: not pool.degraded)
+
+    def test_call_in_time_is_not_abandoned(self) -> None:
+        pool = self.guarded_pool()
+        self.release.set()
+        self.assertEqual("n1", pool.submit(self.hang, "n1").result(
+            base.WAIT))
+        self.clock.advance(100)
+        self.assertEqual(0, pool.reap())
+        self.assertEqual((0, 0), pool.abandoned_calls())
+        self.assertFalse(pool.suspect("n1"))
+
+    def test_guard_outside_a_pool_thread_watches_nothing(self) -> None:
+        self.guarded_pool()
+        with pool_mod.guard_call("n1", "get_power_state", 0.0) as call:
+            self.assertIsNone(call)
+        self.assertIsNone(pool_mod.current())
+        self.assertFalse(pool_mod.detached())
+
+    def test_reaper_thread_abandons_on_its_own(self) -> None:
+        pool = pool_mod.WorkerPool(2, "reaper", 1, grace=0.0,
+                                   reap_interval=0.01)
+        pool.start()
+        self.addCleanup(pool.shutdown, wait=True, timeout=base.WAIT)
+        hung = pool.submit(self.hang, "n1", 0.0)
+        base.wait_until(lambda: pool.call_blocked("n1"))
+        self.assertEqual(0, pool.busy)
+        self.assertTrue(pool.degraded)
+        self.release.set()
+        hung.result(base.WAIT)
+        base.wait_until(lambda: not pool.degraded)
+
+    def test_invalid_cap(self) -> None:
+        for cap in (0, -1, 1.5, True):
+            self.assertRaises(ValueError, pool_mod.WorkerPool, 2, "x", cap)
+        self.assertEqual(2, pool_mod.WorkerPool(2, "x").max_abandoned)
