@@ -68,8 +68,8 @@ class TestOptions(base.TestCase):
                       self._refused("--scenarios", "sigterm,nap"))
 
     def test_db_outage_needs_the_private_server(self) -> None:
-        for scenario in ("db-outage", "db-outage-two-hosts"):
-            self.assertIn("db-outage needs the private MariaDB",
+        for scenario in ("db-outage", "db-outage-two-hosts", "db-flood"):
+            self.assertIn("%s needs the private MariaDB" % scenario,
                           self._refused("--database-url",
                                         "mysql+pymysql://x/",
                                         "--scenarios", scenario))
