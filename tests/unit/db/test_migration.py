@@ -29,7 +29,7 @@ class TestMigration(base.TestCase):
         return set(sa.inspect(self.engine).get_table_names())
 
     def test_head(self) -> None:
-        self.assertEqual("0003_power_action_claim", migration.head())
+        self.assertEqual("0004_partitions_due_time", migration.head())
 
     def test_empty_database(self) -> None:
         self.assertIsNone(migration.current(self.engine))
