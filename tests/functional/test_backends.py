@@ -44,8 +44,8 @@ class TestCliOnBackend(base.FunctionalTestCase):
         unsynced = self.manage("node", "list", check=1)
         self.assertIn("run 'conductor-manage db sync'", unsynced.stderr)
         self.manage("db", "sync")
-        self.assertIn("0003_power_action_claim (head: "
-                      "0003_power_action_claim)",
+        self.assertIn("0004_partitions_due_time (head: "
+                      "0004_partitions_due_time)",
                       self.manage("db", "version").stdout)
         # Again: upgrading an up-to-date schema does nothing.
         self.manage("db", "sync")
