@@ -90,18 +90,21 @@ def _node_shares(db: db_api.Connection,
                  heartbeat_timeout: float,
                  sync_interval: float | None) -> None:
     """Fill each host's nodes owned, overdue and oldest reading age."""
+    check = sync_interval is not None and sync_interval > 0
+    if check:
+        for host in hosts.values():
+            host["nodes_overdue"] = 0
     table = ownership.partition_table(
         ownership.live_membership(records, now, heartbeat_timeout))
     if table is None:
         return
-    check = sync_interval is not None and sync_interval > 0
     window = OVERDUE_INTERVALS * (sync_interval or 0) if check else 0.0
     summary = db.partition_summary(now - datetime.timedelta(seconds=window))
     for partition, (count, overdue, oldest) in summary.items():
         host = hosts[table[partition % len(table)][0]]
         host["nodes_owned"] += count
         if check:
-            host["nodes_overdue"] = (host["nodes_overdue"] or 0) + overdue
+            host["nodes_overdue"] += overdue
         if oldest is not None:
             age = round((now - oldest).total_seconds(), 1)
             if (host["oldest_reading_age"] is None
