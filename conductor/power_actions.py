@@ -78,7 +78,9 @@ class PowerActions:
             (the periodic task passes the current option value).
         """
         self._rings.maybe_update()
-        partitions = self._rings.partitions()
+        # NOTE: held partitions too: a reservation keeps two workers from
+        # applying one action; only polls wait for a handover.
+        partitions = sorted(self._rings.owned_partitions())
         if not partitions:
             return 0
         owned = self._db.node_uuids(with_target=True, reserved=False,

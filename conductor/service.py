@@ -176,7 +176,7 @@ class _NodeProvider:
     def iter_owned_nodes(self, filters: Mapping[str, Any] | None,
                          limit: int | None) -> Iterator[base.DriverNode]:
         filters = dict(filters or {})
-        partitions = self._rings.partitions()
+        partitions = sorted(self._rings.owned_partitions())
         if not partitions:
             return
         found = self._db.list_nodes(driver=filters.pop("driver", None),

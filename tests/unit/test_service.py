@@ -158,6 +158,19 @@ class TestNodeProvider(DbTestCase):
         self.assertEqual(mine[:2], [node.uuid for node in
                                     self.provider.iter_owned_nodes(None, 2)])
 
+    def test_reads_only_the_rows_of_its_partitions(self) -> None:
+        self.db.register_conductor("h", 1, ["fake"])
+        self.rings.refresh()
+        for i in range(20):
+            self.add("n%02d" % i)
+        with mock.patch.object(self.db, "list_nodes", autospec=True,
+                               side_effect=self.db.list_nodes) as listed:
+            list(self.provider.iter_owned_nodes(None, None))
+        self.assertEqual(sorted(self.rings.owned_partitions()),
+                         listed.call_args.kwargs["partitions"])
+        self.assertLess(len(listed.call_args.kwargs["partitions"]),
+                        0.7 * ownership.PARTITIONS)
+
     def test_reserved_holds_the_lock_for_the_block(self) -> None:
         uuid = self.add("a")
         with self.provider.reserved(uuid, "testing") as node:
