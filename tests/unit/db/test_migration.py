@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid as uuid_lib
 
@@ -99,3 +100,18 @@ class TestMigration(base.TestCase):
                    for i in sa.inspect(self.engine).get_indexes("nodes")}
         self.assertEqual(["partition", "power_checked_at"],
                          indexes["nodes_partition_checked_idx"])
+
+    def test_0004_hashes_like_the_model(self) -> None:
+        # NOTE: the migration keeps its own copy of the hash; the two must
+        # never drift apart, or nodes enrolled later would be read by the
+        # wrong worker.
+        path = os.path.join(os.path.dirname(migration.__file__),
+                            "migrations", "versions",
+                            "0004_partitions_due_time.py")
+        spec = importlib.util.spec_from_file_location("m0004", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for uuid in (str(uuid_lib.uuid4()) for _ in range(2000)):
+            self.assertEqual(models.partition_of(uuid),
+                             module._partition(uuid))
