@@ -229,10 +229,11 @@ class Rings:
         self._tidy(records, now)
         if changed:
             LOG.info("Node ownership rebuilt for %(holder)s; live workers: "
-                     "%(members)s; %(n)d partition(s) of %(total)d here",
-                     {"holder": self.holder,
-                      "members": membership.describe(),
-                      "n": len(self._mine), "total": PARTITIONS})
+                     "%(members)s", {"holder": self.holder,
+                                     "members": membership.describe()})
+            LOG.debug("%(holder)s owns %(n)d partition(s) of %(total)d",
+                      {"holder": self.holder, "n": len(self._mine),
+                       "total": PARTITIONS})
         return changed
 
     def update(self, force: bool = False) -> bool:

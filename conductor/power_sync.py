@@ -223,6 +223,8 @@ class PowerSync:
             None if since is None else epoch(since))
         #: Never-polled nodes are due from their first slot after this.
         self._anchor: float | None = self._window_end
+        #: When a run that polled nothing was last logged (time.time()).
+        self._quiet_logged = -float("inf")
         #: The last finished sweep of each kind ("sync", "recovery").
         self.last: dict[str, SweepResult] = {}
 
@@ -321,14 +323,23 @@ class PowerSync:
         result.total_seconds = self._clock() - started
         result.finished_at = time.time()
         self.last[result.kind] = result
-        if result.nodes:
+        # NOTE: a run that polled nothing is logged once per interval, so
+        # the log still shows each worker alive and syncing.
+        quiet = not result.nodes and (
+            result.kind != "sync" or result.finished_at
+            < self._quiet_logged + self._settings.interval)
+        if not quiet:
+            if not result.nodes:
+                self._quiet_logged = result.finished_at
             LOG.info("Power %(kind)s sweep: %(nodes)d node(s) in "
                      "%(secs).3fs (calls) / %(total).3fs (total), "
                      "%(failures)d failure(s), %(changed)d change(s), "
                      "%(maint)d to maintenance, %(rec)d recovered, "
-                     "%(lanes)d lane(s), peak %(peak)d concurrent call(s)",
+                     "%(lanes)d lane(s), peak %(peak)d concurrent "
+                     "call(s)",
                      {"kind": result.kind, "nodes": result.nodes,
-                      "secs": result.seconds, "total": result.total_seconds,
+                      "secs": result.seconds,
+                      "total": result.total_seconds,
                       "failures": result.failures,
                       "changed": result.changed + result.forced,
                       "maint": result.to_maintenance,

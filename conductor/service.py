@@ -99,6 +99,17 @@ class WorkerSettings:
         )
 
     @property
+    def refresh_interval(self) -> float:
+        """Seconds between two reads of the ``conductors`` rows.
+
+        ``hash_ring_reset_interval``, or a quarter of ``heartbeat_timeout``
+        when that is shorter: a dead worker's nodes are taken over soon
+        after its heartbeat expired.
+        """
+        return min(float(self.hash_ring_reset_interval),
+                   self.heartbeat_timeout / 4.0)
+
+    @property
     def handover_delay(self) -> float:
         """Seconds a partition taken from a live owner is held back.
 
@@ -106,7 +117,7 @@ class WorkerSettings:
         and finishes the run it is in within two ticks and a call's
         deadline; until then it may still poll the partition's nodes.
         """
-        return (self.hash_ring_reset_interval
+        return (self.refresh_interval
                 + 2 * power_sync.tick(self.sync.interval)
                 + self.sync.timeout)
 
@@ -340,7 +351,7 @@ class ConductorService(service.ServiceBase):
         rings = ownership.Rings(
             db, self.host, self.worker_id,
             heartbeat_timeout=settings.heartbeat_timeout,
-            reset_interval=settings.hash_ring_reset_interval,
+            reset_interval=settings.refresh_interval,
             workers=self.workers,
             handover_delay=settings.handover_delay,
             cleanup_age=settings.conductor_cleanup_age)
