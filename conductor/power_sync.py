@@ -100,9 +100,12 @@ def tolerance(interval: float) -> float:
 
     A poll made a little after its slot (runs are a tick apart) keeps the
     node's phase; one made later than this re-phases it to the next slot
-    (gap between 1 and 2 intervals), never sooner.
+    (gap between 1 and 2 intervals), never sooner. At least a tick (at
+    most the interval), so that an interval shorter than two ticks still
+    polls every node at every run.
     """
-    return min(interval / 2.0, max(interval / 4.0, 2.0 * tick(interval)))
+    usual = min(interval / 2.0, max(interval / 4.0, 2.0 * tick(interval)))
+    return max(usual, min(tick(interval), interval))
 
 
 def phase_of(partition: int, interval: float) -> float:

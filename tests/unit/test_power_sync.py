@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
 import threading
 import time
@@ -627,6 +628,16 @@ class TestDueTime(SyncTestCase):
         self.assertEqual(10.0, power_sync.tick(3600))
         self.assertEqual(0.0, power_sync.tick(0))
         self.assertEqual(15.0, power_sync.tolerance(60))
+        self.assertEqual(1.0, power_sync.tolerance(1))
+        self.assertEqual(1.0, power_sync.tolerance(2))
+
+    def test_an_interval_of_one_tick_polls_every_node_every_run(
+            self) -> None:
+        self.INTERVAL = 1.0
+        self.nodes(*["n%02d" % i for i in range(30)])
+        syncer = self.timed()
+        counts = self.run_for(syncer, 5)
+        self.assertEqual([30] * 4, counts[1:])
 
     def test_backoff_doubles_up_to_the_cap(self) -> None:
         self.assertEqual([60, 60, 120, 240, 300, 300],
@@ -663,7 +674,11 @@ class TestDueTime(SyncTestCase):
         self.assertGreater(len(self.power.gets), 35)
         self.assertEqual(polled, polled & set(self.power.gets))
         self.run_for(second, self.INTERVAL)
-        self.assertEqual(80, len(self.power.gets))
+        # The next interval: each node once more (a node whose phase is in
+        # the last second of the interval waits for the next run).
+        counts = collections.Counter(self.power.gets)
+        self.assertEqual(set(counts.values()) - {1, 2}, set())
+        self.assertGreaterEqual(len(self.power.gets), 78)
 
     def test_overdue_nodes_are_polled_at_once_most_overdue_first(
             self) -> None:
