@@ -113,13 +113,16 @@ class WorkerSettings:
     def handover_delay(self) -> float:
         """Seconds a partition taken from a live owner is held back.
 
-        The old owner notices the change within ``hash_ring_reset_interval``
-        and finishes the run it is in within two ticks and a call's
-        deadline; until then it may still poll the partition's nodes.
+        The old owner notices the change within :attr:`refresh_interval`;
+        until then, and during the run it is in, it may still poll the
+        partition's nodes. Three ticks cover a run of fast BMCs; a run
+        whose calls are slower than that when ownership moves may have a
+        node polled once more by its new owner. The cost of a longer hold
+        is lateness: the old owner stops polling the partition at its
+        next refresh.
         """
         return (self.refresh_interval
-                + 2 * power_sync.tick(self.sync.interval)
-                + self.sync.timeout)
+                + 3 * power_sync.tick(self.sync.interval))
 
 
 def _option(group: str, name: str) -> Any:
