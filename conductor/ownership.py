@@ -195,6 +195,7 @@ class Rings:
         self.generation = 0
         #: Monotonic time of the last change of this worker's partitions.
         self.changed_at = -float("inf")
+        self._release_pending = False
 
     # -- refresh -------------------------------------------------------
 
@@ -247,8 +248,12 @@ class Rings:
         :returns: True when membership changed.
         """
         changed = self.refresh(force=force)
-        if changed or force:
+        if changed or force or self._release_pending:
+            # NOTE: a release that failed (a database blip) is tried
+            # again at the next update, not only at the next change.
+            self._release_pending = True
             self.release_dead_reservations()
+            self._release_pending = False
         return changed
 
     def maybe_update(self) -> bool:

@@ -537,3 +537,24 @@ class TestTidy(RingsTestCase):
         self.clock.now += 16
         self.assertFalse(rings.maybe_update())
         self.assertEqual(2, len(statements()))
+
+
+class TestUpdate(RingsTestCase):
+
+    def test_a_failed_release_is_retried_at_the_next_update(self) -> None:
+        self.beat("a", 0)
+        rings = self.rings("a", 0)
+        [node] = self.db.import_nodes([{"driver": "fake"}])
+        self.db.reserve_node(node.uuid, "gone:0")
+        real = self.db.release_reservations
+        with mock.patch.object(self.db, "release_reservations",
+                               autospec=True,
+                               side_effect=RuntimeError("blip")):
+            self.assertRaises(RuntimeError, rings.update, force=True)
+        with mock.patch.object(self.db, "release_reservations",
+                               autospec=True, side_effect=real) as release:
+            self.assertFalse(rings.update())
+            self.assertEqual(1, release.call_count)
+            self.assertFalse(rings.update())
+            self.assertEqual(1, release.call_count)
+        self.assertIsNone(self.db.get_node(node.uuid).reservation)
