@@ -14,10 +14,13 @@ import datetime
 import re
 import signal
 import time
+import uuid as uuid_lib
 
 import sqlalchemy as sa
 import testscenarios
 
+from conductor.db import migration
+from conductor.db import models
 from tests.functional import base
 from tests.functional import test_power_sync
 
@@ -173,3 +176,35 @@ class TestDuePolling(base.FunctionalTestCase):
         self.assertFalse(any(r.online for r in self.db.list_conductors()
                              if r.host in ("b", "c")))
         self.assert_no_double_poll(polls(a.log(), b.log(), c.log()))
+
+
+class TestMigration0004(base.FunctionalTestCase):
+
+    scenarios = [("mysql", {"backend": "mysql"}),
+                 ("postgresql", {"backend": "postgresql"})]
+    backend: str
+
+    def test_fills_the_partitions_of_existing_rows(self) -> None:
+        dbf = self.useFixture(base.Database(self.backend))
+        db = dbf.connect(upgrade=False)
+        migration.upgrade(db.engine, "0003_power_action_claim")
+        old_nodes = sa.table(
+            "nodes", sa.column("uuid", sa.String),
+            sa.column("name", sa.String), sa.column("driver", sa.String),
+            sa.column("driver_info", sa.JSON),
+            sa.column("created_at", sa.DateTime))
+        uuids = [str(uuid_lib.uuid4()) for _ in range(3000)]
+        with db.engine.begin() as conn:
+            conn.execute(old_nodes.insert(), [
+                {"uuid": u, "name": "m%04d" % i, "driver": "fake",
+                 "driver_info": {}, "created_at": datetime.datetime.now()}
+                for i, u in enumerate(uuids)])
+        migration.upgrade(db.engine)
+        self.assertEqual(migration.head(), migration.current(db.engine))
+        stored = {n.uuid: n.partition for n in db.list_nodes()}
+        self.assertEqual({u: models.partition_of(u) for u in uuids}, stored)
+        # The owner's query finds a partition's rows through the index.
+        some = sorted(set(stored.values()))[:5]
+        self.assertEqual(sorted(u for u, p in stored.items() if p in some),
+                         sorted(row.uuid for row in db.sync_rows(
+                             drivers=["fake"], partitions=some)))
