@@ -17,8 +17,9 @@ One run (the ``sync_power_states`` periodic, every :func:`tick` seconds)::
 
     window = this worker's partitions whose slot passed since the last run
     rows   = nodes of those partitions not polled for an interval, plus
-             overdue healthy nodes of every owned partition (after a
-             takeover); both are indexed queries (partition, checked_at),
+             overdue healthy nodes of every owned partition (at the first
+             run, after a takeover, and every quarter interval); both are
+             indexed queries (partition, checked_at),
              so a worker reads about nodes / interval rows per second
     due    = rows whose due time passed, most overdue first
     reads  = a fan-out over the pool (conductor.executor.fanout): at most
@@ -228,6 +229,8 @@ class PowerSync:
         self._anchor: float | None = self._window_end
         #: When a run that polled nothing was last logged (time.time()).
         self._quiet_logged = -float("inf")
+        #: (epoch seconds, rings.changed_at) of the last overdue check.
+        self._overdue_checked: tuple[float, float] | None = None
         #: The last finished sweep of each kind ("sync", "recovery").
         self.last: dict[str, SweepResult] = {}
 
@@ -255,9 +258,13 @@ class PowerSync:
                     drivers=drivers, partitions=window,
                     checked_before=_at(t - interval + tolerance(interval))):
                 found[row.uuid] = row
-        if mine:
+        if mine and self._overdue_check_due(t, interval):
             # NOTE: nodes whose slot passed before this worker owned them
             # (a takeover, a restart): polled at once, not a slot later.
+            # Checked at the first run, after any change of this worker's
+            # partitions, and every quarter interval (a run that could
+            # not poll everything); otherwise it would find nothing.
+            self._overdue_checked = (t, self._rings.changed_at)
             margin = 2.0 * tick(interval) + 1.0
             for row in self._db.sync_rows(
                     drivers=drivers, partitions=mine, unchecked=False,
@@ -271,6 +278,13 @@ class PowerSync:
         due = [(when, row) for when, row in due if when <= t]
         due.sort(key=lambda item: (item[0], item[1].uuid))
         return [row for _, row in due]
+
+    def _overdue_check_due(self, t: float, interval: float) -> bool:
+        if self._overdue_checked is None:
+            return True
+        at, changed_at = self._overdue_checked
+        return (self._rings.changed_at != changed_at
+                or t - at >= max(tick(interval), interval / 4.0))
 
     def sync(self) -> SweepResult:
         """Poll the owned, healthy, unreserved nodes that are due."""
