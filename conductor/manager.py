@@ -146,6 +146,8 @@ class ConductorManager:
     :param action_timeout: the driver call deadline
         (``power_state_timeout``); ``wait=True`` waits that plus
         :data:`WAIT_GRACE`.
+    :param sync_interval: ``sync_power_state_interval``, for the nodes
+        overdue per host in ``get_status`` (None: not computed).
     """
 
     #: The RPC API version this endpoint implements.
@@ -157,7 +159,8 @@ class ConductorManager:
                  rings: ownership.Rings, pool: worker_pool.WorkerPool,
                  actions: power_actions.PowerActions,
                  forwarder: rpcapi.ConductorAPI | None, *,
-                 heartbeat_timeout: float, action_timeout: float) -> None:
+                 heartbeat_timeout: float, action_timeout: float,
+                 sync_interval: float | None = None) -> None:
         self._host = host
         self._db = db
         self._drivers = dict(drivers)
@@ -167,6 +170,7 @@ class ConductorManager:
         self._forwarder = forwarder
         self._heartbeat_timeout = heartbeat_timeout
         self._action_timeout = action_timeout
+        self._sync_interval = sync_interval
 
     # -- error containment -------------------------------------------------
 
@@ -327,7 +331,8 @@ class ConductorManager:
     @_endpoint
     def get_status(self, context: Any) -> dict[str, Any]:
         """Per host and worker: liveness, pool, periodic tasks, sweeps."""
-        return status_report.build(self._db, self._heartbeat_timeout)
+        return status_report.build(self._db, self._heartbeat_timeout,
+                                   self._sync_interval)
 
     # -- changes -------------------------------------------------------------
 

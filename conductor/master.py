@@ -352,7 +352,8 @@ def launch(conf: cfg.ConfigOpts, workers: int,
             launcher.launch_service(
                 conductor_service.ConductorService(
                     conf.host, worker_id, conf,
-                    start_extra=start_extra if worker_id == 0 else None),
+                    start_extra=start_extra if worker_id == 0 else None,
+                    workers=workers),
                 workers=1)
     finally:
         cotyledon.ServiceManager = original  # type: ignore[misc]

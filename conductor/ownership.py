@@ -1,21 +1,42 @@
 # SPDX-License-Identifier: Apache-2.0
 """Node ownership: which live worker of which host works on each node.
 
-Two consistent hash rings decide it: node -> host over the hosts with at
-least one live worker, then node -> worker over that host's live worker
-ids. A worker is live while its ``heartbeat_at`` is younger than
-``heartbeat_timeout``. Every worker computes the same answer from the same
-``conductors`` rows, so no coordination is needed beyond the heartbeats::
+Every node has a fixed partition (:func:`conductor.db.models.partition_of`,
+stored in ``nodes.partition``). Two consistent hash rings map partitions,
+not nodes: partition -> host over the hosts with at least one live
+worker, then partition -> worker over that host's worker ids. A worker is
+live while its ``heartbeat_at`` is younger than ``heartbeat_timeout``.
+Every worker computes the same answer from the same ``conductors`` rows,
+so no coordination is needed beyond the heartbeats::
 
     rings = ownership.Rings(db, host="a", worker_id=0,
-                            heartbeat_timeout=60, reset_interval=15)
-    rings.update()                  # cheap; rebuilds only when needed
-    mine = rings.owned(uuids)       # the subset this worker works on
+                            heartbeat_timeout=60, reset_interval=5,
+                            workers=2)
+    rings.update()                  # re-reads conductors rows only
+    rings.partitions()              # this worker's partitions, to query
+    rings.owns(uuid)                # one node
     rings.owner_host(uuid)          # where RPC for a node is routed
+
+A rebuild costs a lookup per partition (2**10), whatever the number of
+nodes, and happens only when membership changed.
+
+Two rules keep a node from being polled twice because its owner changed:
+
+* A worker of this host that has not registered yet keeps its share
+  until it registers or ``start_grace`` seconds after this worker
+  started: the first worker up never takes its siblings' nodes.
+* A partition taken from an owner that is still live (a host joining, a
+  worker coming back) is *held* for ``handover_delay`` seconds before
+  :meth:`Rings.partitions` returns it: the old owner may still be
+  polling it until it notices the change. A partition of a dead or
+  stopped owner is never held.
 
 :meth:`Rings.update` is the one refresh every caller uses: when
 membership changed, the new owners also release reservations left by
-workers that are no longer live (:meth:`Rings.release_dead_reservations`).
+workers that are no longer live (:meth:`Rings.release_dead_reservations`);
+live workers also mark offline the rows of workers whose heartbeat
+expired, and delete the rows of hosts gone longer than ``cleanup_age``.
+
 
 A worker judges others dead only while it can trust its own view of the
 database (:class:`Liveness`): its own last heartbeat is recent, and its
@@ -39,13 +60,16 @@ from oslo_utils import timeutils
 from tooz import hashring
 
 from conductor.db import api as db_api
+from conductor.db import models
 
 LOG = logging.getLogger(__name__)
 
-#: Hash ring partitions. 2**10 keeps every member's share within about
-#: 10% of even for ten hosts and builds a ring in ~10 ms; 2**14 would cost
-#: 0.2 s of CPU per ring for a spread no operator would notice.
-PARTITION_EXPONENT = 10
+#: Ring points per member: 2**RING_EXPONENT. 2**10 keeps every member's
+#: share within about 10% of even for ten hosts and builds a ring in
+#: ~10 ms.
+RING_EXPONENT = 10
+#: Node partitions (see :func:`conductor.db.models.partition_of`).
+PARTITIONS = models.PARTITIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,16 +92,35 @@ class Membership:
                          for host, workers in sorted(self.hosts.items())
                          ) or "nobody"
 
+    def without(self, host: str, worker_id: int | None = None
+                ) -> "Membership":
+        """This membership without one worker (or a whole host)."""
+        hosts = dict(self.hosts)
+        if worker_id is None:
+            hosts.pop(host, None)
+        elif host in hosts:
+            left = tuple(w for w in hosts[host] if w != worker_id)
+            if left:
+                hosts[host] = left
+            else:
+                del hosts[host]
+        return Membership(hosts, self.draining)
+
+    def has(self, owner: tuple[str, int]) -> bool:
+        return owner[1] in self.hosts.get(owner[0], ())
+
 
 def live_membership(records: Iterable[db_api.ConductorRecord],
                     now: datetime.datetime,
-                    heartbeat_timeout: float,
-                    own_host: str | None = None) -> Membership:
+                    heartbeat_timeout: float) -> Membership:
     """Workers online with a heartbeat younger than ``heartbeat_timeout``.
 
-    Workers of a draining host are left out, except by that host itself
-    (``own_host``): the others take its nodes at once, while it keeps
-    working them until it stops, so that no node waits on the handover.
+    Workers of a draining host are left out of the rings, by every host
+    and by itself: the others take its partitions at once and poll its
+    nodes when they are due (``power_checked_at`` tells them when), while
+    the draining host only finishes what it already holds. They stay in
+    :attr:`Membership.draining`: still live, their reservations are
+    theirs to release.
     """
     cutoff = now - datetime.timedelta(seconds=heartbeat_timeout)
     hosts: dict[str, list[int]] = {}
@@ -85,7 +128,7 @@ def live_membership(records: Iterable[db_api.ConductorRecord],
     for record in records:
         if not (record.online and record.heartbeat_at > cutoff):
             continue
-        if record.draining and record.host != own_host:
+        if record.draining:
             draining.append(record.holder)
             continue
         hosts.setdefault(record.host, []).append(record.worker_id)
@@ -157,6 +200,25 @@ class Liveness:
             self._resumed_at = now - self.timeout
 
 
+def partition_table(membership: Membership
+                    ) -> list[tuple[str, int]] | None:
+    """Owner ``(host, worker id)`` of every partition; None: nobody."""
+    if not membership.hosts:
+        return None
+    host_ring = hashring.HashRing(sorted(membership.hosts),
+                                  partitions=2 ** RING_EXPONENT)
+    worker_rings = {host: hashring.HashRing([str(w) for w in workers],
+                                            partitions=2 ** RING_EXPONENT)
+                    for host, workers in membership.hosts.items()}
+    table = []
+    for partition in range(PARTITIONS):
+        key = str(partition).encode()
+        host = str(next(iter(host_ring.get_nodes(key))))
+        worker = int(next(iter(worker_rings[host].get_nodes(key))))
+        table.append((host, worker))
+    return table
+
+
 class Rings:
     """This worker's view of ownership, rebuilt from ``conductors`` rows.
 
@@ -165,10 +227,20 @@ class Rings:
     :param db: the worker's database connection.
     :param host: this host's name; ``worker_id`` its worker id.
     :param heartbeat_timeout: seconds after which a silent worker is dead.
-    :param reset_interval: the rings are rebuilt at least this often
-        (seconds) even when membership looks unchanged.
+    :param reset_interval: :meth:`maybe_update` re-reads the
+        ``conductors`` rows when the last read is older than this
+        (seconds).
     :param now_func: wall clock (UTC, naive) for heartbeat ages.
-    :param monotonic: clock for the reset interval.
+    :param monotonic: clock for the reset interval, grace and holds.
+    :param workers: the number of workers of this host (ids 0..W-1);
+        None: only registered siblings count (no start-up grace).
+    :param start_grace: seconds after this object's creation during which
+        a sibling that is not live keeps its share (default
+        ``heartbeat_timeout``).
+    :param handover_delay: seconds a partition taken from a live owner is
+        held back (see the module docstring).
+    :param cleanup_age: rows of hosts whose every worker is offline and
+        silent for longer than this (seconds) are deleted; 0 keeps them.
     :param liveness: this worker's own heartbeat record; when given,
         workers are judged dead only while it is :meth:`Liveness.trusted`
         (None: by heartbeat age alone, for views that act on nothing).
@@ -177,8 +249,12 @@ class Rings:
     def __init__(self, db: db_api.Connection, host: str, worker_id: int,
                  heartbeat_timeout: float, reset_interval: float,
                  now_func: Callable[[], datetime.datetime] = timeutils.utcnow,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 liveness: Liveness | None = None) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, *,
+                 liveness: Liveness | None = None,
+                 workers: int | None = None,
+                 start_grace: float | None = None,
+                 handover_delay: float = 0.0,
+                 cleanup_age: float = 0.0) -> None:
         self._db = db
         self.liveness = liveness
         self.host = host
@@ -188,13 +264,20 @@ class Rings:
         self._reset_interval = reset_interval
         self._now = now_func
         self._monotonic = monotonic
+        self._workers = workers
+        self._grace_until = monotonic() + (
+            heartbeat_timeout if start_grace is None else start_grace)
+        self._handover_delay = handover_delay
+        self._cleanup_age = cleanup_age
         # NOTE: guards every attribute below; lookups copy the references
-        # they need under it and hash outside it.
+        # they need under it.
         self._lock = threading.Lock()
         self.membership = Membership({})
-        self._host_ring: hashring.HashRing | None = None
-        self._worker_rings: dict[str, hashring.HashRing] = {}
-        self._built_at = -float("inf")
+        self._table: list[tuple[str, int]] | None = None
+        self._mine: frozenset[int] = frozenset()
+        #: partition -> monotonic time until which it is held back.
+        self._held: dict[int, float] = {}
+        self._read_at = -float("inf")
         # NOTE: refreshes read the database outside the lock; each takes
         # a ticket first, and a read older than one already applied is
         # dropped, so that a slow refresh never brings back a membership
@@ -207,18 +290,22 @@ class Rings:
         #: ``monotonic`` time at which a refresh first found this host
         #: draining; None while it is not.
         self.draining_since: float | None = None
-        self._cache: dict[str, bool] = {}
         #: Holders kept live by the last untrusted refresh (for logging).
         self._kept: list[str] = []
+        #: Monotonic time of the last change of this worker's partitions.
+        self.changed_at = -float("inf")
+        self._release_pending = False
+
+    # -- refresh -------------------------------------------------------
 
     def refresh(self, force: bool = False) -> bool:
-        """Re-read the live workers; rebuild the rings if they changed.
+        """Re-read the ``conductors`` rows; rebuild if membership changed.
 
-        Every call re-reads membership, so the rings are never older than
-        the last call; the ``refresh_ownership`` periodic makes that at
-        least every ``reset_interval``. Rings are rebuilt only when
+        Reads nothing but the ``conductors`` rows. Rebuilds only when
         membership changed (or with ``force``): the same members always
-        give the same rings, so rebuilding them would only burn CPU.
+        give the same table. Also marks offline the rows of workers whose
+        heartbeat expired and deletes the rows of long-gone hosts (each a
+        conditional write, only when the rows read show one).
 
         :returns: True when membership changed (the caller should then
             release reservations of workers that left).
@@ -227,13 +314,17 @@ class Rings:
             self._tickets += 1
             ticket = self._tickets
         records = self._db.list_conductors()
-        membership = live_membership(records, self._now(), self._timeout,
-                                     own_host=self.host)
+        now = self._now()
+        membership = live_membership(records, now, self._timeout)
         draining = any(record.draining and record.online
                        for record in records if record.host == self.host)
-        if self.liveness is not None and not self.liveness.trusted():
+        trusted = self.liveness is None or self.liveness.trusted()
+        if not trusted:
             membership = self._keep_previous(membership, records)
+        if not draining:
+            membership = self._effective(membership)
         with self._lock:
+            self._read_at = self._monotonic()
             if ticket < self._applied_ticket:
                 return False
             self._applied_ticket = ticket
@@ -242,14 +333,20 @@ class Rings:
             elif self.draining_since is None:
                 self.draining_since = self._monotonic()
             changed = membership != self.membership
-            never_built = self._built_at == -float("inf")
-            if not (changed or never_built or force):
-                return False
-            self._build(membership)
+            never_built = self._table is None
+            if changed or never_built or force:
+                self._build(membership)
+        if trusted:
+            # NOTE: a worker that cannot trust heartbeat ages marks no one
+            # offline either.
+            self._tidy(records, now)
         if changed:
             LOG.info("Node ownership rebuilt for %(holder)s; live workers: "
                      "%(members)s", {"holder": self.holder,
                                      "members": membership.describe()})
+            LOG.debug("%(holder)s owns %(n)d partition(s) of %(total)d",
+                      {"holder": self.holder, "n": len(self._mine),
+                       "total": PARTITIONS})
         return changed
 
     def _keep_previous(self, membership: Membership,
@@ -268,7 +365,7 @@ class Rings:
         kept = []
         for record in records:
             if (record.online and record.holder in previous
-                    and not (record.draining and record.host != self.host)
+                    and not record.draining
                     and record.worker_id not in hosts.get(record.host, ())):
                 hosts.setdefault(record.host, set()).add(record.worker_id)
                 kept.append(record.holder)
@@ -288,71 +385,156 @@ class Rings:
         """:meth:`refresh`, then release what departed workers held.
 
         When membership changed (or with ``force``), reservations on
-        owned nodes held by workers that are no longer live are released:
-        their owner died or left, and this worker now owns those nodes.
+        nodes of this worker's partitions held by workers that are no
+        longer live are released: their owner died or left, and this
+        worker now owns those nodes.
 
         :returns: True when membership changed.
         """
         changed = self.refresh(force=force)
-        if changed or force:
-            self.release_dead_reservations(self._db.node_uuids())
+        if changed or force or self._release_pending:
+            # NOTE: a release that failed (a database blip) is tried
+            # again at the next update, not only at the next change.
+            self._release_pending = True
+            self.release_dead_reservations()
+            self._release_pending = False
         return changed
 
+    def maybe_update(self) -> bool:
+        """:meth:`update` when the last read is older than reset_interval.
+
+        The cheap call for frequent periodic work: most calls read
+        nothing at all.
+        """
+        with self._lock:
+            fresh = (self._monotonic() - self._read_at
+                     < self._reset_interval)
+        return False if fresh else self.update()
+
+    def _effective(self, live: Membership) -> Membership:
+        """``live`` plus this host's workers still in their start-up grace.
+
+        During the grace every worker id 0..W-1 of this host counts, so
+        the first worker up never takes its siblings' shares.
+        """
+        if self._workers is None or self._monotonic() >= self._grace_until:
+            return live
+        hosts = dict(live.hosts)
+        hosts[self.host] = tuple(sorted(set(hosts.get(self.host, ()))
+                                        | set(range(self._workers))))
+        return Membership(hosts, live.draining)
+
     def _build(self, membership: Membership) -> None:
-        hosts = sorted(membership.hosts)
-        self._host_ring = (hashring.HashRing(
-            hosts, partitions=2 ** PARTITION_EXPONENT) if hosts else None)
-        self._worker_rings = {
-            host: hashring.HashRing([str(w) for w in workers],
-                                    partitions=2 ** PARTITION_EXPONENT)
-            for host, workers in membership.hosts.items()}
+        """Install ``membership`` (called under the lock)."""
+        me = (self.host, self.worker_id)
+        table = partition_table(membership)
+        mine = frozenset(p for p, owner in enumerate(table or ())
+                         if owner == me)
+        previous = self._table
+        now = self._monotonic()
+        gained = mine - self._mine
+        held = {p: until for p, until in self._held.items()
+                if p in mine and until > now}
+        if gained and self._handover_delay > 0:
+            # NOTE: who polled a gained partition until now? With a
+            # previous table, its owner there. At the first build, the
+            # owner it would have without this host: other hosts may
+            # have taken it while this host was away (e.g. during a
+            # SIGHUP). Siblings never took it: they keep this worker's
+            # share during their start-up grace.
+            before = (previous if previous is not None else
+                      partition_table(membership.without(self.host)))
+            for partition in gained:
+                if before is None:
+                    break
+                owner = before[partition]
+                if owner != me and membership.has(owner):
+                    held[partition] = now + self._handover_delay
         if membership != self.membership:
             self.generation += 1
+        if mine != self._mine:
+            self.changed_at = now
         self.membership = membership
-        self._built_at = self._monotonic()
-        self._cache = {}
+        self._table = table
+        self._mine = mine
+        self._held = held
+
+    def _tidy(self, records: Sequence[db_api.ConductorRecord],
+              now: datetime.datetime) -> None:
+        """Mark expired workers offline; forget long-gone hosts."""
+        cutoff = now - datetime.timedelta(seconds=self._timeout)
+        try:
+            if any(r.online and r.heartbeat_at < cutoff for r in records):
+                count = self._db.set_expired_offline(cutoff)
+                if count:
+                    LOG.warning("%(holder)s marked %(n)d worker(s) offline: "
+                                "no heartbeat for %(secs)ss",
+                                {"holder": self.holder, "n": count,
+                                 "secs": self._timeout})
+            if self._cleanup_age > 0:
+                gone = now - datetime.timedelta(seconds=self._cleanup_age)
+                hosts: dict[str, list[db_api.ConductorRecord]] = {}
+                for r in records:
+                    hosts.setdefault(r.host, []).append(r)
+                for host, rows in hosts.items():
+                    if all(not r.online and r.heartbeat_at < gone
+                           for r in rows):
+                        if self._db.delete_gone_host(host, gone):
+                            LOG.info("Removed the rows of host %(host)s, "
+                                     "gone for more than %(age)ss",
+                                     {"host": host,
+                                      "age": self._cleanup_age})
+        except Exception:
+            # NOTE: housekeeping only; ownership was already rebuilt.
+            LOG.exception("Could not tidy the conductors rows")
+
+    # -- lookups -------------------------------------------------------
+
+    def partitions(self) -> list[int]:
+        """This worker's partitions to work on now, sorted.
+
+        Partitions still held back after a handover are left out.
+        """
+        now = self._monotonic()
+        with self._lock:
+            mine, held = self._mine, self._held
+        return sorted(p for p in mine if held.get(p, 0.0) <= now)
+
+    def owned_partitions(self) -> frozenset[int]:
+        """Every partition of this worker, held ones included."""
+        with self._lock:
+            return self._mine
+
+    def table(self) -> list[tuple[str, int]] | None:
+        """Owner of every partition (None with nobody live)."""
+        with self._lock:
+            return self._table
 
     def owner(self, uuid: str) -> tuple[str, int] | None:
         """(host, worker id) owning ``uuid``, or None with nobody live."""
         with self._lock:
-            host_ring = self._host_ring
-            worker_rings = self._worker_rings
-        if host_ring is None:
-            return None
-        key = uuid.encode()
-        host = str(next(iter(host_ring.get_nodes(key))))
-        worker = next(iter(worker_rings[host].get_nodes(key)))
-        return host, int(worker)
+            table = self._table
+        return None if table is None else table[models.partition_of(uuid)]
 
     def owner_host(self, uuid: str) -> str | None:
         """The host whose workers own ``uuid`` (for routing RPC)."""
-        with self._lock:
-            host_ring = self._host_ring
-        if host_ring is None:
-            return None
-        return str(next(iter(host_ring.get_nodes(uuid.encode()))))
+        owner = self.owner(uuid)
+        return None if owner is None else owner[0]
 
     def owns(self, uuid: str) -> bool:
-        """True when this worker owns ``uuid`` (cached per rebuild)."""
+        """True when this worker owns ``uuid`` (held partitions included)."""
         with self._lock:
-            cached = self._cache.get(uuid)
-            generation = self.generation
-        if cached is not None:
-            return cached
-        owner = self.owner(uuid)
-        mine = owner == (self.host, self.worker_id)
-        with self._lock:
-            if generation == self.generation:
-                self._cache[uuid] = mine
-        return mine
+            mine = self._mine
+        return models.partition_of(uuid) in mine
 
     def owned(self, uuids: Sequence[str]) -> list[str]:
         """The subset of ``uuids`` this worker owns, in the given order."""
         return [uuid for uuid in uuids if self.owns(uuid)]
 
-    def release_dead_reservations(self, uuids: Sequence[str]) -> int:
-        """Release reservations on owned ``uuids`` held by dead workers.
+    def release_dead_reservations(self) -> int:
+        """Release reservations in owned partitions held by dead workers.
 
+        One UPDATE per batch of partitions; no node row is read.
         A power action a dead worker had claimed stays claimed: it may
         have reached the BMC, so it is resolved by reading the BMC first
         (see :mod:`conductor.power_actions`), never applied blindly.
@@ -361,11 +543,11 @@ class Rings:
             # NOTE: a draining host is still live: it finishes the work
             # it holds, and releases it itself.
             live = self.membership.holders + list(self.membership.draining)
-        mine = self.owned(uuids)
+            mine = sorted(self._mine)
         if not mine:
             return 0
-        released = self._db.release_reservations(keep=live + [self.holder],
-                                                 uuids=mine)
+        released = self._db.release_reservations(
+            keep=live + [self.holder], partitions=mine)
         if released:
             LOG.warning("%(holder)s released %(n)d reservation(s) left by "
                         "workers that are no longer live",

@@ -80,10 +80,15 @@ class PowerActions:
         :param request_timeout: overrides the one given at construction
             (the periodic task passes the current option value).
         """
-        self._rings.update()
-        pending = self._db.node_uuids(with_target=True, reserved=False,
-                                      drivers=list(self._drivers))
-        owned = self._rings.owned(pending)
+        self._rings.maybe_update()
+        # NOTE: held partitions too: a reservation keeps two workers from
+        # applying one action; only polls wait for a handover.
+        partitions = sorted(self._rings.owned_partitions())
+        if not partitions:
+            return 0
+        owned = self._db.node_uuids(with_target=True, reserved=False,
+                                    drivers=list(self._drivers),
+                                    partitions=partitions)
         expired = self.expire(owned, self._request_timeout
                               if request_timeout is None else request_timeout)
         submitted = 0

@@ -1,15 +1,33 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Power-state sync: read every owned node's power state, record changes.
+"""Power-state sync: poll each owned node's power state when it is due.
 
-One sweep (the ``sync_power_states`` periodic)::
+Every node is polled once per ``interval``, at a stable phase of its own:
+its slots are ``phase + k * interval`` (epoch seconds), with ``phase``
+spread by the node's partition (:func:`phase_of`), so that a fleet
+enrolled at once is polled evenly over the interval rather than in
+sweeps. A node is due at its first slot at least ``interval - tolerance``
+after its last poll (``power_checked_at``, written on every poll,
+successful or not), so whoever owns it, it is never polled twice in one
+interval because its owner changed. A node never polled is due at its
+first slot after the worker started. A failing node backs off: its
+``interval`` doubles with every failure in a row, up to
+``power_failure_recovery_interval``.
 
-    rows   = one query: unreserved, non-maintenance nodes of enabled drivers
-    mine   = rows this worker owns (ownership rings), less the nodes with
-             a driver call still running (an abandoned one, typically)
+One run (the ``sync_power_states`` periodic, every :func:`tick` seconds)::
+
+    window = this worker's partitions whose slot passed since the last run
+    rows   = nodes of those partitions not polled for an interval, plus
+             overdue healthy nodes of every owned partition (at the first
+             run, after a takeover, and every quarter interval); both are
+             indexed queries (partition, checked_at),
+             so a worker reads about nodes / interval rows per second
+    due    = rows whose due time passed, most overdue first, less the
+             nodes with a driver call still running (an abandoned one)
     reads  = a fan-out over the pool (conductor.executor.fanout): at most
              sync_power_state_workers driver calls at once, each under the
              power_state_timeout deadline
-    writes = only what changed, in one transaction
+    writes = power_checked_at of every node polled, and what changed, in
+             one transaction
 
 A call still running past its deadline (a driver that ignores
 ``deadline.remaining()``) is abandoned by the fan-out's watchdog and
@@ -26,15 +44,21 @@ nodes' BMCs and clears the fault when they answer.
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
+import datetime
 import logging
+import math
 import threading
 import time
 from typing import Any, Callable, Iterable, Mapping
 
+from oslo_utils import timeutils
+
 from conductor.common import exceptions
 from conductor.common import metrics
 from conductor.db import api as db_api
+from conductor.db import models
 from conductor.drivers import base
 from conductor.executor import fanout
 from conductor.executor import pool as worker_pool
@@ -60,6 +84,80 @@ class SyncSettings:
     timeout: float
     max_retries: int
     force: bool
+    #: ``sync_power_state_interval`` (seconds).
+    interval: float = 60.0
+    #: ``power_failure_recovery_interval``: the back-off cap (<= 0: none).
+    recovery_interval: float = 300.0
+
+
+def tick(interval: float) -> float:
+    """Seconds between two runs of the sync periodic for ``interval``.
+
+    1/60 of the interval, between 1 and 10 seconds: the calls due in one
+    tick start together, so the peak call rate stays within a few
+    percent of the mean; each run costs a few indexed queries reading
+    only due rows. 0 when sync is disabled (``interval`` <= 0).
+    """
+    if interval <= 0:
+        return 0.0
+    return min(10.0, max(1.0, interval / 60.0))
+
+
+def tolerance(interval: float) -> float:
+    """How early a node may be polled after its last poll (seconds).
+
+    A poll made a little after its slot (runs are a tick apart) keeps the
+    node's phase; one made later than this re-phases it to the next slot
+    (gap between 1 and 2 intervals), never sooner. At least a tick (at
+    most the interval), so that an interval shorter than two ticks still
+    polls every node at every run.
+    """
+    usual = min(interval / 2.0, max(interval / 4.0, 2.0 * tick(interval)))
+    return max(usual, min(tick(interval), interval))
+
+
+def phase_of(partition: int, interval: float) -> float:
+    """The node's slot phase within ``interval``, from its partition."""
+    return interval * partition / models.PARTITIONS
+
+
+def backoff(interval: float, failures: int, cap: float) -> float:
+    """Seconds between polls of a node that failed ``failures`` times.
+
+    ``interval`` for a healthy node; doubled for every further failure
+    in a row, at most ``cap`` (when ``cap`` > 0, and never below
+    ``interval``).
+    """
+    if failures <= 1:
+        return interval
+    wait = interval * 2.0 ** min(failures - 1, 30)
+    if cap > 0:
+        wait = min(wait, max(interval, cap))
+    return wait
+
+
+def epoch(when: datetime.datetime) -> float:
+    """Seconds since the epoch of a naive UTC datetime."""
+    return calendar.timegm(when.timetuple()) + when.microsecond / 1e6
+
+
+def due_at(row: db_api.SyncRow, interval: float, cap: float,
+           anchor: float) -> float:
+    """When ``row`` is next due (epoch seconds).
+
+    :param anchor: for a node never polled: its first slot at or after
+        this time.
+    """
+    phase = phase_of(row.partition, interval)
+    if row.power_checked_at is None:
+        return phase + math.ceil((anchor - phase) / interval) * interval
+    checked = epoch(row.power_checked_at)
+    wait = backoff(interval, row.power_sync_failures, cap)
+    start = checked + wait - tolerance(interval)
+    slot = phase + math.ceil((start - phase) / interval) * interval
+    # NOTE: a node polled off its phase (taken over late) is polled again
+    # within 1.5 waits, and back on its phase within two polls.
+    return min(slot, checked + wait + interval / 2.0)
 
 
 @dataclasses.dataclass
@@ -86,6 +184,8 @@ class SweepResult:
     #: Whole sweep, query and writes included (seconds).
     total_seconds: float = 0.0
     finished_at: float = 0.0
+    #: Largest lateness of a polled node past its due time (seconds).
+    overdue: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,6 +210,11 @@ class PowerSync:
     :param clock: monotonic clock for deadlines and durations.
     :param watchdog_interval: seconds between the watchdog's checks for
         calls past their deadline (and for the stop request).
+    :param now_func: wall clock (UTC, naive) for due times.
+    :param since: slots before this time are not this worker's to poll
+        (their nodes are polled only if overdue), and a node never
+        polled is due from its first slot after it. Default: one tick
+        before the first run.
     """
 
     def __init__(self, db: db_api.Connection,
@@ -117,7 +222,9 @@ class PowerSync:
                  rings: ownership.Rings, pool: worker_pool.WorkerPool,
                  settings: SyncSettings, stop: threading.Event,
                  clock: Callable[[], float] = time.monotonic,
-                 watchdog_interval: float = 0.5) -> None:
+                 watchdog_interval: float = 0.5,
+                 now_func: Callable[[], datetime.datetime] = timeutils.utcnow,
+                 since: datetime.datetime | None = None) -> None:
         self._db = db
         self._drivers = dict(drivers)
         self._rings = rings
@@ -126,23 +233,90 @@ class PowerSync:
         self._stop = stop
         self._clock = clock
         self._watchdog_interval = watchdog_interval
+        self._now = now_func
+        #: Epoch seconds up to which slots were handled; None before the
+        #: first run.
+        self._window_end: float | None = (
+            None if since is None else epoch(since))
+        #: Never-polled nodes are due from their first slot after this.
+        self._anchor: float | None = self._window_end
+        #: When a run that polled nothing was last logged (time.time()).
+        self._quiet_logged = -float("inf")
+        #: (epoch seconds, rings.changed_at) of the last overdue check.
+        self._overdue_checked: tuple[float, float] | None = None
         #: The last finished sweep of each kind ("sync", "recovery").
         self.last: dict[str, SweepResult] = {}
 
     # -- the two periodic bodies ---------------------------------------
 
+    def due_rows(self, now: datetime.datetime) -> list[db_api.SyncRow]:
+        """Owned, healthy, unreserved nodes due at ``now``.
+
+        Most overdue first; see the module docstring.
+        """
+        interval = self._settings.interval
+        cap = self._settings.recovery_interval
+        t = epoch(now)
+        start = t - tick(interval) if self._window_end is None \
+            else self._window_end
+        if self._anchor is None:
+            self._anchor = start
+        mine = self._rings.partitions()
+        window = [p for p in mine
+                  if _slot_passed(phase_of(p, interval), interval, start, t)]
+        drivers = list(self._drivers)
+        found: dict[str, db_api.SyncRow] = {}
+        if window:
+            for row in self._db.sync_rows(
+                    drivers=drivers, partitions=window,
+                    checked_before=_at(t - interval + tolerance(interval))):
+                found[row.uuid] = row
+        if mine and self._overdue_check_due(t, interval):
+            # NOTE: nodes whose slot passed before this worker owned them
+            # (a takeover, a restart): polled at once, not a slot later.
+            # Checked at the first run, after any change of this worker's
+            # partitions, and every quarter interval (a run that could
+            # not poll everything); otherwise it would find nothing.
+            self._overdue_checked = (t, self._rings.changed_at)
+            margin = 2.0 * tick(interval) + 1.0
+            for row in self._db.sync_rows(
+                    drivers=drivers, partitions=mine, unchecked=False,
+                    healthy=True,
+                    checked_before=_at(t - interval - margin)):
+                found.setdefault(row.uuid, row)
+        self._window_end = t
+        anchor = self._anchor
+        due = [(due_at(row, interval, cap, anchor), row)
+               for row in found.values()]
+        due = [(when, row) for when, row in due if when <= t]
+        due.sort(key=lambda item: (item[0], item[1].uuid))
+        return [row for _, row in due]
+
+    def _overdue_check_due(self, t: float, interval: float) -> bool:
+        if self._overdue_checked is None:
+            return True
+        at, changed_at = self._overdue_checked
+        return (self._rings.changed_at != changed_at
+                or t - at >= max(tick(interval), interval / 4.0))
+
     def sync(self) -> SweepResult:
-        """One power-sync sweep over owned, healthy, unreserved nodes."""
+        """Poll the owned, healthy, unreserved nodes that are due."""
         started = self._clock()
-        self._rings.update()
-        rows = self._db.sync_rows(drivers=list(self._drivers))
-        mine = [row for row in rows if self._rings.owns(row.uuid)]
+        self._rings.maybe_update()
+        now = self._now()
+        mine = self.due_rows(now)
         result = SweepResult(kind="sync")
+        if mine:
+            interval = self._settings.interval
+            result.overdue = round(epoch(now) - due_at(
+                mine[0], interval, self._settings.recovery_interval,
+                self._anchor or 0.0), 3)
         outcomes = self._run_lanes(mine, result, suspect=self._suspect)
         metrics.nodes_read(result.nodes, (o.row.uuid for o in outcomes
                                           if o.error is not None))
         changes, drifted = self._sync_changes(outcomes, result)
-        result.changed = self._db.apply_sync_results(changes)
+        result.changed = self._db.apply_sync_results(
+            changes, checked=[o.row.uuid for o in outcomes], checked_at=now)
         if drifted:
             result.forced = self._force_states(drifted)
         return self._finish(result, started)
@@ -150,10 +324,11 @@ class PowerSync:
     def recover(self) -> SweepResult:
         """Clear the power-failure fault of owned nodes whose BMC answers."""
         started = self._clock()
-        self._rings.update()
-        rows = self._db.sync_rows(drivers=list(self._drivers),
-                                  maintenance=True, fault=POWER_FAILURE)
-        mine = [row for row in rows if self._rings.owns(row.uuid)]
+        self._rings.maybe_update()
+        partitions = self._rings.partitions()
+        mine = self._db.sync_rows(
+            drivers=list(self._drivers), maintenance=True,
+            fault=POWER_FAILURE, partitions=partitions) if partitions else []
         result = SweepResult(kind="recovery")
         outcomes = self._run_lanes(mine, result)
         changes = []
@@ -170,7 +345,8 @@ class PowerSync:
             LOG.info("Node %(node)s: BMC answers again (%(state)s); "
                      "leaving maintenance", {"node": nodes.label(outcome.row),
                                              "state": outcome.state})
-        result.recovered = self._db.apply_sync_results(changes)
+        result.recovered = self._db.apply_sync_results(
+            changes, checked=[str(change["uuid"]) for change in changes])
         return self._finish(result, started)
 
     # -- machinery -----------------------------------------------------
@@ -179,8 +355,15 @@ class PowerSync:
         result.total_seconds = self._clock() - started
         result.finished_at = time.time()
         self.last[result.kind] = result
-        if result.planned or result.kind == "sync":
-            # NOTE: "node(s)" counts the nodes polled, not those planned.
+        # NOTE: a run that planned nothing is logged once per interval, so
+        # the log still shows each worker alive and syncing; "node(s)"
+        # counts the nodes polled, not those planned.
+        quiet = not result.planned and (
+            result.kind != "sync" or result.finished_at
+            < self._quiet_logged + self._settings.interval)
+        if not quiet:
+            if not result.planned:
+                self._quiet_logged = result.finished_at
             left = result.planned - result.nodes - result.skipped
             LOG.info("Power %(kind)s sweep: %(nodes)d node(s) in "
                      "%(secs).3fs (calls) / %(total).3fs (total), "
@@ -189,7 +372,8 @@ class PowerSync:
                      "%(lanes)d lane(s), peak %(peak)d concurrent call(s)"
                      "%(skipped)s%(left)s",
                      {"kind": result.kind, "nodes": result.nodes,
-                      "secs": result.seconds, "total": result.total_seconds,
+                      "secs": result.seconds,
+                      "total": result.total_seconds,
                       "failures": result.failures,
                       "changed": result.changed + result.forced,
                       "maint": result.to_maintenance,
@@ -368,6 +552,21 @@ def _forcing(phase: str, node: Any, target: str,
     if phase == "start":
         metrics.power_change("forced")
     notifications.power_set(phase, node, target, error)
+
+
+def _slot_passed(phase: float, interval: float, start: float,
+                 end: float) -> bool:
+    """Whether a slot ``phase + k * interval`` lies in (start, end]."""
+    if end - start >= interval:
+        return True
+    latest = end - (end - phase) % interval
+    return latest > start
+
+
+def _at(seconds: float) -> datetime.datetime:
+    """A naive UTC datetime from epoch seconds."""
+    return datetime.datetime(1970, 1, 1) + datetime.timedelta(
+        seconds=seconds)
 
 
 def _error_text(exc: BaseException) -> str:

@@ -84,11 +84,13 @@ class WorkerSettings:
     hash_ring_reset_interval: float
     graceful_shutdown_timeout: float
     sync: power_sync.SyncSettings
-    #: Seconds a draining host keeps working its nodes after the others
-    #: left it out of their rings: one power sync interval (they poll its
-    #: nodes at their next sweep) and one pending-action scan, plus
-    #: :data:`DRAIN_MARGIN`.
+    #: Seconds a draining host waits, after the others left it out of
+    #: their rings, before it stops: long enough for every other worker to
+    #: re-read membership (one ring refresh) and one pending-action scan,
+    #: plus :data:`DRAIN_MARGIN`. It polls nothing meanwhile: the new
+    #: owners poll its nodes when due (``power_checked_at``).
     drain_handover: float = 0.0
+    conductor_cleanup_age: float = 0.0
 
     @classmethod
     def from_conf(cls, conf: cfg.ConfigOpts) -> "WorkerSettings":
@@ -108,11 +110,41 @@ class WorkerSettings:
                 workers=conf.conductor.sync_power_state_workers,
                 timeout=conf.conductor.power_state_timeout,
                 max_retries=conf.conductor.power_state_sync_max_retries,
-                force=conf.conductor.force_power_state_during_sync),
-            drain_handover=(conf.conductor.sync_power_state_interval
+                force=conf.conductor.force_power_state_during_sync,
+                interval=conf.conductor.sync_power_state_interval,
+                recovery_interval=(
+                    conf.conductor.power_failure_recovery_interval)),
+            drain_handover=(conf.conductor.hash_ring_reset_interval
                             + conf.conductor.pending_action_interval
                             + DRAIN_MARGIN),
+            conductor_cleanup_age=conf.conductor.conductor_cleanup_age,
         )
+
+    @property
+    def refresh_interval(self) -> float:
+        """Seconds between two reads of the ``conductors`` rows.
+
+        ``hash_ring_reset_interval``, or a quarter of ``heartbeat_timeout``
+        when that is shorter: a dead worker's nodes are taken over soon
+        after its heartbeat expired.
+        """
+        return min(float(self.hash_ring_reset_interval),
+                   self.heartbeat_timeout / 4.0)
+
+    @property
+    def handover_delay(self) -> float:
+        """Seconds a partition taken from a live owner is held back.
+
+        The old owner notices the change within :attr:`refresh_interval`;
+        until then, and during the run it is in, it may still poll the
+        partition's nodes. Three ticks cover a run of fast BMCs; a run
+        whose calls are slower than that when ownership moves may have a
+        node polled once more by its new owner. The cost of a longer hold
+        is lateness: the old owner stops polling the partition at its
+        next refresh.
+        """
+        return (self.refresh_interval
+                + 3 * power_sync.tick(self.sync.interval))
 
 
 def _option(group: str, name: str) -> Any:
@@ -136,10 +168,11 @@ class ConductorPeriodics:
         self.conf = conf
 
     @periodics.periodic(
-        spacing=_option("conductor", "sync_power_state_interval"),
+        spacing=lambda own: power_sync.tick(
+            own.conf.conductor.sync_power_state_interval),
         run_immediately=True)
     def sync_power_states(self) -> None:
-        """Read every owned node's power state; record what changed."""
+        """Poll the owned nodes that are due; record what changed."""
         self._sync.sync()
 
     @periodics.periodic(
@@ -158,8 +191,11 @@ class ConductorPeriodics:
     @periodics.periodic(
         spacing=_option("conductor", "hash_ring_reset_interval"))
     def refresh_ownership(self) -> None:
-        """Rebuild the rings; release reservations of dead workers."""
-        self._rings.update(force=True)
+        """Re-read the workers; rebuild the rings if they changed.
+
+        On a change, reservations of dead workers are released too.
+        """
+        self._rings.update()
 
 
 class _NodeProvider:
@@ -176,9 +212,13 @@ class _NodeProvider:
     def iter_owned_nodes(self, filters: Mapping[str, Any] | None,
                          limit: int | None) -> Iterator[base.DriverNode]:
         filters = dict(filters or {})
+        partitions = sorted(self._rings.owned_partitions())
+        if not partitions:
+            return
         found = self._db.list_nodes(driver=filters.pop("driver", None),
                                     maintenance=filters.pop("maintenance",
-                                                            None))
+                                                            None),
+                                    partitions=partitions)
         count = 0
         for node in found:
             if limit is not None and count >= limit:
@@ -228,13 +268,19 @@ class ConductorService(service.ServiceBase):
         master re-forks workers with the mutated configuration).
     :param start_extra: worker 0 runs the ``start extra`` hooks through it
         (see :class:`StartExtra`); None for the others.
+    :param workers: the number of workers of this host: a sibling that
+        has not registered yet keeps its share of the nodes during its
+        start-up grace (None: only registered siblings count).
     """
 
     def __init__(self, host: str, worker_id: int,
                  conf: cfg.ConfigOpts,
-                 start_extra: StartExtra | None = None) -> None:
+                 start_extra: StartExtra | None = None,
+                 workers: int | None = None) -> None:
         super().__init__()
         self.start_extra = start_extra
+        #: The number of workers of this host (None: unknown).
+        self.workers = workers
         #: This host's name.
         self.host = host
         #: The stable worker id, 0..W-1.
@@ -257,11 +303,13 @@ class ConductorService(service.ServiceBase):
     def __getstate__(self) -> dict[str, Any]:
         return {"host": self.host, "worker_id": self.worker_id,
                 "_conf": self._conf, "start_extra": self.start_extra,
-                "_master_pid": self._master_pid}
+                "_master_pid": self._master_pid,
+                "workers": self.workers}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["host"], state["worker_id"],  # type: ignore
-                      state["_conf"], state.get("start_extra"))
+                      state["_conf"], state.get("start_extra"),
+                      state.get("workers"))
         self._master_pid = state.get("_master_pid", self._master_pid)
 
     def request_drain(self) -> None:
@@ -366,9 +414,12 @@ class ConductorService(service.ServiceBase):
         rings = ownership.Rings(
             db, self.host, self.worker_id,
             heartbeat_timeout=settings.heartbeat_timeout,
-            reset_interval=settings.hash_ring_reset_interval,
+            reset_interval=settings.refresh_interval,
             liveness=ownership.Liveness(settings.heartbeat_interval,
-                                        settings.heartbeat_timeout))
+                                        settings.heartbeat_timeout),
+            workers=self.workers,
+            handover_delay=settings.handover_delay,
+            cleanup_age=settings.conductor_cleanup_age)
         timeout = settings.sync.timeout
         rt = self._rt = _Runtime(
             settings=settings, db=db, drivers=drivers, pool=pool,
@@ -460,6 +511,15 @@ class ConductorService(service.ServiceBase):
             # 1. Stop scheduling; running tasks see the stop Event, finish.
             if not rt.runner.stop(self._left(deadline)):
                 LOG.warning("Periodic tasks did not all finish in time")
+            # 1b. No poll starts here any more: go offline now, so that
+            # the other workers take this worker's partitions at their
+            # next refresh instead of after heartbeat_timeout. Nodes
+            # still reserved below stay out of their reach.
+            try:
+                rt.db.set_offline(self.host, self.worker_id)
+            except Exception:
+                LOG.exception("Could not mark worker %s offline",
+                              self.holder)
             # 2. Drain the pool (power actions in flight) within the bound.
             rt.pool.wake_waiters()
             if not rt.pool.shutdown(wait=True,
@@ -530,7 +590,8 @@ class ConductorService(service.ServiceBase):
             rpcapi.ConductorAPI.from_conf(self._conf, rt.transport,
                                           retry=3),
             heartbeat_timeout=rt.settings.heartbeat_timeout,
-            action_timeout=rt.settings.sync.timeout)
+            action_timeout=rt.settings.sync.timeout,
+            sync_interval=rt.settings.sync.interval)
         rt.rpc_server = rpc.build_server(rt.transport, self.host,
                                          [endpoint])
         rt.rpc_starter = threading.Thread(

@@ -76,4 +76,4 @@ class TestCase(base.BaseTestCase):
         test_ownership.
         """
         self.useFixture(fixtures.MockPatchObject(
-            ownership, "PARTITION_EXPONENT", 8))
+            ownership, "RING_EXPONENT", 8))

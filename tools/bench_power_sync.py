@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""Benchmark: power-sync sweeps of a real conductor over fake nodes.
+"""Benchmark: power sync of a real conductor over fake nodes.
 
 Starts a real ``conductor`` (W workers, SQLite) with N fake nodes whose
-BMC takes L ms per call, lets it sweep several times, and reads each
-worker's sweep lines from its log: the sweep time is measured by the
-worker from its first driver call's start to its last call's end. Prints
-JSON: per run the nodes, latency, threads (P), workers, median sweep
-seconds, the ideal (ceil(nodes per worker / P) x L), their ratio, CPU
-seconds per node-poll (all conductor processes, between the end of the
-first sweep and the end of the last), peak concurrent driver calls, RSS.
+BMC takes L ms per call, and reads each worker's power-sync run lines
+from its log (a run polls the nodes due at that moment; each node is
+polled once per interval): the run time is measured by the worker from
+its first driver call's start to its last call's end. Measurement starts
+once every node was polled (and its state recorded) once, and covers
+``--sweeps`` times N more polls. Prints JSON: per run the nodes, latency,
+threads (P), workers, median run seconds, the ideal for the largest run
+(ceil(nodes / P) x L), their ratio, CPU seconds per node-poll (all
+conductor processes, over the measured polls), peak concurrent driver
+calls, RSS.
 
 A second run with P = 1 (on fewer nodes, so it ends in reasonable time)
 shows the serial-versus-parallel speedup as node-polls per second.
@@ -115,27 +118,27 @@ def _measure(proc: subprocess.Popen, log_file: str, nodes: int,
     master = psutil.Process(proc.pid)
     deadline = time.monotonic() + 600
 
-    def wait_sweeps(count: int) -> list[dict]:
+    def wait_polls(count: int) -> list[dict]:
         while time.monotonic() < deadline:
             found = [s for s in _sweeps(log_file) if int(s["nodes"])]
-            if len(found) >= count:
+            if sum(int(s["nodes"]) for s in found) >= count:
                 return found
             if proc.poll() is not None:
                 raise SystemExit("conductor exited with %s; see %s"
                                  % (proc.returncode, log_file))
             time.sleep(0.05)
-        raise SystemExit("timed out waiting for %d sweeps; see %s"
+        raise SystemExit("timed out waiting for %d polls; see %s"
                          % (count, log_file))
 
-    # The first sweep of each worker records every node's state (a write
-    # per node); measurement starts once every worker finished it.
-    wait_sweeps(workers)
+    # The first poll of each node records its state (a write per node);
+    # measurement starts once every node was polled once.
+    warm = len(wait_polls(nodes))
     procs = [master] + master.children()
     cpu_start = _cpu(procs)
-    found = wait_sweeps(workers * (sweeps + 1))
+    found = wait_polls(nodes * (sweeps + 1))
     cpu = _cpu(procs) - cpu_start
     rss = sum(p.memory_info().rss for p in procs if p.is_running())
-    measured = found[workers:workers * (sweeps + 1)]
+    measured = found[warm:]
     per_worker = [int(s["nodes"]) for s in measured]
     polls = sum(per_worker)
     ideal = max(math.ceil(n / threads) for n in per_worker) * latency_ms \

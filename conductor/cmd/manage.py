@@ -368,7 +368,8 @@ class Manage:
     def _status_once(self, args: argparse.Namespace) -> None:
         api = self.rpc_api
         data = (api.get_status() if api is not None else
-                db_status(self.db, self.conf.conductor.heartbeat_timeout))
+                db_status(self.db, self.conf.conductor.heartbeat_timeout,
+                          self.conf.conductor.sync_power_state_interval))
         if args.format == "json":
             self.out(output.to_json(data))
             return
@@ -382,6 +383,14 @@ class Manage:
                                "heartbeat age (s)", "drivers",
                                "pool busy/size (rejected)",
                                "last power sync"), rows))
+        shares = [(name, host["alive_workers"], host.get("nodes_owned"),
+                   host.get("nodes_overdue"), host.get("oldest_reading_age"))
+                  for name, host in sorted(data["hosts"].items())]
+        if shares:
+            self.out("")
+            self.out(output.table(
+                ("host", "alive workers", "nodes owned",
+                 "nodes overdue", "oldest reading age (s)"), shares))
         draining = sorted(host for host, info in data["hosts"].items()
                           if info.get("draining"))
         if draining:
@@ -559,14 +568,15 @@ def _sweep_text(status: dict[str, Any]) -> str:
         sweep.get("failures", 0))
 
 
-def db_status(db: db_api.Connection, heartbeat_timeout: float
+def db_status(db: db_api.Connection, heartbeat_timeout: float,
+              sync_interval: float | None = None
               ) -> dict[str, Any]:
     """Workers and node counts, as the database knows them.
 
     The same data a conductor answers ``get_status`` with over RPC; see
     :func:`conductor.status.build`.
     """
-    return status_report.build(db, heartbeat_timeout)
+    return status_report.build(db, heartbeat_timeout, sync_interval)
 
 
 def _bool_arg(text: str) -> bool:

@@ -67,17 +67,36 @@ opts: list[cfg.Opt] = [
              "considered dead and its nodes are taken over by the others."),
     cfg.IntOpt(
         "hash_ring_reset_interval",
-        default=15,
+        default=5,
         min=1,
         mutable=True,
-        help="Seconds after which the node ownership rings are rebuilt "
-             "from the live workers even if no change was noticed."),
+        help="Seconds between two reads of the workers' rows ('conductors' "
+             "table) by each worker; the ownership rings are rebuilt only "
+             "when the live workers changed. A dead host's nodes are taken "
+             "over within heartbeat_timeout plus this; a stopped host's "
+             "within this. Reads nothing else. Minimum 1."),
+    cfg.IntOpt(
+        "conductor_cleanup_age",
+        default=7 * 24 * 3600,
+        min=0,
+        mutable=True,
+        help="Seconds after which the rows of a host whose every worker is "
+             "offline and silent are deleted from the 'conductors' table "
+             "by the live workers (they no longer show in 'conductor-manage "
+             "status'). A host that starts again registers anew. 0 keeps "
+             "them forever. Minimum 0."),
     cfg.IntOpt(
         "sync_power_state_interval",
         default=60,
         mutable=True,
-        help="Seconds between power-state sweeps over this worker's "
-             "nodes. 0 or a negative value disables the sweep."),
+        help="Seconds between two polls of each node's power state. "
+             "Polls are spread evenly over the interval (each node has a "
+             "stable phase of its own) and a node is polled when it is due, "
+             "whichever worker owns it; the sync task runs every 1/60 of "
+             "this, between 1 and 10 seconds. A node whose polls fail "
+             "backs off: its interval doubles with every failure in a row, "
+             "up to power_failure_recovery_interval. 0 or a negative value "
+             "disables power sync."),
     cfg.IntOpt(
         "sync_power_state_workers",
         default=8,
@@ -99,7 +118,9 @@ opts: list[cfg.Opt] = [
         mutable=True,
         help="Seconds between attempts to read the BMC of nodes in "
              "maintenance for 'power failure'; the fault is cleared when "
-             "it answers. 0 or a negative value disables recovery."),
+             "it answers. 0 or a negative value disables recovery. Also "
+             "the longest back-off between two polls of a node whose polls "
+             "keep failing (not counting in maintenance yet)."),
     cfg.BoolOpt(
         "force_power_state_during_sync",
         default=True,

@@ -85,6 +85,11 @@ class NodeRecord:
     #: and every takeover. A holder writes and releases only while the
     #: node is still at the epoch its reservation got.
     reservation_epoch: int = 0
+    #: The node's partition (:func:`conductor.db.models.partition_of`).
+    partition: int = 0
+    #: The last power-state poll, successful or not (None: never polled).
+    #: Bookkeeping: writing it does not change ``version``.
+    power_checked_at: datetime.datetime | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> "NodeRecord":
@@ -127,6 +132,23 @@ class SyncRow:
     power_sync_failures: int
     #: The node's version when read (see NodeRecord.version).
     version: int = 0
+    #: See NodeRecord.partition and NodeRecord.power_checked_at.
+    partition: int = 0
+    power_checked_at: datetime.datetime | None = None
+
+
+#: Largest number of values in one ``IN (...)`` list; longer lists are
+#: sent in several statements.
+IN_BATCH = 500
+
+
+def _batches(values: Iterable[Any] | None) -> list[list[Any] | None]:
+    """``values`` cut into IN-list batches; ``[None]`` for no filter."""
+    if values is None:
+        return [None]
+    items = list(values)
+    return [items[start:start + IN_BATCH]
+            for start in range(0, len(items), IN_BATCH)]
 
 
 def holder_name(host: str, worker_id: int) -> str:
@@ -189,6 +211,7 @@ class Connection:
                    "maintenance_reason": values.get("maintenance_reason"),
                    "power_sync_failures": 0,
                    "created_at": now}
+            row["partition"] = models.partition_of(row["uuid"])
             rows.append(row)
         try:
             with self.engine.begin() as conn:
@@ -268,8 +291,15 @@ class Connection:
 
     def list_nodes(self, *, driver: str | None = None,
                    maintenance: bool | None = None,
-                   limit: int | None = None) -> list[NodeRecord]:
-        """Nodes ordered by id, optionally filtered."""
+                   limit: int | None = None,
+                   partitions: Iterable[int] | None = None
+                   ) -> list[NodeRecord]:
+        """Nodes ordered by id, optionally filtered.
+
+        :param partitions: only nodes of these partitions (None: all);
+            the list is sent in batches, so ordering and ``limit`` then
+            hold within each batch, and the result is sorted again.
+        """
         query = sa.select(_nodes).order_by(_nodes.c.id)
         if driver is not None:
             query = query.where(_nodes.c.driver == driver)
@@ -277,8 +307,18 @@ class Connection:
             query = query.where(_nodes.c.maintenance == maintenance)
         if limit is not None:
             query = query.limit(limit)
+        found: list[NodeRecord] = []
         with self.engine.connect() as conn:
-            return [NodeRecord.from_row(row) for row in conn.execute(query)]
+            for batch in _batches(partitions):
+                q = query if batch is None else query.where(
+                    _nodes.c.partition.in_(batch))
+                found.extend(NodeRecord.from_row(row)
+                             for row in conn.execute(q))
+        if partitions is not None:
+            found.sort(key=lambda node: node.id)
+            if limit is not None:
+                del found[limit:]
+        return found
 
     def update_node(self, ident: str, values: Mapping[str, Any], *,
                     holder: str | None = None,
@@ -534,7 +574,9 @@ class Connection:
     def release_reservations(self, *, holders: Iterable[str] | None = None,
                              keep: Iterable[str] | None = None,
                              uuids: Sequence[str] | None = None,
-                             exclude: Iterable[str] | None = None) -> int:
+                             exclude: Iterable[str] | None = None,
+                             partitions: Iterable[int] | None = None
+                             ) -> int:
         """Clear stale reservations; returns how many were cleared.
 
         Claims of power actions stay (``power_action_claim``): whoever
@@ -546,6 +588,7 @@ class Connection:
         :param keep: clear every reservation *not* held by these holders,
         :param uuids: only among these nodes (None: all nodes),
         :param exclude: never these nodes (calls still in progress).
+        :param partitions: only among nodes of these partitions.
         """
         query = _nodes.update().where(_nodes.c.reservation.is_not(None))
         if holders is not None:
@@ -560,7 +603,10 @@ class Connection:
             reservation_epoch=_nodes.c.reservation_epoch + 1)
         with self.engine.begin() as conn:
             if uuids is None:
-                total = conn.execute(query).rowcount
+                for batch in _batches(partitions):
+                    q = query if batch is None else query.where(
+                        _nodes.c.partition.in_(batch))
+                    total += conn.execute(q).rowcount
             else:
                 for start in range(0, len(uuids), 500):
                     chunk = list(uuids[start:start + 500])
@@ -580,8 +626,12 @@ class Connection:
     def node_uuids(self, *, maintenance: bool | None = None,
                    reserved: bool | None = None,
                    with_target: bool | None = None,
-                   drivers: Sequence[str] | None = None) -> list[str]:
-        """Uuids of the nodes matching every given filter."""
+                   drivers: Sequence[str] | None = None,
+                   partitions: Iterable[int] | None = None) -> list[str]:
+        """Uuids of the nodes matching every given filter.
+
+        :param partitions: only nodes of these partitions (None: all).
+        """
         query = sa.select(_nodes.c.uuid)
         if maintenance is not None:
             query = query.where(_nodes.c.maintenance == maintenance)
@@ -594,32 +644,62 @@ class Connection:
                 else _nodes.c.target_power_state.is_(None))
         if drivers is not None:
             query = query.where(_nodes.c.driver.in_(list(drivers)))
+        found: list[str] = []
         with self.engine.connect() as conn:
-            return list(conn.execute(query).scalars())
+            for batch in _batches(partitions):
+                q = query if batch is None else query.where(
+                    _nodes.c.partition.in_(batch))
+                found.extend(conn.execute(q).scalars())
+        return found
 
     def sync_rows(self, *, drivers: Sequence[str],
                   maintenance: bool = False,
-                  fault: str | None = None) -> list[SyncRow]:
-        """Unreserved nodes for a power-sync sweep, in one query.
+                  fault: str | None = None,
+                  partitions: Iterable[int] | None = None,
+                  checked_before: datetime.datetime | None = None,
+                  unchecked: bool = True,
+                  healthy: bool = False) -> list[SyncRow]:
+        """Unreserved nodes for power sync (one query per IN batch).
 
         With ``maintenance`` True and a ``fault``, the nodes in maintenance
         for that fault (the recovery sweep).
+
+        :param partitions: only nodes of these partitions (None: all).
+        :param checked_before: only nodes last polled at or before this
+            time, and (with ``unchecked``) nodes never polled.
+        :param healthy: only nodes with no failed poll in a row.
         """
         c = _nodes.c
         query = (sa.select(c.uuid, c.name, c.driver, c.driver_info,
-                           c.power_state, c.power_sync_failures, c.version)
+                           c.power_state, c.power_sync_failures, c.version,
+                           c.partition, c.power_checked_at)
                  .where(c.reservation.is_(None))
                  .where(c.maintenance == maintenance)
                  .where(c.driver.in_(list(drivers))))
         if fault is not None:
             query = query.where(c.fault == fault)
+        if checked_before is not None:
+            old = c.power_checked_at <= checked_before
+            query = query.where(sa.or_(old, c.power_checked_at.is_(None))
+                                if unchecked else old)
+        if healthy:
+            query = query.where(c.power_sync_failures == 0)
+        found: list[SyncRow] = []
         with self.engine.connect() as conn:
-            return [SyncRow(row.uuid, row.name, row.driver,
+            for batch in _batches(partitions):
+                q = query if batch is None else query.where(
+                    c.partition.in_(batch))
+                found.extend(
+                    SyncRow(row.uuid, row.name, row.driver,
                             _as_dict(row.driver_info), row.power_state,
-                            row.power_sync_failures, row.version)
-                    for row in conn.execute(query)]
+                            row.power_sync_failures, row.version,
+                            row.partition, row.power_checked_at)
+                    for row in conn.execute(q))
+        return found
 
-    def apply_sync_results(self, changes: Sequence[Mapping[str, Any]]
+    def apply_sync_results(self, changes: Sequence[Mapping[str, Any]],
+                           checked: Sequence[str] = (),
+                           checked_at: datetime.datetime | None = None
                            ) -> int:
         """Write per-node sync outcomes in one transaction.
 
@@ -632,8 +712,13 @@ class Connection:
         with what the sweep saw before it. A node reserved meanwhile is
         left alone too: whoever holds it is changing it. Returns rows
         changed.
+
+        :param checked: uuids of the nodes just polled: their
+            ``power_checked_at`` becomes ``checked_at`` (default now) in
+            the same transaction, whatever their version or reservation
+            (it records that the BMC was asked, not a change of the node).
         """
-        if not changes:
+        if not changes and not checked:
             return 0
         now = timeutils.utcnow()
         by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
@@ -655,6 +740,11 @@ class Connection:
             by_shape.setdefault(shape, []).append(params)
         total = 0
         with self.engine.begin() as conn:
+            for start in range(0, len(checked), IN_BATCH):
+                conn.execute(_nodes.update()
+                             .where(_nodes.c.uuid.in_(
+                                 list(checked[start:start + IN_BATCH])))
+                             .values(power_checked_at=checked_at or now))
             for shape, batch in by_shape.items():
                 fields = [key for key in shape if key != "?expect"]
                 new_values: dict[str, Any] = {
@@ -753,6 +843,37 @@ class Connection:
         with self.engine.begin() as conn:
             conn.execute(query)
 
+    def set_expired_offline(self, cutoff: datetime.datetime) -> int:
+        """Mark offline the online workers silent since ``cutoff``.
+
+        One conditional UPDATE, so a worker that beats meanwhile stays
+        online. Returns how many rows changed.
+        """
+        c = _conductors.c
+        with self.engine.begin() as conn:
+            return int(conn.execute(
+                _conductors.update().where(c.online == sa.true())
+                .where(c.heartbeat_at < cutoff)
+                .values(online=False)).rowcount)
+
+    def delete_gone_host(self, host: str, cutoff: datetime.datetime) -> int:
+        """Delete the rows of ``host`` if none beat since ``cutoff``.
+
+        One statement, conditional on every row of the host being older
+        than ``cutoff``: a host that came back meanwhile keeps its rows.
+        """
+        c = _conductors.c
+        recent = (sa.select(c.id).where(c.host == host)
+                  .where(sa.or_(c.heartbeat_at >= cutoff,
+                                c.online == sa.true())))
+        with self.engine.begin() as conn:
+            if conn.execute(recent.limit(1)).first() is not None:
+                return 0
+            return int(conn.execute(
+                _conductors.delete().where(c.host == host)
+                .where(c.heartbeat_at < cutoff)
+                .where(c.online == sa.false())).rowcount)
+
     def list_conductors(self, with_status: bool = False
                         ) -> list[ConductorRecord]:
         """Every worker ever registered, ordered by host and worker id.
@@ -791,6 +912,30 @@ class Connection:
         with self.engine.connect() as conn:
             return {(state or "none"): count
                     for state, count in conn.execute(query)}
+
+    def partition_summary(self, overdue_before: datetime.datetime
+                          ) -> dict[int, tuple[int, int,
+                                               datetime.datetime | None]]:
+        """Per partition: (nodes, overdue nodes, oldest poll).
+
+        Overdue: not in maintenance and not polled since
+        ``overdue_before`` (a node never polled counts from its
+        enrolment). The oldest poll is over nodes not in maintenance.
+        One grouped query (one row per partition).
+        """
+        c = _nodes.c
+        healthy = c.maintenance == sa.false()
+        last = sa.func.coalesce(c.power_checked_at, c.created_at)
+        overdue = sa.func.sum(sa.case(
+            (sa.and_(healthy, last < overdue_before), 1), else_=0))
+        oldest = sa.func.min(sa.case((healthy, c.power_checked_at),
+                                     else_=None))
+        query = sa.select(c.partition, sa.func.count(), overdue,
+                          oldest).group_by(c.partition)
+        with self.engine.connect() as conn:
+            return {int(partition): (int(count), int(overdue or 0), oldest)
+                    for partition, count, overdue, oldest
+                    in conn.execute(query)}
 
     def maintenance_count(self) -> int:
         query = (sa.select(sa.func.count())

@@ -8,9 +8,32 @@ the migrations identical.
 
 from __future__ import annotations
 
+import hashlib
+
 import sqlalchemy as sa
 
 from conductor.nodes import MAX_NAME_LENGTH
+
+#: Every node belongs to one of ``2 ** PARTITION_EXPONENT`` partitions, a
+#: hash of its uuid stored in ``nodes.partition``; ownership maps
+#: partitions, not nodes, to workers. Fixed at the database level: the
+#: stored values depend on it, so changing it needs a migration that
+#: recomputes every row (never a configuration change).
+PARTITION_EXPONENT = 10
+#: The number of partitions.
+PARTITIONS = 2 ** PARTITION_EXPONENT
+
+
+def partition_of(uuid: str) -> int:
+    """The partition of the node with this (canonical) uuid.
+
+    The first 32 bits of the uuid's MD5, reduced to
+    :data:`PARTITION_EXPONENT` bits: stable across processes, releases
+    and hosts (never Python's randomised ``hash``).
+    """
+    digest = hashlib.md5(uuid.encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:4], "big") >> (32 - PARTITION_EXPONENT)
+
 
 metadata = sa.MetaData()
 
@@ -44,6 +67,13 @@ nodes = sa.Table(
     # action, cleared with target_power_state when its outcome is recorded;
     # both set means the action was interrupted (see power_actions).
     sa.Column("power_action_claim", sa.String(64), nullable=True),
+    # NOTE: partition_of(uuid), set at enrolment (migration 0004 filled
+    # older rows); a worker reads only the rows of its partitions.
+    sa.Column("partition", sa.Integer, nullable=False,
+              server_default="0"),
+    # NOTE: the last power-state poll, successful or not (migration 0004):
+    # a node is polled again when it is due, whoever owns it.
+    sa.Column("power_checked_at", sa.DateTime, nullable=True),
     # NOTE: the fencing token of the reservation (migration 0005): bumped
     # by every reserve and every takeover; a holder writes and releases
     # only at the epoch its reservation got (see conductor.task).
@@ -54,6 +84,8 @@ nodes = sa.Table(
     sa.Index("nodes_reservation_idx", "reservation"),
     sa.Index("nodes_target_power_state_idx", "target_power_state"),
     sa.Index("nodes_maintenance_idx", "maintenance"),
+    sa.Index("nodes_partition_checked_idx", "partition",
+             "power_checked_at"),
 )
 
 conductors = sa.Table(

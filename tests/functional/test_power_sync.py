@@ -10,19 +10,17 @@ import json
 import os
 import re
 import signal
+import time
 from typing import Any, cast
 
 from oslo_utils import timeutils
 
 from conductor.db import models
 from tests.functional import base
+from tests.functional import test_due_polling
 
 POLL_RE = re.compile(r"\[(?P<who>[^\]]+ worker \d+)\] \[-\] Fake BMC of node "
                      r"(?P<uuid>[0-9a-f-]{36}): power state read")
-SWEEP_RE = re.compile(r"\[(?P<who>[^\]]+ worker \d+)\] \[-\] Power sync "
-                      r"sweep: (?P<nodes>\d+) node")
-RING_RE = re.compile(r"\[(?P<who>[^\]]+ worker \d+)\] \[-\] Node ownership "
-                     r"rebuilt for \S+; live workers: (?P<members>.*)$")
 
 
 def _options(workdir: str, host: str = "ftest", **extra: dict) -> dict:
@@ -41,39 +39,6 @@ def _options(workdir: str, host: str = "ftest", **extra: dict) -> dict:
     for section, values in extra.items():
         options.setdefault(section, {}).update(values)
     return options
-
-
-def sweeps_after_full_membership(logs: list[str], members: str
-                                 ) -> dict[str, list[list[str]]]:
-    """Per worker, the uuids polled in each of its completed sweeps.
-
-    Only sweeps that completed after the worker's ring included every
-    member (``members`` as logged) count.
-    """
-    ready: set[str] = set()
-    current: dict[str, list[str]] = collections.defaultdict(list)
-    done: dict[str, list[list[str]]] = collections.defaultdict(list)
-    for text in logs:
-        for line in text.splitlines():
-            ring = RING_RE.search(line)
-            if ring:
-                if ring.group("members") == members:
-                    ready.add(ring.group("who"))
-                    current[ring.group("who")] = []
-                else:
-                    ready.discard(ring.group("who"))
-                continue
-            poll = POLL_RE.search(line)
-            if poll:
-                current[poll.group("who")].append(poll.group("uuid"))
-                continue
-            sweep = SWEEP_RE.search(line)
-            if sweep:
-                who = sweep.group("who")
-                if who in ready:
-                    done[who].append(current[who])
-                current[who] = []
-    return done
 
 
 class PowerSyncTestCase(base.FunctionalTestCase):
@@ -96,46 +61,53 @@ class PowerSyncTestCase(base.FunctionalTestCase):
 
 
 class TestExactlyOnce(PowerSyncTestCase):
+    """Each node once per interval, whoever owns it (due-time polling)."""
 
-    def _assert_exactly_once(self, logs: list[str], members: str,
-                             workers: int, uuids: list[str]) -> None:
-        done = sweeps_after_full_membership(logs, members)
-        self.assertEqual(workers, len(done), str(list(done)))
-        first = [sweeps[0] for sweeps in done.values()]
-        polled = collections.Counter(u for sweep in first for u in sweep)
-        self.assertEqual(set(uuids), set(polled), "some node was missed")
-        twice = {u: n for u, n in polled.items() if n != 1}
-        self.assertEqual({}, twice, "nodes polled more than once")
-        # Every worker got a share.
-        self.assertTrue(all(first), [len(s) for s in first])
+    INTERVAL = 4
+
+    def _assert_once_per_interval(self, logs: list[str], uuids: list[str],
+                                  since: float) -> None:
+        found = test_due_polling.polls(*logs)
+        # Never twice within an interval (less its 2 s tolerance and 1 s
+        # of log-timestamp slack) ...
+        close = {u: [round(b[0] - a[0], 2) for a, b in zip(items, items[1:])
+                     if b[0] - a[0] < self.INTERVAL - 3]
+                 for u, items in found.items()}
+        self.assertEqual({}, {u: c for u, c in close.items() if c},
+                         "nodes polled more than once per interval")
+        # ... and every node in every interval once everybody is up.
+        missed = [u for u in uuids
+                  if not any(since <= at <= since + 1.6 * self.INTERVAL
+                             for at, _ in found.get(u, ()))]
+        self.assertEqual([], missed, "some node was missed")
+
+    def _options(self, host: str) -> dict:
+        return _options(self.workdir, host=host, conductor={
+            "sync_power_state_interval": self.INTERVAL})
 
     def test_two_workers_poll_every_node_exactly_once(self) -> None:
         uuids = self.enrol(60)
-        conductor = self.start_conductor(_options(self.workdir))
-        members = "ftest[0,1]"
-
-        def complete() -> bool:
-            done = sweeps_after_full_membership([conductor.log()], members)
-            return len(done) == 2 and all(done.values())
-        base.wait_for(complete, 30, "a full sweep by both workers")
-        self._assert_exactly_once([conductor.log()], members, 2, uuids)
+        conductor = self.start_conductor(self._options("ftest"))
+        self.wait_workers(self.db, "ftest", 2)
+        since = time.time()
+        time.sleep(2.5 * self.INTERVAL)
+        self._assert_once_per_interval([conductor.log()], uuids, since)
+        workers = {who for items in test_due_polling.polls(
+            conductor.log()).values() for _, who in items}
+        self.assertEqual({"ftest worker 0", "ftest worker 1"}, workers)
 
     def test_two_hosts_poll_every_node_exactly_once(self) -> None:
         uuids = self.enrol(80)
-        host_a = self.start_conductor(_options(self.workdir, host="a"),
-                                      name="a")
+        host_a = self.start_conductor(self._options("a"), name="a")
         self.wait_workers(self.db, "a", 2)
-        host_b = self.start_conductor(_options(self.workdir, host="b"),
-                                      name="b")
-        members = "a[0,1], b[0,1]"
-
-        def complete() -> bool:
-            done = sweeps_after_full_membership(
-                [host_a.log(), host_b.log()], members)
-            return len(done) == 4 and all(done.values())
-        base.wait_for(complete, 40, "a full sweep by all four workers")
-        self._assert_exactly_once([host_a.log(), host_b.log()], members, 4,
-                                  uuids)
+        host_b = self.start_conductor(self._options("b"), name="b")
+        self.wait_workers(self.db, "b", 2)
+        time.sleep(3 * self.INTERVAL)
+        self._assert_once_per_interval([host_a.log(), host_b.log()], uuids,
+                                       time.time() - 1.6 * self.INTERVAL)
+        hosts = {items[-1][1].split()[0] for items in test_due_polling.polls(
+            host_a.log(), host_b.log()).values()}
+        self.assertEqual({"a", "b"}, hosts)
 
 
 class TestFailures(PowerSyncTestCase):

@@ -231,8 +231,11 @@ class TestMethods(RpcTestCase):
                 w["alive"] and w["status"].get("sweeps", {}).get("sync")
                 for w in workers)) else None
         status = base.wait_for(status_complete, 20, "status of 2 workers")
-        self.assertEqual({"ha": {"workers": 2, "alive_workers": 2,
-                                 "drivers": ["fake"]}}, status["hosts"])
+        self.assertEqual({"workers": 2, "alive_workers": 2,
+                          "drivers": ["fake"], "nodes_owned": 1},
+                         {key: status["hosts"]["ha"][key] for key in (
+                             "workers", "alive_workers", "drivers",
+                             "nodes_owned")})
         for worker in status["workers"]:
             self.assertLess(worker["heartbeat_age"], HEARTBEAT_TIMEOUT)
             self.assertEqual({"size", "busy", "rejected"},

@@ -177,7 +177,9 @@ class TestReads(ManagerTestCase):
         self.node("a", maintenance=True)
         data = self.call("get_status")
         self.assertEqual({"h": {"workers": 1, "alive_workers": 1,
-                                "draining": False, "drivers": ["fake"]}},
+                                "draining": False, "drivers": ["fake"],
+                                "nodes_owned": 1, "nodes_overdue": None,
+                                "oldest_reading_age": None}},
                          data["hosts"])
         self.assertEqual([("h", 0, True)], [
             (w["host"], w["worker_id"], w["alive"]) for w in data["workers"]])

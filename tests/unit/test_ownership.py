@@ -6,15 +6,17 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import threading
-from typing import Sequence
+from typing import Any, Sequence
 from unittest import mock
 import uuid as uuid_lib
 
 from oslo_utils import timeutils
+import sqlalchemy as sa
 from tooz import hashring
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.db import api as db_api
+from conductor.db import models
 from conductor import ownership
 from tests import base
 from tests import fakes
@@ -27,6 +29,20 @@ def uuids(count: int) -> list[str]:
     """``count`` distinct, reproducible uuids."""
     return [str(uuid_lib.UUID(int=index * 7919 + 12345))
             for index in range(count)]
+
+
+def record_statements(test: base.TestCase, engine: sa.Engine) -> list[str]:
+    """SQL statements run on ``engine`` from now on."""
+    statements: list[str] = []
+
+    def listener(conn: Any, cursor: Any, statement: str, params: Any,
+                 context: Any, executemany: bool) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", listener)
+    test.addCleanup(sa.event.remove, engine, "before_cursor_execute",
+                    listener)
+    return statements
 
 
 def record(host: str, worker_id: int, age: float = 0.0,
@@ -54,18 +70,15 @@ class TestLiveMembership(base.TestCase):
         # NOTE: a heartbeat exactly heartbeat_timeout old is dead.
         self.assertEqual({"a": (0,)}, membership.hosts)
 
-    def test_draining_host_is_left_out_except_by_itself(self) -> None:
+    def test_draining_host_is_left_out_even_by_itself(self) -> None:
         records = [record("a", 0), record("b", 0),
                    dataclasses.replace(record("b", 1), draining=True),
                    dataclasses.replace(record("c", 0, online=False),
                                        draining=True)]
-        others = ownership.live_membership(records, NOW, TIMEOUT, "a")
-        self.assertEqual({"a": (0,), "b": (0,)}, others.hosts)
+        membership = ownership.live_membership(records, NOW, TIMEOUT)
+        self.assertEqual({"a": (0,), "b": (0,)}, membership.hosts)
         # Still live: what it holds is not released by the others.
-        self.assertEqual(("b:1",), others.draining)
-        itself = ownership.live_membership(records, NOW, TIMEOUT, "b")
-        self.assertEqual({"a": (0,), "b": (0, 1)}, itself.hosts)
-        self.assertEqual((), itself.draining)
+        self.assertEqual(("b:1",), membership.draining)
 
     def test_nobody(self) -> None:
         membership = ownership.live_membership([], NOW, TIMEOUT)
@@ -204,8 +217,9 @@ class TestRingsDrain(RingsTestCase):
         # The others: b is out of the rings.
         self.assertEqual(set(items), set(a0.owned(items)))
         self.assertEqual({"a"}, {a0.owner_host(i) for i in items})
-        # b itself keeps working its share until it stops.
-        self.assertGreater(len(b0.owned(items) + b1.owned(items)), 100)
+        # b itself polls nothing more: the new owners poll its nodes when
+        # they are due; b only finishes what it holds.
+        self.assertEqual([], b0.owned(items) + b1.owned(items))
         self.assertEqual(1000.0, b0.draining_since)
         # A new start of b's conductor ends the drain.
         self.assertEqual(2, self.db.clear_draining("b"))
@@ -223,7 +237,7 @@ class TestRingsDrain(RingsTestCase):
         self.db.set_draining("b")
         a0 = self.rings("a", 0)
         self.assertEqual(set(items), set(a0.owned(items)))
-        self.assertEqual(0, a0.release_dead_reservations(items))
+        self.assertEqual(0, a0.release_dead_reservations())
         self.assertEqual({"b:0"}, set(self.db.reservations().values()))
 
 
@@ -311,19 +325,6 @@ class TestRingsRefresh(RingsTestCase):
         self.assertLess(len(mine), 150)
         self.assertGreater(len(mine), 50)
 
-    def test_owns_is_cached_between_rebuilds(self) -> None:
-        self.beat("a", 0)
-        rings = self.rings("a", 0)
-        item = uuids(1)[0]
-        with mock.patch.object(ownership.Rings, "owner", autospec=True,
-                               side_effect=ownership.Rings.owner) as owner:
-            self.assertTrue(rings.owns(item))
-            self.assertTrue(rings.owns(item))
-            self.assertEqual(1, owner.call_count)
-            rings.refresh(force=True)
-            self.assertTrue(rings.owns(item))
-            self.assertEqual(2, owner.call_count)
-
     def test_a_slow_refresh_never_installs_an_older_membership(self) -> None:
         self.beat("a", 0)
         rings = self.rings("a", 0)
@@ -400,7 +401,7 @@ class TestReleaseDeadReservations(RingsTestCase):
         self.reserve(mine[2], "a:1")          # live worker: kept
         self.reserve(mine[3], "a:0")          # ours: kept
         self.reserve(self.theirs[0], "b:0")   # not ours to release
-        released = self.rings_a0.release_dead_reservations(self.nodes)
+        released = self.rings_a0.release_dead_reservations()
         self.assertEqual(2, released)
         self.assertEqual({mine[2]: "a:1", mine[3]: "a:0",
                           self.theirs[0]: "b:0"},
@@ -411,14 +412,202 @@ class TestReleaseDeadReservations(RingsTestCase):
         self.reserve(self.theirs[0], "b:0")
         rings_a1 = self.rings("a", 1)
         self.assertIn(self.theirs[0], rings_a1.owned(self.nodes))
-        self.assertEqual(1, rings_a1.release_dead_reservations(self.nodes))
+        self.assertEqual(1, rings_a1.release_dead_reservations())
         self.assertIsNone(self.reservations()[self.theirs[0]])
 
     def test_nothing_owned_nothing_released(self) -> None:
         self.reserve(self.theirs[0], "b:0")
-        self.assertEqual(
-            0, self.rings_a0.release_dead_reservations(self.theirs))
+        self.assertEqual(0, self.rings_a0.release_dead_reservations())
         self.assertEqual("b:0", self.reservations()[self.theirs[0]])
+
+    def test_release_reads_no_node_row(self) -> None:
+        self.reserve(sorted(self.mine)[0], "b:0")
+        statements = record_statements(self, self.db.engine)
+        self.assertEqual(1, self.rings_a0.release_dead_reservations())
+        self.assertEqual([], [q for q in statements
+                              if q.lstrip().upper().startswith("SELECT")])
+
+
+class TestPartitions(base.TestCase):
+
+    def test_partition_of_is_stable(self) -> None:
+        # NOTE: stored in nodes.partition and computed again by every
+        # process: these values must never change.
+        self.assertEqual(
+            [models.partition_of(u) for u in uuids(5)],
+            [models.partition_of(u) for u in list(uuids(5))])
+        self.assertEqual(
+            [385, 909, 931, 352, 81],
+            [models.partition_of(u) for u in uuids(5)])
+
+    def test_partition_of_is_uniform(self) -> None:
+        counts = [0] * models.PARTITIONS
+        for uuid in (str(uuid_lib.uuid4()) for _ in range(100_000)):
+            counts[models.partition_of(uuid)] += 1
+        mean = 100_000 / models.PARTITIONS       # ~97.7, sd ~9.9
+        self.assertGreater(min(counts), mean - 6 * 9.9)
+        self.assertLess(max(counts), mean + 6 * 9.9)
+
+    def test_import_stores_the_partition(self) -> None:
+        db = self.make_db()
+        nodes = db.import_nodes([{"driver": "fake"}] * 20)
+        self.assertEqual([models.partition_of(n.uuid) for n in nodes],
+                         [n.partition for n in nodes])
+        self.assertEqual(
+            [n.uuid for n in nodes if n.partition in (1, 2, 3)],
+            [n.uuid for n in db.list_nodes(partitions=[1, 2, 3])])
+
+
+class TestPartitionTable(base.TestCase):
+
+    def test_every_partition_has_one_live_owner(self) -> None:
+        membership = ownership.Membership({"a": (0, 1), "b": (0,)})
+        table = ownership.partition_table(membership)
+        assert table is not None
+        self.assertEqual(models.PARTITIONS, len(table))
+        self.assertEqual({("a", 0), ("a", 1), ("b", 0)}, set(table))
+        self.assertIsNone(ownership.partition_table(
+            ownership.Membership({})))
+
+
+class TestStartAndHandover(RingsTestCase):
+
+    def make(self, host: str, worker_id: int, **kw: Any) -> ownership.Rings:
+        rings = ownership.Rings(self.db, host, worker_id,
+                                heartbeat_timeout=TIMEOUT,
+                                reset_interval=5, now_func=lambda: NOW,
+                                monotonic=self.clock, **kw)
+        rings.refresh()
+        return rings
+
+    def test_a_sibling_keeps_its_share_until_its_grace_passes(self) -> None:
+        self.beat("a", 0)
+        first = self.make("a", 0, workers=2, start_grace=30)
+        self.assertEqual({"a": (0, 1)}, first.membership.hosts)
+        share = len(first.partitions())
+        self.assertLess(share, 0.7 * ownership.PARTITIONS)
+        self.assertGreater(share, 0.3 * ownership.PARTITIONS)
+        # a:1 registers: nothing moves.
+        self.beat("a", 1)
+        self.assertFalse(first.refresh())
+        self.assertEqual(share, len(first.partitions()))
+        # a:1 never comes back: after the grace, a:0 takes everything.
+        self.beat("a", 1, age=TIMEOUT + 1)
+        self.clock.now += 31
+        self.assertTrue(first.refresh())
+        self.assertEqual(ownership.PARTITIONS, len(first.partitions()))
+
+    def test_without_a_worker_count_only_registered_siblings_count(
+            self) -> None:
+        self.beat("a", 0)
+        alone = self.make("a", 0)
+        self.assertEqual(ownership.PARTITIONS, len(alone.partitions()))
+
+    def test_partitions_of_a_live_owner_are_held_after_a_join(self) -> None:
+        self.beat("a", 0)
+        old = self.make("a", 0)
+        self.beat("b", 0)
+        new = self.make("b", 0, handover_delay=20)
+        gained = new.owned_partitions()
+        self.assertGreater(len(gained), 100)
+        self.assertEqual([], new.partitions())      # a:0 may still poll
+        self.assertTrue(old.refresh())
+        self.assertEqual(set(), gained & old.owned_partitions())
+        self.clock.now += 21
+        self.assertEqual(sorted(gained), new.partitions())
+
+    def test_partitions_of_a_dead_owner_are_taken_at_once(self) -> None:
+        self.beat("a", 0)
+        self.beat("b", 0)
+        b = self.make("b", 0, handover_delay=20)
+        self.clock.now += 21
+        before = set(b.partitions())
+        self.assertEqual(before, set(b.owned_partitions()))
+        self.beat("a", 0, age=TIMEOUT + 1)
+        self.assertTrue(b.refresh())
+        self.assertEqual(list(range(ownership.PARTITIONS)), b.partitions())
+
+    def test_a_host_back_after_a_restart_waits_for_the_others(self) -> None:
+        # b took a's partitions while a was away; a comes back.
+        self.beat("b", 0)
+        self.beat("a", 0)
+        a = self.make("a", 0, workers=1, handover_delay=20)
+        self.assertGreater(len(a.owned_partitions()), 100)
+        self.assertEqual([], a.partitions())
+
+
+class TestTidy(RingsTestCase):
+
+    def test_live_workers_mark_expired_rows_offline(self) -> None:
+        self.beat("a", 0)
+        self.beat("b", 0, age=TIMEOUT + 1)
+        self.beat("b", 1, age=5)
+        self.rings("a", 0)
+        online = {(r.host, r.worker_id): r.online
+                  for r in self.db.list_conductors()}
+        self.assertEqual({("a", 0): True, ("b", 0): False, ("b", 1): True},
+                         online)
+
+    def test_rows_of_long_gone_hosts_are_removed(self) -> None:
+        self.beat("a", 0)
+        self.beat("old", 0, age=3 * 3600)
+        self.beat("old", 1, age=2 * 3600)
+        self.beat("recent", 0, age=600)
+        self.db.set_offline("old")
+        self.db.set_offline("recent")
+        rings = ownership.Rings(self.db, "a", 0, TIMEOUT, 5,
+                                now_func=lambda: NOW, monotonic=self.clock,
+                                cleanup_age=3600)
+        rings.refresh()
+        self.assertEqual({"a", "recent"},
+                         {r.host for r in self.db.list_conductors()})
+
+    def test_cleanup_age_zero_keeps_every_row(self) -> None:
+        self.beat("a", 0)
+        self.beat("old", 0, age=30 * 24 * 3600)
+        self.rings("a", 0)
+        self.assertEqual({"a", "old"},
+                         {r.host for r in self.db.list_conductors()})
+
+    def test_refresh_reads_only_conductors_rows(self) -> None:
+        self.beat("a", 0)
+        self.db.import_nodes([{"driver": "fake"}] * 10)
+        rings = self.rings("a", 0)
+        recorded = record_statements(self, self.db.engine)
+
+        def statements() -> list[str]:
+            return [q for q in recorded if q != "BEGIN"]
+
+        self.assertFalse(rings.update())
+        self.assertEqual(1, len(statements()))
+        self.assertIn("FROM conductors", statements()[0])
+        # maybe_update reads nothing within reset_interval.
+        self.assertFalse(rings.maybe_update())
+        self.assertEqual(1, len(statements()))
+        self.clock.now += 16
+        self.assertFalse(rings.maybe_update())
+        self.assertEqual(2, len(statements()))
+
+
+class TestUpdate(RingsTestCase):
+
+    def test_a_failed_release_is_retried_at_the_next_update(self) -> None:
+        self.beat("a", 0)
+        rings = self.rings("a", 0)
+        [node] = self.db.import_nodes([{"driver": "fake"}])
+        self.db.reserve_node(node.uuid, "gone:0")
+        real = self.db.release_reservations
+        with mock.patch.object(self.db, "release_reservations",
+                               autospec=True,
+                               side_effect=RuntimeError("blip")):
+            self.assertRaises(RuntimeError, rings.update, force=True)
+        with mock.patch.object(self.db, "release_reservations",
+                               autospec=True, side_effect=real) as release:
+            self.assertFalse(rings.update())
+            self.assertEqual(1, release.call_count)
+            self.assertFalse(rings.update())
+            self.assertEqual(1, release.call_count)
+        self.assertIsNone(self.db.get_node(node.uuid).reservation)
 
 
 class TestLiveness(base.TestCase):

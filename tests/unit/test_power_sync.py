@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import collections
+import datetime
 import logging
 import threading
 import time
 from typing import Any
 
 import fixtures
+from oslo_utils import timeutils
 import sqlalchemy as sa
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
@@ -98,6 +101,15 @@ class SyncTestCase(base.TestCase):
         self.power = self.driver.power
         self.stop = threading.Event()
         self.pool = self.make_pool(8)
+        self.now = timeutils.utcnow()
+
+    def clock(self) -> datetime.datetime:
+        """A wall clock a day further at every reading.
+
+        Every node is due at every sweep (due times: TestDueTime).
+        """
+        self.now += datetime.timedelta(days=1)
+        return self.now
 
     def make_pool(self, size: int) -> pool_mod.WorkerPool:
         return fakes.start_pool(self, size)
@@ -117,7 +129,8 @@ class SyncTestCase(base.TestCase):
             rings or self.rings(), pool or self.pool,
             power_sync.SyncSettings(workers=workers, timeout=timeout,
                                     max_retries=max_retries, force=force),
-            self.stop, watchdog_interval=0.01)
+            self.stop, watchdog_interval=0.01, now_func=self.clock,
+            since=self.now)
 
     def nodes(self, *names: str, driver: str = "scripted",
               **values: Any) -> list[str]:
@@ -178,7 +191,11 @@ class TestSyncRecords(SyncTestCase):
         result = syncer.sync()
         self.assertEqual(6, len(self.power.gets))
         self.assertEqual((3, 0), (result.nodes, result.changed))
-        self.assertEqual([], updates)
+        # NOTE: one statement records when all three were polled; it
+        # changes neither version nor updated_at.
+        self.assertEqual(1, len(updates))
+        self.assertIn("power_checked_at", updates[0])
+        self.assertNotIn("version", updates[0])
         self.assertEqual(before,
                          {n.uuid: n.updated_at for n in self.db.list_nodes()})
 
@@ -190,7 +207,8 @@ class TestSyncRecords(SyncTestCase):
         updates = self.count_node_updates()
         result = syncer.sync()
         self.assertEqual(1, result.changed)
-        self.assertEqual(1, len(updates))
+        # NOTE: the poll time of both, then the one change.
+        self.assertEqual(2, len(updates))
         self.assertEqual(states.POWER_ON, self.get("a").power_state)
         self.assertEqual(states.POWER_OFF, self.get("b").power_state)
 
@@ -631,3 +649,127 @@ class TestContainment(SyncTestCase):
         # One lane: every healthy node before the suspect one.
         self.assertEqual("odd", order[-1])
         self.assertEqual(8, len(order))
+
+
+class TestDueTime(SyncTestCase):
+    """Each node is polled once per interval, at its own phase."""
+
+    INTERVAL = 60.0
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.t = datetime.datetime(2030, 1, 1, 12, 0, 0)
+
+    def timed(self, since: datetime.datetime | None = None,
+              rings: ownership.Rings | None = None,
+              recovery: float = 300.0, max_retries: int = 10
+              ) -> power_sync.PowerSync:
+        return power_sync.PowerSync(
+            self.db, {"scripted": self.driver}, rings or self.rings(),
+            self.pool,
+            power_sync.SyncSettings(workers=4, timeout=5.0,
+                                    max_retries=max_retries, force=False,
+                                    interval=self.INTERVAL,
+                                    recovery_interval=recovery),
+            self.stop, watchdog_interval=0.01, now_func=lambda: self.t,
+            since=since)
+
+    def run_for(self, syncer: power_sync.PowerSync, seconds: float,
+                step: float = 1.0) -> list[int]:
+        """Sync every ``step`` seconds of the fake clock; polls per run."""
+        counts = []
+        for _ in range(int(seconds / step)):
+            self.t += datetime.timedelta(seconds=step)
+            before = len(self.power.gets)
+            syncer.sync()
+            counts.append(len(self.power.gets) - before)
+        return counts
+
+    def test_tick_and_tolerance(self) -> None:
+        self.assertEqual(1.0, power_sync.tick(60))
+        self.assertEqual(2.0, power_sync.tick(120))
+        self.assertEqual(10.0, power_sync.tick(3600))
+        self.assertEqual(0.0, power_sync.tick(0))
+        self.assertEqual(15.0, power_sync.tolerance(60))
+        self.assertEqual(1.0, power_sync.tolerance(1))
+        self.assertEqual(1.0, power_sync.tolerance(2))
+
+    def test_an_interval_of_one_tick_polls_every_node_every_run(
+            self) -> None:
+        self.INTERVAL = 1.0
+        self.nodes(*["n%02d" % i for i in range(30)])
+        syncer = self.timed()
+        counts = self.run_for(syncer, 5)
+        self.assertEqual([30] * 4, counts[1:])
+
+    def test_backoff_doubles_up_to_the_cap(self) -> None:
+        self.assertEqual([60, 60, 120, 240, 300, 300],
+                         [power_sync.backoff(60, f, 300)
+                          for f in range(6)])
+        self.assertEqual(480, power_sync.backoff(60, 4, 0))
+
+    def test_a_fleet_enrolled_at_once_is_spread_over_the_interval(
+            self) -> None:
+        names = ["n%03d" % i for i in range(600)]
+        self.nodes(*names)
+        syncer = self.timed()
+        counts = self.run_for(syncer, self.INTERVAL)
+        # Every node exactly once in the first interval, none at start.
+        self.assertEqual(sorted(names), sorted(self.power.gets))
+        self.assertLessEqual(max(counts), 4 * 600 / self.INTERVAL)
+        self.assertLessEqual(counts[0], 4 * 600 / self.INTERVAL)
+        # And exactly once more in the next one.
+        self.run_for(syncer, self.INTERVAL)
+        self.assertEqual(sorted(names * 2), sorted(self.power.gets))
+
+    def test_a_new_owner_honours_the_last_poll(self) -> None:
+        self.nodes(*["n%02d" % i for i in range(40)])
+        first = self.timed()
+        self.run_for(first, self.INTERVAL / 2)
+        polled = set(self.power.gets)
+        self.assertTrue(0 < len(polled) < 40)
+        # Another worker takes over (a restart, a takeover) mid-interval.
+        second = self.timed()
+        self.run_for(second, self.INTERVAL / 2 - 1)
+        # Within the interval: none twice, and nearly all polled (those
+        # whose phase falls in the last second come next).
+        self.assertEqual(len(set(self.power.gets)), len(self.power.gets))
+        self.assertGreater(len(self.power.gets), 35)
+        self.assertEqual(polled, polled & set(self.power.gets))
+        self.run_for(second, self.INTERVAL)
+        # The next interval: each node once more (a node whose phase is in
+        # the last second of the interval waits for the next run).
+        counts = collections.Counter(self.power.gets)
+        self.assertEqual(set(counts.values()) - {1, 2}, set())
+        self.assertGreaterEqual(len(self.power.gets), 78)
+
+    def test_overdue_nodes_are_polled_at_once_most_overdue_first(
+            self) -> None:
+        uuids = self.nodes("late1", "late2", "late3", "fresh")
+        ages = {"late1": 200, "late2": 900, "late3": 400, "fresh": 10}
+        with self.db.engine.begin() as conn:
+            for uuid, name in zip(uuids, ["late1", "late2", "late3",
+                                          "fresh"]):
+                conn.execute(db_api.models.nodes.update()
+                             .where(db_api.models.nodes.c.uuid == uuid)
+                             .values(power_checked_at=self.t
+                                     - datetime.timedelta(
+                                         seconds=ages[name])))
+        syncer = self.timed(since=self.t)
+        self.run_for(syncer, 1)
+        self.assertEqual(["late2", "late3", "late1"], self.power.gets)
+
+    def test_a_failing_node_backs_off(self) -> None:
+        self.nodes("bad")
+        self.power.answers["bad"] = OSError("BMC unreachable")
+        syncer = self.timed(recovery=240.0)
+        polls = []
+        for second in range(int(16 * self.INTERVAL)):
+            before = len(self.power.gets)
+            self.run_for(syncer, 1)
+            if len(self.power.gets) > before:
+                polls.append(second)
+        gaps = [b - a for a, b in zip(polls, polls[1:])]
+        # 1 failure: the interval; then doubled, capped at 240 s.
+        self.assertEqual([60, 120, 240, 240], gaps[:4])
+        self.assertEqual(len(polls), self.get("bad").power_sync_failures)

@@ -69,7 +69,7 @@ class TestConductorPeriodics(base.TestCase):
         self.own.apply_pending_actions()
         self.actions.scan.assert_called_once_with()
         self.own.refresh_ownership()
-        self.rings.update.assert_called_once_with(force=True)
+        self.rings.update.assert_called_once_with()
         self.assertEqual(1, self.sync.sync.call_count)
 
     def specs(self) -> dict[str, periodics.PeriodicSpec]:
@@ -82,14 +82,14 @@ class TestConductorPeriodics(base.TestCase):
                     hash_ring_reset_interval=9, group="conductor")
         specs = self.specs()
         self.assertEqual(
-            {"sync_power_states": (7.0, True, True),
+            {"sync_power_states": (1.0, True, True),
              "recover_power_failures": (120.0, True, False),
              "apply_pending_actions": (0.25, True, True),
              "refresh_ownership": (9.0, True, False)},
             {name: (spec.spacing, spec.enabled, spec.run_immediately)
              for name, spec in specs.items()})
-        self.config(sync_power_state_interval=30, group="conductor")
-        self.assertEqual(30.0, self.specs()["sync_power_states"].spacing)
+        self.config(sync_power_state_interval=300, group="conductor")
+        self.assertEqual(5.0, self.specs()["sync_power_states"].spacing)
 
     def test_zero_interval_disables_a_task(self) -> None:
         self.config(sync_power_state_interval=0,
@@ -162,6 +162,19 @@ class TestNodeProvider(DbTestCase):
         self.assertEqual(mine[:2], [node.uuid for node in
                                     self.provider.iter_owned_nodes(None, 2)])
 
+    def test_reads_only_the_rows_of_its_partitions(self) -> None:
+        self.db.register_conductor("h", 1, ["fake"])
+        self.rings.refresh()
+        for i in range(20):
+            self.add("n%02d" % i)
+        with mock.patch.object(self.db, "list_nodes", autospec=True,
+                               side_effect=self.db.list_nodes) as listed:
+            list(self.provider.iter_owned_nodes(None, None))
+        self.assertEqual(sorted(self.rings.owned_partitions()),
+                         listed.call_args.kwargs["partitions"])
+        self.assertLess(len(listed.call_args.kwargs["partitions"]),
+                        0.7 * ownership.PARTITIONS)
+
     def test_reserved_holds_the_lock_for_the_block(self) -> None:
         uuid = self.add("a")
         with self.provider.reserved(uuid, "testing") as node:
@@ -226,9 +239,12 @@ class TestWorkerSettings(ServiceTestCase):
             heartbeat_timeout=30, hash_ring_reset_interval=15,
             graceful_shutdown_timeout=3,
             sync=power_sync.SyncSettings(workers=4, timeout=5.0,
-                                         max_retries=2, force=False),
-            # One sync interval, one action scan, the margin.
-            drain_handover=60 + 0.1 + service.DRAIN_MARGIN)
+                                         max_retries=2, force=False,
+                                         interval=60,
+                                         recovery_interval=0),
+            # One ring refresh, one action scan, the margin.
+            drain_handover=5 + 0.1 + service.DRAIN_MARGIN,
+            conductor_cleanup_age=7 * 24 * 3600)
         self.assertEqual(expected,
                          service.WorkerSettings.from_conf(self.conf))
 
@@ -247,7 +263,8 @@ class TestPickle(base.TestCase):
         svc._stopped = threading.Event()
         svc._threads.append(threading.Thread(target=lambda: None))
         self.assertEqual({"host", "worker_id", "_conf", "start_extra",
-                          "_master_pid"}, set(svc.__getstate__()))
+                          "_master_pid", "workers"},
+                         set(svc.__getstate__()))
         copy = pickle.loads(pickle.dumps(svc))
         self.assertEqual(("h", 3, "h:3"),
                          (copy.host, copy.worker_id, copy.holder))
@@ -264,6 +281,8 @@ class TestPickle(base.TestCase):
 class TestStartStop(ServiceTestCase):
 
     def service(self) -> service.ConductorService:
+        # NOTE: every node is due within the first (2 s) interval.
+        self.config(sync_power_state_interval=2, group="conductor")
         svc = service.ConductorService("test-host", 0, self.conf)
         self.addCleanup(svc.stop)
         return svc
@@ -289,7 +308,7 @@ class TestStartStop(ServiceTestCase):
         self.assertEqual(("test-host", 0, os.getpid(), ["fake"], True),
                          (row.host, row.worker_id, row.pid, row.drivers,
                           row.online))
-        # The first sweep runs at once and records every node.
+        # Every node is polled within the first interval.
         self.assertTrue(base.wait_until(
             lambda: None not in self.powered().values()))
         self.assertEqual({"on": states.POWER_ON, "off": states.POWER_OFF,

@@ -865,6 +865,29 @@ class TestStatusAndClean(DbManageTestCase):
                            "12", "1", "2030-05-01T11:59:55+00:00", "0.250",
                            "4.5"]], rows)
 
+    def test_status_node_shares_per_host(self) -> None:
+        for name in ("maint", "recent", "late", "never"):
+            self.ok("node", "create", "--driver", "fake", "--name", name)
+        self.db.update_node("maint", {"maintenance": True})
+        for name, age in (("maint", 1000), ("recent", 30), ("late", 200)):
+            with self.db.engine.begin() as conn:
+                conn.execute(models.nodes.update()
+                             .where(models.nodes.c.name == name)
+                             .values(power_checked_at=self.now
+                                     - datetime.timedelta(seconds=age)))
+        hosts = self.json("status")["hosts"]
+        # Only h:0 is live: h owns every node. Overdue: not polled within
+        # 1.5 x 60 s and not in maintenance ("never" was enrolled now).
+        self.assertEqual((4, 1, 200.0), (hosts["h"]["nodes_owned"],
+                                         hosts["h"]["nodes_overdue"],
+                                         hosts["h"]["oldest_reading_age"]))
+        self.assertEqual((0, 0, None), (hosts["g"]["nodes_owned"],
+                                        hosts["g"]["nodes_overdue"],
+                                        hosts["g"]["oldest_reading_age"]))
+        rows = [line.split() for line in self.ok("status").splitlines()]
+        self.assertIn(["h", "1", "4", "1", "200.0"], rows)
+        self.assertIn(["g", "0", "0", "0"], rows)
+
     def test_status_empty(self) -> None:
         self.db.delete_conductors("h", [0, 1])
         self.db.delete_conductors("g", [0])

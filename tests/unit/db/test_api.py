@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -468,7 +469,8 @@ class TestPowerSync(DbTestCase):
 
         rows = self.db.sync_rows(drivers=["fake"])
         self.assertEqual([db_api.SyncRow(a.uuid, "a", "fake",
-                                         {"fake_latency_ms": 1}, None, 0)],
+                                         {"fake_latency_ms": 1}, None, 0,
+                                         partition=a.partition)],
                          rows)
         self.assertCountEqual(
             ["a", "d"],
@@ -480,7 +482,9 @@ class TestPowerSync(DbTestCase):
         recovery = self.db.sync_rows(drivers=["fake"], maintenance=True,
                                      fault="power failure")
         self.assertEqual([db_api.SyncRow(e.uuid, "e", "fake", {}, "error",
-                                         4)], recovery)
+                                         4, partition=e.partition)],
+                         [dataclasses.replace(row, version=0)
+                          for row in recovery])
         self.assertEqual([], self.db.sync_rows(drivers=[]))
 
     def test_apply_sync_results_mixed_shapes(self) -> None:

@@ -16,7 +16,7 @@ from alembic import op
 import sqlalchemy as sa
 
 revision = "0005_reservation_epoch"
-down_revision = "0003_power_action_claim"
+down_revision = "0004_partitions_due_time"
 branch_labels = None
 depends_on = None
 
