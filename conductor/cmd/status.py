@@ -28,6 +28,7 @@ from conductor import conf as conductor_conf
 from conductor.conf import validate
 from conductor.db import engine as db_engine
 from conductor.db import migration
+from conductor.db import models
 from conductor import reports
 
 Code = upgradecheck.Code
@@ -126,15 +127,29 @@ class Checks(upgradecheck.UpgradeCommands):
             return Result(Code.SUCCESS, "not applicable: this schema has no "
                           "nodes.partition column")
         # NOTE: PARTITION is a reserved word of MySQL: let SQLAlchemy quote.
-        nodes = sa.table("nodes", sa.column("partition"))
-        query = (sa.select(sa.func.count()).select_from(nodes)
-                 .where(nodes.c.partition.is_(None)))
+        # A stored partition that is not the node's own (a row written
+        # around the conductor, or a gap in a migration) would route the
+        # node to the wrong worker: every row is checked, in batches.
+        nodes = sa.table("nodes", sa.column("uuid"), sa.column("partition"))
+        query = sa.select(nodes.c.uuid, nodes.c.partition)
+        wrong: list[str] = []
+        total = 0
         with self.engine.connect() as connection:
-            missing = int(connection.execute(query).scalar_one())
-        if missing:
-            return Result(Code.FAILURE, "%d node(s) have no partition: run "
-                          "'conductor-manage db sync'" % missing)
-        return Result(Code.SUCCESS, "every node has its partition")
+            result = connection.execution_options(
+                stream_results=True).execute(query)
+            for rows in result.partitions(5000):
+                for uuid, partition in rows:
+                    total += 1
+                    if partition != models.partition_of(uuid):
+                        wrong.append(uuid)
+        if wrong:
+            return Result(Code.FAILURE, "%d of %d node(s) have a partition "
+                          "that is not their own (e.g. %s): run "
+                          "'conductor-manage db sync', or set nodes.partition"
+                          " only through the conductor"
+                          % (len(wrong), total, ", ".join(wrong[:3])))
+        return Result(Code.SUCCESS, "every node has its partition (%d checked)"
+                      % total)
 
     def _options(self) -> Result:
         problems = [str(problem) for problem in

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from unittest import mock
 import fixtures
 from oslo_db import exception as db_exc
 from oslo_service import service as oslo_service
+import sqlalchemy as sa
 
 import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import exceptions
@@ -243,7 +245,7 @@ class TestWorkerSettings(ServiceTestCase):
                                          interval=60,
                                          recovery_interval=0),
             # One ring refresh, one action scan, the margin.
-            drain_handover=5 + 0.1 + service.DRAIN_MARGIN,
+            drain_handover=15 + 0.1 + service.DRAIN_MARGIN,
             conductor_cleanup_age=7 * 24 * 3600)
         self.assertEqual(expected,
                          service.WorkerSettings.from_conf(self.conf))
@@ -342,6 +344,10 @@ class TestStartStop(ServiceTestCase):
         for index in range(6):
             self.node("shared-%d" % index, fake_bmc_address="chassis",
                       fake_timing_log=log)
+        # NOTE: all overdue, so that the first run reads them at once.
+        with self.db.engine.begin() as conn:
+            conn.execute(sa.update(db_api.models.nodes).values(
+                power_checked_at=datetime.datetime(2000, 1, 1)))
         svc = self.service()
         svc.start()
 
@@ -352,7 +358,7 @@ class TestStartStop(ServiceTestCase):
                 return sorted((json.loads(line) for line in stream),
                               key=lambda entry: entry["start"])
 
-        # The first sweep reads the six nodes through its lanes at once;
+        # The first run reads the six nodes through its lanes at once;
         # the worker's gate serialises and spaces them.
         self.assertTrue(base.wait_until(lambda: len(reads()) >= 6))
         calls = reads()[:6]

@@ -11,8 +11,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from conductor.db import api as db_api
 from conductor.db import engine as db_engine
 from conductor.db import migration
+from conductor.db import models
 from tests import base
 
 _BIN = os.path.join(os.path.dirname(sys.executable), "conductor-status")
@@ -55,7 +57,7 @@ class TestUpgradeCheck(base.TestCase):
         self.assertEqual(0, code, str(checks))
         self.assertEqual({0}, {c["result"] for c in checks.values()})
         self.assertIn("(head)", checks["Database schema"]["details"])
-        self.assertIn("not applicable",
+        self.assertIn("every node has its partition (0 checked)",
                       checks["Node partitions"]["details"])
         self.assertTrue(checks["Database version"]["details"].startswith(
             "sqlite 3."))
@@ -70,6 +72,23 @@ class TestUpgradeCheck(base.TestCase):
             "schema revision 0002_power_request_time is older than this "
             "release's %s: run 'conductor-manage db sync' before starting "
             "the new conductors" % migration.head(), schema["details"])
+
+    def test_a_node_outside_its_partition_fails(self) -> None:
+        self.migrate()
+        db = db_api.Connection.create(self.url)
+        self.addCleanup(db.dispose)
+        good, bad = db.import_nodes([{"driver": "fake", "name": "good"},
+                                     {"driver": "fake", "name": "bad"}])
+        with db.engine.begin() as conn:
+            conn.execute(sa.update(models.nodes)
+                         .where(models.nodes.c.uuid == bad.uuid)
+                         .values(partition=(bad.partition + 1)
+                                 % models.PARTITIONS))
+        code, checks = self.check()
+        self.assertEqual(2, code)
+        self.assertIn("1 of 2 node(s) have a partition that is not their "
+                      "own (e.g. %s)" % bad.uuid,
+                      checks["Node partitions"]["details"])
 
     def test_unknown_revision_fails(self) -> None:
         self.migrate()
