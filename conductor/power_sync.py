@@ -34,6 +34,7 @@ from conductor.drivers import base
 from conductor.executor import fanout
 from conductor.executor import pool as worker_pool
 from conductor import ownership
+from conductor import power_reads
 from conductor import states
 from conductor import task
 
@@ -53,6 +54,8 @@ class SyncSettings:
     timeout: float
     max_retries: int
     force: bool
+    #: Most nodes handed to one ``get_power_states`` call (batch drivers).
+    batch_size: int = 64
 
 
 @dataclasses.dataclass
@@ -188,17 +191,23 @@ class PowerSync:
         if not rows:
             return []
         timeout = self._settings.timeout
-        fan: fanout.FanOut[db_api.SyncRow, _Outcome] = fanout.FanOut(
+        # NOTE: one fan-out item is one node, or a batch of a batch-capable
+        # driver's nodes (conductor.power_reads), under one deadline.
+        units = power_reads.plan(rows, self._drivers,
+                                 self._settings.batch_size)
+        fan: fanout.FanOut[power_reads.Unit, list[_Outcome]] = fanout.FanOut(
             self._pool, self._settings.workers, stop=self._stop,
             call_timeout=timeout, clock=self._clock,
             watchdog_interval=self._watchdog_interval,
             name="Power %s sweep" % result.kind)
-        report = fan.run(rows, self._read)
-        outcomes = {row.uuid: outcome for row, outcome in report.results}
-        for row in report.abandoned:
-            outcomes[row.uuid] = _Outcome(
-                row, error="Power state read did not return within "
-                           "%.1f seconds" % timeout)
+        report = fan.run(units, self._read)
+        outcomes = {outcome.row.uuid: outcome
+                    for _, unit_outcomes in report.results
+                    for outcome in unit_outcomes}
+        for unit in report.abandoned:
+            for read in power_reads.abandoned(unit, timeout):
+                outcomes[read.row.uuid] = _Outcome(read.row,
+                                                   error=read.error)
         result.lanes = report.lanes
         result.peak_calls = report.peak
         result.seconds = report.seconds
@@ -206,23 +215,10 @@ class PowerSync:
                               if o.error is not None)
         return list(outcomes.values())
 
-    def _read(self, row: db_api.SyncRow) -> _Outcome:
-        driver = self._drivers[row.driver]
-        try:
-            state = task.call_driver(driver, "get_power_state", row,
-                                     timeout=self._settings.timeout)
-            if state == states.ERROR:
-                # NOTE: the BMC answered but cannot tell the state: that is
-                # a failed read, retried and counted like any other.
-                raise exceptions.PowerStateFailure(
-                    err="the BMC reports power state 'error'")
-            if state not in states.STABLE_POWER_STATES:
-                raise exceptions.PowerStateFailure(
-                    err="driver %s returned an invalid power state %r"
-                        % (row.driver, state))
-            return _Outcome(row, state=state)
-        except Exception as exc:
-            return _Outcome(row, error=_error_text(exc))
+    def _read(self, unit: power_reads.Unit) -> list[_Outcome]:
+        return [_Outcome(read.row, state=read.state, error=read.error)
+                for read in power_reads.read(self._drivers, unit,
+                                             self._settings.timeout)]
 
     def _sync_changes(self, outcomes: Iterable[_Outcome],
                       result: SweepResult

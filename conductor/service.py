@@ -90,7 +90,8 @@ class WorkerSettings:
                 workers=conf.conductor.sync_power_state_workers,
                 timeout=conf.conductor.power_state_timeout,
                 max_retries=conf.conductor.power_state_sync_max_retries,
-                force=conf.conductor.force_power_state_during_sync),
+                force=conf.conductor.force_power_state_during_sync,
+                batch_size=conf.conductor.power_state_batch_size),
         )
 
 
