@@ -546,6 +546,41 @@ class SilentHTTPServer(fixtures.Fixture):
         return "http://127.0.0.1:%d" % self.port
 
 
+class DeadTCPAddress(fixtures.Fixture):
+    """A TCP address whose connections never open: a dead BMC address.
+
+    A listening socket that never accepts, with its accept queue filled:
+    the kernel then drops every new SYN, so a client's connect hangs as
+    it does towards a powered-off BMC (not refused, as a closed port is).
+    """
+
+    def _setUp(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(self._sock.close)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(0)
+        self.port = int(self._sock.getsockname()[1])
+        self._fillers: list[socket.socket] = []
+        self.addCleanup(lambda: [s.close() for s in self._fillers])
+        for _ in range(8):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            self._fillers.append(filler)
+            filler.connect_ex(("127.0.0.1", self.port))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.3)
+            try:
+                probe.connect(("127.0.0.1", self.port))
+            except (socket.timeout, TimeoutError):
+                return
+        raise AssertionError("could not fill the accept queue of port %d"
+                             % self.port)
+
+    @property
+    def address(self) -> str:
+        return "http://127.0.0.1:%d" % self.port
+
+
 class ErrorHTTPServer(fixtures.Fixture):
     """An HTTP server answering every request with ``status`` (a 5xx BMC).
 
