@@ -17,7 +17,8 @@
     Privilege level of the session: ``ADMINISTRATOR`` (the default),
     ``OPERATOR`` or ``USER``.
 
-Power sync reads many nodes at once with :meth:`IPMIPower.get_power_states`:
+Power sync reads many nodes at once with
+:meth:`IPMIBatchPower.get_power_states`:
 one FreeIPMI ``ipmipower --stat`` run per batch and group of nodes sharing
 credentials, cipher suite, privilege and port (see
 :mod:`conductor.drivers._freeipmi` for why one run per batch and not a

@@ -79,6 +79,15 @@ class ValidateTest(base.TestCase):
         self.assertIn("ipmi_cipher_suite must be an integer from 0 to 17, "
                       "got 'x'", text)
 
+    def test_privilege_level(self) -> None:
+        self.assertIn("ipmi_priv_level must be one of ADMINISTRATOR, "
+                      "OPERATOR, USER, got 'CALLBACK'",
+                      self.invalid(ipmi_priv_level="CALLBACK"))
+        bmc = ipmi.parse_driver_info(make_node(ipmi_priv_level="OPERATOR"))
+        self.assertEqual("OPERATOR", bmc.privilege)
+        self.assertEqual("ADMINISTRATOR",
+                         ipmi.parse_driver_info(make_node()).privilege)
+
     def test_address_that_could_be_an_option_is_refused(self) -> None:
         self.assertIn("ipmi_address must be a host name or an IP address, "
                       "got '-oProxyCommand=x'",
