@@ -262,8 +262,7 @@ def _fleet_path(name: str, sims: bmc.IPMISims, workers: int, threads: int,
                 "power_state_timeout = 30\nheartbeat_interval = 5\n"
                 "heartbeat_timeout = 120\n"
                 "[ipmi]\nfreeipmi_workaround_flags = opensesspriv\n"
-                "freeipmi_session_timeout = %(dead)s\n"
-                "retransmit_timeout = 1\nretransmit_attempts = 1\n%(ipmi)s"
+                "freeipmi_session_timeout = %(dead)s\n%(ipmi)s"
                 % {"dir": workdir, "log": log_file, "url": url,
                    "w": workers, "pool": threads + 8, "p": threads,
                    "interval": interval, "batch": batch_size,
@@ -367,8 +366,8 @@ def bench_ipmi_fleet(count: int, workers: int, threads: int,
             "ideal_seconds": dead_seconds,
             "ideal": "a stopped BMC is declared silent after the session "
                      "timeout of either program (freeipmi_session_timeout;"
-                     " ipmitool -N 1 -R 1): no sweep over BMCs that "
-                     "include a stopped one can be shorter",
+                     " ipmitool's default -N 1 -R 2, about 6 s): no sweep "
+                     "over BMCs that include a stopped one can be shorter",
             "simulators_start_seconds": round(start_seconds, 1),
         }
         for name in paths:
@@ -427,14 +426,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="ipmi_sim BMCs of the fleet run (0: skip)")
     parser.add_argument("--workers", type=int, default=2,
                         help="conductor workers of the fleet run")
-    parser.add_argument("--sync-threads", type=int, default=16,
+    parser.add_argument("--sync-threads", type=int, default=8,
                         help="sync_power_state_workers of the fleet run")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--interval", type=int, default=60,
                         help="sync_power_state_interval of the fleet run; "
                              "must hold the slowest path's sweep")
     parser.add_argument("--stop-percent", type=float, default=5.0)
-    parser.add_argument("--dead-bmc-seconds", type=float, default=2.0)
+    parser.add_argument("--dead-bmc-seconds", type=float, default=6.0,
+                        help="[ipmi] freeipmi_session_timeout; keep it at "
+                             "ipmitool's (6 s with its default options)")
     parser.add_argument("--paths", default=",".join(IPMI_PATHS),
                         help="read paths of the fleet run, comma-separated")
     parser.add_argument("--ipmi-nodes", type=int, default=0,
