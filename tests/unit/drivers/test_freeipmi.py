@@ -203,6 +203,13 @@ class BatchTest(base.TestCase):
         found = self.power.get_power_states([node("a", "10.0.0.1")])
         self.assertIn("did not finish within", str(found["a"]))
 
+    def test_no_run_starts_without_time_left(self) -> None:
+        exc = self.assertRaises(
+            _freeipmi.RunFailed, _freeipmi.read_group, GROUP, ["10.0.0.1"],
+            OPTIONS, budget=0.05, env={})
+        self.assertIn("no time was left in the call's deadline", str(exc))
+        self.ipmipower.assert_not_called()
+
     def test_unsafe_password_is_read_with_ipmitool(self) -> None:
         with mock.patch.object(ipmi.IPMIPower, "_status", autospec=True,
                                return_value=states.POWER_OFF) as status:
