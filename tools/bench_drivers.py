@@ -13,10 +13,14 @@ in the same run, one after the other on the same BMCs:
 
 ``--stop-percent`` of the simulators are stopped on purpose. For each path
 it reports the CPU per node-poll of all conductor processes and of the
-programs they ran (their reaped children), over one sweep interval after
-the first sweep; each worker's sweep time over the BMC-bound ideal (the
-time a stopped BMC takes to be declared silent: ``--dead-bmc-seconds``,
-the configured session timeout of either program); the nodes each sweep
+programs they ran (their reaped children): ``cpu_ms_per_node_poll``
+counts each worker's CPU during its own sweep (sampled every 50 ms, from
+the sweep's start to its end as logged), ``..._interval`` all the
+conductor's CPU over the whole interval after the first sweep (idle work
+such as heartbeats and the checks for pending actions included); each
+worker's sweep time over the BMC-bound ideal (the time a stopped BMC
+takes to be declared silent: ``--dead-bmc-seconds``, the configured
+session timeout of either program); the nodes each sweep
 read (every node once: their sum is the fleet) and the failures (the
 stopped BMCs).
 
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 from concurrent import futures
+import datetime
 import json
 import logging
 import os
@@ -57,6 +62,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -194,7 +200,8 @@ def bench_redfish(count: int, threads: int, repeat: int,
 
 
 SWEEP_RE = re.compile(
-    r" (?P<pid>\d+) INFO conductor\.power_sync \[(?P<who>[^\]]+)\] \[-\] "
+    r"(?P<stamp>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) "
+    r"(?P<pid>\d+) INFO conductor\.power_sync \[(?P<who>[^\]]+)\] \[-\] "
     r"Power sync sweep: (?P<nodes>\d+) node\(s\) in (?P<calls>[\d.]+)s "
     r"\(calls\) / (?P<total>[\d.]+)s \(total\), (?P<failures>\d+) "
     r"failure\(s\)")
@@ -220,6 +227,44 @@ def _tree_cpu(procs: Sequence[psutil.Process]) -> float:
         total += (times.user + times.system + times.children_user
                   + times.children_system)
     return total
+
+
+class _CPUSampler(threading.Thread):
+    """Samples the CPU (own + reaped children) of processes every 50 ms.
+
+    ``cpu_between(pid, start, end)`` interpolates nothing: it takes the
+    last sample at or before ``start`` and the first at or after ``end``,
+    so a window is never under-counted.
+    """
+
+    def __init__(self, procs: Sequence[psutil.Process]) -> None:
+        super().__init__(daemon=True)
+        self._procs = list(procs)
+        self.samples: dict[int, list[tuple[float, float]]] = {
+            proc.pid: [] for proc in self._procs}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for proc in self._procs:
+                self.samples[proc.pid].append((time.time(),
+                                               _tree_cpu([proc])))
+            self.stop.wait(0.05)
+
+    def cpu_between(self, pid: int, start: float, end: float) -> float:
+        samples = self.samples.get(pid, [])
+        before = [cpu for stamp, cpu in samples if stamp <= start]
+        after = [cpu for stamp, cpu in samples if stamp >= end]
+        if not before or not after:
+            raise SystemExit("no CPU sample around a sweep of pid %d" % pid)
+        return after[0] - before[-1]
+
+
+def _sweep_window(sweep: dict[str, Any]) -> tuple[float, float]:
+    """(start, end) of a logged sweep, as time.time() values."""
+    end = datetime.datetime.strptime(
+        sweep["stamp"], "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    return end - float(sweep["total"]), end
 
 
 def _fleet_sweeps(log_file: str) -> list[dict[str, Any]]:
@@ -303,11 +348,19 @@ def _fleet_path(name: str, sims: bmc.IPMISims, workers: int, threads: int,
             # workers joined: the next sweep of each one is measured.
             first = wait_sweeps({})
             procs = [master] + master.children()
+            sampler = _CPUSampler(procs)
+            sampler.start()
             cpu0 = _tree_cpu(procs)
             counts = {who: len(sweeps) for who, sweeps in first.items()}
             after = wait_sweeps(counts)
             cpu = _tree_cpu(procs) - cpu0
+            time.sleep(0.2)
+            sampler.stop.set()
+            sampler.join()
             measured = [after[who][counts[who]] for who in counts]
+            in_sweeps = sum(sampler.cpu_between(int(s["pid"]),
+                                                *_sweep_window(s))
+                            for s in measured)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -335,8 +388,12 @@ def _fleet_path(name: str, sims: bmc.IPMISims, workers: int, threads: int,
             "sweep_over_ideal": round(max(float(s["calls"])
                                           for s in measured)
                                       / dead_seconds, 3),
-            "cpu_seconds": round(cpu, 3),
-            "cpu_ms_per_node_poll": round(cpu * 1000 / max(polls, 1), 3),
+            "cpu_seconds_interval": round(cpu, 3),
+            "cpu_ms_per_node_poll_interval": round(
+                cpu * 1000 / max(polls, 1), 3),
+            "cpu_seconds_in_sweeps": round(in_sweeps, 3),
+            "cpu_ms_per_node_poll": round(in_sweeps * 1000 / max(polls, 1),
+                                          3),
             "last_error_of_a_stopped_bmc": (
                 by_uuid[uuids[failing[0]]].last_error if failing else None),
         }
