@@ -65,6 +65,7 @@ from conductor.executor import pool as worker_pool
 from conductor import nodes
 from conductor import notifications
 from conductor import ownership
+from conductor import power_reads
 from conductor import states
 from conductor import task
 
@@ -88,6 +89,8 @@ class SyncSettings:
     interval: float = 60.0
     #: ``power_failure_recovery_interval``: the back-off cap (<= 0: none).
     recovery_interval: float = 300.0
+    #: Most nodes handed to one ``get_power_states`` call (batch drivers).
+    batch_size: int = 64
 
 
 def tick(interval: float) -> float:
@@ -400,18 +403,39 @@ class PowerSync:
         if not rows:
             return []
         timeout = self._settings.timeout
-        fan: fanout.FanOut[db_api.SyncRow, _Outcome] = fanout.FanOut(
+        # NOTE: one fan-out item is one node, or a batch of a batch-capable
+        # driver's nodes (conductor.power_reads), under one deadline;
+        # suspect nodes are planned apart, so that a batch is wholly
+        # healthy or wholly suspect (see fanout's suspect lanes).
+        if suspect is None:
+            risky: list[db_api.SyncRow] = []
+        else:
+            risky = [row for row in rows if suspect(row)]
+            rows = [row for row in rows if not suspect(row)]
+        units = power_reads.plan(rows, self._drivers,
+                                 self._settings.batch_size)
+        suspects = power_reads.plan(risky, self._drivers,
+                                    self._settings.batch_size)
+        flagged = {id(unit) for unit in suspects}
+        units += suspects
+
+        def unit_suspect(unit: power_reads.Unit) -> bool:
+            return id(unit) in flagged
+        fan: fanout.FanOut[power_reads.Unit, list[_Outcome]] = fanout.FanOut(
             self._pool, self._settings.workers, stop=self._stop,
             call_timeout=timeout, clock=self._clock,
             watchdog_interval=self._watchdog_interval,
             name="Power %s sweep" % result.kind)
-        report = fan.run(rows, self._read, suspect=suspect)
-        result.nodes = report.taken
-        outcomes = {row.uuid: outcome for row, outcome in report.results}
-        for row in report.abandoned:
-            outcomes[row.uuid] = _Outcome(
-                row, error="Power state read did not return within "
-                           "%.1f seconds" % timeout)
+        report = fan.run(units, self._read, suspect=unit_suspect)
+        outcomes = {outcome.row.uuid: outcome
+                    for _, unit_outcomes in report.results
+                    for outcome in unit_outcomes}
+        for unit in report.abandoned:
+            for read in power_reads.abandoned(unit, timeout):
+                outcomes[read.row.uuid] = _Outcome(read.row,
+                                                   error=read.error)
+        # NOTE: nodes whose unit a lane took (a batch is several nodes).
+        result.nodes = len(outcomes)
         result.lanes = report.lanes
         result.peak_calls = report.peak
         result.seconds = report.seconds
@@ -419,23 +443,10 @@ class PowerSync:
                               if o.error is not None)
         return list(outcomes.values())
 
-    def _read(self, row: db_api.SyncRow) -> _Outcome:
-        driver = self._drivers[row.driver]
-        try:
-            state = task.call_driver(driver, "get_power_state", row,
-                                     timeout=self._settings.timeout)
-            if state == states.ERROR:
-                # NOTE: the BMC answered but cannot tell the state: that is
-                # a failed read, retried and counted like any other.
-                raise exceptions.PowerStateFailure(
-                    err="the BMC reports power state 'error'")
-            if state not in states.STABLE_POWER_STATES:
-                raise exceptions.PowerStateFailure(
-                    err="driver %s returned an invalid power state %r"
-                        % (row.driver, state))
-            return _Outcome(row, state=state)
-        except Exception as exc:
-            return _Outcome(row, error=_error_text(exc))
+    def _read(self, unit: power_reads.Unit) -> list[_Outcome]:
+        return [_Outcome(read.row, state=read.state, error=read.error)
+                for read in power_reads.read(self._drivers, unit,
+                                             self._settings.timeout)]
 
     def _sync_changes(self, outcomes: Iterable[_Outcome],
                       result: SweepResult

@@ -113,7 +113,8 @@ class WorkerSettings:
                 force=conf.conductor.force_power_state_during_sync,
                 interval=conf.conductor.sync_power_state_interval,
                 recovery_interval=(
-                    conf.conductor.power_failure_recovery_interval)),
+                    conf.conductor.power_failure_recovery_interval),
+                batch_size=conf.conductor.power_state_batch_size),
             drain_handover=(conf.conductor.hash_ring_reset_interval
                             + conf.conductor.pending_action_interval
                             + DRAIN_MARGIN),

@@ -1,14 +1,42 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Power-sync sweep time of the real ipmi and redfish drivers.
+"""Power-sync cost of the real ipmi and redfish drivers.
 
-Starts ``--ipmi-nodes`` ipmi_sim BMCs and one sushy-tools emulator with
-``--redfish-nodes`` fake systems (see tests/functional/bmc.py), then reads
-every node's power state the way the conductor's sync does: one
-``get_power_state`` per node under the ``power_state_timeout`` deadline,
-through a pool of ``--threads`` threads, and once more with one thread
-(the serial baseline). Prints one JSON document::
+**IPMI fleet** (``ipmi_fleet``): ``--ipmi-fleet`` ipmi_sim BMCs, each on
+its own loopback address 127.B.x.y:623, enrolled as ipmi nodes and polled
+by a real conductor (``--workers`` processes, SQLite), once per read path
+in the same run, one after the other on the same BMCs:
 
-    python tools/bench_drivers.py --threads 50 > bench.json
+* ``ipmipower``: batch reads through FreeIPMI (the default path);
+* ``ipmitool_short_registry``: one ipmitool per node, with the driver's
+  one-entry enterprise-numbers registry;
+* ``ipmitool_stock``: one ipmitool per node, reading the system registry.
+
+``--stop-percent`` of the simulators are stopped on purpose. For each path
+it reports the CPU per node-poll of all conductor processes and of the
+programs they ran (their reaped children): ``cpu_ms_per_node_poll``
+counts each worker's CPU during its own sweep (sampled every 50 ms, from
+the sweep's start to its end as logged), ``..._interval`` all the
+conductor's CPU over the whole interval after the first sweep (idle work
+such as heartbeats and the checks for pending actions included); each
+worker's sweep time over the BMC-bound ideal (the time a stopped BMC
+takes to be declared silent: ``--dead-bmc-seconds``, the configured
+session timeout of either program); the nodes each sweep
+read (every node once: their sum is the fleet) and the failures (the
+stopped BMCs).
+
+**Redfish** (``redfish``): ``--redfish-nodes`` sushy-tools fake systems
+read the way power sync does: one ``get_power_state`` per node under the
+``power_state_timeout`` deadline, through a pool of ``--threads``
+threads, and once more with one thread (the serial baseline); its
+``cpu_ms_per_node_self`` is the client CPU per read. ``dead_address``
+times how long a read of an address that drops connections holds a
+thread, with and without ``[redfish] connect_timeout``.
+
+``--ipmi-nodes`` (default 0: skipped) runs the same per-driver measure on
+ipmi_sim BMCs. Prints one JSON document::
+
+    python tools/bench_drivers.py > bench.json
+    python tools/bench_drivers.py --ipmi-fleet 300   # a smaller fleet
 
 Times are wall-clock seconds of a whole sweep (best of ``--repeat``; the
 first, cold sweep is reported apart: it opens the Redfish client). CPU is
@@ -22,14 +50,19 @@ from __future__ import annotations
 
 import argparse
 from concurrent import futures
+import datetime
 import json
 import logging
 import os
 import platform
+import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -39,6 +72,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 import conductor.cmd  # noqa: E402,F401  (threading backend first)
 from conductor.common import deadline  # noqa: E402
 from conductor import conf  # noqa: E402
+from conductor.db import api as db_api  # noqa: E402
+from conductor.db import migration  # noqa: E402
 from conductor.drivers import base  # noqa: E402
 from conductor.drivers import ipmi  # noqa: E402
 from conductor.drivers import redfish  # noqa: E402
@@ -164,6 +199,266 @@ def bench_redfish(count: int, threads: int, repeat: int,
     return result
 
 
+SWEEP_RE = re.compile(
+    r"(?P<stamp>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) "
+    r"(?P<pid>\d+) INFO conductor\.power_sync \[(?P<who>[^\]]+)\] \[-\] "
+    r"Power sync sweep: (?P<nodes>\d+) node\(s\) in (?P<calls>[\d.]+)s "
+    r"\(calls\) / (?P<total>[\d.]+)s \(total\), (?P<failures>\d+) "
+    r"failure\(s\)")
+
+#: The read paths of the IPMI fleet run: [ipmi] options of each.
+IPMI_PATHS = {
+    "ipmipower": {"power_status_tool": "ipmipower"},
+    "ipmitool_short_registry": {"power_status_tool": "ipmitool",
+                                "ipmitool_short_registry": "true"},
+    "ipmitool_stock": {"power_status_tool": "ipmitool",
+                       "ipmitool_short_registry": "false"},
+}
+
+
+def _tree_cpu(procs: Sequence[psutil.Process]) -> float:
+    """CPU seconds of ``procs`` and of their reaped children."""
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += (times.user + times.system + times.children_user
+                  + times.children_system)
+    return total
+
+
+class _CPUSampler(threading.Thread):
+    """Samples the CPU (own + reaped children) of processes every 50 ms.
+
+    ``cpu_between(pid, start, end)`` interpolates nothing: it takes the
+    last sample at or before ``start`` and the first at or after ``end``,
+    so a window is never under-counted.
+    """
+
+    def __init__(self, procs: Sequence[psutil.Process]) -> None:
+        super().__init__(daemon=True)
+        self._procs = list(procs)
+        self.samples: dict[int, list[tuple[float, float]]] = {
+            proc.pid: [] for proc in self._procs}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for proc in self._procs:
+                self.samples[proc.pid].append((time.time(),
+                                               _tree_cpu([proc])))
+            self.stop.wait(0.05)
+
+    def cpu_between(self, pid: int, start: float, end: float) -> float:
+        samples = self.samples.get(pid, [])
+        before = [cpu for stamp, cpu in samples if stamp <= start]
+        after = [cpu for stamp, cpu in samples if stamp >= end]
+        if not before or not after:
+            raise SystemExit("no CPU sample around a sweep of pid %d" % pid)
+        return after[0] - before[-1]
+
+
+def _sweep_window(sweep: dict[str, Any]) -> tuple[float, float]:
+    """(start, end) of a logged sweep, as time.time() values."""
+    end = datetime.datetime.strptime(
+        sweep["stamp"], "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    return end - float(sweep["total"]), end
+
+
+def _fleet_sweeps(log_file: str) -> list[dict[str, Any]]:
+    try:
+        with open(log_file) as stream:
+            return [m.groupdict() for m in SWEEP_RE.finditer(stream.read())]
+    except FileNotFoundError:
+        return []
+
+
+def _fleet_path(name: str, sims: bmc.IPMISims, workers: int, threads: int,
+                batch_size: int, interval: int, dead_seconds: float,
+                stopped: set[int]) -> dict[str, Any]:
+    """One conductor over the whole fleet with one read path."""
+    workdir = tempfile.mkdtemp(prefix="bench-ipmi-")
+    try:
+        url = "sqlite:///%s/conductor.sqlite" % workdir
+        db = db_api.Connection.create(url)
+        migration.upgrade(db.engine)
+        created = db.import_nodes([
+            {"name": "ipmi-%05d" % i, "driver": "ipmi",
+             "driver_info": sims.driver_info(i)}
+            for i in range(sims.count)])
+        uuids = [node.uuid for node in created]
+        config = os.path.join(workdir, "conductor.conf")
+        log_file = os.path.join(workdir, "conductor.log")
+        ipmi_options = "".join("%s = %s\n" % item
+                               for item in IPMI_PATHS[name].items())
+        with open(config, "w") as stream:
+            stream.write(
+                "[DEFAULT]\nhost = bench\nstate_path = %(dir)s\n"
+                "log_file = %(log)s\nenabled_drivers = ipmi\n"
+                "[database]\nconnection = %(url)s\n"
+                "[conductor]\nworkers = %(w)d\n"
+                "workers_pool_size = %(pool)d\n"
+                "sync_power_state_workers = %(p)d\n"
+                "sync_power_state_interval = %(interval)d\n"
+                "power_state_batch_size = %(batch)d\n"
+                "power_state_sync_max_retries = 1000\n"
+                "power_state_timeout = 30\nheartbeat_interval = 5\n"
+                "heartbeat_timeout = 120\n"
+                "[ipmi]\nfreeipmi_workaround_flags = opensesspriv\n"
+                "freeipmi_session_timeout = %(dead)s\n%(ipmi)s"
+                % {"dir": workdir, "log": log_file, "url": url,
+                   "w": workers, "pool": threads + 8, "p": threads,
+                   "interval": interval, "batch": batch_size,
+                   "dead": dead_seconds, "ipmi": ipmi_options})
+        proc = subprocess.Popen(
+            [os.path.join(os.path.dirname(sys.executable), "conductor"),
+             "--config-file", config], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        try:
+            master = psutil.Process(proc.pid)
+            expires = time.monotonic() + 900
+
+            def by_worker() -> dict[str, list[dict[str, Any]]]:
+                found: dict[str, list[dict[str, Any]]] = {}
+                for sweep in _fleet_sweeps(log_file):
+                    if int(sweep["nodes"]):
+                        found.setdefault(sweep["who"], []).append(sweep)
+                return found
+
+            def wait_sweeps(counts: dict[str, int]
+                            ) -> dict[str, list[dict[str, Any]]]:
+                """Until each worker made more sweeps than ``counts``."""
+                while time.monotonic() < expires:
+                    found = by_worker()
+                    if len(found) >= workers and all(
+                            len(sweeps) > counts.get(who, 0)
+                            for who, sweeps in found.items()):
+                        return found
+                    if proc.poll() is not None:
+                        raise SystemExit("conductor exited with %s; see %s"
+                                         % (proc.returncode, log_file))
+                    time.sleep(0.05)
+                raise SystemExit("timed out waiting for sweeps; see %s"
+                                 % log_file)
+
+            # NOTE: the first sweep of each worker records every node's
+            # state (a write per node), and may start before the other
+            # workers joined: the next sweep of each one is measured.
+            first = wait_sweeps({})
+            procs = [master] + master.children()
+            sampler = _CPUSampler(procs)
+            sampler.start()
+            cpu0 = _tree_cpu(procs)
+            counts = {who: len(sweeps) for who, sweeps in first.items()}
+            after = wait_sweeps(counts)
+            cpu = _tree_cpu(procs) - cpu0
+            time.sleep(0.2)
+            sampler.stop.set()
+            sampler.join()
+            measured = [after[who][counts[who]] for who in counts]
+            in_sweeps = sum(sampler.cpu_between(int(s["pid"]),
+                                                *_sweep_window(s))
+                            for s in measured)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        nodes = db.list_nodes()
+        by_uuid = {node.uuid: node for node in nodes}
+        read = sum(1 for i, u in enumerate(uuids) if i not in stopped
+                   and by_uuid[u].power_state is not None
+                   and by_uuid[u].last_error is None)
+        failing = sorted(i for i, u in enumerate(uuids)
+                         if by_uuid[u].last_error is not None)
+        db.dispose()
+        polls = sum(int(s["nodes"]) for s in measured)
+        return {
+            "sweeps_measured": len(measured),
+            "nodes_read_per_sweep": polls,
+            "every_node_read_once": polls == sims.count,
+            "failures_per_sweep": sum(int(s["failures"]) for s in measured),
+            "failing_nodes_are_the_stopped_bmcs": failing == sorted(stopped),
+            "nodes_with_a_state": read,
+            "sweep_seconds": [float(s["calls"]) for s in measured],
+            "sweep_over_ideal": round(max(float(s["calls"])
+                                          for s in measured)
+                                      / dead_seconds, 3),
+            "cpu_seconds_interval": round(cpu, 3),
+            "cpu_ms_per_node_poll_interval": round(
+                cpu * 1000 / max(polls, 1), 3),
+            "cpu_seconds_in_sweeps": round(in_sweeps, 3),
+            "cpu_ms_per_node_poll": round(in_sweeps * 1000 / max(polls, 1),
+                                          3),
+            "last_error_of_a_stopped_bmc": (
+                by_uuid[uuids[failing[0]]].last_error if failing else None),
+        }
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def bench_ipmi_fleet(count: int, workers: int, threads: int,
+                     batch_size: int, stop_percent: float,
+                     dead_seconds: float, paths: Sequence[str],
+                     interval: int) -> dict[str, Any]:
+    started = time.monotonic()
+    with bmc.IPMISims(count, own_address=True,
+                      power=["on", "off"] * (count // 2)
+                      + ["on"] * (count % 2)) as sims:
+        start_seconds = time.monotonic() - started
+        step = max(1, round(100 / stop_percent)) if stop_percent else 0
+        stopped = set(range(step - 1, count, step)) if step else set()
+        for index in stopped:
+            sims.stop(index)
+        result: dict[str, Any] = {
+            "bmcs": count, "stopped_bmcs": len(stopped),
+            "addresses": "%s .. %s port 623" % (sims.addresses[0],
+                                                sims.addresses[-1]),
+            "workers": workers, "sync_threads_per_worker": threads,
+            "batch_size": batch_size, "interval_seconds": interval,
+            "ideal_seconds": dead_seconds,
+            "ideal": "a stopped BMC is declared silent after the session "
+                     "timeout of either program (freeipmi_session_timeout;"
+                     " ipmitool's default -N 1 -R 2, about 6 s): no sweep "
+                     "over BMCs that include a stopped one can be shorter",
+            "simulators_start_seconds": round(start_seconds, 1),
+        }
+        for name in paths:
+            result[name] = _fleet_path(name, sims, workers, threads,
+                                       batch_size, interval, dead_seconds,
+                                       stopped)
+    return result
+
+
+def bench_dead_redfish(timeout: float) -> dict[str, Any]:
+    """Seconds a read of a dead address holds its thread."""
+    with bmc.DeadTCPAddress() as dead:
+        node = bmc.driver_node({"redfish_address": dead.address,
+                                "redfish_username": "admin",
+                                "redfish_password": "secret",
+                                "redfish_system_id": "1"},
+                               driver="redfish")
+        found = {}
+        for label, connect in (("connect_timeout_5s", 5.0),
+                               ("no_connect_timeout", 0.0)):
+            conf.CONF.set_override("connect_timeout", connect,
+                                   group="redfish")
+            conf.CONF.set_override("connection_attempts", 1,
+                                   group="redfish")
+            started = time.monotonic()
+            outcome = _read(redfish.RedfishDriver().power, node, timeout)
+            found[label] = {"seconds": round(time.monotonic() - started, 2),
+                            "outcome": outcome}
+        conf.CONF.clear_override("connect_timeout", group="redfish")
+        conf.CONF.clear_override("connection_attempts", group="redfish")
+    found["power_state_timeout"] = timeout
+    return found
+
+
 def _ipmitool_version() -> str:
     try:
         out = subprocess.run(["ipmitool", "-V"], capture_output=True,
@@ -173,9 +468,35 @@ def _ipmitool_version() -> str:
     return out.strip()
 
 
+def _ipmipower_version() -> str:
+    try:
+        out = subprocess.run(["ipmipower", "-V"], capture_output=True,
+                             text=True, timeout=5).stdout
+    except OSError:
+        return "missing"
+    return out.splitlines()[0].strip() if out else "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ipmi-nodes", type=int, default=50)
+    parser.add_argument("--ipmi-fleet", type=int, default=1000,
+                        help="ipmi_sim BMCs of the fleet run (0: skip)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="conductor workers of the fleet run")
+    parser.add_argument("--sync-threads", type=int, default=8,
+                        help="sync_power_state_workers of the fleet run")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--interval", type=int, default=60,
+                        help="sync_power_state_interval of the fleet run; "
+                             "must hold the slowest path's sweep")
+    parser.add_argument("--stop-percent", type=float, default=5.0)
+    parser.add_argument("--dead-bmc-seconds", type=float, default=6.0,
+                        help="[ipmi] freeipmi_session_timeout; keep it at "
+                             "ipmitool's (6 s with its default options)")
+    parser.add_argument("--paths", default=",".join(IPMI_PATHS),
+                        help="read paths of the fleet run, comma-separated")
+    parser.add_argument("--ipmi-nodes", type=int, default=0,
+                        help="ipmi_sim BMCs of the per-driver run (0: skip)")
     parser.add_argument("--redfish-nodes", type=int, default=200)
     parser.add_argument("--threads", type=int, default=50,
                         help="sync threads (P); default 50")
@@ -206,12 +527,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "ipmitool": _ipmitool_version()},
         "power_state_timeout": args.power_state_timeout,
     }
-    if args.only in (None, "ipmi"):
+    report["host"]["ipmipower"] = _ipmipower_version()
+    if args.only in (None, "ipmi") and args.ipmi_fleet:
+        report["ipmi_fleet"] = bench_ipmi_fleet(
+            args.ipmi_fleet, args.workers, args.sync_threads,
+            args.batch_size, args.stop_percent, args.dead_bmc_seconds,
+            [p for p in args.paths.split(",") if p], args.interval)
+    if args.only in (None, "ipmi") and args.ipmi_nodes:
         report["ipmi"] = bench_ipmi(args.ipmi_nodes, args.threads,
                                     args.repeat, args.serial_budget)
     if args.only in (None, "redfish"):
         report["redfish"] = bench_redfish(args.redfish_nodes, args.threads,
                                           args.repeat, args.serial_budget)
+        report["redfish"]["dead_address"] = bench_dead_redfish(
+            args.power_state_timeout)
     json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

@@ -105,6 +105,20 @@ opts: list[cfg.Opt] = [
         help="Nodes polled at the same time by one worker during a sweep. "
              "Capped by workers_pool_size minus one."),
     cfg.IntOpt(
+        "power_state_batch_size",
+        default=64,
+        min=1,
+        max=1000,
+        mutable=True,
+        help="Most nodes handed to one batch read of a driver that can "
+             "read many power states in one call (the ipmi driver reads "
+             "a batch with one FreeIPMI ipmipower run). A batch is one "
+             "of the sync_power_state_workers parallel calls and runs "
+             "under one power_state_timeout deadline; a batch that does "
+             "not finish in time fails its nodes only. Drivers without "
+             "batch reads are read one node per call. 1 reads every "
+             "node on its own. Minimum 1, maximum 1000."),
+    cfg.IntOpt(
         "power_state_sync_max_retries",
         default=3,
         min=0,

@@ -31,6 +31,17 @@ opts: list[cfg.Opt] = [
         max=60.0,
         help="Seconds between two attempts at a Redfish read. 0 retries "
              "at once. Minimum 0, maximum 60."),
+    cfg.FloatOpt(
+        "connect_timeout",
+        default=5.0,
+        min=0.0,
+        max=300.0,
+        help="Seconds a Redfish request may wait for its TCP connection to "
+             "the BMC to open, apart from the time it may then wait for the "
+             "answer (what is left of [conductor] power_state_timeout). A "
+             "BMC address that drops connections then costs a thread this "
+             "long per attempt, not the whole deadline. 0 bounds the "
+             "connection by the deadline only. Minimum 0, maximum 300."),
     cfg.StrOpt(
         "auth_type",
         default="auto",

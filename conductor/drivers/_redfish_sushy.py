@@ -58,11 +58,16 @@ class BoundedConnector(sushy_connector.Connector):
     60 s for an answer. Here each request's timeout is what is left of the
     calling thread's deadline (``fallback_timeout`` outside one), reads
     are tried ``attempts`` times ``interval`` seconds apart, only while
-    the deadline allows, and writes are sent once.
+    the deadline allows, and writes are sent once. Opening a TCP
+    connection is bounded apart by ``connect_timeout`` (when smaller than
+    what is left), so a dead address fails fast instead of holding the
+    thread for the whole deadline; connections are kept alive and reused
+    by the client's requests session.
     """
 
     def __init__(self, url: str, *, verify: bool | str, attempts: int,
-                 interval: float, fallback_timeout: float) -> None:
+                 interval: float, fallback_timeout: float,
+                 connect_timeout: float | None = None) -> None:
         # NOTE: server_side_retries=1 makes sushy's own loop over transient
         # errors a single try (it reads 0 as "3 tries"); the 5xx retries
         # are turned off per request below. Both are done here instead.
@@ -72,6 +77,7 @@ class BoundedConnector(sushy_connector.Connector):
         self._attempts = attempts
         self._interval = interval
         self._fallback_timeout = fallback_timeout
+        self._connect_timeout = connect_timeout
 
     def _remaining(self) -> float:
         left = deadline.remaining(default=self._fallback_timeout)
@@ -93,10 +99,14 @@ class BoundedConnector(sushy_connector.Connector):
                 raise sushy_exc.ConnectionError(
                     url=path, error="the call's deadline passed before the "
                                     "request could be sent")
+            bound: Any = left
+            if self._connect_timeout is not None:
+                # NOTE: requests takes (connect, read) timeouts.
+                bound = (min(self._connect_timeout, left), left)
             try:
                 return super()._op(
                     method, path, data=data, headers=headers,
-                    blocking=blocking, timeout=left,
+                    blocking=blocking, timeout=bound,
                     server_side_retries_left=0, allow_reauth=allow_reauth,
                     **extra_session_req_kwargs)
             except (sushy_exc.ConnectionError,
@@ -282,7 +292,8 @@ def _connect(bmc: Target, options: Any, timeout: float) -> sushy.Sushy:
         bmc.base_url, verify=bmc.verify,
         attempts=options.connection_attempts,
         interval=options.connection_retry_interval,
-        fallback_timeout=timeout)
+        fallback_timeout=timeout,
+        connect_timeout=options.connect_timeout or None)
     auth = _AUTH_TYPES[options.auth_type](username=bmc.username,
                                           password=bmc.password)
     LOG.debug("Opening a Redfish client for %(url)s as %(user)s "

@@ -60,6 +60,17 @@ class PowerInterface(abc.ABC):
             counts it as a failure.
         """
 
+    # NOTE: optional, so not declared here (power sync looks it up with
+    # getattr): a driver that can read many BMCs in one call defines
+    #
+    #   def get_power_states(self, nodes: Sequence[DriverNode]
+    #                        ) -> Mapping[str, str | BaseException]:
+    #
+    # returning, for every node's uuid, its state (as get_power_state
+    # would) or the exception that node's read failed with. It runs under
+    # one deadline for the whole batch; a node's failure must never fail
+    # the batch. See conductor.power_reads and doc/source/driver-api.rst.
+
     @abc.abstractmethod
     def set_power_state(self, node: DriverNode, target: str) -> None:
         """Turn the node on or off (``target`` is POWER_ON or POWER_OFF).

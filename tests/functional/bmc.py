@@ -87,7 +87,7 @@ exit 0
 _LAN_CONF = """name "%(name)s"
 set_working_mc 0x20
   startlan 1
-    addr 127.0.0.1 %(port)d
+    addr %(address)s %(port)d
     priv_limit admin
     allowed_auths_callback none md2 md5 straight
     allowed_auths_user none md2 md5 straight
@@ -176,23 +176,47 @@ def _one_per(value: str | Sequence[str], count: int, what: str) -> list[str]:
     return values
 
 
+#: The standard IPMI port, used by simulators on their own address.
+IPMI_PORT = 623
+
+
+def loopback_address(block: int, index: int) -> str:
+    """The ``index``-th loopback address of ``block`` (127.<block>.x.y).
+
+    Every address of 127.0.0.0/8 reaches this host on Linux, with no
+    set-up: simulators on distinct addresses can all use port 623.
+    """
+    high, low = divmod(index, 250)
+    return "127.%d.%d.%d" % (block, high, low + 1)
+
+
 class IPMISims(fixtures.Fixture):
-    """``count`` ipmi_sim processes, one BMC per node, on free UDP ports.
+    """``count`` ipmi_sim processes, one BMC per node.
+
+    By default each listens on 127.0.0.1 on a free UDP port. With
+    ``own_address`` each has its own loopback address 127.B.x.y on the
+    standard port 623 (B picked at random from 64-254, another one if an
+    address is taken), as a fleet of real BMCs does: tools that report
+    per host (FreeIPMI's ``ipmipower``) then name each BMC unambiguously.
 
     :param power: initial power state of each node, "on" or "off"
         (one value for all, or one per node; default "off").
     """
 
     def __init__(self, count: int, power: str | Sequence[str] = "off",
-                 password: str | None = None) -> None:
+                 password: str | None = None,
+                 own_address: bool = False) -> None:
         super().__init__()
         self.count = count
         self._initial = _one_per(power, count, "node")
         #: The BMC password (random unless given), shared by all nodes.
         self.password = password or secrets.token_hex(8)
+        self.own_address = own_address
         self.ports: list[int] = []
+        self.addresses: list[str] = []
         self.dirs: list[str] = []
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._block = secrets.choice(range(64, 255))
 
     def _setUp(self) -> None:
         self._sim = require_binary("ipmi_sim")
@@ -211,20 +235,30 @@ class IPMISims(fixtures.Fixture):
                 out.write(_SIM_COMMANDS)
             self.dirs.append(node_dir)
             self.ports.append(0)
+            self.addresses.append("127.0.0.1")
             self._procs.append(self._start(index))
         self.addCleanup(self._stop_all)
-        expires = time.monotonic() + START_TIMEOUT
-        for index in range(self.count):
-            self._wait_ready(index, expires)
+        # NOTE: a large fleet takes a while to start on a busy host.
+        expires = time.monotonic() + START_TIMEOUT + 0.05 * self.count
+        index = 0
+        while index < self.count:
+            moved = self._wait_ready(index, expires)
+            index = 0 if moved else index + 1
 
-    def _start(self, index: int) -> subprocess.Popen[bytes]:
+    def _start(self, index: int, fresh: bool = True
+               ) -> subprocess.Popen[bytes]:
         node_dir = self.dirs[index]
-        port = free_port(socket.SOCK_DGRAM)
-        self.ports[index] = port
+        if not fresh:
+            port, address = self.ports[index], self.addresses[index]
+        elif self.own_address:
+            port, address = IPMI_PORT, loopback_address(self._block, index)
+        else:
+            port, address = free_port(socket.SOCK_DGRAM), "127.0.0.1"
+        self.ports[index], self.addresses[index] = port, address
         conf = os.path.join(node_dir, "lan.conf")
         with open(conf, "w") as out:
             out.write(_LAN_CONF % {
-                "name": "bmc%d" % index, "port": port,
+                "name": "bmc%d" % index, "port": port, "address": address,
                 "guid": uuid.uuid4().hex,
                 "script": os.path.join(node_dir, "chassis"),
                 "user": USERNAME, "password": self.password})
@@ -241,11 +275,14 @@ class IPMISims(fixtures.Fixture):
         finally:
             log.close()
 
-    def _wait_ready(self, index: int, expires: float) -> None:
+    def _wait_ready(self, index: int, expires: float) -> bool:
         """Ping until the simulator answers.
 
         A simulator that exited (its port was taken meanwhile) is started
-        again on another port.
+        again on another port; with ``own_address``, every simulator moves
+        to another block of addresses.
+
+        :returns: True when every simulator moved (wait for all again).
         """
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.settimeout(0.05)
@@ -254,25 +291,61 @@ class IPMISims(fixtures.Fixture):
                 if proc.poll() is not None:
                     if time.monotonic() > expires:
                         break
+                    if self.own_address:
+                        # NOTE: another set of simulators holds this
+                        # block: move all of ours to another one.
+                        self._block = secrets.choice(range(64, 255))
+                        self._restart_all()
+                        return True
                     self._procs[index] = self._start(index)
                     continue
                 try:
-                    sock.sendto(_RMCP_PING, ("127.0.0.1", self.ports[index]))
+                    sock.sendto(_RMCP_PING, (self.addresses[index],
+                                             self.ports[index]))
                     if sock.recv(512):
-                        return
+                        return False
                 except (socket.timeout, ConnectionRefusedError):
                     pass
                 if time.monotonic() > expires:
                     break
         raise AssertionError(
-            "ipmi_sim for node %d did not answer on UDP port %d within "
+            "ipmi_sim for node %d did not answer on %s UDP port %d within "
             "%.0f s; its log:\n%s" % (
-                index, self.ports[index], START_TIMEOUT,
+                index, self.addresses[index], self.ports[index],
+                START_TIMEOUT,
                 _tail(os.path.join(self.dirs[index], "ipmi_sim.log"))))
+
+    def _restart_all(self) -> None:
+        """Start every simulator again, on fresh addresses."""
+        for index in range(self.count):
+            _stop(self._procs[index])
+            self._procs[index] = self._start(index)
 
     def _stop_all(self) -> None:
         for proc in self._procs:
             _stop(proc)
+
+    def stop(self, index: int) -> None:
+        """Stop simulator ``index``: its BMC no longer answers."""
+        _stop(self._procs[index])
+
+    def start(self, index: int) -> None:
+        """Start simulator ``index`` again, at the same address and port."""
+        if self._procs[index].poll() is None:
+            return
+        self._procs[index] = self._start(index, fresh=False)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.05)
+            wait_for(lambda: self._pong(sock, index), START_TIMEOUT,
+                     "ipmi_sim %d did not answer again" % index)
+
+    def _pong(self, sock: socket.socket, index: int) -> bool:
+        try:
+            sock.sendto(_RMCP_PING, (self.addresses[index],
+                                     self.ports[index]))
+            return bool(sock.recv(512))
+        except (socket.timeout, ConnectionRefusedError):
+            return False
 
     def pids(self) -> list[int]:
         """Process ids of the running simulators (for CPU accounting)."""
@@ -281,7 +354,8 @@ class IPMISims(fixtures.Fixture):
     def driver_info(self, index: int, **changes: Any) -> dict[str, Any]:
         """The ``ipmi_*`` fields of node ``index``, with ``changes``."""
         info: dict[str, Any] = {
-            "ipmi_address": "127.0.0.1", "ipmi_port": self.ports[index],
+            "ipmi_address": self.addresses[index],
+            "ipmi_port": self.ports[index],
             "ipmi_username": USERNAME, "ipmi_password": self.password,
             "ipmi_cipher_suite": 3}
         info.update(changes)
@@ -466,6 +540,41 @@ class SilentHTTPServer(fixtures.Fixture):
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(64)
         self.port = int(self._sock.getsockname()[1])
+
+    @property
+    def address(self) -> str:
+        return "http://127.0.0.1:%d" % self.port
+
+
+class DeadTCPAddress(fixtures.Fixture):
+    """A TCP address whose connections never open: a dead BMC address.
+
+    A listening socket that never accepts, with its accept queue filled:
+    the kernel then drops every new SYN, so a client's connect hangs as
+    it does towards a powered-off BMC (not refused, as a closed port is).
+    """
+
+    def _setUp(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(self._sock.close)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(0)
+        self.port = int(self._sock.getsockname()[1])
+        self._fillers: list[socket.socket] = []
+        self.addCleanup(lambda: [s.close() for s in self._fillers])
+        for _ in range(8):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            self._fillers.append(filler)
+            filler.connect_ex(("127.0.0.1", self.port))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.3)
+            try:
+                probe.connect(("127.0.0.1", self.port))
+            except (socket.timeout, TimeoutError):
+                return
+        raise AssertionError("could not fill the accept queue of port %d"
+                             % self.port)
 
     @property
     def address(self) -> str:

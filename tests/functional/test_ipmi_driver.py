@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from concurrent import futures
 import logging
+import os
 import socket
 import time
 
@@ -127,6 +128,11 @@ class IPMIDriverTest(base.TestCase):
             self.assertIn("-f /dev/fd/", cmdline)
             self.assertSecretFree(cmdline)
             self.assertSecretFree(repr(child.environ()))
+            # It reads the driver's one-entry registry, not the system's.
+            home = child.environ()["HOME"]
+            self.assertNotEqual(os.environ.get("HOME"), home)
+            self.assertTrue(os.path.isfile(os.path.join(
+                home, ".local/usr/share/misc/enterprise-numbers.txt")))
             error = future.exception(timeout=5)
             elapsed = time.monotonic() - started
         self.assertIsInstance(error, deadline.DeadlineExceeded)

@@ -145,6 +145,20 @@ class RedfishDriverTest(base.TestCase):
         self.assertIn("no answer within", str(exc))
         self.assertSecretFree(str(exc))
 
+    def test_dead_address_costs_the_connect_timeout(self) -> None:
+        self.config(power_state_timeout=10.0, group="conductor")
+        self.config(connect_timeout=0.5, connection_attempts=1,
+                    group="redfish")
+        dead = self.useFixture(bmc.DeadTCPAddress())
+        node = self.node(0, redfish_address=dead.address)
+        started = time.monotonic()
+        exc = self.assertRaises(exceptions.PowerStateFailure,
+                                self.power.get_power_state, node)
+        # The connect timeout, not the 10 s deadline.
+        self.assertLess(time.monotonic() - started, 0.5 + 0.5)
+        self.assertIn("the connection timed out", str(exc))
+        self.assertSecretFree(str(exc))
+
     def test_conductor_deadline_is_honoured(self) -> None:
         silent = self.useFixture(bmc.SilentHTTPServer())
         node = self.node(0, redfish_address=silent.address)

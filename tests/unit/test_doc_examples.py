@@ -10,14 +10,19 @@ import types
 from conductor.drivers import base as driver_base
 from conductor.drivers import loader
 from conductor import periodics
+from conductor import power_reads
+from conductor import states
 from tests import base
+from tests import fakes
 
 _DOC = os.path.join(os.path.dirname(__file__), "..", "..", "doc", "source")
 _EXAMPLE = os.path.join(_DOC, "examples", "acme_periodics.py")
+_BATCH_EXAMPLE = os.path.join(_DOC, "examples", "acme_batch.py")
 
 
-def _load_example() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("acme_periodics", _EXAMPLE)
+def _load_example(path: str = _EXAMPLE) -> types.ModuleType:
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -65,3 +70,33 @@ class TestPeriodicsExample(base.TestCase):
         driver.power.check_clock(periodics.NodeTask(
             node=node, purpose="checking the BMC clock"))
         driver.power.validate(node)
+
+
+class TestBatchExample(base.TestCase):
+    """doc/source/driver-api.rst: its batch driver, as power sync uses it."""
+
+    def test_the_page_includes_the_tested_module(self) -> None:
+        with open(os.path.join(_DOC, "driver-api.rst")) as stream:
+            page = stream.read()
+        self.assertIn(".. literalinclude:: examples/acme_batch.py\n", page)
+        self.assertIn(":pyobject: AcmeBatchPower.get_power_states", page)
+
+    def test_power_sync_reads_it_in_batches(self) -> None:
+        example = _load_example(_BATCH_EXAMPLE)
+        gateway = example.Gateway({"10.0.0.%d" % i: "on" if i % 2 else "off"
+                                   for i in range(5)})
+        driver = example.AcmeBatchDriver(gateway)
+        rows = [fakes.driver_node("acme", "n%d" % i, uuid="u%d" % i,
+                                  driver_info={"acme_address": "10.0.0.%d"
+                                               % i}) for i in range(6)]
+        units = power_reads.plan(rows, {"acme": driver}, batch_size=4)
+        self.assertEqual([4, 2], [len(unit.rows) for unit in units])
+        reads = [read for unit in units
+                 for read in power_reads.read({"acme": driver}, unit, 5.0)]
+        self.assertEqual(
+            [states.POWER_OFF, states.POWER_ON, states.POWER_OFF,
+             states.POWER_ON, states.POWER_OFF, None],
+            [read.state for read in reads])
+        self.assertEqual("gateway has no answer for BMC 10.0.0.5",
+                         reads[5].error)
+        self.assertEqual(2, len(gateway.calls))

@@ -79,6 +79,15 @@ class ValidateTest(base.TestCase):
         self.assertIn("ipmi_cipher_suite must be an integer from 0 to 17, "
                       "got 'x'", text)
 
+    def test_privilege_level(self) -> None:
+        self.assertIn("ipmi_priv_level must be one of ADMINISTRATOR, "
+                      "OPERATOR, USER, got 'CALLBACK'",
+                      self.invalid(ipmi_priv_level="CALLBACK"))
+        bmc = ipmi.parse_driver_info(make_node(ipmi_priv_level="OPERATOR"))
+        self.assertEqual("OPERATOR", bmc.privilege)
+        self.assertEqual("ADMINISTRATOR",
+                         ipmi.parse_driver_info(make_node()).privilege)
+
     def test_address_that_could_be_an_option_is_refused(self) -> None:
         self.assertIn("ipmi_address must be a host name or an IP address, "
                       "got '-oProxyCommand=x'",
@@ -166,9 +175,30 @@ class IPMIPowerTest(base.TestCase):
         fd = self.ipmitool.call_args.kwargs["pass_fds"][0]
         self.assertEqual(
             ["/opt/bin/ipmitool", "-I", "lanplus", "-H", "10.0.0.5",
-             "-p", "6230", "-U", "admin", "-C", "17", "-N", "2", "-R", "3",
+             "-p", "6230", "-U", "admin", "-C", "17", "-L", "ADMINISTRATOR",
+             "-N", "2", "-R", "3",
              "-v", "-f", "/dev/fd/%d" % fd, "chassis", "power", "status"],
             argv)
+
+    def test_ipmitool_reads_a_one_entry_registry(self) -> None:
+        self.power.get_power_state(make_node())
+        home = self.ipmitool.call_args.kwargs["env"]["HOME"]
+        self.assertNotEqual(os.environ.get("HOME"), home)
+        self.assertEqual(0o700, os.stat(home).st_mode & 0o777)
+        registry = os.path.join(home, ".local", "usr", "share", "misc",
+                                "enterprise-numbers.txt")
+        with open(registry) as stream:
+            self.assertEqual("0\n  Reserved\n", stream.read())
+        # One directory per process, not one per call.
+        self.power.get_power_state(make_node())
+        self.assertEqual(home,
+                         self.ipmitool.call_args.kwargs["env"]["HOME"])
+
+    def test_stock_registry_when_asked(self) -> None:
+        self.config(ipmitool_short_registry=False, group="ipmi")
+        self.power.get_power_state(make_node())
+        self.assertEqual(os.environ.get("HOME"),
+                         self.ipmitool.call_args.kwargs["env"].get("HOME"))
 
     def test_password_goes_through_a_pipe_only(self) -> None:
         self.power.get_power_state(make_node())
@@ -326,6 +356,27 @@ class DriverTest(base.TestCase):
         self.assertIn("Driver ipmi could not be loaded: cannot run [ipmi] "
                       "ipmitool_path '/nonexistent/ipmitool': No such file",
                       str(exc))
+
+    def test_prepare_names_a_missing_ipmipower(self) -> None:
+        self._tool('[ "$1" = -V ] && echo "ipmitool version 9.9"\n')
+        self.config(ipmipower_path="/nonexistent/ipmipower", group="ipmi")
+        exc = self.assertRaises(exceptions.DriverLoadError,
+                                ipmi.IPMIDriver().prepare)
+        self.assertIn("cannot run [ipmi] ipmipower_path "
+                      "'/nonexistent/ipmipower': No such file", str(exc))
+        self.assertIn("install freeipmi-tools", str(exc))
+
+    def test_ipmipower_is_not_needed_when_ipmitool_reads(self) -> None:
+        self._tool('[ "$1" = -V ] && echo "ipmitool version 9.9"\n')
+        self.config(ipmipower_path="/nonexistent/ipmipower",
+                    power_status_tool="ipmitool", group="ipmi")
+        driver = ipmi.IPMIDriver()
+        driver.prepare()
+        self.assertFalse(hasattr(driver.power, "get_power_states"))
+
+    def test_batch_reads_by_default(self) -> None:
+        self.assertTrue(callable(getattr(ipmi.IPMIDriver().power,
+                                         "get_power_states", None)))
 
     def test_prepare_names_a_failing_ipmitool(self) -> None:
         path = self._tool("echo 'libcrypto.so.3: cannot open'\nexit 127\n")

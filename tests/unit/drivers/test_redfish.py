@@ -402,6 +402,22 @@ class BoundedConnectorTest(base.TestCase):
             self.connector.get("/redfish/v1/")
         self.assertLessEqual(self.op.call_args.kwargs["timeout"], 1.0)
 
+    def test_connect_timeout_is_apart_from_the_read_timeout(self) -> None:
+        connector = _redfish_sushy.BoundedConnector(
+            "https://bmc.example.com", verify=True, attempts=1, interval=0.5,
+            fallback_timeout=5.0, connect_timeout=2.0)
+        with deadline.scope(4.0):
+            connector.get("/redfish/v1/")
+        connect, read = self.op.call_args.kwargs["timeout"]
+        self.assertEqual(2.0, connect)
+        self.assertTrue(3.5 < read <= 4.0, read)
+        # Never more than what is left of the deadline.
+        with deadline.scope(1.0):
+            connector.get("/redfish/v1/")
+        connect, read = self.op.call_args.kwargs["timeout"]
+        self.assertLessEqual(connect, 1.0)
+        self.assertLessEqual(read, 1.0)
+
     def test_reads_are_retried(self) -> None:
         self.op.side_effect = [
             connection_error(requests.exceptions.ConnectionError("x")),
