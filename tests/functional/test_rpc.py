@@ -421,7 +421,7 @@ class TestRouting(RpcTestCase):
         b_log = host_b.log()
         self.assertIn("Node %s: power on requested over RPC (via ha)" % uuid,
                       b_log)
-        self.assertIn("Node %s: power on done" % uuid, b_log)
+        self.assertIn("(%s): power on done" % uuid, b_log)
         self.assertIn("Node %s updated over RPC: maintenance" % uuid, b_log)
         a_log = host_a.log()
         self.assertIn("Forwarding set_power_state of node %s to its owner "
@@ -595,7 +595,7 @@ class TestTwoHostTakeover(RpcTestCase):
         api = self.api()
         done = api.set_power_state(of_b[0].uuid, "on", wait=True)
         self.assertEqual(states.POWER_ON, done["power_state"])
-        self.assertIn("Node %s: power on done" % of_b[0].uuid,
+        self.assertIn("(%s): power on done" % of_b[0].uuid,
                       host_a.log())
 
 
