@@ -315,8 +315,7 @@ class PowerSync:
                 mine[0], interval, self._settings.recovery_interval,
                 self._anchor or 0.0), 3)
         outcomes = self._run_lanes(mine, result, suspect=self._suspect)
-        metrics.nodes_read(result.nodes, (o.row.uuid for o in outcomes
-                                          if o.error is not None))
+        metrics.nodes_read(result.nodes)
         changes, drifted = self._sync_changes(outcomes, result)
         result.changed = self._db.apply_sync_results(
             changes, checked=[o.row.uuid for o in outcomes], checked_at=now)

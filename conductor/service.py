@@ -55,6 +55,7 @@ from conductor import power_actions
 from conductor import power_sync
 from conductor import reports
 from conductor import rpcapi
+from conductor import status as status_mod
 from conductor import task
 
 LOG = logging.getLogger(__name__)
@@ -298,6 +299,8 @@ class ConductorService(service.ServiceBase):
         # NOTE: set by the SIGUSR1 handler (a flag only), acted upon by
         # the drain thread.
         self._drain_asked = False
+        #: ``time.monotonic()`` when the node gauges are next counted.
+        self._node_gauges_due = 0.0
 
     # NOTE: oslo.service's threading backend may pickle the service to
     # decide between fork and spawn; keep only plain values in the state.
@@ -752,17 +755,35 @@ class ConductorService(service.ServiceBase):
             return
 
     def _refresh_metrics(self, rt: _Runtime) -> None:
-        """The gauges that change without an event (every heartbeat)."""
+        """The gauges that change without an event (heartbeat loop).
+
+        The node gauges come from one aggregate query over this worker's
+        own partitions, at most once per sync interval: they cost the
+        database no more than power sync itself reads.
+        """
         stats = rt.pool.stats()
         metrics.pool(stats["size"], stats["busy"])
+        interval = rt.settings.sync.interval
+        now = time.monotonic()
+        if now < self._node_gauges_due:
+            metrics.flush()
+            return
+        self._node_gauges_due = now + max(interval,
+                                          rt.settings.heartbeat_interval)
         try:
-            maintenance = sum(1 for uuid in rt.db.node_uuids(maintenance=True)
-                              if rt.rings.owns(uuid))
+            wall = timeutils.utcnow()
+            owned, overdue, oldest, maintenance = rt.db.owned_node_counts(
+                rt.rings.owned_partitions(),
+                overdue_before=wall - datetime.timedelta(
+                    seconds=status_mod.OVERDUE_INTERVALS * interval))
         except Exception as exc:
-            LOG.warning("Could not count the nodes in maintenance of %s: "
+            LOG.warning("Could not count the nodes of %s for the metrics: "
                         "%s", self.holder, exc)
-            maintenance = None
-        metrics.refresh_nodes(maintenance)
+            metrics.flush()
+            return
+        metrics.refresh_nodes(
+            owned=owned, overdue=overdue, maintenance=maintenance,
+            oldest=(wall - oldest).total_seconds() if oldest else 0.0)
 
 
 class StartExtra:

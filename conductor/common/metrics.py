@@ -35,7 +35,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any
 
 LOG = logging.getLogger(__name__)
 
@@ -139,17 +139,10 @@ class _Metrics:
 _metrics: _Metrics | None = None
 _paused: _Metrics | None = None
 _directory: str | None = None
-# NOTE: per-process, set in a worker's start(): the worker's id, the sync
-# interval, and what power sync last read: how many nodes it owns, when
-# the last sweep read them, and since when each node that sweep failed to
-# read is unread. The lock protects the last three; power sync and the
-# heartbeat loop use them.
+# NOTE: per-process, set in a worker's start(): the worker's id and its
+# power sync interval.
 _worker: str = "master"
 _interval: float = 0.0
-_owned: int = 0
-_read_at: float = 0.0
-_unread: dict[str, float] = {}
-_read_lock = threading.Lock()
 # NOTE: driver calls, added up by each thread in its own totals (see
 # driver_call): (driver, operation, result) -> [count, sum of seconds,
 # count per bucket...]. flush() writes what grew since it last copied
@@ -226,13 +219,9 @@ def enabled() -> bool:
 
 def set_worker(worker_id: int, interval: float) -> None:
     """In a worker's ``start()``: its id and power sync interval."""
-    global _worker, _interval, _owned, _read_at
+    global _worker, _interval
     _worker = str(worker_id)
     _interval = float(interval)
-    with _read_lock:
-        _owned = 0
-        _read_at = 0.0
-        _unread.clear()
     _reset_totals()
 
 
@@ -338,55 +327,37 @@ def power_change(kind: str, count: int = 1) -> None:
     m.child(m.power_changes, kind).inc(count)
 
 
-def nodes_read(owned: int, failed: Iterable[str]) -> None:
-    """After a power sync over every owned node: how many, which failed.
+def nodes_read(polled: int) -> None:
+    """After a power-sync run that polled ``polled`` nodes: flush.
 
-    A node that failed stays unread since it was last read (or since this
-    sweep, when it was not owned or failed before); the others were read
-    now. Nodes absent from ``failed`` are forgotten.
+    The calls counted since the last flush become visible to a scrape.
     """
-    global _read_at, _owned
-    if _metrics is None:
+    if _metrics is None or not polled:
         return
-    now = _clock()
-    with _read_lock:
-        previous = _read_at or now
-        fresh = {uuid: _unread.get(uuid, previous) for uuid in failed}
-        _unread.clear()
-        _unread.update(fresh)
-        _owned = owned
-        _read_at = now
-    refresh_nodes()
+    flush()
 
 
-def refresh_nodes(maintenance: int | None = None) -> None:
-    """Update the owned / overdue / oldest-reading gauges (and maintenance).
+def refresh_nodes(owned: int | None = None, overdue: int | None = None,
+                  oldest: float | None = None,
+                  maintenance: int | None = None) -> None:
+    """Set this worker's node gauges; None leaves a gauge as it is.
 
-    Called after each sweep and by the heartbeat loop, so the age of the
-    oldest reading keeps growing while sweeps stall.
+    :param owned: nodes of the worker's partitions.
+    :param overdue: of those, healthy nodes not polled within 1.5
+        intervals.
+    :param oldest: seconds since the oldest reading of a healthy owned
+        node.
+    :param maintenance: owned nodes in maintenance.
     """
     m = _metrics
     if m is None:
         return
     flush()
-    now = _clock()
-    with _read_lock:
-        owned = _owned
-        unread = list(_unread.values())
-        read_at = _read_at
-    read = owned - len(unread)
-    oldest = now - min(unread + ([read_at] if read else [])) if owned \
-        else 0.0
-    overdue = 0
-    if _interval:
-        overdue = sum(1 for t in unread if now - t > _interval)
-        if now - read_at > _interval:
-            overdue += read
-    m.child(m.nodes_owned, _worker).set(owned)
-    m.child(m.nodes_overdue, _worker).set(overdue)
-    m.child(m.oldest_reading, _worker).set(oldest)
-    if maintenance is not None:
-        m.child(m.nodes_maintenance, _worker).set(maintenance)
+    for gauge, value in ((m.nodes_owned, owned), (m.nodes_overdue, overdue),
+                         (m.oldest_reading, oldest),
+                         (m.nodes_maintenance, maintenance)):
+        if value is not None:
+            m.child(gauge, _worker).set(value)
 
 
 def pool(size: int, busy: int) -> None:

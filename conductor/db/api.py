@@ -937,6 +937,44 @@ class Connection:
                     for partition, count, overdue, oldest
                     in conn.execute(query)}
 
+    def owned_node_counts(self, partitions: Iterable[int], *,
+                          overdue_before: datetime.datetime
+                          ) -> tuple[int, int, datetime.datetime | None,
+                                     int]:
+        """Node counts of some partitions, for the worker's gauges.
+
+        One aggregate query per batch of partitions, on the partition
+        index. Overdue and oldest poll as in :meth:`partition_summary`.
+
+        :returns: (nodes, overdue, oldest poll, in maintenance).
+        """
+        c = _nodes.c
+        healthy = c.maintenance == sa.false()
+        last = sa.func.coalesce(c.power_checked_at, c.created_at)
+        query = sa.select(
+            sa.func.count(),
+            sa.func.sum(sa.case((sa.and_(healthy, last < overdue_before),
+                                 1), else_=0)),
+            sa.func.min(sa.case((healthy, c.power_checked_at),
+                                else_=None)),
+            sa.func.sum(sa.case((healthy, 0), else_=1)))
+        owned = overdue = maintenance = 0
+        oldest: datetime.datetime | None = None
+        chosen = sorted(set(partitions))
+        if not chosen:
+            return 0, 0, None, 0
+        with self.engine.connect() as conn:
+            for batch in _batches(chosen):
+                q = query if batch is None else query.where(
+                    c.partition.in_(batch))
+                count, late, first, held = conn.execute(q).one()
+                owned += int(count or 0)
+                overdue += int(late or 0)
+                maintenance += int(held or 0)
+                if first is not None and (oldest is None or first < oldest):
+                    oldest = first
+        return owned, overdue, oldest, maintenance
+
     def maintenance_count(self) -> int:
         query = (sa.select(sa.func.count())
                  .where(_nodes.c.maintenance == sa.true()))

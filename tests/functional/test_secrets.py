@@ -116,7 +116,7 @@ class TestTypedPassword(test_rpc.RpcTestCase):
         done = api.set_power_state(old.uuid, states.POWER_ON, wait=True)
         self.assertIsNotNone(done["last_error"])
         self.assertNotIn(SECRET, str(done))
-        base.wait_for(lambda: "Node %s: power state read failed" % old.uuid
+        base.wait_for(lambda: "(%s): power state read failed" % old.uuid
                       in conductor.log(), 30, "a failed power read logged")
         status = self.run_manage(manage, "status", "--format", "json")
         self.assertNotIn(SECRET, status.stdout)

@@ -39,8 +39,6 @@ class MetricsFixture(fixtures.Fixture):
         self.addCleanup(setattr, values, "ValueClass", value_class)
         self.addCleanup(metrics.disable)
         self.addCleanup(setattr, metrics, "_worker", "master")
-        self.addCleanup(setattr, metrics, "_owned", 0)
-        self.addCleanup(metrics._unread.clear)
         metrics.setup(self.directory)
 
 
@@ -53,8 +51,8 @@ class TestDisabled(base.TestCase):
         self.assertRaises(RuntimeError, metrics.enable)
         self.assertFalse(metrics.enabled())
         metrics.driver_call("fake", "get_power_state", "success", 0.1)
-        metrics.nodes_read(1, ["a"])
-        self.assertEqual({}, metrics._unread)
+        metrics.nodes_read(1)
+        metrics.refresh_nodes(owned=1)
         metrics.flush()
 
 
@@ -149,8 +147,8 @@ class TestMultiprocess(base.TestCase):
         metrics.driver_call("fake", "get_power_state", "success", 0.002)
         body, _ = metrics.exposition()
         self.assertNotIn(b"conductor_driver_calls_total{", body)
-        # A sweep's end flushes them.
-        metrics.nodes_read(1, [])
+        # The end of a run that polled nodes flushes them.
+        metrics.nodes_read(1)
         body, _ = metrics.exposition()
         self.assertIn(b"conductor_driver_calls_total{", body)
 
@@ -193,34 +191,24 @@ class TestMultiprocess(base.TestCase):
                  ("result", result)))])
 
     def test_node_gauges(self) -> None:
-        now = [100.0]
-        self.useFixture(fixtures.MockPatchObject(metrics, "_clock",
-                                                 lambda: now[0]))
         metrics.set_worker(0, interval=10)
-        metrics.nodes_read(3, ["c"])
-        now[0] = 105.0
-        metrics.nodes_read(4, ["b", "c", "d"])
-        now[0] = 112.0
-        metrics.refresh_nodes(maintenance=2)
+        metrics.refresh_nodes(owned=4, overdue=3, oldest=12.0,
+                              maintenance=2)
         found = self.scrape()
 
         def gauge(name: str) -> float:
             return found[(name, (("worker", "0"),))]
 
         self.assertEqual(4.0, gauge("conductor_nodes_owned"))
-        # b, c and d were last read (or unread since the sweep) at 100:
-        # 12 s > 10 s; a was read at 105.
         self.assertEqual(3.0, gauge("conductor_nodes_overdue"))
         self.assertEqual(12.0,
                          gauge("conductor_oldest_power_reading_age_seconds"))
         self.assertEqual(2.0, gauge("conductor_nodes_maintenance"))
-        # Read again (or no longer owned): forgotten.
-        metrics.nodes_read(1, [])
-        self.assertEqual((1, {}), (metrics._owned, metrics._unread))
-        metrics.refresh_nodes()
-        self.assertEqual(0.0, self.scrape()[(
-            "conductor_oldest_power_reading_age_seconds",
-            (("worker", "0"),))])
+        # None leaves a gauge as it was.
+        metrics.refresh_nodes(owned=5)
+        found = self.scrape()
+        self.assertEqual((5.0, 3.0), (gauge("conductor_nodes_owned"),
+                                      gauge("conductor_nodes_overdue")))
 
     def test_periodic_and_other_counters(self) -> None:
         metrics.periodic_run("T.sync", failed=True, seconds=0.2, lag=-1.0)
@@ -263,6 +251,6 @@ class TestMultiprocess(base.TestCase):
 
     def test_no_node_label_anywhere(self) -> None:
         metrics.driver_call("fake", "get_power_state", "success", 0.1)
-        metrics.nodes_read(1, [])
+        metrics.nodes_read(1)
         labels = {name for (_, found) in self.scrape() for name, _ in found}
         self.assertEqual(set(), labels & {"node", "uuid", "name"})
