@@ -706,11 +706,11 @@ class ConductorService(service.ServiceBase):
         A request comes as SIGUSR1 (:meth:`request_drain`), written to the
         database here, or straight from the database (``conductor-manage
         drain``), which the rings' refreshes read. From the moment the
-        host is seen draining, the other hosts own its nodes; it keeps
-        working them (in-flight actions included) for
-        ``drain_handover`` seconds, long enough for the others to poll
-        them, then worker 0 sends SIGTERM to the master: the graceful stop
-        follows and the conductor exits 0.
+        host is seen draining, the other hosts own its nodes and this host
+        owns none: it only finishes what it holds. After
+        ``drain_handover`` seconds (every other host has refreshed its
+        rings by then) worker 0 sends SIGTERM to the master: the graceful
+        stop follows and the conductor exits 0.
         """
         written = False
         announced = False
@@ -733,11 +733,11 @@ class ConductorService(service.ServiceBase):
             if not announced:
                 announced = True
                 LOG.warning("Host %(host)s is draining: the other hosts "
-                            "own its nodes now; worker %(id)d works on for "
-                            "%(secs)gs while they take over, then the "
-                            "conductor stops", {"host": self.host,
-                                                "id": self.worker_id,
-                                                "secs": handover})
+                            "own its nodes now; worker %(id)d finishes what "
+                            "it holds and waits %(secs)gs while they take "
+                            "over, then the conductor stops",
+                            {"host": self.host, "id": self.worker_id,
+                             "secs": handover})
             if self.worker_id != 0 or \
                     time.monotonic() - since < handover:
                 continue

@@ -579,7 +579,8 @@ class TestDrainLoop(ServiceTestCase):
         stopped.set()
         thread.join(base.WAIT)
         self.kill.assert_not_called()
-        self.assertIn("worker %d works on for %gs" % (worker_id, handover),
+        self.assertIn("worker %d finishes what it holds and waits %gs"
+                      % (worker_id, handover),
                       logger.output)
 
 
