@@ -507,12 +507,13 @@ class TestStartStop(ServiceTestCase):
         self.assertTrue(base.wait_until(
             lambda: self.db.get_node(uuid).target_power_state is None))
         self.assertEqual(states.POWER_ON, self.db.get_node(uuid).power_state)
-        # The worker retries (on its heartbeats) until the release works.
+        # The worker retries (on its heartbeats) until the release works;
+        # its bookkeeping follows the database write.
         self.assertTrue(base.wait_until(
-            lambda: self.db.get_node(uuid).reservation is None))
+            lambda: self.db.get_node(uuid).reservation is None
+            and svc.status()["reservations"] == {"in_flight": [],
+                                                 "release_pending": []}))
         self.assertEqual(4, attempts[0])
-        self.assertEqual({"in_flight": [], "release_pending": []},
-                         svc.status()["reservations"])
 
 
 class TestDrainLoop(ServiceTestCase):
