@@ -64,7 +64,7 @@ import tempfile
 import time
 import traceback
 from types import ModuleType
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import psutil
 
@@ -739,18 +739,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """SIGTERM ends the benchmark like Ctrl-C: through the finally."""
-    def raise_interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt()
-    old = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="bench-scale-")
@@ -769,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": []}
     code = 0
     largest = max(args.host_counts)
-    with _stop_on_signals():
+    with bench_faults._stop_on_signals():
         try:
             bench.start_services()
             for count in args.host_counts:
