@@ -186,9 +186,16 @@ def first_poll_after(entries: Sequence[Mapping[str, Any]], nodes: set[str],
 
 
 def takeover(entries: Sequence[Mapping[str, Any]], victim_pids: set[int],
-             before: float, since: float, lookback: float
-             ) -> dict[str, Any]:
+             before: float, since: float, lookback: float,
+             interval: float | None = None) -> dict[str, Any]:
     """How long the nodes a host polled went unpolled after it went away.
+
+    ``takeover_seconds`` is when the last of them was polled again. With
+    due-time polling a node is polled again when it is due, up to an
+    interval after its last poll, so with ``interval`` the figure that
+    tells how long the others took to take over is ``max_late_seconds``:
+    how much later than due (last poll + interval) a node was polled
+    again, at worst.
 
     :param victim_pids: the processes of the host that went away.
     :param before: nodes it polled in ``[before - lookback, before)``
@@ -198,13 +205,25 @@ def takeover(entries: Sequence[Mapping[str, Any]], victim_pids: set[int],
     victims = {e["node"] for e in entries
                if e["pid"] in victim_pids
                and before - lookback <= e["start"] < before}
+    last: dict[str, float] = {}
+    for e in entries:
+        if e["node"] in victims and e["pid"] in victim_pids \
+                and e["start"] < since:
+            last[e["node"]] = max(last.get(e["node"], 0.0), e["start"])
     polled = first_poll_after(entries, victims, since, victim_pids)
     waits = sorted(polled[uuid] - since for uuid in polled)
-    return {"nodes": len(victims), "repolled": len(polled),
-            "never_repolled": len(victims) - len(polled),
-            "takeover_seconds": round(waits[-1], 1) if waits else None,
-            "median_wait_seconds": (round(waits[len(waits) // 2], 1)
-                                    if waits else None)}
+    result: dict[str, Any] = {
+        "nodes": len(victims), "repolled": len(polled),
+        "never_repolled": len(victims) - len(polled),
+        "takeover_seconds": round(waits[-1], 1) if waits else None,
+        "median_wait_seconds": (round(waits[len(waits) // 2], 1)
+                                if waits else None)}
+    if interval is not None:
+        late = [polled[uuid] - (last[uuid] + interval)
+                for uuid in polled if uuid in last]
+        result["max_late_seconds"] = (round(max(0.0, max(late)), 1)
+                                      if late else None)
+    return result
 
 
 def ratio(value: float | None, reference: float | None) -> float | None:
@@ -332,7 +351,7 @@ class Host:
 def _is_worker(proc: psutil.Process) -> bool:
     """A worker process (its title names it, see setproctitle)."""
     with contextlib.suppress(psutil.Error):
-        return "worker(" in " ".join(proc.cmdline())
+        return "conductor: worker " in " ".join(proc.cmdline())
     return False
 
 
@@ -618,7 +637,7 @@ class Bench:
         time.sleep(min(5.0, self.args.power_state_timeout))
         self.read_log()
         result.update(takeover(self.entries, victim.pids, at, at,
-                               lookback=interval))
+                               lookback=interval, interval=interval))
         hosts.remove(victim)
         return result
 

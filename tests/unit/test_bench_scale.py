@@ -105,6 +105,15 @@ class TestCpuAndTakeover(base.TestCase):
                           "takeover_seconds": 30.0,
                           "median_wait_seconds": 30.0}, result)
 
+    def test_takeover_lateness_against_the_due_time(self) -> None:
+        entries = [_poll("a", 95, pid=7), _poll("b", 60, pid=7),
+                   _poll("a", 150, pid=9), _poll("b", 125, pid=9)]
+        result = bench.takeover(entries, {7}, before=100, since=100,
+                                lookback=50, interval=30)
+        # a was due at 125, polled at 150; b due at 90, polled at 125.
+        self.assertEqual((50.0, 35.0), (result["takeover_seconds"],
+                                        result["max_late_seconds"]))
+
     def test_takeover_never_repolled(self) -> None:
         entries = [_poll("a", 95, pid=7), _poll("b", 96, pid=7),
                    _poll("a", 105, pid=9)]
