@@ -112,13 +112,15 @@ class Membership:
 
 def live_membership(records: Iterable[db_api.ConductorRecord],
                     now: datetime.datetime,
-                    heartbeat_timeout: float) -> Membership:
+                    heartbeat_timeout: float,
+                    own_host: str | None = None) -> Membership:
     """Workers online with a heartbeat younger than ``heartbeat_timeout``.
 
-    Workers of a draining host are left out of the rings, by every host
-    and by itself: the others take its partitions at once and poll its
-    nodes when they are due (``power_checked_at`` tells them when), while
-    the draining host only finishes what it already holds. They stay in
+    Workers of a draining host are left out, except by that host itself
+    (``own_host``): the others take its partitions at once and poll its
+    nodes when they are due (``power_checked_at``), while it keeps
+    polling them until it stops, so that no node waits on the handover
+    (see :mod:`conductor.service`'s drain loop). They stay in
     :attr:`Membership.draining`: still live, their reservations are
     theirs to release.
     """
@@ -128,7 +130,7 @@ def live_membership(records: Iterable[db_api.ConductorRecord],
     for record in records:
         if not (record.online and record.heartbeat_at > cutoff):
             continue
-        if record.draining:
+        if record.draining and record.host != own_host:
             draining.append(record.holder)
             continue
         hosts.setdefault(record.host, []).append(record.worker_id)
@@ -315,14 +317,14 @@ class Rings:
             ticket = self._tickets
         records = self._db.list_conductors()
         now = self._now()
-        membership = live_membership(records, now, self._timeout)
+        membership = live_membership(records, now, self._timeout,
+                                     own_host=self.host)
         draining = any(record.draining and record.online
                        for record in records if record.host == self.host)
         trusted = self.liveness is None or self.liveness.trusted()
         if not trusted:
             membership = self._keep_previous(membership, records)
-        if not draining:
-            membership = self._effective(membership)
+        membership = self._effective(membership)
         with self._lock:
             self._read_at = self._monotonic()
             if ticket < self._applied_ticket:
@@ -365,7 +367,7 @@ class Rings:
         kept = []
         for record in records:
             if (record.online and record.holder in previous
-                    and not record.draining
+                    and not (record.draining and record.host != self.host)
                     and record.worker_id not in hosts.get(record.host, ())):
                 hosts.setdefault(record.host, set()).add(record.worker_id)
                 kept.append(record.holder)

@@ -85,11 +85,10 @@ class WorkerSettings:
     hash_ring_reset_interval: float
     graceful_shutdown_timeout: float
     sync: power_sync.SyncSettings
-    #: Seconds a draining host waits, after the others left it out of
-    #: their rings, before it stops: long enough for every other worker to
-    #: re-read membership (one ring refresh) and one pending-action scan,
-    #: plus :data:`DRAIN_MARGIN`. It polls nothing meanwhile: the new
-    #: owners poll its nodes when due (``power_checked_at``).
+    #: Seconds a draining host keeps polling its nodes after it saw itself
+    #: draining: one power sync interval (the others notice at their next
+    #: ring refresh and poll each node when due) and one pending-action
+    #: scan, plus :data:`DRAIN_MARGIN`.
     drain_handover: float = 0.0
     conductor_cleanup_age: float = 0.0
 
@@ -116,7 +115,7 @@ class WorkerSettings:
                 recovery_interval=(
                     conf.conductor.power_failure_recovery_interval),
                 batch_size=conf.conductor.power_state_batch_size),
-            drain_handover=(conf.conductor.hash_ring_reset_interval
+            drain_handover=(conf.conductor.sync_power_state_interval
                             + conf.conductor.pending_action_interval
                             + DRAIN_MARGIN),
             conductor_cleanup_age=conf.conductor.conductor_cleanup_age,
@@ -706,11 +705,11 @@ class ConductorService(service.ServiceBase):
         A request comes as SIGUSR1 (:meth:`request_drain`), written to the
         database here, or straight from the database (``conductor-manage
         drain``), which the rings' refreshes read. From the moment the
-        host is seen draining, the other hosts own its nodes and this host
-        owns none: it only finishes what it holds. After
-        ``drain_handover`` seconds (every other host has refreshed its
-        rings by then) worker 0 sends SIGTERM to the master: the graceful
-        stop follows and the conductor exits 0.
+        host is seen draining, the other hosts own its nodes; it keeps
+        polling them (and finishes its in-flight actions) for
+        ``drain_handover`` seconds, so that no node waits on the others'
+        next ring refresh, then worker 0 sends SIGTERM to the master: the
+        graceful stop follows and the conductor exits 0.
         """
         written = False
         announced = False
@@ -733,9 +732,9 @@ class ConductorService(service.ServiceBase):
             if not announced:
                 announced = True
                 LOG.warning("Host %(host)s is draining: the other hosts "
-                            "own its nodes now; worker %(id)d finishes what "
-                            "it holds and waits %(secs)gs while they take "
-                            "over, then the conductor stops",
+                            "own its nodes now; worker %(id)d works on for "
+                            "%(secs)gs while they take over, then the "
+                            "conductor stops",
                             {"host": self.host, "id": self.worker_id,
                              "secs": handover})
             if self.worker_id != 0 or \

@@ -244,8 +244,8 @@ class TestWorkerSettings(ServiceTestCase):
                                          max_retries=2, force=False,
                                          interval=60,
                                          recovery_interval=0),
-            # One ring refresh, one action scan, the margin.
-            drain_handover=15 + 0.1 + service.DRAIN_MARGIN,
+            # One sync interval, one action scan, the margin.
+            drain_handover=60 + 0.1 + service.DRAIN_MARGIN,
             conductor_cleanup_age=7 * 24 * 3600)
         self.assertEqual(expected,
                          service.WorkerSettings.from_conf(self.conf))
@@ -580,8 +580,7 @@ class TestDrainLoop(ServiceTestCase):
         stopped.set()
         thread.join(base.WAIT)
         self.kill.assert_not_called()
-        self.assertIn("worker %d finishes what it holds and waits %gs"
-                      % (worker_id, handover),
+        self.assertIn("worker %d works on for %gs" % (worker_id, handover),
                       logger.output)
 
 
