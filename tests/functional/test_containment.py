@@ -85,12 +85,15 @@ class TestAbandonedCalls(ContainmentTestCase):
         base.wait_for(lambda: skipped.search(cond.log()), 60,
                       "a sweep polling the 8 healthy nodes and skipping "
                       "the 3 hung ones")
-        log = cond.log()
-        self.assertRegex(log, r"WARNING conductor\.executor\.pool .* "
-                              r"abandoned \d driver call\(s\) still running "
-                              r"past their deadline")
-        self.assertTrue(all(re.search("%s \\(get_power_state" % uuid, log)
-                            for uuid in hung))
+        # NOTE: a call is skipped from its start; it is abandoned (and
+        # named in a warning) once past its deadline and the pool's grace.
+        base.wait_for(lambda: all(
+            re.search("%s \\(get_power_state" % uuid, cond.log())
+            for uuid in hung), 30, "every hung call named as abandoned")
+        self.assertRegex(cond.log(),
+                         r"WARNING conductor\.executor\.pool .* "
+                         r"abandoned \d driver call\(s\) still running "
+                         r"past their deadline")
         self.assertTrue(all(self.db.get_node(uuid).power_state is not None
                             for uuid in healthy))
         # Power actions still start while the hung calls run on.
