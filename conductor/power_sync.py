@@ -406,12 +406,12 @@ class PowerSync:
         # driver's nodes (conductor.power_reads), under one deadline;
         # suspect nodes are planned apart, so that a batch is wholly
         # healthy or wholly suspect (see fanout's suspect lanes).
-        if suspect is None:
-            risky: list[db_api.SyncRow] = []
-        else:
-            risky = [row for row in rows if suspect(row)]
-            rows = [row for row in rows if not suspect(row)]
-        units = power_reads.plan(rows, self._drivers,
+        healthy: list[db_api.SyncRow] = []
+        risky: list[db_api.SyncRow] = []
+        for row in rows:
+            (risky if suspect is not None and suspect(row)
+             else healthy).append(row)
+        units = power_reads.plan(healthy, self._drivers,
                                  self._settings.batch_size)
         suspects = power_reads.plan(risky, self._drivers,
                                     self._settings.batch_size)
@@ -420,6 +420,7 @@ class PowerSync:
 
         def unit_suspect(unit: power_reads.Unit) -> bool:
             return id(unit) in flagged
+
         fan: fanout.FanOut[power_reads.Unit, list[_Outcome]] = fanout.FanOut(
             self._pool, self._settings.workers, stop=self._stop,
             call_timeout=timeout, clock=self._clock,
