@@ -233,14 +233,7 @@ class TestFencing(TaskTestCase):
         self.assertEqual("h:1", self.db.get_node(self.uuid).reservation)
 
 
-class TestHoldings(base.TestCase):
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.db = self.make_db()
-        self.drivers = {"fake": fake.FakeDriver()}
-        self.uuid = self.db.create_node({"driver": "fake", "name": "n1",
-                                         "driver_info": {}}).uuid
+class TestHoldings(TaskTestCase):
 
     def failing_releases(self, failures: int) -> list[int]:
         """The next ``failures`` releases fail; returns the attempt count."""
