@@ -141,6 +141,17 @@ def _wait(predicate: Any, timeout: float, what: str,
 MariaDB = services.MariaDB
 
 
+def admin(url: str, statement: str) -> Any:
+    """Run one statement on the server at ``url``; its rows, if any."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(sa.text(statement))
+            return result.fetchall() if result.returns_rows else None
+    finally:
+        engine.dispose()
+
+
 class Conductor:
     """The real ``conductor`` binary in its own session (process group)."""
 
@@ -311,13 +322,8 @@ class Bench:
         if self.mariadb is not None:
             self.mariadb.stop()
 
-    def _admin(self, statement: str) -> None:
-        engine = sa.create_engine(self.admin_url)
-        try:
-            with engine.begin() as conn:
-                conn.execute(sa.text(statement))
-        finally:
-            engine.dispose()
+    def _admin(self, statement: str) -> Any:
+        return admin(self.admin_url, statement)
 
     # -- one run -----------------------------------------------------------
 

@@ -70,7 +70,6 @@ import psutil
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import sqlalchemy as sa  # noqa: E402
 
 from conductor.db import api as db_api  # noqa: E402
 from conductor.db import migration  # noqa: E402
@@ -425,13 +424,7 @@ class Bench:
             self.mariadb.stop()
 
     def _admin(self, statement: str) -> Any:
-        engine = sa.create_engine(self.admin_url)
-        try:
-            with engine.begin() as conn:
-                result = conn.execute(sa.text(statement))
-                return result.fetchall() if result.returns_rows else None
-        finally:
-            engine.dispose()
+        return bench_faults.admin(self.admin_url, statement)
 
     def rows_read(self) -> int:
         """The server's rows read so far (all tables, all clients).
