@@ -141,14 +141,8 @@ class SyncRow:
 #: sent in several statements.
 IN_BATCH = 500
 
-
-def _batches(values: Iterable[Any] | None) -> list[list[Any] | None]:
-    """``values`` cut into IN-list batches; ``[None]`` for no filter."""
-    if values is None:
-        return [None]
-    items = list(values)
-    return [items[start:start + IN_BATCH]
-            for start in range(0, len(items), IN_BATCH)]
+#: Partition filters kept per engine (see Connection._in_partitions).
+PARTITION_FILTERS = 4096
 
 
 def holder_name(host: str, worker_id: int) -> str:
@@ -169,6 +163,7 @@ class Connection:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self._partition_filters: dict[tuple[int, ...], sa.TextClause] = {}
 
     @classmethod
     def create(cls, url: str, **kwargs: Any) -> "Connection":
@@ -177,6 +172,33 @@ class Connection:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    def _in_partitions(self, partitions: Iterable[int] | None
+                       ) -> list[sa.TextClause | None]:
+        """The filters that keep only the rows of ``partitions``.
+
+        ``[None]`` (no filter) for None, ``[]`` (nothing to read) for no
+        partition, else one clause. A worker sends the same partitions
+        every second: the integers are written into the SQL text once per
+        set and the clause is reused, instead of binding and escaping
+        hundreds of parameters per statement (which cost a worker more
+        CPU than the rows it read).
+        """
+        if partitions is None:
+            return [None]
+        key = tuple(sorted({int(p) for p in partitions}))
+        if not key:
+            return []
+        clause = self._partition_filters.get(key)
+        if clause is None:
+            if len(self._partition_filters) >= PARTITION_FILTERS:
+                self._partition_filters.clear()
+            column = self.engine.dialect.identifier_preparer \
+                .quote_identifier("partition")
+            clause = sa.text("%s IN (%s)" % (column,
+                                             ",".join(map(str, key))))
+            self._partition_filters[key] = clause
+        return [clause]
 
     # -- nodes ---------------------------------------------------------
 
@@ -297,8 +319,7 @@ class Connection:
         """Nodes ordered by id, optionally filtered.
 
         :param partitions: only nodes of these partitions (None: all);
-            the list is sent in batches, so ordering and ``limit`` then
-            hold within each batch, and the result is sorted again.
+            one statement whatever their number.
         """
         query = sa.select(_nodes).order_by(_nodes.c.id)
         if driver is not None:
@@ -309,15 +330,10 @@ class Connection:
             query = query.limit(limit)
         found: list[NodeRecord] = []
         with self.engine.connect() as conn:
-            for batch in _batches(partitions):
-                q = query if batch is None else query.where(
-                    _nodes.c.partition.in_(batch))
+            for where in self._in_partitions(partitions):
+                q = query if where is None else query.where(where)
                 found.extend(NodeRecord.from_row(row)
                              for row in conn.execute(q))
-        if partitions is not None:
-            found.sort(key=lambda node: node.id)
-            if limit is not None:
-                del found[limit:]
         return found
 
     def update_node(self, ident: str, values: Mapping[str, Any], *,
@@ -603,9 +619,8 @@ class Connection:
             reservation_epoch=_nodes.c.reservation_epoch + 1)
         with self.engine.begin() as conn:
             if uuids is None:
-                for batch in _batches(partitions):
-                    q = query if batch is None else query.where(
-                        _nodes.c.partition.in_(batch))
+                for where in self._in_partitions(partitions):
+                    q = query if where is None else query.where(where)
                     total += conn.execute(q).rowcount
             else:
                 for start in range(0, len(uuids), 500):
@@ -646,9 +661,8 @@ class Connection:
             query = query.where(_nodes.c.driver.in_(list(drivers)))
         found: list[str] = []
         with self.engine.connect() as conn:
-            for batch in _batches(partitions):
-                q = query if batch is None else query.where(
-                    _nodes.c.partition.in_(batch))
+            for where in self._in_partitions(partitions):
+                q = query if where is None else query.where(where)
                 found.extend(conn.execute(q).scalars())
         return found
 
@@ -659,7 +673,7 @@ class Connection:
                   checked_before: datetime.datetime | None = None,
                   unchecked: bool = True,
                   healthy: bool = False) -> list[SyncRow]:
-        """Unreserved nodes for power sync (one query per IN batch).
+        """Unreserved nodes for power sync (one query).
 
         With ``maintenance`` True and a ``fault``, the nodes in maintenance
         for that fault (the recovery sweep).
@@ -686,9 +700,8 @@ class Connection:
             query = query.where(c.power_sync_failures == 0)
         found: list[SyncRow] = []
         with self.engine.connect() as conn:
-            for batch in _batches(partitions):
-                q = query if batch is None else query.where(
-                    c.partition.in_(batch))
+            for where in self._in_partitions(partitions):
+                q = query if where is None else query.where(where)
                 found.extend(
                     SyncRow(row.uuid, row.name, row.driver,
                             _as_dict(row.driver_info), row.power_state,
@@ -943,8 +956,8 @@ class Connection:
                                      int]:
         """Node counts of some partitions, for the worker's gauges.
 
-        One aggregate query per batch of partitions, on the partition
-        index. Overdue and oldest poll as in :meth:`partition_summary`.
+        One aggregate query on the partition index. Overdue and oldest
+        poll as in :meth:`partition_summary`.
 
         :returns: (nodes, overdue, oldest poll, in maintenance).
         """
@@ -964,9 +977,8 @@ class Connection:
         if not chosen:
             return 0, 0, None, 0
         with self.engine.connect() as conn:
-            for batch in _batches(chosen):
-                q = query if batch is None else query.where(
-                    c.partition.in_(batch))
+            for where in self._in_partitions(chosen):
+                q = query if where is None else query.where(where)
                 count, late, first, held = conn.execute(q).one()
                 owned += int(count or 0)
                 overdue += int(late or 0)

@@ -487,6 +487,43 @@ class TestPowerSync(DbTestCase):
                           for row in recovery])
         self.assertEqual([], self.db.sync_rows(drivers=[]))
 
+    def test_partition_filters_are_one_statement_and_reused(self) -> None:
+        nodes = [self.node("p%02d" % i) for i in range(40)]
+        by_partition: dict[int, set[str]] = {}
+        for node in nodes:
+            by_partition.setdefault(node.partition, set()).add(node.uuid)
+        some = sorted(by_partition)[:7]
+        want = set().union(*(by_partition[p] for p in some))
+        statements: list[str] = []
+
+        def count(conn, cursor, statement, *args) -> None:
+            # NOTE: not the pings of connection checkout.
+            if "nodes" in statement:
+                statements.append(statement)
+
+        sa.event.listen(self.db.engine, "before_cursor_execute", count)
+        self.addCleanup(sa.event.remove, self.db.engine,
+                        "before_cursor_execute", count)
+        # Every partition there is: still one statement, no parameter per
+        # partition.
+        every = list(range(models.PARTITIONS))
+        self.assertEqual(len(nodes), len(self.db.node_uuids(
+            partitions=every)))
+        self.assertEqual(1, len(statements))
+        self.assertEqual(want, set(self.db.node_uuids(
+            partitions=reversed(some))))
+        self.assertEqual(want, {row.uuid for row in self.db.sync_rows(
+            drivers=["fake"], partitions=some + some[:2])})
+        self.assertEqual(want, {node.uuid for node in self.db.list_nodes(
+            partitions=some)})
+        # The same set of partitions (in any order) reuses its clause.
+        self.assertIs(self.db._in_partitions(some)[0],
+                      self.db._in_partitions(reversed(some))[0])
+        self.assertEqual([], self.db.node_uuids(partitions=[]))
+        self.assertEqual(4, len(statements))
+        self.assertRaises(ValueError, self.db.node_uuids,
+                          partitions=["1) OR (1=1"])
+
     def test_apply_sync_results_mixed_shapes(self) -> None:
         a, b, c = self.node("a"), self.node("b"), self.node("c")
         self.set_columns(c.uuid, last_error="keep me")
