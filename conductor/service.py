@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import gc
 import logging
 import multiprocessing
 import os
@@ -457,6 +458,12 @@ class ConductorService(service.ServiceBase):
                  {"id": self.worker_id, "host": self.host,
                   "secs": time.monotonic() - started,
                   "drivers": ", ".join(drivers)})
+        # NOTE: what the worker holds now (modules, configuration, drivers,
+        # engine, threads) lives as long as the process (a SIGHUP forks
+        # new workers). Frozen out of the garbage collector, it is not
+        # traversed again by every full collection the periodic work
+        # triggers: a tenth of an idle worker's CPU went there.
+        gc.freeze()
 
     def _collect_periodics(self, rt: _Runtime
                            ) -> list[periodics.PeriodicSpec]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -54,6 +55,9 @@ class TestCase(base.BaseTestCase):
         state = self.useFixture(fixtures.TempDir()).path
         self.config(state_path=state)
         self.config(workers=2, group="conductor")
+        # NOTE: a worker started in-process freezes the heap out of the
+        # garbage collector (see ConductorService._start); give it back.
+        self.addCleanup(gc.unfreeze)
 
     def config(self, **kw: object) -> None:
         self.cfg_fixture.config(**kw)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import logging
 import os
@@ -303,9 +304,12 @@ class TestStartStop(ServiceTestCase):
         left_over = self.node("left-over")
         self.db.reserve_node(left_over, "test-host:0")   # a previous life
         svc = self.service()
+        frozen = gc.get_freeze_count()
         started = time.monotonic()
         svc.start()
         start_seconds = time.monotonic() - started
+        # What the started worker holds is kept out of the collector.
+        self.assertGreater(gc.get_freeze_count(), frozen)
         [row] = self.db.list_conductors()
         self.assertEqual(("test-host", 0, os.getpid(), ["fake"], True),
                          (row.host, row.worker_id, row.pid, row.drivers,
