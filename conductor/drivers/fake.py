@@ -292,11 +292,38 @@ class _LogTail:
                      entry["target"]))
 
 
+#: Per path, the (pid, fd) timing lines are appended to; see _log_fd.
+_LOG_FDS: dict[str, tuple[int, int]] = {}
+_LOG_FDS_LOCK = threading.Lock()
+
+
+def _log_fd(path: str) -> int:
+    """The process's append-only descriptor of ``path``, opened once.
+
+    For ``fake_timing_log``, written at every call: opening the file for
+    every line made the log cost more CPU than the call it records (each
+    system call gives up the GIL to the other call threads). A forked
+    child opens its own. The call log is opened per line instead: a test
+    may replace it, and the next line must go to the new file.
+    """
+    pid = os.getpid()
+    with _LOG_FDS_LOCK:
+        found = _LOG_FDS.get(path)
+        if found is not None and found[0] == pid:
+            return found[1]
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _LOG_FDS[path] = (pid, fd)
+        return fd
+
+
 def _log_call(path: str, entry: dict[str, Any],
               key: str = "fake_call_log") -> None:
     """Append one JSON line to ``path`` with a single O_APPEND write."""
     line = (json.dumps(entry, sort_keys=True) + "\n").encode()
     try:
+        if key == "fake_timing_log":
+            os.write(_log_fd(path), line)
+            return
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
@@ -305,6 +332,8 @@ def _log_call(path: str, entry: dict[str, Any],
     except OSError as exc:
         LOG.warning("Fake BMC of node %s: cannot write %s %s: %s",
                     entry["node"], key, path, exc)
+        with _LOG_FDS_LOCK:
+            _LOG_FDS.pop(path, None)
 
 
 class FakeDriver(base.BaseDriver):

@@ -368,6 +368,29 @@ class TestFakeTimingLog(base.TestCase):
         self.assertEqual([False, False], [e["ok"] for e in self._entries()])
         self.assertIsNone(self._entries()[0]["bmc"])
 
+    def test_opened_once_per_process(self) -> None:
+        opened: list[str] = []
+        real_open = os.open
+
+        def tracking_open(path: str, *args: Any) -> int:
+            opened.append(path)
+            return real_open(path, *args)
+
+        self.useFixture(fixtures.MonkeyPatch("os.open", tracking_open))
+        node = _node(fake_timing_log=self.path)
+        for _ in range(3):
+            self.power.get_power_state(node)
+        self.assertEqual([self.path], opened)
+        # A forked child (another pid) writes through its own descriptor.
+        self.useFixture(fixtures.MonkeyPatch(
+            "os.getpid", lambda: -1))
+        self.power.get_power_state(node)
+        self.assertEqual([self.path] * 2, opened)
+        self.assertEqual(4, len(self._entries()))
+        for _, fd in fake._LOG_FDS.values():
+            os.close(fd)
+        fake._LOG_FDS.clear()
+
     def test_no_call_log_entries(self) -> None:
         # The timing log is separate: the call log keeps only changes.
         calls = os.path.join(os.path.dirname(self.path), "calls.jsonl")
