@@ -364,6 +364,7 @@ class CpuMeter:
     def __init__(self) -> None:
         self.last: dict[int, float] = {}
         self.rss: dict[int, int] = {}
+        self.workers: set[int] = set()
 
     def sample(self, hosts: Iterable[Host]) -> None:
         for host in hosts:
@@ -372,12 +373,21 @@ class CpuMeter:
                     times = proc.cpu_times()
                     self.last[proc.pid] = times.user + times.system
                     if _is_worker(proc):
+                        self.workers.add(proc.pid)
                         self.rss[proc.pid] = max(
                             self.rss.get(proc.pid, 0),
                             proc.memory_info().rss)
 
     def snapshot(self) -> dict[int, float]:
         return dict(self.last)
+
+    def split(self) -> tuple[dict[int, float], dict[int, float]]:
+        """The latest readings of the masters and of the workers."""
+        masters = {pid: value for pid, value in self.last.items()
+                   if pid not in self.workers}
+        workers = {pid: value for pid, value in self.last.items()
+                   if pid in self.workers}
+        return masters, workers
 
 
 class Bench:
@@ -516,6 +526,8 @@ class Bench:
         end = time.time()
         rows_after = self.rows_read()
         cpu = cpu_used(baseline, meter.snapshot())
+        masters, workers = meter.split()
+        seconds = end - start
         # NOTE: calls started in the window may end (and be logged) a
         # little after it.
         time.sleep(min(5.0, self.args.power_state_timeout))
@@ -529,6 +541,14 @@ class Bench:
             "cpu_seconds": round(cpu, 2),
             "cpu_ms_per_node_poll": (round(1000 * cpu / polls, 4)
                                      if polls else None),
+            # Where the CPU goes: per process and second, by role.
+            "cpu_ms_per_second_per_master": round(
+                1000 * cpu_used(baseline, masters)
+                / seconds / max(1, len(masters)), 2),
+            "cpu_ms_per_second_per_worker": round(
+                1000 * cpu_used(baseline, workers)
+                / seconds / max(1, len(workers)), 2),
+            "processes": {"masters": len(masters), "workers": len(workers)},
             "rows_read_per_second": round(rows_per_s, 1),
             "rows_read_counter": self.rows_counter,
             "rows_read_ratio": ratio(rows_per_s, ideal_rows),
