@@ -90,6 +90,14 @@ class TestCpuAndTakeover(base.TestCase):
         last = {1: 12.5, 2: 5.0, 4: 0.75}     # 3 gone, 4 new (counts whole)
         self.assertAlmostEqual(3.25, bench.cpu_used(baseline, last))
 
+    def test_split_by_role(self) -> None:
+        meter = bench.CpuMeter()
+        meter.last = {1: 2.0, 2: 7.0, 3: 9.0}
+        meter.workers = {2, 3}
+        masters, workers = meter.split()
+        self.assertEqual({1: 2.0}, masters)
+        self.assertEqual({2: 7.0, 3: 9.0}, workers)
+
     def test_takeover(self) -> None:
         victim = {7, 8}
         entries = [
