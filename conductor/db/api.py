@@ -27,6 +27,7 @@ import logging
 from typing import Any, Iterable, Mapping, Sequence
 import uuid as uuid_lib
 
+from oslo_db import api as oslo_db_api
 from oslo_db import exception as db_exc
 from oslo_utils import timeutils
 from oslo_utils import uuidutils
@@ -776,23 +777,34 @@ class Connection:
 
     # -- conductors ----------------------------------------------------
 
+    @oslo_db_api.wrap_db_retry(max_retries=5, retry_interval=0.1,
+                               max_retry_interval=1, retry_on_deadlock=True)
     def register_conductor(self, host: str, worker_id: int,
                            drivers: Sequence[str],
                            pid: int | None = None) -> None:
-        """Mark this worker online with a fresh heartbeat (upsert)."""
+        """Mark this worker online with a fresh heartbeat (upsert).
+
+        Each statement is its own transaction: on MySQL and MariaDB an
+        UPDATE that matches no row keeps a gap lock until its transaction
+        ends, and an INSERT after it in the same transaction deadlocks
+        with another worker doing the same (a fleet of new hosts starting
+        at once made workers fail to start). A deadlock victim is tried
+        again.
+        """
         now = timeutils.utcnow()
         values = {"drivers": list(drivers), "online": True, "pid": pid,
                   "started_at": now, "heartbeat_at": now}
         with self.engine.begin() as conn:
             if _update_conductor(conn, host, worker_id, values):
                 return
-            try:
-                with conn.begin_nested():
-                    conn.execute(_conductors.insert().values(
-                        host=host, worker_id=worker_id, **values))
-            except (db_exc.DBDuplicateEntry, sa.exc.IntegrityError):
-                # NOTE: another process inserted the same row between our
-                # UPDATE and INSERT (a fast respawn); updating is enough.
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(_conductors.insert().values(
+                    host=host, worker_id=worker_id, **values))
+        except (db_exc.DBDuplicateEntry, sa.exc.IntegrityError):
+            # NOTE: another process inserted the same row between our
+            # UPDATE and INSERT (a fast respawn); updating is enough.
+            with self.engine.begin() as conn:
                 _update_conductor(conn, host, worker_id, values)
 
     def heartbeat(self, host: str, worker_id: int, *,

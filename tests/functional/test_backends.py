@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 
 import testscenarios
 
+from conductor.db import api as db_api
 from conductor.db import engine as db_engine
 from conductor.db import migration
 from conductor import startup
@@ -219,3 +221,53 @@ class TestCliOnBackend(base.FunctionalTestCase):
                       conductor.log())
         db = self.db_fixture.connect(upgrade=False)
         self.assertEqual([], db.list_nodes())
+
+
+class TestWorkersRegisterAtOnce(base.FunctionalTestCase):
+    """A fleet of new hosts starting at once: every worker registers."""
+
+    scenarios = [("mysql", {"backend": "mysql"}),
+                 ("postgresql", {"backend": "postgresql"})]
+    backend: str
+
+    def test_concurrent_registrations_all_land(self) -> None:
+        dbf = self.useFixture(base.Database(self.backend))
+        dbf.connect()       # the schema
+        workers = [("h%02d" % host, worker) for host in range(12)
+                   for worker in range(2)]
+        # NOTE: one engine each, as in separate worker processes.
+        connections = [db_api.Connection.create(dbf.url) for _ in workers]
+        for db in connections:
+            self.addCleanup(db.dispose)
+        failures: list[str] = []
+        for round_ in range(3):
+            go = threading.Barrier(len(workers))
+
+            def register(db: db_api.Connection, host: str,
+                         worker: int) -> None:
+                go.wait()
+                try:
+                    db.register_conductor(host, worker, ["fake"],
+                                          pid=round_)
+                except Exception as exc:
+                    failures.append("%s:%d: %s" % (
+                        host, worker, str(exc).splitlines()[0]))
+
+            threads = [threading.Thread(target=register, args=(db,) + w)
+                       for db, w in zip(connections, workers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            # Rows of the next round exist: it updates instead of inserts;
+            # delete them so that every round races on inserts.
+            if round_ < 2:
+                records = connections[0].list_conductors()
+                self.assertEqual(len(workers), len(records), failures)
+                for host in {h for h, _ in workers}:
+                    connections[0].delete_conductors(host, [0, 1])
+        self.assertEqual([], failures)
+        records = connections[0].list_conductors()
+        self.assertEqual(sorted("%s:%d" % w for w in workers),
+                         sorted(r.holder for r in records))
+        self.assertEqual({2}, {r.pid for r in records})

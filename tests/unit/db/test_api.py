@@ -601,6 +601,24 @@ class TestConductors(DbTestCase):
             online=True, started_at=later, heartbeat_at=later), record)
         self.assertEqual("h:0", record.holder)
 
+    def test_register_tries_a_deadlock_victim_again(self) -> None:
+        real = db_api._update_conductor
+        calls: list[int] = []
+
+        def first_deadlocks(*args: Any, **kwargs: Any) -> int:
+            calls.append(1)
+            if len(calls) == 1:
+                raise db_exc.DBDeadlock()
+            return real(*args, **kwargs)
+
+        self.useFixture(fixtures.MockPatchObject(
+            db_api, "_update_conductor", side_effect=first_deadlocks))
+        self.db.register_conductor("h", 0, ["fake"], pid=100)
+        [record] = self.db.list_conductors()
+        self.assertEqual(("h:0", 100, True),
+                         (record.holder, record.pid, record.online))
+        self.assertEqual(2, len(calls))
+
     def test_register_without_pid(self) -> None:
         self.db.register_conductor("h", 1, [])
         [record] = self.db.list_conductors()
