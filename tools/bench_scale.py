@@ -365,6 +365,8 @@ class CpuMeter:
         self.last: dict[int, float] = {}
         self.rss: dict[int, int] = {}
         self.workers: set[int] = set()
+        #: When each process was last read (time.time()).
+        self.seen: dict[int, float] = {}
 
     def sample(self, hosts: Iterable[Host]) -> None:
         for host in hosts:
@@ -372,6 +374,7 @@ class CpuMeter:
                 with contextlib.suppress(psutil.Error):
                     times = proc.cpu_times()
                     self.last[proc.pid] = times.user + times.system
+                    self.seen[proc.pid] = time.time()
                     if _is_worker(proc):
                         self.workers.add(proc.pid)
                         self.rss[proc.pid] = max(
@@ -381,11 +384,19 @@ class CpuMeter:
     def snapshot(self) -> dict[int, float]:
         return dict(self.last)
 
-    def split(self) -> tuple[dict[int, float], dict[int, float]]:
-        """The latest readings of the masters and of the workers."""
-        masters = {pid: value for pid, value in self.last.items()
+    def split(self, since: float = 0.0
+              ) -> tuple[dict[int, float], dict[int, float]]:
+        """The latest readings of the masters and of the workers.
+
+        :param since: only processes still running at that time (a
+            worker that failed its start before a window is not one of
+            its workers).
+        """
+        alive = {pid: value for pid, value in self.last.items()
+                 if self.seen.get(pid, 0.0) >= since}
+        masters = {pid: value for pid, value in alive.items()
                    if pid not in self.workers}
-        workers = {pid: value for pid, value in self.last.items()
+        workers = {pid: value for pid, value in alive.items()
                    if pid in self.workers}
         return masters, workers
 
@@ -518,6 +529,7 @@ class Bench:
         """The steady-state figures over ``intervals`` intervals from now."""
         interval = float(self.args.interval)
         meter.rss = {}
+        opened = time.time()
         meter.sample(hosts)
         baseline = meter.snapshot()
         rows_before = self.rows_read()
@@ -526,7 +538,7 @@ class Bench:
         end = time.time()
         rows_after = self.rows_read()
         cpu = cpu_used(baseline, meter.snapshot())
-        masters, workers = meter.split()
+        masters, workers = meter.split(since=opened)
         seconds = end - start
         # NOTE: calls started in the window may end (and be logged) a
         # little after it.

@@ -92,11 +92,14 @@ class TestCpuAndTakeover(base.TestCase):
 
     def test_split_by_role(self) -> None:
         meter = bench.CpuMeter()
-        meter.last = {1: 2.0, 2: 7.0, 3: 9.0}
-        meter.workers = {2, 3}
+        meter.last = {1: 2.0, 2: 7.0, 3: 9.0, 4: 0.5}
+        meter.workers = {2, 3, 4}
+        meter.seen = {1: 100.0, 2: 100.0, 3: 100.0, 4: 10.0}
         masters, workers = meter.split()
         self.assertEqual({1: 2.0}, masters)
-        self.assertEqual({2: 7.0, 3: 9.0}, workers)
+        self.assertEqual({2: 7.0, 3: 9.0, 4: 0.5}, workers)
+        # A worker gone before the window (a failed start) is not one.
+        self.assertEqual({2: 7.0, 3: 9.0}, meter.split(since=50.0)[1])
 
     def test_takeover(self) -> None:
         victim = {7, 8}
