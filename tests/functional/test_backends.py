@@ -259,11 +259,12 @@ class TestWorkersRegisterAtOnce(base.FunctionalTestCase):
                 thread.start()
             for thread in threads:
                 thread.join(60)
-            # Rows of the next round exist: it updates instead of inserts;
-            # delete them so that every round races on inserts.
+            # NOTE: left in place, the rows would make the next round's
+            # registrations updates; deleted, every round races to insert.
             if round_ < 2:
                 records = connections[0].list_conductors()
-                self.assertEqual(len(workers), len(records), failures)
+                self.assertEqual(len(workers), len(records),
+                                 "; ".join(failures))
                 for host in {h for h, _ in workers}:
                     connections[0].delete_conductors(host, [0, 1])
         self.assertEqual([], failures)
