@@ -983,21 +983,14 @@ class Connection:
             sa.func.min(sa.case((healthy, c.power_checked_at),
                                 else_=None)),
             sa.func.sum(sa.case((healthy, 0), else_=1)))
-        owned = overdue = maintenance = 0
-        oldest: datetime.datetime | None = None
-        chosen = sorted(set(partitions))
-        if not chosen:
+        filters = self._in_partitions(partitions)
+        if not filters:
             return 0, 0, None, 0
+        [where] = filters
+        q = query if where is None else query.where(where)
         with self.engine.connect() as conn:
-            for where in self._in_partitions(chosen):
-                q = query if where is None else query.where(where)
-                count, late, first, held = conn.execute(q).one()
-                owned += int(count or 0)
-                overdue += int(late or 0)
-                maintenance += int(held or 0)
-                if first is not None and (oldest is None or first < oldest):
-                    oldest = first
-        return owned, overdue, oldest, maintenance
+            count, late, oldest, held = conn.execute(q).one()
+        return int(count or 0), int(late or 0), oldest, int(held or 0)
 
     def maintenance_count(self) -> int:
         query = (sa.select(sa.func.count())

@@ -11,6 +11,7 @@ import stat
 import sys
 from typing import Any
 from unittest import mock
+import uuid as uuid_lib
 
 import fixtures
 from oslo_db import exception as db_exc
@@ -523,6 +524,31 @@ class TestPowerSync(DbTestCase):
         self.assertEqual(4, len(statements))
         self.assertRaises(ValueError, self.db.node_uuids,
                           partitions=["1) OR (1=1"])
+
+    def test_owned_node_counts(self) -> None:
+        # Three uuids in three partitions.
+        uuids: dict[int, str] = {}
+        while len(uuids) < 3:
+            candidate = str(uuid_lib.uuid4())
+            uuids.setdefault(models.partition_of(candidate), candidate)
+        a, b, c = (self.node(name, uuid=uuid)
+                   for name, uuid in zip("abc", uuids.values()))
+        self.assertEqual(list(uuids), [a.partition, b.partition,
+                                       c.partition])
+        old = datetime.datetime(2020, 1, 1)
+        recent = datetime.datetime(2030, 1, 1)
+        self.set_columns(a.uuid, power_checked_at=old)
+        self.set_columns(b.uuid, power_checked_at=recent)
+        self.set_columns(c.uuid, maintenance=True, power_checked_at=old)
+        every = list(range(models.PARTITIONS))
+        cutoff = datetime.datetime(2025, 1, 1)
+        # a is overdue; c, in maintenance, is neither overdue nor oldest.
+        self.assertEqual((3, 1, old, 1), self.db.owned_node_counts(
+            every, overdue_before=cutoff))
+        self.assertEqual((1, 0, recent, 0), self.db.owned_node_counts(
+            [b.partition], overdue_before=cutoff))
+        self.assertEqual((0, 0, None, 0), self.db.owned_node_counts(
+            [], overdue_before=cutoff))
 
     def test_apply_sync_results_mixed_shapes(self) -> None:
         a, b, c = self.node("a"), self.node("b"), self.node("c")
