@@ -51,6 +51,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -297,6 +298,10 @@ _LOG_FDS: dict[str, tuple[int, int]] = {}
 _LOG_FDS_LOCK = threading.Lock()
 
 
+def _open_log(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
 def _log_fd(path: str) -> int:
     """The process's append-only descriptor of ``path``, opened once.
 
@@ -311,9 +316,18 @@ def _log_fd(path: str) -> int:
         found = _LOG_FDS.get(path)
         if found is not None and found[0] == pid:
             return found[1]
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = _open_log(path)
         _LOG_FDS[path] = (pid, fd)
         return fd
+
+
+def _drop_log_fd(path: str) -> None:
+    """Close this process's descriptor of ``path``; the next line reopens."""
+    with _LOG_FDS_LOCK:
+        found = _LOG_FDS.pop(path, None)
+    if found is not None and found[0] == os.getpid():
+        with contextlib.suppress(OSError):
+            os.close(found[1])
 
 
 def _log_call(path: str, entry: dict[str, Any],
@@ -324,7 +338,7 @@ def _log_call(path: str, entry: dict[str, Any],
         if key == "fake_timing_log":
             os.write(_log_fd(path), line)
             return
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = _open_log(path)
         try:
             os.write(fd, line)
         finally:
@@ -332,8 +346,7 @@ def _log_call(path: str, entry: dict[str, Any],
     except OSError as exc:
         LOG.warning("Fake BMC of node %s: cannot write %s %s: %s",
                     entry["node"], key, path, exc)
-        with _LOG_FDS_LOCK:
-            _LOG_FDS.pop(path, None)
+        _drop_log_fd(path)
 
 
 class FakeDriver(base.BaseDriver):

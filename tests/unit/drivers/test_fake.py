@@ -391,6 +391,25 @@ class TestFakeTimingLog(base.TestCase):
             os.close(fd)
         fake._LOG_FDS.clear()
 
+    def test_a_failed_write_closes_and_reopens(self) -> None:
+        node = _node(fake_timing_log=self.path)
+        self.power.get_power_state(node)
+        [(_, fd)] = fake._LOG_FDS.values()
+        real_write = os.write
+
+        def fails_once(target: int, data: bytes) -> int:
+            self.useFixture(fixtures.MonkeyPatch("os.write", real_write))
+            raise OSError(28, "No space left on device")
+
+        self.useFixture(fixtures.MonkeyPatch("os.write", fails_once))
+        with self.assertLogs(fake.LOG.name, "WARNING"):
+            self.power.get_power_state(node)
+        self.assertEqual({}, fake._LOG_FDS)
+        self.assertRaises(OSError, os.fstat, fd)        # closed
+        self.power.get_power_state(node)
+        self.assertEqual(2, len(self._entries()))
+        fake._drop_log_fd(self.path)
+
     def test_no_call_log_entries(self) -> None:
         # The timing log is separate: the call log keeps only changes.
         calls = os.path.join(os.path.dirname(self.path), "calls.jsonl")
