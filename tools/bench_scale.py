@@ -167,6 +167,13 @@ def cpu_used(baseline: Mapping[int, float], last: Mapping[int, float]
                for pid, value in last.items())
 
 
+def cpu_ms_per_second(baseline: Mapping[int, float],
+                      last: Mapping[int, float], seconds: float) -> float:
+    """CPU ms per second and process of ``last`` (see :func:`cpu_used`)."""
+    return round(1000 * cpu_used(baseline, last) / seconds
+                 / max(1, len(last)), 2)
+
+
 def first_poll_after(entries: Sequence[Mapping[str, Any]], nodes: set[str],
                      since: float, exclude_pids: set[int]
                      ) -> dict[str, float]:
@@ -554,12 +561,10 @@ class Bench:
             "cpu_ms_per_node_poll": (round(1000 * cpu / polls, 4)
                                      if polls else None),
             # Where the CPU goes: per process and second, by role.
-            "cpu_ms_per_second_per_master": round(
-                1000 * cpu_used(baseline, masters)
-                / seconds / max(1, len(masters)), 2),
-            "cpu_ms_per_second_per_worker": round(
-                1000 * cpu_used(baseline, workers)
-                / seconds / max(1, len(workers)), 2),
+            "cpu_ms_per_second_per_master": cpu_ms_per_second(
+                baseline, masters, seconds),
+            "cpu_ms_per_second_per_worker": cpu_ms_per_second(
+                baseline, workers, seconds),
             "processes": {"masters": len(masters), "workers": len(workers)},
             "rows_read_per_second": round(rows_per_s, 1),
             "rows_read_counter": self.rows_counter,

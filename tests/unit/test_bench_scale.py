@@ -90,6 +90,11 @@ class TestCpuAndTakeover(base.TestCase):
         last = {1: 12.5, 2: 5.0, 4: 0.75}     # 3 gone, 4 new (counts whole)
         self.assertAlmostEqual(3.25, bench.cpu_used(baseline, last))
 
+    def test_cpu_ms_per_second(self) -> None:
+        self.assertEqual(25.0, bench.cpu_ms_per_second(
+            {1: 1.0, 2: 1.0}, {1: 2.0, 2: 1.5}, 30.0))
+        self.assertEqual(0.0, bench.cpu_ms_per_second({}, {}, 30.0))
+
     def test_split_by_role(self) -> None:
         meter = bench.CpuMeter()
         meter.last = {1: 2.0, 2: 7.0, 3: 9.0, 4: 0.5}
