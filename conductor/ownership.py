@@ -279,6 +279,9 @@ class Rings:
         self._mine: frozenset[int] = frozenset()
         #: partition -> monotonic time until which it is held back.
         self._held: dict[int, float] = {}
+        #: What partitions() returns, and the monotonic time until which
+        #: it holds (the next end of a hold); None after a rebuild.
+        self._active: tuple[tuple[int, ...], float] | None = None
         self._read_at = -float("inf")
         # NOTE: refreshes read the database outside the lock; each takes
         # a ticket first, and a read older than one already applied is
@@ -460,6 +463,7 @@ class Rings:
         self._table = table
         self._mine = mine
         self._held = held
+        self._active = None
 
     def _tidy(self, records: Sequence[db_api.ConductorRecord],
               now: datetime.datetime) -> None:
@@ -492,15 +496,25 @@ class Rings:
 
     # -- lookups -------------------------------------------------------
 
-    def partitions(self) -> list[int]:
+    def partitions(self) -> tuple[int, ...]:
         """This worker's partitions to work on now, sorted.
 
-        Partitions still held back after a handover are left out.
+        Partitions still held back after a handover are left out. Asked
+        every second: worked out again only after a rebuild or when a
+        hold ends, else the same tuple is returned.
         """
         now = self._monotonic()
         with self._lock:
-            mine, held = self._mine, self._held
-        return sorted(p for p in mine if held.get(p, 0.0) <= now)
+            active = self._active
+            if active is not None and now < active[1]:
+                return active[0]
+            held = self._held
+            found = tuple(sorted(p for p in self._mine
+                                 if held.get(p, 0.0) <= now))
+            until = min((t for t in held.values() if t > now),
+                        default=float("inf"))
+            self._active = (found, until)
+            return found
 
     def owned_partitions(self) -> frozenset[int]:
         """Every partition of this worker, held ones included."""

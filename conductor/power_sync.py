@@ -44,14 +44,16 @@ nodes' BMCs and clears the fault when they answer.
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import dataclasses
 import datetime
+import functools
 import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from oslo_utils import timeutils
 
@@ -93,6 +95,7 @@ class SyncSettings:
     batch_size: int = 64
 
 
+@functools.lru_cache(maxsize=64)
 def tick(interval: float) -> float:
     """Seconds between two runs of the sync periodic for ``interval``.
 
@@ -106,6 +109,7 @@ def tick(interval: float) -> float:
     return min(10.0, max(1.0, interval / 60.0))
 
 
+@functools.lru_cache(maxsize=64)
 def tolerance(interval: float) -> float:
     """How early a node may be polled after its last poll (seconds).
 
@@ -265,13 +269,12 @@ class PowerSync:
         if self._anchor is None:
             self._anchor = start
         mine = self._rings.partitions()
-        window = [p for p in mine
-                  if _slot_passed(phase_of(p, interval), interval, start, t)]
+        window = slot_window(mine, interval, start, t)
         drivers = list(self._drivers)
         found: dict[str, db_api.SyncRow] = {}
         if window:
             for row in self._db.sync_rows(
-                    drivers=drivers, partitions=window,
+                    drivers=drivers, window=window,
                     checked_before=_at(t - interval + tolerance(interval))):
                 found[row.uuid] = row
         if mine and self._overdue_check_due(t, interval):
@@ -563,6 +566,57 @@ def _forcing(phase: str, node: Any, target: str,
     if phase == "start":
         metrics.power_change("forced")
     notifications.power_set(phase, node, target, error)
+
+
+def slot_arc(interval: float, start: float,
+             end: float) -> list[tuple[int, int]]:
+    """The partitions whose slot lies in (start, end], as ranges.
+
+    Phases grow with the partition number, so these partitions form one
+    arc of the circle of partitions: ``[(lo, hi)]``, or two ranges when
+    the arc wraps past the last partition, or ``[]``. Found from the
+    ends of the arc in constant time (a worker asks every second); the
+    same partitions as testing every one with :func:`_slot_passed`.
+    """
+    last = models.PARTITIONS - 1
+    if end - start >= interval:
+        return [(0, last)]
+    if end <= start:
+        return []
+
+    def passed(p: int) -> bool:
+        return _slot_passed(phase_of(p % models.PARTITIONS, interval),
+                            interval, start, end)
+
+    # NOTE: the ends are where a partition whose slot passed neighbours
+    # one whose slot did not; their estimates are off by at most one
+    # partition (rounding). No end near the estimate: every slot passed
+    # (a window a hair shorter than the interval) or none did.
+    hi_guess = int((end % interval) * models.PARTITIONS / interval)
+    near = range(hi_guess + 1, hi_guess - 2, -1)
+    if not any(passed(p) for p in near):
+        return []
+    hi = next((p for p in near if passed(p) and not passed(p + 1)), None)
+    lo_guess = int((start % interval) * models.PARTITIONS / interval) + 1
+    lo = next((p for p in range(lo_guess - 1, lo_guess + 2)
+               if passed(p) and not passed(p - 1)), None)
+    if hi is None or lo is None:
+        return [(0, last)]
+    hi %= models.PARTITIONS
+    lo %= models.PARTITIONS
+    if lo <= hi:
+        return [(lo, hi)]
+    return [(lo, last), (0, hi)]
+
+
+def slot_window(mine: Sequence[int], interval: float, start: float,
+                end: float) -> list[int]:
+    """The partitions of sorted ``mine`` whose slot is in (start, end]."""
+    window: list[int] = []
+    for lo, hi in slot_arc(interval, start, end):
+        window.extend(mine[bisect.bisect_left(mine, lo):
+                           bisect.bisect_right(mine, hi)])
+    return window
 
 
 def _slot_passed(phase: float, interval: float, start: float,

@@ -24,7 +24,7 @@ import dataclasses
 import datetime
 import json
 import logging
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 import uuid as uuid_lib
 
 from oslo_db import api as oslo_db_api
@@ -165,6 +165,8 @@ class Connection:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self._partition_filters: dict[tuple[int, ...], sa.TextClause] = {}
+        #: Built statements of the per-second reads, by their shape.
+        self._statements: dict[tuple[Any, ...], sa.Select[Any]] = {}
 
     @classmethod
     def create(cls, url: str, **kwargs: Any) -> "Connection":
@@ -187,7 +189,13 @@ class Connection:
         """
         if partitions is None:
             return [None]
-        key = tuple(sorted({int(p) for p in partitions}))
+        # NOTE: callers pass the same sorted list every second: look it up
+        # as given first; normalise (and check) it only on a miss.
+        given = tuple(partitions)
+        clause = self._partition_filters.get(given)
+        if clause is not None:
+            return [clause]
+        key = tuple(sorted({int(p) for p in given}))
         if not key:
             return []
         clause = self._partition_filters.get(key)
@@ -199,7 +207,23 @@ class Connection:
             clause = sa.text("%s IN (%s)" % (column,
                                              ",".join(map(str, key))))
             self._partition_filters[key] = clause
+        self._partition_filters[given] = clause
         return [clause]
+
+    def _statement(self, key: tuple[Any, ...],
+                   build: Callable[[], sa.Select[Any]]) -> sa.Select[Any]:
+        """The statement ``build()`` makes for ``key``, built once.
+
+        Workers run the same few reads every second; building a SELECT
+        and its cache key anew each time cost them more CPU than sending
+        it. ``key`` must hold everything ``build`` depends on.
+        """
+        statement = self._statements.get(key)
+        if statement is None:
+            if len(self._statements) >= PARTITION_FILTERS:
+                self._statements.clear()
+            statement = self._statements[key] = build()
+        return statement
 
     # -- nodes ---------------------------------------------------------
 
@@ -648,24 +672,32 @@ class Connection:
 
         :param partitions: only nodes of these partitions (None: all).
         """
-        query = sa.select(_nodes.c.uuid)
-        if maintenance is not None:
-            query = query.where(_nodes.c.maintenance == maintenance)
-        if reserved is not None:
-            query = query.where(_nodes.c.reservation.is_not(None) if reserved
-                                else _nodes.c.reservation.is_(None))
-        if with_target is not None:
-            query = query.where(
-                _nodes.c.target_power_state.is_not(None) if with_target
-                else _nodes.c.target_power_state.is_(None))
-        if drivers is not None:
-            query = query.where(_nodes.c.driver.in_(list(drivers)))
-        found: list[str] = []
+        wheres = self._in_partitions(partitions)
+        if not wheres:
+            return []
+        where = wheres[0]
+        driver_key = None if drivers is None else tuple(drivers)
+
+        def build() -> sa.Select[Any]:
+            query = sa.select(_nodes.c.uuid)
+            if maintenance is not None:
+                query = query.where(_nodes.c.maintenance == maintenance)
+            if reserved is not None:
+                query = query.where(
+                    _nodes.c.reservation.is_not(None) if reserved
+                    else _nodes.c.reservation.is_(None))
+            if with_target is not None:
+                query = query.where(
+                    _nodes.c.target_power_state.is_not(None) if with_target
+                    else _nodes.c.target_power_state.is_(None))
+            if driver_key is not None:
+                query = query.where(_nodes.c.driver.in_(list(driver_key)))
+            return query if where is None else query.where(where)
+
+        query = self._statement(("node_uuids", maintenance, reserved,
+                                 with_target, driver_key, where), build)
         with self.engine.connect() as conn:
-            for where in self._in_partitions(partitions):
-                q = query if where is None else query.where(where)
-                found.extend(conn.execute(q).scalars())
-        return found
+            return list(conn.execute(query).scalars())
 
     def sync_rows(self, *, drivers: Sequence[str],
                   maintenance: bool = False,
@@ -673,7 +705,8 @@ class Connection:
                   partitions: Iterable[int] | None = None,
                   checked_before: datetime.datetime | None = None,
                   unchecked: bool = True,
-                  healthy: bool = False) -> list[SyncRow]:
+                  healthy: bool = False,
+                  window: Sequence[int] | None = None) -> list[SyncRow]:
         """Unreserved nodes for power sync (one query).
 
         With ``maintenance`` True and a ``fault``, the nodes in maintenance
@@ -683,33 +716,56 @@ class Connection:
         :param checked_before: only nodes last polled at or before this
             time, and (with ``unchecked``) nodes never polled.
         :param healthy: only nodes with no failed poll in a row.
+        :param window: only nodes of these partitions too: a few, and
+            different at every call (bound as parameters, so that the
+            statement is built and compiled once).
         """
-        c = _nodes.c
-        query = (sa.select(c.uuid, c.name, c.driver, c.driver_info,
-                           c.power_state, c.power_sync_failures, c.version,
-                           c.partition, c.power_checked_at)
-                 .where(c.reservation.is_(None))
-                 .where(c.maintenance == maintenance)
-                 .where(c.driver.in_(list(drivers))))
-        if fault is not None:
-            query = query.where(c.fault == fault)
-        if checked_before is not None:
-            old = c.power_checked_at <= checked_before
-            query = query.where(sa.or_(old, c.power_checked_at.is_(None))
-                                if unchecked else old)
-        if healthy:
-            query = query.where(c.power_sync_failures == 0)
-        found: list[SyncRow] = []
+        wheres = self._in_partitions(partitions)
+        if not wheres:
+            return []
+        where = wheres[0]
+        driver_key = tuple(drivers)
+        with_checked = checked_before is not None
+        with_window = window is not None
+        params: dict[str, Any] = {}
+        if with_checked:
+            params["checked_before"] = checked_before
+        if window is not None:
+            if not window:
+                return []
+            params["window"] = [int(p) for p in window]
+
+        def build() -> sa.Select[Any]:
+            c = _nodes.c
+            query = (sa.select(c.uuid, c.name, c.driver, c.driver_info,
+                               c.power_state, c.power_sync_failures,
+                               c.version, c.partition, c.power_checked_at)
+                     .where(c.reservation.is_(None))
+                     .where(c.maintenance == maintenance)
+                     .where(c.driver.in_(list(driver_key))))
+            if fault is not None:
+                query = query.where(c.fault == fault)
+            if with_checked:
+                old = c.power_checked_at <= sa.bindparam(
+                    "checked_before", type_=sa.DateTime)
+                query = query.where(sa.or_(old, c.power_checked_at.is_(None))
+                                    if unchecked else old)
+            if healthy:
+                query = query.where(c.power_sync_failures == 0)
+            if with_window:
+                query = query.where(c.partition.in_(
+                    sa.bindparam("window", expanding=True)))
+            return query if where is None else query.where(where)
+
+        query = self._statement(("sync_rows", driver_key, maintenance, fault,
+                                 with_checked, unchecked, healthy,
+                                 with_window, where), build)
         with self.engine.connect() as conn:
-            for where in self._in_partitions(partitions):
-                q = query if where is None else query.where(where)
-                found.extend(
-                    SyncRow(row.uuid, row.name, row.driver,
+            return [SyncRow(row.uuid, row.name, row.driver,
                             _as_dict(row.driver_info), row.power_state,
                             row.power_sync_failures, row.version,
                             row.partition, row.power_checked_at)
-                    for row in conn.execute(q))
-        return found
+                    for row in conn.execute(query, params)]
 
     def apply_sync_results(self, changes: Sequence[Mapping[str, Any]],
                            checked: Sequence[str] = (),

@@ -512,11 +512,30 @@ class TestStartAndHandover(RingsTestCase):
         new = self.make("b", 0, handover_delay=20)
         gained = new.owned_partitions()
         self.assertGreater(len(gained), 100)
-        self.assertEqual([], new.partitions())      # a:0 may still poll
+        self.assertEqual((), new.partitions())      # a:0 may still poll
         self.assertTrue(old.refresh())
         self.assertEqual(set(), gained & old.owned_partitions())
         self.clock.now += 21
-        self.assertEqual(sorted(gained), new.partitions())
+        self.assertEqual(tuple(sorted(gained)), new.partitions())
+
+    def test_partitions_are_worked_out_again_only_on_a_change(
+            self) -> None:
+        self.beat("a", 0)
+        old = self.make("a", 0)
+        self.beat("b", 0)
+        new = self.make("b", 0, handover_delay=20)
+        held = new.partitions()
+        self.assertIs(held, new.partitions())
+        self.clock.now += 21          # the hold ended
+        taken = new.partitions()
+        self.assertEqual(tuple(sorted(new.owned_partitions())), taken)
+        self.assertIs(taken, new.partitions())
+        mine = old.partitions()
+        self.assertIs(mine, old.partitions())
+        self.assertTrue(old.refresh())     # b joined: a's share shrank
+        self.assertEqual(tuple(sorted(old.owned_partitions())),
+                         old.partitions())
+        self.assertLess(len(old.partitions()), len(mine))
 
     def test_partitions_of_a_dead_owner_are_taken_at_once(self) -> None:
         self.beat("a", 0)
@@ -527,7 +546,7 @@ class TestStartAndHandover(RingsTestCase):
         self.assertEqual(before, set(b.owned_partitions()))
         self.beat("a", 0, age=TIMEOUT + 1)
         self.assertTrue(b.refresh())
-        self.assertEqual(list(range(ownership.PARTITIONS)), b.partitions())
+        self.assertEqual(tuple(range(ownership.PARTITIONS)), b.partitions())
 
     def test_a_host_back_after_a_restart_waits_for_the_others(self) -> None:
         # b took a's partitions while a was away; a comes back.
@@ -535,7 +554,7 @@ class TestStartAndHandover(RingsTestCase):
         self.beat("a", 0)
         a = self.make("a", 0, workers=1, handover_delay=20)
         self.assertGreater(len(a.owned_partitions()), 100)
-        self.assertEqual([], a.partitions())
+        self.assertEqual((), a.partitions())
 
 
 class TestTidy(RingsTestCase):

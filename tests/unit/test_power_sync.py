@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import datetime
 import logging
+import random
 import threading
 import time
 from typing import Any
@@ -19,6 +20,7 @@ import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import deadline
 from conductor.common import exceptions
 from conductor.db import api as db_api
+from conductor.db import models
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
 from conductor.executor import pool as pool_mod
@@ -688,6 +690,32 @@ class TestDueTime(SyncTestCase):
             syncer.sync()
             counts.append(len(self.power.gets) - before)
         return counts
+
+    def test_slot_window_is_every_partition_whose_slot_passed(
+            self) -> None:
+        # The constant-time window against testing every partition: odd
+        # intervals, windows of a hair, of a partition's spacing, of
+        # exactly an interval (rounded either way), on slot boundaries.
+        gen = random.Random(14)
+        every = range(models.PARTITIONS)
+        for i in range(3000):
+            interval = gen.choice([0.01, 0.5, 1.0, 7.3, 60.0, 120.0, 3600.0])
+            spacing = interval / models.PARTITIONS
+            start = gen.uniform(0, 2e9)
+            if i % 3 == 0:
+                start = 1.7e9 + gen.randint(0, 10 ** 5) * spacing
+            length = gen.choice([
+                gen.uniform(0, 1.2 * interval), spacing, 0.0, interval,
+                interval * (1 - 1e-12), gen.uniform(0, 3 * spacing), 1.0])
+            end = start + length
+            mine = (sorted(gen.sample(every, gen.randint(0, len(every))))
+                    if i % 2 else list(every))
+            want = [p for p in mine if power_sync._slot_passed(
+                power_sync.phase_of(p, interval), interval, start, end)]
+            self.assertEqual(
+                want, sorted(power_sync.slot_window(mine, interval, start,
+                                                    end)),
+                (interval, start, end))
 
     def test_tick_and_tolerance(self) -> None:
         self.assertEqual(1.0, power_sync.tick(60))

@@ -525,6 +525,32 @@ class TestPowerSync(DbTestCase):
         self.assertRaises(ValueError, self.db.node_uuids,
                           partitions=["1) OR (1=1"])
 
+    def test_sync_rows_window_is_bound_and_built_once(self) -> None:
+        nodes = [self.node("w%02d" % i) for i in range(40)]
+        by_partition: dict[int, set[str]] = {}
+        for node in nodes:
+            by_partition.setdefault(node.partition, set()).add(node.uuid)
+        parts = sorted(by_partition)
+        first, second = parts[:3], parts[3:9]
+        self.assertEqual(
+            set().union(*(by_partition[p] for p in first)),
+            {row.uuid for row in self.db.sync_rows(drivers=["fake"],
+                                                   window=first)})
+        built = dict(self.db._statements)
+        # Another window, another time: the same statement, bound anew.
+        cutoff = datetime.datetime(2000, 1, 1)
+        self.assertEqual(
+            set().union(*(by_partition[p] for p in second)),
+            {row.uuid for row in self.db.sync_rows(drivers=["fake"],
+                                                   window=second)})
+        self.assertEqual(built, self.db._statements)
+        self.db.sync_rows(drivers=["fake"], window=first,
+                          checked_before=cutoff)
+        self.assertEqual(len(built) + 1, len(self.db._statements))
+        self.assertEqual([], self.db.sync_rows(drivers=["fake"], window=[]))
+        self.assertRaises(ValueError, self.db.sync_rows, drivers=["fake"],
+                          window=["1) OR (1=1"])
+
     def test_owned_node_counts(self) -> None:
         # Three uuids in three partitions.
         uuids: dict[int, str] = {}
