@@ -357,6 +357,17 @@ class TestFakeTimingLog(base.TestCase):
         for first, second in zip(entries, entries[1:]):
             self.assertLessEqual(first["end"], second["start"])
 
+    def test_lines_are_json_whatever_the_address(self) -> None:
+        # The line is formatted by hand: text that JSON must escape.
+        node = _node(fake_timing_log=self.path,
+                     fake_bmc_address='bmc "a"\\\n\u00e9')
+        self.power.get_power_state(node)
+        [entry] = self._entries()
+        self.assertEqual('bmc "a"\\\n\u00e9', entry["bmc"])
+        self.assertEqual({"bmc", "end", "node", "ok", "op", "pid", "start"},
+                         set(entry))
+        self.assertIsInstance(entry["start"], float)
+
     def test_failed_and_cut_calls_are_logged_not_ok(self) -> None:
         failing = _node(fake_timing_log=self.path, fake_fail="get")
         self.assertRaises(exceptions.PowerStateFailure,
