@@ -42,6 +42,12 @@ workers; ``takeover_seconds`` until its nodes are polled again, next to
 ``--single-host-nodes M`` adds one more run: one host, W workers, M nodes:
 RSS per worker and CPU per node-poll.
 
+``--idle-seconds S`` adds the fixed cost of a worker: one host, W
+workers, no node, CPU ms per second and worker over S seconds, three
+times: as configured, without the pending-action scan, and without it
+and power sync; the differences are each task's share (``--hosts none``
+runs only this and ``--single-host-nodes``).
+
     python tools/bench_scale.py                       # the issue's sizes
     python tools/bench_scale.py --nodes 2000 --hosts 1,2 --interval 10 \\
         --intervals 2 --scenarios none
@@ -94,6 +100,14 @@ def _sibling(name: str) -> ModuleType:
 bench_faults = _sibling("bench_faults")
 
 SCENARIOS = ("start", "sighup", "join", "sigterm", "kill")
+#: The idle runs: name, and the [conductor] options that turn tasks off.
+IDLE_SPLITS: tuple[tuple[str, dict[str, int]], ...] = (
+    ("as_configured", {}),
+    ("without_pending_scan", {"pending_action_interval": 10 ** 6}),
+    ("without_sync_or_scan", {"pending_action_interval": 10 ** 6,
+                              "sync_power_state_interval": 0}))
+#: Seconds an idle host runs before its window opens.
+IDLE_WARMUP = 15.0
 DB_NAME = "bench_scale"
 #: Start and stop bounds (seconds).
 START_TIMEOUT = 120.0
@@ -267,7 +281,8 @@ class Host:
     """One simulated host: a real ``conductor`` master in its own session."""
 
     def __init__(self, workdir: str, name: str, settings: Mapping[str, Any],
-                 database_url: str) -> None:
+                 database_url: str,
+                 extra: Mapping[str, Any] | None = None) -> None:
         self.name = name
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
@@ -291,6 +306,8 @@ class Host:
                         "workers_pool_size"):
                 stream.write("%s = %s\n" % (key, settings[key]))
             stream.write("force_power_state_during_sync = false\n")
+            for key, value in (extra or {}).items():
+                stream.write("%s = %s\n" % (key, value))
 
     def start(self) -> None:
         self.started_at = time.time()
@@ -688,6 +705,42 @@ class Bench:
                 host.stop()
         return result
 
+    def run_idle(self, seconds: float) -> dict[str, Any]:
+        """A worker's CPU per second with no node, by what runs."""
+        rundir = os.path.join(self.workdir, "idle")
+        os.makedirs(rundir)
+        self.enrol(rundir, 0)
+        result: dict[str, Any] = {"seconds": seconds}
+        for name, extra in IDLE_SPLITS:
+            hosts = [Host(os.path.join(rundir, name), "h01", self.settings,
+                          self.url, extra)]
+            meter = CpuMeter()
+            try:
+                log("idle host, %s: starting" % name)
+                self.start_hosts(hosts, meter)
+                self.idle(IDLE_WARMUP, meter, hosts)
+                _, baseline = meter.split()
+                opened = time.time()
+                self.idle(seconds, meter, hosts)
+                _, last = meter.split(since=opened)
+                result[name] = cpu_ms_per_second(
+                    baseline, last, time.time() - opened)
+            finally:
+                for host in hosts:
+                    host.stop()
+        result.update(idle_shares(result))
+        return result
+
+
+def idle_shares(idle: Mapping[str, float]) -> dict[str, float]:
+    """Each task's share of an idle worker's CPU (ms/s), by difference."""
+    full = idle["as_configured"]
+    no_scan = idle["without_pending_scan"]
+    rest = idle["without_sync_or_scan"]
+    return {"pending_scan_share": round(full - no_scan, 2),
+            "sync_tick_share": round(no_scan - rest, 2),
+            "everything_else": rest}
+
 
 def _rss_mb(meter: CpuMeter) -> list[float]:
     return sorted(round(rss / 2 ** 20, 1) for rss in meter.rss.values())
@@ -733,7 +786,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, default=20000)
     parser.add_argument("--hosts", default="1,5,10",
-                        help="comma-separated host counts (default 1,5,10)")
+                        help="comma-separated host counts (default 1,5,10),"
+                             " or none")
     parser.add_argument("--workers", type=int, default=2,
                         help="workers per host")
     parser.add_argument("--interval", type=int, default=60,
@@ -755,6 +809,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--single-host-nodes", type=int, default=0,
                         help="also run one host with this many nodes "
                              "(RSS per worker, CPU per node-poll)")
+    parser.add_argument("--idle-seconds", type=float, default=0.0,
+                        help="also measure an idle worker's CPU for this "
+                             "many seconds, by task (see the description)")
     parser.add_argument("--database-url",
                         help="an existing MySQL/MariaDB server instead of a "
                              "private one (its Innodb_rows_read then counts "
@@ -763,7 +820,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (logs, timing log)")
     args = parser.parse_args(argv)
-    args.host_counts = _int_list(args.hosts, "--hosts")
+    args.host_counts = ([] if args.hosts.strip() == "none"
+                        else _int_list(args.hosts, "--hosts"))
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if names == ["none"]:
         names = []
@@ -771,6 +829,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         _bad("unknown scenario(s) %s; choose from %s, or none"
              % (", ".join(unknown), ", ".join(SCENARIOS)))
+    if names and not args.host_counts:
+        _bad("--scenarios needs host counts in --hosts")
     if set(names) - {"start"} and max(args.host_counts) < 3:
         _bad("the sighup, join, sigterm and kill scenarios need a host "
              "count >= 3 in --hosts (or --scenarios start or none)")
@@ -779,6 +839,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 "pool_size", "heartbeat_interval", "heartbeat_timeout"):
         if getattr(args, key) < 1:
             _bad("--%s must be >= 1" % key.replace("_", "-"))
+    if args.idle_seconds < 0:
+        _bad("--idle-seconds must be >= 0")
     if args.latency_ms < 0 or args.single_host_nodes < 0:
         _bad("--latency-ms and --single-host-nodes must be >= 0")
     if args.power_state_timeout <= 0:
@@ -805,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
                                               os.getloadavg()]},
         "runs": []}
     code = 0
-    largest = max(args.host_counts)
+    largest = max(args.host_counts, default=0)
     with bench_faults._stop_on_signals():
         try:
             bench.start_services()
@@ -818,6 +880,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.single_host_nodes:
                 report["single_host"] = bench.run_single(
                     args.single_host_nodes)
+            if args.idle_seconds:
+                report["idle_worker"] = bench.run_idle(args.idle_seconds)
         except KeyboardInterrupt:
             report["interrupted"] = True
             code = 130

@@ -181,6 +181,13 @@ class TestSummary(base.TestCase):
     def test_nothing_measured(self) -> None:
         self.assertEqual({}, bench.summarise([{"hosts": 1}]))
 
+    def test_idle_shares_by_difference(self) -> None:
+        self.assertEqual({"pending_scan_share": 0.5, "sync_tick_share": 1.4,
+                          "everything_else": 0.7},
+                         bench.idle_shares({"as_configured": 2.6,
+                                            "without_pending_scan": 2.1,
+                                            "without_sync_or_scan": 0.7}))
+
 
 class TestOptions(base.TestCase):
 
@@ -209,6 +216,16 @@ class TestOptions(base.TestCase):
                       self.bad("--hosts", "1,x"))
         self.assertIn("--hosts must list integers >= 1",
                       self.bad("--hosts", "0,2"))
+
+    def test_idle_only(self) -> None:
+        args = bench.parse_args(["--hosts", "none", "--scenarios", "none",
+                                 "--idle-seconds", "60"])
+        self.assertEqual([], args.host_counts)
+        self.assertEqual(60.0, args.idle_seconds)
+        self.assertIn("--scenarios needs host counts",
+                      self.bad("--hosts", "none"))
+        self.assertIn("--idle-seconds must be >= 0",
+                      self.bad("--idle-seconds", "-1"))
 
     def test_scenarios_need_three_hosts(self) -> None:
         self.assertIn("need a host count >= 3",

@@ -715,7 +715,7 @@ class TestDueTime(SyncTestCase):
             self.assertEqual(
                 want, sorted(power_sync.slot_window(mine, interval, start,
                                                     end)),
-                (interval, start, end))
+                "interval %r, window (%r, %r]" % (interval, start, end))
 
     def test_tick_and_tolerance(self) -> None:
         self.assertEqual(1.0, power_sync.tick(60))
