@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
 import threading
+from typing import Any
 
+import sqlalchemy as sa
 import testscenarios
 
 from conductor.db import api as db_api
@@ -272,3 +275,43 @@ class TestWorkersRegisterAtOnce(base.FunctionalTestCase):
         self.assertEqual(sorted("%s:%d" % w for w in workers),
                          sorted(r.holder for r in records))
         self.assertEqual({2}, {r.pid for r in records})
+
+
+class TestOverdueReadUsesTheIndex(base.FunctionalTestCase):
+    """A worker's overdue check reads the nodes not polled, not all."""
+
+    def test_many_partitions_on_a_small_table(self) -> None:
+        dbf = self.useFixture(base.Database("mysql"))
+        db = dbf.connect()
+        db.import_nodes([{"name": "n%04d" % i, "driver": "fake",
+                          "driver_info": {}} for i in range(600)],
+                        read_back=False)
+        now = datetime.datetime(2030, 1, 1, 12, 0, 0)
+        statements: list[tuple[str, Any]] = []
+
+        def capture(conn: Any, cursor: Any, statement: str, params: Any,
+                    *args: Any) -> None:
+            if "power_checked_at" in statement:
+                statements.append((statement, params))
+
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE nodes SET power_checked_at = :at"),
+                         {"at": now})
+            conn.execute(sa.text("ANALYZE TABLE nodes"))
+        sa.event.listen(db.engine, "before_cursor_execute", capture)
+        # One worker of one host: half of the 1024 partitions, more than
+        # the server's index-dive limit.
+        mine = list(range(0, 1024, 2))
+        overdue = db.sync_rows(drivers=["fake"], partitions=mine,
+                               unchecked=False, healthy=True,
+                               checked_before=now - datetime.timedelta(
+                                   seconds=64))
+        self.assertEqual([], overdue)
+        statement, params = statements[-1]
+        with db.engine.connect() as conn:
+            cursor = conn.connection.cursor()
+            cursor.execute("EXPLAIN " + statement, params)
+            columns = [d[0] for d in cursor.description]
+            [plan] = [dict(zip(columns, row)) for row in cursor.fetchall()]
+        self.assertEqual(("range", db_api.PARTITION_CHECKED_INDEX),
+                         (plan["type"], plan["key"]), str(plan))
