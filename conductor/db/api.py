@@ -145,8 +145,9 @@ IN_BATCH = 500
 #: The index of (partition, power_checked_at): power sync's reads.
 PARTITION_CHECKED_INDEX = "nodes_partition_checked_idx"
 
-#: Partition filters kept per engine (see Connection._in_partitions).
-PARTITION_FILTERS = 4096
+#: Partition filters, and built statements, each Connection keeps at most
+#: (see Connection._in_partitions and Connection._statement).
+CACHED_CLAUSES = 4096
 
 
 def holder_name(host: str, worker_id: int) -> str:
@@ -203,7 +204,7 @@ class Connection:
             return []
         clause = self._partition_filters.get(key)
         if clause is None:
-            if len(self._partition_filters) >= PARTITION_FILTERS:
+            if len(self._partition_filters) >= CACHED_CLAUSES:
                 self._partition_filters.clear()
             column = self.engine.dialect.identifier_preparer \
                 .quote_identifier("partition")
@@ -223,7 +224,7 @@ class Connection:
         """
         statement = self._statements.get(key)
         if statement is None:
-            if len(self._statements) >= PARTITION_FILTERS:
+            if len(self._statements) >= CACHED_CLAUSES:
                 self._statements.clear()
             statement = self._statements[key] = build()
         return statement
