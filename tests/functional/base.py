@@ -34,6 +34,9 @@ MYSQL_ADMIN_URL = os.environ.get(
 PGSQL_ADMIN_URL = os.environ.get(
     "CONDUCTOR_TEST_PGSQL_URL",
     "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+#: testscenarios scenarios: one per database server the tests run on.
+SERVER_BACKENDS = [("mysql", {"backend": "mysql"}),
+                   ("postgresql", {"backend": "postgresql"})]
 RABBIT_URL = os.environ.get("CONDUCTOR_TEST_TRANSPORT_URL",
                             "rabbit://guest:guest@127.0.0.1:5672/")
 

@@ -24,9 +24,7 @@ load_tests = testscenarios.load_tests_apply_scenarios
 
 class TestCliOnBackend(base.FunctionalTestCase):
 
-    scenarios = [("sqlite", {"backend": "sqlite"}),
-                 ("mysql", {"backend": "mysql"}),
-                 ("postgresql", {"backend": "postgresql"})]
+    scenarios = [("sqlite", {"backend": "sqlite"})] + base.SERVER_BACKENDS
     backend: str
 
     def setUp(self) -> None:
@@ -229,8 +227,7 @@ class TestCliOnBackend(base.FunctionalTestCase):
 class TestWorkersRegisterAtOnce(base.FunctionalTestCase):
     """A fleet of new hosts starting at once: every worker registers."""
 
-    scenarios = [("mysql", {"backend": "mysql"}),
-                 ("postgresql", {"backend": "postgresql"})]
+    scenarios = base.SERVER_BACKENDS
     backend: str
 
     def test_concurrent_registrations_all_land(self) -> None:

@@ -65,8 +65,7 @@ def _options(workdir: str, url: str, host: str) -> dict:
 
 class TestDuePolling(base.FunctionalTestCase):
 
-    scenarios = [("mysql", {"backend": "mysql"}),
-                 ("postgresql", {"backend": "postgresql"})]
+    scenarios = base.SERVER_BACKENDS
     backend: str
 
     def setUp(self) -> None:
@@ -185,8 +184,7 @@ class TestDuePolling(base.FunctionalTestCase):
 
 class TestMigration0004(base.FunctionalTestCase):
 
-    scenarios = [("mysql", {"backend": "mysql"}),
-                 ("postgresql", {"backend": "postgresql"})]
+    scenarios = base.SERVER_BACKENDS
     backend: str
 
     def test_fills_the_partitions_of_existing_rows(self) -> None:
