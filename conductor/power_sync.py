@@ -15,12 +15,11 @@ first slot after the worker started. A failing node backs off: its
 
 One run (the ``sync_power_states`` periodic, every :func:`tick` seconds)::
 
-    window = this worker's partitions whose slot passed since the last run
-    rows   = nodes of those partitions not polled for an interval, plus
-             overdue healthy nodes of every owned partition (at the first
-             run, after a takeover, and every quarter interval); both are
-             indexed queries (partition, checked_at),
-             so a worker reads about nodes / interval rows per second
+    rows   = the worker's nodes are kept in memory with their due times
+             (conductor.node_cache): read in full when it gains their
+             partitions, then only the rows written since its last read
+             (one indexed query a run, which finds nothing when nothing
+             changed), so a poll reads no row but writes its stamp
     due    = rows whose due time passed, most overdue first, less the
              nodes with a driver call still running (an abandoned one)
     reads  = a fan-out over the pool (conductor.executor.fanout): at most
@@ -44,7 +43,6 @@ nodes' BMCs and clears the fault when they answer.
 
 from __future__ import annotations
 
-import bisect
 import calendar
 import dataclasses
 import datetime
@@ -53,7 +51,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
 from oslo_utils import timeutils
 
@@ -64,6 +62,7 @@ from conductor.db import models
 from conductor.drivers import base
 from conductor.executor import fanout
 from conductor.executor import pool as worker_pool
+from conductor import node_cache
 from conductor import nodes
 from conductor import notifications
 from conductor import ownership
@@ -77,6 +76,8 @@ LOG = logging.getLogger(__name__)
 POWER_FAILURE = "power failure"
 #: Extra seconds the watchdog allows past the deadline before giving up.
 WATCHDOG_GRACE = fanout.WATCHDOG_GRACE
+#: Intervals between two full reads of a worker's rows (see node_cache).
+RELOAD_INTERVALS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,8 +250,12 @@ class PowerSync:
         self._anchor: float | None = self._window_end
         #: When a run that polled nothing was last logged (time.time()).
         self._quiet_logged = -float("inf")
-        #: (epoch seconds, rings.changed_at) of the last overdue check.
-        self._overdue_checked: tuple[float, float] | None = None
+        interval = settings.interval
+        #: The rows of this worker's nodes and when each is due.
+        self._rows = node_cache.NodeCache(
+            db, self._drivers, self._due,
+            settle=2.0 * tick(interval) + 1.0,
+            reload_every=RELOAD_INTERVALS * interval)
         #: The last finished sweep of each kind ("sync", "recovery").
         self.last: dict[str, SweepResult] = {}
 
@@ -259,51 +264,23 @@ class PowerSync:
     def due_rows(self, now: datetime.datetime) -> list[db_api.SyncRow]:
         """Owned, healthy, unreserved nodes due at ``now``.
 
-        Most overdue first; see the module docstring.
+        Most overdue first; see the module docstring. They are taken off
+        the plan: hand each back with :meth:`_replan`.
         """
-        interval = self._settings.interval
-        cap = self._settings.recovery_interval
         t = epoch(now)
-        start = t - tick(interval) if self._window_end is None \
+        first = self._window_end is None
+        start = t - tick(self._settings.interval) if first \
             else self._window_end
         if self._anchor is None:
             self._anchor = start
-        mine = self._rings.partitions()
-        window = slot_window(mine, interval, start, t)
-        drivers = list(self._drivers)
-        found: dict[str, db_api.SyncRow] = {}
-        if window:
-            for row in self._db.sync_rows(
-                    drivers=drivers, window=window,
-                    checked_before=_at(t - interval + tolerance(interval))):
-                found[row.uuid] = row
-        if mine and self._overdue_check_due(t, interval):
-            # NOTE: nodes whose slot passed before this worker owned them
-            # (a takeover, a restart): polled at once, not a slot later.
-            # Checked at the first run, after any change of this worker's
-            # partitions, and every quarter interval (a run that could
-            # not poll everything); otherwise it would find nothing.
-            self._overdue_checked = (t, self._rings.changed_at)
-            margin = 2.0 * tick(interval) + 1.0
-            for row in self._db.sync_rows(
-                    drivers=drivers, partitions=mine, unchecked=False,
-                    healthy=True,
-                    checked_before=_at(t - interval - margin)):
-                found.setdefault(row.uuid, row)
+        self._rows.update(self._rings.partitions(), t,
+                          gained_at=start if first else None)
         self._window_end = t
-        anchor = self._anchor
-        due = [(due_at(row, interval, cap, anchor), row)
-               for row in found.values()]
-        due = [(when, row) for when, row in due if when <= t]
-        due.sort(key=lambda item: (item[0], item[1].uuid))
-        return [row for _, row in due]
+        return self._rows.pop_due(t)
 
-    def _overdue_check_due(self, t: float, interval: float) -> bool:
-        if self._overdue_checked is None:
-            return True
-        at, changed_at = self._overdue_checked
-        return (self._rings.changed_at != changed_at
-                or t - at >= max(tick(interval), interval / 4.0))
+    def _due(self, row: db_api.SyncRow) -> float:
+        return due_at(row, self._settings.interval,
+                      self._settings.recovery_interval, self._anchor or 0.0)
 
     def sync(self) -> SweepResult:
         """Poll the owned, healthy, unreserved nodes that are due."""
@@ -317,11 +294,24 @@ class PowerSync:
             result.overdue = round(epoch(now) - due_at(
                 mine[0], interval, self._settings.recovery_interval,
                 self._anchor or 0.0), 3)
-        outcomes = self._run_lanes(mine, result, suspect=self._suspect)
-        metrics.nodes_read(result.nodes)
-        changes, drifted = self._sync_changes(outcomes, result)
-        result.changed = self._db.apply_sync_results(
-            changes, checked=[o.row.uuid for o in outcomes], checked_at=now)
+        polled: list[db_api.SyncRow] = []
+        try:
+            outcomes = self._run_lanes(mine, result, suspect=self._suspect)
+            metrics.nodes_read(result.nodes)
+            changes, drifted = self._sync_changes(outcomes, result)
+            missing: set[str] = set()
+            result.changed = self._db.apply_sync_results(
+                changes, checked=[o.row.uuid for o in outcomes],
+                checked_at=now, missing=missing)
+            self._rows.forget(missing)
+            polled = [_after(outcome, now) for outcome in outcomes]
+        finally:
+            # NOTE: nodes planned but not polled (a call still running,
+            # stopping) or whose stamps were not written (a database
+            # error) are planned for the next run.
+            self._rows.polled(polled)
+            self._rows.retry([row.uuid for row in mine],
+                             epoch(now) + tick(self._settings.interval))
         if drifted:
             result.forced = self._force_states(drifted)
         return self._finish(result, started)
@@ -553,6 +543,14 @@ class PowerSync:
         return forced
 
 
+def _after(outcome: _Outcome, now: datetime.datetime) -> db_api.SyncRow:
+    """The row of a node just polled, as the sweep wrote it."""
+    row = outcome.row
+    failures = 0 if outcome.error is None else row.power_sync_failures + 1
+    return dataclasses.replace(row, power_checked_at=now,
+                               power_sync_failures=failures)
+
+
 def _drift_recorded(row: db_api.SyncRow, state: str | None) -> None:
     """Metrics and notification of a drift whose record follows."""
     metrics.power_change("detected")
@@ -566,72 +564,6 @@ def _forcing(phase: str, node: Any, target: str,
     if phase == "start":
         metrics.power_change("forced")
     notifications.power_set(phase, node, target, error)
-
-
-def slot_arc(interval: float, start: float,
-             end: float) -> list[tuple[int, int]]:
-    """The partitions whose slot lies in (start, end], as ranges.
-
-    Phases grow with the partition number, so these partitions form one
-    arc of the circle of partitions: ``[(lo, hi)]``, or two ranges when
-    the arc wraps past the last partition, or ``[]``. Found from the
-    ends of the arc in constant time (a worker asks every second); the
-    same partitions as testing every one with :func:`_slot_passed`.
-    """
-    last = models.PARTITIONS - 1
-    if end - start >= interval:
-        return [(0, last)]
-    if end <= start:
-        return []
-
-    def passed(p: int) -> bool:
-        return _slot_passed(phase_of(p % models.PARTITIONS, interval),
-                            interval, start, end)
-
-    # NOTE: the ends are where a partition whose slot passed neighbours
-    # one whose slot did not; their estimates are off by at most one
-    # partition (rounding). No end near the estimate: every slot passed
-    # (a window a hair shorter than the interval) or none did.
-    hi_guess = int((end % interval) * models.PARTITIONS / interval)
-    near = range(hi_guess + 1, hi_guess - 2, -1)
-    if not any(passed(p) for p in near):
-        return []
-    hi = next((p for p in near if passed(p) and not passed(p + 1)), None)
-    lo_guess = int((start % interval) * models.PARTITIONS / interval) + 1
-    lo = next((p for p in range(lo_guess - 1, lo_guess + 2)
-               if passed(p) and not passed(p - 1)), None)
-    if hi is None or lo is None:
-        return [(0, last)]
-    hi %= models.PARTITIONS
-    lo %= models.PARTITIONS
-    if lo <= hi:
-        return [(lo, hi)]
-    return [(lo, last), (0, hi)]
-
-
-def slot_window(mine: Sequence[int], interval: float, start: float,
-                end: float) -> list[int]:
-    """The partitions of sorted ``mine`` whose slot is in (start, end]."""
-    window: list[int] = []
-    for lo, hi in slot_arc(interval, start, end):
-        window.extend(mine[bisect.bisect_left(mine, lo):
-                           bisect.bisect_right(mine, hi)])
-    return window
-
-
-def _slot_passed(phase: float, interval: float, start: float,
-                 end: float) -> bool:
-    """Whether a slot ``phase + k * interval`` lies in (start, end]."""
-    if end - start >= interval:
-        return True
-    latest = end - (end - phase) % interval
-    return latest > start
-
-
-def _at(seconds: float) -> datetime.datetime:
-    """A naive UTC datetime from epoch seconds."""
-    return datetime.datetime(1970, 1, 1) + datetime.timedelta(
-        seconds=seconds)
 
 
 def _error_text(exc: BaseException) -> str:

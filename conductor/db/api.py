@@ -24,7 +24,7 @@ import dataclasses
 import datetime
 import json
 import logging
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 import uuid as uuid_lib
 
 from oslo_db import api as oslo_db_api
@@ -42,6 +42,11 @@ LOG = logging.getLogger(__name__)
 
 _nodes = models.nodes
 _conductors = models.conductors
+_deletions = models.node_deletions
+_Query = TypeVar("_Query", bound=sa.Executable)
+
+#: How long the record of a deleted node is kept (see changed_sync_rows).
+DELETIONS_KEPT = datetime.timedelta(days=1)
 
 #: Columns an insert may set: what a user may set on a new node.
 _INSERTABLE = frozenset(nodes.CREATABLE)
@@ -91,6 +96,9 @@ class NodeRecord:
     #: The last power-state poll, successful or not (None: never polled).
     #: Bookkeeping: writing it does not change ``version``.
     power_checked_at: datetime.datetime | None = None
+    #: When anything but a poll's stamp last wrote the row (None: not
+    #: since migration 0007); see :meth:`Connection.changed_sync_rows`.
+    changed_at: datetime.datetime | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> "NodeRecord":
@@ -136,14 +144,19 @@ class SyncRow:
     #: See NodeRecord.partition and NodeRecord.power_checked_at.
     partition: int = 0
     power_checked_at: datetime.datetime | None = None
+    #: In maintenance, and reserved: such a node is not polled. Set only
+    #: by :meth:`Connection.changed_sync_rows`; the other reads return
+    #: only nodes that qualify.
+    maintenance: bool = False
+    reserved: bool = False
 
 
 #: Largest number of values in one ``IN (...)`` list; longer lists are
 #: sent in several statements.
 IN_BATCH = 500
 
-#: The index of (partition, power_checked_at): power sync's reads.
-PARTITION_CHECKED_INDEX = "nodes_partition_checked_idx"
+#: The index of (changed_at, partition): power sync's change feed.
+CHANGED_INDEX = "nodes_changed_idx"
 
 #: Partition filters, and built statements, each Connection keeps at most
 #: (see Connection._in_partitions and Connection._statement).
@@ -170,7 +183,7 @@ class Connection:
         self.engine = engine
         self._partition_filters: dict[tuple[int, ...], sa.TextClause] = {}
         #: Built statements of the per-second reads, by their shape.
-        self._statements: dict[tuple[Any, ...], sa.Select[Any]] = {}
+        self._statements: dict[tuple[Any, ...], Any] = {}
 
     @classmethod
     def create(cls, url: str, **kwargs: Any) -> "Connection":
@@ -215,7 +228,7 @@ class Connection:
         return [clause]
 
     def _statement(self, key: tuple[Any, ...],
-                   build: Callable[[], sa.Select[Any]]) -> sa.Select[Any]:
+                   build: Callable[[], _Query]) -> _Query:
         """The statement ``build()`` makes for ``key``, built once.
 
         Workers run the same few reads every second; building a SELECT
@@ -441,10 +454,18 @@ class Connection:
         :raises: NodeNotFound, NodeLocked.
         """
         node = self.get_node(ident)
+        now = timeutils.utcnow()
         with self.engine.begin() as conn:
             count = conn.execute(
                 _nodes.delete().where(_nodes.c.uuid == node.uuid)
                 .where(_nodes.c.reservation.is_(None))).rowcount
+            if count == 1:
+                conn.execute(_deletions.delete().where(
+                    _deletions.c.deleted_at < now - DELETIONS_KEPT))
+                # NOTE: by the database's clock, like nodes.changed_at.
+                conn.execute(_deletions.insert().values(
+                    uuid=node.uuid, partition=node.partition,
+                    deleted_at=models.utc_now()))
         if count != 1:
             self._raise_not_updated(node.uuid, ident)
 
@@ -706,38 +727,19 @@ class Connection:
     def sync_rows(self, *, drivers: Sequence[str],
                   maintenance: bool = False,
                   fault: str | None = None,
-                  partitions: Iterable[int] | None = None,
-                  checked_before: datetime.datetime | None = None,
-                  unchecked: bool = True,
-                  healthy: bool = False,
-                  window: Sequence[int] | None = None) -> list[SyncRow]:
+                  partitions: Iterable[int] | None = None) -> list[SyncRow]:
         """Unreserved nodes for power sync (one query).
 
         With ``maintenance`` True and a ``fault``, the nodes in maintenance
         for that fault (the recovery sweep).
 
         :param partitions: only nodes of these partitions (None: all).
-        :param checked_before: only nodes last polled at or before this
-            time, and (with ``unchecked``) nodes never polled.
-        :param healthy: only nodes with no failed poll in a row.
-        :param window: only nodes of these partitions too: a few, and
-            different at every call (bound as parameters, so that the
-            statement is built and compiled once).
         """
         wheres = self._in_partitions(partitions)
         if not wheres:
             return []
         where = wheres[0]
         driver_key = tuple(drivers)
-        with_checked = checked_before is not None
-        with_window = window is not None
-        params: dict[str, Any] = {}
-        if with_checked:
-            params["checked_before"] = checked_before
-        if window is not None:
-            if not window:
-                return []
-            params["window"] = [int(p) for p in window]
 
         def build() -> sa.Select[Any]:
             c = _nodes.c
@@ -749,43 +751,95 @@ class Connection:
                      .where(c.driver.in_(list(driver_key))))
             if fault is not None:
                 query = query.where(c.fault == fault)
-            if with_checked:
-                old = c.power_checked_at <= sa.bindparam(
-                    "checked_before", type_=sa.DateTime)
-                query = query.where(sa.or_(old, c.power_checked_at.is_(None))
-                                    if unchecked else old)
-            if healthy:
-                query = query.where(c.power_sync_failures == 0)
-            if with_window:
-                query = query.where(c.partition.in_(
-                    sa.bindparam("window", expanding=True)))
-            if with_checked and (with_window or where is not None):
-                # NOTE: with more partitions than its index-dive limit
-                # (200 by default) MariaDB/MySQL estimates the range from
-                # statistics as every row of those partitions, and on a
-                # small table scans it whole: every worker read every
-                # node at each overdue check. The index reads only the
-                # rows not polled since checked_before.
-                for dialect in ("mysql", "mariadb"):
-                    query = query.with_hint(
-                        _nodes, "FORCE INDEX (%s)" % PARTITION_CHECKED_INDEX,
-                        dialect)
             return query if where is None else query.where(where)
 
         query = self._statement(("sync_rows", driver_key, maintenance, fault,
-                                 with_checked, unchecked, healthy,
-                                 with_window, where), build)
+                                 where), build)
         with self.engine.connect() as conn:
             return [SyncRow(row.uuid, row.name, row.driver,
                             _as_dict(row.driver_info), row.power_state,
                             row.power_sync_failures, row.version,
                             row.partition, row.power_checked_at)
-                    for row in conn.execute(query, params)]
+                    for row in conn.execute(query)]
+
+    def clock(self) -> datetime.datetime:
+        """The database server's clock (UTC): see ``nodes.changed_at``."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(models.utc_now())).scalar_one()
+
+    def changed_sync_rows(self, *, partitions: Iterable[int],
+                          since: datetime.datetime
+                          ) -> tuple[list[SyncRow], datetime.datetime]:
+        """Rows of ``partitions`` written since ``since``, and the time.
+
+        Whatever their maintenance, reservation and driver (power sync's
+        in-memory rows learn from these that a node no longer qualifies).
+        The stamp of a poll does not count as a write. A node deleted
+        since comes as a row with only ``uuid`` and ``partition``, and
+        ``maintenance`` set (so that no reader polls it). One statement.
+
+        :param since: by the database's clock (:meth:`clock`).
+        :returns: the rows, and the database's clock when it read them.
+        """
+        wheres = self._in_partitions(partitions)
+        if not wheres or wheres[0] is None:
+            return [], self.clock()
+        where = wheres[0]
+
+        def build() -> sa.CompoundSelect:
+            c = _nodes.c
+            since_param = sa.bindparam("since", type_=sa.DateTime)
+            changed = (sa.select(c.uuid, c.name, c.driver, c.driver_info,
+                                 c.power_state, c.power_sync_failures,
+                                 c.version, c.partition, c.power_checked_at,
+                                 c.maintenance,
+                                 c.reservation.is_not(None).label(
+                                     "reserved"))
+                       .where(c.changed_at >= since_param)
+                       .where(where))
+            # NOTE: with more partitions than its index-dive limit (200 by
+            # default) MariaDB/MySQL estimates the (partition, ...) index
+            # from statistics, and may prefer it and read every row of the
+            # worker's partitions. This one reads only the rows changed.
+            for dialect in ("mysql", "mariadb"):
+                changed = changed.with_hint(
+                    _nodes, "FORCE INDEX (%s)" % CHANGED_INDEX, dialect)
+            d = _deletions.c
+            gone = (sa.select(d.uuid, sa.null(), sa.literal(""), sa.null(),
+                              sa.null(), sa.literal(0), sa.literal(0),
+                              d.partition, sa.null(), sa.true(),
+                              sa.false())
+                    .where(d.deleted_at >= since_param)
+                    .where(where))
+            # NOTE: one more row, always: the server's clock at the read,
+            # where the next read starts.
+            clock = sa.select(sa.literal(""), sa.null(), sa.literal(""),
+                              sa.null(), sa.null(), sa.literal(0),
+                              sa.literal(0), sa.literal(-1),
+                              models.utc_now(), sa.true(), sa.false())
+            return sa.union_all(changed, gone, clock)
+
+        query = self._statement(("changed_sync_rows", where), build)
+        rows: list[SyncRow] = []
+        now: datetime.datetime | None = None
+        with self.engine.connect() as conn:
+            for row in conn.execute(query, {"since": since}):
+                if row.partition < 0:
+                    now = row.power_checked_at
+                    continue
+                rows.append(SyncRow(
+                    row.uuid, row.name, row.driver,
+                    _as_dict(row.driver_info), row.power_state,
+                    row.power_sync_failures, row.version, row.partition,
+                    row.power_checked_at, bool(row.maintenance),
+                    bool(row.reserved)))
+        assert now is not None
+        return rows, now
 
     def apply_sync_results(self, changes: Sequence[Mapping[str, Any]],
                            checked: Sequence[str] = (),
-                           checked_at: datetime.datetime | None = None
-                           ) -> int:
+                           checked_at: datetime.datetime | None = None,
+                           missing: set[str] | None = None) -> int:
         """Write per-node sync outcomes in one transaction.
 
         Each mapping has ``uuid`` and the fields to set (``power_state``,
@@ -801,7 +855,10 @@ class Connection:
         :param checked: uuids of the nodes just polled: their
             ``power_checked_at`` becomes ``checked_at`` (default now) in
             the same transaction, whatever their version or reservation
-            (it records that the BMC was asked, not a change of the node).
+            (it records that the BMC was asked, not a change of the node:
+            ``changed_at`` is kept).
+        :param missing: when given, the uuids of ``checked`` whose node
+            no longer exists (deleted meanwhile) are added to it.
         """
         if not changes and not checked:
             return 0
@@ -826,10 +883,15 @@ class Connection:
         total = 0
         with self.engine.begin() as conn:
             for start in range(0, len(checked), IN_BATCH):
-                conn.execute(_nodes.update()
-                             .where(_nodes.c.uuid.in_(
-                                 list(checked[start:start + IN_BATCH])))
-                             .values(power_checked_at=checked_at or now))
+                chunk = list(checked[start:start + IN_BATCH])
+                found = conn.execute(
+                    _nodes.update().where(_nodes.c.uuid.in_(chunk))
+                    .values(power_checked_at=checked_at or now,
+                            changed_at=_nodes.c.changed_at)).rowcount
+                if missing is not None and found < len(set(chunk)):
+                    missing.update(set(chunk) - set(conn.execute(
+                        sa.select(_nodes.c.uuid)
+                        .where(_nodes.c.uuid.in_(chunk))).scalars()))
             for shape, batch in by_shape.items():
                 fields = [key for key in shape if key != "?expect"]
                 new_values: dict[str, Any] = {

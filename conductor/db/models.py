@@ -8,9 +8,12 @@ the migrations identical.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext import compiler as sa_compiler
 
 from conductor.nodes import MAX_NAME_LENGTH
 
@@ -36,6 +39,42 @@ def partition_of(uuid: str) -> int:
 
 
 metadata = sa.MetaData()
+
+
+class utc_now(sa.sql.functions.FunctionElement[datetime.datetime]):
+    """The database server's clock, in UTC (a naive timestamp).
+
+    ``nodes.changed_at`` is written and read against this one clock, so
+    that the change feed (see conductor.node_cache) does not depend on
+    the clocks of the hosts that write nodes.
+    """
+
+    type = sa.DateTime()
+    inherit_cache = True
+    name = "utc_now"
+
+
+@sa_compiler.compiles(utc_now)
+def _utc_now(element: utc_now, compiler: Any, **kw: Any) -> str:
+    return "CURRENT_TIMESTAMP"
+
+
+@sa_compiler.compiles(utc_now, "mysql")
+@sa_compiler.compiles(utc_now, "mariadb")
+def _utc_now_mysql(element: utc_now, compiler: Any, **kw: Any) -> str:
+    return "UTC_TIMESTAMP(6)"
+
+
+@sa_compiler.compiles(utc_now, "postgresql")
+def _utc_now_postgresql(element: utc_now, compiler: Any, **kw: Any) -> str:
+    return "timezone('utc', clock_timestamp())"
+
+
+@sa_compiler.compiles(utc_now, "sqlite")
+def _utc_now_sqlite(element: utc_now, compiler: Any, **kw: Any) -> str:
+    # NOTE: the text form SQLAlchemy stores DateTime values in.
+    return "(strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')"
+
 
 nodes = sa.Table(
     "nodes", metadata,
@@ -79,6 +118,14 @@ nodes = sa.Table(
     # only at the epoch its reservation got (see conductor.task).
     sa.Column("reservation_epoch", sa.Integer, nullable=False,
               server_default="0"),
+    # NOTE: when anything but a power poll's stamp last wrote the row, by
+    # the database's clock (migration 0007). Set by every INSERT and
+    # UPDATE through this table (the column's default and onupdate)
+    # unless the statement sets it; the stamp of a poll keeps it. Power
+    # sync keeps its nodes' rows in memory and re-reads only the rows
+    # changed since its last read.
+    sa.Column("changed_at", sa.DateTime, nullable=True,
+              default=utc_now(), onupdate=utc_now()),
     sa.UniqueConstraint("uuid", name="uniq_nodes0uuid"),
     sa.UniqueConstraint("name", name="uniq_nodes0name"),
     sa.Index("nodes_reservation_idx", "reservation"),
@@ -86,6 +133,7 @@ nodes = sa.Table(
     sa.Index("nodes_maintenance_idx", "maintenance"),
     sa.Index("nodes_partition_checked_idx", "partition",
              "power_checked_at"),
+    sa.Index("nodes_changed_idx", "changed_at", "partition"),
 )
 
 conductors = sa.Table(
@@ -106,4 +154,16 @@ conductors = sa.Table(
               server_default=sa.false()),
     sa.UniqueConstraint("host", "worker_id",
                         name="uniq_conductors0host0worker_id"),
+)
+
+# NOTE: one row per deleted node (migration 0007), kept a day: power sync
+# keeps its nodes' rows in memory and learns of deletes from these, as it
+# learns of changes from nodes.changed_at.
+node_deletions = sa.Table(
+    "node_deletions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("uuid", sa.String(36), nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("deleted_at", sa.DateTime, nullable=False),
+    sa.Index("node_deletions_deleted_idx", "deleted_at", "partition"),
 )

@@ -49,8 +49,8 @@ class TestCliOnBackend(base.FunctionalTestCase):
         unsynced = self.manage("node", "list", check=1)
         self.assertIn("run 'conductor-manage db sync'", unsynced.stderr)
         self.manage("db", "sync")
-        self.assertIn("0006_conductor_draining (head: "
-                      "0006_conductor_draining)",
+        self.assertIn("0007_node_changed_at (head: "
+                      "0007_node_changed_at)",
                       self.manage("db", "version").stdout)
         # Again: upgrading an up-to-date schema does nothing.
         self.manage("db", "sync")
@@ -274,8 +274,8 @@ class TestWorkersRegisterAtOnce(base.FunctionalTestCase):
         self.assertEqual({2}, {r.pid for r in records})
 
 
-class TestOverdueReadUsesTheIndex(base.FunctionalTestCase):
-    """A worker's overdue check reads the nodes not polled, not all."""
+class TestChangeFeedUsesTheIndex(base.FunctionalTestCase):
+    """A worker's change feed reads the rows changed, not all of its."""
 
     def test_many_partitions_on_a_small_table(self) -> None:
         dbf = self.useFixture(base.Database("mysql"))
@@ -288,27 +288,25 @@ class TestOverdueReadUsesTheIndex(base.FunctionalTestCase):
 
         def capture(conn: Any, cursor: Any, statement: str, params: Any,
                     *args: Any) -> None:
-            if "power_checked_at" in statement:
+            if "changed_at" in statement:
                 statements.append((statement, params))
 
         with db.engine.begin() as conn:
-            conn.execute(sa.text("UPDATE nodes SET power_checked_at = :at"),
-                         {"at": now})
+            conn.execute(sa.text("UPDATE nodes SET changed_at = :at"),
+                         {"at": now - datetime.timedelta(hours=1)})
             conn.execute(sa.text("ANALYZE TABLE nodes"))
         sa.event.listen(db.engine, "before_cursor_execute", capture)
         # One worker of one host: half of the 1024 partitions, more than
         # the server's index-dive limit.
         mine = list(range(0, 1024, 2))
-        overdue = db.sync_rows(drivers=["fake"], partitions=mine,
-                               unchecked=False, healthy=True,
-                               checked_before=now - datetime.timedelta(
-                                   seconds=64))
-        self.assertEqual([], overdue)
+        self.assertEqual([], db.changed_sync_rows(partitions=mine,
+                                                  since=now)[0])
         statement, params = statements[-1]
         with db.engine.connect() as conn:
             cursor = conn.connection.cursor()
             cursor.execute("EXPLAIN " + statement, params)
             columns = [d[0] for d in cursor.description]
-            [plan] = [dict(zip(columns, row)) for row in cursor.fetchall()]
-        self.assertEqual(("range", db_api.PARTITION_CHECKED_INDEX),
-                         (plan["type"], plan["key"]), str(plan))
+            plans = [dict(zip(columns, row)) for row in cursor.fetchall()]
+        [plan] = [plan for plan in plans if plan["table"] == "nodes"]
+        self.assertEqual(("range", db_api.CHANGED_INDEX),
+                         (plan["type"], plan["key"]), str(plans))

@@ -6,13 +6,13 @@ from __future__ import annotations
 import collections
 import datetime
 import logging
-import random
 import threading
 import time
 from typing import Any
 import uuid as uuid_mod
 
 import fixtures
+from oslo_db import exception as db_exc
 from oslo_utils import timeutils
 import sqlalchemy as sa
 
@@ -20,10 +20,10 @@ import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import deadline
 from conductor.common import exceptions
 from conductor.db import api as db_api
-from conductor.db import models
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
 from conductor.executor import pool as pool_mod
+from conductor import node_cache
 from conductor import ownership
 from conductor import power_sync
 from conductor import states
@@ -691,32 +691,6 @@ class TestDueTime(SyncTestCase):
             counts.append(len(self.power.gets) - before)
         return counts
 
-    def test_slot_window_is_every_partition_whose_slot_passed(
-            self) -> None:
-        # The constant-time window against testing every partition: odd
-        # intervals, windows of a hair, of a partition's spacing, of
-        # exactly an interval (rounded either way), on slot boundaries.
-        gen = random.Random(14)
-        every = range(models.PARTITIONS)
-        for i in range(3000):
-            interval = gen.choice([0.01, 0.5, 1.0, 7.3, 60.0, 120.0, 3600.0])
-            spacing = interval / models.PARTITIONS
-            start = gen.uniform(0, 2e9)
-            if i % 3 == 0:
-                start = 1.7e9 + gen.randint(0, 10 ** 5) * spacing
-            length = gen.choice([
-                gen.uniform(0, 1.2 * interval), spacing, 0.0, interval,
-                interval * (1 - 1e-12), gen.uniform(0, 3 * spacing), 1.0])
-            end = start + length
-            mine = (sorted(gen.sample(every, gen.randint(0, len(every))))
-                    if i % 2 else list(every))
-            want = [p for p in mine if power_sync._slot_passed(
-                power_sync.phase_of(p, interval), interval, start, end)]
-            self.assertEqual(
-                want, sorted(power_sync.slot_window(mine, interval, start,
-                                                    end)),
-                "interval %r, window (%r, %r]" % (interval, start, end))
-
     def test_tick_and_tolerance(self) -> None:
         self.assertEqual(1.0, power_sync.tick(60))
         self.assertEqual(2.0, power_sync.tick(120))
@@ -806,3 +780,158 @@ class TestDueTime(SyncTestCase):
         # 1 failure: the interval; then doubled, capped at 240 s.
         self.assertEqual([60, 120, 240, 240], gaps[:4])
         self.assertEqual(len(polls), self.get("bad").power_sync_failures)
+
+
+class TestRowsInMemory(TestDueTime):
+    """A worker keeps its nodes' rows and reads only what changed."""
+
+    def count_selects(self) -> list[str]:
+        """SELECT statements on nodes issued from now on."""
+        statements: list[str] = []
+
+        def listener(conn: Any, cursor: Any, statement: str, params: Any,
+                     context: Any, executemany: bool) -> None:
+            text = statement.lstrip().upper()
+            if text.startswith("SELECT") and "FROM NODES" in text:
+                statements.append(statement)
+
+        sa.event.listen(self.db.engine, "before_cursor_execute", listener)
+        self.addCleanup(sa.event.remove, self.db.engine,
+                        "before_cursor_execute", listener)
+        return statements
+
+    def test_a_run_reads_only_the_rows_changed(self) -> None:
+        self.nodes(*["n%02d" % i for i in range(40)])
+        syncer = self.timed()
+        self.run_for(syncer, power_sync.tick(self.INTERVAL) * 4)
+        selects = self.count_selects()
+        counts = self.run_for(syncer, 2 * self.INTERVAL)
+        self.assertEqual(80, sum(counts))
+        # One statement a run, the feed of changes (a poll's stamp is no
+        # change): no row is read to poll a node.
+        self.assertEqual(len(counts), len(selects))
+        self.assertTrue(all("changed_at" in s for s in selects), selects)
+
+    def test_maintenance_and_reservations_are_followed(self) -> None:
+        self.nodes("a", "b")
+        syncer = self.timed()
+        self.run_for(syncer, self.INTERVAL)
+        self.assertEqual(["a", "b"], sorted(self.power.gets))
+        self.db.update_node("a", {"maintenance": True})
+        self.db.reserve_node(self.get("b").uuid, "someone:0")
+        self.run_for(syncer, 2 * self.INTERVAL)
+        self.assertEqual(["a", "b"], sorted(self.power.gets))
+        # Back: polled again when due.
+        self.db.update_node("a", {"maintenance": False})
+        self.db.release_node(self.get("b").uuid, "someone:0")
+        self.run_for(syncer, self.INTERVAL)
+        self.assertEqual(["a", "a", "b", "b"], sorted(self.power.gets))
+
+    def test_a_deleted_node_is_never_polled_again(self) -> None:
+        self.nodes("a", "b")
+        syncer = self.timed()
+        self.run_for(syncer, self.INTERVAL)
+        self.db.delete_node("a")
+        self.run_for(syncer, 2 * self.INTERVAL)
+        self.assertEqual(["a", "b", "b", "b"], sorted(self.power.gets))
+
+    def test_a_node_enrolled_later_is_polled(self) -> None:
+        syncer = self.timed()
+        self.run_for(syncer, 3)
+        self.nodes("late")
+        self.run_for(syncer, self.INTERVAL)
+        self.assertEqual(["late"], self.power.gets)
+
+    def test_a_stamp_lost_to_a_database_error_is_polled_again(
+            self) -> None:
+        self.nodes(*["n%02d" % i for i in range(20)])
+        syncer = self.timed()
+        real = self.db.apply_sync_results
+        failed: list[int] = []
+
+        def flaky(*args: Any, **kwargs: Any) -> int:
+            if not failed and kwargs.get("checked"):
+                failed.append(len(kwargs["checked"]))
+                raise db_exc.DBConnectionError("lost")
+            return real(*args, **kwargs)
+
+        self.useFixture(fixtures.MockPatchObject(
+            self.db, "apply_sync_results", side_effect=flaky))
+        for _ in range(int(self.INTERVAL)):
+            self.t += datetime.timedelta(seconds=1)
+            try:
+                syncer.sync()
+            except db_exc.DBConnectionError:
+                pass
+        # Every node stamped; those whose stamps were lost polled again
+        # at the next run rather than never.
+        self.assertEqual(1, len(failed))
+        self.assertEqual(20 + failed[0], len(self.power.gets))
+        self.assertTrue(all(self.get(n).power_checked_at is not None
+                            for n in ["n%02d" % i for i in range(20)]))
+
+    def test_an_edit_the_feed_misses_lasts_until_the_full_read(
+            self) -> None:
+        [uuid] = self.nodes("a")
+        syncer = self.timed()
+        self.run_for(syncer, self.INTERVAL)
+        # A hand edit that keeps changed_at: only a full read sees it.
+        with self.db.engine.begin() as conn:
+            conn.execute(db_api.models.nodes.update()
+                         .where(db_api.models.nodes.c.uuid == uuid)
+                         .values(maintenance=True,
+                                 changed_at=db_api.models.nodes.c.changed_at))
+        self.run_for(syncer, (power_sync.RELOAD_INTERVALS + 2)
+                     * self.INTERVAL, step=self.INTERVAL / 4)
+        polls = len(self.power.gets)
+        self.assertLess(polls, power_sync.RELOAD_INTERVALS + 3)
+        self.run_for(syncer, 3 * self.INTERVAL, step=self.INTERVAL / 4)
+        self.assertEqual(polls, len(self.power.gets))
+
+
+class TestNodeCache(SyncTestCase):
+    """Gains, losses and the settle read of node_cache."""
+
+    def test_rows_due_just_before_a_gain_wait_for_the_settle_read(
+            self) -> None:
+        uuids = self.nodes(*["n%02d" % i for i in range(40)])
+        by_partition = {self.get(u).partition: u for u in uuids}
+        parts = sorted(by_partition)
+        half = tuple(parts[:len(parts) // 2])
+        due = {u: 100.0 for u in uuids}
+        cache = node_cache.NodeCache(self.db, ["scripted"],
+                                     lambda row: due[row.uuid],
+                                     settle=5.0, reload_every=1000.0)
+        cache.update(half, 100.0)
+        first = cache.pop_due(100.0)
+        self.assertEqual({by_partition[p] for p in half},
+                         {row.uuid for row in first})
+        for row in first:
+            due[row.uuid] = 160.0
+        cache.polled(first)
+        # The other half is gained at 102: due 2 s before, so its
+        # previous owner may be polling it: planned for the settle read.
+        cache.update(tuple(parts), 102.0)
+        self.assertEqual([], cache.pop_due(106.9))
+        # Its previous owner polled some of them meanwhile.
+        polled = [by_partition[p] for p in parts[len(parts) // 2:]][:3]
+        self.db.apply_sync_results([], checked=polled)
+        for uuid in polled:
+            due[uuid] = 160.0
+        cache.update(tuple(parts), 107.0)
+        left = {row.uuid for row in cache.pop_due(107.0)}
+        self.assertEqual({by_partition[p] for p in parts[len(parts) // 2:]}
+                         - set(polled), left)
+        # Partitions lost: their rows dropped.
+        cache.update(half, 108.0)
+        self.assertEqual(len(half), len(cache))
+        self.assertNotIn(polled[0], cache)
+
+    def test_overdue_rows_of_a_gain_are_due_at_once(self) -> None:
+        [uuid] = self.nodes("a")
+        cache = node_cache.NodeCache(self.db, ["scripted"],
+                                     lambda row: 50.0,
+                                     settle=5.0, reload_every=1000.0)
+        cache.update((), 100.0)
+        cache.update((self.get("a").partition,), 101.0)
+        self.assertEqual([uuid], [row.uuid for row in cache.pop_due(101.0)])

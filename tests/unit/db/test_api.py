@@ -525,31 +525,75 @@ class TestPowerSync(DbTestCase):
         self.assertRaises(ValueError, self.db.node_uuids,
                           partitions=["1) OR (1=1"])
 
-    def test_sync_rows_window_is_bound_and_built_once(self) -> None:
-        nodes = [self.node("w%02d" % i) for i in range(40)]
-        by_partition: dict[int, set[str]] = {}
-        for node in nodes:
-            by_partition.setdefault(node.partition, set()).add(node.uuid)
-        parts = sorted(by_partition)
-        first, second = parts[:3], parts[3:9]
-        self.assertEqual(
-            set().union(*(by_partition[p] for p in first)),
-            {row.uuid for row in self.db.sync_rows(drivers=["fake"],
-                                                   window=first)})
-        built = dict(self.db._statements)
-        # Another window, another time: the same statement, bound anew.
-        cutoff = datetime.datetime(2000, 1, 1)
-        self.assertEqual(
-            set().union(*(by_partition[p] for p in second)),
-            {row.uuid for row in self.db.sync_rows(drivers=["fake"],
-                                                   window=second)})
-        self.assertEqual(built, self.db._statements)
-        self.db.sync_rows(drivers=["fake"], window=first,
-                          checked_before=cutoff)
-        self.assertEqual(len(built) + 1, len(self.db._statements))
-        self.assertEqual([], self.db.sync_rows(drivers=["fake"], window=[]))
-        self.assertRaises(ValueError, self.db.sync_rows, drivers=["fake"],
-                          window=["1) OR (1=1"])
+    def test_changed_sync_rows_is_the_feed_of_writes_and_deletes(
+            self) -> None:
+        a = self.node("a")
+        b = self.node("b")
+        c = self.node("c")
+        every = list(range(models.PARTITIONS))
+        rows, start = self.db.changed_sync_rows(
+            partitions=every, since=datetime.datetime(2000, 1, 1))
+        self.assertEqual({"a", "b", "c"}, {row.name for row in rows})
+        # The database's clock, in UTC, whatever the hosts' clocks say.
+        self.assertLess(abs((start - timeutils.utcnow()).total_seconds()),
+                        5)
+        with fixtures.MockPatchObject(
+                timeutils, "utcnow", return_value=datetime.datetime(2001, 1,
+                                                                    1)):
+            # A poll's stamp is not a change.
+            self.db.apply_sync_results([], checked=[a.uuid, b.uuid, c.uuid])
+            self.assertEqual([], self.db.changed_sync_rows(
+                partitions=every, since=start)[0])
+            self.db.update_node("a", {"maintenance": True})
+            self.db.reserve_node(b.uuid, "h:0")
+            self.db.delete_node("c")
+        found, now = self.db.changed_sync_rows(partitions=every, since=start)
+        self.assertGreaterEqual(now, start)
+        by_name = {row.name or row.uuid: row for row in found}
+        self.assertEqual({"a", "b", c.uuid}, set(by_name))
+        self.assertEqual((True, False), (by_name["a"].maintenance,
+                                         by_name["a"].reserved))
+        self.assertEqual(datetime.datetime(2001, 1, 1),
+                         by_name["a"].power_checked_at)
+        self.assertEqual((False, True), (by_name["b"].maintenance,
+                                         by_name["b"].reserved))
+        self.assertEqual((True, c.partition),
+                         (by_name[c.uuid].maintenance,
+                          by_name[c.uuid].partition))
+        # Only the partitions asked for.
+        only, _ = self.db.changed_sync_rows(partitions=[a.partition],
+                                            since=start)
+        self.assertIn("a", [row.name for row in only])
+        self.assertEqual({a.partition}, {row.partition for row in only})
+        self.assertEqual([], self.db.changed_sync_rows(
+            partitions=[], since=start)[0])
+        self.assertEqual([], self.db.changed_sync_rows(
+            partitions=every, since=now + datetime.timedelta(seconds=1))[0])
+
+    def test_a_stamp_tells_which_nodes_are_gone(self) -> None:
+        a = self.node("a")
+        b = self.node("b")
+        self.db.delete_node("b")
+        missing: set[str] = set()
+        self.db.apply_sync_results([], checked=[a.uuid, b.uuid],
+                                   missing=missing)
+        self.assertEqual({b.uuid}, missing)
+        self.assertIsNotNone(self.db.get_node("a").power_checked_at)
+
+    def test_deletions_are_kept_a_day(self) -> None:
+        self.node("a")
+        self.node("b")
+        start = timeutils.utcnow()
+        self.db.delete_node("a")
+        with fixtures.MockPatchObject(
+                timeutils, "utcnow",
+                return_value=start + db_api.DELETIONS_KEPT
+                + datetime.timedelta(seconds=1)):
+            self.db.delete_node("b")
+        with self.db.engine.connect() as conn:
+            kept = conn.execute(sa.select(models.node_deletions.c.uuid)
+                                ).scalars().all()
+        self.assertEqual(1, len(kept))
 
     def test_owned_node_counts(self) -> None:
         # Three uuids in three partitions.

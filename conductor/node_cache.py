@@ -1,0 +1,233 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The rows power sync needs of one worker's nodes, kept in memory.
+
+Reading the rows of the nodes due every second cost a worker a read per
+node-poll on top of the poll's own stamp (two rows read per poll), and a
+statement per second whatever it found. A worker instead reads the rows
+of its partitions once, when it gains them, and then only what changed:
+
+* **gain**: the rows of the partitions it gains are read in full, and
+  once more ``settle`` seconds later, when the previous owner has
+  written the stamps of the polls it still had running;
+* **feed**: at every update, the rows of its partitions written since
+  its last read (``nodes.changed_at``, set by every write of a node
+  except a poll's stamp, by the database server's clock; read again
+  over ``FEED_OVERLAP`` seconds, so that a write committed a little
+  after it was made is still seen);
+* **deletes**: a poll's stamp that finds no row tells that the node is
+  gone (see :meth:`NodeCache.forget`);
+* **reload**: every ``reload_every`` seconds, every row is read again,
+  so that nothing the feed could miss (a transaction open for longer
+  than the overlap, a hand edit of the table) lasts.
+
+The cache also keeps when each node is next due (a heap), so that a run
+finds the due nodes without looking at the others.
+"""
+
+from __future__ import annotations
+
+import datetime
+import heapq
+import logging
+from typing import Callable, Iterable, Sequence
+
+from conductor.db import api as db_api
+
+LOG = logging.getLogger(__name__)
+
+#: Seconds of writes the feed reads again at every update: longer than a
+#: write's transaction takes to commit (``changed_at`` is the database's
+#: clock when the row was written, not when it was committed).
+FEED_OVERLAP = 2.0
+
+
+class NodeCache:
+    """The qualifying rows of one worker's partitions, and their due times.
+
+    A row qualifies when its node is not in maintenance, not reserved and
+    has an enabled driver (those are the nodes power sync polls).
+
+    :param db: the worker's database connection.
+    :param drivers: the enabled drivers' names.
+    :param due: when a row is next due (epoch seconds of the sync clock).
+    :param settle: seconds after a gain until its partitions are read
+        again; a row due less than ``settle`` before the gain waits until
+        then (the previous owner polled it, or it is still polling it).
+    :param reload_every: seconds between two full reads.
+    """
+
+    def __init__(self, db: db_api.Connection, drivers: Iterable[str],
+                 due: Callable[[db_api.SyncRow], float], *,
+                 settle: float, reload_every: float) -> None:
+        self._db = db
+        self._drivers = list(drivers)
+        self._enabled = frozenset(self._drivers)
+        self._due_fn = due
+        self._settle = settle
+        self._reload_every = reload_every
+        self._mine: tuple[int, ...] = ()
+        self._mine_set: frozenset[int] = frozenset()
+        self._rows: dict[str, db_api.SyncRow] = {}
+        #: uuid -> its due time, for the nodes scheduled (the heap may
+        #: also hold older entries of a node: skipped when popped).
+        self._due: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+        #: Partition -> when it was gained, until its settle read.
+        self._gained: dict[int, float] = {}
+        #: The database's clock at the last feed (or first read).
+        self._fed_at: datetime.datetime | None = None
+        #: Sync-clock time of the last full read.
+        self._loaded_at: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, uuid: object) -> bool:
+        return uuid in self._rows
+
+    # -- reading -------------------------------------------------------
+
+    def update(self, mine: Sequence[int], t: float,
+               gained_at: float | None = None) -> None:
+        """Follow ownership to ``mine`` and read what changed, at ``t``.
+
+        :param gained_at: when partitions gained now count as gained
+            (default ``t``).
+        """
+        if mine is not self._mine and tuple(mine) != self._mine:
+            self._own(tuple(mine), t if gained_at is None else gained_at)
+        if not self._mine:
+            return
+        if self._loaded_at is None or t - self._loaded_at >= \
+                self._reload_every:
+            self._reload(self._mine, full=True)
+            self._loaded_at = t
+            self._gained = {p: at for p, at in self._gained.items()
+                            if at + self._settle > t}
+            return
+        settled = sorted(p for p, at in self._gained.items()
+                         if at + self._settle <= t)
+        if settled:
+            for partition in settled:
+                del self._gained[partition]
+            self._reload(settled)
+        self._feed()
+
+    def _own(self, mine: tuple[int, ...], gained_at: float) -> None:
+        old = self._mine_set
+        self._mine = mine
+        self._mine_set = frozenset(mine)
+        lost = old - self._mine_set
+        if lost:
+            for uuid in [uuid for uuid, row in self._rows.items()
+                         if row.partition in lost]:
+                self._drop(uuid)
+            for partition in lost:
+                self._gained.pop(partition, None)
+        gained = sorted(self._mine_set - old)
+        for partition in gained:
+            self._gained[partition] = gained_at
+        if gained and self._loaded_at is not None:
+            # NOTE: a first read (or a due full one) reads these anyway.
+            self._reload(gained)
+
+    def _reload(self, partitions: Sequence[int], full: bool = False
+                ) -> None:
+        """Read every qualifying row of ``partitions`` (all when full)."""
+        fed_at = self._db.clock() if self._fed_at is None else None
+        rows = self._db.sync_rows(drivers=self._drivers,
+                                  partitions=partitions)
+        wanted = frozenset(partitions)
+        found = {row.uuid for row in rows}
+        for uuid in [uuid for uuid, row in self._rows.items()
+                     if row.partition in wanted and uuid not in found]:
+            self._drop(uuid)
+        for row in rows:
+            self._store(row)
+        if fed_at is not None:
+            self._fed_at = fed_at
+
+    def _feed(self) -> None:
+        """Read the rows of ``mine`` written since the last read."""
+        assert self._fed_at is not None
+        since = self._fed_at - datetime.timedelta(seconds=FEED_OVERLAP)
+        rows, self._fed_at = self._db.changed_sync_rows(
+            partitions=self._mine, since=since)
+        for row in rows:
+            if row.partition not in self._mine_set:
+                continue
+            if row.maintenance or row.reserved or \
+                    row.driver not in self._enabled:
+                self._drop(row.uuid)
+            else:
+                self._store(row)
+
+    # -- scheduling ----------------------------------------------------
+
+    def _store(self, row: db_api.SyncRow) -> None:
+        self._rows[row.uuid] = row
+        self._schedule(row)
+
+    def _schedule(self, row: db_api.SyncRow,
+                  when: float | None = None) -> None:
+        if when is None:
+            when = self._due_fn(row)
+            gained = self._gained.get(row.partition)
+            if gained is not None and gained - self._settle <= when < gained:
+                # NOTE: due just before this worker owned it: its previous
+                # owner polled it, or still is; the settle read tells.
+                when = gained + self._settle
+        if self._due.get(row.uuid) == when:
+            return
+        self._due[row.uuid] = when
+        heapq.heappush(self._heap, (when, row.uuid))
+
+    def _drop(self, uuid: str) -> None:
+        self._rows.pop(uuid, None)
+        self._due.pop(uuid, None)
+
+    def pop_due(self, t: float) -> list[db_api.SyncRow]:
+        """The rows due at ``t``, most overdue first; taken off the plan.
+
+        Each must be handed back: :meth:`polled`, :meth:`retry` or
+        :meth:`forget`.
+        """
+        heap = self._heap
+        due = self._due
+        out: list[db_api.SyncRow] = []
+        while heap and heap[0][0] <= t:
+            when, uuid = heapq.heappop(heap)
+            if due.get(uuid) != when:
+                continue
+            del due[uuid]
+            out.append(self._rows[uuid])
+        if len(heap) > 2 * len(due) + 64:
+            # NOTE: rescheduled nodes leave older entries behind.
+            self._heap = [(when, uuid) for uuid, when in due.items()]
+            heapq.heapify(self._heap)
+        return out
+
+    def due_at(self, uuid: str) -> float | None:
+        """When the node is next due (None: not planned)."""
+        return self._due.get(uuid)
+
+    def polled(self, rows: Iterable[db_api.SyncRow]) -> None:
+        """Plan again nodes just polled; ``rows`` as they now are."""
+        for row in rows:
+            if row.uuid in self._rows:
+                self._rows[row.uuid] = row
+                self._schedule(row)
+
+    def retry(self, uuids: Iterable[str], when: float) -> None:
+        """Plan nodes taken but not polled for ``when``."""
+        for uuid in uuids:
+            row = self._rows.get(uuid)
+            if row is not None and uuid not in self._due:
+                self._schedule(row, when)
+
+    def forget(self, uuids: Iterable[str]) -> None:
+        """Drop nodes found deleted."""
+        for uuid in uuids:
+            if uuid in self._rows:
+                LOG.debug("Node %s is gone; no longer polled", uuid)
+            self._drop(uuid)
