@@ -405,15 +405,18 @@ class Rings:
             self._release_pending = False
         return changed
 
-    def maybe_update(self) -> bool:
-        """:meth:`update` when the last read is older than reset_interval.
+    def maybe_update(self, max_age: float | None = None) -> bool:
+        """:meth:`update` when the last read is older than ``max_age``.
 
         The cheap call for frequent periodic work: most calls read
         nothing at all.
+
+        :param max_age: seconds (default: reset_interval).
         """
+        if max_age is None:
+            max_age = self._reset_interval
         with self._lock:
-            fresh = (self._monotonic() - self._read_at
-                     < self._reset_interval)
+            fresh = self._monotonic() - self._read_at < max_age
         return False if fresh else self.update()
 
     def _effective(self, live: Membership) -> Membership:

@@ -196,8 +196,14 @@ class ConductorPeriodics:
         """Re-read the workers; rebuild the rings if they changed.
 
         On a change, reservations of dead workers are released too.
+        Power sync and the pending-action check refresh the rings too,
+        when their last read is older than this task's spacing: a read
+        made by them in the last half of it is not made again (every
+        worker would otherwise read the ``conductors`` rows twice as
+        often as configured).
         """
-        self._rings.update()
+        self._rings.maybe_update(
+            max_age=self.conf.conductor.hash_ring_reset_interval / 2.0)
 
 
 class _NodeProvider:

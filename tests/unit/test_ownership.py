@@ -608,6 +608,14 @@ class TestTidy(RingsTestCase):
         self.clock.now += 16
         self.assertFalse(rings.maybe_update())
         self.assertEqual(2, len(statements()))
+        # A shorter max_age (the periodic refresh's): read only when the
+        # last read is older than that.
+        self.clock.now += 4
+        self.assertFalse(rings.maybe_update(max_age=5))
+        self.assertEqual(2, len(statements()))
+        self.clock.now += 1
+        self.assertFalse(rings.maybe_update(max_age=5))
+        self.assertEqual(3, len(statements()))
 
 
 class TestUpdate(RingsTestCase):
