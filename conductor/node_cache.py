@@ -26,6 +26,7 @@ finds the due nodes without looking at the others.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import heapq
 import logging
@@ -50,20 +51,27 @@ class NodeCache:
     :param db: the worker's database connection.
     :param drivers: the enabled drivers' names.
     :param due: when a row is next due (epoch seconds of the sync clock).
+    :param interval: seconds between a node's slots (its due times
+        fall on ``phase + k * interval``).
     :param settle: seconds after a gain until its partitions are read
-        again; a row due less than ``settle`` before the gain waits until
-        then (the previous owner polled it, or it is still polling it).
+        again (the previous owner's last stamps).
+    :param late: when a row of a partition gained at ``gained`` and due
+        at ``when`` < ``gained`` is planned instead (``late(partition,
+        when, gained)``; see conductor.power_sync.PowerSync.after_gain).
     :param reload_every: seconds between two full reads.
     """
 
     def __init__(self, db: db_api.Connection, drivers: Iterable[str],
                  due: Callable[[db_api.SyncRow], float], *,
-                 settle: float, reload_every: float) -> None:
+                 interval: float, settle: float, reload_every: float,
+                 late: Callable[[int, float, float], float]) -> None:
         self._db = db
         self._drivers = list(drivers)
         self._enabled = frozenset(self._drivers)
         self._due_fn = due
+        self._interval = interval
         self._settle = settle
+        self._late = late
         self._reload_every = reload_every
         self._mine: tuple[int, ...] = ()
         self._mine_set: frozenset[int] = frozenset()
@@ -72,12 +80,19 @@ class NodeCache:
         #: also hold older entries of a node: skipped when popped).
         self._due: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
-        #: Partition -> when it was gained, until its settle read.
+        #: Partition -> when it was gained, for an interval and the
+        #: settle delay after that (see _schedule).
         self._gained: dict[int, float] = {}
+        #: Partition -> when its settle read is due.
+        self._settling: dict[int, float] = {}
         #: The database's clock at the last feed (or first read).
         self._fed_at: datetime.datetime | None = None
         #: Sync-clock time of the last full read.
         self._loaded_at: float | None = None
+        #: Feeds read so far, and rows with a requested power action
+        #: they returned (see :meth:`requests_token`).
+        self._feeds = 0
+        self._requests = 0
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -98,18 +113,21 @@ class NodeCache:
             self._own(tuple(mine), t if gained_at is None else gained_at)
         if not self._mine:
             return
+        if self._gained:
+            keep = self._settle + self._interval
+            self._gained = {p: at for p, at in self._gained.items()
+                            if at + keep > t}
         if self._loaded_at is None or t - self._loaded_at >= \
                 self._reload_every:
             self._reload(self._mine, full=True)
             self._loaded_at = t
-            self._gained = {p: at for p, at in self._gained.items()
-                            if at + self._settle > t}
+            self._settling = {p: at for p, at in self._settling.items()
+                              if at > t}
             return
-        settled = sorted(p for p, at in self._gained.items()
-                         if at + self._settle <= t)
+        settled = sorted(p for p, at in self._settling.items() if at <= t)
         if settled:
             for partition in settled:
-                del self._gained[partition]
+                del self._settling[partition]
             self._reload(settled)
         self._feed()
 
@@ -124,9 +142,12 @@ class NodeCache:
                 self._drop(uuid)
             for partition in lost:
                 self._gained.pop(partition, None)
+                self._settling.pop(partition, None)
         gained = sorted(self._mine_set - old)
         for partition in gained:
             self._gained[partition] = gained_at
+            if self._settle > 0:
+                self._settling[partition] = gained_at + self._settle
         if gained and self._loaded_at is not None:
             # NOTE: a first read (or a due full one) reads these anyway.
             self._reload(gained)
@@ -153,18 +174,39 @@ class NodeCache:
         since = self._fed_at - datetime.timedelta(seconds=FEED_OVERLAP)
         rows, self._fed_at = self._db.changed_sync_rows(
             partitions=self._mine, since=since)
+        self._requests += sum(1 for row in rows if row.requested)
+        self._feeds += 1
         for row in rows:
             if row.partition not in self._mine_set:
                 continue
             if row.maintenance or row.reserved or \
                     row.driver not in self._enabled:
                 self._drop(row.uuid)
-            else:
-                self._store(row)
+                continue
+            self._store(row)
+
+    def requests_token(self) -> tuple[int, int, tuple[int, ...]]:
+        """What the feed has told of requested power actions so far.
+
+        ``(feeds read, rows with a request they returned, partitions)``:
+        the pending-action check need not read the database again while
+        it found nothing pending last time and, since then, a feed was
+        read (a request is a write, so the next feed returns it) and
+        returned no request, over the same partitions.
+        """
+        return self._feeds, self._requests, self._mine
 
     # -- scheduling ----------------------------------------------------
 
     def _store(self, row: db_api.SyncRow) -> None:
+        known = self._rows.get(row.uuid)
+        if known is not None and known.power_checked_at is not None \
+                and (row.power_checked_at is None
+                     or row.power_checked_at < known.power_checked_at):
+            # NOTE: this worker's own poll, whose stamp may not be written
+            # yet (power sync writes them every few seconds).
+            row = dataclasses.replace(
+                row, power_checked_at=known.power_checked_at)
         self._rows[row.uuid] = row
         self._schedule(row)
 
@@ -173,10 +215,8 @@ class NodeCache:
         if when is None:
             when = self._due_fn(row)
             gained = self._gained.get(row.partition)
-            if gained is not None and gained - self._settle <= when < gained:
-                # NOTE: due just before this worker owned it: its previous
-                # owner polled it, or still is; the settle read tells.
-                when = gained + self._settle
+            if gained is not None and when < gained:
+                when = self._late(row.partition, when, gained)
         if self._due.get(row.uuid) == when:
             return
         self._due[row.uuid] = when

@@ -279,6 +279,9 @@ class Rings:
         self._mine: frozenset[int] = frozenset()
         #: partition -> monotonic time until which it is held back.
         self._held: dict[int, float] = {}
+        #: Partitions taken from a worker still polling them (live, or
+        #: draining), while this worker owns them (see handed_over).
+        self._handed: frozenset[int] = frozenset()
         #: What partitions() returns, and the monotonic time until which
         #: it holds (the next end of a hold); None after a rebuild.
         self._active: tuple[tuple[int, ...], float] | None = None
@@ -443,6 +446,18 @@ class Rings:
         gained = mine - self._mine
         held = {p: until for p, until in self._held.items()
                 if p in mine and until > now}
+        handed = {p for p in self._handed if p in mine}
+        if gained:
+            before = (previous if previous is not None else
+                      partition_table(membership.without(self.host)))
+            for partition in gained:
+                if before is None:
+                    break
+                owner = before[partition]
+                if owner != me and (
+                        membership.has(owner) or db_api.holder_name(*owner)
+                        in membership.draining):
+                    handed.add(partition)
         if gained and self._handover_delay > 0:
             # NOTE: who polled a gained partition until now? With a
             # previous table, its owner there. At the first build, the
@@ -466,6 +481,7 @@ class Rings:
         self._table = table
         self._mine = mine
         self._held = held
+        self._handed = frozenset(handed)
         self._active = None
 
     def _tidy(self, records: Sequence[db_api.ConductorRecord],
@@ -518,6 +534,24 @@ class Rings:
                         default=float("inf"))
             self._active = (found, until)
             return found
+
+    def was_held(self, partition: int) -> bool:
+        """Whether ``partition`` was held back when this worker took it.
+
+        True through its hold and after it, until the next rebuild.
+        """
+        with self._lock:
+            return partition in self._held
+
+    def handed_over(self, partition: int) -> bool:
+        """Whether ``partition`` was taken from a worker still polling it.
+
+        Its previous owner was live (a hand-over, with its hold) or
+        draining (it polls its nodes until it stops) when this worker
+        took it; not when that owner had died or stopped.
+        """
+        with self._lock:
+            return partition in self._handed
 
     def owned_partitions(self) -> frozenset[int]:
         """Every partition of this worker, held ones included."""

@@ -124,6 +124,16 @@ def tolerance(interval: float) -> float:
     return max(usual, min(tick(interval), interval))
 
 
+@functools.lru_cache(maxsize=64)
+def settle_delay(interval: float) -> float:
+    """Seconds a new owner waits for the previous one's last stamps.
+
+    Two ticks and a second: a run of fast BMCs under way when ownership
+    moved.
+    """
+    return 2.0 * tick(interval) + 1.0
+
+
 def phase_of(partition: int, interval: float) -> float:
     """The node's slot phase within ``interval``, from its partition."""
     return interval * partition / models.PARTITIONS
@@ -253,11 +263,17 @@ class PowerSync:
         interval = settings.interval
         #: The rows of this worker's nodes and when each is due.
         self._rows = node_cache.NodeCache(
-            db, self._drivers, self._due,
-            settle=2.0 * tick(interval) + 1.0,
-            reload_every=RELOAD_INTERVALS * interval)
+            db, self._drivers, self._due, interval=interval,
+            settle=settle_delay(interval),
+            reload_every=RELOAD_INTERVALS * interval,
+            late=self.after_gain)
         #: The last finished sweep of each kind ("sync", "recovery").
         self.last: dict[str, SweepResult] = {}
+
+    @property
+    def rows(self) -> node_cache.NodeCache:
+        """This worker's nodes' rows (see :mod:`conductor.node_cache`)."""
+        return self._rows
 
     # -- the two periodic bodies ---------------------------------------
 
@@ -277,6 +293,33 @@ class PowerSync:
                           gained_at=start if first else None)
         self._window_end = t
         return self._rows.pop_due(t)
+
+    def after_gain(self, partition: int, when: float,
+                   gained: float) -> float:
+        """When a node due before its partition was gained is polled.
+
+        ``when``: its due time; ``gained``: when ``partition`` was gained.
+
+        * handed over by a worker still polling it: at its next slot
+          (after the settle read, which shows the previous owner's last
+          polls, when that owner drains and still polls; a live owner
+          let go of it a hold ago). The node keeps its phase: polled off
+          it now, its next poll would come half an interval late, and
+          its previous owner may have just polled it;
+        * else (its owner died or stopped; the worker starts): due less
+          than :func:`settle_delay` before, after that read (the previous
+          owner may have polled it; if it did not, the node is polled
+          then); due longer before (overdue), at once.
+        """
+        interval = self._settings.interval
+        settle = settle_delay(interval)
+        if self._rings.handed_over(partition):
+            start = gained if self._rings.was_held(partition) \
+                else gained + settle
+            return when + math.ceil((start - when) / interval) * interval
+        if gained - when <= settle:
+            return gained + settle
+        return when
 
     def _due(self, row: db_api.SyncRow) -> float:
         return due_at(row, self._settings.interval,

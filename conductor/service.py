@@ -431,14 +431,18 @@ class ConductorService(service.ServiceBase):
             handover_delay=settings.handover_delay,
             cleanup_age=settings.conductor_cleanup_age)
         timeout = settings.sync.timeout
+        sync = power_sync.PowerSync(db, drivers, rings, pool, settings.sync,
+                                    stopped)
         rt = self._rt = _Runtime(
             settings=settings, db=db, drivers=drivers, pool=pool,
-            rings=rings,
-            power_sync=power_sync.PowerSync(db, drivers, rings, pool,
-                                            settings.sync, stopped),
+            rings=rings, power_sync=sync,
             actions=power_actions.PowerActions(
                 db, drivers, rings, pool, timeout=timeout,
-                request_timeout=self._conf.conductor.power_request_timeout),
+                request_timeout=self._conf.conductor.power_request_timeout,
+                # NOTE: with power sync on, its change feed tells when
+                # there is no request to look for.
+                requests=(sync.rows.requests_token
+                          if settings.sync.interval > 0 else None)),
             runner=periodic_runner.PeriodicRunner(
                 pool, _NodeProvider(db, rings, drivers, timeout)))
         db.register_conductor(self.host, self.worker_id, list(drivers),

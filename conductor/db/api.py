@@ -149,6 +149,9 @@ class SyncRow:
     #: only nodes that qualify.
     maintenance: bool = False
     reserved: bool = False
+    #: A power action is requested (``target_power_state`` is set); set
+    #: only by :meth:`Connection.changed_sync_rows`.
+    requested: bool = False
 
 
 #: Largest number of values in one ``IN (...)`` list; longer lists are
@@ -794,7 +797,9 @@ class Connection:
                                  c.version, c.partition, c.power_checked_at,
                                  c.maintenance,
                                  c.reservation.is_not(None).label(
-                                     "reserved"))
+                                     "reserved"),
+                                 c.target_power_state.is_not(None).label(
+                                     "requested"))
                        .where(c.changed_at >= since_param)
                        .where(where))
             # NOTE: with more partitions than its index-dive limit (200 by
@@ -808,7 +813,7 @@ class Connection:
             gone = (sa.select(d.uuid, sa.null(), sa.literal(""), sa.null(),
                               sa.null(), sa.literal(0), sa.literal(0),
                               d.partition, sa.null(), sa.true(),
-                              sa.false())
+                              sa.false(), sa.false())
                     .where(d.deleted_at >= since_param)
                     .where(where))
             # NOTE: one more row, always: the server's clock at the read,
@@ -816,7 +821,8 @@ class Connection:
             clock = sa.select(sa.literal(""), sa.null(), sa.literal(""),
                               sa.null(), sa.null(), sa.literal(0),
                               sa.literal(0), sa.literal(-1),
-                              models.utc_now(), sa.true(), sa.false())
+                              models.utc_now(), sa.true(), sa.false(),
+                              sa.false())
             return sa.union_all(changed, gone, clock)
 
         query = self._statement(("changed_sync_rows", where), build)
@@ -832,7 +838,7 @@ class Connection:
                     _as_dict(row.driver_info), row.power_state,
                     row.power_sync_failures, row.version, row.partition,
                     row.power_checked_at, bool(row.maintenance),
-                    bool(row.reserved)))
+                    bool(row.reserved), bool(row.requested)))
         assert now is not None
         return rows, now
 

@@ -517,6 +517,12 @@ class TestStartAndHandover(RingsTestCase):
         self.assertEqual(set(), gained & old.owned_partitions())
         self.clock.now += 21
         self.assertEqual(tuple(sorted(gained)), new.partitions())
+        # Known as handed over (its owner was live) after the hold too;
+        # the first owner's partitions were handed by nobody.
+        self.assertTrue(all(new.handed_over(p) and new.was_held(p)
+                            for p in gained))
+        self.assertFalse(any(old.handed_over(p)
+                             for p in old.owned_partitions()))
 
     def test_partitions_are_worked_out_again_only_on_a_change(
             self) -> None:

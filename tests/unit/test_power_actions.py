@@ -603,3 +603,97 @@ class TestInterruptedActions(ActionsTestCase):
         self.assertEqual((states.POWER_ON, None, None),
                          (node.target_power_state, node.power_action_claim,
                           node.reservation))
+
+
+class TestQuietScans(ActionsTestCase):
+    """With power sync's change feed, a scan reads only when it must."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.now = 100.0
+        self.mine = tuple(sorted(self.rings.owned_partitions()))
+        self.token: list[Any] = [0, 0, self.mine]
+        self.actions = power_actions.PowerActions(
+            self.db, {"scripted": self.driver, "fake": self.fake},
+            self.rings, self.pool, timeout=5.0,
+            requests=lambda: (self.token[0], self.token[1], self.token[2]),
+            monotonic=lambda: self.now)
+        self.reads = 0
+        real = self.db.node_uuids
+
+        def counted(*args: Any, **kwargs: Any) -> list[str]:
+            self.reads += 1
+            return real(*args, **kwargs)
+
+        self.useFixture(fixtures.MockPatchObject(
+            self.db, "node_uuids", side_effect=counted))
+
+    def scan(self, feeds: int = 1, requests: int = 0) -> int:
+        """One scan after ``feeds`` feed reads that saw ``requests``."""
+        self.token[0] += feeds
+        self.token[1] += requests
+        self.now += 1.0
+        return self.actions.scan()
+
+    def test_no_read_while_the_feed_shows_no_request(self) -> None:
+        self.scan()
+        self.assertEqual(1, self.reads)
+        for _ in range(5):
+            self.scan()
+        self.assertEqual(1, self.reads)
+
+    def test_a_request_seen_by_the_feed_is_read_and_applied(self) -> None:
+        self.scan()
+        uuid = self.node("a", target=states.POWER_ON)
+        self.assertEqual(1, self.scan(requests=1))
+        self.drain()
+        self.assertEqual(2, self.reads)
+        self.assertIsNone(self.db.get_node(uuid).target_power_state)
+
+    def test_reads_again_without_a_feed_since(self) -> None:
+        self.scan()
+        self.scan(feeds=0)
+        self.assertEqual(2, self.reads)
+
+    def test_reads_while_a_request_is_pending(self) -> None:
+        # A request the pool had no room for stays pending: looked for
+        # again at the next scan.
+        self.node("a", target=states.POWER_ON)
+        self.useFixture(fixtures.MockPatchObject(
+            self.actions, "submit",
+            side_effect=exceptions.NoFreeWorker(size=1)))
+        self.scan()
+        self.scan()
+        self.assertEqual(2, self.reads)
+
+    def test_a_reserved_nodes_request_is_read_once_released(self) -> None:
+        # Its release is a write: the next feed returns the request.
+        uuid = self.node("a", target=states.POWER_ON)
+        self.db.reserve_node(uuid, "other:0")
+        self.scan()
+        self.scan()
+        self.assertEqual(1, self.reads)
+        self.db.release_node(uuid, "other:0")
+        self.assertEqual(1, self.scan(requests=1))
+        self.drain()
+        self.assertEqual(2, self.reads)
+
+    def test_reads_when_partitions_differ_and_at_least_every_while(
+            self) -> None:
+        self.scan()
+        self.token[2] = self.mine[1:]
+        self.scan()
+        self.assertEqual(2, self.reads)
+        self.token[2] = self.mine
+        self.scan()
+        self.scan()
+        self.assertEqual(3, self.reads)
+        self.now += power_actions.QUIET_SCANS_FOR
+        self.scan()
+        self.assertEqual(4, self.reads)
+
+    def test_without_a_feed_every_scan_reads(self) -> None:
+        actions = self.make_actions()
+        for _ in range(3):
+            actions.scan()
+        self.assertEqual(3, self.reads)

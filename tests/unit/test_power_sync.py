@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from typing import Any
+from unittest import mock
 import uuid as uuid_mod
 
 import fixtures
@@ -691,6 +692,33 @@ class TestDueTime(SyncTestCase):
             counts.append(len(self.power.gets) - before)
         return counts
 
+    def test_a_node_due_just_before_a_gain_keeps_its_phase(self) -> None:
+        held = {7}
+        rings = mock.create_autospec(ownership.Rings, instance=True)
+        rings.handed_over.side_effect = lambda p: p in held
+        rings.was_held.side_effect = lambda p: p == 7
+
+        def after(interval: float, overdue: float, p: int = 7) -> float:
+            self.INTERVAL = interval
+            return self.timed(rings=rings).after_gain(p, 1000.0 - overdue,
+                                                      1000.0)
+
+        # Not handed over (p=8: its owner died, drains or stopped): the
+        # settle read (two ticks and a second), else at once.
+        self.assertEqual(1003.0, after(60.0, 2.0, p=8))
+        self.assertEqual(995.0, after(60.0, 5.0, p=8))
+        self.assertEqual(1003.0, after(4.0, 2.0, p=8))
+        self.assertEqual(990.0, after(4.0, 10.0, p=8))
+        # Handed over by a worker still polling it: its next slot, on
+        # its phase; after the settle read when its owner drains (p=9,
+        # not held back).
+        held.add(9)
+        self.assertEqual(1058.0, after(60.0, 2.0))
+        self.assertEqual(1035.0, after(60.0, 25.0))
+        self.assertEqual(1003.0, after(4.0, 1.0))
+        self.assertEqual(1000.0, after(4.0, 4.0))
+        self.assertEqual(1004.0, after(4.0, 4.0, p=9))
+
     def test_tick_and_tolerance(self) -> None:
         self.assertEqual(1.0, power_sync.tick(60))
         self.assertEqual(2.0, power_sync.tick(120))
@@ -901,7 +929,9 @@ class TestNodeCache(SyncTestCase):
         due = {u: 100.0 for u in uuids}
         cache = node_cache.NodeCache(self.db, ["scripted"],
                                      lambda row: due[row.uuid],
-                                     settle=5.0, reload_every=1000.0)
+                                     interval=60.0, settle=5.0,
+                                     reload_every=1000.0,
+                                     late=lambda p, when, gained: gained + 5)
         cache.update(half, 100.0)
         first = cache.pop_due(100.0)
         self.assertEqual({by_partition[p] for p in half},
@@ -917,8 +947,10 @@ class TestNodeCache(SyncTestCase):
         polled = [by_partition[p] for p in parts[len(parts) // 2:]][:3]
         self.db.apply_sync_results([], checked=polled)
         for uuid in polled:
-            due[uuid] = 160.0
+            due[uuid] = 170.0
         cache.update(tuple(parts), 107.0)
+        self.assertEqual(170.0, cache.due_at(polled[0]))
+        # Those it missed (it died): at once.
         left = {row.uuid for row in cache.pop_due(107.0)}
         self.assertEqual({by_partition[p] for p in parts[len(parts) // 2:]}
                          - set(polled), left)
@@ -930,8 +962,9 @@ class TestNodeCache(SyncTestCase):
     def test_overdue_rows_of_a_gain_are_due_at_once(self) -> None:
         [uuid] = self.nodes("a")
         cache = node_cache.NodeCache(self.db, ["scripted"],
-                                     lambda row: 50.0,
-                                     settle=5.0, reload_every=1000.0)
+                                     lambda row: 50.0, interval=60.0,
+                                     settle=5.0, reload_every=1000.0,
+                                     late=lambda p, when, gained: when)
         cache.update((), 100.0)
         cache.update((self.get("a").partition,), 101.0)
         self.assertEqual([uuid], [row.uuid for row in cache.pop_due(101.0)])

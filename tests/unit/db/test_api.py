@@ -557,6 +557,13 @@ class TestPowerSync(DbTestCase):
                          by_name["a"].power_checked_at)
         self.assertEqual((False, True), (by_name["b"].maintenance,
                                          by_name["b"].reserved))
+        self.assertEqual([False, False], [by_name[n].requested
+                                          for n in ("a", "b")])
+        d = self.node("d")
+        self.db.request_power_state("d", states.POWER_ON)
+        [requested] = [row for row in self.db.changed_sync_rows(
+            partitions=[d.partition], since=start)[0] if row.name == "d"]
+        self.assertTrue(requested.requested)
         self.assertEqual((True, c.partition),
                          (by_name[c.uuid].maintenance,
                           by_name[c.uuid].partition))
