@@ -198,12 +198,12 @@ class ConductorPeriodics:
         On a change, reservations of dead workers are released too.
         Power sync and the pending-action check refresh the rings too,
         when their last read is older than this task's spacing: a read
-        made by them in the last half of it is not made again (every
-        worker would otherwise read the ``conductors`` rows twice as
-        often as configured).
+        made by them in the last 90 % of it is not made again (every
+        worker would otherwise read the ``conductors`` rows up to twice
+        as often as configured).
         """
         self._rings.maybe_update(
-            max_age=self.conf.conductor.hash_ring_reset_interval / 2.0)
+            max_age=self.conf.conductor.hash_ring_reset_interval * 0.9)
 
 
 class _NodeProvider:

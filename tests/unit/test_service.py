@@ -73,7 +73,7 @@ class TestConductorPeriodics(base.TestCase):
         self.actions.scan.assert_called_once_with()
         self.own.refresh_ownership()
         # Not again if power sync or the scan read them lately.
-        self.rings.maybe_update.assert_called_once_with(max_age=2.5)
+        self.rings.maybe_update.assert_called_once_with(max_age=4.5)
         self.rings.update.assert_not_called()
         self.assertEqual(1, self.sync.sync.call_count)
 
