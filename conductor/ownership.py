@@ -447,32 +447,25 @@ class Rings:
         held = {p: until for p, until in self._held.items()
                 if p in mine and until > now}
         handed = {p for p in self._handed if p in mine}
-        if gained:
-            before = (previous if previous is not None else
-                      partition_table(membership.without(self.host)))
-            for partition in gained:
-                if before is None:
-                    break
-                owner = before[partition]
-                if owner != me and (
-                        membership.has(owner) or db_api.holder_name(*owner)
-                        in membership.draining):
-                    handed.add(partition)
-        if gained and self._handover_delay > 0:
-            # NOTE: who polled a gained partition until now? With a
-            # previous table, its owner there. At the first build, the
-            # owner it would have without this host: other hosts may
-            # have taken it while this host was away (e.g. during a
-            # SIGHUP). Siblings never took it: they keep this worker's
-            # share during their start-up grace.
-            before = (previous if previous is not None else
-                      partition_table(membership.without(self.host)))
-            for partition in gained:
-                if before is None:
-                    break
-                owner = before[partition]
-                if owner != me and membership.has(owner):
+        # NOTE: who polled a gained partition until now? With a previous
+        # table, its owner there. At the first build, the owner it would
+        # have without this host: other hosts may have taken it while this
+        # host was away (e.g. during a SIGHUP). Siblings never took it:
+        # they keep this worker's share during their start-up grace.
+        before = (previous if previous is not None or not gained else
+                  partition_table(membership.without(self.host)))
+        for partition in gained:
+            owner = None if before is None else before[partition]
+            if owner is None or owner == me:
+                continue
+            if membership.has(owner):
+                # A live owner polls it until its next refresh: held back.
+                handed.add(partition)
+                if self._handover_delay > 0:
                     held[partition] = now + self._handover_delay
+            elif db_api.holder_name(*owner) in membership.draining:
+                # A draining owner polls it until it stops.
+                handed.add(partition)
         if membership != self.membership:
             self.generation += 1
         if mine != self._mine:

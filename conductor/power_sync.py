@@ -306,20 +306,15 @@ class PowerSync:
           let go of it a hold ago). The node keeps its phase: polled off
           it now, its next poll would come half an interval late, and
           its previous owner may have just polled it;
-        * else (its owner died or stopped; the worker starts): due less
-          than :func:`settle_delay` before, after that read (the previous
-          owner may have polled it; if it did not, the node is polled
-          then); due longer before (overdue), at once.
+        * else (its owner died, or stopped after writing its last
+          stamps; the worker starts): at once.
         """
+        if not self._rings.handed_over(partition):
+            return when
         interval = self._settings.interval
-        settle = settle_delay(interval)
-        if self._rings.handed_over(partition):
-            start = gained if self._rings.was_held(partition) \
-                else gained + settle
-            return when + math.ceil((start - when) / interval) * interval
-        if gained - when <= settle:
-            return gained + settle
-        return when
+        start = gained if self._rings.was_held(partition) \
+            else gained + settle_delay(interval)
+        return when + math.ceil((start - when) / interval) * interval
 
     def _due(self, row: db_api.SyncRow) -> float:
         return due_at(row, self._settings.interval,
