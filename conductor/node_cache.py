@@ -203,8 +203,10 @@ class NodeCache:
         if known is not None and known.power_checked_at is not None \
                 and (row.power_checked_at is None
                      or row.power_checked_at < known.power_checked_at):
-            # NOTE: this worker's own poll, whose stamp may not be written
-            # yet (power sync writes them every few seconds).
+            # NOTE: this worker's stamps are written before it reads
+            # again, so a row read back is never older than its own poll;
+            # should one be (a hand edit of the table), the poll it knows
+            # of still counts, rather than polling the node once more.
             row = dataclasses.replace(
                 row, power_checked_at=known.power_checked_at)
         self._rows[row.uuid] = row

@@ -281,7 +281,8 @@ class PowerSync:
         """Owned, healthy, unreserved nodes due at ``now``.
 
         Most overdue first; see the module docstring. They are taken off
-        the plan: hand each back with :meth:`_replan`.
+        the plan (node_cache.NodeCache.pop_due): :meth:`sync` hands each
+        back, polled or to retry.
         """
         t = epoch(now)
         first = self._window_end is None
