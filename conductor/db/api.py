@@ -810,19 +810,13 @@ class Connection:
                 changed = changed.with_hint(
                     _nodes, "FORCE INDEX (%s)" % CHANGED_INDEX, dialect)
             d = _deletions.c
-            gone = (sa.select(d.uuid, sa.null(), sa.literal(""), sa.null(),
-                              sa.null(), sa.literal(0), sa.literal(0),
-                              d.partition, sa.null(), sa.true(),
-                              sa.false(), sa.false())
+            gone = (sa.select(*_marker(d.uuid, d.partition))
                     .where(d.deleted_at >= since_param)
                     .where(where))
             # NOTE: one more row, always: the server's clock at the read,
             # where the next read starts.
-            clock = sa.select(sa.literal(""), sa.null(), sa.literal(""),
-                              sa.null(), sa.null(), sa.literal(0),
-                              sa.literal(0), sa.literal(-1),
-                              models.utc_now(), sa.true(), sa.false(),
-                              sa.false())
+            clock = sa.select(*_marker(sa.literal(""), sa.literal(-1),
+                                       models.utc_now()))
             return sa.union_all(changed, gone, clock)
 
         query = self._statement(("changed_sync_rows", where), build)
@@ -1146,6 +1140,19 @@ def _update_conductor(conn: sa.Connection, host: str, worker_id: int,
         .where(_conductors.c.host == host)
         .where(_conductors.c.worker_id == worker_id)
         .values(**values)).rowcount)
+
+
+def _marker(uuid: Any, partition: Any, checked_at: Any = None
+            ) -> tuple[Any, ...]:
+    """The columns of a change-feed row that is not a node's own.
+
+    A deleted node, or the feed's clock: in maintenance (no reader polls
+    it), not reserved, nothing requested.
+    """
+    return (uuid, sa.null(), sa.literal(""), sa.null(), sa.null(),
+            sa.literal(0), sa.literal(0), partition,
+            sa.null() if checked_at is None else checked_at, sa.true(),
+            sa.false(), sa.false())
 
 
 def _as_optional_dict(value: Any) -> dict[str, Any] | None:
