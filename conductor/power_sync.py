@@ -25,8 +25,11 @@ One run (the ``sync_power_states`` periodic, every :func:`tick` seconds)::
     reads  = a fan-out over the pool (conductor.executor.fanout): at most
              sync_power_state_workers driver calls at once, each under the
              power_state_timeout deadline
-    writes = power_checked_at of every node polled, and what changed, in
-             one transaction
+    writes = what changed, in one transaction, with power_checked_at of
+             every node polled: that stamp alone waits in memory to be
+             written with later runs' (at most STAMPS_EVERY seconds; at
+             once when this worker's partitions change, while its host
+             drains, and when it stops), one statement for them all
 
 A call still running past its deadline (a driver that ignores
 ``deadline.remaining()``) is abandoned by the fan-out's watchdog and
@@ -51,7 +54,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from oslo_utils import timeutils
 
@@ -78,6 +81,13 @@ POWER_FAILURE = "power failure"
 WATCHDOG_GRACE = fanout.WATCHDOG_GRACE
 #: Intervals between two full reads of a worker's rows (see node_cache).
 RELOAD_INTERVALS = 10
+#: Seconds a poll's stamp (``power_checked_at``) may wait in memory, to be
+#: written with later runs' in one statement: a transaction a second was
+#: about a third of a run's cost. They are written at once when the
+#: worker's partitions change, while its host drains and when it stops
+#: (see PowerSync._write); a worker killed loses at most these seconds of
+#: stamps, whose nodes its successor then polls once more.
+STAMPS_EVERY = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +252,8 @@ class PowerSync:
                  clock: Callable[[], float] = time.monotonic,
                  watchdog_interval: float = 0.5,
                  now_func: Callable[[], datetime.datetime] = timeutils.utcnow,
-                 since: datetime.datetime | None = None) -> None:
+                 since: datetime.datetime | None = None,
+                 stamps_every: float = STAMPS_EVERY) -> None:
         self._db = db
         self._drivers = dict(drivers)
         self._rings = rings
@@ -269,6 +280,12 @@ class PowerSync:
             late=self.after_gain)
         #: The last finished sweep of each kind ("sync", "recovery").
         self.last: dict[str, SweepResult] = {}
+        self._stamps_every = stamps_every
+        #: Polls not stamped in the database yet: (time, uuids) per run.
+        self._stamps: list[tuple[datetime.datetime, list[str]]] = []
+        #: The partitions the last run polled.
+        self._polled_mine: tuple[int, ...] | None = None
+        self._stamps_lock = threading.Lock()
 
     @property
     def rows(self) -> node_cache.NodeCache:
@@ -325,6 +342,12 @@ class PowerSync:
         """Poll the owned, healthy, unreserved nodes that are due."""
         started = self._clock()
         self._rings.maybe_update()
+        partitions = self._rings.partitions()
+        if partitions != self._polled_mine:
+            # NOTE: a partition lost goes to a worker that plans its nodes
+            # from their stamps: they must be in the database first.
+            self.flush()
+            self._polled_mine = partitions
         now = self._now()
         mine = self.due_rows(now)
         result = SweepResult(kind="sync")
@@ -338,11 +361,8 @@ class PowerSync:
             outcomes = self._run_lanes(mine, result, suspect=self._suspect)
             metrics.nodes_read(result.nodes)
             changes, drifted = self._sync_changes(outcomes, result)
-            missing: set[str] = set()
-            result.changed = self._db.apply_sync_results(
-                changes, checked=[o.row.uuid for o in outcomes],
-                checked_at=now, missing=missing)
-            self._rows.forget(missing)
+            result.changed = self._write(
+                changes, now, [o.row.uuid for o in outcomes])
             polled = [_after(outcome, now) for outcome in outcomes]
         finally:
             # NOTE: nodes planned but not polled (a call still running,
@@ -354,6 +374,52 @@ class PowerSync:
         if drifted:
             result.forced = self._force_states(drifted)
         return self._finish(result, started)
+
+    def flush(self) -> None:
+        """Write the stamps of the polls that wait in memory.
+
+        Called before this worker's partitions change hands (by
+        :meth:`sync`) and when the worker stops.
+        """
+        self._write((), None, [], force=True)
+
+    def _write(self, changes: Sequence[Mapping[str, Any]],
+               now: datetime.datetime | None, checked: list[str],
+               force: bool = False) -> int:
+        """Write ``changes``, and the stamps when they are due; rows changed.
+
+        The stamps of ``checked`` (polled at ``now``) join those waiting;
+        they are all written with any change, at once while the host
+        drains or the worker stops, else once the oldest is
+        ``stamps_every`` seconds old (by the sync's clock). Should the
+        write fail, the stamps of earlier runs wait on; those of
+        ``checked`` are dropped (the caller plans their nodes again).
+        """
+        missing: set[str] = set()
+        with self._stamps_lock:
+            stamps = list(self._stamps)
+            if checked:
+                assert now is not None
+                stamps.append((now, checked))
+            if not stamps and not changes:
+                return 0
+            if not (changes or force or self._stamps_due(now)):
+                self._stamps = stamps
+                return 0
+            changed = self._db.apply_sync_results(
+                changes, stamps=stamps, missing=missing)
+            self._stamps = []
+        self._rows.forget(missing)
+        return changed
+
+    def _stamps_due(self, now: datetime.datetime | None) -> bool:
+        if self._stamps_every <= 0 or self._stop.is_set() or \
+                self._rings.draining_since is not None:
+            return True
+        if not self._stamps or now is None:
+            return False
+        waited = (now - self._stamps[0][0]).total_seconds()
+        return waited >= self._stamps_every
 
     def recover(self) -> SweepResult:
         """Clear the power-failure fault of owned nodes whose BMC answers."""

@@ -531,10 +531,18 @@ class ConductorService(service.ServiceBase):
             # 1. Stop scheduling; running tasks see the stop Event, finish.
             if not rt.runner.stop(self._left(deadline)):
                 LOG.warning("Periodic tasks did not all finish in time")
-            # 1b. No poll starts here any more: go offline now, so that
-            # the other workers take this worker's partitions at their
-            # next refresh instead of after heartbeat_timeout. Nodes
-            # still reserved below stay out of their reach.
+            # 1b. No poll starts here any more: write the stamps of the
+            # last polls (their next owners plan from them), then go
+            # offline now, so that the other workers take this worker's
+            # partitions at their next refresh instead of after
+            # heartbeat_timeout. Nodes still reserved below stay out of
+            # their reach.
+            try:
+                rt.power_sync.flush()
+            except Exception:
+                LOG.warning("Could not write the last polls' times of %s; "
+                            "their next owner polls those nodes again",
+                            self.holder, exc_info=True)
             try:
                 rt.db.set_offline(self.host, self.worker_id)
             except Exception:

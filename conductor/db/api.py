@@ -839,7 +839,10 @@ class Connection:
     def apply_sync_results(self, changes: Sequence[Mapping[str, Any]],
                            checked: Sequence[str] = (),
                            checked_at: datetime.datetime | None = None,
-                           missing: set[str] | None = None) -> int:
+                           missing: set[str] | None = None,
+                           stamps: Sequence[tuple[datetime.datetime,
+                                                  Sequence[str]]] = ()
+                           ) -> int:
         """Write per-node sync outcomes in one transaction.
 
         Each mapping has ``uuid`` and the fields to set (``power_state``,
@@ -857,12 +860,22 @@ class Connection:
             the same transaction, whatever their version or reservation
             (it records that the BMC was asked, not a change of the node:
             ``changed_at`` is kept).
-        :param missing: when given, the uuids of ``checked`` whose node
-            no longer exists (deleted meanwhile) are added to it.
+        :param stamps: more polls to stamp, ``(checked_at, uuids)`` each
+            (the polls of several runs, written together); in the same
+            statement as ``checked``, each node with its own time (the
+            latest, should a node be in several).
+        :param missing: when given, the uuids of ``checked`` and
+            ``stamps`` whose node no longer exists (deleted meanwhile) are
+            added to it.
         """
-        if not changes and not checked:
+        if not changes and not checked and not stamps:
             return 0
         now = timeutils.utcnow()
+        # NOTE: newest first: CASE takes the first time that matches.
+        polls = [(uuid, at) for at, uuids in
+                 sorted(stamps, key=lambda stamp: stamp[0], reverse=True)
+                 for uuid in uuids]
+        polls += [(uuid, checked_at or now) for uuid in checked]
         by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for change in changes:
             values = {key: value for key, value in change.items()
@@ -882,12 +895,13 @@ class Connection:
             by_shape.setdefault(shape, []).append(params)
         total = 0
         with self.engine.begin() as conn:
-            for start in range(0, len(checked), IN_BATCH):
-                chunk = list(checked[start:start + IN_BATCH])
+            for start in range(0, len(polls), IN_BATCH):
+                chunk = [uuid for uuid, _ in polls[start:start + IN_BATCH]]
                 found = conn.execute(
                     _nodes.update().where(_nodes.c.uuid.in_(chunk))
-                    .values(power_checked_at=checked_at or now,
-                            changed_at=_nodes.c.changed_at)).rowcount
+                    .values(power_checked_at=_checked_at(
+                        polls[start:start + IN_BATCH]),
+                        changed_at=_nodes.c.changed_at)).rowcount
                 if missing is not None and found < len(set(chunk)):
                     missing.update(set(chunk) - set(conn.execute(
                         sa.select(_nodes.c.uuid)
@@ -1134,6 +1148,21 @@ class Connection:
                  .where(_nodes.c.maintenance == sa.true()))
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+
+def _checked_at(polls: Sequence[tuple[str, datetime.datetime]]) -> Any:
+    """``power_checked_at`` for the nodes of ``polls``.
+
+    One time, or each node's own: a CASE over the uuids of each time
+    (the first that matches wins).
+    """
+    by_time: dict[datetime.datetime, list[str]] = {}
+    for uuid, at in polls:
+        by_time.setdefault(at, []).append(uuid)
+    if len(by_time) == 1:
+        return next(iter(by_time))
+    return sa.case(*[(_nodes.c.uuid.in_(uuids), sa.literal(at, sa.DateTime))
+                     for at, uuids in by_time.items()])
 
 
 def _update_conductor(conn: sa.Connection, host: str, worker_id: int,

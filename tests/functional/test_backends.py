@@ -343,3 +343,30 @@ class TestWorkersReadOnce(base.FunctionalTestCase):
         # rows every 5 s read 160 rows a second instead of 80.
         self.assertFalse(any("filesort" in str(plan.get("Extra"))
                              for plan in plans), str(plans))
+
+
+class TestStampsOfSeveralRuns(base.FunctionalTestCase):
+    """Stamps of several sync runs, one statement: each node its time."""
+
+    scenarios = [("sqlite", {"backend": "sqlite"})] + base.SERVER_BACKENDS
+    backend: str
+
+    def test_each_node_its_latest_time(self) -> None:
+        db = self.useFixture(base.Database(self.backend)).connect()
+        nodes = db.import_nodes([{"name": name, "driver": "fake",
+                                  "driver_info": {}}
+                                 for name in ("a", "b", "c", "gone")])
+        uuid = {node.name: node.uuid for node in nodes}
+        db.delete_node("gone")
+        t1 = datetime.datetime(2030, 1, 1, 12, 0, 1)
+        t2 = t1 + datetime.timedelta(seconds=1)
+        t3 = t2 + datetime.timedelta(seconds=1)
+        missing: set[str] = set()
+        self.assertEqual(0, db.apply_sync_results(
+            [], missing=missing,
+            stamps=[(t1, [uuid["a"], uuid["b"], uuid["gone"]]),
+                    (t3, [uuid["a"]]), (t2, [uuid["c"]])]))
+        self.assertEqual({"a": t3, "b": t1, "c": t2},
+                         {name: db.get_node(name).power_checked_at
+                          for name in ("a", "b", "c")})
+        self.assertEqual({uuid["gone"]}, missing)

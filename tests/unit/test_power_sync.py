@@ -126,15 +126,16 @@ class SyncTestCase(base.TestCase):
                max_retries: int = 2, force: bool = False,
                rings: ownership.Rings | None = None,
                pool: pool_mod.WorkerPool | None = None,
-               drivers: dict[str, driver_base.BaseDriver] | None = None
-               ) -> power_sync.PowerSync:
+               drivers: dict[str, driver_base.BaseDriver] | None = None,
+               stamps_every: float = 0.0) -> power_sync.PowerSync:
+        """A syncer; by default it writes every run's stamps at once."""
         return power_sync.PowerSync(
             self.db, drivers or {"scripted": self.driver},
             rings or self.rings(), pool or self.pool,
             power_sync.SyncSettings(workers=workers, timeout=timeout,
                                     max_retries=max_retries, force=force),
             self.stop, watchdog_interval=0.01, now_func=self.clock,
-            since=self.now)
+            since=self.now, stamps_every=stamps_every)
 
     def nodes(self, *names: str, driver: str = "scripted",
               **values: Any) -> list[str]:
@@ -374,6 +375,97 @@ class TestSyncFailures(SyncTestCase):
         # One lane: it takes every healthy node before a suspect one.
         self.assertEqual(["n0", "n2", "n4"], sorted(self.power.gets[:3]))
         self.assertEqual(["n1", "n3"], sorted(self.power.gets[3:]))
+
+
+class TestStampsWait(SyncTestCase):
+    """Polls' stamps wait in memory to be written together.
+
+    Never past a hand-over, a change, a drain or a stop.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        # Every node due at every run (a day apart), its state known, so
+        # that a run writes no change of its own.
+        self.uuids = self.nodes("a", "b", "c", power_state=states.POWER_ON)
+        for name in ("a", "b", "c"):
+            self.power.answers[name] = states.POWER_ON
+        # Two days: the third run writes the stamps of all three.
+        self.waiting = self.syncer(stamps_every=2 * 86400.0)
+
+    def checked(self) -> set[datetime.datetime | None]:
+        return {self.get(name).power_checked_at for name in ("a", "b", "c")}
+
+    def test_several_runs_in_one_statement(self) -> None:
+        updates = self.count_node_updates()
+
+        def stamps() -> list[str]:
+            return [u for u in updates if "power_checked_at" in u]
+        self.waiting.sync()
+        self.waiting.sync()
+        self.assertEqual(([], {None}), (stamps(), self.checked()))
+        self.waiting.sync()
+        self.assertEqual(9, len(self.power.gets))
+        self.assertEqual(1, len(stamps()))
+        self.assertEqual({self.now}, self.checked())
+
+    def test_each_node_keeps_its_own_time(self) -> None:
+        self.waiting.sync()
+        first = self.now
+        self.power.answers["a"] = OSError("down")
+        # A failure is a change: written at once, with what waited; "a"
+        # was polled in both runs, "b" and "c" too: the later time.
+        self.waiting.sync()
+        self.assertEqual({self.now}, self.checked())
+        self.assertNotEqual(first, self.now)
+        self.assertEqual(1, self.get("a").power_sync_failures)
+
+    def test_written_before_the_partitions_change(self) -> None:
+        self.waiting.sync()
+        polled_at = self.now
+        self.useFixture(fixtures.MockPatchObject(
+            self.waiting._rings, "partitions", return_value=()))
+        self.waiting.sync()
+        self.assertEqual(3, len(self.power.gets))
+        self.assertEqual({polled_at}, self.checked())
+
+    def test_written_at_once_while_draining(self) -> None:
+        self.waiting.sync()
+        self.assertEqual({None}, self.checked())
+        rings = self.waiting._rings
+        self.useFixture(fixtures.MockPatchObject(
+            rings, "maybe_update", return_value=False))
+        rings.draining_since = 1.0
+        self.waiting.sync()
+        self.assertEqual({self.now}, self.checked())
+
+    def test_written_by_a_run_that_stops_and_by_flush(self) -> None:
+        self.waiting.sync()
+        polled_at = self.now
+        self.stop.set()
+        self.waiting.sync()
+        self.assertEqual({polled_at}, self.checked())
+        self.stop.clear()
+        self.waiting.sync()
+        self.assertEqual({polled_at}, self.checked())
+        self.waiting.flush()
+        self.assertEqual({self.now}, self.checked())
+
+    def test_a_failed_write_keeps_earlier_runs(self) -> None:
+        self.waiting.sync()
+        polled_at = self.now
+        self.waiting.sync()
+        real = self.db.apply_sync_results
+        self.useFixture(fixtures.MockPatchObject(
+            self.db, "apply_sync_results",
+            side_effect=db_exc.DBConnectionError("lost")))
+        self.assertRaises(db_exc.DBConnectionError, self.waiting.sync)
+        self.db.apply_sync_results = real  # type: ignore[method-assign]
+        # The first two runs' stamps waited on; the failed run's nodes are
+        # polled again (and were not stamped).
+        self.waiting.flush()
+        self.assertEqual({polled_at + datetime.timedelta(days=1)},
+                         self.checked())
 
 
 class TestRecover(SyncTestCase):
@@ -670,7 +762,8 @@ class TestDueTime(SyncTestCase):
     def timed(self, since: datetime.datetime | None = None,
               rings: ownership.Rings | None = None,
               recovery: float = 300.0, max_retries: int = 10,
-              workers: int = 4) -> power_sync.PowerSync:
+              workers: int = 4, stamps_every: float = 0.0
+              ) -> power_sync.PowerSync:
         return power_sync.PowerSync(
             self.db, {"scripted": self.driver}, rings or self.rings(),
             self.pool,
@@ -679,7 +772,7 @@ class TestDueTime(SyncTestCase):
                                     interval=self.INTERVAL,
                                     recovery_interval=recovery),
             self.stop, watchdog_interval=0.01, now_func=lambda: self.t,
-            since=since)
+            since=since, stamps_every=stamps_every)
 
     def run_for(self, syncer: power_sync.PowerSync, seconds: float,
                 step: float = 1.0) -> list[int]:
@@ -877,8 +970,8 @@ class TestRowsInMemory(TestDueTime):
         failed: list[int] = []
 
         def flaky(*args: Any, **kwargs: Any) -> int:
-            if not failed and kwargs.get("checked"):
-                failed.append(len(kwargs["checked"]))
+            if not failed and kwargs.get("stamps"):
+                failed.append(len(kwargs["stamps"][-1][1]))
                 raise db_exc.DBConnectionError("lost")
             return real(*args, **kwargs)
 
