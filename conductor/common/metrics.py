@@ -244,11 +244,38 @@ def worker_died(pid: int | None, worker_id: int,
 def exposition() -> tuple[bytes, str]:
     """Every process's metrics, merged: (body, content type)."""
     import prometheus_client as prom
-    from prometheus_client import multiprocess
 
     registry = prom.CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=_directory)
+    registry.register(_Collector(_directory))
     return prom.generate_latest(registry), prom.CONTENT_TYPE_LATEST
+
+
+class _Collector:
+    """Every process's sample files, merged, but those still being made.
+
+    A process creates its file empty and then sizes it: prometheus_client's
+    own collector failed the whole scrape (HTTP 500) on a file read in
+    between, e.g. right after a worker was respawned. An empty file holds
+    no sample yet.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+
+    def collect(self) -> Any:
+        from prometheus_client import multiprocess
+
+        assert self._path is not None
+        files = []
+        for path in glob.glob(os.path.join(self._path, "*.db")):
+            try:
+                if os.path.getsize(path) > 0:
+                    files.append(path)
+            except FileNotFoundError:
+                # NOTE: a dead worker's gauges, just removed.
+                continue
+        return multiprocess.MultiProcessCollector.merge(files,
+                                                        accumulate=True)
 
 
 # -- recording (cheap no-ops while disabled) ------------------------------

@@ -68,6 +68,14 @@ class TestMultiprocess(base.TestCase):
         self.assertIn("text/plain", content_type)
         return samples(body)
 
+    def test_a_file_still_being_made_is_not_an_error(self) -> None:
+        metrics.heartbeat(True)
+        # A process just forked has created its file, not sized it yet.
+        open(os.path.join(self.fx.directory, "counter_99999.db"),
+             "wb").close()
+        self.assertEqual(1.0, self.scrape()[("conductor_heartbeats_total",
+                                             (("result", "success"),))])
+
     def test_setup_empties_the_directory_and_sets_the_environment(
             self) -> None:
         stale = os.path.join(self.fx.directory, "counter_1.db")
