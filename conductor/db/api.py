@@ -165,6 +165,10 @@ CHANGED_INDEX = "nodes_changed_idx"
 #: (see Connection._in_partitions and Connection._statement).
 CACHED_CLAUSES = 4096
 
+#: Connection._in_partitions' filter for no partition at all: no row can
+#: match, so no statement is sent.
+_NO_ROWS = sa.false()
+
 
 def holder_name(host: str, worker_id: int) -> str:
     """The reservation string of one worker: ``host:worker_id``."""
@@ -197,27 +201,28 @@ class Connection:
         self.engine.dispose()
 
     def _in_partitions(self, partitions: Iterable[int] | None
-                       ) -> list[sa.TextClause | None]:
-        """The filters that keep only the rows of ``partitions``.
+                       ) -> sa.TextClause | sa.ColumnElement[bool] | None:
+        """The filter that keeps only the rows of ``partitions``.
 
-        ``[None]`` (no filter) for None, ``[]`` (nothing to read) for no
-        partition, else one clause. A worker sends the same partitions
+        None (no filter) for None, :data:`_NO_ROWS` (nothing to read: the
+        caller sends nothing) for no partition, else a clause. A worker
+        sends the same partitions
         every second: the integers are written into the SQL text once per
         set and the clause is reused, instead of binding and escaping
         hundreds of parameters per statement (which cost a worker more
         CPU than the rows it read).
         """
         if partitions is None:
-            return [None]
+            return None
         # NOTE: callers pass the same sorted list every second: look it up
         # as given first; normalise (and check) it only on a miss.
         given = tuple(partitions)
         clause = self._partition_filters.get(given)
         if clause is not None:
-            return [clause]
+            return clause
         key = tuple(sorted({int(p) for p in given}))
         if not key:
-            return []
+            return _NO_ROWS
         clause = self._partition_filters.get(key)
         if clause is None:
             if len(self._partition_filters) >= CACHED_CLAUSES:
@@ -228,7 +233,7 @@ class Connection:
                                              ",".join(map(str, key))))
             self._partition_filters[key] = clause
         self._partition_filters[given] = clause
-        return [clause]
+        return clause
 
     def _statement(self, key: tuple[Any, ...],
                    build: Callable[[], _Query]) -> _Query:
@@ -373,13 +378,13 @@ class Connection:
             query = query.where(_nodes.c.maintenance == maintenance)
         if limit is not None:
             query = query.limit(limit)
-        found: list[NodeRecord] = []
+        where = self._in_partitions(partitions)
+        if where is _NO_ROWS:
+            return []
+        if where is not None:
+            query = query.where(where)
         with self.engine.connect() as conn:
-            for where in self._in_partitions(partitions):
-                q = query if where is None else query.where(where)
-                found.extend(NodeRecord.from_row(row)
-                             for row in conn.execute(q))
-        return found
+            return [NodeRecord.from_row(row) for row in conn.execute(query)]
 
     def update_node(self, ident: str, values: Mapping[str, Any], *,
                     holder: str | None = None,
@@ -672,9 +677,11 @@ class Connection:
             reservation_epoch=_nodes.c.reservation_epoch + 1)
         with self.engine.begin() as conn:
             if uuids is None:
-                for where in self._in_partitions(partitions):
-                    q = query if where is None else query.where(where)
-                    total += conn.execute(q).rowcount
+                where = self._in_partitions(partitions)
+                if where is not _NO_ROWS:
+                    total += conn.execute(
+                        query if where is None else query.where(where)
+                    ).rowcount
             else:
                 for start in range(0, len(uuids), 500):
                     chunk = list(uuids[start:start + 500])
@@ -700,10 +707,9 @@ class Connection:
 
         :param partitions: only nodes of these partitions (None: all).
         """
-        wheres = self._in_partitions(partitions)
-        if not wheres:
+        where = self._in_partitions(partitions)
+        if where is _NO_ROWS:
             return []
-        where = wheres[0]
         driver_key = None if drivers is None else tuple(drivers)
 
         def build() -> sa.Select[Any]:
@@ -738,10 +744,9 @@ class Connection:
 
         :param partitions: only nodes of these partitions (None: all).
         """
-        wheres = self._in_partitions(partitions)
-        if not wheres:
+        where = self._in_partitions(partitions)
+        if where is _NO_ROWS:
             return []
-        where = wheres[0]
         driver_key = tuple(drivers)
 
         def build() -> sa.Select[Any]:
@@ -784,10 +789,9 @@ class Connection:
         :param since: by the database's clock (:meth:`clock`).
         :returns: the rows, and the database's clock when it read them.
         """
-        wheres = self._in_partitions(partitions)
-        if not wheres or wheres[0] is None:
+        where = self._in_partitions(partitions)
+        if where is _NO_ROWS or where is None:
             return [], self.clock()
-        where = wheres[0]
 
         def build() -> sa.CompoundSelect:
             c = _nodes.c
@@ -1134,10 +1138,9 @@ class Connection:
             sa.func.min(sa.case((healthy, c.power_checked_at),
                                 else_=None)),
             sa.func.sum(sa.case((healthy, 0), else_=1)))
-        filters = self._in_partitions(partitions)
-        if not filters:
+        where = self._in_partitions(partitions)
+        if where is _NO_ROWS:
             return 0, 0, None, 0
-        [where] = filters
         q = query if where is None else query.where(where)
         with self.engine.connect() as conn:
             count, late, oldest, held = conn.execute(q).one()
