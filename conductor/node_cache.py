@@ -203,10 +203,10 @@ class NodeCache:
         if known is not None and known.power_checked_at is not None \
                 and (row.power_checked_at is None
                      or row.power_checked_at < known.power_checked_at):
-            # NOTE: this worker's stamps are written before it reads
-            # again, so a row read back is never older than its own poll;
-            # should one be (a hand edit of the table), the poll it knows
-            # of still counts, rather than polling the node once more.
+            # NOTE: this worker's latest stamps may still wait in memory
+            # (power sync writes them every few seconds), so a row read
+            # back may be older than its own poll: the poll it knows of
+            # counts, rather than polling the node once more.
             row = dataclasses.replace(
                 row, power_checked_at=known.power_checked_at)
         self._rows[row.uuid] = row

@@ -556,7 +556,7 @@ class PowerSync:
             row = outcome.row
             change: dict[str, Any] = {}
             if outcome.error is not None:
-                failures = row.power_sync_failures + 1
+                failures = _failures(outcome)
                 change = {"power_sync_failures": failures,
                           "last_error": outcome.error}
                 if failures > max_retries:
@@ -648,12 +648,17 @@ class PowerSync:
         return forced
 
 
+def _failures(outcome: _Outcome) -> int:
+    """The node's failures in a row after this poll."""
+    if outcome.error is None:
+        return 0
+    return outcome.row.power_sync_failures + 1
+
+
 def _after(outcome: _Outcome, now: datetime.datetime) -> db_api.SyncRow:
     """The row of a node just polled, as the sweep wrote it."""
-    row = outcome.row
-    failures = 0 if outcome.error is None else row.power_sync_failures + 1
-    return dataclasses.replace(row, power_checked_at=now,
-                               power_sync_failures=failures)
+    return dataclasses.replace(outcome.row, power_checked_at=now,
+                               power_sync_failures=_failures(outcome))
 
 
 def _drift_recorded(row: db_api.SyncRow, state: str | None) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime
 import logging
 import threading
@@ -1011,6 +1012,25 @@ class TestRowsInMemory(TestDueTime):
 
 class TestNodeCache(SyncTestCase):
     """Gains, losses and the settle read of node_cache."""
+
+    def test_a_read_never_takes_back_a_poll_not_written_yet(
+            self) -> None:
+        [uuid] = self.nodes("a")
+        partition = self.get(uuid).partition
+        cache = node_cache.NodeCache(
+            self.db, ["scripted"],
+            lambda row: 0.0 if row.power_checked_at is None else 500.0,
+            interval=60.0, settle=0.0, reload_every=10.0,
+            late=lambda p, when, gained: when)
+        cache.update((partition,), 100.0)
+        [row] = cache.pop_due(100.0)
+        polled = datetime.datetime(2030, 1, 1)
+        cache.polled([dataclasses.replace(row, power_checked_at=polled)])
+        # Its stamp waits in memory; the full read finds none in the
+        # table: the node stays planned from its poll.
+        cache.update((partition,), 111.0)
+        self.assertEqual(500.0, cache.due_at(uuid))
+        self.assertEqual([], cache.pop_due(499.0))
 
     def test_rows_due_just_before_a_gain_wait_for_the_settle_read(
             self) -> None:
