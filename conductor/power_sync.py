@@ -318,20 +318,27 @@ class PowerSync:
 
         ``when``: its due time; ``gained``: when ``partition`` was gained.
 
-        * handed over by a worker still polling it: at its next slot
-          (after the settle read, which shows the previous owner's last
-          polls, when that owner drains and still polls; a live owner
-          let go of it a hold ago). The node keeps its phase: polled off
-          it now, its next poll would come half an interval late, and
-          its previous owner may have just polled it;
+        * held back from a live owner: that owner stopped polling it
+          and wrote its stamps (see :meth:`sync`) before the hold ended,
+          so a slot missed during the hold is nobody's poll: at once,
+          when it passed less than the tolerance ago (the node keeps its
+          phase), else at its next slot (polled further off its phase,
+          its next poll would come up to half an interval late);
+        * handed over by a draining owner, which still polls it: at its
+          next slot after the settle read, which shows that owner's last
+          polls;
         * else (its owner died, or stopped after writing its last
           stamps; the worker starts): at once.
         """
         if not self._rings.handed_over(partition):
             return when
         interval = self._settings.interval
-        start = gained if self._rings.was_held(partition) \
-            else gained + settle_delay(interval)
+        if self._rings.was_held(partition):
+            if gained - when <= tolerance(interval):
+                return when
+            start = gained
+        else:
+            start = gained + settle_delay(interval)
         return when + math.ceil((start - when) / interval) * interval
 
     def _due(self, row: db_api.SyncRow) -> float:

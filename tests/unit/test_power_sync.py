@@ -802,14 +802,18 @@ class TestDueTime(SyncTestCase):
         self.assertEqual(998.0, after(60.0, 2.0, p=8))
         self.assertEqual(995.0, after(60.0, 5.0, p=8))
         self.assertEqual(990.0, after(4.0, 10.0, p=8))
-        # Handed over by a worker still polling it: its next slot, on
-        # its phase; after the settle read when its owner drains (p=9,
-        # not held back).
-        held.add(9)
-        self.assertEqual(1058.0, after(60.0, 2.0))
+        # Held back from a live owner: missed during the hold, by less
+        # than the tolerance (15 s of 60, 2 s of 4): at once, still on
+        # its phase; further back: its next slot, on its phase.
+        self.assertEqual(998.0, after(60.0, 2.0))
+        self.assertEqual(985.0, after(60.0, 15.0))
         self.assertEqual(1035.0, after(60.0, 25.0))
-        self.assertEqual(1003.0, after(4.0, 1.0))
+        self.assertEqual(999.0, after(4.0, 1.0))
         self.assertEqual(1000.0, after(4.0, 4.0))
+        # Handed over by a draining owner, which still polls it (p=9,
+        # not held back): its next slot after the settle read.
+        held.add(9)
+        self.assertEqual(1058.0, after(60.0, 2.0, p=9))
         self.assertEqual(1004.0, after(4.0, 4.0, p=9))
 
     def test_tick_and_tolerance(self) -> None:
