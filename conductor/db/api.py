@@ -867,7 +867,8 @@ class Connection:
         :param stamps: more polls to stamp, ``(checked_at, uuids)`` each
             (the polls of several runs, written together); in the same
             statement as ``checked``, each node with its own time (the
-            latest, should a node be in several).
+            latest, should a node be in several; ``checked`` counts as one
+            more run, at ``checked_at``).
         :param missing: when given, the uuids of ``checked`` and
             ``stamps`` whose node no longer exists (deleted meanwhile) are
             added to it.
@@ -875,11 +876,17 @@ class Connection:
         if not changes and not checked and not stamps:
             return 0
         now = timeutils.utcnow()
-        # NOTE: newest first: CASE takes the first time that matches.
-        polls = [(uuid, at) for at, uuids in
-                 sorted(stamps, key=lambda stamp: stamp[0], reverse=True)
-                 for uuid in uuids]
-        polls += [(uuid, checked_at or now) for uuid in checked]
+        # NOTE: each node once, with its latest time.
+        latest: dict[str, datetime.datetime] = {}
+        for at, uuids in [*stamps, (checked_at or now, checked)]:
+            for uuid in uuids:
+                if uuid not in latest or latest[uuid] < at:
+                    latest[uuid] = at
+        polls = sorted(latest.items(), key=lambda poll: poll[1])
+        # NOTE: several times in one statement bind each uuid twice (the
+        # WHERE and the CASE): half a batch keeps under SQLite's limit of
+        # 999 parameters before its 3.32.
+        size = IN_BATCH if len(set(latest.values())) <= 1 else IN_BATCH // 2
         by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for change in changes:
             values = {key: value for key, value in change.items()
@@ -899,14 +906,14 @@ class Connection:
             by_shape.setdefault(shape, []).append(params)
         total = 0
         with self.engine.begin() as conn:
-            for start in range(0, len(polls), IN_BATCH):
-                chunk = [uuid for uuid, _ in polls[start:start + IN_BATCH]]
+            for start in range(0, len(polls), size):
+                chunk = [uuid for uuid, _ in polls[start:start + size]]
                 found = conn.execute(
                     _nodes.update().where(_nodes.c.uuid.in_(chunk))
                     .values(power_checked_at=_checked_at(
-                        polls[start:start + IN_BATCH]),
+                        polls[start:start + size]),
                         changed_at=_nodes.c.changed_at)).rowcount
-                if missing is not None and found < len(set(chunk)):
+                if missing is not None and found < len(chunk):
                     missing.update(set(chunk) - set(conn.execute(
                         sa.select(_nodes.c.uuid)
                         .where(_nodes.c.uuid.in_(chunk))).scalars()))
@@ -1154,10 +1161,9 @@ class Connection:
 
 
 def _checked_at(polls: Sequence[tuple[str, datetime.datetime]]) -> Any:
-    """``power_checked_at`` for the nodes of ``polls``.
+    """``power_checked_at`` for the nodes of ``polls`` (each uuid once).
 
-    One time, or each node's own: a CASE over the uuids of each time
-    (the first that matches wins).
+    One time, or each node's own: a CASE over the uuids of each time.
     """
     by_time: dict[datetime.datetime, list[str]] = {}
     for uuid, at in polls:

@@ -525,6 +525,34 @@ class TestPowerSync(DbTestCase):
         self.assertRaises(ValueError, self.db.node_uuids,
                           partitions=["1) OR (1=1"])
 
+    def test_stamps_of_several_runs_across_batches(self) -> None:
+        self.useFixture(fixtures.MockPatchObject(db_api, "IN_BATCH", 10))
+        uuids = [self.node("n%02d" % i).uuid for i in range(30)]
+        t1 = datetime.datetime(2030, 1, 1, 12, 0, 0)
+        t2 = t1 + datetime.timedelta(seconds=1)
+        t3 = t2 + datetime.timedelta(seconds=1)
+        updates: list[str] = []
+
+        def capture(conn: Any, cursor: Any, statement: str,
+                    *args: Any) -> None:
+            if statement.startswith("UPDATE nodes"):
+                updates.append(statement)
+
+        sa.event.listen(self.db.engine, "before_cursor_execute", capture)
+        self.addCleanup(sa.event.remove, self.db.engine,
+                        "before_cursor_execute", capture)
+        # Every node in the two older runs, a third of them in a newer
+        # one: each gets its latest time, whatever the batch it falls in.
+        self.db.apply_sync_results([], stamps=[(t2, uuids), (t1, uuids),
+                                               (t3, uuids[10:20])])
+        self.assertEqual(
+            {uuid: t3 if uuid in uuids[10:20] else t2 for uuid in uuids},
+            {node.uuid: node.power_checked_at
+             for node in self.db.list_nodes()})
+        # Two times: half a batch per statement (SQLite's parameter
+        # limit), each node once.
+        self.assertEqual(6, len(updates))
+
     def test_changed_sync_rows_is_the_feed_of_writes_and_deletes(
             self) -> None:
         a = self.node("a")
