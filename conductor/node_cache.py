@@ -85,6 +85,11 @@ class NodeCache:
         self._gained: dict[int, float] = {}
         #: Partition -> when its settle read is due.
         self._settling: dict[int, float] = {}
+        #: uuid -> the last poll of a node dropped because it no longer
+        #: qualified (reserved by a power action, say): its stamp may not
+        #: be written yet when it qualifies again (see _store). Emptied
+        #: at every full read.
+        self._dropped: dict[str, datetime.datetime] = {}
         #: The database's clock at the last feed (or first read).
         self._fed_at: datetime.datetime | None = None
         #: Sync-clock time of the last full read.
@@ -119,6 +124,7 @@ class NodeCache:
                             if at + keep > t}
         if self._loaded_at is None or t - self._loaded_at >= \
                 self._reload_every:
+            self._dropped.clear()
             self._reload(self._mine, full=True)
             self._loaded_at = t
             self._settling = {p: at for p, at in self._settling.items()
@@ -181,7 +187,7 @@ class NodeCache:
                 continue
             if row.maintenance or row.reserved or \
                     row.driver not in self._enabled:
-                self._drop(row.uuid)
+                self._drop(row.uuid, keep_stamp=True)
                 continue
             self._store(row)
 
@@ -200,15 +206,15 @@ class NodeCache:
 
     def _store(self, row: db_api.SyncRow) -> None:
         known = self._rows.get(row.uuid)
-        if known is not None and known.power_checked_at is not None \
-                and (row.power_checked_at is None
-                     or row.power_checked_at < known.power_checked_at):
+        polled = known.power_checked_at if known is not None \
+            else self._dropped.pop(row.uuid, None)
+        if polled is not None and (row.power_checked_at is None
+                                   or row.power_checked_at < polled):
             # NOTE: this worker's latest stamps may still wait in memory
             # (power sync writes them every few seconds), so a row read
             # back may be older than its own poll: the poll it knows of
             # counts, rather than polling the node once more.
-            row = dataclasses.replace(
-                row, power_checked_at=known.power_checked_at)
+            row = dataclasses.replace(row, power_checked_at=polled)
         self._rows[row.uuid] = row
         self._schedule(row)
 
@@ -224,9 +230,12 @@ class NodeCache:
         self._due[row.uuid] = when
         heapq.heappush(self._heap, (when, row.uuid))
 
-    def _drop(self, uuid: str) -> None:
-        self._rows.pop(uuid, None)
+    def _drop(self, uuid: str, keep_stamp: bool = False) -> None:
+        row = self._rows.pop(uuid, None)
         self._due.pop(uuid, None)
+        if keep_stamp and row is not None and \
+                row.power_checked_at is not None:
+            self._dropped[uuid] = row.power_checked_at
 
     def pop_due(self, t: float) -> list[db_api.SyncRow]:
         """The rows due at ``t``, most overdue first; taken off the plan.

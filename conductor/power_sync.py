@@ -283,6 +283,9 @@ class PowerSync:
         self._stamps_every = stamps_every
         #: Polls not stamped in the database yet: (time, uuids) per run.
         self._stamps: list[tuple[datetime.datetime, list[str]]] = []
+        #: ``clock`` time when the oldest of them was made (monotonic: a
+        #: wall clock stepped back must not keep them in memory).
+        self._stamps_since = 0.0
         #: The partitions the last run polled.
         self._polled_mine: tuple[int, ...] | None = None
         self._stamps_lock = threading.Lock()
@@ -319,11 +322,14 @@ class PowerSync:
         ``when``: its due time; ``gained``: when ``partition`` was gained.
 
         * held back from a live owner: that owner stopped polling it
-          and wrote its stamps (see :meth:`sync`) before the hold ended,
-          so a slot missed during the hold is nobody's poll: at once,
-          when it passed less than the tolerance ago (the node keeps its
-          phase), else at its next slot (polled further off its phase,
-          its next poll would come up to half an interval late);
+          before the hold ended and wrote its stamps when it noticed
+          (see :meth:`sync`), or when its run then under way ended, which
+          the settle read shows. So a slot missed during the hold is
+          polled at that read, when it passed less than the tolerance
+          before it (the node keeps its phase; the read plans it again if
+          its previous owner did poll it), else at its next slot (polled
+          further off its phase, its next poll would come up to half an
+          interval late);
         * handed over by a draining owner, which still polls it: at its
           next slot after the settle read, which shows that owner's last
           polls;
@@ -334,8 +340,9 @@ class PowerSync:
             return when
         interval = self._settings.interval
         if self._rings.was_held(partition):
-            if gained - when <= tolerance(interval):
-                return when
+            settled = gained + settle_delay(interval)
+            if settled - when <= tolerance(interval):
+                return settled
             start = gained
         else:
             start = gained + settle_delay(interval)
@@ -398,7 +405,7 @@ class PowerSync:
         The stamps of ``checked`` (polled at ``now``) join those waiting;
         they are all written with any change, at once while the host
         drains or the worker stops, else once the oldest is
-        ``stamps_every`` seconds old (by the sync's clock). Should the
+        ``stamps_every`` seconds old. Should the
         write fail, the stamps of earlier runs wait on; those of
         ``checked`` are dropped (the caller plans their nodes again).
         """
@@ -410,23 +417,23 @@ class PowerSync:
                 stamps.append((now, checked))
             if not stamps and not changes:
                 return 0
-            if not (changes or force or self._stamps_due(now)):
+            if not (changes or force or self._stamps_due()):
+                if not self._stamps:
+                    self._stamps_since = self._clock()
                 self._stamps = stamps
                 return 0
             changed = self._db.apply_sync_results(
                 changes, stamps=stamps, missing=missing)
             self._stamps = []
-        self._rows.forget(missing)
+            self._rows.forget(missing)
         return changed
 
-    def _stamps_due(self, now: datetime.datetime | None) -> bool:
+    def _stamps_due(self) -> bool:
         if self._stamps_every <= 0 or self._stop.is_set() or \
                 self._rings.draining_since is not None:
             return True
-        if not self._stamps or now is None:
-            return False
-        waited = (now - self._stamps[0][0]).total_seconds()
-        return waited >= self._stamps_every
+        return bool(self._stamps) and \
+            self._clock() - self._stamps_since >= self._stamps_every
 
     def recover(self) -> SweepResult:
         """Clear the power-failure fault of owned nodes whose BMC answers."""

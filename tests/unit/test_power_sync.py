@@ -9,7 +9,7 @@ import datetime
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 from unittest import mock
 import uuid as uuid_mod
 
@@ -128,15 +128,17 @@ class SyncTestCase(base.TestCase):
                rings: ownership.Rings | None = None,
                pool: pool_mod.WorkerPool | None = None,
                drivers: dict[str, driver_base.BaseDriver] | None = None,
-               stamps_every: float = 0.0) -> power_sync.PowerSync:
+               stamps_every: float = 0.0,
+               clock: Callable[[], float] = time.monotonic
+               ) -> power_sync.PowerSync:
         """A syncer; by default it writes every run's stamps at once."""
         return power_sync.PowerSync(
             self.db, drivers or {"scripted": self.driver},
             rings or self.rings(), pool or self.pool,
             power_sync.SyncSettings(workers=workers, timeout=timeout,
                                     max_retries=max_retries, force=force),
-            self.stop, watchdog_interval=0.01, now_func=self.clock,
-            since=self.now, stamps_every=stamps_every)
+            self.stop, clock=clock, watchdog_interval=0.01,
+            now_func=self.clock, since=self.now, stamps_every=stamps_every)
 
     def nodes(self, *names: str, driver: str = "scripted",
               **values: Any) -> list[str]:
@@ -391,8 +393,16 @@ class TestStampsWait(SyncTestCase):
         self.uuids = self.nodes("a", "b", "c", power_state=states.POWER_ON)
         for name in ("a", "b", "c"):
             self.power.answers[name] = states.POWER_ON
-        # Two days: the third run writes the stamps of all three.
-        self.waiting = self.syncer(stamps_every=2 * 86400.0)
+        # Runs 3 s apart on the monotonic clock, stamps written once 5 s
+        # old: the third run writes the stamps of all three.
+        self.mono = 0.0
+        self.waiting = self.syncer(stamps_every=5.0,
+                                   clock=lambda: self.mono)
+
+    def clock(self) -> datetime.datetime:
+        """The wall clock a day further, the monotonic one 3 s."""
+        self.mono += 3.0
+        return super().clock()
 
     def checked(self) -> set[datetime.datetime | None]:
         return {self.get(name).power_checked_at for name in ("a", "b", "c")}
@@ -409,6 +419,16 @@ class TestStampsWait(SyncTestCase):
         self.assertEqual(9, len(self.power.gets))
         self.assertEqual(1, len(stamps()))
         self.assertEqual({self.now}, self.checked())
+
+    def test_a_wall_clock_stepped_back_does_not_hold_them(self) -> None:
+        self.waiting.sync()
+        polled_at = self.now
+        for _ in range(2):
+            # A day back at every run (the clock adds one): nothing due.
+            self.now -= datetime.timedelta(days=2)
+            self.waiting.sync()
+        self.assertEqual(3, len(self.power.gets))
+        self.assertEqual({polled_at}, self.checked())
 
     def test_each_node_keeps_its_own_time(self) -> None:
         self.waiting.sync()
@@ -803,12 +823,14 @@ class TestDueTime(SyncTestCase):
         self.assertEqual(995.0, after(60.0, 5.0, p=8))
         self.assertEqual(990.0, after(4.0, 10.0, p=8))
         # Held back from a live owner: missed during the hold, by less
-        # than the tolerance (15 s of 60, 2 s of 4): at once, still on
-        # its phase; further back: its next slot, on its phase.
-        self.assertEqual(998.0, after(60.0, 2.0))
-        self.assertEqual(985.0, after(60.0, 15.0))
+        # than the tolerance (15 s of 60, 2 s of 4) at the settle read
+        # (3 s after the gain, when its previous owner's last stamps are
+        # in): then, still on its phase; further back: its next slot.
+        self.assertEqual(1003.0, after(60.0, 2.0))
+        self.assertEqual(1003.0, after(60.0, 12.0))
+        self.assertEqual(1045.0, after(60.0, 15.0))
         self.assertEqual(1035.0, after(60.0, 25.0))
-        self.assertEqual(999.0, after(4.0, 1.0))
+        self.assertEqual(1003.0, after(4.0, 1.0))
         self.assertEqual(1000.0, after(4.0, 4.0))
         # Handed over by a draining owner, which still polls it (p=9,
         # not held back): its next slot after the settle read.
@@ -1035,6 +1057,28 @@ class TestNodeCache(SyncTestCase):
         cache.update((partition,), 111.0)
         self.assertEqual(500.0, cache.due_at(uuid))
         self.assertEqual([], cache.pop_due(499.0))
+
+    def test_a_node_back_from_a_reservation_keeps_its_last_poll(
+            self) -> None:
+        [uuid] = self.nodes("a")
+        partition = self.get(uuid).partition
+        cache = node_cache.NodeCache(
+            self.db, ["scripted"],
+            lambda row: 0.0 if row.power_checked_at is None else 500.0,
+            interval=60.0, settle=0.0, reload_every=1000.0,
+            late=lambda p, when, gained: when)
+        cache.update((partition,), 100.0)
+        [row] = cache.pop_due(100.0)
+        cache.polled([dataclasses.replace(
+            row, power_checked_at=datetime.datetime(2030, 1, 1))])
+        # A power action reserves it (not polled meanwhile) and lets it
+        # go before the poll's stamp was written: still planned from it.
+        self.db.reserve_node(uuid, "h:1")
+        cache.update((partition,), 101.0)
+        self.assertNotIn(uuid, cache)
+        self.db.release_reservations(holders=["h:1"])
+        cache.update((partition,), 102.0)
+        self.assertEqual(500.0, cache.due_at(uuid))
 
     def test_rows_due_just_before_a_gain_wait_for_the_settle_read(
             self) -> None:
