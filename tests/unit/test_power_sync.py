@@ -1039,19 +1039,28 @@ class TestRowsInMemory(TestDueTime):
 class TestNodeCache(SyncTestCase):
     """Gains, losses and the settle read of node_cache."""
 
-    def test_a_read_never_takes_back_a_poll_not_written_yet(
-            self) -> None:
+    def polled_once(self, reload_every: float
+                    ) -> tuple[node_cache.NodeCache, str, int]:
+        """A cache of one node ("a"), just polled; its stamp not written.
+
+        Due at 500 once polled, at once before.
+        """
         [uuid] = self.nodes("a")
         partition = self.get(uuid).partition
         cache = node_cache.NodeCache(
             self.db, ["scripted"],
             lambda row: 0.0 if row.power_checked_at is None else 500.0,
-            interval=60.0, settle=0.0, reload_every=10.0,
+            interval=60.0, settle=0.0, reload_every=reload_every,
             late=lambda p, when, gained: when)
         cache.update((partition,), 100.0)
         [row] = cache.pop_due(100.0)
-        polled = datetime.datetime(2030, 1, 1)
-        cache.polled([dataclasses.replace(row, power_checked_at=polled)])
+        cache.polled([dataclasses.replace(
+            row, power_checked_at=datetime.datetime(2030, 1, 1))])
+        return cache, uuid, partition
+
+    def test_a_read_never_takes_back_a_poll_not_written_yet(
+            self) -> None:
+        cache, uuid, partition = self.polled_once(reload_every=10.0)
         # Its stamp waits in memory; the full read finds none in the
         # table: the node stays planned from its poll.
         cache.update((partition,), 111.0)
@@ -1060,17 +1069,7 @@ class TestNodeCache(SyncTestCase):
 
     def test_a_node_back_from_a_reservation_keeps_its_last_poll(
             self) -> None:
-        [uuid] = self.nodes("a")
-        partition = self.get(uuid).partition
-        cache = node_cache.NodeCache(
-            self.db, ["scripted"],
-            lambda row: 0.0 if row.power_checked_at is None else 500.0,
-            interval=60.0, settle=0.0, reload_every=1000.0,
-            late=lambda p, when, gained: when)
-        cache.update((partition,), 100.0)
-        [row] = cache.pop_due(100.0)
-        cache.polled([dataclasses.replace(
-            row, power_checked_at=datetime.datetime(2030, 1, 1))])
+        cache, uuid, partition = self.polled_once(reload_every=1000.0)
         # A power action reserves it (not polled meanwhile) and lets it
         # go before the poll's stamp was written: still planned from it.
         self.db.reserve_node(uuid, "h:1")
