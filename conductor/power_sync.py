@@ -460,7 +460,8 @@ class PowerSync:
                      "leaving maintenance", {"node": nodes.label(outcome.row),
                                              "state": outcome.state})
         result.recovered = self._db.apply_sync_results(
-            changes, checked=[str(change["uuid"]) for change in changes])
+            changes, stamps=[(timeutils.utcnow(),
+                              [str(change["uuid"]) for change in changes])])
         return self._finish(result, started)
 
     # -- machinery -----------------------------------------------------

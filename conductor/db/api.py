@@ -841,12 +841,9 @@ class Connection:
         return rows, now
 
     def apply_sync_results(self, changes: Sequence[Mapping[str, Any]],
-                           checked: Sequence[str] = (),
-                           checked_at: datetime.datetime | None = None,
-                           missing: set[str] | None = None,
                            stamps: Sequence[tuple[datetime.datetime,
-                                                  Sequence[str]]] = ()
-                           ) -> int:
+                                                  Sequence[str]]] = (),
+                           missing: set[str] | None = None) -> int:
         """Write per-node sync outcomes in one transaction.
 
         Each mapping has ``uuid`` and the fields to set (``power_state``,
@@ -859,26 +856,21 @@ class Connection:
         left alone too: whoever holds it is changing it. Returns rows
         changed.
 
-        :param checked: uuids of the nodes just polled: their
-            ``power_checked_at`` becomes ``checked_at`` (default now) in
-            the same transaction, whatever their version or reservation
-            (it records that the BMC was asked, not a change of the node:
-            ``changed_at`` is kept).
-        :param stamps: more polls to stamp, ``(checked_at, uuids)`` each
-            (the polls of several runs, written together); in the same
-            statement as ``checked``, each node with its own time (the
-            latest, should a node be in several; ``checked`` counts as one
-            more run, at ``checked_at``).
-        :param missing: when given, the uuids of ``checked`` and
-            ``stamps`` whose node no longer exists (deleted meanwhile) are
-            added to it.
+        :param stamps: the polls to record, ``(checked_at, uuids)`` each
+            (one run's, or several runs' written together): each node's
+            ``power_checked_at`` becomes its time (the latest, should it
+            be in several), in the same transaction, whatever its version
+            or reservation (it records that the BMC was asked, not a
+            change of the node: ``changed_at`` is kept).
+        :param missing: when given, the uuids of ``stamps`` whose node no
+            longer exists (deleted meanwhile) are added to it.
         """
-        if not changes and not checked and not stamps:
+        if not changes and not any(uuids for _, uuids in stamps):
             return 0
         now = timeutils.utcnow()
         # NOTE: each node once, with its latest time.
         latest: dict[str, datetime.datetime] = {}
-        for at, uuids in [*stamps, (checked_at or now, checked)]:
+        for at, uuids in stamps:
             for uuid in uuids:
                 if uuid not in latest or latest[uuid] < at:
                     latest[uuid] = at
@@ -907,12 +899,12 @@ class Connection:
         total = 0
         with self.engine.begin() as conn:
             for start in range(0, len(polls), size):
-                chunk = [uuid for uuid, _ in polls[start:start + size]]
+                group = polls[start:start + size]
+                chunk = [uuid for uuid, _ in group]
                 found = conn.execute(
                     _nodes.update().where(_nodes.c.uuid.in_(chunk))
-                    .values(power_checked_at=_checked_at(
-                        polls[start:start + size]),
-                        changed_at=_nodes.c.changed_at)).rowcount
+                    .values(power_checked_at=_checked_at(group),
+                            changed_at=_nodes.c.changed_at)).rowcount
                 if missing is not None and found < len(chunk):
                     missing.update(set(chunk) - set(conn.execute(
                         sa.select(_nodes.c.uuid)

@@ -1104,7 +1104,7 @@ class TestNodeCache(SyncTestCase):
         self.assertEqual([], cache.pop_due(106.9))
         # Its previous owner polled some of them meanwhile.
         polled = [by_partition[p] for p in parts[len(parts) // 2:]][:3]
-        self.db.apply_sync_results([], checked=polled)
+        self.db.apply_sync_results([], stamps=[(timeutils.utcnow(), polled)])
         for uuid in polled:
             due[uuid] = 170.0
         cache.update(tuple(parts), 107.0)

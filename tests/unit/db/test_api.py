@@ -569,7 +569,8 @@ class TestPowerSync(DbTestCase):
                 timeutils, "utcnow", return_value=datetime.datetime(2001, 1,
                                                                     1)):
             # A poll's stamp is not a change.
-            self.db.apply_sync_results([], checked=[a.uuid, b.uuid, c.uuid])
+            self.db.apply_sync_results([], stamps=[(
+                timeutils.utcnow(), [a.uuid, b.uuid, c.uuid])])
             self.assertEqual([], self.db.changed_sync_rows(
                 partitions=every, since=start)[0])
             self.db.update_node("a", {"maintenance": True})
@@ -610,8 +611,9 @@ class TestPowerSync(DbTestCase):
         b = self.node("b")
         self.db.delete_node("b")
         missing: set[str] = set()
-        self.db.apply_sync_results([], checked=[a.uuid, b.uuid],
-                                   missing=missing)
+        self.db.apply_sync_results(
+            [], stamps=[(timeutils.utcnow(), [a.uuid, b.uuid])],
+            missing=missing)
         self.assertEqual({b.uuid}, missing)
         self.assertIsNotNone(self.db.get_node("a").power_checked_at)
 
