@@ -24,6 +24,8 @@ import dataclasses
 import datetime
 import json
 import logging
+import threading
+import time
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 import uuid as uuid_lib
 
@@ -165,6 +167,11 @@ CHANGED_INDEX = "nodes_changed_idx"
 #: (see Connection._in_partitions and Connection._statement).
 CACHED_CLAUSES = 4096
 
+#: Seconds a Connection keeps its reading connection (see
+#: Connection._fetch) before it goes back to the pool and a fresh one is
+#: checked out (the pool's ping and recycling apply again).
+READER_MAX_AGE = 600.0
+
 #: Connection._in_partitions' filter for no partition at all: no row can
 #: match, so no statement is sent.
 _NO_ROWS = sa.false()
@@ -191,6 +198,15 @@ class Connection:
         self._partition_filters: dict[tuple[int, ...], sa.TextClause] = {}
         #: Built statements of the per-second reads, by their shape.
         self._statements: dict[tuple[Any, ...], Any] = {}
+        #: The connection the frequent reads share (see _fetch), when it
+        #: was checked out, and who uses it.
+        self._reader: sa.Connection | None = None
+        self._reader_since = 0.0
+        self._reader_lock = threading.Lock()
+        #: SQLite is a file: nothing to save; and its pysqlite setup
+        #: opens a transaction at every begin, which a kept connection
+        #: would hold open.
+        self._keeps_reader = engine.dialect.name != "sqlite"
 
     @classmethod
     def create(cls, url: str, **kwargs: Any) -> "Connection":
@@ -198,7 +214,76 @@ class Connection:
         return cls(db_engine.create_engine(url, **kwargs))
 
     def dispose(self) -> None:
+        # NOTE: a read stuck on a hung server must not hold the stop up;
+        # its connection goes with the process then.
+        if self._reader_lock.acquire(timeout=1.0):
+            try:
+                self._drop_reader()
+            finally:
+                self._reader_lock.release()
         self.engine.dispose()
+
+    def _fetch(self, query: sa.Executable,
+               params: Mapping[str, Any] | None = None) -> list[sa.Row[Any]]:
+        """Every row of one read-only statement.
+
+        Workers send a few reads every second (the change feed, the
+        pending-action check) and the ``conductors`` rows every few
+        seconds. Through the pool each cost three round trips: the pool's
+        ping at checkout, the statement, and the rollback at checkin. On
+        a network database they share one kept connection in autocommit
+        mode instead: one round trip, and no transaction left open
+        between reads. It is checked out again after
+        :data:`READER_MAX_AGE` seconds, and at once after an error (a
+        lost connection is retried once on a fresh one, as the pool's
+        ping would have done). A read made while another thread holds it
+        goes through the pool.
+        """
+        if not self._keeps_reader or \
+                not self._reader_lock.acquire(blocking=False):
+            with self.engine.connect() as conn:
+                return list(conn.execute(query, params))
+        try:
+            fresh = self._reader is None or \
+                time.monotonic() - self._reader_since >= READER_MAX_AGE
+            try:
+                return self._read_kept(query, params, fresh)
+            except db_exc.DBConnectionError:
+                if fresh:
+                    raise
+            LOG.debug("The kept reading connection was lost; reading again "
+                      "on a new one")
+            return self._read_kept(query, params, True)
+        finally:
+            self._reader_lock.release()
+
+    def _read_kept(self, query: sa.Executable,
+                   params: Mapping[str, Any] | None,
+                   fresh: bool) -> list[sa.Row[Any]]:
+        """Read on the kept connection (a new one when ``fresh``)."""
+        if fresh:
+            self._drop_reader()
+            self._reader = self.engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT")
+            self._reader_since = time.monotonic()
+        assert self._reader is not None
+        try:
+            return list(self._reader.execute(query, params))
+        except BaseException:
+            # NOTE: whatever failed, the next read starts afresh.
+            self._drop_reader()
+            raise
+
+    def _drop_reader(self) -> None:
+        conn, self._reader = self._reader, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                # NOTE: a broken connection is invalidated by the pool;
+                # nothing more to do with it.
+                LOG.debug("Closing the kept reading connection failed",
+                          exc_info=True)
 
     def _in_partitions(self, partitions: Iterable[int] | None
                        ) -> sa.TextClause | sa.ColumnElement[bool] | None:
@@ -730,8 +815,7 @@ class Connection:
 
         query = self._statement(("node_uuids", maintenance, reserved,
                                  with_target, driver_key, where), build)
-        with self.engine.connect() as conn:
-            return list(conn.execute(query).scalars())
+        return [row[0] for row in self._fetch(query)]
 
     def sync_rows(self, *, drivers: Sequence[str],
                   maintenance: bool = False,
@@ -772,8 +856,8 @@ class Connection:
 
     def clock(self) -> datetime.datetime:
         """The database server's clock (UTC): see ``nodes.changed_at``."""
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(models.utc_now())).scalar_one()
+        return self._fetch(self._statement(
+            ("clock",), lambda: sa.select(models.utc_now())))[0][0]
 
     def changed_sync_rows(self, *, partitions: Iterable[int],
                           since: datetime.datetime
@@ -826,17 +910,16 @@ class Connection:
         query = self._statement(("changed_sync_rows", where), build)
         rows: list[SyncRow] = []
         now: datetime.datetime | None = None
-        with self.engine.connect() as conn:
-            for row in conn.execute(query, {"since": since}):
-                if row.partition < 0:
-                    now = row.power_checked_at
-                    continue
-                rows.append(SyncRow(
-                    row.uuid, row.name, row.driver,
-                    _as_dict(row.driver_info), row.power_state,
-                    row.power_sync_failures, row.version, row.partition,
-                    row.power_checked_at, bool(row.maintenance),
-                    bool(row.reserved), bool(row.requested)))
+        for row in self._fetch(query, {"since": since}):
+            if row.partition < 0:
+                now = row.power_checked_at
+                continue
+            rows.append(SyncRow(
+                row.uuid, row.name, row.driver,
+                _as_dict(row.driver_info), row.power_state,
+                row.power_sync_failures, row.version, row.partition,
+                row.power_checked_at, bool(row.maintenance),
+                bool(row.reserved), bool(row.requested)))
         assert now is not None
         return rows, now
 
@@ -1064,15 +1147,16 @@ class Connection:
         # rows every hash_ring_reset_interval, and MariaDB sorts them with
         # a filesort that reads every row twice (its index on (host,
         # worker_id) is not worth using for so few rows).
-        with self.engine.connect() as conn:
-            records = [ConductorRecord(row.host, row.worker_id, row.pid,
-                                       list(_as_list(row.drivers)),
-                                       bool(row.online), row.started_at,
-                                       row.heartbeat_at,
-                                       _as_optional_dict(row.status)
-                                       if with_status else None,
-                                       bool(row.draining))
-                       for row in conn.execute(sa.select(*columns))]
+        query = self._statement(("list_conductors", with_status),
+                                lambda: sa.select(*columns))
+        records = [ConductorRecord(row.host, row.worker_id, row.pid,
+                                   list(_as_list(row.drivers)),
+                                   bool(row.online), row.started_at,
+                                   row.heartbeat_at,
+                                   _as_optional_dict(row.status)
+                                   if with_status else None,
+                                   bool(row.draining))
+                   for row in self._fetch(query)]
         records.sort(key=lambda record: (record.host, record.worker_id))
         return records
 

@@ -10,6 +10,7 @@ import subprocess
 import threading
 from typing import Any
 
+import fixtures
 import sqlalchemy as sa
 import testscenarios
 
@@ -370,3 +371,92 @@ class TestStampsOfSeveralRuns(base.FunctionalTestCase):
                          {name: db.get_node(name).power_checked_at
                           for name in ("a", "b", "c")})
         self.assertEqual({uuid["gone"]}, missing)
+
+
+class TestFrequentReadsKeepOneConnection(base.FunctionalTestCase):
+    """The per-second reads share one kept autocommit connection."""
+
+    scenarios = base.SERVER_BACKENDS
+    backend: str
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.dbf = self.useFixture(base.Database(self.backend))
+        self.db = self.dbf.connect()
+        self.addCleanup(self.db.dispose)
+        self.node = self.db.import_nodes([{"name": "n1", "driver": "fake",
+                                           "driver_info": {}}])[0]
+        self.checkouts = 0
+
+        def checkout(*args: Any) -> None:
+            self.checkouts += 1
+
+        sa.event.listen(self.db.engine.pool, "checkout", checkout)
+
+    def reads(self) -> list[Any]:
+        since = self.db.clock() - datetime.timedelta(seconds=1)
+        return [self.db.changed_sync_rows(partitions=[self.node.partition],
+                                          since=since)[0],
+                self.db.list_conductors(),
+                self.db.node_uuids(partitions=[self.node.partition])]
+
+    def server_id(self) -> int:
+        query = sa.text("SELECT CONNECTION_ID()" if self.backend == "mysql"
+                        else "SELECT pg_backend_pid()")
+        return int(self.db._fetch(query)[0][0])
+
+    def test_one_checkout_for_many_reads(self) -> None:
+        for _ in range(5):
+            self.reads()
+        self.assertEqual(1, self.checkouts)
+
+    def test_each_read_sees_writes_committed_since(self) -> None:
+        # NOTE: held in a transaction, a MariaDB connection would read its
+        # first snapshot again (REPEATABLE READ) and miss this change.
+        since = self.db.clock() - datetime.timedelta(seconds=1)
+        self.assertEqual([self.node.uuid], self.db.node_uuids())
+        other = self.dbf.connect(upgrade=False)
+        self.addCleanup(other.dispose)
+        other.update_node("n1", {"maintenance": True})
+        rows, _ = self.db.changed_sync_rows(
+            partitions=[self.node.partition], since=since)
+        self.assertEqual([True], [row.maintenance for row in rows])
+        self.assertEqual([self.node.uuid],
+                         self.db.node_uuids(maintenance=True))
+        self.assertEqual(1, self.checkouts)
+
+    def test_a_lost_connection_is_read_again_on_a_new_one(self) -> None:
+        self.reads()
+        lost = self.server_id()
+        admin = self.dbf.connect(upgrade=False)
+        self.addCleanup(admin.dispose)
+        with admin.engine.begin() as conn:
+            conn.execute(sa.text("KILL %d" % lost if self.backend == "mysql"
+                                 else "SELECT pg_terminate_backend(%d)"
+                                 % lost))
+        self.assertEqual([self.node.uuid], self.reads()[2])
+        self.assertNotEqual(lost, self.server_id())
+        self.assertEqual(2, self.checkouts)
+
+    def test_checked_out_again_after_its_age(self) -> None:
+        self.useFixture(fixtures.MonkeyPatch(
+            "conductor.db.api.READER_MAX_AGE", 0.0))
+        self.reads()
+        self.assertEqual(4, self.checkouts)     # the clock and 3 reads
+
+    def test_a_read_beside_another_goes_through_the_pool(self) -> None:
+        self.reads()
+        with self.db._reader_lock:
+            self.assertEqual([self.node.uuid], self.db.node_uuids())
+        self.assertEqual(2, self.checkouts)
+
+
+class TestNoKeptConnectionOnSqlite(base.FunctionalTestCase):
+    """SQLite reads through the pool: no round trip to save."""
+
+    def test_no_connection_kept(self) -> None:
+        db = self.useFixture(base.Database("sqlite")).connect()
+        self.addCleanup(db.dispose)
+        db.list_conductors()
+        db.clock()
+        self.assertIsNone(db._reader)
