@@ -21,11 +21,15 @@ of its partitions once, when it gains them, and then only what changed:
   than the overlap, a hand edit of the table) lasts.
 
 The cache also keeps when each node is next due (a heap), so that a run
-finds the due nodes without looking at the others.
+finds the due nodes without looking at the others, and what its gauges
+count of the nodes it does not poll (in maintenance, reserved, of a
+driver not enabled here): :meth:`NodeCache.counts` gives the worker's
+node gauges without reading the database.
 """
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import datetime
 import heapq
@@ -76,6 +80,13 @@ class NodeCache:
         self._mine: tuple[int, ...] = ()
         self._mine_set: frozenset[int] = frozenset()
         self._rows: dict[str, db_api.SyncRow] = {}
+        #: The nodes of ``mine`` it does not poll: uuid -> (partition, in
+        #: maintenance, last poll); counted by the gauges only.
+        self._held: dict[str, tuple[int, bool,
+                                    datetime.datetime | None]] = {}
+        #: Partition -> sync-clock time since when it is this worker's
+        #: (a node never polled is overdue that long after).
+        self._since: dict[int, float] = {}
         #: uuid -> its due time, for the nodes scheduled (the heap may
         #: also hold older entries of a node: skipped when popped).
         self._due: dict[str, float] = {}
@@ -104,6 +115,11 @@ class NodeCache:
 
     def __contains__(self, uuid: object) -> bool:
         return uuid in self._rows
+
+    @property
+    def loaded(self) -> bool:
+        """True once the rows of the worker's partitions were read."""
+        return self._loaded_at is not None
 
     # -- reading -------------------------------------------------------
 
@@ -146,12 +162,17 @@ class NodeCache:
             for uuid in [uuid for uuid, row in self._rows.items()
                          if row.partition in lost]:
                 self._drop(uuid)
+            for uuid in [uuid for uuid, held in self._held.items()
+                         if held[0] in lost]:
+                del self._held[uuid]
             for partition in lost:
                 self._gained.pop(partition, None)
                 self._settling.pop(partition, None)
+                self._since.pop(partition, None)
         gained = sorted(self._mine_set - old)
         for partition in gained:
             self._gained[partition] = gained_at
+            self._since[partition] = gained_at
             if self._settle > 0:
                 self._settling[partition] = gained_at + self._settle
         if gained and self._loaded_at is not None:
@@ -162,15 +183,17 @@ class NodeCache:
                 ) -> None:
         """Read every qualifying row of ``partitions`` (all when full)."""
         fed_at = self._db.clock() if self._fed_at is None else None
-        rows = self._db.sync_rows(drivers=self._drivers,
-                                  partitions=partitions)
+        rows = self._db.partition_rows(partitions=partitions)
         wanted = frozenset(partitions)
         found = {row.uuid for row in rows}
         for uuid in [uuid for uuid, row in self._rows.items()
                      if row.partition in wanted and uuid not in found]:
             self._drop(uuid)
+        for uuid in [uuid for uuid, held in self._held.items()
+                     if held[0] in wanted and uuid not in found]:
+            del self._held[uuid]
         for row in rows:
-            self._store(row)
+            self._take(row)
         if fed_at is not None:
             self._fed_at = fed_at
 
@@ -183,12 +206,22 @@ class NodeCache:
         self._requests += sum(1 for row in rows if row.requested)
         self._feeds += 1
         for row in rows:
-            if row.partition not in self._mine_set:
-                continue
-            if row.maintenance or row.reserved or \
-                    row.driver not in self._enabled:
-                self._drop(row.uuid, keep_stamp=True)
-                continue
+            if row.partition in self._mine_set:
+                self._take(row)
+
+    def _take(self, row: db_api.SyncRow) -> None:
+        """Keep ``row`` as read: planned, held (not polled), or gone."""
+        if row.driver == "":
+            # NOTE: the feed's record of a deleted node.
+            self._drop(row.uuid)
+            self._held.pop(row.uuid, None)
+        elif row.maintenance or row.reserved or \
+                row.driver not in self._enabled:
+            self._drop(row.uuid, keep_stamp=True)
+            self._held[row.uuid] = (row.partition, row.maintenance,
+                                    row.power_checked_at)
+        else:
+            self._held.pop(row.uuid, None)
             self._store(row)
 
     def requests_token(self) -> tuple[int, int, tuple[int, ...]]:
@@ -282,3 +315,48 @@ class NodeCache:
             if uuid in self._rows:
                 LOG.debug("Node %s is gone; no longer polled", uuid)
             self._drop(uuid)
+            self._held.pop(uuid, None)
+
+    # -- gauges --------------------------------------------------------
+
+    def counts(self, overdue_before: datetime.datetime
+               ) -> tuple[int, int, datetime.datetime | None, int]:
+        """The worker's node gauges, from memory.
+
+        ``(nodes, overdue, oldest poll, in maintenance)`` of this
+        worker's partitions. Overdue: not in maintenance, and last polled
+        before ``overdue_before`` (never polled: this worker's since
+        before it); the oldest poll is of those not in maintenance.
+
+        May be called from another thread than the one updating the
+        cache: it works on copies of the cache's dicts, each made in one
+        step (copying a dict lets no other Python thread run).
+        """
+        rows = list(self._rows.values())
+        held = list(self._held.values())
+        since = dict(self._since)
+        cutoff = epoch(overdue_before)
+        polls = [(row.partition, row.power_checked_at) for row in rows]
+        maintenance = 0
+        for partition, in_maintenance, checked in held:
+            if in_maintenance:
+                maintenance += 1
+            else:
+                polls.append((partition, checked))
+        overdue = 0
+        oldest: datetime.datetime | None = None
+        for partition, checked in polls:
+            if checked is None:
+                if since.get(partition, cutoff) < cutoff:
+                    overdue += 1
+                continue
+            if checked < overdue_before:
+                overdue += 1
+            if oldest is None or checked < oldest:
+                oldest = checked
+        return len(rows) + len(held), overdue, oldest, maintenance
+
+
+def epoch(when: datetime.datetime) -> float:
+    """Seconds since the epoch of a naive UTC datetime."""
+    return calendar.timegm(when.timetuple()) + when.microsecond / 1e6

@@ -46,7 +46,6 @@ nodes' BMCs and clears the fault when they answer.
 
 from __future__ import annotations
 
-import calendar
 import dataclasses
 import datetime
 import functools
@@ -164,9 +163,8 @@ def backoff(interval: float, failures: int, cap: float) -> float:
     return wait
 
 
-def epoch(when: datetime.datetime) -> float:
-    """Seconds since the epoch of a naive UTC datetime."""
-    return calendar.timegm(when.timetuple()) + when.microsecond / 1e6
+#: Seconds since the epoch of a naive UTC datetime.
+epoch = node_cache.epoch
 
 
 def due_at(row: db_api.SyncRow, interval: float, cap: float,

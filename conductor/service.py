@@ -781,25 +781,33 @@ class ConductorService(service.ServiceBase):
     def _refresh_metrics(self, rt: _Runtime) -> None:
         """The gauges that change without an event (heartbeat loop).
 
-        The node gauges come from one aggregate query over this worker's
-        own partitions, at most once per sync interval: they cost the
-        database no more than power sync itself reads.
+        The node gauges are counted at most once per sync interval, from
+        power sync's rows in memory (see conductor.node_cache), which
+        hold every node of this worker's partitions: they cost the
+        database nothing. With power sync off, from one aggregate query
+        over the worker's own partitions instead.
         """
         stats = rt.pool.stats()
         metrics.pool(stats["size"], stats["busy"])
         interval = rt.settings.sync.interval
         now = time.monotonic()
-        if now < self._node_gauges_due:
+        cache = rt.power_sync.rows
+        if now < self._node_gauges_due or (interval > 0
+                                           and not cache.loaded):
             metrics.flush()
             return
         self._node_gauges_due = now + max(interval,
                                           rt.settings.heartbeat_interval)
         try:
             wall = timeutils.utcnow()
-            owned, overdue, oldest, maintenance = rt.db.owned_node_counts(
-                rt.rings.owned_partitions(),
-                overdue_before=wall - datetime.timedelta(
-                    seconds=status_mod.OVERDUE_INTERVALS * interval))
+            before = wall - datetime.timedelta(
+                seconds=status_mod.OVERDUE_INTERVALS * interval)
+            if interval > 0:
+                owned, overdue, oldest, maintenance = cache.counts(before)
+            else:
+                owned, overdue, oldest, maintenance = \
+                    rt.db.owned_node_counts(rt.rings.owned_partitions(),
+                                            overdue_before=before)
         except Exception as exc:
             LOG.warning("Could not count the nodes of %s for the metrics: "
                         "%s", self.holder, exc)

@@ -147,12 +147,13 @@ class SyncRow:
     partition: int = 0
     power_checked_at: datetime.datetime | None = None
     #: In maintenance, and reserved: such a node is not polled. Set only
-    #: by :meth:`Connection.changed_sync_rows`; the other reads return
-    #: only nodes that qualify.
+    #: by :meth:`Connection.changed_sync_rows` and
+    #: :meth:`Connection.partition_rows`; the other reads return only
+    #: nodes that qualify.
     maintenance: bool = False
     reserved: bool = False
     #: A power action is requested (``target_power_state`` is set); set
-    #: only by :meth:`Connection.changed_sync_rows`.
+    #: only by those two.
     requested: bool = False
 
 
@@ -854,6 +855,27 @@ class Connection:
                             row.partition, row.power_checked_at)
                     for row in conn.execute(query)]
 
+    def partition_rows(self, *, partitions: Iterable[int]
+                       ) -> list[SyncRow]:
+        """Every row of ``partitions``, whatever its state (one query).
+
+        Power sync's in-memory rows read these when a worker gains
+        partitions, and every few intervals: the rows it polls, and the
+        others (in maintenance, reserved, of a driver not enabled here),
+        which its gauges count; ``maintenance``, ``reserved`` and
+        ``requested`` are set as in :meth:`changed_sync_rows`.
+        """
+        where = self._in_partitions(partitions)
+        if where is _NO_ROWS or where is None:
+            return []
+
+        def build() -> sa.Select[Any]:
+            return sa.select(*_sync_columns()).where(where)
+
+        query = self._statement(("partition_rows", where), build)
+        with self.engine.connect() as conn:
+            return [_sync_row(row) for row in conn.execute(query)]
+
     def clock(self) -> datetime.datetime:
         """The database server's clock (UTC): see ``nodes.changed_at``."""
         return self._fetch(self._statement(
@@ -880,14 +902,7 @@ class Connection:
         def build() -> sa.CompoundSelect:
             c = _nodes.c
             since_param = sa.bindparam("since", type_=sa.DateTime)
-            changed = (sa.select(c.uuid, c.name, c.driver, c.driver_info,
-                                 c.power_state, c.power_sync_failures,
-                                 c.version, c.partition, c.power_checked_at,
-                                 c.maintenance,
-                                 c.reservation.is_not(None).label(
-                                     "reserved"),
-                                 c.target_power_state.is_not(None).label(
-                                     "requested"))
+            changed = (sa.select(*_sync_columns())
                        .where(c.changed_at >= since_param)
                        .where(where))
             # NOTE: with more partitions than its index-dive limit (200 by
@@ -914,12 +929,7 @@ class Connection:
             if row.partition < 0:
                 now = row.power_checked_at
                 continue
-            rows.append(SyncRow(
-                row.uuid, row.name, row.driver,
-                _as_dict(row.driver_info), row.power_state,
-                row.power_sync_failures, row.version, row.partition,
-                row.power_checked_at, bool(row.maintenance),
-                bool(row.reserved), bool(row.requested)))
+            rows.append(_sync_row(row))
         assert now is not None
         return rows, now
 
@@ -1258,6 +1268,23 @@ def _update_conductor(conn: sa.Connection, host: str, worker_id: int,
         .where(_conductors.c.host == host)
         .where(_conductors.c.worker_id == worker_id)
         .values(**values)).rowcount)
+
+
+def _sync_columns() -> list[Any]:
+    """The columns of a :class:`SyncRow` with its state flags."""
+    c = _nodes.c
+    return [c.uuid, c.name, c.driver, c.driver_info, c.power_state,
+            c.power_sync_failures, c.version, c.partition,
+            c.power_checked_at, c.maintenance,
+            c.reservation.is_not(None).label("reserved"),
+            c.target_power_state.is_not(None).label("requested")]
+
+
+def _sync_row(row: sa.Row[Any]) -> SyncRow:
+    return SyncRow(row.uuid, row.name, row.driver, _as_dict(row.driver_info),
+                   row.power_state, row.power_sync_failures, row.version,
+                   row.partition, row.power_checked_at, bool(row.maintenance),
+                   bool(row.reserved), bool(row.requested))
 
 
 def _marker(uuid: Any, partition: Any, checked_at: Any = None

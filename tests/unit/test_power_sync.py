@@ -22,6 +22,7 @@ import conductor.cmd  # noqa: F401  (selects the threading backend first)
 from conductor.common import deadline
 from conductor.common import exceptions
 from conductor.db import api as db_api
+from conductor.db import models as db_models
 from conductor.drivers import base as driver_base
 from conductor.drivers import fake
 from conductor.executor import pool as pool_mod
@@ -1127,3 +1128,57 @@ class TestNodeCache(SyncTestCase):
         cache.update((), 100.0)
         cache.update((self.get("a").partition,), 101.0)
         self.assertEqual([uuid], [row.uuid for row in cache.pop_due(101.0)])
+
+
+class TestNodeCounts(SyncTestCase):
+    """The worker's node gauges, counted from the rows in memory."""
+
+    def test_every_node_of_its_partitions_counted_without_a_read(
+            self) -> None:
+        uuid = dict(zip("amro", self.nodes("a", "m", "r")
+                        + self.nodes("o", driver="other")))
+        self.db.update_node(uuid["m"], {"maintenance": True})
+        self.db.reserve_node(uuid["r"], "h:1")
+        mine = tuple(sorted({self.get(u).partition for u in uuid.values()}))
+        # A node of another worker's partition is not counted.
+        self.nodes(next(name for name in ("x%d" % i for i in range(99))
+                        if db_models.partition_of(str(uuid_mod.uuid5(
+                            uuid_mod.NAMESPACE_URL, name))) not in mine))
+        start = datetime.datetime(2030, 1, 1, 12, 0, 0)
+        t = node_cache.epoch(start)
+        cache = node_cache.NodeCache(self.db, ["scripted"], lambda row: t,
+                                     interval=60.0, settle=0.0,
+                                     reload_every=1000.0,
+                                     late=lambda p, when, gained: when)
+        cache.update(mine, t)
+        [row] = cache.pop_due(t)
+        polled = start + datetime.timedelta(seconds=30)
+        cache.polled([dataclasses.replace(row, power_checked_at=polled)])
+        reads = self.count_statements()
+        second = datetime.timedelta(seconds=1)
+        # r and o were never polled: overdue once held since before.
+        self.assertEqual((4, 0, polled, 1), cache.counts(start - second))
+        self.assertEqual((4, 2, polled, 1), cache.counts(start + second))
+        self.assertEqual((4, 3, polled, 1),
+                         cache.counts(polled + second))
+        self.assertEqual([], reads)
+        # Changes come with the feed: m leaves maintenance (never polled
+        # either: overdue now, with r), o is gone.
+        self.db.update_node(uuid["m"], {"maintenance": False})
+        self.db.delete_node(uuid["o"])
+        cache.update(mine, t + 1)
+        self.assertEqual((3, 2, polled, 0), cache.counts(start + second))
+        cache.update((), t + 2)
+        self.assertEqual((0, 0, None, 0), cache.counts(start + second))
+
+    def count_statements(self) -> list[str]:
+        """Statements sent from now on."""
+        statements: list[str] = []
+
+        def listener(*args: Any) -> None:
+            statements.append(args[2])
+
+        sa.event.listen(self.db.engine, "before_cursor_execute", listener)
+        self.addCleanup(sa.event.remove, self.db.engine,
+                        "before_cursor_execute", listener)
+        return statements
