@@ -39,6 +39,9 @@ polled by the others) and ``kill`` (SIGKILL to another host's master and
 workers; ``takeover_seconds`` until its nodes are polled again, next to
 ``heartbeat_timeout``).
 
+``--metrics`` has every host serve ``[metrics]``, so that its workers
+count their node gauges (their cost shows in the same figures).
+
 ``--single-host-nodes M`` adds one more run: one host, W workers, M nodes:
 RSS per worker and CPU per node-poll.
 
@@ -64,6 +67,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -246,6 +250,13 @@ def takeover(entries: Sequence[Mapping[str, Any]], victim_pids: set[int],
     return result
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def ratio(value: float | None, reference: float | None) -> float | None:
     if value is None or not reference:
         return None
@@ -282,7 +293,8 @@ class Host:
 
     def __init__(self, workdir: str, name: str, settings: Mapping[str, Any],
                  database_url: str,
-                 extra: Mapping[str, Any] | None = None) -> None:
+                 extra: Mapping[str, Any] | None = None,
+                 metrics_port: int | None = None) -> None:
         self.name = name
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
@@ -308,6 +320,8 @@ class Host:
             stream.write("force_power_state_during_sync = false\n")
             for key, value in (extra or {}).items():
                 stream.write("%s = %s\n" % (key, value))
+            if metrics_port is not None:
+                stream.write("[metrics]\nport = %d\n" % metrics_port)
 
     def start(self) -> None:
         self.started_at = time.time()
@@ -516,7 +530,8 @@ class Bench:
         self.entries.extend(new)
 
     def hosts(self, rundir: str, count: int, first: int = 1) -> list[Host]:
-        return [Host(rundir, "h%02d" % i, self.settings, self.url)
+        return [Host(rundir, "h%02d" % i, self.settings, self.url,
+                     metrics_port=free_port() if self.args.metrics else None)
                 for i in range(first, first + count)]
 
     def start_hosts(self, hosts: list[Host], meter: CpuMeter) -> float:
@@ -817,6 +832,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "private one (its Innodb_rows_read then counts "
                              "every client's reads)")
     parser.add_argument("--database-name", default=DB_NAME)
+    parser.add_argument("--metrics", action="store_true",
+                        help="every host serves [metrics] (its workers "
+                             "count their node gauges)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work directory (logs, timing log)")
     args = parser.parse_args(argv)
@@ -860,6 +878,7 @@ def main(argv: list[str] | None = None) -> int:
                          hosts=args.host_counts, latency_ms=args.latency_ms,
                          intervals=args.intervals,
                          scenarios=args.scenario_list,
+                         metrics=args.metrics,
                          database="given server" if args.database_url
                          else "private MariaDB"),
         "machine": {"cpus": os.cpu_count(),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import configparser
 import importlib.util
 import io
 import json
@@ -205,6 +206,27 @@ class TestOptions(base.TestCase):
         self.assertEqual(2, args.workers)
         self.assertEqual(50, args.latency_ms)
         self.assertEqual(list(bench.SCENARIOS), args.scenario_list)
+
+    def test_metrics_port_per_host(self) -> None:
+        self.assertFalse(bench.parse_args([]).metrics)
+        args = bench.parse_args(["--metrics"])
+        self.assertTrue(args.metrics)
+        workdir = self.useFixture(fixtures.TempDir()).path
+        plain, served = (bench.Host(workdir, name, {
+            key: 1 for key in ("workers", "heartbeat_interval",
+                               "heartbeat_timeout",
+                               "sync_power_state_interval",
+                               "sync_power_state_workers",
+                               "power_state_timeout", "workers_pool_size",
+                               "graceful_shutdown_timeout")},
+            "sqlite://", metrics_port=port)
+            for name, port in (("h01", None), ("h02", 8123)))
+        conf = configparser.ConfigParser()
+        conf.read(served.config)
+        self.assertEqual("8123", conf["metrics"]["port"])
+        conf = configparser.ConfigParser()
+        conf.read(plain.config)
+        self.assertFalse(conf.has_section("metrics"))
 
     def test_no_scenarios(self) -> None:
         args = bench.parse_args(["--hosts", "1,2", "--scenarios", "none"])
