@@ -34,6 +34,7 @@ import dataclasses
 import datetime
 import heapq
 import logging
+import threading
 from typing import Callable, Iterable, Sequence
 
 from conductor.db import api as db_api
@@ -81,12 +82,14 @@ class NodeCache:
         self._mine_set: frozenset[int] = frozenset()
         self._rows: dict[str, db_api.SyncRow] = {}
         #: The nodes of ``mine`` it does not poll: uuid -> (partition, in
-        #: maintenance, last poll); counted by the gauges only.
-        self._held: dict[str, tuple[int, bool,
+        #: maintenance, last poll, created); counted by the gauges only.
+        self._held: dict[str, tuple[int, bool, datetime.datetime | None,
                                     datetime.datetime | None]] = {}
-        #: Partition -> sync-clock time since when it is this worker's
-        #: (a node never polled is overdue that long after).
-        self._since: dict[int, float] = {}
+        #: Held by update() and forget() (which change which nodes it
+        #: holds) and by counts(), which another thread calls.
+        self._lock = threading.Lock()
+        #: update() was called (see loaded).
+        self._updated = False
         #: uuid -> its due time, for the nodes scheduled (the heap may
         #: also hold older entries of a node: skipped when popped).
         self._due: dict[str, float] = {}
@@ -99,7 +102,8 @@ class NodeCache:
         #: uuid -> the last poll of a node dropped because it no longer
         #: qualified (reserved by a power action, say): its stamp may not
         #: be written yet when it qualifies again (see _store). Emptied
-        #: at every full read.
+        #: at every full read, which then keeps those of the nodes it
+        #: finds no longer qualifying.
         self._dropped: dict[str, datetime.datetime] = {}
         #: The database's clock at the last feed (or first read).
         self._fed_at: datetime.datetime | None = None
@@ -119,7 +123,8 @@ class NodeCache:
     @property
     def loaded(self) -> bool:
         """True once the rows of the worker's partitions were read."""
-        return self._loaded_at is not None
+        return self._loaded_at is not None or (self._updated
+                                               and not self._mine)
 
     # -- reading -------------------------------------------------------
 
@@ -127,11 +132,27 @@ class NodeCache:
                gained_at: float | None = None) -> None:
         """Follow ownership to ``mine`` and read what changed, at ``t``.
 
+        A failed read of partitions gained, or of a settle read, makes
+        the next update a full read (their rows would otherwise wait for
+        the next due one); a failed feed is read again from the same
+        time.
+
         :param gained_at: when partitions gained now count as gained
             (default ``t``).
         """
+        with self._lock:
+            self._updated = True
+            self._update(mine, t, gained_at)
+
+    def _update(self, mine: Sequence[int], t: float,
+                gained_at: float | None) -> None:
         if mine is not self._mine and tuple(mine) != self._mine:
-            self._own(tuple(mine), t if gained_at is None else gained_at)
+            try:
+                self._own(tuple(mine),
+                          t if gained_at is None else gained_at)
+            except BaseException:
+                self._loaded_at = None
+                raise
         if not self._mine:
             return
         if self._gained:
@@ -150,7 +171,11 @@ class NodeCache:
         if settled:
             for partition in settled:
                 del self._settling[partition]
-            self._reload(settled)
+            try:
+                self._reload(settled)
+            except BaseException:
+                self._loaded_at = None
+                raise
         self._feed()
 
     def _own(self, mine: tuple[int, ...], gained_at: float) -> None:
@@ -168,11 +193,9 @@ class NodeCache:
             for partition in lost:
                 self._gained.pop(partition, None)
                 self._settling.pop(partition, None)
-                self._since.pop(partition, None)
         gained = sorted(self._mine_set - old)
         for partition in gained:
             self._gained[partition] = gained_at
-            self._since[partition] = gained_at
             if self._settle > 0:
                 self._settling[partition] = gained_at + self._settle
         if gained and self._loaded_at is not None:
@@ -218,8 +241,12 @@ class NodeCache:
         elif row.maintenance or row.reserved or \
                 row.driver not in self._enabled:
             self._drop(row.uuid, keep_stamp=True)
-            self._held[row.uuid] = (row.partition, row.maintenance,
-                                    row.power_checked_at)
+            checked = row.power_checked_at
+            polled = self._dropped.get(row.uuid)
+            if polled is not None and (checked is None or checked < polled):
+                checked = polled
+            self._held[row.uuid] = (row.partition, row.maintenance, checked,
+                                    row.created_at)
         else:
             self._held.pop(row.uuid, None)
             self._store(row)
@@ -311,50 +338,52 @@ class NodeCache:
 
     def forget(self, uuids: Iterable[str]) -> None:
         """Drop nodes found deleted."""
-        for uuid in uuids:
-            if uuid in self._rows:
-                LOG.debug("Node %s is gone; no longer polled", uuid)
-            self._drop(uuid)
-            self._held.pop(uuid, None)
+        with self._lock:
+            for uuid in uuids:
+                if uuid in self._rows:
+                    LOG.debug("Node %s is gone; no longer polled", uuid)
+                self._drop(uuid)
+                self._held.pop(uuid, None)
 
     # -- gauges --------------------------------------------------------
 
-    def counts(self, overdue_before: datetime.datetime
-               ) -> tuple[int, int, datetime.datetime | None, int]:
+    def counts(self, overdue_before: datetime.datetime, wait: float = 1.0
+               ) -> tuple[int, int, datetime.datetime | None, int] | None:
         """The worker's node gauges, from memory.
 
         ``(nodes, overdue, oldest poll, in maintenance)`` of this
-        worker's partitions. Overdue: not in maintenance, and last polled
-        before ``overdue_before`` (never polled: this worker's since
-        before it); the oldest poll is of those not in maintenance.
+        worker's partitions, as the database's aggregate would count
+        them: overdue, not in maintenance and last polled (never polled:
+        created) before ``overdue_before``; the oldest poll of those not
+        in maintenance.
 
-        May be called from another thread than the one updating the
-        cache: it works on copies of the cache's dicts, each made in one
-        step (copying a dict lets no other Python thread run).
+        Called from another thread than the one updating the cache: None
+        when an update (which may be reading the database) holds it for
+        more than ``wait`` seconds.
         """
-        rows = list(self._rows.values())
-        held = list(self._held.values())
-        since = dict(self._since)
-        cutoff = epoch(overdue_before)
-        polls = [(row.partition, row.power_checked_at) for row in rows]
-        maintenance = 0
-        for partition, in_maintenance, checked in held:
-            if in_maintenance:
-                maintenance += 1
-            else:
-                polls.append((partition, checked))
+        if not self._lock.acquire(timeout=wait):
+            return None
+        try:
+            polls = [(row.power_checked_at, row.created_at)
+                     for row in self._rows.values()]
+            maintenance = 0
+            for _, in_maintenance, checked, created in self._held.values():
+                if in_maintenance:
+                    maintenance += 1
+                else:
+                    polls.append((checked, created))
+            owned = len(self._rows) + len(self._held)
+        finally:
+            self._lock.release()
         overdue = 0
         oldest: datetime.datetime | None = None
-        for partition, checked in polls:
-            if checked is None:
-                if since.get(partition, cutoff) < cutoff:
-                    overdue += 1
-                continue
-            if checked < overdue_before:
+        for checked, created in polls:
+            last = created if checked is None else checked
+            if last is not None and last < overdue_before:
                 overdue += 1
-            if oldest is None or checked < oldest:
+            if checked is not None and (oldest is None or checked < oldest):
                 oldest = checked
-        return len(rows) + len(held), overdue, oldest, maintenance
+        return owned, overdue, oldest, maintenance
 
 
 def epoch(when: datetime.datetime) -> float:

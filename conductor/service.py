@@ -803,7 +803,14 @@ class ConductorService(service.ServiceBase):
             before = wall - datetime.timedelta(
                 seconds=status_mod.OVERDUE_INTERVALS * interval)
             if interval > 0:
-                owned, overdue, oldest, maintenance = cache.counts(before)
+                counts = cache.counts(before)
+                if counts is None:
+                    # NOTE: power sync is reading the database: at the
+                    # next heartbeat.
+                    self._node_gauges_due = now
+                    metrics.flush()
+                    return
+                owned, overdue, oldest, maintenance = counts
             else:
                 owned, overdue, oldest, maintenance = \
                     rt.db.owned_node_counts(rt.rings.owned_partitions(),

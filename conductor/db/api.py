@@ -155,6 +155,9 @@ class SyncRow:
     #: A power action is requested (``target_power_state`` is set); set
     #: only by those two.
     requested: bool = False
+    #: When the node was enrolled; set only by those two (the node
+    #: gauges count a node never polled as overdue from it).
+    created_at: datetime.datetime | None = None
 
 
 #: Largest number of values in one ``IN (...)`` list; longer lists are
@@ -216,12 +219,17 @@ class Connection:
 
     def dispose(self) -> None:
         # NOTE: a read stuck on a hung server must not hold the stop up;
-        # its connection goes with the process then.
+        # its connection goes with the process then. Reads made after
+        # this go through the pool.
+        self._keeps_reader = False
         if self._reader_lock.acquire(timeout=1.0):
             try:
                 self._drop_reader()
             finally:
                 self._reader_lock.release()
+        else:
+            LOG.warning("A read on the kept database connection is still "
+                        "running; the connection is left to it")
         self.engine.dispose()
 
     def _fetch(self, query: sa.Executable,
@@ -264,9 +272,13 @@ class Connection:
         """Read on the kept connection (a new one when ``fresh``)."""
         if fresh:
             self._drop_reader()
-            self._reader = self.engine.connect().execution_options(
-                isolation_level="AUTOCOMMIT")
-            self._reader_since = time.monotonic()
+            conn = self.engine.connect()
+            try:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            except BaseException:
+                conn.close()
+                raise
+            self._reader, self._reader_since = conn, time.monotonic()
         assert self._reader is not None
         try:
             return list(self._reader.execute(query, params))
@@ -1277,14 +1289,15 @@ def _sync_columns() -> list[Any]:
             c.power_sync_failures, c.version, c.partition,
             c.power_checked_at, c.maintenance,
             c.reservation.is_not(None).label("reserved"),
-            c.target_power_state.is_not(None).label("requested")]
+            c.target_power_state.is_not(None).label("requested"),
+            c.created_at]
 
 
 def _sync_row(row: sa.Row[Any]) -> SyncRow:
     return SyncRow(row.uuid, row.name, row.driver, _as_dict(row.driver_info),
                    row.power_state, row.power_sync_failures, row.version,
                    row.partition, row.power_checked_at, bool(row.maintenance),
-                   bool(row.reserved), bool(row.requested))
+                   bool(row.reserved), bool(row.requested), row.created_at)
 
 
 def _marker(uuid: Any, partition: Any, checked_at: Any = None
@@ -1297,7 +1310,7 @@ def _marker(uuid: Any, partition: Any, checked_at: Any = None
     return (uuid, sa.null(), sa.literal(""), sa.null(), sa.null(),
             sa.literal(0), sa.literal(0), partition,
             sa.null() if checked_at is None else checked_at, sa.true(),
-            sa.false(), sa.false())
+            sa.false(), sa.false(), sa.null())
 
 
 def _as_optional_dict(value: Any) -> dict[str, Any] | None:

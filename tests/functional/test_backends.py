@@ -444,6 +444,14 @@ class TestFrequentReadsKeepOneConnection(base.FunctionalTestCase):
         self.reads()
         self.assertEqual(4, self.checkouts)     # the clock and 3 reads
 
+    def test_reads_after_dispose_go_through_the_pool(self) -> None:
+        self.reads()
+        self.db.dispose()
+        self.assertIsNone(self.db._reader)
+        self.reads()
+        self.assertIsNone(self.db._reader)
+        self.assertEqual(5, self.checkouts)
+
     def test_a_read_beside_another_goes_through_the_pool(self) -> None:
         self.reads()
         with self.db._reader_lock:

@@ -1144,32 +1144,75 @@ class TestNodeCounts(SyncTestCase):
         self.nodes(next(name for name in ("x%d" % i for i in range(99))
                         if db_models.partition_of(str(uuid_mod.uuid5(
                             uuid_mod.NAMESPACE_URL, name))) not in mine))
-        start = datetime.datetime(2030, 1, 1, 12, 0, 0)
-        t = node_cache.epoch(start)
+        created = [self.get(u).created_at for u in uuid.values()]
+        t = 1000.0
         cache = node_cache.NodeCache(self.db, ["scripted"], lambda row: t,
                                      interval=60.0, settle=0.0,
                                      reload_every=1000.0,
                                      late=lambda p, when, gained: when)
         cache.update(mine, t)
         [row] = cache.pop_due(t)
-        polled = start + datetime.timedelta(seconds=30)
+        second = datetime.timedelta(seconds=1)
+        polled = max(created) + 30 * second
         cache.polled([dataclasses.replace(row, power_checked_at=polled)])
         reads = self.count_statements()
-        second = datetime.timedelta(seconds=1)
-        # r and o were never polled: overdue once held since before.
-        self.assertEqual((4, 0, polled, 1), cache.counts(start - second))
-        self.assertEqual((4, 2, polled, 1), cache.counts(start + second))
-        self.assertEqual((4, 3, polled, 1),
-                         cache.counts(polled + second))
+        # Overdue: not in maintenance, and polled (r and o never were:
+        # enrolled) before the time given.
+        self.assertEqual((4, 0, polled, 1), cache.counts(min(created)
+                                                         - second))
+        self.assertEqual((4, 2, polled, 1), cache.counts(max(created)
+                                                         + second))
+        self.assertEqual((4, 3, polled, 1), cache.counts(polled + second))
         self.assertEqual([], reads)
         # Changes come with the feed: m leaves maintenance (never polled
-        # either: overdue now, with r), o is gone.
+        # either: overdue, with r), o is gone.
         self.db.update_node(uuid["m"], {"maintenance": False})
         self.db.delete_node(uuid["o"])
         cache.update(mine, t + 1)
-        self.assertEqual((3, 2, polled, 0), cache.counts(start + second))
+        self.assertEqual((3, 2, polled, 0), cache.counts(max(created)
+                                                         + second))
         cache.update((), t + 2)
-        self.assertEqual((0, 0, None, 0), cache.counts(start + second))
+        self.assertEqual((0, 0, None, 0), cache.counts(polled))
+
+    def test_none_while_an_update_holds_the_rows(self) -> None:
+        cache = node_cache.NodeCache(self.db, ["scripted"], lambda row: 0.0,
+                                     interval=60.0, settle=0.0,
+                                     reload_every=1000.0,
+                                     late=lambda p, when, gained: when)
+        self.assertFalse(cache.loaded)
+        cache.update((), 1.0)
+        self.assertTrue(cache.loaded)       # nothing to read
+        self.assertEqual((0, 0, None, 0), cache.counts(self.now))
+        with cache._lock:
+            self.assertIsNone(cache.counts(self.now, wait=0.01))
+
+    def test_a_failed_gain_read_is_read_again_in_full(self) -> None:
+        uuids = self.nodes(*["n%02d" % i for i in range(20)])
+        parts = sorted({self.get(u).partition for u in uuids})
+        cache = node_cache.NodeCache(self.db, ["scripted"], lambda row: 0.0,
+                                     interval=60.0, settle=5.0,
+                                     reload_every=1000.0,
+                                     late=lambda p, when, gained: when)
+        cache.update(tuple(parts[:1]), 100.0)
+        real = self.db.partition_rows
+        reads: list[Any] = []
+
+        def blip_once(**kwargs: Any) -> list[db_api.SyncRow]:
+            reads.append(kwargs["partitions"])
+            if len(reads) == 1:
+                raise RuntimeError("blip")
+            return real(**kwargs)
+
+        self.useFixture(fixtures.MockPatchObject(
+            self.db, "partition_rows", side_effect=blip_once))
+        # The read of the partitions gained fails: read again, all of
+        # them, at the next update (not at the next full read, due at
+        # 1100).
+        self.assertRaises(RuntimeError, cache.update, tuple(parts), 101.0)
+        self.assertFalse(cache.loaded)
+        cache.update(tuple(parts), 102.0)
+        self.assertEqual(len(uuids), len(cache))
+        self.assertEqual(tuple(parts), tuple(reads[-1]))
 
     def count_statements(self) -> list[str]:
         """Statements sent from now on."""

@@ -606,6 +606,29 @@ class TestPowerSync(DbTestCase):
         self.assertEqual([], self.db.changed_sync_rows(
             partitions=every, since=now + datetime.timedelta(seconds=1))[0])
 
+    def test_partition_rows_are_every_row_with_its_state(self) -> None:
+        a = self.node("a")
+        b = self.node("b")
+        self.node("c")
+        self.db.update_node("a", {"maintenance": True})
+        self.db.reserve_node(b.uuid, "h:0")
+        self.db.request_power_state("c", states.POWER_ON)
+        every = list(range(models.PARTITIONS))
+        by_name = {row.name: row
+                   for row in self.db.partition_rows(partitions=every)}
+        self.assertEqual(
+            {"a": (True, False, False, a.created_at),
+             "b": (False, True, False, b.created_at),
+             "c": (False, False, True, self.db.get_node("c").created_at)},
+            {name: (row.maintenance, row.reserved, row.requested,
+                    row.created_at) for name, row in by_name.items()})
+        self.assertEqual(["a"], [row.name for row in self.db.partition_rows(
+            partitions=[a.partition]) if row.name == "a"])
+        self.assertEqual({a.partition}, {row.partition for row in
+                                         self.db.partition_rows(
+                                             partitions=[a.partition])})
+        self.assertEqual([], self.db.partition_rows(partitions=[]))
+
     def test_a_stamp_tells_which_nodes_are_gone(self) -> None:
         a = self.node("a")
         b = self.node("b")
