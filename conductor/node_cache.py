@@ -204,7 +204,7 @@ class NodeCache:
 
     def _reload(self, partitions: Sequence[int], full: bool = False
                 ) -> None:
-        """Read every qualifying row of ``partitions`` (all when full)."""
+        """Read every row of ``partitions`` (all of mine when full)."""
         fed_at = self._db.clock() if self._fed_at is None else None
         rows = self._db.partition_rows(partitions=partitions)
         wanted = frozenset(partitions)
