@@ -241,12 +241,10 @@ class NodeCache:
         elif row.maintenance or row.reserved or \
                 row.driver not in self._enabled:
             self._drop(row.uuid, keep_stamp=True)
-            checked = row.power_checked_at
-            polled = self._dropped.get(row.uuid)
-            if polled is not None and (checked is None or checked < polled):
-                checked = polled
-            self._held[row.uuid] = (row.partition, row.maintenance, checked,
-                                    row.created_at)
+            self._held[row.uuid] = (
+                row.partition, row.maintenance,
+                _later(row.power_checked_at, self._dropped.get(row.uuid)),
+                row.created_at)
         else:
             self._held.pop(row.uuid, None)
             self._store(row)
@@ -268,13 +266,9 @@ class NodeCache:
         known = self._rows.get(row.uuid)
         polled = known.power_checked_at if known is not None \
             else self._dropped.pop(row.uuid, None)
-        if polled is not None and (row.power_checked_at is None
-                                   or row.power_checked_at < polled):
-            # NOTE: this worker's latest stamps may still wait in memory
-            # (power sync writes them every few seconds), so a row read
-            # back may be older than its own poll: the poll it knows of
-            # counts, rather than polling the node once more.
-            row = dataclasses.replace(row, power_checked_at=polled)
+        checked = _later(row.power_checked_at, polled)
+        if checked != row.power_checked_at:
+            row = dataclasses.replace(row, power_checked_at=checked)
         self._rows[row.uuid] = row
         self._schedule(row)
 
@@ -384,6 +378,20 @@ class NodeCache:
             if checked is not None and (oldest is None or checked < oldest):
                 oldest = checked
         return owned, overdue, oldest, maintenance
+
+
+def _later(read: datetime.datetime | None,
+           polled: datetime.datetime | None) -> datetime.datetime | None:
+    """A node's last poll: its row's stamp, or a later poll known here.
+
+    This worker's latest stamps may still wait in memory (power sync
+    writes them every few seconds), so a row read back may be older than
+    its own poll: the poll it knows of counts, rather than polling the
+    node once more.
+    """
+    if polled is not None and (read is None or read < polled):
+        return polled
+    return read
 
 
 def epoch(when: datetime.datetime) -> float:

@@ -148,15 +148,15 @@ class SyncRow:
     power_checked_at: datetime.datetime | None = None
     #: In maintenance, and reserved: such a node is not polled. Set only
     #: by :meth:`Connection.changed_sync_rows` and
-    #: :meth:`Connection.partition_rows`; the other reads return only
-    #: nodes that qualify.
+    #: :meth:`Connection.partition_rows`; :meth:`Connection.sync_rows`
+    #: returns only nodes that qualify, without them.
     maintenance: bool = False
     reserved: bool = False
     #: A power action is requested (``target_power_state`` is set); set
     #: only by those two.
     requested: bool = False
-    #: When the node was enrolled; set only by those two (the node
-    #: gauges count a node never polled as overdue from it).
+    #: When the node was enrolled (the node gauges count a node never
+    #: polled as overdue from it); set only by those two.
     created_at: datetime.datetime | None = None
 
 
@@ -874,8 +874,7 @@ class Connection:
         Power sync's in-memory rows read these when a worker gains
         partitions, and every few intervals: the rows it polls, and the
         others (in maintenance, reserved, of a driver not enabled here),
-        which its gauges count; ``maintenance``, ``reserved`` and
-        ``requested`` are set as in :meth:`changed_sync_rows`.
+        which its gauges count.
         """
         where = self._in_partitions(partitions)
         if where is _NO_ROWS or where is None:
@@ -918,16 +917,8 @@ class Connection:
             return [], self.clock()
 
         def probe() -> Any:
-            since_param = sa.bindparam("since", type_=sa.DateTime)
-            changed = (sa.select(_nodes.c.id)
-                       .where(_nodes.c.changed_at >= since_param)
-                       .where(where))
-            for dialect in ("mysql", "mariadb"):
-                changed = changed.with_hint(
-                    _nodes, "FORCE INDEX (%s)" % CHANGED_INDEX, dialect)
-            gone = (sa.select(_deletions.c.id)
-                    .where(_deletions.c.deleted_at >= since_param)
-                    .where(where))
+            changed, gone = _changed_since(where, [_nodes.c.id],
+                                           [_deletions.c.id])
             return sa.select(models.utc_now().label("now"),
                              sa.or_(changed.exists(),
                                     gone.exists()).label("changed"))
@@ -939,22 +930,9 @@ class Connection:
             return [], found.now
 
         def build() -> sa.CompoundSelect:
-            c = _nodes.c
-            since_param = sa.bindparam("since", type_=sa.DateTime)
-            changed = (sa.select(*_sync_columns())
-                       .where(c.changed_at >= since_param)
-                       .where(where))
-            # NOTE: with more partitions than its index-dive limit (200 by
-            # default) MariaDB/MySQL estimates the (partition, ...) index
-            # from statistics, and may prefer it and read every row of the
-            # worker's partitions. This one reads only the rows changed.
-            for dialect in ("mysql", "mariadb"):
-                changed = changed.with_hint(
-                    _nodes, "FORCE INDEX (%s)" % CHANGED_INDEX, dialect)
             d = _deletions.c
-            gone = (sa.select(*_marker(d.uuid, d.partition))
-                    .where(d.deleted_at >= since_param)
-                    .where(where))
+            changed, gone = _changed_since(where, _sync_columns(),
+                                           _marker(d.uuid, d.partition))
             # NOTE: one more row, always: the server's clock at the read,
             # where the next read starts.
             clock = sa.select(*_marker(sa.literal(""), sa.literal(-1),
@@ -1307,6 +1285,29 @@ def _update_conductor(conn: sa.Connection, host: str, worker_id: int,
         .where(_conductors.c.host == host)
         .where(_conductors.c.worker_id == worker_id)
         .values(**values)).rowcount)
+
+
+def _changed_since(where: Any, node_columns: Sequence[Any],
+                   deleted_columns: Sequence[Any]
+                   ) -> tuple[sa.Select[Any], sa.Select[Any]]:
+    """The change feed's two reads over the partitions of ``where``.
+
+    Nodes written and nodes deleted at or after the ``since`` parameter,
+    each through its time index, with these columns.
+    """
+    since = sa.bindparam("since", type_=sa.DateTime)
+    changed = (sa.select(*node_columns)
+               .where(_nodes.c.changed_at >= since).where(where))
+    # NOTE: with more partitions than its index-dive limit (200 by
+    # default) MariaDB/MySQL estimates the (partition, ...) index from
+    # statistics, and may prefer it and read every row of the worker's
+    # partitions. This one reads only the rows changed.
+    for dialect in ("mysql", "mariadb"):
+        changed = changed.with_hint(
+            _nodes, "FORCE INDEX (%s)" % CHANGED_INDEX, dialect)
+    gone = (sa.select(*deleted_columns)
+            .where(_deletions.c.deleted_at >= since).where(where))
+    return changed, gone
 
 
 def _sync_columns() -> list[Any]:
