@@ -158,19 +158,24 @@ class SyncTestCase(base.TestCase):
     def get(self, name: str) -> db_api.NodeRecord:
         return self.db.get_node(name)
 
-    def count_node_updates(self) -> list[str]:
-        """UPDATE statements on ``nodes`` issued from now on."""
+    def statements(self, match: Callable[[str], bool] = lambda text: True
+                   ) -> list[str]:
+        """Statements issued from now on (those ``match`` keeps)."""
         statements: list[str] = []
 
         def listener(conn: Any, cursor: Any, statement: str, params: Any,
                      context: Any, executemany: bool) -> None:
-            if statement.lstrip().upper().startswith("UPDATE NODES"):
+            if match(statement.lstrip().upper()):
                 statements.append(statement)
 
         sa.event.listen(self.db.engine, "before_cursor_execute", listener)
         self.addCleanup(sa.event.remove, self.db.engine,
                         "before_cursor_execute", listener)
         return statements
+
+    def count_node_updates(self) -> list[str]:
+        """UPDATE statements on ``nodes`` issued from now on."""
+        return self.statements(lambda text: text.startswith("UPDATE NODES"))
 
 
 class TestSyncRecords(SyncTestCase):
@@ -935,18 +940,8 @@ class TestRowsInMemory(TestDueTime):
 
     def count_selects(self) -> list[str]:
         """SELECT statements on nodes issued from now on."""
-        statements: list[str] = []
-
-        def listener(conn: Any, cursor: Any, statement: str, params: Any,
-                     context: Any, executemany: bool) -> None:
-            text = statement.lstrip().upper()
-            if text.startswith("SELECT") and "FROM NODES" in text:
-                statements.append(statement)
-
-        sa.event.listen(self.db.engine, "before_cursor_execute", listener)
-        self.addCleanup(sa.event.remove, self.db.engine,
-                        "before_cursor_execute", listener)
-        return statements
+        return self.statements(lambda text: text.startswith("SELECT")
+                               and "FROM NODES" in text)
 
     def test_a_run_reads_only_the_rows_changed(self) -> None:
         # NOTE: the runs here come much faster than the feed's overlap;
@@ -1167,7 +1162,7 @@ class TestNodeCounts(SyncTestCase):
         second = datetime.timedelta(seconds=1)
         polled = max(created) + 30 * second
         cache.polled([dataclasses.replace(row, power_checked_at=polled)])
-        reads = self.count_statements()
+        reads = self.statements()
         # Overdue: not in maintenance, and polled (r and o never were:
         # enrolled) before the time given.
         self.assertEqual((4, 0, polled, 1), cache.counts(min(created)
@@ -1225,15 +1220,3 @@ class TestNodeCounts(SyncTestCase):
         cache.update(tuple(parts), 102.0)
         self.assertEqual(len(uuids), len(cache))
         self.assertEqual(tuple(parts), tuple(reads[-1]))
-
-    def count_statements(self) -> list[str]:
-        """Statements sent from now on."""
-        statements: list[str] = []
-
-        def listener(*args: Any) -> None:
-            statements.append(args[2])
-
-        sa.event.listen(self.db.engine, "before_cursor_execute", listener)
-        self.addCleanup(sa.event.remove, self.db.engine,
-                        "before_cursor_execute", listener)
-        return statements
