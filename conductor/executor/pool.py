@@ -59,7 +59,10 @@ _R = TypeVar("_R")
 #: Seconds a guarded call may run past its deadline before it is
 #: abandoned.
 GRACE = 1.0
-#: Seconds between the reaper's looks at the guarded calls.
+#: The least seconds between two of the reaper's looks at the guarded
+#: calls. It sleeps until the earliest watched call can be past its
+#: deadline and grace: a worker whose calls end in time wakes it about
+#: once per deadline, not every half second.
 REAP_INTERVAL = 0.5
 #: Nodes named in one abandonment WARNING (the rest are counted).
 _NAMED = 5
@@ -148,6 +151,11 @@ class _Runtime:
         self.reaper: threading.Thread | None = None
         #: Set when the pool shuts down: the reaper ends.
         self.reaper_stop = threading.Event()
+        #: Set to wake the reaper: a call with a shorter deadline than any
+        #: before began (its sleep was planned without it), or shutdown.
+        self.reaper_wake = threading.Event()
+        #: The shortest deadline (seconds) of the guarded calls so far.
+        self.shortest = float("inf")
 
 
 class WorkerPool:
@@ -169,7 +177,8 @@ class WorkerPool:
         (see the module documentation), at least 1; None: ``size``.
     :param grace: seconds past its deadline before a guarded call is
         abandoned.
-    :param reap_interval: seconds between looks for such calls.
+    :param reap_interval: the least seconds between two looks for such
+        calls (the reaper sleeps until the earliest could be one).
     :param clock: monotonic clock of the deadlines.
     :raises ValueError: when ``size`` or ``max_abandoned`` is not an
         integer >= 1.
@@ -465,6 +474,9 @@ class WorkerPool:
             call = GuardedCall(node, method, now, now + seconds, ident)
             rt.calls[ident] = call
             rt.on_node[node] = rt.on_node.get(node, 0) + 1
+            shorter = seconds < rt.shortest
+            if shorter:
+                rt.shortest = seconds
             reaper = None
             if rt.reaper is None and not rt.stopping:
                 # NOTE: made on the first guarded call, in the worker (a
@@ -474,6 +486,8 @@ class WorkerPool:
                     name="%s-reaper" % self.name, daemon=True)
         if reaper is not None:
             reaper.start()
+        elif shorter:
+            rt.reaper_wake.set()
         return call
 
     def _end_call(self, rt: _Runtime, call: GuardedCall) -> None:
@@ -506,7 +520,11 @@ class WorkerPool:
                       "cap": self.max_abandoned})
 
     def _reap_loop(self, rt: _Runtime) -> None:
-        while not rt.reaper_stop.wait(self._reap_interval):
+        while True:
+            rt.reaper_wake.wait(self._reap_wait(rt))
+            if rt.reaper_stop.is_set():
+                return
+            rt.reaper_wake.clear()
             try:
                 self.reap()
             except Exception:
@@ -514,11 +532,28 @@ class WorkerPool:
                               "past their deadline failed",
                               {"pool": self.name})
 
+    def _reap_wait(self, rt: _Runtime) -> float:
+        """Seconds the reaper sleeps before its next look.
+
+        Until the earliest watched call can be past its deadline and the
+        grace; a call that begins later has a later deadline unless it is
+        shorter than any before, which wakes the reaper (see
+        :meth:`_begin_call`). Never less than ``reap_interval``.
+        """
+        with rt.lock:
+            now = self._clock()
+            wait = rt.shortest
+            for call in rt.calls.values():
+                if not call.abandoned:
+                    wait = min(wait, call.expires - now)
+        return max(self._reap_interval, wait + self._grace)
+
     def reap(self) -> int:
         """Abandon the guarded calls past deadline + grace; how many.
 
-        The pool's own reaper thread calls it every ``reap_interval``
-        seconds; tests call it directly. Logs one WARNING per pass that
+        The pool's own reaper thread calls it when the earliest watched
+        call can be past its deadline (at most every ``reap_interval``
+        seconds); tests call it directly. Logs one WARNING per pass that
         abandoned calls, and one when the pool becomes degraded (the worker
         logs that at ERROR).
         """
@@ -632,6 +667,7 @@ class WorkerPool:
             first = not rt.stopping
             rt.stopping = True
             rt.reaper_stop.set()
+            rt.reaper_wake.set()
             count = rt.spawned
             threads = list(rt.threads)
             rt.cond.notify_all()

@@ -390,6 +390,52 @@ class TestAbandonedCalls(PoolTestCase):
         hung.result(base.WAIT)
         base.wait_until(lambda: not pool.degraded)
 
+    def test_reaper_sleeps_until_the_earliest_deadline(self) -> None:
+        clock = [100.0]
+        pool = pool_mod.WorkerPool(3, "sleepy", grace=2.0, reap_interval=0.5,
+                                   clock=lambda: clock[0])
+        pool.start()
+        self.addCleanup(pool.shutdown, wait=True, timeout=base.WAIT)
+        rt = pool._runtime()
+        pool.submit(self.hang, "n1", 30.0)
+        pool.submit(self.hang, "n2", 40.0)
+        self.wait_entered(2)
+        # The earliest call (deadline at 130) is past its grace at 132.
+        self.assertAlmostEqual(32.0, pool._reap_wait(rt))
+        clock[0] = 131.9
+        self.assertAlmostEqual(0.5, pool._reap_wait(rt))
+        self.release.set()
+        self.assertTrue(base.wait_until(lambda: not rt.calls))
+        # No call in flight: a new one has a deadline of at least 30 s.
+        self.assertAlmostEqual(32.0, pool._reap_wait(rt))
+
+    def test_a_shorter_deadline_wakes_the_reaper(self) -> None:
+        pool = pool_mod.WorkerPool(3, "woken", 1, grace=0.0,
+                                   reap_interval=0.01)
+        planned: list[float] = []
+        asleep = threading.Event()
+        reap_wait = pool._reap_wait
+
+        def recorded(rt: Any) -> float:
+            planned.append(reap_wait(rt))
+            asleep.set()
+            return planned[-1]
+
+        self.useFixture(fixtures.MockPatchObject(pool, "_reap_wait",
+                                                 recorded))
+        pool.start()
+        self.addCleanup(pool.shutdown, wait=True, timeout=base.WAIT)
+        pool.submit(self.hang, "long", 3600.0)
+        self.wait_entered(1)
+        self.assertTrue(asleep.wait(base.WAIT))
+        # NOTE: the reaper now sleeps for an hour; only the wake of the
+        # shorter call below lets it abandon that call in time.
+        self.assertGreater(planned[0], 3000)
+        pool.submit(self.hang, "short", 0.0)
+        self.assertTrue(base.wait_until(lambda: pool.call_blocked("short")))
+        self.assertFalse(pool.call_blocked("long"))
+        self.release.set()
+
     def test_invalid_cap(self) -> None:
         for cap in (0, -1, 1.5, True):
             self.assertRaises(ValueError, pool_mod.WorkerPool, 2, "x", cap)
