@@ -66,8 +66,10 @@ HEARTBEAT_LOG = logging.getLogger("conductor.heartbeat")
 #: Seconds a draining host works on past one sweep and one action scan of
 #: the others: time for their last sweep to reach its nodes.
 DRAIN_MARGIN = 2.0
-#: Seconds between a worker's checks for a drain request.
-DRAIN_POLL = 0.5
+#: Longest sleep of a worker's drain thread: its look at the drain state
+#: the rings' refreshes read from the database. A drain request (SIGUSR1)
+#: and a stop wake it at once, and worker 0 wakes when the handover ends.
+DRAIN_POLL = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,6 +307,8 @@ class ConductorService(service.ServiceBase):
         # NOTE: set by the SIGUSR1 handler (a flag only), acted upon by
         # the drain thread.
         self._drain_asked = False
+        #: Wakes the drain thread (a request or a stop); made in start().
+        self._drain_wake: threading.Event | None = None
         #: ``time.monotonic()`` when the node gauges are next counted.
         self._node_gauges_due = 0.0
 
@@ -329,6 +333,9 @@ class ConductorService(service.ServiceBase):
         the database, as ``conductor-manage drain HOST`` does.
         """
         self._drain_asked = True
+        wake = self._drain_wake
+        if wake is not None:
+            wake.set()
 
     @property
     def db(self) -> db_api.Connection | None:
@@ -391,6 +398,7 @@ class ConductorService(service.ServiceBase):
         started = time.monotonic()
         settings = WorkerSettings.from_conf(self._conf)
         stopped = self._stopped = threading.Event()
+        self._drain_wake = threading.Event()
         metrics.set_worker(self.worker_id,
                            self._conf.conductor.sync_power_state_interval)
         db = db_api.Connection.create(
@@ -520,6 +528,8 @@ class ConductorService(service.ServiceBase):
             return
         LOG.info("Worker %d of %s stopping", self.worker_id, self.host)
         self._stopped.set()
+        if self._drain_wake is not None:
+            self._drain_wake.set()
         rt = self._rt
         timeout = (rt.settings.graceful_shutdown_timeout if rt is not None
                    else WorkerSettings.from_conf(
@@ -738,7 +748,19 @@ class ConductorService(service.ServiceBase):
         """
         written = False
         announced = False
-        while not stopped.wait(DRAIN_POLL):
+        wake = self._drain_wake or threading.Event()
+        while True:
+            # NOTE: a sleep until something can change; a fixed short poll
+            # woke every worker twice a second for the rare drain.
+            wait = DRAIN_POLL
+            since = rt.rings.draining_since
+            if announced and since is not None and self.worker_id == 0:
+                wait = min(wait, max(0.0, since + rt.settings.drain_handover
+                                     - time.monotonic()))
+            wake.wait(wait)
+            wake.clear()
+            if stopped.is_set():
+                return
             if self._drain_asked and not written:
                 try:
                     rt.db.set_draining(self.host)

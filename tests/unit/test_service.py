@@ -535,11 +535,15 @@ class TestDrainLoop(ServiceTestCase):
                              ("other", 0)):
             self.db.register_conductor(host, worker, ["fake"])
 
-    def run_loop(self, worker_id: int, handover: float = 0.0
+    def run_loop(self, worker_id: int, handover: float = 0.0,
+                 wake: bool = False
                  ) -> tuple[service.ConductorService, threading.Event,
                             threading.Thread]:
         svc = service.ConductorService("test-host", worker_id, self.conf)
         svc._master_pid = os.getppid()
+        if wake:
+            # NOTE: as start() makes it.
+            svc._drain_wake = threading.Event()
         rings = self.rings = ownership.Rings(
             self.db, "test-host", worker_id, heartbeat_timeout=30,
             reset_interval=15)
@@ -566,6 +570,17 @@ class TestDrainLoop(ServiceTestCase):
                           "other:0": False},
                          {r.holder: r.draining
                           for r in self.db.list_conductors()})
+
+    def test_a_request_and_the_handover_end_wake_the_thread(self) -> None:
+        # NOTE: the thread would sleep an hour between looks: only the
+        # request's wake and the handover's end let it act in time.
+        self.useFixture(fixtures.MockPatchObject(service, "DRAIN_POLL",
+                                                 3600.0))
+        svc, stopped, thread = self.run_loop(0, handover=0.3, wake=True)
+        svc.request_drain()
+        thread.join(base.WAIT)
+        self.assertFalse(thread.is_alive())
+        self.kill.assert_called_once_with(os.getppid(), service.signal.SIGTERM)
 
     def test_other_workers_never_stop_the_master(self) -> None:
         self.announced_then_no_kill(worker_id=1, handover=0.0)
