@@ -46,6 +46,7 @@ _nodes = models.nodes
 _conductors = models.conductors
 _deletions = models.node_deletions
 _Query = TypeVar("_Query", bound=sa.Executable)
+_T = TypeVar("_T")
 
 #: How long the record of a deleted node is kept (see changed_sync_rows).
 DELETIONS_KEPT = datetime.timedelta(days=1)
@@ -202,8 +203,8 @@ class Connection:
         self._partition_filters: dict[tuple[int, ...], sa.TextClause] = {}
         #: Built statements of the per-second reads, by their shape.
         self._statements: dict[tuple[Any, ...], Any] = {}
-        #: The connection the frequent reads share (see _fetch), when it
-        #: was checked out, and who uses it.
+        #: The connection the frequent reads and small writes share (see
+        #: _on_kept), when it was checked out, and who uses it.
         self._reader: sa.Connection | None = None
         self._reader_since = 0.0
         self._reader_lock = threading.Lock()
@@ -234,42 +235,56 @@ class Connection:
 
     def _fetch(self, query: sa.Executable,
                params: Mapping[str, Any] | None = None) -> list[sa.Row[Any]]:
-        """Every row of one read-only statement.
+        """Every row of one read-only statement (see :meth:`_on_kept`)."""
+        return self._on_kept(lambda conn: list(conn.execute(query, params)))
+
+    def _on_kept(self, work: Callable[[sa.Connection], _T],
+                 write: bool = False) -> _T:
+        """``work(conn)`` on the kept connection, else on one of the pool.
 
         Workers send a few reads every second (the change feed, the
-        pending-action check) and the ``conductors`` rows every few
-        seconds. Through the pool each cost three round trips: the pool's
-        ping at checkout, the statement, and the rollback at checkin. On
-        a network database they share one kept connection in autocommit
-        mode instead: one round trip, and no transaction left open
-        between reads. It is checked out again after
-        :data:`READER_MAX_AGE` seconds, and at once after an error (a
-        lost connection is retried once on a fresh one, as the pool's
-        ping would have done). A read made while another thread holds it
-        goes through the pool.
+        pending-action check), the ``conductors`` rows and their
+        heartbeat every few seconds, and their polls' stamps. Through the
+        pool each cost three round trips or more: the pool's ping at
+        checkout, the statement (within BEGIN and COMMIT for a write),
+        and the rollback at checkin. On a network database they share
+        one kept connection in autocommit mode instead: one round trip a
+        statement, and no transaction left open between them. It is
+        checked out again after :data:`READER_MAX_AGE` seconds, and at
+        once after an error (a lost connection is tried again once on a
+        fresh one, as the pool's ping would have done). Work arriving
+        while another thread holds it goes through the pool (a write in
+        a transaction of its own).
+
+        ``work`` must be safe to run twice (a read, or a write whose
+        statements each set values that do not depend on what the row
+        held), and with ``write``, each of its statements must stand on
+        its own: in autocommit mode each is committed as it runs.
         """
         if not self._keeps_reader or \
                 not self._reader_lock.acquire(blocking=False):
+            if write:
+                with self.engine.begin() as conn:
+                    return work(conn)
             with self.engine.connect() as conn:
-                return list(conn.execute(query, params))
+                return work(conn)
         try:
             fresh = self._reader is None or \
                 time.monotonic() - self._reader_since >= READER_MAX_AGE
             try:
-                return self._read_kept(query, params, fresh)
+                return self._work_kept(work, fresh)
             except db_exc.DBConnectionError:
                 if fresh:
                     raise
-            LOG.debug("The kept reading connection was lost; reading again "
-                      "on a new one")
-            return self._read_kept(query, params, True)
+            LOG.debug("The kept database connection was lost; sending "
+                      "again on a new one")
+            return self._work_kept(work, True)
         finally:
             self._reader_lock.release()
 
-    def _read_kept(self, query: sa.Executable,
-                   params: Mapping[str, Any] | None,
-                   fresh: bool) -> list[sa.Row[Any]]:
-        """Read on the kept connection (a new one when ``fresh``)."""
+    def _work_kept(self, work: Callable[[sa.Connection], _T],
+                   fresh: bool) -> _T:
+        """Run ``work`` on the kept connection (a new one when ``fresh``)."""
         if fresh:
             self._drop_reader()
             conn = self.engine.connect()
@@ -281,9 +296,9 @@ class Connection:
             self._reader, self._reader_since = conn, time.monotonic()
         assert self._reader is not None
         try:
-            return list(self._reader.execute(query, params))
+            return work(self._reader)
         except BaseException:
-            # NOTE: whatever failed, the next read starts afresh.
+            # NOTE: whatever failed, the next use starts afresh.
             self._drop_reader()
             raise
 
@@ -969,9 +984,11 @@ class Connection:
         :param stamps: the polls to record, ``(checked_at, uuids)`` each
             (one run's, or several runs' written together): each node's
             ``power_checked_at`` becomes its time (the latest, should it
-            be in several), in the same transaction, whatever its version
-            or reservation (it records that the BMC was asked, not a
-            change of the node: ``changed_at`` is kept).
+            be in several), in the same transaction as the changes,
+            whatever its version or reservation (it records that the BMC
+            was asked, not a change of the node: ``changed_at`` is
+            kept). Stamps without changes need no transaction: they are
+            written on the connection the frequent reads keep.
         :param missing: when given, the uuids of ``stamps`` whose node no
             longer exists (deleted meanwhile) are added to it.
         """
@@ -1006,8 +1023,8 @@ class Connection:
                 params["_expected"] = change["expected_version"]
             params.update(values)
             by_shape.setdefault(shape, []).append(params)
-        total = 0
-        with self.engine.begin() as conn:
+
+        def stamp(conn: sa.Connection) -> None:
             for start in range(0, len(polls), size):
                 group = polls[start:start + size]
                 chunk = [uuid for uuid, _ in group]
@@ -1019,6 +1036,16 @@ class Connection:
                     missing.update(set(chunk) - set(conn.execute(
                         sa.select(_nodes.c.uuid)
                         .where(_nodes.c.uuid.in_(chunk))).scalars()))
+
+        if not by_shape:
+            # NOTE: stamps alone (a worker's write every few seconds): each
+            # statement stands on its own and sets fixed times, so they
+            # go on the kept connection, one round trip each.
+            self._on_kept(stamp, write=True)
+            return 0
+        total = 0
+        with self.engine.begin() as conn:
+            stamp(conn)
             for shape, batch in by_shape.items():
                 fields = [key for key in shape if key != "?expect"]
                 new_values: dict[str, Any] = {
@@ -1088,8 +1115,11 @@ class Connection:
                                   "online": online}
         if status is not None:
             values["status"] = dict(status)
-        with self.engine.begin() as conn:
-            count = _update_conductor(conn, host, worker_id, values)
+        # NOTE: one statement setting fixed values: safe to send again, in
+        # autocommit mode on the kept connection (see _on_kept).
+        count = self._on_kept(
+            lambda conn: _update_conductor(conn, host, worker_id, values),
+            write=True)
         if count != 1:
             LOG.warning("Conductor row of %(host)s worker %(worker)d was "
                         "missing; registering it again",

@@ -460,6 +460,74 @@ class TestFrequentReadsKeepOneConnection(base.FunctionalTestCase):
         self.assertEqual(2, self.checkouts)
 
 
+class TestSmallWritesOnTheKeptConnection(base.FunctionalTestCase):
+    """Heartbeats and stamps alone go on the kept connection, committed."""
+
+    scenarios = base.SERVER_BACKENDS
+    backend: str
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.dbf = self.useFixture(base.Database(self.backend))
+        self.db = self.dbf.connect()
+        self.addCleanup(self.db.dispose)
+        self.node = self.db.import_nodes([{"name": "n1", "driver": "fake",
+                                           "driver_info": {}}])[0]
+        self.db.register_conductor("h", 0, ["fake"])
+        self.other = self.dbf.connect(upgrade=False)
+        self.addCleanup(self.other.dispose)
+        self.checkouts = 0
+
+        def checkout(*args: Any) -> None:
+            self.checkouts += 1
+
+        sa.event.listen(self.db.engine.pool, "checkout", checkout)
+
+    def write(self, at: datetime.datetime) -> None:
+        self.db.heartbeat("h", 0, status={"at": at.isoformat()})
+        self.db.apply_sync_results([], stamps=[(at, [self.node.uuid])])
+
+    def seen(self) -> tuple[Any, Any]:
+        """The heartbeat's status and the stamp, read by another client."""
+        [worker] = self.other.list_conductors(with_status=True)
+        return worker.status, self.other.get_node("n1").power_checked_at
+
+    def test_one_checkout_and_each_write_is_committed(self) -> None:
+        for second in range(1, 4):
+            at = datetime.datetime(2026, 1, 1, 0, 0, second)
+            self.write(at)
+            # NOTE: another client sees each at once: nothing is left in
+            # an open transaction.
+            self.assertEqual(({"at": at.isoformat()}, at), self.seen())
+        self.db.clock()
+        self.assertEqual(1, self.checkouts)
+
+    def test_a_lost_connection_is_written_again_on_a_new_one(self) -> None:
+        self.write(datetime.datetime(2026, 1, 1))
+        lost = int(self.db._fetch(sa.text(
+            "SELECT CONNECTION_ID()" if self.backend == "mysql"
+            else "SELECT pg_backend_pid()"))[0][0])
+        with self.other.engine.begin() as conn:
+            conn.execute(sa.text("KILL %d" % lost if self.backend == "mysql"
+                                 else "SELECT pg_terminate_backend(%d)"
+                                 % lost))
+        at = datetime.datetime(2026, 1, 2)
+        self.write(at)
+        self.assertEqual(({"at": at.isoformat()}, at), self.seen())
+        self.assertEqual(2, self.checkouts)
+
+    def test_stamps_with_changes_keep_their_transaction(self) -> None:
+        self.write(datetime.datetime(2026, 1, 1))
+        at = datetime.datetime(2026, 1, 3)
+        self.db.apply_sync_results(
+            [{"uuid": self.node.uuid, "power_state": "power on"}],
+            stamps=[(at, [self.node.uuid])])
+        node = self.other.get_node("n1")
+        self.assertEqual(("power on", at),
+                         (node.power_state, node.power_checked_at))
+        self.assertEqual(2, self.checkouts)
+
+
 class TestNoKeptConnectionOnSqlite(base.FunctionalTestCase):
     """SQLite reads through the pool: no round trip to save."""
 
