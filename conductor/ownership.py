@@ -298,6 +298,9 @@ class Rings:
         #: ``monotonic`` time at which a refresh first found this host
         #: draining; None while it is not.
         self.draining_since: float | None = None
+        #: Called (with no argument, the lock not held) when a refresh
+        #: first finds this host draining: the worker's drain thread.
+        self.on_draining: Callable[[], None] | None = None
         #: Holders kept live by the last untrusted refresh (for logging).
         self._kept: list[str] = []
         #: Monotonic time of the last change of this worker's partitions.
@@ -321,6 +324,7 @@ class Rings:
         with self._lock:
             self._tickets += 1
             ticket = self._tickets
+        began_draining = False
         records = self._db.list_conductors()
         now = self._now()
         membership = live_membership(records, now, self._timeout,
@@ -340,10 +344,13 @@ class Rings:
                 self.draining_since = None
             elif self.draining_since is None:
                 self.draining_since = self._monotonic()
+                began_draining = True
             changed = membership != self.membership
             never_built = self._table is None
             if changed or never_built or force:
                 self._build(membership)
+        if began_draining and self.on_draining is not None:
+            self.on_draining()
         if trusted:
             # NOTE: a worker that cannot trust heartbeat ages marks no one
             # offline either.

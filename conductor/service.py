@@ -66,9 +66,9 @@ HEARTBEAT_LOG = logging.getLogger("conductor.heartbeat")
 #: Seconds a draining host works on past one sweep and one action scan of
 #: the others: time for their last sweep to reach its nodes.
 DRAIN_MARGIN = 2.0
-#: Longest sleep of a worker's drain thread: its look at the drain state
-#: the rings' refreshes read from the database. A drain request (SIGUSR1)
-#: and a stop wake it at once, and worker 0 wakes when the handover ends.
+#: Longest sleep of a worker's drain thread. A drain request (SIGUSR1), a
+#: ring refresh that finds the host draining and a stop wake it at once;
+#: worker 0 wakes when the handover ends.
 DRAIN_POLL = 5.0
 
 
@@ -398,7 +398,7 @@ class ConductorService(service.ServiceBase):
         started = time.monotonic()
         settings = WorkerSettings.from_conf(self._conf)
         stopped = self._stopped = threading.Event()
-        self._drain_wake = threading.Event()
+        drain_wake = self._drain_wake = threading.Event()
         metrics.set_worker(self.worker_id,
                            self._conf.conductor.sync_power_state_interval)
         db = db_api.Connection.create(
@@ -459,6 +459,7 @@ class ConductorService(service.ServiceBase):
         assert rings.liveness is not None
         rings.liveness.started()
         self._spawn("heartbeat", self._heartbeat_loop, rt, stopped)
+        rings.on_draining = drain_wake.set
         self._spawn("drain", self._drain_loop, rt, stopped)
         reports.add_state("pool", pool.stats)
         reports.add_state("ownership", lambda: {

@@ -228,6 +228,29 @@ class TestRingsDrain(RingsTestCase):
         b0.refresh()
         self.assertIsNone(b0.draining_since)
 
+    def test_the_first_refresh_that_finds_a_drain_says_so(self) -> None:
+        for host, worker in (("a", 0), ("b", 0)):
+            self.beat(host, worker)
+        a0, b0 = self.views(("a", 0), ("b", 0))
+        told = {"a:0": 0, "b:0": 0}
+        for view in (a0, b0):
+            view.on_draining = (
+                lambda holder=view.holder: told.__setitem__(
+                    holder, told[holder] + 1))
+        b0.refresh()
+        self.assertEqual({"a:0": 0, "b:0": 0}, told)
+        self.db.set_draining("b")
+        for _ in range(3):
+            a0.refresh()
+            b0.refresh()
+        # Once, to the draining host's worker only.
+        self.assertEqual({"a:0": 0, "b:0": 1}, told)
+        self.db.clear_draining("b")
+        b0.refresh()
+        self.db.set_draining("b")
+        b0.refresh()
+        self.assertEqual(2, told["b:0"])
+
     def test_others_keep_a_draining_workers_reservations(self) -> None:
         for host, worker in (("a", 0), ("b", 0)):
             self.beat(host, worker)
