@@ -34,10 +34,9 @@ share it.
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from conductor.common import deadline
 
@@ -110,11 +109,11 @@ class Gate:
         #: Callers waiting for an address right now.
         self._queued = 0
 
-    @contextlib.contextmanager
-    def turn(self, address: str | None, node: str = "?") -> Iterator[None]:
+    def turn(self, address: str | None, node: str = "?") -> "_Turn":
         """Wait for this call's turn, then hold it for the ``with`` block.
 
-        Call inside a :func:`deadline.scope`: the wait is bounded by it.
+        ``with gate.turn(address, node):``. Call inside a
+        :func:`deadline.scope`: the wait is bounded by it.
 
         :param address: the BMC address (None: the call is only counted
             against the rate cap).
@@ -122,6 +121,11 @@ class Gate:
         :raises BmcBusy: when the turn cannot come before the deadline
             (nothing was called then).
         """
+        return _Turn(self, address, node)
+
+    def _take_turn(self, address: str | None,
+                   node: str) -> _Address | None:
+        """Wait for the turn (see :meth:`turn`); the address's state."""
         started = time.monotonic()
         state = None
         try:
@@ -145,11 +149,7 @@ class Gate:
             if waited > 0.001:
                 self._waited += 1
                 self._wait_seconds += waited
-        try:
-            yield
-        finally:
-            if state is not None:
-                self._leave(state, called=True)
+        return state
 
     def stats(self) -> dict[str, Any]:
         """Counters since the gate was built (JSON-safe)."""
@@ -258,6 +258,29 @@ class Gate:
             self._sleep(pause)
 
 
+class _Turn:
+    """One call's turn at its BMC (see :meth:`Gate.turn`).
+
+    A class rather than a generator: every driver call enters one.
+    """
+
+    __slots__ = ("_gate", "_address", "_node", "_state")
+
+    def __init__(self, gate: Gate, address: str | None, node: str) -> None:
+        self._gate = gate
+        self._address = address
+        self._node = node
+        self._state: _Address | None = None
+
+    def __enter__(self) -> None:
+        self._state = self._gate._take_turn(self._address, self._node)
+
+    def __exit__(self, *exc_info: object) -> None:
+        state, self._state = self._state, None
+        if state is not None:
+            self._gate._leave(state, called=True)
+
+
 _GATE: Gate | None = None
 _GATE_LOCK = threading.Lock()
 
@@ -274,6 +297,10 @@ def configure(min_interval: float = 0.0,
 def current() -> Gate:
     """This process's gate (a default one, no spacing nor cap, if unset)."""
     global _GATE
+    gate = _GATE
+    if gate is not None:
+        # NOTE: every driver call asks; once set, no lock is needed.
+        return gate
     with _GATE_LOCK:
         if _GATE is None:
             _GATE = Gate()

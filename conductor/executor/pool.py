@@ -41,13 +41,12 @@ so the worker must say so and let its nodes go::
 from __future__ import annotations
 
 from concurrent import futures
-import contextlib
 import dataclasses
 import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 from conductor.common import exceptions
 from conductor.common import metrics
@@ -717,26 +716,39 @@ def detached() -> bool:
         return threading.get_ident() in rt.detached
 
 
-@contextlib.contextmanager
-def guard_call(node: str, method: str,
-               seconds: float) -> Iterator[GuardedCall | None]:
+class guard_call:
     """Watch a driver call on ``node`` expected to end within ``seconds``.
 
-    On a pool thread the pool abandons the call when it runs past
-    ``seconds`` plus the pool's grace (see the module documentation);
-    elsewhere this does nothing and yields None. Whatever the call
-    returns is returned to its caller even when it was abandoned.
+    ``with guard_call(node, method, seconds) as call:``. On a pool thread
+    the pool abandons the call when it runs past ``seconds`` plus the
+    pool's grace (see the module documentation); elsewhere this does
+    nothing and ``call`` is None. Whatever the call returns is returned
+    to its caller even when it was abandoned. A class rather than a
+    generator: every driver call enters one.
 
     :raises CallStillRunning: when an abandoned call on ``node`` has not
         returned yet (nothing is called then).
     """
-    pool = getattr(_local, "pool", None)
-    rt = getattr(_local, "rt", None)
-    if pool is None or rt is None:
-        yield None
-        return
-    call = pool._begin_call(rt, node, method, seconds)
-    try:
-        yield call
-    finally:
-        pool._end_call(rt, call)
+
+    __slots__ = ("_node", "_method", "_seconds", "_watched")
+
+    def __init__(self, node: str, method: str, seconds: float) -> None:
+        self._node = node
+        self._method = method
+        self._seconds = seconds
+        self._watched: tuple[WorkerPool, _Runtime, GuardedCall] | None = None
+
+    def __enter__(self) -> GuardedCall | None:
+        pool = getattr(_local, "pool", None)
+        rt = getattr(_local, "rt", None)
+        if pool is None or rt is None:
+            return None
+        call = pool._begin_call(rt, self._node, self._method, self._seconds)
+        self._watched = (pool, rt, call)
+        return call
+
+    def __exit__(self, *exc_info: object) -> None:
+        watched, self._watched = self._watched, None
+        if watched is not None:
+            pool, rt, call = watched
+            pool._end_call(rt, call)

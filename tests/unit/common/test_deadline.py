@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+import fixtures
+
 from conductor.common import deadline
 from tests import base
 
@@ -33,6 +35,27 @@ class TestDeadline(base.TestCase):
             self.assertGreaterEqual(expires, before + 100)
             deadline.check()
         self.assertIsNone(deadline.remaining())
+
+    def test_a_scope_starts_when_entered_and_restores_the_outer(
+            self) -> None:
+        clock = [1000.0]
+        self.useFixture(fixtures.MockPatch(
+            "conductor.common.deadline.time.monotonic",
+            side_effect=lambda: clock[0]))
+        outer, inner = deadline.scope(50), deadline.scope(10)
+        clock[0] = 1005.0
+        with outer as outer_expires:
+            self.assertEqual(1055.0, outer_expires)
+            clock[0] = 1050.0
+            # The inner scope is shorter than what is left of the outer.
+            with inner as inner_expires:
+                self.assertEqual(1055.0, inner_expires)
+                self.assertEqual(5.0, deadline.remaining())
+                self.assertEqual(50.0, deadline.length())
+            self.assertEqual(5.0, deadline.remaining())
+            self.assertEqual(50.0, deadline.length())
+        self.assertIsNone(deadline.remaining())
+        self.assertIsNone(deadline.length())
 
     def test_expired_scope(self) -> None:
         with deadline.scope(0):
