@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import threading
 import time
+from types import ModuleType
 from typing import Any, Callable
 
 import fixtures
@@ -23,6 +25,18 @@ from conductor import ownership
 #: Bound (seconds) on every wait for another thread or process: never
 #: reached by a passing test, it makes a failing one fail, not hang.
 WAIT = 10.0
+#: The repository's root (its tools/ are scripts, not a package).
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def load_tool(name: str) -> ModuleType:
+    """The script ``tools/<name>.py`` as a module, for its tests."""
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(ROOT, "tools", name + ".py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def wait_until(check: Callable[[], Any], timeout: float = WAIT) -> Any:

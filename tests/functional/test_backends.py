@@ -373,8 +373,8 @@ class TestStampsOfSeveralRuns(base.FunctionalTestCase):
         self.assertEqual({uuid["gone"]}, missing)
 
 
-class TestFrequentReadsKeepOneConnection(base.FunctionalTestCase):
-    """The per-second reads share one kept autocommit connection."""
+class KeptConnectionTestCase(base.FunctionalTestCase):
+    """One node on a server backend; counts the pool's checkouts."""
 
     scenarios = base.SERVER_BACKENDS
     backend: str
@@ -393,6 +393,25 @@ class TestFrequentReadsKeepOneConnection(base.FunctionalTestCase):
 
         sa.event.listen(self.db.engine.pool, "checkout", checkout)
 
+    def server_id(self) -> int:
+        """The server's id of the kept connection (one is checked out)."""
+        query = sa.text("SELECT CONNECTION_ID()" if self.backend == "mysql"
+                        else "SELECT pg_backend_pid()")
+        return int(self.db._fetch(query)[0][0])
+
+    def kill_kept_connection(self, admin: db_api.Connection) -> int:
+        """End the kept connection on the server side; its id."""
+        lost = self.server_id()
+        with admin.engine.begin() as conn:
+            conn.execute(sa.text("KILL %d" % lost if self.backend == "mysql"
+                                 else "SELECT pg_terminate_backend(%d)"
+                                 % lost))
+        return lost
+
+
+class TestFrequentReadsKeepOneConnection(KeptConnectionTestCase):
+    """The per-second reads share one kept autocommit connection."""
+
     def reads(self) -> list[Any]:
         """Five reads: clock, feed (probe and rows), workers, nodes."""
         since = self.db.clock() - datetime.timedelta(hours=1)
@@ -400,11 +419,6 @@ class TestFrequentReadsKeepOneConnection(base.FunctionalTestCase):
                                           since=since)[0],
                 self.db.list_conductors(),
                 self.db.node_uuids(partitions=[self.node.partition])]
-
-    def server_id(self) -> int:
-        query = sa.text("SELECT CONNECTION_ID()" if self.backend == "mysql"
-                        else "SELECT pg_backend_pid()")
-        return int(self.db._fetch(query)[0][0])
 
     def test_one_checkout_for_many_reads(self) -> None:
         for _ in range(5):
@@ -428,13 +442,9 @@ class TestFrequentReadsKeepOneConnection(base.FunctionalTestCase):
 
     def test_a_lost_connection_is_read_again_on_a_new_one(self) -> None:
         self.reads()
-        lost = self.server_id()
         admin = self.dbf.connect(upgrade=False)
         self.addCleanup(admin.dispose)
-        with admin.engine.begin() as conn:
-            conn.execute(sa.text("KILL %d" % lost if self.backend == "mysql"
-                                 else "SELECT pg_terminate_backend(%d)"
-                                 % lost))
+        lost = self.kill_kept_connection(admin)
         self.assertEqual([self.node.uuid], self.reads()[2])
         self.assertNotEqual(lost, self.server_id())
         self.assertEqual(2, self.checkouts)
@@ -460,28 +470,15 @@ class TestFrequentReadsKeepOneConnection(base.FunctionalTestCase):
         self.assertEqual(2, self.checkouts)
 
 
-class TestSmallWritesOnTheKeptConnection(base.FunctionalTestCase):
+class TestSmallWritesOnTheKeptConnection(KeptConnectionTestCase):
     """Heartbeats and stamps alone go on the kept connection, committed."""
-
-    scenarios = base.SERVER_BACKENDS
-    backend: str
 
     def setUp(self) -> None:
         super().setUp()
-        self.dbf = self.useFixture(base.Database(self.backend))
-        self.db = self.dbf.connect()
-        self.addCleanup(self.db.dispose)
-        self.node = self.db.import_nodes([{"name": "n1", "driver": "fake",
-                                           "driver_info": {}}])[0]
         self.db.register_conductor("h", 0, ["fake"])
+        self.checkouts = 0
         self.other = self.dbf.connect(upgrade=False)
         self.addCleanup(self.other.dispose)
-        self.checkouts = 0
-
-        def checkout(*args: Any) -> None:
-            self.checkouts += 1
-
-        sa.event.listen(self.db.engine.pool, "checkout", checkout)
 
     def write(self, at: datetime.datetime) -> None:
         self.db.heartbeat("h", 0, status={"at": at.isoformat()})
@@ -504,13 +501,7 @@ class TestSmallWritesOnTheKeptConnection(base.FunctionalTestCase):
 
     def test_a_lost_connection_is_written_again_on_a_new_one(self) -> None:
         self.write(datetime.datetime(2026, 1, 1))
-        lost = int(self.db._fetch(sa.text(
-            "SELECT CONNECTION_ID()" if self.backend == "mysql"
-            else "SELECT pg_backend_pid()"))[0][0])
-        with self.other.engine.begin() as conn:
-            conn.execute(sa.text("KILL %d" % lost if self.backend == "mysql"
-                                 else "SELECT pg_terminate_backend(%d)"
-                                 % lost))
+        self.kill_kept_connection(self.other)
         at = datetime.datetime(2026, 1, 2)
         self.write(at)
         self.assertEqual(({"at": at.isoformat()}, at), self.seen())

@@ -4,29 +4,15 @@
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import io
 import os
-from types import ModuleType
 from typing import Any
 
 import fixtures
 
 from tests import base
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "bench_faults", os.path.join(ROOT, "tools", "bench_faults.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = base.load_tool("bench_faults")
 T0 = datetime.datetime(2026, 1, 2, 3, 4, 5)
 
 

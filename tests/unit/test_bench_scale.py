@@ -4,30 +4,16 @@
 from __future__ import annotations
 
 import configparser
-import importlib.util
 import io
 import json
 import os
-from types import ModuleType
 from typing import Any
 
 import fixtures
 
 from tests import base
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "bench_scale", os.path.join(ROOT, "tools", "bench_scale.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = base.load_tool("bench_scale")
 
 
 def _poll(node: str, start: float, pid: int = 1) -> dict[str, Any]:
