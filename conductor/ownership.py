@@ -350,7 +350,11 @@ class Rings:
             if changed or never_built or force:
                 self._build(membership)
         if began_draining and self.on_draining is not None:
-            self.on_draining()
+            try:
+                self.on_draining()
+            except Exception:
+                LOG.exception("Telling %s that its host drains failed",
+                              self.holder)
         if trusted:
             # NOTE: a worker that cannot trust heartbeat ages marks no one
             # offline either.

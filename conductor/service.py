@@ -772,6 +772,7 @@ class ConductorService(service.ServiceBase):
                                   "%ss", self.host,
                                   rt.settings.heartbeat_interval)
                     stopped.wait(rt.settings.heartbeat_interval)
+                    wake.set()
                     continue
             since = rt.rings.draining_since
             if since is None:

@@ -261,8 +261,13 @@ class Connection:
         held), and with ``write``, each of its statements must stand on
         its own: in autocommit mode each is committed as it runs.
         """
-        if not self._keeps_reader or \
-                not self._reader_lock.acquire(blocking=False):
+        kept = self._keeps_reader and \
+            self._reader_lock.acquire(blocking=False)
+        if kept and not self._keeps_reader:
+            # NOTE: dispose() came first: keep no connection after it.
+            self._reader_lock.release()
+            kept = False
+        if not kept:
             if write:
                 with self.engine.begin() as conn:
                     return work(conn)
@@ -969,7 +974,7 @@ class Connection:
                            stamps: Sequence[tuple[datetime.datetime,
                                                   Sequence[str]]] = (),
                            missing: set[str] | None = None) -> int:
-        """Write per-node sync outcomes in one transaction.
+        """Write per-node sync outcomes (in one transaction with changes).
 
         Each mapping has ``uuid`` and the fields to set (``power_state``,
         ``power_sync_failures``, ``last_error``, ``maintenance``,

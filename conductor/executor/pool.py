@@ -63,6 +63,8 @@ GRACE = 1.0
 #: deadline and grace: a worker whose calls end in time wakes it about
 #: once per deadline, not every half second.
 REAP_INTERVAL = 0.5
+#: The most seconds the reaper sleeps (a deadline may be very long).
+REAP_MAX_WAIT = 60.0
 #: Nodes named in one abandonment WARNING (the rest are counted).
 _NAMED = 5
 
@@ -463,9 +465,10 @@ class WorkerPool:
 
     def _begin_call(self, rt: _Runtime, node: str, method: str,
                     seconds: float) -> GuardedCall:
-        now = self._clock()
         ident = threading.get_ident()
         with rt.lock:
+            # NOTE: read under the lock the reaper plans its sleep under.
+            now = self._clock()
             previous = rt.blocked.get(node)
             if previous is not None:
                 raise CallStillRunning(node=node, method=previous.method,
@@ -520,11 +523,13 @@ class WorkerPool:
 
     def _reap_loop(self, rt: _Runtime) -> None:
         while True:
-            rt.reaper_wake.wait(self._reap_wait(rt))
-            if rt.reaper_stop.is_set():
-                return
-            rt.reaper_wake.clear()
             try:
+                rt.reaper_wake.wait(self._reap_wait(rt))
+                # NOTE: cleared before the stop is looked at, so that a
+                # shutdown's wake is never lost.
+                rt.reaper_wake.clear()
+                if rt.reaper_stop.is_set():
+                    return
                 self.reap()
             except Exception:
                 LOG.exception("Worker pool %(pool)s: looking for calls "
@@ -537,7 +542,8 @@ class WorkerPool:
         Until the earliest watched call can be past its deadline and the
         grace; a call that begins later has a later deadline unless it is
         shorter than any before, which wakes the reaper (see
-        :meth:`_begin_call`). Never less than ``reap_interval``.
+        :meth:`_begin_call`). Never less than ``reap_interval``, nor more
+        than :data:`REAP_MAX_WAIT`.
         """
         with rt.lock:
             now = self._clock()
@@ -545,7 +551,8 @@ class WorkerPool:
             for call in rt.calls.values():
                 if not call.abandoned:
                     wait = min(wait, call.expires - now)
-        return max(self._reap_interval, wait + self._grace)
+        return min(REAP_MAX_WAIT,
+                   max(self._reap_interval, wait + self._grace))
 
     def reap(self) -> int:
         """Abandon the guarded calls past deadline + grace; how many.

@@ -507,6 +507,15 @@ class TestSmallWritesOnTheKeptConnection(KeptConnectionTestCase):
         self.assertEqual(({"at": at.isoformat()}, at), self.seen())
         self.assertEqual(2, self.checkouts)
 
+    def test_writes_beside_a_read_are_committed_through_the_pool(
+            self) -> None:
+        self.write(datetime.datetime(2026, 1, 1))
+        at = datetime.datetime(2026, 1, 4)
+        with self.db._reader_lock:      # another thread reads meanwhile
+            self.write(at)
+        self.assertEqual(({"at": at.isoformat()}, at), self.seen())
+        self.assertEqual(3, self.checkouts)
+
     def test_stamps_with_changes_keep_their_transaction(self) -> None:
         self.write(datetime.datetime(2026, 1, 1))
         at = datetime.datetime(2026, 1, 3)

@@ -408,6 +408,24 @@ class TestAbandonedCalls(PoolTestCase):
         self.assertTrue(base.wait_until(lambda: not rt.calls))
         # No call in flight: a new one has a deadline of at least 30 s.
         self.assertAlmostEqual(32.0, pool._reap_wait(rt))
+        # A deadline without end: the reaper still looks now and then.
+        rt.shortest = float("inf")
+        self.assertEqual(pool_mod.REAP_MAX_WAIT, pool._reap_wait(rt))
+
+    def test_shutdown_wakes_the_sleeping_reaper(self) -> None:
+        pool = pool_mod.WorkerPool(2, "stopped", grace=1.0,
+                                   reap_interval=0.01)
+        pool.start()
+        pool.submit(self.hang, "n1", 3600.0)
+        self.wait_entered(1)
+        rt = pool._runtime()
+        reaper = rt.reaper
+        assert reaper is not None
+        # NOTE: it sleeps REAP_MAX_WAIT now, far longer than base.WAIT.
+        self.release.set()
+        self.assertTrue(pool.shutdown(wait=True, timeout=base.WAIT))
+        reaper.join(base.WAIT)
+        self.assertFalse(reaper.is_alive())
 
     def test_a_shorter_deadline_wakes_the_reaper(self) -> None:
         pool = pool_mod.WorkerPool(3, "woken", 1, grace=0.0,
@@ -428,9 +446,11 @@ class TestAbandonedCalls(PoolTestCase):
         pool.submit(self.hang, "long", 3600.0)
         self.wait_entered(1)
         self.assertTrue(asleep.wait(base.WAIT))
-        # NOTE: the reaper now sleeps for an hour; only the wake of the
-        # shorter call below lets it abandon that call in time.
-        self.assertGreater(planned[0], 3000)
+        # NOTE: the reaper now sleeps its longest, far beyond base.WAIT;
+        # only the wake of the shorter call below lets it abandon that
+        # call in time.
+        self.assertEqual(pool_mod.REAP_MAX_WAIT, planned[0])
+        self.assertGreater(planned[0], 3 * base.WAIT)
         pool.submit(self.hang, "short", 0.0)
         self.assertTrue(base.wait_until(lambda: pool.call_blocked("short")))
         self.assertFalse(pool.call_blocked("long"))
