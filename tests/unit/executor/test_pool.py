@@ -307,7 +307,7 @@ class TestAbandonedCalls(PoolTestCase):
         self.release.set()
         # Whatever the abandoned call returns still reaches its caller.
         self.assertEqual("n1", hung.result(base.WAIT))
-        base.wait_until(lambda: pool.busy == 0)
+        self.assertTrue(base.wait_until(lambda: pool.busy == 0))
         stats = pool.stats()
         self.assertEqual((0, 1, 2), (stats["abandoned"],
                                      stats["abandoned_total"],
@@ -329,7 +329,7 @@ class TestAbandonedCalls(PoolTestCase):
                       "BMC was abandoned after 10.0 s", str(exc))
         self.release.set()
         self.assertEqual("n1", hung.result(base.WAIT))
-        base.wait_until(lambda: not pool.call_blocked("n1"))
+        self.assertTrue(base.wait_until(lambda: not pool.call_blocked("n1")))
         # Still suspect until one call on it returns in time.
         self.assertTrue(pool.suspect("n1"))
         self.assertEqual("n1", pool.submit(self.hang, "n1").result(
@@ -358,7 +358,7 @@ class TestAbandonedCalls(PoolTestCase):
         self.release.set()
         self.assertEqual(["n1", "n2"], [first.result(base.WAIT),
                                         second.result(base.WAIT)])
-        base.wait_until(lambda: not pool.degraded)
+        self.assertTrue(base.wait_until(lambda: not pool.degraded))
 
     def test_call_in_time_is_not_abandoned(self) -> None:
         pool = self.guarded_pool()
@@ -383,12 +383,12 @@ class TestAbandonedCalls(PoolTestCase):
         pool.start()
         self.addCleanup(pool.shutdown, wait=True, timeout=base.WAIT)
         hung = pool.submit(self.hang, "n1", 0.0)
-        base.wait_until(lambda: pool.call_blocked("n1"))
+        self.assertTrue(base.wait_until(lambda: pool.call_blocked("n1")))
         self.assertEqual(0, pool.busy)
         self.assertTrue(pool.degraded)
         self.release.set()
         hung.result(base.WAIT)
-        base.wait_until(lambda: not pool.degraded)
+        self.assertTrue(base.wait_until(lambda: not pool.degraded))
 
     def test_reaper_sleeps_until_the_earliest_deadline(self) -> None:
         clock = [100.0]
