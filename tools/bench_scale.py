@@ -69,7 +69,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -251,13 +250,6 @@ def takeover(entries: Sequence[Mapping[str, Any]], victim_pids: set[int],
         result["max_late_seconds"] = (round(max(0.0, max(late)), 1)
                                       if late else None)
     return result
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def ratio(value: float | None, reference: float | None) -> float | None:
@@ -541,7 +533,8 @@ class Bench:
 
     def hosts(self, rundir: str, count: int, first: int = 1) -> list[Host]:
         return [Host(rundir, "h%02d" % i, self.settings, self.url,
-                     metrics_port=free_port() if self.args.metrics else None)
+                     metrics_port=(services.free_port() if self.args.metrics
+                                   else None))
                 for i in range(first, first + count)]
 
     def start_hosts(self, hosts: list[Host], meter: CpuMeter) -> float:
