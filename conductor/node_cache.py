@@ -71,8 +71,9 @@ class NodeCache:
                  interval: float, settle: float, reload_every: float,
                  late: Callable[[int, float, float], float]) -> None:
         self._db = db
-        self._drivers = list(drivers)
-        self._enabled = frozenset(self._drivers)
+        #: The enabled drivers: a node of another driver is held, not
+        #: polled.
+        self._enabled = frozenset(drivers)
         self._due_fn = due
         self._interval = interval
         self._settle = settle
