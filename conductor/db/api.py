@@ -172,10 +172,10 @@ CHANGED_INDEX = "nodes_changed_idx"
 #: (see Connection._in_partitions and Connection._statement).
 CACHED_CLAUSES = 4096
 
-#: Seconds a Connection keeps its reading connection (see
-#: Connection._fetch) before it goes back to the pool and a fresh one is
+#: Seconds a Connection holds the connection it keeps (see
+#: Connection._on_kept) before it goes back to the pool and a fresh one is
 #: checked out (the pool's ping and recycling apply again).
-READER_MAX_AGE = 600.0
+KEPT_MAX_AGE = 600.0
 
 #: Connection._in_partitions' filter for no partition at all: no row can
 #: match, so no statement is sent.
@@ -205,13 +205,13 @@ class Connection:
         self._statements: dict[tuple[Any, ...], Any] = {}
         #: The connection the frequent reads and small writes share (see
         #: _on_kept), when it was checked out, and who uses it.
-        self._reader: sa.Connection | None = None
-        self._reader_since = 0.0
-        self._reader_lock = threading.Lock()
+        self._kept: sa.Connection | None = None
+        self._kept_since = 0.0
+        self._kept_lock = threading.Lock()
         #: SQLite is a file: nothing to save; and its pysqlite setup
         #: opens a transaction at every begin, which a kept connection
         #: would hold open.
-        self._keeps_reader = engine.dialect.name != "sqlite"
+        self._keeps_connection = engine.dialect.name != "sqlite"
 
     @classmethod
     def create(cls, url: str, **kwargs: Any) -> "Connection":
@@ -219,18 +219,18 @@ class Connection:
         return cls(db_engine.create_engine(url, **kwargs))
 
     def dispose(self) -> None:
-        # NOTE: a read stuck on a hung server must not hold the stop up;
-        # its connection goes with the process then. Reads made after
-        # this go through the pool.
-        self._keeps_reader = False
-        if self._reader_lock.acquire(timeout=1.0):
+        # NOTE: a statement stuck on a hung server must not hold the stop
+        # up; its connection goes with the process then. Reads and writes
+        # made after this go through the pool.
+        self._keeps_connection = False
+        if self._kept_lock.acquire(timeout=1.0):
             try:
-                self._drop_reader()
+                self._drop_kept()
             finally:
-                self._reader_lock.release()
+                self._kept_lock.release()
         else:
-            LOG.warning("A read on the kept database connection is still "
-                        "running; the connection is left to it")
+            LOG.warning("A statement on the kept database connection is "
+                        "still running; the connection is left to it")
         self.engine.dispose()
 
     def _fetch(self, query: sa.Executable,
@@ -250,7 +250,7 @@ class Connection:
         and the rollback at checkin. On a network database they share
         one kept connection in autocommit mode instead: one round trip a
         statement, and no transaction left open between them. It is
-        checked out again after :data:`READER_MAX_AGE` seconds, and at
+        checked out again after :data:`KEPT_MAX_AGE` seconds, and at
         once after an error (a lost connection is tried again once on a
         fresh one, as the pool's ping would have done). Work arriving
         while another thread holds it goes through the pool (a write in
@@ -261,21 +261,21 @@ class Connection:
         held), and with ``write``, each of its statements must stand on
         its own: in autocommit mode each is committed as it runs.
         """
-        kept = self._keeps_reader and \
-            self._reader_lock.acquire(blocking=False)
-        if kept and not self._keeps_reader:
+        held = self._keeps_connection and \
+            self._kept_lock.acquire(blocking=False)
+        if held and not self._keeps_connection:
             # NOTE: dispose() came first: keep no connection after it.
-            self._reader_lock.release()
-            kept = False
-        if not kept:
+            self._kept_lock.release()
+            held = False
+        if not held:
             if write:
                 with self.engine.begin() as conn:
                     return work(conn)
             with self.engine.connect() as conn:
                 return work(conn)
         try:
-            fresh = self._reader is None or \
-                time.monotonic() - self._reader_since >= READER_MAX_AGE
+            fresh = self._kept is None or \
+                time.monotonic() - self._kept_since >= KEPT_MAX_AGE
             try:
                 return self._work_kept(work, fresh)
             except db_exc.DBConnectionError:
@@ -285,37 +285,37 @@ class Connection:
                       "again on a new one")
             return self._work_kept(work, True)
         finally:
-            self._reader_lock.release()
+            self._kept_lock.release()
 
     def _work_kept(self, work: Callable[[sa.Connection], _T],
                    fresh: bool) -> _T:
         """Run ``work`` on the kept connection (a new one when ``fresh``)."""
         if fresh:
-            self._drop_reader()
+            self._drop_kept()
             conn = self.engine.connect()
             try:
                 conn.execution_options(isolation_level="AUTOCOMMIT")
             except BaseException:
                 conn.close()
                 raise
-            self._reader, self._reader_since = conn, time.monotonic()
-        assert self._reader is not None
+            self._kept, self._kept_since = conn, time.monotonic()
+        assert self._kept is not None
         try:
-            return work(self._reader)
+            return work(self._kept)
         except BaseException:
             # NOTE: whatever failed, the next use starts afresh.
-            self._drop_reader()
+            self._drop_kept()
             raise
 
-    def _drop_reader(self) -> None:
-        conn, self._reader = self._reader, None
+    def _drop_kept(self) -> None:
+        conn, self._kept = self._kept, None
         if conn is not None:
             try:
                 conn.close()
             except Exception:
                 # NOTE: a broken connection is invalidated by the pool;
                 # nothing more to do with it.
-                LOG.debug("Closing the kept reading connection failed",
+                LOG.debug("Closing the kept database connection failed",
                           exc_info=True)
 
     def _in_partitions(self, partitions: Iterable[int] | None

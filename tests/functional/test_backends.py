@@ -451,21 +451,21 @@ class TestFrequentReadsKeepOneConnection(KeptConnectionTestCase):
 
     def test_checked_out_again_after_its_age(self) -> None:
         self.useFixture(fixtures.MonkeyPatch(
-            "conductor.db.api.READER_MAX_AGE", 0.0))
+            "conductor.db.api.KEPT_MAX_AGE", 0.0))
         self.reads()
         self.assertEqual(5, self.checkouts)
 
     def test_reads_after_dispose_go_through_the_pool(self) -> None:
         self.reads()
         self.db.dispose()
-        self.assertIsNone(self.db._reader)
+        self.assertIsNone(self.db._kept)
         self.reads()
-        self.assertIsNone(self.db._reader)
+        self.assertIsNone(self.db._kept)
         self.assertEqual(6, self.checkouts)
 
     def test_a_read_beside_another_goes_through_the_pool(self) -> None:
         self.reads()
-        with self.db._reader_lock:
+        with self.db._kept_lock:
             self.assertEqual([self.node.uuid], self.db.node_uuids())
         self.assertEqual(2, self.checkouts)
 
@@ -511,7 +511,7 @@ class TestSmallWritesOnTheKeptConnection(KeptConnectionTestCase):
             self) -> None:
         self.write(datetime.datetime(2026, 1, 1))
         at = datetime.datetime(2026, 1, 4)
-        with self.db._reader_lock:      # another thread reads meanwhile
+        with self.db._kept_lock:      # another thread reads meanwhile
             self.write(at)
         self.assertEqual(({"at": at.isoformat()}, at), self.seen())
         self.assertEqual(3, self.checkouts)
@@ -536,4 +536,4 @@ class TestNoKeptConnectionOnSqlite(base.FunctionalTestCase):
         self.addCleanup(db.dispose)
         db.list_conductors()
         db.clock()
-        self.assertIsNone(db._reader)
+        self.assertIsNone(db._kept)
