@@ -307,8 +307,10 @@ class ConductorService(service.ServiceBase):
         # NOTE: set by the SIGUSR1 handler (a flag only), acted upon by
         # the drain thread.
         self._drain_asked = False
-        #: Wakes the drain thread (a request or a stop); made in start().
-        self._drain_wake: threading.Event | None = None
+        #: Wakes the drain thread: a request, a ring refresh that finds
+        #: the host draining, a stop. Not pickled (see __getstate__):
+        #: made again with the service.
+        self._drain_wake = threading.Event()
         #: ``time.monotonic()`` when the node gauges are next counted.
         self._node_gauges_due = 0.0
 
@@ -333,9 +335,7 @@ class ConductorService(service.ServiceBase):
         the database, as ``conductor-manage drain HOST`` does.
         """
         self._drain_asked = True
-        wake = self._drain_wake
-        if wake is not None:
-            wake.set()
+        self._drain_wake.set()
 
     @property
     def db(self) -> db_api.Connection | None:
@@ -398,7 +398,6 @@ class ConductorService(service.ServiceBase):
         started = time.monotonic()
         settings = WorkerSettings.from_conf(self._conf)
         stopped = self._stopped = threading.Event()
-        drain_wake = self._drain_wake = threading.Event()
         metrics.set_worker(self.worker_id,
                            self._conf.conductor.sync_power_state_interval)
         db = db_api.Connection.create(
@@ -459,7 +458,7 @@ class ConductorService(service.ServiceBase):
         assert rings.liveness is not None
         rings.liveness.started()
         self._spawn("heartbeat", self._heartbeat_loop, rt, stopped)
-        rings.on_draining = drain_wake.set
+        rings.on_draining = self._drain_wake.set
         self._spawn("drain", self._drain_loop, rt, stopped)
         reports.add_state("pool", pool.stats)
         reports.add_state("ownership", lambda: {
@@ -529,8 +528,7 @@ class ConductorService(service.ServiceBase):
             return
         LOG.info("Worker %d of %s stopping", self.worker_id, self.host)
         self._stopped.set()
-        if self._drain_wake is not None:
-            self._drain_wake.set()
+        self._drain_wake.set()
         rt = self._rt
         timeout = (rt.settings.graceful_shutdown_timeout if rt is not None
                    else WorkerSettings.from_conf(
@@ -749,7 +747,7 @@ class ConductorService(service.ServiceBase):
         """
         written = False
         announced = False
-        wake = self._drain_wake or threading.Event()
+        wake = self._drain_wake
         while True:
             # NOTE: a sleep until something can change; a fixed short poll
             # woke every worker twice a second for the rare drain.

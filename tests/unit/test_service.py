@@ -535,15 +535,11 @@ class TestDrainLoop(ServiceTestCase):
                              ("other", 0)):
             self.db.register_conductor(host, worker, ["fake"])
 
-    def run_loop(self, worker_id: int, handover: float = 0.0,
-                 wake: bool = False
+    def run_loop(self, worker_id: int, handover: float = 0.0
                  ) -> tuple[service.ConductorService, threading.Event,
                             threading.Thread]:
         svc = service.ConductorService("test-host", worker_id, self.conf)
         svc._master_pid = os.getppid()
-        if wake:
-            # NOTE: as start() makes it.
-            svc._drain_wake = threading.Event()
         rings = self.rings = ownership.Rings(
             self.db, "test-host", worker_id, heartbeat_timeout=30,
             reset_interval=15)
@@ -576,7 +572,7 @@ class TestDrainLoop(ServiceTestCase):
         # request's wake and the handover's end let it act in time.
         self.useFixture(fixtures.MockPatchObject(service, "DRAIN_POLL",
                                                  3600.0))
-        svc, stopped, thread = self.run_loop(0, handover=0.3, wake=True)
+        svc, stopped, thread = self.run_loop(0, handover=0.3)
         svc.request_drain()
         thread.join(base.WAIT)
         self.assertFalse(thread.is_alive())
