@@ -181,9 +181,16 @@ def due_at(row: db_api.SyncRow, interval: float, cap: float,
     wait = backoff(interval, row.power_sync_failures, cap)
     start = checked + wait - tolerance(interval)
     slot = phase + math.ceil((start - phase) / interval) * interval
-    # NOTE: a node polled off its phase (taken over late) is polled again
-    # within 1.5 waits, and back on its phase within two polls.
-    return min(slot, checked + wait + interval / 2.0)
+    latest = checked + wait + interval / 2.0
+    # NOTE: a millisecond of slack: stamps are stored to the microsecond.
+    if slot <= latest + 0.001:
+        return slot
+    # NOTE: a node polled off its phase (taken over late, polled at once
+    # with many others) whose next slot is more than 1.5 waits away is
+    # polled half an interval before it: from there its next slot is
+    # within reach, and it is back on its phase. Not at ``latest``: the
+    # nodes polled together would all come due again together.
+    return slot - interval / 2.0
 
 
 @dataclasses.dataclass

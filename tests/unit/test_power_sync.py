@@ -853,6 +853,42 @@ class TestDueTime(SyncTestCase):
         self.assertEqual(1.0, power_sync.tolerance(1))
         self.assertEqual(1.0, power_sync.tolerance(2))
 
+    def test_nodes_polled_together_off_phase_return_spread(self) -> None:
+        # 512 nodes polled at once at t=0 (taken over late, say), their
+        # phases all over the interval: none is due again before 45 s
+        # (interval - tolerance) nor after 90 s (1.5 intervals), and
+        # those whose next slot is past 90 s are spread over that span
+        # rather than all due at 90 s.
+        interval, cap = 60.0, 300.0
+        checked = datetime.datetime(1970, 1, 1)
+        rows = [db_api.SyncRow("u%d" % p, None, "fake", {}, None, 0, 1, p,
+                               checked)
+                for p in range(0, db_models.PARTITIONS, 2)]
+        due = [power_sync.due_at(row, interval, cap, 0.0) for row in rows]
+        self.assertGreaterEqual(min(due), 45.0)
+        self.assertLessEqual(max(due), 90.0)
+        # (Twice the mean at most: from 60 to 75 s, the nodes whose
+        # phase is in the first 15 s and those sent back half an
+        # interval before their slot; not a quarter of them at 90 s.)
+        per_second = collections.Counter(int(d) for d in due)
+        self.assertLessEqual(max(per_second.values()),
+                             2.5 * len(rows) / interval)
+        # Back on their phase at the poll after, each gap within the
+        # span.
+        for row in rows:
+            times = []
+            for _ in range(2):
+                when = power_sync.due_at(row, interval, cap, 0.0)
+                times.append(when)
+                row = dataclasses.replace(
+                    row, power_checked_at=checked
+                    + datetime.timedelta(seconds=when))
+            gaps = [b - a for a, b in zip([0.0] + times, times)]
+            self.assertTrue(all(45.0 <= g <= 90.0 for g in gaps), gaps)
+            off = (times[-1] - power_sync.phase_of(row.partition,
+                                                   interval)) % interval
+            self.assertLess(min(off, interval - off), 1e-6, times)
+
     def test_an_interval_of_one_tick_polls_every_node_every_run(
             self) -> None:
         self.INTERVAL = 1.0
