@@ -41,6 +41,12 @@ polled by the others) and ``kill`` (SIGKILL to another host's master and
 workers; ``takeover_seconds`` until its nodes are polled again, next to
 ``heartbeat_timeout``).
 
+``--rounds R`` measures the host counts R times in turn (the order
+reversed every other round) and takes the CPU ratio within each round;
+``cpu_ratio`` is then their median, ``cpu_ratio_per_round`` and
+``cpu_ms_per_node_poll_by_hosts`` the spread. This machine's figures
+move by about a fifth between runs of the same code.
+
 ``--metrics`` has every host serve ``[metrics]``, so that its workers
 count their node gauges (their cost shows in the same figures).
 
@@ -69,6 +75,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -622,9 +629,11 @@ class Bench:
         log("phase %s: %s" % (name, result["polls_per_node"]))
         return result
 
-    def run_hosts(self, count: int, scenarios: Sequence[str]
-                  ) -> dict[str, Any]:
-        rundir = os.path.join(self.workdir, "hosts-%d" % count)
+    def run_hosts(self, count: int, scenarios: Sequence[str],
+                  round_number: int = 1) -> dict[str, Any]:
+        rundir = os.path.join(self.workdir, "hosts-%d" % count
+                              + ("" if round_number == 1
+                                 else "-round-%d" % round_number))
         os.makedirs(rundir)
         self.enrol(rundir, self.args.nodes)
         hosts = self.hosts(rundir, count)
@@ -765,13 +774,19 @@ def _rss_mb(meter: CpuMeter) -> list[float]:
 
 
 def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Ratios between host counts (the smallest is the reference)."""
+    """Ratios between host counts (the smallest is the reference).
+
+    With several rounds (``--rounds``: each run has its ``round``), the
+    CPU ratio is taken within each round, and ``cpu_ratio`` is their
+    median: this machine moves by a fifth between runs of the same code,
+    so that a ratio of two runs far apart in time says little.
+    """
     measured = [r for r in runs if r.get("cpu_ms_per_node_poll")]
     if not measured:
         return {}
     small = min(measured, key=lambda r: r["hosts"])
     large = max(measured, key=lambda r: r["hosts"])
-    return {
+    summary = {
         "cpu_ratio": ratio(large["cpu_ms_per_node_poll"],
                            small["cpu_ms_per_node_poll"]),
         "cpu_ratio_hosts": [large["hosts"], small["hosts"]],
@@ -780,6 +795,35 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "max_peak_to_mean": max(r["peak_to_mean"] or 0 for r in measured),
         "max_cpu_ms_per_node_poll": max(r["cpu_ms_per_node_poll"]
                                         for r in measured)}
+    rounds = sorted({r["round"] for r in measured if "round" in r})
+    if len(rounds) > 1:
+        per_round: list[float] = []
+        for number in rounds:
+            mine = [r for r in measured if r.get("round") == number]
+            low = [r for r in mine if r["hosts"] == small["hosts"]]
+            high = [r for r in mine if r["hosts"] == large["hosts"]]
+            value = ratio(high[0]["cpu_ms_per_node_poll"],
+                          low[0]["cpu_ms_per_node_poll"]) \
+                if low and high else None
+            if value is not None:
+                per_round.append(value)
+        summary["cpu_ratio_per_round"] = per_round
+        if per_round:
+            summary["cpu_ratio"] = statistics.median(per_round)
+        summary["cpu_ms_per_node_poll_by_hosts"] = {
+            str(hosts): [r["cpu_ms_per_node_poll"] for r in measured
+                         if r["hosts"] == hosts]
+            for hosts in sorted({r["hosts"] for r in measured})}
+    return summary
+
+
+def round_orders(counts: Sequence[int], rounds: int) -> list[list[int]]:
+    """The host counts of each round: as given, then reversed, in turn.
+
+    A slow drift of the machine then weighs on every count alike.
+    """
+    return [list(counts) if number % 2 == 0 else list(reversed(counts))
+            for number in range(rounds)]
 
 
 # -- command line ------------------------------------------------------------
@@ -812,6 +856,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="sync_power_state_interval (seconds)")
     parser.add_argument("--intervals", type=int, default=2,
                         help="intervals measured per host count")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure the host counts this many times, "
+                             "in turn, the order reversed every other "
+                             "round; the CPU ratio is the median of the "
+                             "rounds' (scenarios run in the first round)")
     parser.add_argument("--latency-ms", type=int, default=50)
     parser.add_argument("--sync-workers", type=int, default=32,
                         help="sync_power_state_workers")
@@ -856,7 +905,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         _bad("the sighup, join, sigterm and kill scenarios need a host "
              "count >= 3 in --hosts (or --scenarios start or none)")
     args.scenario_list = names
-    for key in ("nodes", "workers", "interval", "intervals", "sync_workers",
+    for key in ("nodes", "workers", "interval", "intervals", "rounds",
+                "sync_workers",
                 "pool_size", "heartbeat_interval", "heartbeat_timeout"):
         if getattr(args, key) < 1:
             _bad("--%s must be >= 1" % key.replace("_", "-"))
@@ -879,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "settings": dict(bench.settings, nodes=args.nodes,
                          hosts=args.host_counts, latency_ms=args.latency_ms,
-                         intervals=args.intervals,
+                         intervals=args.intervals, rounds=args.rounds,
                          scenarios=args.scenario_list,
                          metrics=args.metrics,
                          database="given server" if args.database_url
@@ -893,11 +943,17 @@ def main(argv: list[str] | None = None) -> int:
     with bench_faults._stop_on_signals():
         try:
             bench.start_services()
-            for count in args.host_counts:
-                scenarios = args.scenario_list if count == largest else []
-                if count == largest:
-                    largest = -1        # scenarios once, if listed twice
-                report["runs"].append(bench.run_hosts(count, scenarios))
+            for number, counts in enumerate(
+                    round_orders(args.host_counts, args.rounds), 1):
+                for count in counts:
+                    scenarios = args.scenario_list if count == largest \
+                        else []
+                    if count == largest:
+                        largest = -1    # scenarios once: first round
+                    run = bench.run_hosts(count, scenarios, number)
+                    if args.rounds > 1:
+                        run["round"] = number
+                    report["runs"].append(run)
             report["summary"] = summarise(report["runs"])
             if args.single_host_nodes:
                 report["single_host"] = bench.run_single(

@@ -165,6 +165,27 @@ class TestSummary(base.TestCase):
                           "max_cpu_ms_per_node_poll": 0.8},
                          bench.summarise(runs))
 
+    def test_rounds_take_the_median_of_their_own_ratios(self) -> None:
+        def run(hosts: int, cpu: float, number: int) -> dict[str, Any]:
+            return {"hosts": hosts, "cpu_ms_per_node_poll": cpu,
+                    "rows_read_ratio": 1.0, "peak_to_mean": 1.5,
+                    "round": number}
+
+        # The machine slowed down between rounds: each round's ratio is
+        # of its own runs, not of the first 1-host and the last 10-host.
+        runs = [run(1, 0.1, 1), run(10, 0.2, 1), run(10, 0.5, 2),
+                run(1, 0.2, 2), run(1, 0.1, 3), run(10, 0.3, 3)]
+        summary = bench.summarise(runs)
+        self.assertEqual([2.0, 2.5, 3.0], summary["cpu_ratio_per_round"])
+        self.assertEqual(2.5, summary["cpu_ratio"])
+        self.assertEqual({"1": [0.1, 0.2, 0.1], "10": [0.2, 0.5, 0.3]},
+                         summary["cpu_ms_per_node_poll_by_hosts"])
+
+    def test_round_orders_alternate(self) -> None:
+        self.assertEqual([[1, 5, 10], [10, 5, 1], [1, 5, 10]],
+                         bench.round_orders([1, 5, 10], 3))
+        self.assertEqual([[1, 10]], bench.round_orders([1, 10], 1))
+
     def test_nothing_measured(self) -> None:
         self.assertEqual({}, bench.summarise([{"hosts": 1}]))
 
@@ -192,6 +213,7 @@ class TestOptions(base.TestCase):
         self.assertEqual(2, args.workers)
         self.assertEqual(50, args.latency_ms)
         self.assertEqual(list(bench.SCENARIOS), args.scenario_list)
+        self.assertEqual(1, args.rounds)
 
     def test_metrics_port_per_host(self) -> None:
         self.assertFalse(bench.parse_args([]).metrics)
@@ -247,5 +269,6 @@ class TestOptions(base.TestCase):
         self.assertIn("--nodes must be >= 1", self.bad("--nodes", "0"))
         self.assertIn("--sync-workers must be >= 1",
                       self.bad("--sync-workers", "0"))
+        self.assertIn("--rounds must be >= 1", self.bad("--rounds", "0"))
         self.assertIn("--database-name must be letters",
                       self.bad("--database-name", "x;drop"))
