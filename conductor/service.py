@@ -311,6 +311,10 @@ class ConductorService(service.ServiceBase):
         #: the host draining, a stop. Not pickled (see __getstate__):
         #: made again with the service.
         self._drain_wake = threading.Event()
+        #: Held while a heartbeat is written, and by :meth:`stop` while it
+        #: marks the worker offline: a beat under way when the stop began
+        #: cannot land after it and show the worker online again.
+        self._beat_lock = threading.Lock()
         #: ``time.monotonic()`` when the node gauges are next counted.
         self._node_gauges_due = 0.0
 
@@ -552,11 +556,7 @@ class ConductorService(service.ServiceBase):
                 LOG.warning("Could not write the last polls' times of %s; "
                             "their next owner polls those nodes again",
                             self.holder, exc_info=True)
-            try:
-                rt.db.set_offline(self.host, self.worker_id)
-            except Exception:
-                LOG.exception("Could not mark worker %s offline",
-                              self.holder)
+            self._go_offline(rt, deadline)
             # 2. Drain the pool (power actions in flight) within the bound.
             rt.pool.wake_waiters()
             if not rt.pool.shutdown(wait=True,
@@ -596,6 +596,28 @@ class ConductorService(service.ServiceBase):
             rt.db.dispose()
         metrics.flush()
         LOG.info("Worker %d of %s stopped", self.worker_id, self.host)
+
+    def _go_offline(self, rt: _Runtime, deadline: float) -> None:
+        """Mark this worker offline once no heartbeat is being written.
+
+        A beat that began before the stop would otherwise land after this
+        write and show the worker online until ``heartbeat_timeout``, and
+        its partitions would wait that long for their next owners. A beat
+        still not written at the stop's deadline (a database that hangs)
+        is not waited for: the write below is made anyway, and made again
+        at the end of the stop.
+        """
+        waited = self._beat_lock.acquire(timeout=self._left(deadline))
+        if not waited:
+            LOG.warning("A heartbeat of %s is still being written; marking "
+                        "it offline without waiting for it", self.holder)
+        try:
+            rt.db.set_offline(self.host, self.worker_id)
+        except Exception:
+            LOG.exception("Could not mark worker %s offline", self.holder)
+        finally:
+            if waited:
+                self._beat_lock.release()
 
     def _start_notifications(self, rt: _Runtime) -> None:
         sender = notifications.Sender.from_conf(self._conf, self.host)
@@ -704,10 +726,15 @@ class ConductorService(service.ServiceBase):
                 degraded = not degraded
                 self._health_changed(rt, degraded)
             try:
-                rt.db.heartbeat(self.host, self.worker_id,
-                                drivers=list(rt.drivers),
-                                pid=os.getpid(), status=self.status(),
-                                online=not degraded)
+                with self._beat_lock:
+                    if stopped.is_set():
+                        # NOTE: the stop marks the worker offline; a beat
+                        # written now would show it online again.
+                        break
+                    rt.db.heartbeat(self.host, self.worker_id,
+                                    drivers=list(rt.drivers),
+                                    pid=os.getpid(), status=self.status(),
+                                    online=not degraded)
                 beat = True
                 health.beat(self.worker_id)
                 if rt.rings.liveness is not None:

@@ -403,6 +403,70 @@ class TestStartStop(ServiceTestCase):
         self.assertEqual([], [n.uuid for n in self.db.list_nodes()
                               if n.reservation is not None])
 
+    def slow_beat(self, seconds: float) -> tuple[threading.Event, list[str]]:
+        """The worker's first heartbeat takes ``seconds`` to write.
+
+        Unless the worker is marked offline meanwhile, which ends it at
+        once. Returns the Event set when that beat starts, and the writes
+        in order ("beat written", "offline").
+        """
+        events: list[str] = []
+        in_beat = threading.Event()
+        offline = threading.Event()
+        real_beat = db_api.Connection.heartbeat
+        real_offline = db_api.Connection.set_offline
+
+        def heartbeat(conn: db_api.Connection, *args: Any,
+                      **kwargs: Any) -> None:
+            if not in_beat.is_set():
+                in_beat.set()
+                offline.wait(seconds)
+            real_beat(conn, *args, **kwargs)
+            events.append("beat written")
+
+        def set_offline(conn: db_api.Connection, *args: Any) -> None:
+            real_offline(conn, *args)
+            events.append("offline")
+            offline.set()
+
+        self.useFixture(fixtures.MockPatchObject(
+            db_api.Connection, "heartbeat", autospec=True,
+            side_effect=heartbeat))
+        self.useFixture(fixtures.MockPatchObject(
+            db_api.Connection, "set_offline", autospec=True,
+            side_effect=set_offline))
+        return in_beat, events
+
+    def test_a_heartbeat_under_way_cannot_undo_the_stop(self) -> None:
+        # A beat that began before the stop is written first: the worker
+        # is marked offline after it, so that its partitions go to the
+        # others at once instead of after heartbeat_timeout.
+        self.config(graceful_shutdown_timeout=10)
+        in_beat, events = self.slow_beat(0.5)
+        svc = self.service()
+        svc.start()
+        self.assertTrue(in_beat.wait(base.WAIT))
+        svc.stop()
+        self.assertEqual(["beat written", "offline"], events[:2])
+        self.assertNotIn("beat written", events[2:])
+        self.assertFalse(self.db.list_conductors()[0].online)
+
+    def test_a_hung_heartbeat_does_not_hold_the_stop(self) -> None:
+        # graceful_shutdown_timeout 3: the stop gives it 1 s.
+        in_beat, events = self.slow_beat(60.0)
+        logger = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
+        svc = self.service()
+        svc.start()
+        self.assertTrue(in_beat.wait(base.WAIT))
+        stopping = time.monotonic()
+        svc.stop()
+        self.assertLess(time.monotonic() - stopping, 3.0)
+        self.assertIn("A heartbeat of test-host:0 is still being written",
+                      logger.output)
+        # Marked offline once more at the end of the stop, after the beat.
+        self.assertEqual("offline", events[-1])
+        self.assertFalse(self.db.list_conductors()[0].online)
+
     def test_stop_is_bounded_with_a_hung_driver_call(self) -> None:
         entered, release = threading.Event(), threading.Event()
 
