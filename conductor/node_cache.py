@@ -30,7 +30,6 @@ node gauges without reading the database.
 from __future__ import annotations
 
 import calendar
-import dataclasses
 import datetime
 import heapq
 import logging
@@ -269,7 +268,7 @@ class NodeCache:
             else self._dropped.pop(row.uuid, None)
         checked = _later(row.power_checked_at, polled)
         if checked != row.power_checked_at:
-            row = dataclasses.replace(row, power_checked_at=checked)
+            row = db_api.restamped(row, checked)
         self._rows[row.uuid] = row
         self._schedule(row)
 

@@ -677,8 +677,7 @@ def _failures(outcome: _Outcome) -> int:
 
 def _after(outcome: _Outcome, now: datetime.datetime) -> db_api.SyncRow:
     """The row of a node just polled, as the sweep wrote it."""
-    return dataclasses.replace(outcome.row, power_checked_at=now,
-                               power_sync_failures=_failures(outcome))
+    return db_api.restamped(outcome.row, now, _failures(outcome))
 
 
 def _drift_recorded(row: db_api.SyncRow, state: str | None) -> None:

@@ -161,6 +161,26 @@ class SyncRow:
     created_at: datetime.datetime | None = None
 
 
+#: SyncRow's fields, in order (see :func:`restamped`).
+_SYNC_ROW_FIELDS = tuple(field.name for field in dataclasses.fields(SyncRow))
+
+
+def restamped(row: SyncRow, checked: datetime.datetime | None,
+              failures: int | None = None) -> SyncRow:
+    """``row`` polled at ``checked``, with ``failures`` in a row if given.
+
+    What ``dataclasses.replace`` gives, in less than half its time: power
+    sync makes two such copies for every poll.
+    """
+    copy = object.__new__(SyncRow)
+    for name in _SYNC_ROW_FIELDS:
+        object.__setattr__(copy, name, getattr(row, name))
+    object.__setattr__(copy, "power_checked_at", checked)
+    if failures is not None:
+        object.__setattr__(copy, "power_sync_failures", failures)
+    return copy
+
+
 #: Largest number of values in one ``IN (...)`` list; longer lists are
 #: sent in several statements.
 IN_BATCH = 500

@@ -488,6 +488,23 @@ class TestPowerSync(DbTestCase):
                           for row in recovery])
         self.assertEqual([], self.db.sync_rows(drivers=[]))
 
+    def test_restamped_is_replace_of_the_stamp_and_failures(self) -> None:
+        row = db_api.SyncRow("u", "n", "fake", {"k": 1}, "power on", 2,
+                             version=7, partition=9,
+                             power_checked_at=datetime.datetime(2026, 1, 1),
+                             maintenance=True, reserved=True, requested=True,
+                             created_at=datetime.datetime(2025, 1, 1))
+        checked = datetime.datetime(2026, 1, 2, 3, 4, 5, 6)
+        self.assertEqual(
+            dataclasses.replace(row, power_checked_at=checked),
+            db_api.restamped(row, checked))
+        self.assertEqual(
+            dataclasses.replace(row, power_checked_at=None,
+                                power_sync_failures=0),
+            db_api.restamped(row, None, 0))
+        # A copy: the row read stays as it was.
+        self.assertEqual(datetime.datetime(2026, 1, 1), row.power_checked_at)
+
     def test_partition_filters_are_one_statement_and_reused(self) -> None:
         nodes = [self.node("p%02d" % i) for i in range(40)]
         by_partition: dict[int, set[str]] = {}

@@ -368,6 +368,15 @@ class TestFakeTimingLog(base.TestCase):
                          set(entry))
         self.assertIsInstance(entry["start"], float)
 
+    def test_text_is_quoted_directly_only_when_json_needs_no_escape(
+            self) -> None:
+        for text in (None, UUID, "get_power_state", "10.0.0.1:623", "",
+                     "tab\there", "del\x7f", "quote\"", "back\\slash",
+                     "\u00e9", "\u2028"):
+            quoted = fake._json_text(text)
+            self.assertEqual(text, json.loads(quoted), repr(text))
+            self.assertTrue(quoted.isascii(), repr(text))
+
     def test_failed_and_cut_calls_are_logged_not_ok(self) -> None:
         failing = _node(fake_timing_log=self.path, fake_fail="get")
         self.assertRaises(exceptions.PowerStateFailure,
