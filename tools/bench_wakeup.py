@@ -22,6 +22,15 @@ machines can be compared::
     CPU per call of a small pure-Python function (a JSON line, as the
     fake driver's timing log writes) called in a tight loop, and called
     once every 50 ms.
+``handoff_us``
+    Process CPU per round trip to another thread and back (a queue, then
+    an Event), one every 50 ms: what handing a task to a pool thread and
+    hearing it finished costs, with the 50 ms sleep between them.
+``periodic_run_us``
+    Process CPU per run of a periodic task that does nothing, every
+    50 ms, on the worker's own :class:`conductor.executor.runner.
+    PeriodicRunner` and pool: the fixed cost of one run of any periodic
+    task (futurist's loop waking, the pool thread, the completion).
 """
 
 from __future__ import annotations
@@ -29,9 +38,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import conductor.cmd  # noqa: E402,F401  (the threading backend first)
+from conductor.executor import pool as worker_pool  # noqa: E402
+from conductor.executor import runner  # noqa: E402
+from conductor import periodics  # noqa: E402
 
 
 def _sleeps(count: int, seconds: float) -> float:
@@ -77,6 +94,67 @@ def _call_cost(count: int, pause: float) -> float:
     return spent / count * 1e6
 
 
+def _handoff(count: int, pause: float) -> float:
+    """Process CPU microseconds per round trip through another thread."""
+    inbox: queue.SimpleQueue[threading.Event | None] = queue.SimpleQueue()
+
+    def serve() -> None:
+        while (done := inbox.get()) is not None:
+            done.set()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    spent = 0.0
+    for _ in range(count):
+        time.sleep(pause)
+        started = time.process_time()
+        done = threading.Event()
+        inbox.put(done)
+        done.wait()
+        spent += time.process_time() - started
+    inbox.put(None)
+    server.join()
+    return spent / count * 1e6
+
+
+class _Idle:
+    """One periodic task that does nothing; counts its runs."""
+
+    def __init__(self, spacing: float) -> None:
+        self.spacing = spacing
+        self.runs = 0
+        self.counted = threading.Event()
+        self.wanted = 0
+
+    @periodics.periodic(spacing=lambda own: own.spacing)
+    def nothing(self) -> None:
+        self.runs += 1
+        if self.runs >= self.wanted:
+            self.counted.set()
+
+
+def _periodic_run(count: int, spacing: float) -> float:
+    """Process CPU microseconds per run of a no-op periodic task."""
+    pool = worker_pool.WorkerPool(4, name="bench-wakeup")
+    pool.start()
+    tasks = runner.PeriodicRunner(pool)
+    idle = _Idle(spacing)
+    idle.wanted = 2
+    tasks.start(periodics.collect(idle))
+    try:
+        idle.counted.wait(10 + 4 * spacing)
+        first, started = idle.runs, time.process_time()
+        idle.counted.clear()
+        idle.wanted = first + count
+        if not idle.counted.wait(10 + 2 * count * spacing):
+            raise RuntimeError("the periodic task stopped running")
+        spent = time.process_time() - started
+        return spent / (idle.runs - first) * 1e6
+    finally:
+        tasks.stop()
+        pool.shutdown(wait=True, timeout=5)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sleeps", type=int, default=40,
@@ -94,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             _concurrent(args.threads, args.sleeps, 0.05), 1),
         "loop_call_us": round(_call_cost(20000, 0.0), 2),
         "paced_call_us": round(_call_cost(args.sleeps, 0.05), 2),
+        "handoff_us": round(_handoff(args.sleeps, 0.05), 1),
+        "periodic_run_us": round(_periodic_run(args.sleeps, 0.05), 1),
     }
     json.dump(report, sys.stdout, indent=1)
     sys.stdout.write("\n")

@@ -22,7 +22,7 @@ class TestBenchWakeup(base.TestCase):
                                             "--threads", "2"]))
         report = json.loads(out.getvalue())
         for key in ("lone_sleep_us", "concurrent_sleep_us", "loop_call_us",
-                    "paced_call_us"):
+                    "paced_call_us", "handoff_us", "periodic_run_us"):
             self.assertIsInstance(report[key], float, key)
             self.assertGreaterEqual(report[key], 0.0, key)
         self.assertEqual(os.cpu_count(), report["cpus"])
