@@ -601,16 +601,25 @@ class ConductorService(service.ServiceBase):
         """Mark this worker offline once no heartbeat is being written.
 
         A beat that began before the stop would otherwise land after this
-        write and show the worker online until ``heartbeat_timeout``, and
-        its partitions would wait that long for their next owners. A beat
-        still not written at the stop's deadline (a database that hangs)
-        is not waited for: the write below is made anyway, and made again
-        at the end of the stop.
+        write and show the worker online until the stop's last write
+        (after the pool drained) or ``heartbeat_timeout``, and its
+        partitions would wait that long for their next owners. The wait
+        is short (at most a heartbeat interval, and half of what is left
+        of the stop's time, which the pool's drain needs): a beat slower
+        than that is not waited for; this write is made anyway, and again
+        at the end of the stop once the heartbeat thread ended. Only a
+        beat still hung when the stop's time is up can land after both:
+        then the worker shows online until ``heartbeat_timeout``, as if
+        it had died.
         """
-        waited = self._beat_lock.acquire(timeout=self._left(deadline))
+        wait = min(self._left(deadline) / 2.0,
+                   rt.settings.heartbeat_interval)
+        waited = self._beat_lock.acquire(timeout=wait)
         if not waited:
-            LOG.warning("A heartbeat of %s is still being written; marking "
-                        "it offline without waiting for it", self.holder)
+            LOG.warning("A heartbeat of %(holder)s is still being written "
+                        "after %(wait).1fs; marking it offline without "
+                        "waiting for it", {"holder": self.holder,
+                                           "wait": wait})
         try:
             rt.db.set_offline(self.host, self.worker_id)
         except Exception:
@@ -726,6 +735,7 @@ class ConductorService(service.ServiceBase):
                 degraded = not degraded
                 self._health_changed(rt, degraded)
             try:
+                status = self.status()
                 with self._beat_lock:
                     if stopped.is_set():
                         # NOTE: the stop marks the worker offline; a beat
@@ -733,7 +743,7 @@ class ConductorService(service.ServiceBase):
                         break
                     rt.db.heartbeat(self.host, self.worker_id,
                                     drivers=list(rt.drivers),
-                                    pid=os.getpid(), status=self.status(),
+                                    pid=os.getpid(), status=status,
                                     online=not degraded)
                 beat = True
                 health.beat(self.worker_id)

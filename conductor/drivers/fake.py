@@ -338,7 +338,7 @@ def _json_text(text: str | None) -> str:
         return "null"
     if text.isascii() and text.isprintable() and '"' not in text \
             and "\\" not in text:
-        return '"%s"' % text
+        return '"' + text + '"'
     return json.dumps(text)
 
 

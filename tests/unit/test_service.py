@@ -403,16 +403,17 @@ class TestStartStop(ServiceTestCase):
         self.assertEqual([], [n.uuid for n in self.db.list_nodes()
                               if n.reservation is not None])
 
-    def slow_beat(self, seconds: float) -> tuple[threading.Event, list[str]]:
-        """The worker's first heartbeat takes ``seconds`` to write.
+    def held_beat(self) -> tuple[threading.Event, threading.Event,
+                                 list[str]]:
+        """The worker's first heartbeat write waits to be let go.
 
-        Unless the worker is marked offline meanwhile, which ends it at
-        once. Returns the Event set when that beat starts, and the writes
-        in order ("beat written", "offline").
+        Returns the Event set when that beat starts, the Event that lets
+        it go (also set by the first offline write), and the writes in
+        order ("beat written", "offline").
         """
         events: list[str] = []
         in_beat = threading.Event()
-        offline = threading.Event()
+        let_go = threading.Event()
         real_beat = db_api.Connection.heartbeat
         real_offline = db_api.Connection.set_offline
 
@@ -420,14 +421,14 @@ class TestStartStop(ServiceTestCase):
                       **kwargs: Any) -> None:
             if not in_beat.is_set():
                 in_beat.set()
-                offline.wait(seconds)
+                let_go.wait(base.WAIT)
             real_beat(conn, *args, **kwargs)
             events.append("beat written")
 
         def set_offline(conn: db_api.Connection, *args: Any) -> None:
             real_offline(conn, *args)
             events.append("offline")
-            offline.set()
+            let_go.set()
 
         self.useFixture(fixtures.MockPatchObject(
             db_api.Connection, "heartbeat", autospec=True,
@@ -435,36 +436,68 @@ class TestStartStop(ServiceTestCase):
         self.useFixture(fixtures.MockPatchObject(
             db_api.Connection, "set_offline", autospec=True,
             side_effect=set_offline))
-        return in_beat, events
+        return in_beat, let_go, events
 
     def test_a_heartbeat_under_way_cannot_undo_the_stop(self) -> None:
         # A beat that began before the stop is written first: the worker
         # is marked offline after it, so that its partitions go to the
         # others at once instead of after heartbeat_timeout.
         self.config(graceful_shutdown_timeout=10)
-        in_beat, events = self.slow_beat(0.5)
+        self.config(heartbeat_interval=3, group="conductor")
+        in_beat, let_go, events = self.held_beat()
         svc = self.service()
+        waiting = threading.Event()
+
+        class Lock:
+            """The beat lock, telling when the stop waits for it."""
+
+            def __init__(self) -> None:
+                self._lock = threading.Lock()
+
+            def acquire(self, timeout: float = -1) -> bool:
+                waiting.set()
+                return self._lock.acquire(timeout=timeout)
+
+            def release(self) -> None:
+                self._lock.release()
+
+            def __enter__(self) -> bool:
+                return self._lock.acquire()
+
+            def __exit__(self, *exc: Any) -> None:
+                self._lock.release()
+
+        svc._beat_lock = Lock()  # type: ignore[assignment]
         svc.start()
         self.assertTrue(in_beat.wait(base.WAIT))
-        svc.stop()
+        stopping = threading.Thread(target=svc.stop)
+        stopping.start()
+        self.assertTrue(waiting.wait(base.WAIT),
+                        "the stop did not wait for the beat under way")
+        self.assertEqual([], events)
+        let_go.set()
+        stopping.join(base.WAIT)
+        self.assertFalse(stopping.is_alive())
         self.assertEqual(["beat written", "offline"], events[:2])
         self.assertNotIn("beat written", events[2:])
         self.assertFalse(self.db.list_conductors()[0].online)
 
     def test_a_hung_heartbeat_does_not_hold_the_stop(self) -> None:
-        # graceful_shutdown_timeout 3: the stop gives it 1 s.
-        in_beat, events = self.slow_beat(60.0)
+        # The stop waits at most a heartbeat interval (1 s here) for a
+        # beat under way, then marks the worker offline, and again once
+        # the heartbeat thread ended: the drain keeps its time.
+        self.config(graceful_shutdown_timeout=10)
+        in_beat, _, events = self.held_beat()
         logger = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
         svc = self.service()
         svc.start()
         self.assertTrue(in_beat.wait(base.WAIT))
         stopping = time.monotonic()
         svc.stop()
-        self.assertLess(time.monotonic() - stopping, 3.0)
+        self.assertLess(time.monotonic() - stopping, 5.0)
         self.assertIn("A heartbeat of test-host:0 is still being written",
                       logger.output)
-        # Marked offline once more at the end of the stop, after the beat.
-        self.assertEqual("offline", events[-1])
+        self.assertEqual(["offline", "beat written", "offline"], events)
         self.assertFalse(self.db.list_conductors()[0].online)
 
     def test_stop_is_bounded_with_a_hung_driver_call(self) -> None:

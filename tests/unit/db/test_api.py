@@ -504,6 +504,11 @@ class TestPowerSync(DbTestCase):
             db_api.restamped(row, None, 0))
         # A copy: the row read stays as it was.
         self.assertEqual(datetime.datetime(2026, 1, 1), row.power_checked_at)
+        # It copies the fields as they are: nothing in SyncRow may expect
+        # __init__ to run on a copy.
+        self.assertFalse(hasattr(db_api.SyncRow, "__post_init__"))
+        self.assertTrue(all(field.init for field in
+                            dataclasses.fields(db_api.SyncRow)))
 
     def test_partition_filters_are_one_statement_and_reused(self) -> None:
         nodes = [self.node("p%02d" % i) for i in range(40)]
