@@ -607,10 +607,9 @@ class ConductorService(service.ServiceBase):
         is short (at most a heartbeat interval, and half of what is left
         of the stop's time, which the pool's drain needs): a beat slower
         than that is not waited for; this write is made anyway, and again
-        at the end of the stop once the heartbeat thread ended. Only a
-        beat still hung when the stop's time is up can land after both:
-        then the worker shows online until ``heartbeat_timeout``, as if
-        it had died.
+        at the end of the stop once the heartbeat thread ended. Such a
+        beat, landing after either, is refused by the database: it began
+        before the mark (see Connection.heartbeat).
         """
         wait = min(self._left(deadline) / 2.0,
                    rt.settings.heartbeat_interval)
@@ -735,22 +734,32 @@ class ConductorService(service.ServiceBase):
                 degraded = not degraded
                 self._health_changed(rt, degraded)
             try:
+                begun = timeutils.utcnow()
                 status = self.status()
                 with self._beat_lock:
                     if stopped.is_set():
                         # NOTE: the stop marks the worker offline; a beat
                         # written now would show it online again.
                         break
-                    rt.db.heartbeat(self.host, self.worker_id,
-                                    drivers=list(rt.drivers),
-                                    pid=os.getpid(), status=status,
-                                    online=not degraded)
-                beat = True
-                health.beat(self.worker_id)
-                if rt.rings.liveness is not None:
-                    rt.rings.liveness.beat()
-                HEARTBEAT_LOG.debug("Heartbeat of %s (every %ss)",
-                                    self.holder, interval)
+                    # NOTE: a beat slower than the stop's wait for it is
+                    # refused by the database once the stop marked the
+                    # worker offline (see Connection.heartbeat).
+                    beat = rt.db.heartbeat(self.host, self.worker_id,
+                                           drivers=list(rt.drivers),
+                                           pid=os.getpid(), status=status,
+                                           online=not degraded, at=begun)
+                if beat:
+                    health.beat(self.worker_id)
+                    if rt.rings.liveness is not None:
+                        rt.rings.liveness.beat()
+                    HEARTBEAT_LOG.debug("Heartbeat of %s (every %ss)",
+                                        self.holder, interval)
+                else:
+                    LOG.info("The heartbeat of %(holder)s begun at "
+                             "%(at)s was not written: the worker was "
+                             "marked offline after it began",
+                             {"holder": self.holder,
+                              "at": begun.isoformat(" ", "seconds")})
             except Exception as exc:
                 # NOTE: a database blip must not end the heartbeat loop;
                 # peers take our nodes over only if it lasts past

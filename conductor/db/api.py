@@ -1105,7 +1105,8 @@ class Connection:
         """
         now = timeutils.utcnow()
         values = {"drivers": list(drivers), "online": True, "pid": pid,
-                  "started_at": now, "heartbeat_at": now}
+                  "started_at": now, "heartbeat_at": now,
+                  "stopped_at": None}
         with self.engine.begin() as conn:
             if _update_conductor(conn, host, worker_id, values):
                 return
@@ -1123,8 +1124,13 @@ class Connection:
                   drivers: Sequence[str] = (),
                   pid: int | None = None,
                   status: Mapping[str, Any] | None = None,
-                  online: bool = True) -> None:
+                  online: bool = True,
+                  at: datetime.datetime | None = None) -> bool:
         """Refresh this worker's heartbeat; re-registers if the row is gone.
+
+        A beat that began before the worker's stop marked it offline
+        (:meth:`set_offline`) is not written: a write slow to land must
+        not show a stopped worker online again.
 
         :param drivers: the worker's drivers and
         :param pid: its process id, registered again with the row when it
@@ -1135,21 +1141,32 @@ class Connection:
             the stored one.
         :param online: False: the worker is alive but degraded and lets
             its nodes go (it is not a live member of the rings).
+        :param at: when the beat began, the ``heartbeat_at`` it writes
+            (default: now).
+        :returns: False when the beat was not written (it began before
+            the worker was marked offline).
         """
-        values: dict[str, Any] = {"heartbeat_at": timeutils.utcnow(),
-                                  "online": online}
+        if at is None:
+            at = timeutils.utcnow()
+        values: dict[str, Any] = {"heartbeat_at": at, "online": online}
         if status is not None:
             values["status"] = dict(status)
         # NOTE: one statement setting fixed values: safe to send again, in
         # autocommit mode on the kept connection (see _on_kept).
         count = self._on_kept(
-            lambda conn: _update_conductor(conn, host, worker_id, values),
+            lambda conn: _update_conductor(conn, host, worker_id, values,
+                                           begun=at),
             write=True)
-        if count != 1:
-            LOG.warning("Conductor row of %(host)s worker %(worker)d was "
-                        "missing; registering it again",
-                        {"host": host, "worker": worker_id})
-            self.register_conductor(host, worker_id, drivers, pid=pid)
+        if count == 1:
+            return True
+        if any(record.host == host and record.worker_id == worker_id
+               for record in self.list_conductors()):
+            return False
+        LOG.warning("Conductor row of %(host)s worker %(worker)d was "
+                    "missing; registering it again",
+                    {"host": host, "worker": worker_id})
+        self.register_conductor(host, worker_id, drivers, pid=pid)
+        return True
 
     def set_draining(self, host: str) -> int:
         """Mark every online worker of ``host`` draining; returns how many.
@@ -1175,9 +1192,15 @@ class Connection:
                 .values(draining=False)).rowcount)
 
     def set_offline(self, host: str, worker_id: int | None = None) -> None:
-        """Mark one worker (or every worker of ``host``) offline."""
+        """Mark one worker (or every worker of ``host``) offline: stopped.
+
+        ``stopped_at`` is set to the next whole second (MariaDB and MySQL
+        keep whole seconds): a heartbeat begun before this mark is not
+        written (:meth:`heartbeat`). A worker registering clears it.
+        """
         query = (_conductors.update().where(_conductors.c.host == host)
-                 .values(online=False))
+                 .values(online=False,
+                         stopped_at=stop_mark(timeutils.utcnow())))
         if worker_id is not None:
             query = query.where(_conductors.c.worker_id == worker_id)
         with self.engine.begin() as conn:
@@ -1332,14 +1355,31 @@ def _checked_at(polls: Sequence[tuple[str, datetime.datetime]]) -> Any:
                      for at, uuids in by_time.items()])
 
 
+def stop_mark(now: datetime.datetime) -> datetime.datetime:
+    """The ``stopped_at`` of a worker marked offline at ``now``.
+
+    The next whole second: later than any heartbeat begun before
+    ``now``, also on backends that keep whole seconds.
+    """
+    mark = now.replace(microsecond=0)
+    return mark if mark == now else mark + datetime.timedelta(seconds=1)
+
+
 def _update_conductor(conn: sa.Connection, host: str, worker_id: int,
-                      values: Mapping[str, Any]) -> int:
-    """UPDATE one worker's row; returns how many rows matched (0 or 1)."""
-    return int(conn.execute(
-        _conductors.update()
-        .where(_conductors.c.host == host)
-        .where(_conductors.c.worker_id == worker_id)
-        .values(**values)).rowcount)
+                      values: Mapping[str, Any],
+                      begun: datetime.datetime | None = None) -> int:
+    """UPDATE one worker's row; returns how many rows matched (0 or 1).
+
+    :param begun: a heartbeat's start: the row is left alone when its
+        worker was marked stopped after it (see Connection.set_offline).
+    """
+    c = _conductors.c
+    query = _conductors.update().where(c.host == host) \
+        .where(c.worker_id == worker_id)
+    if begun is not None:
+        query = query.where(sa.or_(c.stopped_at.is_(None),
+                                   c.stopped_at <= begun))
+    return int(conn.execute(query.values(**values)).rowcount)
 
 
 def _changed_since(where: Any, node_columns: Sequence[Any],

@@ -152,6 +152,9 @@ conductors = sa.Table(
     # the other hosts leave it out of their rings.
     sa.Column("draining", sa.Boolean, nullable=False,
               server_default=sa.false()),
+    # NOTE: when the worker's stop marked it offline (migration 0008): a
+    # heartbeat begun before it is not written.
+    sa.Column("stopped_at", sa.DateTime, nullable=True),
     sa.UniqueConstraint("host", "worker_id",
                         name="uniq_conductors0host0worker_id"),
 )

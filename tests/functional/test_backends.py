@@ -9,8 +9,10 @@ import os
 import subprocess
 import threading
 from typing import Any
+from unittest import mock
 
 import fixtures
+from oslo_utils import timeutils
 import sqlalchemy as sa
 import testscenarios
 
@@ -50,8 +52,8 @@ class TestCliOnBackend(base.FunctionalTestCase):
         unsynced = self.manage("node", "list", check=1)
         self.assertIn("run 'conductor-manage db sync'", unsynced.stderr)
         self.manage("db", "sync")
-        self.assertIn("0007_node_changed_at (head: "
-                      "0007_node_changed_at)",
+        self.assertIn("0008_conductor_stopped_at (head: "
+                      "0008_conductor_stopped_at)",
                       self.manage("db", "version").stdout)
         # Again: upgrading an up-to-date schema does nothing.
         self.manage("db", "sync")
@@ -273,6 +275,35 @@ class TestWorkersRegisterAtOnce(base.FunctionalTestCase):
         self.assertEqual(sorted("%s:%d" % w for w in workers),
                          sorted(r.holder for r in records))
         self.assertEqual({2}, {r.pid for r in records})
+
+
+class TestAStoppedWorkerStaysOffline(base.FunctionalTestCase):
+    """A heartbeat begun before the stop's offline mark is not written.
+
+    Also where the server keeps whole seconds (MariaDB): the mark and the
+    beat fall in the same second here.
+    """
+
+    scenarios = base.SERVER_BACKENDS
+    backend: str
+
+    def test_a_late_beat_is_refused(self) -> None:
+        dbf = self.useFixture(base.Database(self.backend))
+        db = dbf.connect()
+        self.addCleanup(db.dispose)
+        db.register_conductor("h", 0, ["fake"], pid=7)
+        second = timeutils.utcnow().replace(microsecond=0)
+        with mock.patch.object(
+                timeutils, "utcnow", autospec=True,
+                return_value=second + datetime.timedelta(seconds=0.7)):
+            db.set_offline("h", 0)
+        begun = second + datetime.timedelta(seconds=0.2)
+        self.assertFalse(db.heartbeat("h", 0, at=begun, pid=8))
+        [record] = db.list_conductors()
+        self.assertEqual((False, 7), (record.online, record.pid))
+        later = second + datetime.timedelta(seconds=1.7)
+        self.assertTrue(db.heartbeat("h", 0, at=later))
+        self.assertTrue(db.list_conductors()[0].online)
 
 
 class TestChangeFeedUsesTheIndex(base.FunctionalTestCase):

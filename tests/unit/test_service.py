@@ -403,13 +403,14 @@ class TestStartStop(ServiceTestCase):
         self.assertEqual([], [n.uuid for n in self.db.list_nodes()
                               if n.reservation is not None])
 
-    def held_beat(self) -> tuple[threading.Event, threading.Event,
-                                 list[str]]:
+    def held_beat(self, offline_lets_go: bool = True
+                  ) -> tuple[threading.Event, threading.Event, list[str]]:
         """The worker's first heartbeat write waits to be let go.
 
         Returns the Event set when that beat starts, the Event that lets
-        it go (also set by the first offline write), and the writes in
-        order ("beat written", "offline").
+        it go (also set by the first offline write when
+        ``offline_lets_go``), and the writes in order ("beat written",
+        "beat refused", "offline").
         """
         events: list[str] = []
         in_beat = threading.Event()
@@ -418,17 +419,19 @@ class TestStartStop(ServiceTestCase):
         real_offline = db_api.Connection.set_offline
 
         def heartbeat(conn: db_api.Connection, *args: Any,
-                      **kwargs: Any) -> None:
+                      **kwargs: Any) -> bool:
             if not in_beat.is_set():
                 in_beat.set()
                 let_go.wait(base.WAIT)
-            real_beat(conn, *args, **kwargs)
-            events.append("beat written")
+            written = real_beat(conn, *args, **kwargs)
+            events.append("beat written" if written else "beat refused")
+            return written
 
         def set_offline(conn: db_api.Connection, *args: Any) -> None:
             real_offline(conn, *args)
             events.append("offline")
-            let_go.set()
+            if offline_lets_go:
+                let_go.set()
 
         self.useFixture(fixtures.MockPatchObject(
             db_api.Connection, "heartbeat", autospec=True,
@@ -497,8 +500,28 @@ class TestStartStop(ServiceTestCase):
         self.assertLess(time.monotonic() - stopping, 5.0)
         self.assertIn("A heartbeat of test-host:0 is still being written",
                       logger.output)
-        self.assertEqual(["offline", "beat written", "offline"], events)
+        self.assertEqual(["offline", "beat refused", "offline"], events)
         self.assertFalse(self.db.list_conductors()[0].online)
+
+    def test_a_heartbeat_landing_after_the_stop_is_refused(self) -> None:
+        # A beat hung past the whole stop lands after both offline
+        # writes: the database refuses it, as it began before them.
+        self.config(graceful_shutdown_timeout=2)
+        in_beat, let_go, events = self.held_beat(offline_lets_go=False)
+        logger = self.useFixture(fixtures.FakeLogger(level=logging.INFO))
+        svc = self.service()
+        svc.start()
+        self.assertTrue(in_beat.wait(base.WAIT))
+        svc.stop()
+        self.assertEqual(["offline", "offline"], events)
+        let_go.set()
+        self.assertTrue(base.wait_until(lambda: len(events) == 3))
+        self.assertEqual("beat refused", events[2])
+        [record] = self.db.list_conductors()
+        self.assertFalse(record.online)
+        self.assertTrue(base.wait_until(
+            lambda: "was not written: the worker was marked offline"
+            in logger.output))
 
     def test_stop_is_bounded_with_a_hung_driver_call(self) -> None:
         entered, release = threading.Event(), threading.Event()

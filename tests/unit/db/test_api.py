@@ -845,6 +845,62 @@ class TestConductors(DbTestCase):
         [record] = self.db.list_conductors()
         self.assertEqual((["fake", "ipmi"], 9), (record.drivers, record.pid))
 
+    def test_a_beat_begun_before_the_stop_is_not_written(self) -> None:
+        # A beat slow to land (begun at 12:00:01.2) after the stop marked
+        # the worker offline (12:00:01.5) would show it online again.
+        start = self.now
+        self.db.register_conductor("h", 0, ["fake"], pid=7)
+        begun = start + datetime.timedelta(seconds=1.2)
+        self.now = start + datetime.timedelta(seconds=1.5)
+        self.db.set_offline("h", 0)
+        logger = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
+        self.assertFalse(self.db.heartbeat("h", 0, at=begun, pid=8))
+        [record] = self.db.list_conductors()
+        self.assertEqual((False, start, 7),
+                         (record.online, record.heartbeat_at, record.pid))
+        self.assertNotIn("registering it again", logger.output)
+
+    def test_a_beat_begun_after_the_mark_is_written(self) -> None:
+        # The mark is the next whole second (12:00:02 here).
+        start = self.now
+        self.db.register_conductor("h", 0, ["fake"])
+        self.now = start + datetime.timedelta(seconds=1.5)
+        self.db.set_offline("h", 0)
+        self.assertFalse(self.db.heartbeat(
+            "h", 0, at=start + datetime.timedelta(seconds=1.9)))
+        at = start + datetime.timedelta(seconds=2)
+        self.assertTrue(self.db.heartbeat("h", 0, at=at))
+        [record] = self.db.list_conductors()
+        self.assertEqual((True, at), (record.online, record.heartbeat_at))
+
+    def test_registering_clears_the_stop_mark(self) -> None:
+        start = self.now
+        self.db.register_conductor("h", 0, ["fake"])
+        self.now = start + datetime.timedelta(seconds=30)
+        self.db.set_offline("h", 0)
+        self.db.register_conductor("h", 0, ["fake"])
+        # Even a beat dated before the old mark (the clock went back).
+        self.assertTrue(self.db.heartbeat(
+            "h", 0, at=start + datetime.timedelta(seconds=10)))
+        self.assertTrue(self.db.list_conductors()[0].online)
+
+    def test_a_degraded_beat_does_not_hold_back_the_next(self) -> None:
+        start = self.now
+        self.db.register_conductor("h", 0, ["fake"])
+        self.assertTrue(self.db.heartbeat(
+            "h", 0, online=False, at=start + datetime.timedelta(seconds=5)))
+        self.assertFalse(self.db.list_conductors()[0].online)
+        self.assertTrue(self.db.heartbeat(
+            "h", 0, at=start + datetime.timedelta(seconds=6)))
+        self.assertTrue(self.db.list_conductors()[0].online)
+
+    def test_stop_mark_is_the_next_whole_second(self) -> None:
+        whole = datetime.datetime(2030, 1, 1, 12, 0, 5)
+        self.assertEqual(whole, db_api.stop_mark(whole))
+        self.assertEqual(
+            whole + datetime.timedelta(seconds=1),
+            db_api.stop_mark(whole + datetime.timedelta(microseconds=1)))
+
     def test_set_offline_one_or_all(self) -> None:
         for host, worker in (("h", 0), ("h", 1), ("g", 0)):
             self.db.register_conductor(host, worker, ["fake"])
