@@ -306,6 +306,11 @@ class Rings:
         #: Monotonic time of the last change of this worker's partitions.
         self.changed_at = -float("inf")
         self._release_pending = False
+        #: ``(membership counter, conductors rows, monotonic time until
+        #: which they stand)`` of the last read (see _conductor_rows).
+        self._rows: tuple[int, list[db_api.ConductorRecord],
+                          float] | None = None
+        self._rows_ticket = 0
 
     # -- refresh -------------------------------------------------------
 
@@ -325,13 +330,13 @@ class Rings:
             self._tickets += 1
             ticket = self._tickets
         began_draining = False
-        records = self._db.list_conductors()
+        trusted = self.liveness is None or self.liveness.trusted()
+        records, read = self._conductor_rows(trusted, force, ticket)
         now = self._now()
         membership = live_membership(records, now, self._timeout,
                                      own_host=self.host)
         draining = any(record.draining and record.online
                        for record in records if record.host == self.host)
-        trusted = self.liveness is None or self.liveness.trusted()
         if not trusted:
             membership = self._keep_previous(membership, records)
         membership = self._effective(membership)
@@ -355,9 +360,10 @@ class Rings:
             except Exception:
                 LOG.exception("Telling %s that its host drains failed",
                               self.holder)
-        if trusted:
+        if trusted and read:
             # NOTE: a worker that cannot trust heartbeat ages marks no one
-            # offline either.
+            # offline either; rows not read again hold nothing new to tidy
+            # (see _conductor_rows).
             self._tidy(records, now)
         if changed:
             LOG.info("Node ownership rebuilt for %(holder)s; live workers: "
@@ -367,6 +373,68 @@ class Rings:
                       {"holder": self.holder, "n": len(self._mine),
                        "total": PARTITIONS})
         return changed
+
+    def _conductor_rows(self, trusted: bool, force: bool, ticket: int
+                        ) -> tuple[list[db_api.ConductorRecord], bool]:
+        """The ``conductors`` rows, and whether they were read just now.
+
+        The membership counter (one row) is read first. The rows last
+        read stand while it did not move and until the first moment a
+        heartbeat among them may have expired, or a gone host's rows may
+        be due for removal (:meth:`_valid_for`): until then they give the
+        same membership, whatever the time. Otherwise, while this
+        worker's view is not trusted, and with ``force``, every row is
+        read again. So a worker reads its peers' rows about once per
+        ``heartbeat_timeout`` instead of every refresh, and still sees a
+        join, a stop or a drain at its next refresh.
+
+        :param ticket: the refresh's (see :meth:`refresh`): a slow read
+            never replaces the rows of a later one.
+        """
+        version = self._db.membership_version() if trusted else None
+        now = self._monotonic()
+        with self._lock:
+            last = self._rows
+        if not force and last is not None and version is not None and \
+                version == last[0] and now < last[2]:
+            return last[1], False
+        records = self._db.list_conductors()
+        valid = self._valid_for(records, self._now())
+        with self._lock:
+            if ticket >= self._rows_ticket:
+                self._rows_ticket = ticket
+                self._rows = None if version is None else (
+                    version, records, now + valid)
+        return records, True
+
+    def _valid_for(self, records: Sequence[db_api.ConductorRecord],
+                   now: datetime.datetime) -> float:
+        """Seconds during which ``records`` give the membership they give now.
+
+        Until the first live heartbeat among them expires, or the first
+        gone host's rows are due for removal; 0 while a worker whose
+        heartbeat expired is still online (it is to be marked offline).
+        """
+        cutoff = now - datetime.timedelta(seconds=self._timeout)
+        valid = float(self._timeout)
+        offline_hosts: dict[str, datetime.datetime] = {}
+        online_hosts = set()
+        for record in records:
+            if record.online:
+                online_hosts.add(record.host)
+                left = (record.heartbeat_at - cutoff).total_seconds()
+                if left <= 0:
+                    return 0.0
+                valid = min(valid, left)
+            elif record.heartbeat_at > offline_hosts.get(
+                    record.host, datetime.datetime.min):
+                offline_hosts[record.host] = record.heartbeat_at
+        if self._cleanup_age > 0:
+            for host, last in offline_hosts.items():
+                if host not in online_hosts:
+                    left = (last - now).total_seconds() + self._cleanup_age
+                    valid = min(valid, max(0.0, left))
+        return valid
 
     def _keep_previous(self, membership: Membership,
                        records: Iterable[db_api.ConductorRecord]

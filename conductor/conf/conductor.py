@@ -70,11 +70,15 @@ opts: list[cfg.Opt] = [
         default=5,
         min=1,
         mutable=True,
-        help="Seconds between two reads of the workers' rows ('conductors' "
-             "table) by each worker; the ownership rings are rebuilt only "
-             "when the live workers changed. A dead host's nodes are taken "
-             "over within heartbeat_timeout plus this; a stopped host's "
-             "within this. Reads nothing else. Minimum 1."),
+        help="Seconds between two checks by each worker of who is live: "
+             "it reads one row, a counter of membership changes (a worker "
+             "joining, stopping, draining), and the workers' rows "
+             "('conductors' table) only when that counter moved or one of "
+             "their heartbeats may have expired since its last read; the "
+             "ownership rings are rebuilt only when the live workers "
+             "changed. A dead host's nodes are taken over within "
+             "heartbeat_timeout plus this; a stopped host's within this. "
+             "Reads nothing else. Minimum 1."),
     cfg.IntOpt(
         "conductor_cleanup_age",
         default=7 * 24 * 3600,

@@ -45,6 +45,7 @@ LOG = logging.getLogger(__name__)
 _nodes = models.nodes
 _conductors = models.conductors
 _deletions = models.node_deletions
+_changes = models.conductor_changes
 _Query = TypeVar("_Query", bound=sa.Executable)
 _T = TypeVar("_T")
 
@@ -1109,16 +1110,19 @@ class Connection:
                   "stopped_at": None}
         with self.engine.begin() as conn:
             if _update_conductor(conn, host, worker_id, values):
+                _membership_changed(conn)
                 return
         try:
             with self.engine.begin() as conn:
                 conn.execute(_conductors.insert().values(
                     host=host, worker_id=worker_id, **values))
+                _membership_changed(conn)
         except (db_exc.DBDuplicateEntry, sa.exc.IntegrityError):
             # NOTE: another process inserted the same row between our
             # UPDATE and INSERT (a fast respawn); updating is enough.
             with self.engine.begin() as conn:
                 _update_conductor(conn, host, worker_id, values)
+                _membership_changed(conn)
 
     def heartbeat(self, host: str, worker_id: int, *,
                   drivers: Sequence[str] = (),
@@ -1152,13 +1156,21 @@ class Connection:
         if status is not None:
             values["status"] = dict(status)
         # NOTE: one statement setting fixed values: safe to send again, in
-        # autocommit mode on the kept connection (see _on_kept).
+        # autocommit mode on the kept connection (see _on_kept). It finds
+        # the row only when ``online`` does not change: a change is
+        # written below, with the membership counter.
         count = self._on_kept(
             lambda conn: _update_conductor(conn, host, worker_id, values,
-                                           begun=at),
+                                           begun=at, online=online),
             write=True)
         if count == 1:
             return True
+        with self.engine.begin() as conn:
+            count = _update_conductor(conn, host, worker_id, values,
+                                      begun=at)
+            if count == 1:
+                _membership_changed(conn)
+                return True
         if any(record.host == host and record.worker_id == worker_id
                for record in self.list_conductors()):
             return False
@@ -1178,7 +1190,7 @@ class Connection:
         the next start of the conductor clears it (:meth:`clear_draining`).
         """
         with self.engine.begin() as conn:
-            return int(conn.execute(
+            return _changed_membership(conn, conn.execute(
                 _conductors.update().where(_conductors.c.host == host)
                 .where(_conductors.c.online == sa.true())
                 .values(draining=True)).rowcount)
@@ -1186,7 +1198,7 @@ class Connection:
     def clear_draining(self, host: str) -> int:
         """Forget a drain of ``host`` (a new start); returns rows changed."""
         with self.engine.begin() as conn:
-            return int(conn.execute(
+            return _changed_membership(conn, conn.execute(
                 _conductors.update().where(_conductors.c.host == host)
                 .where(_conductors.c.draining == sa.true())
                 .values(draining=False)).rowcount)
@@ -1204,7 +1216,7 @@ class Connection:
         if worker_id is not None:
             query = query.where(_conductors.c.worker_id == worker_id)
         with self.engine.begin() as conn:
-            conn.execute(query)
+            _changed_membership(conn, conn.execute(query).rowcount)
 
     def set_expired_offline(self, cutoff: datetime.datetime) -> int:
         """Mark offline the online workers silent since ``cutoff``.
@@ -1214,7 +1226,7 @@ class Connection:
         """
         c = _conductors.c
         with self.engine.begin() as conn:
-            return int(conn.execute(
+            return _changed_membership(conn, conn.execute(
                 _conductors.update().where(c.online == sa.true())
                 .where(c.heartbeat_at < cutoff)
                 .values(online=False)).rowcount)
@@ -1232,7 +1244,7 @@ class Connection:
         with self.engine.begin() as conn:
             if conn.execute(recent.limit(1)).first() is not None:
                 return 0
-            return int(conn.execute(
+            return _changed_membership(conn, conn.execute(
                 _conductors.delete().where(c.host == host)
                 .where(c.heartbeat_at < cutoff)
                 .where(c.online == sa.false())).rowcount)
@@ -1268,10 +1280,21 @@ class Connection:
     def delete_conductors(self, host: str, worker_ids: Iterable[int]) -> int:
         """Forget workers of ``host`` (e.g. beyond a lowered worker count)."""
         with self.engine.begin() as conn:
-            return conn.execute(
+            return _changed_membership(conn, conn.execute(
                 _conductors.delete().where(_conductors.c.host == host)
                 .where(_conductors.c.worker_id.in_(list(worker_ids)))
-            ).rowcount
+            ).rowcount)
+
+    def membership_version(self) -> int | None:
+        """The counter of membership changes (None: its row is missing).
+
+        Every write that changes who is live in the rings increments it
+        in its own transaction; see :meth:`list_conductors`.
+        """
+        rows = self._fetch(self._statement(
+            ("membership_version",),
+            lambda: sa.select(_changes.c.version).where(_changes.c.id == 1)))
+        return int(rows[0][0]) if rows else None
 
     def power_state_counts(self) -> dict[str, int]:
         """Number of nodes per power state (``None`` as "none")."""
@@ -1367,11 +1390,13 @@ def stop_mark(now: datetime.datetime) -> datetime.datetime:
 
 def _update_conductor(conn: sa.Connection, host: str, worker_id: int,
                       values: Mapping[str, Any],
-                      begun: datetime.datetime | None = None) -> int:
+                      begun: datetime.datetime | None = None,
+                      online: bool | None = None) -> int:
     """UPDATE one worker's row; returns how many rows matched (0 or 1).
 
     :param begun: a heartbeat's start: the row is left alone when its
         worker was marked stopped after it (see Connection.set_offline).
+    :param online: only a row whose ``online`` is this.
     """
     c = _conductors.c
     query = _conductors.update().where(c.host == host) \
@@ -1379,7 +1404,23 @@ def _update_conductor(conn: sa.Connection, host: str, worker_id: int,
     if begun is not None:
         query = query.where(sa.or_(c.stopped_at.is_(None),
                                    c.stopped_at <= begun))
+    if online is not None:
+        query = query.where(c.online == sa.true() if online
+                            else c.online == sa.false())
     return int(conn.execute(query.values(**values)).rowcount)
+
+
+def _membership_changed(conn: sa.Connection) -> None:
+    """Increment the membership counter in ``conn``'s transaction."""
+    conn.execute(_changes.update().where(_changes.c.id == 1)
+                 .values(version=_changes.c.version + 1))
+
+
+def _changed_membership(conn: sa.Connection, rowcount: int) -> int:
+    """``rowcount``, after incrementing the counter if it is not 0."""
+    if rowcount:
+        _membership_changed(conn)
+    return int(rowcount)
 
 
 def _changed_since(where: Any, node_columns: Sequence[Any],

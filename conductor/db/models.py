@@ -159,6 +159,15 @@ conductors = sa.Table(
                         name="uniq_conductors0host0worker_id"),
 )
 
+# NOTE: one row (id 1, migration 0009): a counter of the writes that
+# change the workers' membership, so that workers re-read the conductors
+# rows only when it moved (see conductor.ownership).
+conductor_changes = sa.Table(
+    "conductor_changes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+)
+
 # NOTE: one row per deleted node (migration 0007), kept a day: power sync
 # keeps its nodes' rows in memory and learns of deletes from these, as it
 # learns of changes from nodes.changed_at.

@@ -52,8 +52,8 @@ class TestCliOnBackend(base.FunctionalTestCase):
         unsynced = self.manage("node", "list", check=1)
         self.assertIn("run 'conductor-manage db sync'", unsynced.stderr)
         self.manage("db", "sync")
-        self.assertIn("0008_conductor_stopped_at (head: "
-                      "0008_conductor_stopped_at)",
+        self.assertIn("0009_conductor_changes (head: "
+                      "0009_conductor_changes)",
                       self.manage("db", "version").stdout)
         # Again: upgrading an up-to-date schema does nothing.
         self.manage("db", "sync")

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from unittest import mock
 import uuid as uuid_lib
 
+from oslo_db import exception as db_exc
 from oslo_utils import timeutils
 import sqlalchemy as sa
 from tooz import hashring
@@ -628,23 +629,140 @@ class TestTidy(RingsTestCase):
         def statements() -> list[str]:
             return [q for q in recorded if q != "BEGIN"]
 
+        # A forced refresh reads the rows; the others the membership
+        # counter only, while it does not move (see TestRowsReadAgain).
+        self.assertFalse(rings.refresh(force=True))
+        self.assertEqual(2, len(statements()))
+        self.assertIn("FROM conductors", statements()[1])
         self.assertFalse(rings.update())
-        self.assertEqual(1, len(statements()))
-        self.assertIn("FROM conductors", statements()[0])
+        self.assertEqual(3, len(statements()))
+        self.assertIn("FROM conductor_changes", statements()[2])
         # maybe_update reads nothing within reset_interval.
         self.assertFalse(rings.maybe_update())
-        self.assertEqual(1, len(statements()))
+        self.assertEqual(3, len(statements()))
         self.clock.now += 16
         self.assertFalse(rings.maybe_update())
-        self.assertEqual(2, len(statements()))
+        self.assertEqual(4, len(statements()))
         # A shorter max_age (the periodic refresh's): read only when the
         # last read is older than that.
         self.clock.now += 4
         self.assertFalse(rings.maybe_update(max_age=5))
-        self.assertEqual(2, len(statements()))
+        self.assertEqual(4, len(statements()))
         self.clock.now += 1
         self.assertFalse(rings.maybe_update(max_age=5))
-        self.assertEqual(3, len(statements()))
+        self.assertEqual(5, len(statements()))
+        self.assertTrue(all("FROM conductor" in q for q in statements()))
+
+
+class TestRowsReadAgain(RingsTestCase):
+    """The peers' rows are read again only when they may have changed."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.recorded = record_statements(self, self.db.engine)
+
+    def rows_read(self) -> int:
+        """Reads of the conductors rows (list_conductors) so far."""
+        return sum(1 for q in self.recorded
+                   if q.startswith("SELECT conductors.host"))
+
+    def test_same_counter_same_rows(self) -> None:
+        self.beat("a", 0)
+        self.beat("b", 0)
+        rings = self.rings("a", 0)
+        self.assertEqual(1, self.rows_read())
+        for _ in range(5):
+            self.clock.now += 10
+            self.assertFalse(rings.refresh())
+        self.assertEqual(1, self.rows_read())
+        self.assertEqual({"a": (0,), "b": (0,)}, rings.membership.hosts)
+
+    def test_a_join_a_stop_and_a_drain_are_read_at_once(self) -> None:
+        self.beat("a", 0)
+        rings = self.rings("a", 0)
+        self.beat("b", 0)
+        self.assertTrue(rings.refresh())
+        self.assertEqual({"a": (0,), "b": (0,)}, rings.membership.hosts)
+        self.db.set_offline("b", 0)
+        self.assertTrue(rings.refresh())
+        self.assertEqual({"a": (0,)}, rings.membership.hosts)
+        self.beat("c", 0)
+        self.assertTrue(rings.refresh())
+        self.db.set_draining("c")
+        self.assertTrue(rings.refresh())
+        self.assertEqual({"a": (0,)}, rings.membership.hosts)
+        self.assertEqual(5, self.rows_read())
+
+    def test_read_again_when_a_heartbeat_may_have_expired(self) -> None:
+        now = [NOW]
+        self.beat("a", 0)
+        self.beat("b", 0, age=20)
+        rings = ownership.Rings(self.db, "a", 0, TIMEOUT, 5,
+                                now_func=lambda: now[0],
+                                monotonic=self.clock)
+        rings.refresh()
+        self.assertEqual(1, self.rows_read())
+        # b's beat of 20 s ago expires in TIMEOUT - 20 s: not before.
+        self.clock.now += TIMEOUT - 21
+        now[0] += datetime.timedelta(seconds=TIMEOUT - 21)
+        self.assertFalse(rings.refresh())
+        self.assertEqual(1, self.rows_read())
+        self.clock.now += 1
+        now[0] += datetime.timedelta(seconds=1)
+        self.assertTrue(rings.refresh())
+        self.assertEqual(2, self.rows_read())
+        self.assertEqual({"a": (0,)}, rings.membership.hosts)
+
+    def test_an_expired_row_is_read_until_marked_offline(self) -> None:
+        self.beat("a", 0)
+        self.beat("b", 0, age=TIMEOUT + 1)
+        failures = [db_exc.DBConnectionError("gone")]
+
+        def set_expired_offline(cutoff: datetime.datetime) -> int:
+            if failures:
+                raise failures.pop()
+            return real(cutoff)
+
+        real = self.db.set_expired_offline
+        with mock.patch.object(self.db, "set_expired_offline",
+                               side_effect=set_expired_offline):
+            rings = self.rings("a", 0)
+            self.assertEqual(1, self.rows_read())
+            rings.refresh()
+        self.assertEqual(2, self.rows_read())
+        self.assertEqual({"a:0": True, "b:0": False},
+                         {r.holder: r.online
+                          for r in self.db.list_conductors()})
+
+    def test_read_again_when_a_gone_host_is_due_for_removal(self) -> None:
+        now = [NOW]
+        self.beat("a", 0)
+        self.beat("old", 0, age=3000)
+        self.db.set_offline("old")
+        # Heartbeats that expire after the hour: only the removal of
+        # "old" (gone 3000 s, removed after 3600 s) reads the rows again.
+        rings = ownership.Rings(self.db, "a", 0, 10 * 3600, 5,
+                                now_func=lambda: now[0],
+                                monotonic=self.clock, cleanup_age=3600)
+        rings.refresh()
+        self.clock.now += 599
+        now[0] += datetime.timedelta(seconds=599)
+        rings.refresh()
+        self.assertEqual(1, self.rows_read())
+        self.clock.now += 2
+        now[0] += datetime.timedelta(seconds=2)
+        rings.refresh()
+        self.assertEqual(2, self.rows_read())
+        self.assertEqual({"a"}, {r.host for r in self.db.list_conductors()})
+
+    def test_untrusted_and_forced_refreshes_read_the_rows(self) -> None:
+        self.beat("a", 0)
+        rings = self.rings("a", 0)
+        rings.refresh(force=True)
+        self.assertEqual(2, self.rows_read())
+        rings.liveness = ownership.Liveness(5, TIMEOUT, monotonic=self.clock)
+        rings.refresh()
+        self.assertEqual(3, self.rows_read())
 
 
 class TestUpdate(RingsTestCase):

@@ -901,6 +901,55 @@ class TestConductors(DbTestCase):
             whole + datetime.timedelta(seconds=1),
             db_api.stop_mark(whole + datetime.timedelta(microseconds=1)))
 
+    def test_membership_counter_moves_with_membership_only(self) -> None:
+        version = self.db.membership_version()
+        assert version is not None
+
+        def moved() -> bool:
+            nonlocal version
+            now = self.db.membership_version()
+            assert now is not None
+            changed, version = now != version, now
+            return changed
+
+        self.db.register_conductor("h", 0, ["fake"])
+        self.assertTrue(moved())
+        self.db.heartbeat("h", 0, status={"n": 1})
+        self.assertFalse(moved())
+        self.db.heartbeat("h", 0, online=False)       # degraded
+        self.assertTrue(moved())
+        self.db.heartbeat("h", 0, online=False)
+        self.assertFalse(moved())
+        self.db.heartbeat("h", 0)                     # healthy again
+        self.assertTrue(moved())
+        self.db.set_draining("h")
+        self.assertTrue(moved())
+        self.db.clear_draining("h")
+        self.assertTrue(moved())
+        self.assertEqual(0, self.db.clear_draining("h"))
+        self.assertFalse(moved())
+        self.assertEqual(0, self.db.set_expired_offline(
+            self.now - datetime.timedelta(seconds=60)))
+        self.assertFalse(moved())
+        self.now += datetime.timedelta(seconds=120)
+        self.assertEqual(1, self.db.set_expired_offline(
+            self.now - datetime.timedelta(seconds=60)))
+        self.assertTrue(moved())
+        self.db.heartbeat("h", 0)                     # back online
+        self.assertTrue(moved())
+        self.db.set_offline("h", 0)
+        self.assertTrue(moved())
+        self.now += datetime.timedelta(seconds=120)
+        self.assertEqual(1, self.db.delete_gone_host(
+            "h", self.now - datetime.timedelta(seconds=60)))
+        self.assertTrue(moved())
+        self.db.register_conductor("h", 1, ["fake"])
+        self.assertTrue(moved())
+        self.assertEqual(1, self.db.delete_conductors("h", [1]))
+        self.assertTrue(moved())
+        self.assertEqual(0, self.db.delete_conductors("h", [1]))
+        self.assertFalse(moved())
+
     def test_set_offline_one_or_all(self) -> None:
         for host, worker in (("h", 0), ("h", 1), ("g", 0)):
             self.db.register_conductor(host, worker, ["fake"])

@@ -32,7 +32,7 @@ class TestMigration(base.TestCase):
         return set(sa.inspect(self.engine).get_table_names())
 
     def test_head(self) -> None:
-        self.assertEqual("0008_conductor_stopped_at", migration.head())
+        self.assertEqual("0009_conductor_changes", migration.head())
 
     def test_empty_database(self) -> None:
         self.assertIsNone(migration.current(self.engine))
