@@ -12,7 +12,7 @@ so no coordination is needed beyond the heartbeats::
     rings = ownership.Rings(db, host="a", worker_id=0,
                             heartbeat_timeout=60, reset_interval=5,
                             workers=2)
-    rings.update()                  # re-reads conductors rows only
+    rings.update()                  # reads conductors rows only
     rings.partitions()              # this worker's partitions, to query
     rings.owns(uuid)                # one node
     rings.owner_host(uuid)          # where RPC for a node is routed
@@ -229,8 +229,8 @@ class Rings:
     :param db: the worker's database connection.
     :param host: this host's name; ``worker_id`` its worker id.
     :param heartbeat_timeout: seconds after which a silent worker is dead.
-    :param reset_interval: :meth:`maybe_update` re-reads the
-        ``conductors`` rows when the last read is older than this
+    :param reset_interval: :meth:`maybe_update` checks membership again
+        (see :meth:`refresh`) when the last check is older than this
         (seconds).
     :param now_func: wall clock (UTC, naive) for heartbeat ages.
     :param monotonic: clock for the reset interval, grace and holds.
@@ -306,18 +306,20 @@ class Rings:
         #: Monotonic time of the last change of this worker's partitions.
         self.changed_at = -float("inf")
         self._release_pending = False
-        #: ``(membership counter, conductors rows, monotonic time until
-        #: which they stand)`` of the last read (see _conductor_rows).
-        self._rows: tuple[int, list[db_api.ConductorRecord],
-                          float] | None = None
+        #: ``(membership counter, conductors rows, monotonic and wall
+        #: times until which they stand)`` of the last read (see
+        #: _conductor_rows).
+        self._rows: tuple[int, list[db_api.ConductorRecord], float,
+                          datetime.datetime] | None = None
         self._rows_ticket = 0
 
     # -- refresh -------------------------------------------------------
 
     def refresh(self, force: bool = False) -> bool:
-        """Re-read the ``conductors`` rows; rebuild if membership changed.
+        """Check the ``conductors`` rows; rebuild if membership changed.
 
-        Reads nothing but the ``conductors`` rows. Rebuilds only when
+        Reads nothing but those rows, and only when they may have changed
+        (see :meth:`_conductor_rows`). Rebuilds only when
         membership changed (or with ``force``): the same members always
         give the same table. Also marks offline the rows of workers whose
         heartbeat expired and deletes the rows of long-gone hosts (each a
@@ -354,6 +356,11 @@ class Rings:
             never_built = self._table is None
             if changed or never_built or force:
                 self._build(membership)
+            if changed:
+                # NOTE: a refresh made for an RPC call may be the one that
+                # sees the change: the next update() releases what the
+                # workers that left held.
+                self._release_pending = True
         if began_draining and self.on_draining is not None:
             try:
                 self.on_draining()
@@ -392,19 +399,23 @@ class Rings:
             never replaces the rows of a later one.
         """
         version = self._db.membership_version() if trusted else None
-        now = self._monotonic()
+        now, wall = self._monotonic(), self._now()
         with self._lock:
             last = self._rows
+        # NOTE: both clocks: the rows are judged by the wall clock, which
+        # an NTP step may move ahead of the monotonic one.
         if not force and last is not None and version is not None and \
-                version == last[0] and now < last[2]:
+                version == last[0] and now < last[2] and wall < last[3]:
             return last[1], False
         records = self._db.list_conductors()
-        valid = self._valid_for(records, self._now())
+        wall = self._now()
+        valid = self._valid_for(records, wall)
         with self._lock:
             if ticket >= self._rows_ticket:
                 self._rows_ticket = ticket
                 self._rows = None if version is None else (
-                    version, records, now + valid)
+                    version, records, now + valid,
+                    wall + datetime.timedelta(seconds=valid))
         return records, True
 
     def _valid_for(self, records: Sequence[db_api.ConductorRecord],
@@ -413,13 +424,17 @@ class Rings:
 
         Until the first live heartbeat among them expires, or the first
         gone host's rows are due for removal; 0 while a worker whose
-        heartbeat expired is still online (it is to be marked offline).
+        heartbeat expired is still online (it is to be marked offline),
+        and while a row was registered by a release that does not move
+        the membership counter.
         """
         cutoff = now - datetime.timedelta(seconds=self._timeout)
         valid = float(self._timeout)
         offline_hosts: dict[str, datetime.datetime] = {}
         online_hosts = set()
         for record in records:
+            if not record.moves_counter:
+                return 0.0
             if record.online:
                 online_hosts.add(record.host)
                 left = (record.heartbeat_at - cutoff).total_seconds()

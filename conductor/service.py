@@ -126,7 +126,7 @@ class WorkerSettings:
 
     @property
     def refresh_interval(self) -> float:
-        """Seconds between two reads of the ``conductors`` rows.
+        """Seconds between two checks of membership (``conductors``).
 
         ``hash_ring_reset_interval``, or a quarter of ``heartbeat_timeout``
         when that is shorter: a dead worker's nodes are taken over soon

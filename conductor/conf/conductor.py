@@ -72,7 +72,8 @@ opts: list[cfg.Opt] = [
         mutable=True,
         help="Seconds between two checks by each worker of who is live: "
              "it reads one row, a counter of membership changes (a worker "
-             "joining, stopping, draining), and the workers' rows "
+             "joining, stopping, draining, degraded or healthy again), and "
+             "the workers' rows "
              "('conductors' table) only when that counter moved or one of "
              "their heartbeats may have expired since its last read; the "
              "ownership rings are rebuilt only when the live workers "

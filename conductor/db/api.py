@@ -127,6 +127,9 @@ class ConductorRecord:
     status: dict[str, Any] | None = None
     #: Its host is being drained (``conductor-manage drain``, SIGUSR1).
     draining: bool = False
+    #: Registered by a release that moves the membership counter
+    #: (:meth:`Connection.membership_version`).
+    moves_counter: bool = False
 
     @property
     def holder(self) -> str:
@@ -1107,7 +1110,7 @@ class Connection:
         now = timeutils.utcnow()
         values = {"drivers": list(drivers), "online": True, "pid": pid,
                   "started_at": now, "heartbeat_at": now,
-                  "stopped_at": None}
+                  "stopped_at": None, "moves_counter": True}
         with self.engine.begin() as conn:
             if _update_conductor(conn, host, worker_id, values):
                 _membership_changed(conn)
@@ -1257,11 +1260,12 @@ class Connection:
         """
         c = _conductors.c
         columns = [c.host, c.worker_id, c.pid, c.drivers, c.online,
-                   c.started_at, c.heartbeat_at, c.draining]
+                   c.started_at, c.heartbeat_at, c.draining,
+                   c.moves_counter]
         if with_status:
             columns.append(c.status)
         # NOTE: sorted here, not by the server: every worker reads these
-        # rows every hash_ring_reset_interval, and MariaDB sorts them with
+        # rows often (see conductor.ownership), and MariaDB sorts them with
         # a filesort that reads every row twice (its index on (host,
         # worker_id) is not worth using for so few rows).
         query = self._statement(("list_conductors", with_status),
@@ -1272,7 +1276,8 @@ class Connection:
                                    row.heartbeat_at,
                                    _as_optional_dict(row.status)
                                    if with_status else None,
-                                   bool(row.draining))
+                                   bool(row.draining),
+                                   bool(row.moves_counter))
                    for row in self._fetch(query)]
         records.sort(key=lambda record: (record.host, record.worker_id))
         return records

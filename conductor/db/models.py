@@ -155,6 +155,10 @@ conductors = sa.Table(
     # NOTE: when the worker's stop marked it offline (migration 0008): a
     # heartbeat begun before it is not written.
     sa.Column("stopped_at", sa.DateTime, nullable=True),
+    # NOTE: registered by a release that moves conductor_changes' counter
+    # (migration 0009); see conductor.ownership.
+    sa.Column("moves_counter", sa.Boolean, nullable=False,
+              server_default=sa.false()),
     sa.UniqueConstraint("host", "worker_id",
                         name="uniq_conductors0host0worker_id"),
 )

@@ -50,7 +50,7 @@ def record(host: str, worker_id: int, age: float = 0.0,
            online: bool = True) -> db_api.ConductorRecord:
     beat = NOW - datetime.timedelta(seconds=age)
     return db_api.ConductorRecord(host, worker_id, None, ["fake"], online,
-                                  beat, beat)
+                                  beat, beat, moves_counter=True)
 
 
 class TestLiveMembership(base.TestCase):
@@ -624,6 +624,7 @@ class TestTidy(RingsTestCase):
         self.beat("a", 0)
         self.db.import_nodes([{"driver": "fake"}] * 10)
         rings = self.rings("a", 0)
+        rings.update()      # releases what no live worker holds, once
         recorded = record_statements(self, self.db.engine)
 
         def statements() -> list[str]:
@@ -755,6 +756,56 @@ class TestRowsReadAgain(RingsTestCase):
         self.assertEqual(2, self.rows_read())
         self.assertEqual({"a"}, {r.host for r in self.db.list_conductors()})
 
+    def test_a_wall_clock_step_reads_the_rows_again(self) -> None:
+        # The wall clock steps 60 s ahead of the monotonic one: b, which
+        # beat 9 s before the last read and again since, stays live.
+        now = [NOW]
+        self.beat("a", 0)
+        self.beat("b", 0, age=9)
+        rings = ownership.Rings(self.db, "a", 0, TIMEOUT, 5,
+                                now_func=lambda: now[0],
+                                monotonic=self.clock)
+        rings.refresh()
+        self.clock.now += 5
+        now[0] += datetime.timedelta(seconds=65)
+        self.assertTrue(self.db.heartbeat("b", 0, at=now[0]))
+        self.assertTrue(self.db.heartbeat("a", 0, at=now[0]))
+        self.assertFalse(rings.refresh())
+        self.assertEqual(2, self.rows_read())
+        self.assertEqual({"a": (0,), "b": (0,)}, rings.membership.hosts)
+
+    def test_rows_of_an_earlier_release_are_read_every_time(self) -> None:
+        # Its workers register and stop without moving the counter.
+        self.beat("a", 0)
+        self.beat("old", 0)
+        with self.db.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE conductors SET moves_counter = "
+                                 "false WHERE host = 'old'"))
+        rings = self.rings("a", 0)
+        rings.refresh()
+        rings.refresh()
+        self.assertEqual(3, self.rows_read())
+
+    def test_a_degraded_worker_and_its_return_are_read_at_once(self) -> None:
+        self.beat("a", 0)
+        self.beat("b", 0)
+        rings = self.rings("a", 0)
+        self.assertTrue(self.db.heartbeat("b", 0, online=False, at=NOW))
+        self.assertTrue(rings.refresh())
+        self.assertEqual({"a": (0,)}, rings.membership.hosts)
+        self.assertTrue(self.db.heartbeat("b", 0, at=NOW))
+        self.assertTrue(rings.refresh())
+        self.assertEqual({"a": (0,), "b": (0,)}, rings.membership.hosts)
+
+    def test_a_worker_back_after_its_expiry_is_read_at_once(self) -> None:
+        self.beat("a", 0)
+        self.beat("b", 0, age=TIMEOUT + 1)
+        rings = self.rings("a", 0)      # marks b offline
+        self.assertEqual({"a": (0,)}, rings.membership.hosts)
+        self.assertTrue(self.db.heartbeat("b", 0, at=NOW))
+        self.assertTrue(rings.refresh())
+        self.assertEqual({"a": (0,), "b": (0,)}, rings.membership.hosts)
+
     def test_untrusted_and_forced_refreshes_read_the_rows(self) -> None:
         self.beat("a", 0)
         rings = self.rings("a", 0)
@@ -783,6 +834,19 @@ class TestUpdate(RingsTestCase):
             self.assertEqual(1, release.call_count)
             self.assertFalse(rings.update())
             self.assertEqual(1, release.call_count)
+        self.assertIsNone(self.db.get_node(node.uuid).reservation)
+
+    def test_a_change_seen_by_an_rpc_refresh_is_released(self) -> None:
+        # An RPC call refreshes the rings itself: when it is the one that
+        # sees a worker leave, the next update still releases its nodes.
+        self.beat("a", 0)
+        self.beat("b", 0)
+        rings = self.rings("a", 0)
+        [node] = self.db.import_nodes([{"driver": "fake"}])
+        self.db.reserve_node(node.uuid, "b:0")
+        self.db.set_offline("b", 0)
+        self.assertTrue(rings.refresh())
+        self.assertFalse(rings.update())
         self.assertIsNone(self.db.get_node(node.uuid).reservation)
 
 

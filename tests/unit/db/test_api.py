@@ -776,7 +776,8 @@ class TestConductors(DbTestCase):
         [record] = self.db.list_conductors()
         self.assertEqual(db_api.ConductorRecord(
             host="h", worker_id=0, pid=200, drivers=["fake", "ipmi"],
-            online=True, started_at=later, heartbeat_at=later), record)
+            online=True, started_at=later, heartbeat_at=later,
+            moves_counter=True), record)
         self.assertEqual("h:0", record.holder)
 
     def test_register_tries_a_deadlock_victim_again(self) -> None:

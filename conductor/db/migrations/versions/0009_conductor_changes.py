@@ -8,6 +8,11 @@ nothing else leaves it alone. Workers read this row at every refresh and
 read the ``conductors`` rows only when it moved, or when one of the
 heartbeats they last read may have expired since.
 
+``conductors.moves_counter`` tells the rows of workers of a release that
+moves the counter: while any row lacks it (a worker of an earlier
+release may register or stop without moving it), workers read every row
+at every refresh, as before.
+
 Revision ID: 0009_conductor_changes
 Revises: 0008_conductor_stopped_at
 Create Date: 2026-12-06
@@ -28,3 +33,6 @@ def upgrade():
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("version", sa.BigInteger, nullable=False))
     op.bulk_insert(table, [{"id": 1, "version": 0}])
+    op.add_column("conductors", sa.Column("moves_counter", sa.Boolean,
+                                          nullable=False,
+                                          server_default=sa.false()))
