@@ -667,6 +667,20 @@ class TestRowsReadAgain(RingsTestCase):
         return sum(1 for q in self.recorded
                    if q.startswith("SELECT conductors.host"))
 
+    def clocked_rings(self, timeout: float = TIMEOUT,
+                      cleanup_age: float = 0.0) -> ownership.Rings:
+        """Rings of a:0 whose wall clock is ``self.wall``."""
+        self.wall = NOW
+        return ownership.Rings(self.db, "a", 0, timeout, 5,
+                               now_func=lambda: self.wall,
+                               monotonic=self.clock, cleanup_age=cleanup_age)
+
+    def advance(self, seconds: float, wall: float | None = None) -> None:
+        """Both clocks ``seconds`` on (the wall clock ``wall`` if given)."""
+        self.clock.now += seconds
+        self.wall += datetime.timedelta(
+            seconds=seconds if wall is None else wall)
+
     def test_same_counter_same_rows(self) -> None:
         self.beat("a", 0)
         self.beat("b", 0)
@@ -695,21 +709,16 @@ class TestRowsReadAgain(RingsTestCase):
         self.assertEqual(5, self.rows_read())
 
     def test_read_again_when_a_heartbeat_may_have_expired(self) -> None:
-        now = [NOW]
         self.beat("a", 0)
         self.beat("b", 0, age=20)
-        rings = ownership.Rings(self.db, "a", 0, TIMEOUT, 5,
-                                now_func=lambda: now[0],
-                                monotonic=self.clock)
+        rings = self.clocked_rings()
         rings.refresh()
         self.assertEqual(1, self.rows_read())
         # b's beat of 20 s ago expires in TIMEOUT - 20 s: not before.
-        self.clock.now += TIMEOUT - 21
-        now[0] += datetime.timedelta(seconds=TIMEOUT - 21)
+        self.advance(TIMEOUT - 21)
         self.assertFalse(rings.refresh())
         self.assertEqual(1, self.rows_read())
-        self.clock.now += 1
-        now[0] += datetime.timedelta(seconds=1)
+        self.advance(1)
         self.assertTrue(rings.refresh())
         self.assertEqual(2, self.rows_read())
         self.assertEqual({"a": (0,)}, rings.membership.hosts)
@@ -736,22 +745,17 @@ class TestRowsReadAgain(RingsTestCase):
                           for r in self.db.list_conductors()})
 
     def test_read_again_when_a_gone_host_is_due_for_removal(self) -> None:
-        now = [NOW]
         self.beat("a", 0)
         self.beat("old", 0, age=3000)
         self.db.set_offline("old")
         # Heartbeats that expire after the hour: only the removal of
         # "old" (gone 3000 s, removed after 3600 s) reads the rows again.
-        rings = ownership.Rings(self.db, "a", 0, 10 * 3600, 5,
-                                now_func=lambda: now[0],
-                                monotonic=self.clock, cleanup_age=3600)
+        rings = self.clocked_rings(timeout=10 * 3600, cleanup_age=3600)
         rings.refresh()
-        self.clock.now += 599
-        now[0] += datetime.timedelta(seconds=599)
+        self.advance(599)
         rings.refresh()
         self.assertEqual(1, self.rows_read())
-        self.clock.now += 2
-        now[0] += datetime.timedelta(seconds=2)
+        self.advance(2)
         rings.refresh()
         self.assertEqual(2, self.rows_read())
         self.assertEqual({"a"}, {r.host for r in self.db.list_conductors()})
@@ -759,17 +763,13 @@ class TestRowsReadAgain(RingsTestCase):
     def test_a_wall_clock_step_reads_the_rows_again(self) -> None:
         # The wall clock steps 60 s ahead of the monotonic one: b, which
         # beat 9 s before the last read and again since, stays live.
-        now = [NOW]
         self.beat("a", 0)
         self.beat("b", 0, age=9)
-        rings = ownership.Rings(self.db, "a", 0, TIMEOUT, 5,
-                                now_func=lambda: now[0],
-                                monotonic=self.clock)
+        rings = self.clocked_rings()
         rings.refresh()
-        self.clock.now += 5
-        now[0] += datetime.timedelta(seconds=65)
-        self.assertTrue(self.db.heartbeat("b", 0, at=now[0]))
-        self.assertTrue(self.db.heartbeat("a", 0, at=now[0]))
+        self.advance(5, wall=65)
+        self.assertTrue(self.db.heartbeat("b", 0, at=self.wall))
+        self.assertTrue(self.db.heartbeat("a", 0, at=self.wall))
         self.assertFalse(rings.refresh())
         self.assertEqual(2, self.rows_read())
         self.assertEqual({"a": (0,), "b": (0,)}, rings.membership.hosts)
