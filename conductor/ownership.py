@@ -495,11 +495,16 @@ class Rings:
         """
         changed = self.refresh(force=force)
         if changed or force or self._release_pending:
-            # NOTE: a release that failed (a database blip) is tried
-            # again at the next update, not only at the next change.
-            self._release_pending = True
-            self.release_dead_reservations()
+            # NOTE: cleared first, so that a change seen meanwhile by
+            # another refresh (an RPC call's) keeps its release pending;
+            # a release that failed (a database blip) is tried again at
+            # the next update, not only at the next change.
             self._release_pending = False
+            try:
+                self.release_dead_reservations()
+            except BaseException:
+                self._release_pending = True
+                raise
         return changed
 
     def maybe_update(self, max_age: float | None = None) -> bool:

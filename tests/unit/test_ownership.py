@@ -849,6 +849,27 @@ class TestUpdate(RingsTestCase):
         self.assertFalse(rings.update())
         self.assertIsNone(self.db.get_node(node.uuid).reservation)
 
+    def test_a_change_seen_during_a_release_is_released_next(self) -> None:
+        self.beat("a", 0)
+        self.beat("b", 0)
+        rings = self.rings("a", 0)
+        [node] = self.db.import_nodes([{"driver": "fake"}])
+        self.db.reserve_node(node.uuid, "b:0")
+        real = rings.release_dead_reservations
+
+        def release() -> int:
+            released = real()       # b is live: its reservation stays
+            self.db.set_offline("b", 0)
+            self.assertTrue(rings.refresh())    # an RPC call's refresh
+            return released
+
+        with mock.patch.object(rings, "release_dead_reservations",
+                               side_effect=release):
+            rings.update(force=True)
+        self.assertEqual("b:0", self.db.get_node(node.uuid).reservation)
+        self.assertFalse(rings.update())
+        self.assertIsNone(self.db.get_node(node.uuid).reservation)
+
 
 class TestLiveness(base.TestCase):
 
