@@ -202,6 +202,25 @@ class Liveness:
             self._resumed_at = now - self.timeout
 
 
+def gone_hosts(records: Iterable[db_api.ConductorRecord]
+               ) -> dict[str, datetime.datetime]:
+    """Hosts whose every worker is offline, and their latest heartbeat.
+
+    Their rows are removed once that heartbeat is older than the cleanup
+    age (:meth:`Rings._tidy`).
+    """
+    latest: dict[str, datetime.datetime] = {}
+    online = set()
+    for record in records:
+        if record.online:
+            online.add(record.host)
+        elif record.host not in latest or \
+                record.heartbeat_at > latest[record.host]:
+            latest[record.host] = record.heartbeat_at
+    return {host: last for host, last in latest.items()
+            if host not in online}
+
+
 def partition_table(membership: Membership
                     ) -> list[tuple[str, int]] | None:
     """Owner ``(host, worker id)`` of every partition; None: nobody."""
@@ -430,25 +449,18 @@ class Rings:
         """
         cutoff = now - datetime.timedelta(seconds=self._timeout)
         valid = float(self._timeout)
-        offline_hosts: dict[str, datetime.datetime] = {}
-        online_hosts = set()
         for record in records:
             if not record.moves_counter:
                 return 0.0
             if record.online:
-                online_hosts.add(record.host)
                 left = (record.heartbeat_at - cutoff).total_seconds()
                 if left <= 0:
                     return 0.0
                 valid = min(valid, left)
-            elif record.heartbeat_at > offline_hosts.get(
-                    record.host, datetime.datetime.min):
-                offline_hosts[record.host] = record.heartbeat_at
         if self._cleanup_age > 0:
-            for host, last in offline_hosts.items():
-                if host not in online_hosts:
-                    left = (last - now).total_seconds() + self._cleanup_age
-                    valid = min(valid, max(0.0, left))
+            for last in gone_hosts(records).values():
+                left = (last - now).total_seconds() + self._cleanup_age
+                valid = min(valid, max(0.0, left))
         return valid
 
     def _keep_previous(self, membership: Membership,
@@ -590,17 +602,12 @@ class Rings:
                                  "secs": self._timeout})
             if self._cleanup_age > 0:
                 gone = now - datetime.timedelta(seconds=self._cleanup_age)
-                hosts: dict[str, list[db_api.ConductorRecord]] = {}
-                for r in records:
-                    hosts.setdefault(r.host, []).append(r)
-                for host, rows in hosts.items():
-                    if all(not r.online and r.heartbeat_at < gone
-                           for r in rows):
-                        if self._db.delete_gone_host(host, gone):
-                            LOG.info("Removed the rows of host %(host)s, "
-                                     "gone for more than %(age)ss",
-                                     {"host": host,
-                                      "age": self._cleanup_age})
+                for host, last in gone_hosts(records).items():
+                    if last < gone and self._db.delete_gone_host(host,
+                                                                 gone):
+                        LOG.info("Removed the rows of host %(host)s, "
+                                 "gone for more than %(age)ss",
+                                 {"host": host, "age": self._cleanup_age})
         except Exception:
             # NOTE: housekeeping only; ownership was already rebuilt.
             LOG.exception("Could not tidy the conductors rows")

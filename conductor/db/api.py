@@ -1193,7 +1193,7 @@ class Connection:
         the next start of the conductor clears it (:meth:`clear_draining`).
         """
         with self.engine.begin() as conn:
-            return _changed_membership(conn, conn.execute(
+            return _membership_changed(conn, conn.execute(
                 _conductors.update().where(_conductors.c.host == host)
                 .where(_conductors.c.online == sa.true())
                 .values(draining=True)).rowcount)
@@ -1201,7 +1201,7 @@ class Connection:
     def clear_draining(self, host: str) -> int:
         """Forget a drain of ``host`` (a new start); returns rows changed."""
         with self.engine.begin() as conn:
-            return _changed_membership(conn, conn.execute(
+            return _membership_changed(conn, conn.execute(
                 _conductors.update().where(_conductors.c.host == host)
                 .where(_conductors.c.draining == sa.true())
                 .values(draining=False)).rowcount)
@@ -1219,7 +1219,7 @@ class Connection:
         if worker_id is not None:
             query = query.where(_conductors.c.worker_id == worker_id)
         with self.engine.begin() as conn:
-            _changed_membership(conn, conn.execute(query).rowcount)
+            _membership_changed(conn, conn.execute(query).rowcount)
 
     def set_expired_offline(self, cutoff: datetime.datetime) -> int:
         """Mark offline the online workers silent since ``cutoff``.
@@ -1229,7 +1229,7 @@ class Connection:
         """
         c = _conductors.c
         with self.engine.begin() as conn:
-            return _changed_membership(conn, conn.execute(
+            return _membership_changed(conn, conn.execute(
                 _conductors.update().where(c.online == sa.true())
                 .where(c.heartbeat_at < cutoff)
                 .values(online=False)).rowcount)
@@ -1247,7 +1247,7 @@ class Connection:
         with self.engine.begin() as conn:
             if conn.execute(recent.limit(1)).first() is not None:
                 return 0
-            return _changed_membership(conn, conn.execute(
+            return _membership_changed(conn, conn.execute(
                 _conductors.delete().where(c.host == host)
                 .where(c.heartbeat_at < cutoff)
                 .where(c.online == sa.false())).rowcount)
@@ -1285,7 +1285,7 @@ class Connection:
     def delete_conductors(self, host: str, worker_ids: Iterable[int]) -> int:
         """Forget workers of ``host`` (e.g. beyond a lowered worker count)."""
         with self.engine.begin() as conn:
-            return _changed_membership(conn, conn.execute(
+            return _membership_changed(conn, conn.execute(
                 _conductors.delete().where(_conductors.c.host == host)
                 .where(_conductors.c.worker_id.in_(list(worker_ids)))
             ).rowcount)
@@ -1415,16 +1415,15 @@ def _update_conductor(conn: sa.Connection, host: str, worker_id: int,
     return int(conn.execute(query.values(**values)).rowcount)
 
 
-def _membership_changed(conn: sa.Connection) -> None:
-    """Increment the membership counter in ``conn``'s transaction."""
-    conn.execute(_changes.update().where(_changes.c.id == 1)
-                 .values(version=_changes.c.version + 1))
+def _membership_changed(conn: sa.Connection, rowcount: int = 1) -> int:
+    """Increment the membership counter in ``conn``'s transaction.
 
-
-def _changed_membership(conn: sa.Connection, rowcount: int) -> int:
-    """``rowcount``, after incrementing the counter if it is not 0."""
+    Only when ``rowcount`` (the rows a write changed) is not 0; returns
+    it.
+    """
     if rowcount:
-        _membership_changed(conn)
+        conn.execute(_changes.update().where(_changes.c.id == 1)
+                     .values(version=_changes.c.version + 1))
     return int(rowcount)
 
 
