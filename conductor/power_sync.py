@@ -73,6 +73,11 @@ from conductor import states
 from conductor import task
 
 LOG = logging.getLogger(__name__)
+#: One DEBUG line for each sync run (a worker runs about one a second);
+#: enable it without ``debug`` with ``default_log_levels =
+#: ...,conductor.power_sync.runs=DEBUG``. At INFO, :data:`LOG` sums the
+#: runs up once per interval (see :class:`_Summary`).
+RUN_LOG = logging.getLogger(__name__ + ".runs")
 
 #: The ``fault`` of a node put into maintenance by power sync.
 POWER_FAILURE = "power failure"
@@ -231,6 +236,53 @@ class _Outcome:
     error: str | None = None
 
 
+class _Summary:
+    """The sync runs of one worker, summed up at INFO once per interval.
+
+    The first run starts a period; the first run that ends ``interval``
+    seconds or more after its start logs the period's totals and starts
+    the next one. A worker that polls nothing still logs its line, so the
+    log shows each worker alive and syncing.
+    """
+
+    def __init__(self) -> None:
+        self._reset(None)
+
+    def _reset(self, start: float | None) -> None:
+        self.start = start
+        self.runs = self.nodes = self.failures = self.changed = 0
+        self.to_maintenance = self.recovered = self.skipped = 0
+        self.longest = self.overdue = 0.0
+
+    def add(self, result: SweepResult, interval: float) -> None:
+        if self.start is None:
+            self.start = result.finished_at - result.total_seconds
+        self.runs += 1
+        self.nodes += result.nodes
+        self.failures += result.failures
+        self.changed += result.changed + result.forced
+        self.to_maintenance += result.to_maintenance
+        self.recovered += result.recovered
+        self.skipped += result.skipped
+        self.longest = max(self.longest, result.total_seconds)
+        self.overdue = max(self.overdue, result.overdue)
+        seconds = result.finished_at - self.start
+        if seconds < interval:
+            return
+        LOG.info("Power sync, last %(secs).0fs: %(nodes)d node(s) polled "
+                 "in %(runs)d run(s), %(failures)d failure(s), "
+                 "%(changed)d change(s), %(maint)d to maintenance, "
+                 "%(rec)d recovered; longest run %(longest).3fs, most "
+                 "overdue %(overdue).1fs%(skipped)s",
+                 {"secs": seconds, "nodes": self.nodes, "runs": self.runs,
+                  "failures": self.failures, "changed": self.changed,
+                  "maint": self.to_maintenance, "rec": self.recovered,
+                  "longest": self.longest, "overdue": self.overdue,
+                  "skipped": "; %d skipped (a call on them still running)"
+                             % self.skipped if self.skipped else ""})
+        self._reset(result.finished_at)
+
+
 class PowerSync:
     """Power-state sync and failure recovery for one worker.
 
@@ -276,6 +328,8 @@ class PowerSync:
         self._anchor: float | None = self._window_end
         #: When a run that polled nothing was last logged (time.time()).
         self._quiet_logged = -float("inf")
+        #: The sync runs since the last INFO summary.
+        self._summary = _Summary()
         interval = settings.interval
         #: The rows of this worker's nodes and when each is due.
         self._rows = node_cache.NodeCache(
@@ -475,35 +529,44 @@ class PowerSync:
         result.total_seconds = self._clock() - started
         result.finished_at = time.time()
         self.last[result.kind] = result
-        # NOTE: a run that planned nothing is logged once per interval, so
-        # the log still shows each worker alive and syncing; "node(s)"
-        # counts the nodes polled, not those planned.
+        left = result.planned - result.nodes - result.skipped
+        if result.kind == "sync":
+            self._summary.add(result, self._settings.interval)
+        # NOTE: a sync run's line is DEBUG, on RUN_LOG: at INFO, a worker
+        # would log one a second. A recovery run (rare), and a run that
+        # skipped nodes or was cut short by a stop, stay INFO.
+        notable = result.kind != "sync" or result.skipped or left > 0
+        logger, level = ((LOG, logging.INFO) if notable
+                         else (RUN_LOG, logging.DEBUG))
+        # NOTE: a run that planned nothing is logged once per interval;
+        # "node(s)" counts the nodes polled, not those planned.
         quiet = not result.planned and (
             result.kind != "sync" or result.finished_at
             < self._quiet_logged + self._settings.interval)
-        if not quiet:
+        if not quiet and logger.isEnabledFor(level):
             if not result.planned:
                 self._quiet_logged = result.finished_at
-            left = result.planned - result.nodes - result.skipped
-            LOG.info("Power %(kind)s sweep: %(nodes)d node(s) in "
-                     "%(secs).3fs (calls) / %(total).3fs (total), "
-                     "%(failures)d failure(s), %(changed)d change(s), "
-                     "%(maint)d to maintenance, %(rec)d recovered, "
-                     "%(lanes)d lane(s), peak %(peak)d concurrent call(s)"
-                     "%(skipped)s%(left)s",
-                     {"kind": result.kind, "nodes": result.nodes,
-                      "secs": result.seconds,
-                      "total": result.total_seconds,
-                      "failures": result.failures,
-                      "changed": result.changed + result.forced,
-                      "maint": result.to_maintenance,
-                      "rec": result.recovered, "lanes": result.lanes,
-                      "peak": result.peak_calls,
-                      "skipped": "; %d skipped (a call on them still "
-                                 "running)" % result.skipped
-                                 if result.skipped else "",
-                      "left": "; %d of %d planned not polled (stopping)"
-                              % (left, result.planned) if left > 0 else ""})
+            logger.log(
+                level,
+                "Power %(kind)s sweep: %(nodes)d node(s) in "
+                "%(secs).3fs (calls) / %(total).3fs (total), "
+                "%(failures)d failure(s), %(changed)d change(s), "
+                "%(maint)d to maintenance, %(rec)d recovered, "
+                "%(lanes)d lane(s), peak %(peak)d concurrent call(s)"
+                "%(skipped)s%(left)s",
+                {"kind": result.kind, "nodes": result.nodes,
+                 "secs": result.seconds,
+                 "total": result.total_seconds,
+                 "failures": result.failures,
+                 "changed": result.changed + result.forced,
+                 "maint": result.to_maintenance,
+                 "rec": result.recovered, "lanes": result.lanes,
+                 "peak": result.peak_calls,
+                 "skipped": "; %d skipped (a call on them still "
+                            "running)" % result.skipped
+                            if result.skipped else "",
+                 "left": "; %d of %d planned not polled (stopping)"
+                         % (left, result.planned) if left > 0 else ""})
         return result
 
     def _suspect(self, row: db_api.SyncRow) -> bool:

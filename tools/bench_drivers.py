@@ -72,6 +72,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 
 import conductor.cmd  # noqa: E402,F401  (threading backend first)
 from conductor.common import deadline  # noqa: E402
+from conductor.common import log as conductor_log  # noqa: E402
 from conductor import conf  # noqa: E402
 from conductor.db import api as db_api  # noqa: E402
 from conductor.db import migration  # noqa: E402
@@ -200,9 +201,13 @@ def bench_redfish(count: int, threads: int, repeat: int,
     return result
 
 
+#: A line for each power sync run (DEBUG, on its own logger: at INFO a
+#: worker sums its runs up once per interval).
+RUN_LINES = conductor_log.log_levels("conductor.power_sync.runs=DEBUG")
 SWEEP_RE = re.compile(
     r"(?P<stamp>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) "
-    r"(?P<pid>\d+) INFO conductor\.power_sync \[(?P<who>[^\]]+)\] \[-\] "
+    r"(?P<pid>\d+) (?:INFO conductor\.power_sync|"
+    r"DEBUG conductor\.power_sync\.runs) \[(?P<who>[^\]]+)\] \[-\] "
     r"Power sync sweep: (?P<nodes>\d+) node\(s\) in (?P<calls>[\d.]+)s "
     r"\(calls\) / (?P<total>[\d.]+)s \(total\), (?P<failures>\d+) "
     r"failure\(s\)")
@@ -298,6 +303,7 @@ def _fleet_path(name: str, sims: bmc.IPMISims, workers: int, threads: int,
             stream.write(
                 "[DEFAULT]\nhost = bench\nstate_path = %(dir)s\n"
                 "log_file = %(log)s\nenabled_drivers = ipmi\n"
+                "default_log_levels = %(levels)s\n"
                 "[database]\nconnection = %(url)s\n"
                 "[conductor]\nworkers = %(w)d\n"
                 "workers_pool_size = %(pool)d\n"
@@ -310,6 +316,7 @@ def _fleet_path(name: str, sims: bmc.IPMISims, workers: int, threads: int,
                 "[ipmi]\nfreeipmi_workaround_flags = opensesspriv\n"
                 "freeipmi_session_timeout = %(dead)s\n%(ipmi)s"
                 % {"dir": workdir, "log": log_file, "url": url,
+                   "levels": RUN_LINES,
                    "w": workers, "pool": threads + 8, "p": threads,
                    "interval": interval, "batch": batch_size,
                    "dead": dead_seconds, "ipmi": ipmi_options})

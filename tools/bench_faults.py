@@ -92,6 +92,7 @@ import conductor.cmd  # noqa: E402,F401  (selects the threading backend)
 from oslo_config import cfg  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
+from conductor.common import log as conductor_log  # noqa: E402
 from conductor.common import rpc  # noqa: E402
 from conductor.conf import conductor as conductor_opts  # noqa: E402
 from conductor.db import api as db_api  # noqa: E402
@@ -110,9 +111,13 @@ HOST = "h1"
 #: Start, stop and wait bounds (seconds).
 START_TIMEOUT = services.START_TIMEOUT
 STOP_TIMEOUT = services.STOP_TIMEOUT
+#: A line for each power sync run (DEBUG, on its own logger: at INFO a
+#: worker sums its runs up once per interval).
+RUN_LINES = conductor_log.log_levels("conductor.power_sync.runs=DEBUG")
 SWEEP_RE = re.compile(
-    r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \d+ INFO "
-    r"conductor\.power_sync \[(?P<who>[^\]]+)\] \[-\] Power sync sweep: "
+    r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \d+ "
+    r"(?:INFO conductor\.power_sync|DEBUG conductor\.power_sync\.runs) "
+    r"\[(?P<who>[^\]]+)\] \[-\] Power sync sweep: "
     r"(?P<nodes>\d+) node\(s\) in [\d.]+s \(calls\) / (?P<total>[\d.]+)s "
     r"\(total\)")
 
@@ -362,6 +367,7 @@ class Bench:
             stream.write(
                 "[DEFAULT]\nhost = %s\nstate_path = %s\nlog_file = %s\n"
                 "enabled_drivers = fake\ntransport_url = %s\n"
+                "default_log_levels = %s\n"
                 "graceful_shutdown_timeout = %d\n"
                 "[database]\nconnection = %s\n"
                 "[conductor]\nworkers = %d\nheartbeat_interval = %d\n"
@@ -369,7 +375,7 @@ class Bench:
                 "power_state_timeout = %s\npending_action_interval = %s\n"
                 "hash_ring_reset_interval = %d\n"
                 "force_power_state_during_sync = false\n"
-                % (host, rundir, log_file, self.rabbit.url,
+                % (host, rundir, log_file, self.rabbit.url, RUN_LINES,
                    s["graceful_shutdown_timeout"], self.url, s["workers"],
                    s["heartbeat_interval"], s["heartbeat_timeout"],
                    s["sync_power_state_interval"], s["power_state_timeout"],
@@ -699,8 +705,10 @@ class Bench:
             stream.write(
                 "[DEFAULT]\nhost = %s\nstate_path = %s\nlog_file = %s\n"
                 "enabled_drivers = fake\ngraceful_shutdown_timeout = 2\n"
+                "default_log_levels = %s\n"
                 "debug = %s\n[database]\nconnection = %s\n[conductor]\n"
-                % (HOST, rundir, log_file, "true" if debug else "false",
+                % (HOST, rundir, log_file, RUN_LINES,
+                   "true" if debug else "false",
                    self.url))
             for key, value in sorted(options.items()):
                 stream.write("%s = %s\n" % (key, value))

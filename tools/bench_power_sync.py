@@ -39,11 +39,16 @@ import psutil
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from conductor.common import log as conductor_log  # noqa: E402
 from conductor.db import api as db_api  # noqa: E402
 from conductor.db import migration  # noqa: E402
 
+#: A line for each power sync run (DEBUG, on its own logger: at INFO a
+#: worker sums its runs up once per interval).
+RUN_LINES = conductor_log.log_levels("conductor.power_sync.runs=DEBUG")
 SWEEP_RE = re.compile(
-    r" (?P<pid>\d+) INFO conductor\.power_sync \[(?P<who>[^\]]+)\] \[-\] "
+    r" (?P<pid>\d+) (?:INFO conductor\.power_sync|"
+    r"DEBUG conductor\.power_sync\.runs) \[(?P<who>[^\]]+)\] \[-\] "
     r"Power sync sweep: (?P<nodes>\d+) node\(s\) in (?P<calls>[\d.]+)s "
     r"\(calls\) / (?P<total>[\d.]+)s \(total\), (?P<failures>\d+) "
     r"failure\(s\).* peak (?P<peak>\d+) concurrent")
@@ -71,6 +76,7 @@ def run(nodes: int, latency_ms: int, threads: int, workers: int,
         stream.write(
             "[DEFAULT]\nhost = bench\nstate_path = %(dir)s\n"
             "log_file = %(log)s\nenabled_drivers = fake\n"
+            "default_log_levels = %(levels)s\n"
             "[database]\nconnection = %(url)s\n"
             "[conductor]\nworkers = %(w)d\nworkers_pool_size = %(pool)d\n"
             "sync_power_state_workers = %(p)d\n"
@@ -78,6 +84,7 @@ def run(nodes: int, latency_ms: int, threads: int, workers: int,
             "power_state_timeout = 30\nheartbeat_interval = 5\n"
             "heartbeat_timeout = 60\n"
             % {"dir": workdir, "log": log_file, "url": url, "w": workers,
+               "levels": RUN_LINES,
                "pool": threads + 8, "p": threads,
                "interval": math.ceil(interval)})
     proc = subprocess.Popen([_bin("conductor"), "--config-file", config],

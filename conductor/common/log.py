@@ -62,6 +62,15 @@ DEFAULT_LOG_LEVELS = [
 ]
 
 
+def log_levels(*extra: str) -> str:
+    """A ``default_log_levels`` value: the defaults, then ``extra``.
+
+    For example ``log_levels("conductor.power_sync.runs=DEBUG")`` logs
+    every power sync run without ``debug``.
+    """
+    return ",".join([*DEFAULT_LOG_LEVELS, *extra])
+
+
 def set_defaults() -> None:
     """Conductor's defaults for oslo.log options (before config parsing)."""
     oslo_log.set_defaults(logging_context_format_string=CONTEXT_FORMAT,

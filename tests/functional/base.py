@@ -23,6 +23,7 @@ import psutil
 import sqlalchemy as sa
 import testtools
 
+from conductor.common import log as conductor_log
 from conductor.db import api as db_api
 from conductor.db import engine as db_engine
 from conductor.db import migration
@@ -154,6 +155,11 @@ class ConductorProcess(fixtures.Fixture):
         self.options.setdefault("DEFAULT", {}).setdefault(
             "state_path", self.workdir)
         self.options["DEFAULT"].setdefault("log_file", self.log_file)
+        # NOTE: the tests read power sync's line for each run (DEBUG
+        # since the per-interval summary), whatever their debug option.
+        self.options["DEFAULT"].setdefault(
+            "default_log_levels",
+            conductor_log.log_levels("conductor.power_sync.runs=DEBUG"))
         self.write_config()
         self.start()
         self.addCleanup(self.kill)

@@ -43,7 +43,8 @@ from tests.functional import services
 HEARTBEAT_INTERVAL = 1
 HEARTBEAT_TIMEOUT = 4
 SYNC_INTERVAL = 1
-_SWEEP = re.compile(r"^(\S+ \S+) \d+ INFO conductor\.power_sync "
+_SWEEP = re.compile(r"^(\S+ \S+) \d+ (?:INFO conductor\.power_sync|"
+                    r"DEBUG conductor\.power_sync\.runs) "
                     r"\[(\S+) worker (\d+)\] \[-\] Power sync sweep: "
                     r"(\d+) node\(s\)")
 

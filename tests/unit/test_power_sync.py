@@ -777,6 +777,69 @@ class TestContainment(SyncTestCase):
         self.assertEqual(8, len(order))
 
 
+class TestRunLog(SyncTestCase):
+    """A sync run's line is DEBUG; INFO sums the runs up per interval."""
+
+    def test_a_run_logs_at_debug_on_its_own_logger(self) -> None:
+        self.nodes("n1", "n2")
+        syncer = self.syncer()
+        with fixtures.FakeLogger(level=logging.INFO) as info:
+            syncer.sync()
+        self.assertNotIn("Power sync sweep", info.output)
+        self.nodes("n3")
+        with fixtures.FakeLogger(name="conductor.power_sync.runs",
+                                 level=logging.DEBUG) as runs:
+            syncer.sync()
+        self.assertIn("Power sync sweep: 3 node(s) in", runs.output)
+
+    def test_a_recovery_run_stays_info(self) -> None:
+        self.nodes("bad", maintenance=True, fault=power_sync.POWER_FAILURE)
+        with fixtures.FakeLogger(level=logging.INFO) as info:
+            self.syncer().recover()
+        self.assertIn("Power recovery sweep: 1 node(s) in", info.output)
+
+    def summed(self, *runs: tuple[float, dict[str, Any]],
+               interval: float = 60.0) -> list[str]:
+        """The INFO lines of a summary fed ``(finished_at, fields)``."""
+        summary = power_sync._Summary()
+        with fixtures.FakeLogger(level=logging.INFO) as info:
+            for finished_at, fields in runs:
+                summary.add(power_sync.SweepResult(
+                    kind="sync", finished_at=finished_at, **fields),
+                    interval)
+        return info.output.splitlines()
+
+    def test_runs_are_summed_up_once_per_interval(self) -> None:
+        run = {"nodes": 10, "planned": 10, "total_seconds": 0.5}
+        lines = self.summed(
+            (1000.5, dict(run, failures=1, overdue=2.0)),
+            (1030.5, dict(run, changed=2, forced=1, total_seconds=1.5)),
+            (1059.0, dict(run, to_maintenance=1, recovered=1)),
+            # The period began when its first run did (at 1000.0).
+            (1060.0, dict(run, skipped=3)),
+            (1070.0, run), (1119.0, run))
+        self.assertEqual(
+            ["Power sync, last 60s: 40 node(s) polled in 4 run(s), "
+             "1 failure(s), 3 change(s), 1 to maintenance, 1 recovered; "
+             "longest run 1.500s, most overdue 2.0s; 3 skipped (a call "
+             "on them still running)"], lines)
+        # The next period starts at the end of the last one's last run.
+        self.assertEqual(
+            ["Power sync, last 60s: 20 node(s) polled in 2 run(s), "
+             "0 failure(s), 0 change(s), 0 to maintenance, 0 recovered; "
+             "longest run 0.500s, most overdue 0.0s"],
+            self.summed((1000.5, run), (1060.0, run), (1070.0, run),
+                        (1120.0, run))[1:])
+
+    def test_a_worker_that_polls_nothing_still_logs_its_summary(self) -> None:
+        lines = self.summed(*[(1000.0 + t, {}) for t in range(0, 62)],
+                            interval=60.0)
+        self.assertEqual(
+            ["Power sync, last 60s: 0 node(s) polled in 61 run(s), "
+             "0 failure(s), 0 change(s), 0 to maintenance, 0 recovered; "
+             "longest run 0.000s, most overdue 0.0s"], lines)
+
+
 class TestDueTime(SyncTestCase):
     """Each node is polled once per interval, at its own phase."""
 
