@@ -757,7 +757,8 @@ class ConductorService(service.ServiceBase):
                 else:
                     LOG.info("The heartbeat of %(holder)s begun at "
                              "%(at)s was not written: the worker was "
-                             "marked offline after it began",
+                             "marked offline, or registered by another "
+                             "process, after it began",
                              {"holder": self.holder,
                               "at": begun.isoformat(" ", "seconds")})
             except Exception as exc:

@@ -1137,7 +1137,9 @@ class Connection:
 
         A beat that began before the worker's stop marked it offline
         (:meth:`set_offline`) is not written: a write slow to land must
-        not show a stopped worker online again.
+        not show a stopped worker online again. Nor is a beat of a
+        process that is no longer the row's (``pid``: the worker was
+        respawned and registered again since the beat was sent).
 
         :param drivers: the worker's drivers and
         :param pid: its process id, registered again with the row when it
@@ -1151,7 +1153,8 @@ class Connection:
         :param at: when the beat began, the ``heartbeat_at`` it writes
             (default: now).
         :returns: False when the beat was not written (it began before
-            the worker was marked offline).
+            the worker was marked offline, or the row is another
+            process's).
         """
         if at is None:
             at = timeutils.utcnow()
@@ -1164,13 +1167,14 @@ class Connection:
         # written below, with the membership counter.
         count = self._on_kept(
             lambda conn: _update_conductor(conn, host, worker_id, values,
-                                           begun=at, online=online),
+                                           begun=at, online=online,
+                                           pid=pid),
             write=True)
         if count == 1:
             return True
         with self.engine.begin() as conn:
             count = _update_conductor(conn, host, worker_id, values,
-                                      begun=at)
+                                      begun=at, pid=pid)
             if count == 1:
                 _membership_changed(conn)
                 return True
@@ -1396,12 +1400,16 @@ def stop_mark(now: datetime.datetime) -> datetime.datetime:
 def _update_conductor(conn: sa.Connection, host: str, worker_id: int,
                       values: Mapping[str, Any],
                       begun: datetime.datetime | None = None,
-                      online: bool | None = None) -> int:
+                      online: bool | None = None,
+                      pid: int | None = None) -> int:
     """UPDATE one worker's row; returns how many rows matched (0 or 1).
 
     :param begun: a heartbeat's start: the row is left alone when its
         worker was marked stopped after it (see Connection.set_offline).
     :param online: only a row whose ``online`` is this.
+    :param pid: only a row registered by this process (or with no
+        process id): a beat of a process that the worker's next process
+        replaced since is not written.
     """
     c = _conductors.c
     query = _conductors.update().where(c.host == host) \
@@ -1409,6 +1417,8 @@ def _update_conductor(conn: sa.Connection, host: str, worker_id: int,
     if begun is not None:
         query = query.where(sa.or_(c.stopped_at.is_(None),
                                    c.stopped_at <= begun))
+    if pid is not None:
+        query = query.where(sa.or_(c.pid.is_(None), c.pid == pid))
     if online is not None:
         query = query.where(c.online == sa.true() if online
                             else c.online == sa.false())

@@ -842,9 +842,36 @@ class TestConductors(DbTestCase):
         self.assertEqual((["fake", "ipmi"], 9, True),
                          (record.drivers, record.pid, record.online))
         # While the row exists the heartbeat only refreshes it.
-        self.db.heartbeat("h", 3, drivers=["other"], pid=10)
+        self.assertTrue(self.db.heartbeat("h", 3, drivers=["other"], pid=9))
         [record] = self.db.list_conductors()
         self.assertEqual((["fake", "ipmi"], 9), (record.drivers, record.pid))
+
+    def test_a_beat_of_the_previous_process_is_not_written(self) -> None:
+        # Process 7 of worker h:0 sent a beat that landed after its
+        # successor, process 8, registered.
+        start = self.now
+        self.db.register_conductor("h", 0, ["fake"], pid=7)
+        self.now = start + datetime.timedelta(seconds=10)
+        self.db.register_conductor("h", 0, ["fake"], pid=8)
+        logger = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
+        self.assertFalse(self.db.heartbeat(
+            "h", 0, pid=7, status={"old": True},
+            at=start + datetime.timedelta(seconds=5)))
+        [record] = self.db.list_conductors()
+        self.assertEqual((8, self.now, True, None),
+                         (record.pid, record.heartbeat_at, record.online,
+                          record.status))
+        self.assertNotIn("registering it again", logger.output)
+        at = start + datetime.timedelta(seconds=15)
+        self.assertTrue(self.db.heartbeat("h", 0, pid=8, at=at))
+        self.assertEqual(at, self.db.list_conductors()[0].heartbeat_at)
+
+    def test_a_row_without_a_pid_takes_any_process_beat(self) -> None:
+        # A row registered without a process id (by a tool, or an earlier
+        # release) is not held against a beat that names one.
+        self.db.register_conductor("h", 0, ["fake"])
+        self.assertTrue(self.db.heartbeat("h", 0, pid=7))
+        self.assertIsNone(self.db.list_conductors()[0].pid)
 
     def test_a_beat_begun_before_the_stop_is_not_written(self) -> None:
         # A beat slow to land (begun at 12:00:01.2) after the stop marked
@@ -855,7 +882,7 @@ class TestConductors(DbTestCase):
         self.now = start + datetime.timedelta(seconds=1.5)
         self.db.set_offline("h", 0)
         logger = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
-        self.assertFalse(self.db.heartbeat("h", 0, at=begun, pid=8))
+        self.assertFalse(self.db.heartbeat("h", 0, at=begun, pid=7))
         [record] = self.db.list_conductors()
         self.assertEqual((False, start, 7),
                          (record.online, record.heartbeat_at, record.pid))
