@@ -1178,8 +1178,16 @@ class Connection:
             if count == 1:
                 _membership_changed(conn)
                 return True
-        if any(record.host == host and record.worker_id == worker_id
-               for record in self.list_conductors()):
+        for record in self.list_conductors():
+            if record.host != host or record.worker_id != worker_id:
+                continue
+            if pid is not None and record.pid not in (None, pid):
+                LOG.warning("Heartbeat of %(host)s worker %(worker)d from "
+                            "process %(pid)d not written: the row is "
+                            "process %(owner)d's (is a second conductor "
+                            "running with host = %(host)s?)",
+                            {"host": host, "worker": worker_id, "pid": pid,
+                             "owner": record.pid})
             return False
         LOG.warning("Conductor row of %(host)s worker %(worker)d was "
                     "missing; registering it again",

@@ -298,7 +298,7 @@ class TestAStoppedWorkerStaysOffline(base.FunctionalTestCase):
                 return_value=second + datetime.timedelta(seconds=0.7)):
             db.set_offline("h", 0)
         begun = second + datetime.timedelta(seconds=0.2)
-        self.assertFalse(db.heartbeat("h", 0, at=begun, pid=8))
+        self.assertFalse(db.heartbeat("h", 0, at=begun, pid=7))
         [record] = db.list_conductors()
         self.assertEqual((False, 7), (record.online, record.pid))
         later = second + datetime.timedelta(seconds=1.7)

@@ -862,6 +862,8 @@ class TestConductors(DbTestCase):
                          (record.pid, record.heartbeat_at, record.online,
                           record.status))
         self.assertNotIn("registering it again", logger.output)
+        self.assertIn("Heartbeat of h worker 0 from process 7 not written: "
+                      "the row is process 8's", logger.output)
         at = start + datetime.timedelta(seconds=15)
         self.assertTrue(self.db.heartbeat("h", 0, pid=8, at=at))
         self.assertEqual(at, self.db.list_conductors()[0].heartbeat_at)
