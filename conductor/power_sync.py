@@ -76,8 +76,11 @@ LOG = logging.getLogger(__name__)
 #: One DEBUG line for each sync run (a worker runs about one a second);
 #: enable it without ``debug`` with ``default_log_levels =
 #: ...,conductor.power_sync.runs=DEBUG``. At INFO, :data:`LOG` sums the
-#: runs up once per interval (see :class:`_Summary`).
+#: runs up once per interval, at most once a minute (see :class:`_Summary`).
 RUN_LOG = logging.getLogger(__name__ + ".runs")
+#: The shortest period of that summary (seconds): with a short interval,
+#: a line per interval would still flood the log.
+SUMMARY_MIN_PERIOD = 60.0
 
 #: The ``fault`` of a node put into maintenance by power sync.
 POWER_FAILURE = "power failure"
@@ -237,12 +240,14 @@ class _Outcome:
 
 
 class _Summary:
-    """The sync runs of one worker, summed up at INFO once per interval.
+    """The sync runs of one worker, summed up at INFO once per period.
 
-    The first run starts a period; the first run that ends ``interval``
-    seconds or more after its start logs the period's totals and starts
-    the next one. A worker that polls nothing still logs its line, so the
-    log shows each worker alive and syncing.
+    A period lasts ``max(interval, SUMMARY_MIN_PERIOD)`` seconds of the
+    monotonic clock from the start of its first run; the first run that
+    ends at or after that logs the period's totals and starts the next
+    one. A worker that polls nothing still logs its line, so that the log
+    shows each worker alive and syncing; a stopping worker logs the runs
+    of its last, shorter period (:meth:`log`).
     """
 
     def __init__(self) -> None:
@@ -251,36 +256,43 @@ class _Summary:
     def _reset(self, start: float | None) -> None:
         self.start = start
         self.runs = self.nodes = self.failures = self.changed = 0
-        self.to_maintenance = self.recovered = self.skipped = 0
+        self.to_maintenance = self.skipped = 0
         self.longest = self.overdue = 0.0
 
-    def add(self, result: SweepResult, interval: float) -> None:
+    def add(self, result: SweepResult, interval: float, now: float) -> None:
+        """Count one sync run that ended at ``now`` (monotonic)."""
         if self.start is None:
-            self.start = result.finished_at - result.total_seconds
+            self.start = now - result.total_seconds
         self.runs += 1
         self.nodes += result.nodes
         self.failures += result.failures
         self.changed += result.changed + result.forced
         self.to_maintenance += result.to_maintenance
-        self.recovered += result.recovered
-        self.skipped += result.skipped
+        # NOTE: a node whose call is still running is skipped again at
+        # every run: the most in one run, not the sum, says how many.
+        self.skipped = max(self.skipped, result.skipped)
         self.longest = max(self.longest, result.total_seconds)
         self.overdue = max(self.overdue, result.overdue)
-        seconds = result.finished_at - self.start
-        if seconds < interval:
+        if now - self.start >= max(interval, SUMMARY_MIN_PERIOD):
+            self.log(now)
+
+    def log(self, now: float) -> None:
+        """Log the period's runs up to ``now``, if any; start a new one."""
+        if self.start is None or not self.runs:
             return
         LOG.info("Power sync, last %(secs).0fs: %(nodes)d node(s) polled "
                  "in %(runs)d run(s), %(failures)d failure(s), "
-                 "%(changed)d change(s), %(maint)d to maintenance, "
-                 "%(rec)d recovered; longest run %(longest).3fs, most "
-                 "overdue %(overdue).1fs%(skipped)s",
-                 {"secs": seconds, "nodes": self.nodes, "runs": self.runs,
-                  "failures": self.failures, "changed": self.changed,
-                  "maint": self.to_maintenance, "rec": self.recovered,
+                 "%(changed)d change(s), %(maint)d to maintenance; "
+                 "longest run %(longest).3fs, most overdue "
+                 "%(overdue).1fs%(skipped)s",
+                 {"secs": now - self.start, "nodes": self.nodes,
+                  "runs": self.runs, "failures": self.failures,
+                  "changed": self.changed, "maint": self.to_maintenance,
                   "longest": self.longest, "overdue": self.overdue,
-                  "skipped": "; %d skipped (a call on them still running)"
-                             % self.skipped if self.skipped else ""})
-        self._reset(result.finished_at)
+                  "skipped": "; up to %d node(s) a run skipped (a call on "
+                             "them still running)" % self.skipped
+                             if self.skipped else ""})
+        self._reset(now)
 
 
 class PowerSync:
@@ -448,6 +460,10 @@ class PowerSync:
             result.forced = self._force_states(drifted)
         return self._finish(result, started)
 
+    def log_summary(self) -> None:
+        """Log the sync runs not summed up yet (a stopping worker's)."""
+        self._summary.log(self._clock())
+
     def flush(self) -> None:
         """Write the stamps of the polls that wait in memory.
 
@@ -531,11 +547,13 @@ class PowerSync:
         self.last[result.kind] = result
         left = result.planned - result.nodes - result.skipped
         if result.kind == "sync":
-            self._summary.add(result, self._settings.interval)
+            self._summary.add(result, self._settings.interval, self._clock())
         # NOTE: a sync run's line is DEBUG, on RUN_LOG: at INFO, a worker
-        # would log one a second. A recovery run (rare), and a run that
-        # skipped nodes or was cut short by a stop, stay INFO.
-        notable = result.kind != "sync" or result.skipped or left > 0
+        # would log one a second (a run that skips a node whose call is
+        # still running too: it does so at every run while the call
+        # lasts). A recovery run (rare) and the run cut short by a stop
+        # stay INFO.
+        notable = result.kind != "sync" or left > 0
         logger, level = ((LOG, logging.INFO) if notable
                          else (RUN_LOG, logging.DEBUG))
         # NOTE: a run that planned nothing is logged once per interval;

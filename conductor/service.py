@@ -550,6 +550,7 @@ class ConductorService(service.ServiceBase):
             # partitions at their next refresh instead of after
             # heartbeat_timeout. Nodes still reserved below stay out of
             # their reach.
+            rt.power_sync.log_summary()
             try:
                 rt.power_sync.flush()
             except Exception:

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from oslo_utils import timeutils
 
+from conductor.common import log as conductor_log
 from conductor.db import models
 from tests.functional import base
 from tests.functional import test_due_polling
@@ -108,6 +109,31 @@ class TestExactlyOnce(PowerSyncTestCase):
         hosts = {items[-1][1].split()[0] for items in test_due_polling.polls(
             host_a.log(), host_b.log()).values()}
         self.assertEqual({"a", "b"}, hosts)
+
+
+class TestRunLog(PowerSyncTestCase):
+
+    def test_at_info_a_worker_sums_its_runs_up(self) -> None:
+        # The operator's default levels: no line per run; a summary a
+        # period, and at the stop for the last, shorter one.
+        uuids = self.enrol(10)
+        conductor = self.start_conductor(_options(
+            self.workdir, DEFAULT={
+                "debug": False,
+                "default_log_levels": conductor_log.log_levels()}))
+        self.wait_workers(self.db, "ftest", 2)
+        base.wait_for(lambda: all(self.node(u).power_state is not None
+                                  for u in uuids), 30, "every node polled")
+        conductor.signal(signal.SIGTERM)
+        self.assertEqual(0, conductor.wait_exit(30))
+        log = conductor.log()
+        self.assertNotIn("Power sync sweep", log)
+        summaries = re.findall(r"\[ftest worker (\d)\] \[-\] Power sync, "
+                               r"last \d+s: (\d+) node\(s\) polled in \d+ "
+                               r"run\(s\)", log)
+        self.assertEqual(["0", "1"], sorted(who for who, _ in summaries),
+                         conductor.log_tail())
+        self.assertGreaterEqual(sum(int(n) for _, n in summaries), 10)
 
 
 class TestFailures(PowerSyncTestCase):

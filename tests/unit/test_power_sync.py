@@ -750,7 +750,8 @@ class TestContainment(SyncTestCase):
 
         self.pool.submit(hung_call)
         self.assertTrue(in_call.wait(base.WAIT))
-        with fixtures.FakeLogger(level=logging.INFO) as logger:
+        with fixtures.FakeLogger(name="conductor.power_sync.runs",
+                                 level=logging.DEBUG) as logger:
             result = self.syncer().sync()
         self.assertEqual((2, 3, 1), (result.nodes, result.planned,
                                      result.skipped))
@@ -778,7 +779,21 @@ class TestContainment(SyncTestCase):
 
 
 class TestRunLog(SyncTestCase):
-    """A sync run's line is DEBUG; INFO sums the runs up per interval."""
+    """A sync run's line is DEBUG; INFO sums the runs up per period."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        #: The syncer's monotonic clock: moved on by run_every().
+        self.t = 1000.0
+
+    def timed_syncer(self, **kwargs: Any) -> power_sync.PowerSync:
+        return self.syncer(clock=lambda: self.t, **kwargs)
+
+    def run_every(self, syncer: power_sync.PowerSync, runs: int,
+                  step: float = 1.0) -> None:
+        for _ in range(runs):
+            syncer.sync()
+            self.t += step
 
     def test_a_run_logs_at_debug_on_its_own_logger(self) -> None:
         self.nodes("n1", "n2")
@@ -798,46 +813,99 @@ class TestRunLog(SyncTestCase):
             self.syncer().recover()
         self.assertIn("Power recovery sweep: 1 node(s) in", info.output)
 
-    def summed(self, *runs: tuple[float, dict[str, Any]],
-               interval: float = 60.0) -> list[str]:
-        """The INFO lines of a summary fed ``(finished_at, fields)``."""
-        summary = power_sync._Summary()
+    def test_a_run_cut_short_by_a_stop_stays_info(self) -> None:
+        self.nodes("n1", "n2", "n3")
+        self.power.default = lambda node: (self.stop.set(),
+                                           states.POWER_ON)[1]
         with fixtures.FakeLogger(level=logging.INFO) as info:
-            for finished_at, fields in runs:
-                summary.add(power_sync.SweepResult(
-                    kind="sync", finished_at=finished_at, **fields),
-                    interval)
-        return info.output.splitlines()
+            result = self.syncer(workers=1).sync()
+        self.assertEqual((1, 3), (result.nodes, result.planned))
+        self.assertIn("Power sync sweep: 1 node(s) in", info.output)
+        self.assertIn("; 2 of 3 planned not polled (stopping)", info.output)
 
-    def test_runs_are_summed_up_once_per_interval(self) -> None:
-        run = {"nodes": 10, "planned": 10, "total_seconds": 0.5}
-        lines = self.summed(
-            (1000.5, dict(run, failures=1, overdue=2.0)),
-            (1030.5, dict(run, changed=2, forced=1, total_seconds=1.5)),
-            (1059.0, dict(run, to_maintenance=1, recovered=1)),
-            # The period began when its first run did (at 1000.0).
-            (1060.0, dict(run, skipped=3)),
-            (1070.0, run), (1119.0, run))
-        self.assertEqual(
-            ["Power sync, last 60s: 40 node(s) polled in 4 run(s), "
-             "1 failure(s), 3 change(s), 1 to maintenance, 1 recovered; "
-             "longest run 1.500s, most overdue 2.0s; 3 skipped (a call "
-             "on them still running)"], lines)
-        # The next period starts at the end of the last one's last run.
-        self.assertEqual(
-            ["Power sync, last 60s: 20 node(s) polled in 2 run(s), "
-             "0 failure(s), 0 change(s), 0 to maintenance, 0 recovered; "
-             "longest run 0.500s, most overdue 0.0s"],
-            self.summed((1000.5, run), (1060.0, run), (1070.0, run),
-                        (1120.0, run))[1:])
+    def test_runs_are_summed_up_once_a_period(self) -> None:
+        self.nodes("n1", "n2")
+        self.power.answers["n2"] = exceptions.ConductorException("down")
+        syncer = self.timed_syncer(max_retries=1000)
+        with fixtures.FakeLogger(level=logging.INFO) as info:
+            # The period starts with the first run, at 1000: the run at
+            # 1059 is still in it, the one at 1060 ends it.
+            self.run_every(syncer, 60)
+            self.assertNotIn("Power sync, last", info.output)
+            self.run_every(syncer, 1)
+        [line] = [line for line in info.output.splitlines()
+                  if "Power sync, last" in line]
+        # A change is a row written: n1's first state, and n2's count
+        # of failures at every run.
+        self.assertIn("Power sync, last 60s: 122 node(s) polled in 61 "
+                      "run(s), 61 failure(s), 62 change(s), 0 to "
+                      "maintenance; longest run 0.000s", line)
+        # The next period starts where the last one ended.
+        with fixtures.FakeLogger(level=logging.INFO) as info:
+            self.run_every(syncer, 60)
+        self.assertIn("Power sync, last 60s: 120 node(s) polled in 60 "
+                      "run(s), 60 failure(s), 60 change(s)", info.output)
+
+    def test_the_period_is_at_least_a_minute(self) -> None:
+        # interval 1 s: a line a run would flood the log.
+        self.nodes("n1")
+        syncer = power_sync.PowerSync(
+            self.db, {"scripted": self.driver}, self.rings(), self.pool,
+            power_sync.SyncSettings(workers=4, timeout=5.0, max_retries=2,
+                                    force=False, interval=1.0),
+            self.stop, clock=lambda: self.t, watchdog_interval=0.01,
+            now_func=self.clock, since=self.now, stamps_every=0.0)
+        with fixtures.FakeLogger(level=logging.INFO) as info:
+            self.run_every(syncer, 60)
+        self.assertNotIn("Power sync, last", info.output)
+        with fixtures.FakeLogger(level=logging.INFO) as info:
+            self.run_every(syncer, 1)
+        self.assertIn("Power sync, last 60s: 61 node(s) polled in 61 "
+                      "run(s)", info.output)
 
     def test_a_worker_that_polls_nothing_still_logs_its_summary(self) -> None:
-        lines = self.summed(*[(1000.0 + t, {}) for t in range(0, 62)],
-                            interval=60.0)
-        self.assertEqual(
-            ["Power sync, last 60s: 0 node(s) polled in 61 run(s), "
-             "0 failure(s), 0 change(s), 0 to maintenance, 0 recovered; "
-             "longest run 0.000s, most overdue 0.0s"], lines)
+        syncer = self.timed_syncer()
+        with fixtures.FakeLogger(level=logging.INFO) as info:
+            self.run_every(syncer, 61)
+        self.assertIn("Power sync, last 60s: 0 node(s) polled in 61 "
+                      "run(s), 0 failure(s), 0 change(s), 0 to "
+                      "maintenance; longest run 0.000s, most overdue 0.0s",
+                      info.output)
+
+    def test_a_stopping_worker_logs_its_last_period(self) -> None:
+        self.nodes("n1")
+        syncer = self.timed_syncer()
+        self.run_every(syncer, 5)
+        with fixtures.FakeLogger(level=logging.INFO) as info:
+            syncer.log_summary()
+            syncer.log_summary()
+        self.assertEqual(1, info.output.count("Power sync, last"))
+        self.assertIn("Power sync, last 5s: 5 node(s) polled in 5 run(s)",
+                      info.output)
+
+    def test_nodes_skipped_at_every_run_are_counted_once(self) -> None:
+        busy, _ = self.nodes("busy", "n1")
+        release = threading.Event()
+        self.addCleanup(release.set)
+        in_call = threading.Event()
+
+        def hung_call() -> None:
+            with pool_mod.guard_call(busy, "get_power_state", 60):
+                in_call.set()
+                release.wait(base.WAIT)
+
+        self.pool.submit(hung_call)
+        self.assertTrue(in_call.wait(base.WAIT))
+        syncer = self.timed_syncer()
+        with fixtures.FakeLogger(name="conductor.power_sync",
+                                 level=logging.INFO) as info:
+            self.run_every(syncer, 61)
+        # One line, not one a run, while the call lasts.
+        self.assertEqual(1, len(info.output.splitlines()), info.output)
+        self.assertIn("Power sync, last 60s: 61 node(s) polled in 61 "
+                      "run(s)", info.output)
+        self.assertIn("; up to 1 node(s) a run skipped (a call on them "
+                      "still running)", info.output)
 
 
 class TestDueTime(SyncTestCase):
