@@ -173,6 +173,20 @@ class SyncTestCase(base.TestCase):
                         "before_cursor_execute", listener)
         return statements
 
+    def hold_a_call(self, uuid: str) -> None:
+        """A driver call on ``uuid`` runs in the pool until the test ends."""
+        release = threading.Event()
+        self.addCleanup(release.set)
+        in_call = threading.Event()
+
+        def hung_call() -> None:
+            with pool_mod.guard_call(uuid, "get_power_state", 60):
+                in_call.set()
+                release.wait(base.WAIT)
+
+        self.pool.submit(hung_call)
+        self.assertTrue(in_call.wait(base.WAIT))
+
     def count_node_updates(self) -> list[str]:
         """UPDATE statements on ``nodes`` issued from now on."""
         return self.statements(lambda text: text.startswith("UPDATE NODES"))
@@ -739,17 +753,7 @@ class TestContainment(SyncTestCase):
 
     def test_a_node_with_a_call_in_flight_is_skipped(self) -> None:
         busy, _, _ = self.nodes("busy", "n1", "n2")
-        release = threading.Event()
-        self.addCleanup(release.set)
-        in_call = threading.Event()
-
-        def hung_call() -> None:
-            with pool_mod.guard_call(busy, "get_power_state", 60):
-                in_call.set()
-                release.wait(base.WAIT)
-
-        self.pool.submit(hung_call)
-        self.assertTrue(in_call.wait(base.WAIT))
+        self.hold_a_call(busy)
         with fixtures.FakeLogger(name="conductor.power_sync.runs",
                                  level=logging.DEBUG) as logger:
             result = self.syncer().sync()
@@ -885,17 +889,7 @@ class TestRunLog(SyncTestCase):
 
     def test_nodes_skipped_at_every_run_are_counted_once(self) -> None:
         busy, _ = self.nodes("busy", "n1")
-        release = threading.Event()
-        self.addCleanup(release.set)
-        in_call = threading.Event()
-
-        def hung_call() -> None:
-            with pool_mod.guard_call(busy, "get_power_state", 60):
-                in_call.set()
-                release.wait(base.WAIT)
-
-        self.pool.submit(hung_call)
-        self.assertTrue(in_call.wait(base.WAIT))
+        self.hold_a_call(busy)
         syncer = self.timed_syncer()
         with fixtures.FakeLogger(name="conductor.power_sync",
                                  level=logging.INFO) as info:
