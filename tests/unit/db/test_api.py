@@ -651,6 +651,28 @@ class TestPowerSync(DbTestCase):
                                              partitions=[a.partition])})
         self.assertEqual([], self.db.partition_rows(partitions=[]))
 
+    def test_rows_kept_in_memory_share_their_repeated_strings(self) -> None:
+        # A worker keeps its nodes' rows: one copy of the driver, the
+        # power state and driver_info's keys for all of them, not one a
+        # row (the database driver decodes a new string each time).
+        for name in ("a", "b"):
+            self.node(name, driver_info={"fake_power_state": "power on",
+                                         "fake_latency_ms": 5})
+            self.db.update_node(name, {"power_state": states.POWER_ON})
+        every = list(range(models.PARTITIONS))
+        for read in (lambda: self.db.partition_rows(partitions=every),
+                     lambda: self.db.changed_sync_rows(
+                         partitions=every,
+                         since=datetime.datetime(2000, 1, 1))[0]):
+            a, b = sorted(read(), key=lambda row: str(row.name))
+            self.assertIs(a.driver, b.driver)
+            self.assertIs(a.power_state, b.power_state)
+            for key_a, key_b in zip(sorted(a.driver_info),
+                                    sorted(b.driver_info)):
+                self.assertIs(key_a, key_b)
+            self.assertEqual({"fake_power_state": "power on",
+                              "fake_latency_ms": 5}, a.driver_info)
+
     def test_a_stamp_tells_which_nodes_are_gone(self) -> None:
         a = self.node("a")
         b = self.node("b")
