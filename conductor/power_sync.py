@@ -251,6 +251,9 @@ class _Summary:
     """
 
     def __init__(self) -> None:
+        # NOTE: a sync run left running by a stop that timed out may
+        # count itself while the stop logs the last period.
+        self._lock = threading.Lock()
         self._reset(None)
 
     def _reset(self, start: float | None) -> None:
@@ -259,8 +262,17 @@ class _Summary:
         self.to_maintenance = self.skipped = 0
         self.longest = self.overdue = 0.0
 
-    def add(self, result: SweepResult, interval: float, now: float) -> None:
-        """Count one sync run that ended at ``now`` (monotonic)."""
+    def add(self, result: SweepResult, interval: float, now: float,
+            last: bool = False) -> None:
+        """Count one sync run that ended at ``now`` (monotonic).
+
+        :param last: the worker is stopping: log the period now.
+        """
+        with self._lock:
+            self._add(result, interval, now, last)
+
+    def _add(self, result: SweepResult, interval: float, now: float,
+             last: bool) -> None:
         if self.start is None:
             self.start = now - result.total_seconds
         self.runs += 1
@@ -273,11 +285,15 @@ class _Summary:
         self.skipped = max(self.skipped, result.skipped)
         self.longest = max(self.longest, result.total_seconds)
         self.overdue = max(self.overdue, result.overdue)
-        if now - self.start >= max(interval, SUMMARY_MIN_PERIOD):
-            self.log(now)
+        if last or now - self.start >= max(interval, SUMMARY_MIN_PERIOD):
+            self._log(now)
 
     def log(self, now: float) -> None:
         """Log the period's runs up to ``now``, if any; start a new one."""
+        with self._lock:
+            self._log(now)
+
+    def _log(self, now: float) -> None:
         if self.start is None or not self.runs:
             return
         LOG.info("Power sync, last %(secs).0fs: %(nodes)d node(s) polled "
@@ -338,7 +354,7 @@ class PowerSync:
             None if since is None else epoch(since))
         #: Never-polled nodes are due from their first slot after this.
         self._anchor: float | None = self._window_end
-        #: When a run that polled nothing was last logged (time.time()).
+        #: When a run that polled nothing was last logged (``clock``).
         self._quiet_logged = -float("inf")
         #: The sync runs since the last INFO summary.
         self._summary = _Summary()
@@ -542,12 +558,16 @@ class PowerSync:
     # -- machinery -----------------------------------------------------
 
     def _finish(self, result: SweepResult, started: float) -> SweepResult:
-        result.total_seconds = self._clock() - started
+        ended = self._clock()
+        result.total_seconds = ended - started
         result.finished_at = time.time()
         self.last[result.kind] = result
         left = result.planned - result.nodes - result.skipped
         if result.kind == "sync":
-            self._summary.add(result, self._settings.interval, self._clock())
+            # NOTE: a run that ends after the stop logged the last period
+            # (the stop's wait for it ran out) logs its own.
+            self._summary.add(result, self._settings.interval, ended,
+                              last=self._stop.is_set())
         # NOTE: a sync run's line is DEBUG, on RUN_LOG: at INFO, a worker
         # would log one a second (a run that skips a node whose call is
         # still running too: it does so at every run while the call
@@ -559,11 +579,11 @@ class PowerSync:
         # NOTE: a run that planned nothing is logged once per interval;
         # "node(s)" counts the nodes polled, not those planned.
         quiet = not result.planned and (
-            result.kind != "sync" or result.finished_at
+            result.kind != "sync" or ended
             < self._quiet_logged + self._settings.interval)
         if not quiet and logger.isEnabledFor(level):
             if not result.planned:
-                self._quiet_logged = result.finished_at
+                self._quiet_logged = ended
             logger.log(
                 level,
                 "Power %(kind)s sweep: %(nodes)d node(s) in "

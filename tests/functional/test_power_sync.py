@@ -131,7 +131,7 @@ class TestRunLog(PowerSyncTestCase):
         summaries = re.findall(r"\[ftest worker (\d)\] \[-\] Power sync, "
                                r"last \d+s: (\d+) node\(s\) polled in \d+ "
                                r"run\(s\)", log)
-        self.assertEqual(["0", "1"], sorted(who for who, _ in summaries),
+        self.assertEqual({"0", "1"}, {who for who, _ in summaries},
                          conductor.log_tail())
         self.assertGreaterEqual(sum(int(n) for _, n in summaries), 10)
 

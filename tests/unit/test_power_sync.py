@@ -887,6 +887,21 @@ class TestRunLog(SyncTestCase):
         self.assertIn("Power sync, last 5s: 5 node(s) polled in 5 run(s)",
                       info.output)
 
+    def test_a_run_ending_after_the_stop_logs_its_own_period(self) -> None:
+        # The stop logged the last period; a run it did not wait for
+        # must not be left in a period nobody logs.
+        self.nodes("n1")
+        syncer = self.timed_syncer()
+        self.run_every(syncer, 3)
+        with fixtures.FakeLogger(level=logging.INFO) as info:
+            syncer.log_summary()
+            self.stop.set()
+            self.run_every(syncer, 1)
+        self.assertIn("Power sync, last 3s: 3 node(s) polled in 3 run(s)",
+                      info.output)
+        self.assertIn("Power sync, last 0s: 0 node(s) polled in 1 run(s)",
+                      info.output)
+
     def test_nodes_skipped_at_every_run_are_counted_once(self) -> None:
         busy, _ = self.nodes("busy", "n1")
         self.hold_a_call(busy)
