@@ -452,11 +452,15 @@ class PowerSync:
         now = self._now()
         mine = self.due_rows(now)
         result = SweepResult(kind="sync")
-        if mine:
-            interval = self._settings.interval
+        # NOTE: the most overdue node polled: one whose call is still
+        # running is skipped (see _run_lanes), and its lateness, growing
+        # at every run, says nothing of this run's.
+        first = next((row for row in mine
+                      if not self._pool.in_call(row.uuid)), None)
+        if first is not None:
             result.overdue = round(epoch(now) - due_at(
-                mine[0], interval, self._settings.recovery_interval,
-                self._anchor or 0.0), 3)
+                first, self._settings.interval,
+                self._settings.recovery_interval, self._anchor or 0.0), 3)
         polled: list[db_api.SyncRow] = []
         try:
             outcomes = self._run_lanes(mine, result, suspect=self._suspect)

@@ -1095,6 +1095,23 @@ class TestDueTime(SyncTestCase):
         self.run_for(syncer, 1)
         self.assertEqual(["late2", "late3", "late1"], self.power.gets)
 
+    def test_overdue_is_of_the_nodes_polled(self) -> None:
+        uuids = self.nodes("late2", "late3")
+        for uuid, age in zip(uuids, (900, 400)):
+            with self.db.engine.begin() as conn:
+                conn.execute(db_api.models.nodes.update()
+                             .where(db_api.models.nodes.c.uuid == uuid)
+                             .values(power_checked_at=self.t
+                                     - datetime.timedelta(seconds=age)))
+        # late2's call still runs: it is skipped, and its lateness is not
+        # this run's.
+        self.hold_a_call(uuids[0])
+        self.t += datetime.timedelta(seconds=1)
+        result = self.timed(since=self.t).sync()
+        self.assertEqual((1, 1), (result.nodes, result.skipped))
+        self.assertGreater(result.overdue, 300.0)
+        self.assertLess(result.overdue, 400.0)
+
     def test_a_failing_node_backs_off(self) -> None:
         self.nodes("bad")
         self.power.answers["bad"] = OSError("BMC unreachable")
