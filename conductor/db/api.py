@@ -212,12 +212,17 @@ def holder_name(host: str, worker_id: int) -> str:
     return "%s:%d" % (host, worker_id)
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
+def _json_mapping(value: Any) -> Mapping[str, Any]:
+    """A JSON column's mapping ({} for NULL)."""
     # NOTE: some drivers (older PyMySQL with MariaDB) hand JSON columns back
-    # as text; decode them here so callers always get a dict.
+    # as text; decode them here so callers always get a mapping.
     if isinstance(value, (str, bytes)):
         value = json.loads(value)
-    return dict(value or {})
+    return value or {}
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return dict(_json_mapping(value))
 
 
 class Connection:
@@ -1497,10 +1502,8 @@ def _sync_row(row: sa.Row[Any]) -> SyncRow:
 
 def _keys_interned(value: Any) -> dict[str, Any]:
     """:func:`_as_dict` with its (string) keys interned."""
-    if isinstance(value, (str, bytes)):
-        value = json.loads(value)
     return {sys.intern(key) if isinstance(key, str) else key: item
-            for key, item in (value or {}).items()}
+            for key, item in _json_mapping(value).items()}
 
 
 def _marker(uuid: Any, partition: Any, checked_at: Any = None
