@@ -408,7 +408,7 @@ class ConductorService(service.ServiceBase):
             settings.database_url, max_retries=settings.db_max_retries,
             retry_interval=settings.db_retry_interval,
             max_pool_size=max(5, min(settings.pool_size, 20)),
-            max_overflow=settings.pool_size)
+            max_overflow=settings.pool_size, sqlite_pool=True)
         try:
             drivers = loader.load(settings.enabled_drivers)
             # NOTE: a worker that starts has no work in flight, so any

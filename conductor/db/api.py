@@ -238,8 +238,9 @@ class Connection:
         self._kept: sa.Connection | None = None
         self._kept_since = 0.0
         self._kept_lock = threading.Lock()
-        #: SQLite is a file: nothing to save; and its pysqlite setup
-        #: opens a transaction at every begin, which a kept connection
+        #: Not on SQLite: a file, no round trip to save (a worker's
+        #: SQLite connections are pooled: see engine.create_engine); and
+        #: its setup sends BEGIN at every begin, which a kept connection
         #: would hold open.
         self._keeps_connection = engine.dialect.name != "sqlite"
 

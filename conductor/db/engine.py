@@ -28,11 +28,15 @@ def create_engine(url: str, *, max_retries: int = 0,
                   retry_interval: int = 1,
                   max_pool_size: int | None = None,
                   max_overflow: int | None = None,
-                  pool_timeout: int | None = None) -> sa.Engine:
+                  pool_timeout: int | None = None,
+                  sqlite_pool: bool = False) -> sa.Engine:
     """Create an engine and prove it connects.
 
     :param max_retries: further attempts after the first failed one
         (-1: forever), ``retry_interval`` seconds apart.
+    :param sqlite_pool: on an SQLite file, keep connections in a pool
+        (see :func:`_reusing_pool`) rather than open one per use. For a
+        process that never forks afterwards: a worker.
     :raises: DatabaseUnavailable naming the (password-masked) URL.
     """
     try:
@@ -58,6 +62,11 @@ def create_engine(url: str, *, max_retries: int = 0,
         # NOTE: the test connection above was made before the listener
         # existed; drop it so every pooled connection gets the pragmas.
         engine.dispose()
+        if sqlite_pool and _sqlite_file(url) is not None:
+            engine.pool = _reusing_pool(
+                engine, size=max_pool_size or 5,
+                overflow=10 if max_overflow is None else max_overflow,
+                timeout=30 if pool_timeout is None else pool_timeout)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
@@ -153,6 +162,57 @@ def _tighten_sqlite_companions(path: str) -> None:
             private.tighten(path + suffix)
         except OSError:
             pass
+
+
+def _reusing_pool(engine: sa.Engine, size: int, overflow: int,
+                  timeout: float) -> sa.pool.QueuePool:
+    """A pool that keeps an SQLite file's connections for reuse.
+
+    oslo.db gives SQLite files a pool that opens a connection for every
+    use and closes it after. Each opening costs a worker more than the
+    statement it sends: SQLite parses the whole schema again on a new
+    connection's first statement, and the pragmas run again. A worker
+    sends a statement every second or so, and paid about 1.3 ms of CPU
+    more for each (``tools/bench_wakeup.py``).
+
+    The new pool's connections are set up as oslo.db's were: no
+    implicit ``BEGIN`` from the driver (the engine's listeners emit it),
+    the dialect's SQL functions, WAL and the busy timeout. A connection
+    returned to the pool is rolled back (``reset_on_return``): between
+    two uses it holds no transaction, so it neither keeps an old
+    snapshot nor holds the WAL back. Each connection is used by one
+    thread at a time, whichever checked it out.
+    """
+    dialect = engine.dialect
+    args, kwargs = dialect.create_connect_args(engine.url)
+    kwargs = dict(kwargs, check_same_thread=False)
+
+    def connect() -> Any:
+        return dialect.connect(*args, **kwargs)
+
+    pool = sa.pool.QueuePool(connect, pool_size=size,
+                             max_overflow=overflow, timeout=timeout,
+                             reset_on_return="rollback", dialect=dialect)
+    functions = dialect.on_connect_url(engine.url)
+
+    def setup(dbapi_connection: Any, record: Any) -> None:
+        if functions is not None:
+            functions(dbapi_connection)
+        # NOTE: as oslo.db does: the engine's "begin" listener emits
+        # BEGIN itself (the driver's own would start a transaction only
+        # at the first write, and commit before DDL).
+        dbapi_connection.isolation_level = None
+        _sqlite_on_connect(dbapi_connection, record)
+
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        # NOTE: oslo.db's listeners mark a connection whose BEGIN was
+        # sent, in its record, which a pooled connection keeps; the mark
+        # must not outlive the transaction the pool rolled back.
+        record.info.pop("in_transaction", None)
+
+    sa.event.listen(pool, "connect", setup)
+    sa.event.listen(pool, "checkin", checkin)
+    return pool
 
 
 def _sqlite_on_connect(dbapi_connection: Any, record: Any) -> None:

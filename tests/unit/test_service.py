@@ -312,6 +312,9 @@ class TestStartStop(ServiceTestCase):
         start_seconds = time.monotonic() - started
         # What the started worker holds is kept out of the collector.
         self.assertGreater(gc.get_freeze_count(), frozen)
+        # Its SQLite connections are kept for reuse, not opened per use.
+        assert svc.db is not None
+        self.assertIsInstance(svc.db.engine.pool, sa.pool.QueuePool)
         [row] = self.db.list_conductors()
         self.assertEqual(("test-host", 0, os.getpid(), ["fake"], True),
                          (row.host, row.worker_id, row.pid, row.drivers,

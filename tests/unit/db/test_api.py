@@ -9,6 +9,7 @@ import logging
 import os
 import stat
 import sys
+import threading
 from typing import Any
 from unittest import mock
 import uuid as uuid_lib
@@ -1118,6 +1119,124 @@ class TestCreateEngine(base.TestCase):
         self.addCleanup(again.dispose)
         for suffix in ("", "-wal", "-shm"):
             self.assertEqual(0o600, self._mode(path + suffix), suffix)
+
+    def _pooled(self, **kwargs: Any) -> sa.Engine:
+        path = os.path.join(self.conf.state_path, "pooled.sqlite")
+        engine = db_engine.create_engine("sqlite:///" + path,
+                                         sqlite_pool=True, **kwargs)
+        self.addCleanup(engine.dispose)
+        # NOTE: connections opened after create_engine's own, which the
+        # pool keeps: every use below reuses it.
+        self.opened = 0
+
+        def opened(*args: Any) -> None:
+            self.opened += 1
+        sa.event.listen(engine, "connect", opened)
+        return engine
+
+    def test_sqlite_connection_opened_per_use_by_default(self) -> None:
+        engine = db_engine.create_engine("sqlite:///" + os.path.join(
+            self.conf.state_path, "plain.sqlite"))
+        self.addCleanup(engine.dispose)
+        opened = []
+        sa.event.listen(engine, "connect", lambda *args: opened.append(1))
+        for _ in range(3):
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1").scalar()
+        self.assertEqual(3, len(opened))
+
+    def test_sqlite_pool_reuses_connections(self) -> None:
+        engine = self._pooled()
+        for _ in range(5):
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1").scalar()
+        self.assertEqual(0, self.opened)
+
+    def test_sqlite_pool_connections_set_up(self) -> None:
+        engine = self._pooled()
+        for _ in range(2):
+            # NOTE: after dispose() too: the engine recreates the pool.
+            with engine.connect() as conn:
+                self.assertEqual(
+                    "wal", conn.exec_driver_sql("PRAGMA journal_mode")
+                    .scalar())
+                self.assertEqual(
+                    30000, conn.exec_driver_sql("PRAGMA busy_timeout")
+                    .scalar())
+                # NOTE: SQLAlchemy's own SQL functions.
+                self.assertEqual(
+                    2, conn.exec_driver_sql("SELECT floor(2.5)").scalar())
+            engine.dispose()
+
+    def test_sqlite_pool_connection_shared_between_threads(self) -> None:
+        engine = self._pooled(max_pool_size=1, max_overflow=0)
+        with engine.connect() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+            conn.commit()
+        errors: list[BaseException] = []
+
+        def use() -> None:
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+            except BaseException as exc:
+                errors.append(exc)
+        threads = [threading.Thread(target=use) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.assertEqual([], errors)
+        self.assertEqual(0, self.opened)
+        with engine.connect() as conn:
+            self.assertEqual(
+                4, conn.exec_driver_sql("SELECT count(*) FROM t").scalar())
+
+    def _rolled_back(self, engine: sa.Engine) -> bool:
+        """Whether a failed transaction left nothing (DDL included)."""
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("CREATE TABLE gone (x INTEGER)")
+                conn.exec_driver_sql("INSERT INTO gone VALUES (1)")
+                raise RuntimeError("fail")
+        except RuntimeError:
+            pass
+        with engine.connect() as conn:
+            return not conn.exec_driver_sql(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'gone'"
+            ).scalar()
+
+    def test_sqlite_pool_transactions_atomic(self) -> None:
+        engine = self._pooled()
+        self.assertTrue(self._rolled_back(engine))
+        self.assertTrue(self._rolled_back(engine))
+        self.assertEqual(0, self.opened)
+
+    def test_sqlite_pool_forgets_a_transaction_left_open(self) -> None:
+        engine = self._pooled(max_pool_size=1, max_overflow=0)
+        # NOTE: a use that began a transaction outside the engine's
+        # events: the pool rolls it back at check-in; its mark must go
+        # with it, or the next use would send no BEGIN and commit each
+        # statement on its own.
+        raw = engine.raw_connection()
+        raw.info["in_transaction"] = True
+        raw.close()
+        self.assertTrue(self._rolled_back(engine))
+        self.assertEqual(0, self.opened)
+
+    def test_sqlite_pool_reads_see_other_connections_writes(self) -> None:
+        engine = self._pooled(max_pool_size=1, max_overflow=0)
+        other = db_engine.create_engine(str(engine.url))
+        self.addCleanup(other.dispose)
+        with other.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        for expected in (0, 1, 2):
+            with engine.connect() as conn:
+                self.assertEqual(expected, conn.exec_driver_sql(
+                    "SELECT count(*) FROM t").scalar())
+            with other.begin() as conn:
+                conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        self.assertEqual(0, self.opened)
 
     def test_missing_driver_names_the_extra(self) -> None:
         for url, module, extra in (
