@@ -31,21 +31,44 @@ machines can be compared::
     50 ms, on the worker's own :class:`conductor.executor.runner.
     PeriodicRunner` and pool: the fixed cost of one run of any periodic
     task (futurist's loop waking, the pool thread, the completion).
+``paced_statement_us``
+    Process CPU per statement of the one a worker sends every second
+    whatever happens (the change feed's probe, nothing changed, on a
+    twentieth of the partitions), one every 50 ms, on the worker's own
+    database layer: on ``--database-url`` (a scratch database: its
+    schema is upgraded), else on a SQLite file.
+``floor``
+    What a worker making ``--polls-per-second`` polls costs at the very
+    least, from the prices above: two periodic runs a second (power
+    sync's tick and the pending-action check), one statement, and for
+    each poll the cheaper of two wake-ups among many (the call's thread
+    starting, its BMC wait ending) and one alone (calls made one after
+    another on one thread). Nothing else of a poll is counted: planning
+    it, its outcome, its stamp, the benchmark's probe. ``ms_per_poll``
+    set against the scale-out benchmark's target of 0.15 ms shows how
+    much room this machine leaves for all of that. The default is a
+    worker's share in ``tools/bench_scale.py``'s 10-host run: 20,000
+    nodes over 60 s and 20 workers.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import queue
 import sys
+import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import conductor.cmd  # noqa: E402,F401  (the threading backend first)
+from conductor.db import api as db_api  # noqa: E402
+from conductor.db import migration  # noqa: E402
+from conductor.db import models  # noqa: E402
 from conductor.executor import pool as worker_pool  # noqa: E402
 from conductor.executor import runner  # noqa: E402
 from conductor import periodics  # noqa: E402
@@ -158,15 +181,86 @@ def _periodic_run(count: int, spacing: float) -> float:
         pool.shutdown(wait=True, timeout=5)
 
 
+#: A worker's share of the partitions in the 10-host run (20 workers).
+SHARE = 20
+#: The scale-out benchmark's target, CPU ms per node-poll.
+TARGET_MS_PER_POLL = 0.15
+#: Periodic runs and statements a worker makes every second whatever it
+#: polls: power sync's tick (one second for intervals up to 60 s) and the
+#: pending-action check (``pending_action_interval``, 1 s); the tick's
+#: change feed probe (the check reads nothing while the feed shows no
+#: request; it, the heartbeats, membership reads and stamps, a statement
+#: every 5 to 10 s each, are left out).
+FIXED_RUNS_PER_SECOND = 2.0
+FIXED_STATEMENTS_PER_SECOND = 1.0
+
+
+def _statements(url: str | None, count: int, pause: float) -> float:
+    """Process CPU microseconds per paced change feed probe.
+
+    Nothing changed, on a twentieth of the partitions.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-wakeup-") as workdir:
+        db = db_api.Connection.create(
+            url or "sqlite:///%s/conductor.sqlite" % workdir)
+        try:
+            migration.upgrade(db.engine)
+            mine = list(range(0, models.PARTITIONS, SHARE))
+            since = db.clock() + datetime.timedelta(days=1)
+
+            # NOTE: once first: the statement is compiled and cached, and
+            # the connection opened.
+            db.changed_sync_rows(partitions=mine, since=since)
+            spent = 0.0
+            for _ in range(count):
+                time.sleep(pause)
+                started = time.process_time()
+                rows, _ = db.changed_sync_rows(partitions=mine, since=since)
+                spent += time.process_time() - started
+                if rows:
+                    raise RuntimeError("the scratch database has nodes")
+            return spent / count * 1e6
+        finally:
+            db.dispose()
+
+
+def floor(report: dict[str, float], polls_per_second: float
+          ) -> dict[str, float]:
+    """The least a worker making ``polls_per_second`` costs (see above)."""
+    per_poll = min(2.0 * report["concurrent_sleep_us"],
+                   report["lone_sleep_us"])
+    fixed = (FIXED_RUNS_PER_SECOND * report["periodic_run_us"]
+             + FIXED_STATEMENTS_PER_SECOND * report["paced_statement_us"])
+    us_per_second = fixed + polls_per_second * per_poll
+    return {
+        "polls_per_second": round(polls_per_second, 2),
+        "fixed_ms_per_s": round(fixed / 1000.0, 3),
+        "wakeups_us_per_poll": round(per_poll, 1),
+        "ms_per_s": round(us_per_second / 1000.0, 3),
+        "ms_per_poll": round(us_per_second / polls_per_second / 1000.0, 3),
+        "target_ms_per_poll": TARGET_MS_PER_POLL,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sleeps", type=int, default=40,
                         help="sleeps (and paced calls) measured")
     parser.add_argument("--threads", type=int, default=17,
                         help="threads sleeping together")
+    parser.add_argument("--polls-per-second", type=float,
+                        default=20000 / 60.0 / 20,
+                        help="a worker's polls a second, for the floor "
+                             "(default: a 10-host share, 16.67)")
+    parser.add_argument("--database-url",
+                        help="a scratch database for paced_statement_us "
+                             "(its schema is upgraded); default: SQLite "
+                             "in a temporary directory")
     args = parser.parse_args(argv)
     if args.sleeps < 1 or args.threads < 1:
         parser.error("--sleeps and --threads must be >= 1")
+    if not args.polls_per_second > 0:
+        parser.error("--polls-per-second must be > 0")
     report = {
         "cpus": os.cpu_count(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
@@ -177,7 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         "paced_call_us": round(_call_cost(args.sleeps, 0.05), 2),
         "handoff_us": round(_handoff(args.sleeps, 0.05), 1),
         "periodic_run_us": round(_periodic_run(args.sleeps, 0.05), 1),
+        "paced_statement_us": round(
+            _statements(args.database_url, args.sleeps, 0.05), 1),
+        "database": (args.database_url or "sqlite").split(":", 1)[0],
     }
+    report["floor"] = floor(report, args.polls_per_second)
     json.dump(report, sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0
