@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import queue
 import sys
@@ -201,8 +202,10 @@ def _statements(url: str | None, count: int, pause: float) -> float:
     Nothing changed, on a twentieth of the partitions.
     """
     with tempfile.TemporaryDirectory(prefix="bench-wakeup-") as workdir:
+        # NOTE: set up as a worker's (its SQLite connections kept).
         db = db_api.Connection.create(
-            url or "sqlite:///%s/conductor.sqlite" % workdir)
+            url or "sqlite:///%s/conductor.sqlite" % workdir,
+            sqlite_pool=True)
         try:
             migration.upgrade(db.engine)
             mine = list(range(0, models.PARTITIONS, SHARE))
@@ -259,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.sleeps < 1 or args.threads < 1:
         parser.error("--sleeps and --threads must be >= 1")
-    if not args.polls_per_second > 0:
-        parser.error("--polls-per-second must be > 0")
+    if not (args.polls_per_second > 0
+            and math.isfinite(args.polls_per_second)):
+        parser.error("--polls-per-second must be > 0 and finite")
     report = {
         "cpus": os.cpu_count(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],

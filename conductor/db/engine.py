@@ -36,7 +36,8 @@ def create_engine(url: str, *, max_retries: int = 0,
         (-1: forever), ``retry_interval`` seconds apart.
     :param sqlite_pool: on an SQLite file, keep connections in a pool
         (see :func:`_reusing_pool`) rather than open one per use. For a
-        process that never forks afterwards: a worker.
+        process that never forks afterwards: a worker. The pool options
+        above do not apply to it.
     :raises: DatabaseUnavailable naming the (password-masked) URL.
     """
     try:
@@ -62,17 +63,17 @@ def create_engine(url: str, *, max_retries: int = 0,
         # NOTE: the test connection above was made before the listener
         # existed; drop it so every pooled connection gets the pragmas.
         engine.dispose()
-        if sqlite_pool and _sqlite_file(url) is not None:
-            engine.pool = _reusing_pool(
-                engine, size=max_pool_size or 5,
-                overflow=10 if max_overflow is None else max_overflow,
-                timeout=30 if pool_timeout is None else pool_timeout)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except (db_exc.DBError, sa.exc.SQLAlchemyError) as exc:
         engine.dispose()
         raise unavailable(url, exc) from exc
+    if sqlite_pool and _sqlite_file(url) is not None:
+        # NOTE: after the first connection: SQLAlchemy initialises the
+        # dialect (server version, isolation level) from the first
+        # connection of the pool it built.
+        engine.pool = _reusing_pool(engine)
     if engine.dialect.name == "sqlite":
         sqlite_file = _sqlite_file(url)
         if sqlite_file is not None:
@@ -164,8 +165,11 @@ def _tighten_sqlite_companions(path: str) -> None:
             pass
 
 
-def _reusing_pool(engine: sa.Engine, size: int, overflow: int,
-                  timeout: float) -> sa.pool.QueuePool:
+#: Connections an SQLite pool keeps between uses (see _reusing_pool).
+SQLITE_KEPT = 5
+
+
+def _reusing_pool(engine: sa.Engine) -> sa.pool.QueuePool:
     """A pool that keeps an SQLite file's connections for reuse.
 
     oslo.db gives SQLite files a pool that opens a connection for every
@@ -173,42 +177,57 @@ def _reusing_pool(engine: sa.Engine, size: int, overflow: int,
     statement it sends: SQLite parses the whole schema again on a new
     connection's first statement, and the pragmas run again. A worker
     sends a statement every second or so, and paid about 1.3 ms of CPU
-    more for each (``tools/bench_wakeup.py``).
+    more for each (a paced change-feed probe, ``tools/bench_wakeup.py``).
 
-    The new pool's connections are set up as oslo.db's were: no
-    implicit ``BEGIN`` from the driver (the engine's listeners emit it),
-    the dialect's SQL functions, WAL and the busy timeout. A connection
-    returned to the pool is rolled back (``reset_on_return``): between
-    two uses it holds no transaction, so it neither keeps an old
-    snapshot nor holds the WAL back. Each connection is used by one
-    thread at a time, whichever checked it out.
+    It keeps :data:`SQLITE_KEPT` connections, the most recently used
+    first (an idle worker uses one or two); beyond them it opens more
+    without limit, as before, and closes them when returned: a writer
+    waiting for SQLite's write lock holds its connection meanwhile, and
+    no other thread must wait for one on that account (the pool size
+    options of the other databases do not apply).
+
+    Its connections are set up as oslo.db's were: no transaction begun
+    by the driver (the engine's listeners send BEGIN), SQLAlchemy's SQL
+    functions, WAL and the busy timeout. A connection returned to it is
+    rolled back (``reset_on_return``): between two uses it holds no
+    transaction, so it neither keeps an old snapshot nor holds the WAL
+    back. Each is used by one thread at a time, whichever checked it
+    out. Left out of oslo.db's set-up: its guard against a connection
+    crossing a fork (this pool is for processes that do not fork), its
+    REGEXP function (SQLAlchemy's is there; conductor uses neither) and
+    the hourly recycling (an SQLite connection does not go stale).
     """
     dialect = engine.dialect
     args, kwargs = dialect.create_connect_args(engine.url)
+    # NOTE: pysqlite's default for a file database; stated, since a
+    # connection may be used by several threads in turn.
     kwargs = dict(kwargs, check_same_thread=False)
 
     def connect() -> Any:
         return dialect.connect(*args, **kwargs)
 
-    pool = sa.pool.QueuePool(connect, pool_size=size,
-                             max_overflow=overflow, timeout=timeout,
+    pool = sa.pool.QueuePool(connect, pool_size=SQLITE_KEPT,
+                             max_overflow=-1, use_lifo=True,
                              reset_on_return="rollback", dialect=dialect)
     functions = dialect.on_connect_url(engine.url)
 
     def setup(dbapi_connection: Any, record: Any) -> None:
         if functions is not None:
             functions(dbapi_connection)
-        # NOTE: as oslo.db does: the engine's "begin" listener emits
-        # BEGIN itself (the driver's own would start a transaction only
-        # at the first write, and commit before DDL).
+        # NOTE: as oslo.db does: the engine's "begin" listener sends
+        # BEGIN itself, reads included.
         dbapi_connection.isolation_level = None
         _sqlite_on_connect(dbapi_connection, record)
 
     def checkin(dbapi_connection: Any, record: Any) -> None:
         # NOTE: oslo.db's listeners mark a connection whose BEGIN was
         # sent, in its record, which a pooled connection keeps; the mark
-        # must not outlive the transaction the pool rolled back.
+        # must not outlive the transaction the pool rolled back. A use in
+        # AUTOCOMMIT mode leaves the driver's own transactions back on
+        # at the reset: off again.
         record.info.pop("in_transaction", None)
+        if dbapi_connection is not None:
+            dbapi_connection.isolation_level = None
 
     sa.event.listen(pool, "connect", setup)
     sa.event.listen(pool, "checkin", checkin)

@@ -54,12 +54,13 @@ class TestBenchWakeup(base.TestCase):
         self.assertGreater(bench._statements(url, 2, 0.0), 0.0)
 
     def test_rejects_polls_per_second_not_above_zero(self) -> None:
-        for value in ("0", "-1", "nan"):
+        for value in ("0", "-1", "nan", "inf"):
             err = io.StringIO()
             with contextlib.redirect_stderr(err):
                 self.assertRaises(SystemExit, bench.main,
                                   ["--polls-per-second", value])
-            self.assertIn("--polls-per-second must be > 0", err.getvalue())
+            self.assertIn("--polls-per-second must be > 0 and finite",
+                          err.getvalue())
 
     def test_rejects_counts_below_one(self) -> None:
         for option in ("--sleeps", "--threads"):

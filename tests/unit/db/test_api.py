@@ -1036,6 +1036,13 @@ class TestConductors(DbTestCase):
         self.assertEqual(1, self.db.maintenance_count())
 
 
+def _isolation_level(conn: sa.Connection) -> Any:
+    """The pysqlite connection's own ``isolation_level`` (None: off)."""
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None
+    return getattr(dbapi_connection, "isolation_level")
+
+
 class TestCreateEngine(base.TestCase):
 
     def test_malformed_url(self) -> None:
@@ -1120,13 +1127,11 @@ class TestCreateEngine(base.TestCase):
         for suffix in ("", "-wal", "-shm"):
             self.assertEqual(0o600, self._mode(path + suffix), suffix)
 
-    def _pooled(self, **kwargs: Any) -> sa.Engine:
+    def _pooled(self) -> sa.Engine:
         path = os.path.join(self.conf.state_path, "pooled.sqlite")
         engine = db_engine.create_engine("sqlite:///" + path,
-                                         sqlite_pool=True, **kwargs)
+                                         sqlite_pool=True)
         self.addCleanup(engine.dispose)
-        # NOTE: connections opened after create_engine's own, which the
-        # pool keeps: every use below reuses it.
         self.opened = 0
 
         def opened(*args: Any) -> None:
@@ -1150,7 +1155,15 @@ class TestCreateEngine(base.TestCase):
         for _ in range(5):
             with engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1").scalar()
-        self.assertEqual(0, self.opened)
+        self.assertEqual(1, self.opened)
+
+    def test_sqlite_pool_dialect_initialised(self) -> None:
+        # NOTE: SQLAlchemy learns the server's version and defaults from
+        # the first connection of the pool it built.
+        engine = self._pooled()
+        self.assertIsNotNone(engine.dialect.server_version_info)
+        migration.upgrade(engine)
+        self.assertIn("nodes", sa.inspect(engine).get_table_names())
 
     def test_sqlite_pool_connections_set_up(self) -> None:
         engine = self._pooled()
@@ -1158,39 +1171,46 @@ class TestCreateEngine(base.TestCase):
             # NOTE: after dispose() too: the engine recreates the pool.
             with engine.connect() as conn:
                 self.assertEqual(
-                    "wal", conn.exec_driver_sql("PRAGMA journal_mode")
-                    .scalar())
-                self.assertEqual(
                     30000, conn.exec_driver_sql("PRAGMA busy_timeout")
                     .scalar())
-                # NOTE: SQLAlchemy's own SQL functions.
-                self.assertEqual(
-                    2, conn.exec_driver_sql("SELECT floor(2.5)").scalar())
+                self.assertIsNone(_isolation_level(conn))
+                # NOTE: SQLAlchemy's own SQL functions (plain SQLite has
+                # no REGEXP).
+                self.assertEqual(1, conn.exec_driver_sql(
+                    "SELECT 'abc' REGEXP 'b'").scalar())
             engine.dispose()
+        self.assertEqual(2, self.opened)
 
-    def test_sqlite_pool_connection_shared_between_threads(self) -> None:
-        engine = self._pooled(max_pool_size=1, max_overflow=0)
+    def test_sqlite_pool_no_thread_waits_for_a_connection(self) -> None:
+        engine = self._pooled()
         with engine.connect() as conn:
             conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
             conn.commit()
+        count = db_engine.SQLITE_KEPT + 3
+        together = threading.Barrier(count, timeout=10)
         errors: list[BaseException] = []
 
         def use() -> None:
             try:
                 with engine.begin() as conn:
-                    conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+                    conn.exec_driver_sql("SELECT count(*) FROM t").scalar()
+                    # NOTE: every thread holds a connection at once.
+                    together.wait()
             except BaseException as exc:
                 errors.append(exc)
-        threads = [threading.Thread(target=use) for _ in range(4)]
+        threads = [threading.Thread(target=use) for _ in range(count)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         self.assertEqual([], errors)
-        self.assertEqual(0, self.opened)
-        with engine.connect() as conn:
-            self.assertEqual(
-                4, conn.exec_driver_sql("SELECT count(*) FROM t").scalar())
+        self.assertEqual(count, self.opened)
+        # The connections beyond those kept were closed; the kept ones
+        # serve the next uses, from any thread.
+        for _ in range(3):
+            with engine.begin() as conn:
+                conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        self.assertEqual(count, self.opened)
 
     def _rolled_back(self, engine: sa.Engine) -> bool:
         """Whether a failed transaction left nothing (DDL included)."""
@@ -1210,22 +1230,32 @@ class TestCreateEngine(base.TestCase):
         engine = self._pooled()
         self.assertTrue(self._rolled_back(engine))
         self.assertTrue(self._rolled_back(engine))
-        self.assertEqual(0, self.opened)
+        self.assertEqual(1, self.opened)
 
-    def test_sqlite_pool_forgets_a_transaction_left_open(self) -> None:
-        engine = self._pooled(max_pool_size=1, max_overflow=0)
-        # NOTE: a use that began a transaction outside the engine's
-        # events: the pool rolls it back at check-in; its mark must go
-        # with it, or the next use would send no BEGIN and commit each
+    def test_sqlite_pool_forgets_a_transaction_mark_left(self) -> None:
+        engine = self._pooled()
+        # NOTE: a mark left in a connection's record (its use did not end
+        # through the engine's commit or rollback): it must go at
+        # check-in, or the next use would send no BEGIN and commit each
         # statement on its own.
         raw = engine.raw_connection()
         raw.info["in_transaction"] = True
         raw.close()
         self.assertTrue(self._rolled_back(engine))
-        self.assertEqual(0, self.opened)
+        self.assertEqual(1, self.opened)
+
+    def test_sqlite_pool_autocommit_use_leaves_no_trace(self) -> None:
+        engine = self._pooled()
+        with engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("SELECT 1").scalar()
+        with engine.connect() as conn:
+            self.assertIsNone(_isolation_level(conn))
+        self.assertTrue(self._rolled_back(engine))
+        self.assertEqual(1, self.opened)
 
     def test_sqlite_pool_reads_see_other_connections_writes(self) -> None:
-        engine = self._pooled(max_pool_size=1, max_overflow=0)
+        engine = self._pooled()
         other = db_engine.create_engine(str(engine.url))
         self.addCleanup(other.dispose)
         with other.begin() as conn:
@@ -1236,7 +1266,7 @@ class TestCreateEngine(base.TestCase):
                     "SELECT count(*) FROM t").scalar())
             with other.begin() as conn:
                 conn.exec_driver_sql("INSERT INTO t VALUES (1)")
-        self.assertEqual(0, self.opened)
+        self.assertEqual(1, self.opened)
 
     def test_missing_driver_names_the_extra(self) -> None:
         for url, module, extra in (
