@@ -85,33 +85,60 @@ def _count_error(context: Any) -> None:
     metrics.db_error(type(context.original_exception).__name__)
 
 
-#: The package extra that installs the driver of each database backend
-#: (setup.cfg ``[extras]``), with what it installs, for which URLs.
-DRIVER_EXTRAS = {
-    "mysql": ("mysql", "PyMySQL, for mysql+pymysql:// URLs"),
-    "mariadb": ("mysql", "PyMySQL, for mysql+pymysql:// URLs"),
-    "postgresql": ("postgresql", "psycopg2, for postgresql:// URLs"),
+#: How to install each database driver SQLAlchemy may load, by its name
+#: in URLs (``mysql+pymysql://``): the package extra (setup.cfg
+#: ``[extras]``) for the two conductor is tested with, else the package.
+DRIVER_PACKAGES = {
+    "pymysql": "pip install 'conductor[mysql]' (PyMySQL)",
+    "psycopg2": "pip install 'conductor[postgresql]' (psycopg2)",
+    "mysqldb": "pip install mysqlclient",
+    "psycopg": "pip install 'psycopg[binary]'",
+}
+
+#: The URL of each backend whose driver a package extra installs.
+EXTRA_URLS = {
+    "mysql": ("mysql+pymysql://", "conductor[mysql]"),
+    "mariadb": ("mysql+pymysql://", "conductor[mysql]"),
+    "postgresql": ("postgresql+psycopg2://", "conductor[postgresql]"),
 }
 
 
 def missing_driver(url: str, exc: ImportError) -> str:
     """The reason for a database driver module that is not installed.
 
-    Names the module and, for MariaDB/MySQL and PostgreSQL, the extra to
-    install (``pip install 'conductor[mysql]'``).
+    Names the module and how to install it. A URL that names no driver
+    (``postgresql://``) gets the driver SQLAlchemy picks for it, which
+    depends on its version (psycopg2 up to 2.0, psycopg from 2.1): the
+    reason says so, and which URL the package extra's driver serves
+    (the drivers conductor is tested with).
     """
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else (
         "No module named %r" % exc.name)
     try:
-        backend = sa.engine.make_url(url).get_backend_name()
+        parsed = sa.engine.make_url(url)
+        backend = parsed.get_backend_name()
+        driver = parsed.get_driver_name()
     except Exception:
         return text
-    extra = DRIVER_EXTRAS.get(backend)
+    extra = EXTRA_URLS.get(backend)
     if extra is None:
         return "%s: the database driver for %s:// is not installed" % (
             text, backend)
-    return ("%s: the database driver is not installed; install it with "
-            "pip install 'conductor[%s]' (%s)" % (text, extra[0], extra[1]))
+    install = DRIVER_PACKAGES.get(driver)
+    if "+" not in parsed.drivername:
+        # NOTE: the driver the extra installs, not the one SQLAlchemy
+        # picked: conductor is tested with that one.
+        return ("%s: a %s:// URL names no driver, and SQLAlchemy %s "
+                "loads %s for it, which is not installed; write %s and "
+                "pip install '%s'"
+                % (text, backend, sa.__version__, driver, extra[0],
+                   extra[1]))
+    if install is None:
+        return ("%s: the database driver %s is not installed (the "
+                "package extra %s installs the driver of %s URLs)"
+                % (text, driver, extra[1], extra[0]))
+    return ("%s: the database driver is not installed; install it with %s"
+            % (text, install))
 
 
 def _sqlite_file(url: str) -> str | None:

@@ -1272,16 +1272,47 @@ class TestCreateEngine(base.TestCase):
         for url, module, extra in (
                 ("mysql+pymysql://root:s3cret@127.0.0.1/c", "pymysql",
                  "conductor[mysql]"),
-                ("postgresql://u:s3cret@127.0.0.1/c", "psycopg2",
+                ("postgresql+psycopg2://u:s3cret@127.0.0.1/c", "psycopg2",
                  "conductor[postgresql]")):
             with mock.patch.dict(sys.modules, {module: None}):
                 exc = self.assertRaises(exceptions.DatabaseUnavailable,
                                         db_engine.create_engine, url)
             message = str(exc)
             self.assertIn(module, message)
-            self.assertIn("pip install '%s'" % extra, message)
+            self.assertIn("install it with pip install '%s'" % extra,
+                          message)
             self.assertNotIn("s3cret", message)
             self.assertEqual(1, len(message.splitlines()))
+
+    def test_url_without_driver_names_the_one_loaded(self) -> None:
+        # NOTE: SQLAlchemy 2.1 loads psycopg (3) for postgresql://, 2.0
+        # psycopg2: installing the extra alone may not do.
+        url = "postgresql://u:s3cret@127.0.0.1/c"
+        driver = sa.engine.make_url(url).get_driver_name()
+        with mock.patch.dict(sys.modules, {driver: None}):
+            exc = self.assertRaises(exceptions.DatabaseUnavailable,
+                                    db_engine.create_engine, url)
+        message = str(exc)
+        self.assertIn("a postgresql:// URL names no driver, and "
+                      "SQLAlchemy %s loads %s for it, which is not "
+                      "installed; write postgresql+psycopg2:// and pip "
+                      "install 'conductor[postgresql]'"
+                      % (sa.__version__, driver), message)
+        self.assertNotIn("s3cret", message)
+        self.assertEqual(1, len(message.splitlines()))
+
+    def test_missing_driver_of_another_package(self) -> None:
+        self.assertEqual(
+            "No module named 'MySQLdb': the database driver is not "
+            "installed; install it with pip install mysqlclient",
+            db_engine.missing_driver(
+                "mysql+mysqldb://u:pw@h/c",
+                ImportError("No module named 'MySQLdb'", name="MySQLdb")))
+        self.assertEqual(
+            "No module named 'x': the database driver for oracle:// is "
+            "not installed",
+            db_engine.missing_driver(
+                "oracle://u:pw@h/c", ImportError("No module named 'x'")))
 
     def test_sqlite_parent_not_creatable(self) -> None:
         blocker = os.path.join(self.conf.state_path, "file")
