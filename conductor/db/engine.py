@@ -98,7 +98,7 @@ DRIVER_PACKAGES = {
 #: The URL of each backend whose driver a package extra installs.
 EXTRA_URLS = {
     "mysql": ("mysql+pymysql://", "conductor[mysql]"),
-    "mariadb": ("mysql+pymysql://", "conductor[mysql]"),
+    "mariadb": ("mariadb+pymysql://", "conductor[mysql]"),
     "postgresql": ("postgresql+psycopg2://", "conductor[postgresql]"),
 }
 
@@ -112,8 +112,12 @@ def missing_driver(url: str, exc: ImportError) -> str:
     reason says so, and which URL the package extra's driver serves
     (the drivers conductor is tested with).
     """
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else (
-        "No module named %r" % exc.name)
+    if str(exc).strip():
+        text = str(exc).strip().splitlines()[0]
+    elif exc.name:
+        text = "No module named %r" % exc.name
+    else:
+        text = type(exc).__name__
     try:
         parsed = sa.engine.make_url(url)
         backend = parsed.get_backend_name()
@@ -129,8 +133,8 @@ def missing_driver(url: str, exc: ImportError) -> str:
         # NOTE: the driver the extra installs, not the one SQLAlchemy
         # picked: conductor is tested with that one.
         return ("%s: a %s:// URL names no driver, and SQLAlchemy %s "
-                "loads %s for it, which is not installed; write %s and "
-                "pip install '%s'"
+                "loads %s for it, which could not be imported; write %s "
+                "and pip install '%s'"
                 % (text, backend, sa.__version__, driver, extra[0],
                    extra[1]))
     if install is None:

@@ -1127,15 +1127,17 @@ class TestCreateEngine(base.TestCase):
         for suffix in ("", "-wal", "-shm"):
             self.assertEqual(0o600, self._mode(path + suffix), suffix)
 
-    def _pooled(self) -> sa.Engine:
+    def _pooled(self, **kwargs: Any) -> sa.Engine:
         path = os.path.join(self.conf.state_path, "pooled.sqlite")
         engine = db_engine.create_engine("sqlite:///" + path,
-                                         sqlite_pool=True)
+                                         sqlite_pool=True, **kwargs)
         self.addCleanup(engine.dispose)
         self.opened = 0
+        lock = threading.Lock()
 
         def opened(*args: Any) -> None:
-            self.opened += 1
+            with lock:
+                self.opened += 1
         sa.event.listen(engine, "connect", opened)
         return engine
 
@@ -1182,7 +1184,9 @@ class TestCreateEngine(base.TestCase):
         self.assertEqual(2, self.opened)
 
     def test_sqlite_pool_no_thread_waits_for_a_connection(self) -> None:
-        engine = self._pooled()
+        # NOTE: the pool options of the other databases do not apply: a
+        # pool of one, no overflow, would make the others wait.
+        engine = self._pooled(max_pool_size=1, max_overflow=0)
         with engine.connect() as conn:
             conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
             conn.commit()
@@ -1207,6 +1211,7 @@ class TestCreateEngine(base.TestCase):
         self.assertEqual(count, self.opened)
         # The connections beyond those kept were closed; the kept ones
         # serve the next uses, from any thread.
+        self.assertEqual(db_engine.SQLITE_KEPT, engine.pool.checkedin())
         for _ in range(3):
             with engine.begin() as conn:
                 conn.exec_driver_sql("INSERT INTO t VALUES (1)")
@@ -1294,8 +1299,8 @@ class TestCreateEngine(base.TestCase):
                                     db_engine.create_engine, url)
         message = str(exc)
         self.assertIn("a postgresql:// URL names no driver, and "
-                      "SQLAlchemy %s loads %s for it, which is not "
-                      "installed; write postgresql+psycopg2:// and pip "
+                      "SQLAlchemy %s loads %s for it, which could not be "
+                      "imported; write postgresql+psycopg2:// and pip "
                       "install 'conductor[postgresql]'"
                       % (sa.__version__, driver), message)
         self.assertNotIn("s3cret", message)
@@ -1313,6 +1318,12 @@ class TestCreateEngine(base.TestCase):
             "not installed",
             db_engine.missing_driver(
                 "oracle://u:pw@h/c", ImportError("No module named 'x'")))
+        self.assertEqual(
+            "ImportError: a mariadb:// URL names no driver, and SQLAlchemy "
+            "%s loads mysqldb for it, which could not be imported; write "
+            "mariadb+pymysql:// and pip install 'conductor[mysql]'"
+            % sa.__version__,
+            db_engine.missing_driver("mariadb://u:pw@h/c", ImportError()))
 
     def test_sqlite_parent_not_creatable(self) -> None:
         blocker = os.path.join(self.conf.state_path, "file")
