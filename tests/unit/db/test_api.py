@@ -1211,7 +1211,9 @@ class TestCreateEngine(base.TestCase):
         self.assertEqual(count, self.opened)
         # The connections beyond those kept were closed; the kept ones
         # serve the next uses, from any thread.
-        self.assertEqual(db_engine.SQLITE_KEPT, engine.pool.checkedin())
+        pool = engine.pool
+        assert isinstance(pool, sa.pool.QueuePool)
+        self.assertEqual(db_engine.SQLITE_KEPT, pool.checkedin())
         for _ in range(3):
             with engine.begin() as conn:
                 conn.exec_driver_sql("INSERT INTO t VALUES (1)")
