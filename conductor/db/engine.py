@@ -69,15 +69,15 @@ def create_engine(url: str, *, max_retries: int = 0,
     except (db_exc.DBError, sa.exc.SQLAlchemyError) as exc:
         engine.dispose()
         raise unavailable(url, exc) from exc
-    if sqlite_pool and _sqlite_file(url) is not None:
-        # NOTE: after the first connection: SQLAlchemy initialises the
-        # dialect (server version, isolation level) from the first
-        # connection of the pool it built.
-        engine.pool = _reusing_pool(engine)
     if engine.dialect.name == "sqlite":
         sqlite_file = _sqlite_file(url)
         if sqlite_file is not None:
             _tighten_sqlite_companions(sqlite_file)
+            if sqlite_pool:
+                # NOTE: after the first connection: SQLAlchemy initialises
+                # the dialect (server version, isolation level) from the
+                # first connection of the pool it built.
+                engine.pool = _reusing_pool(engine)
     return engine
 
 
@@ -128,7 +128,6 @@ def missing_driver(url: str, exc: ImportError) -> str:
     if extra is None:
         return "%s: the database driver for %s:// is not installed" % (
             text, backend)
-    install = DRIVER_PACKAGES.get(driver)
     if "+" not in parsed.drivername:
         # NOTE: the driver the extra installs, not the one SQLAlchemy
         # picked: conductor is tested with that one.
@@ -137,6 +136,7 @@ def missing_driver(url: str, exc: ImportError) -> str:
                 "and pip install '%s'"
                 % (text, backend, sa.__version__, driver, extra[0],
                    extra[1]))
+    install = DRIVER_PACKAGES.get(driver)
     if install is None:
         return ("%s: the database driver %s is not installed (the "
                 "package extra %s installs the driver of %s URLs)"
