@@ -63,6 +63,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -118,6 +119,17 @@ def _call_cost(count: int, pause: float) -> float:
     return spent / count * 1e6
 
 
+def _paced(work: Callable[[], object], count: int, pause: float) -> float:
+    """Process CPU microseconds per ``work()``, each after ``pause`` s."""
+    spent = 0.0
+    for _ in range(count):
+        time.sleep(pause)
+        started = time.process_time()
+        work()
+        spent += time.process_time() - started
+    return spent / count * 1e6
+
+
 def _handoff(count: int, pause: float) -> float:
     """Process CPU microseconds per round trip through another thread."""
     inbox: queue.SimpleQueue[threading.Event | None] = queue.SimpleQueue()
@@ -126,19 +138,18 @@ def _handoff(count: int, pause: float) -> float:
         while (done := inbox.get()) is not None:
             done.set()
 
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    spent = 0.0
-    for _ in range(count):
-        time.sleep(pause)
-        started = time.process_time()
+    def round_trip() -> None:
         done = threading.Event()
         inbox.put(done)
         done.wait()
-        spent += time.process_time() - started
-    inbox.put(None)
-    server.join()
-    return spent / count * 1e6
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        return _paced(round_trip, count, pause)
+    finally:
+        inbox.put(None)
+        server.join()
 
 
 class _Idle:
@@ -211,18 +222,15 @@ def _statements(url: str | None, count: int, pause: float) -> float:
             mine = list(range(0, models.PARTITIONS, SHARE))
             since = db.clock() + datetime.timedelta(days=1)
 
-            # NOTE: once first: the statement is compiled and cached, and
-            # the connection opened.
-            db.changed_sync_rows(partitions=mine, since=since)
-            spent = 0.0
-            for _ in range(count):
-                time.sleep(pause)
-                started = time.process_time()
+            def probe() -> None:
                 rows, _ = db.changed_sync_rows(partitions=mine, since=since)
-                spent += time.process_time() - started
                 if rows:
                     raise RuntimeError("the scratch database has nodes")
-            return spent / count * 1e6
+
+            # NOTE: once first: the statement is compiled and cached, and
+            # the connection opened.
+            probe()
+            return _paced(probe, count, pause)
         finally:
             db.dispose()
 
