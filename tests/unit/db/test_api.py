@@ -1127,10 +1127,12 @@ class TestCreateEngine(base.TestCase):
         for suffix in ("", "-wal", "-shm"):
             self.assertEqual(0o600, self._mode(path + suffix), suffix)
 
-    def _pooled(self, **kwargs: Any) -> sa.Engine:
+    def _sqlite_engine(self, sqlite_pool: bool = True,
+                       **kwargs: Any) -> sa.Engine:
+        """An SQLite engine; ``self.opened`` counts its new connections."""
         path = os.path.join(self.conf.state_path, "pooled.sqlite")
         engine = db_engine.create_engine("sqlite:///" + path,
-                                         sqlite_pool=True, **kwargs)
+                                         sqlite_pool=sqlite_pool, **kwargs)
         self.addCleanup(engine.dispose)
         self.opened = 0
         lock = threading.Lock()
@@ -1142,18 +1144,14 @@ class TestCreateEngine(base.TestCase):
         return engine
 
     def test_sqlite_connection_opened_per_use_by_default(self) -> None:
-        engine = db_engine.create_engine("sqlite:///" + os.path.join(
-            self.conf.state_path, "plain.sqlite"))
-        self.addCleanup(engine.dispose)
-        opened = []
-        sa.event.listen(engine, "connect", lambda *args: opened.append(1))
+        engine = self._sqlite_engine(sqlite_pool=False)
         for _ in range(3):
             with engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1").scalar()
-        self.assertEqual(3, len(opened))
+        self.assertEqual(3, self.opened)
 
     def test_sqlite_pool_reuses_connections(self) -> None:
-        engine = self._pooled()
+        engine = self._sqlite_engine()
         for _ in range(5):
             with engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1").scalar()
@@ -1162,13 +1160,13 @@ class TestCreateEngine(base.TestCase):
     def test_sqlite_pool_dialect_initialised(self) -> None:
         # NOTE: SQLAlchemy learns the server's version and defaults from
         # the first connection of the pool it built.
-        engine = self._pooled()
+        engine = self._sqlite_engine()
         self.assertIsNotNone(engine.dialect.server_version_info)
         migration.upgrade(engine)
         self.assertIn("nodes", sa.inspect(engine).get_table_names())
 
     def test_sqlite_pool_connections_set_up(self) -> None:
-        engine = self._pooled()
+        engine = self._sqlite_engine()
         for _ in range(2):
             # NOTE: after dispose() too: the engine recreates the pool.
             with engine.connect() as conn:
@@ -1186,7 +1184,7 @@ class TestCreateEngine(base.TestCase):
     def test_sqlite_pool_no_thread_waits_for_a_connection(self) -> None:
         # NOTE: the pool options of the other databases do not apply: a
         # pool of one, no overflow, would make the others wait.
-        engine = self._pooled(max_pool_size=1, max_overflow=0)
+        engine = self._sqlite_engine(max_pool_size=1, max_overflow=0)
         with engine.connect() as conn:
             conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
             conn.commit()
@@ -1234,13 +1232,13 @@ class TestCreateEngine(base.TestCase):
             ).scalar()
 
     def test_sqlite_pool_transactions_atomic(self) -> None:
-        engine = self._pooled()
+        engine = self._sqlite_engine()
         self.assertTrue(self._rolled_back(engine))
         self.assertTrue(self._rolled_back(engine))
         self.assertEqual(1, self.opened)
 
     def test_sqlite_pool_forgets_a_transaction_mark_left(self) -> None:
-        engine = self._pooled()
+        engine = self._sqlite_engine()
         # NOTE: a mark left in a connection's record (its use did not end
         # through the engine's commit or rollback): it must go at
         # check-in, or the next use would send no BEGIN and commit each
@@ -1252,7 +1250,7 @@ class TestCreateEngine(base.TestCase):
         self.assertEqual(1, self.opened)
 
     def test_sqlite_pool_autocommit_use_leaves_no_trace(self) -> None:
-        engine = self._pooled()
+        engine = self._sqlite_engine()
         with engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
             conn.exec_driver_sql("SELECT 1").scalar()
@@ -1262,7 +1260,7 @@ class TestCreateEngine(base.TestCase):
         self.assertEqual(1, self.opened)
 
     def test_sqlite_pool_reads_see_other_connections_writes(self) -> None:
-        engine = self._pooled()
+        engine = self._sqlite_engine()
         other = db_engine.create_engine(str(engine.url))
         self.addCleanup(other.dispose)
         with other.begin() as conn:
