@@ -128,11 +128,15 @@ class Gate:
         """Wait for the turn (see :meth:`turn`); the address's state."""
         started = time.monotonic()
         state = None
+        # Counted as waited only when the call really blocked (on a busy
+        # address, its interval or the rate cap), not when a loaded
+        # machine was merely slow to hand it the lock.
+        blocked = False
         try:
             if address is not None:
-                state = self._enter(address, node)
+                state, blocked = self._enter(address, node)
             if self.max_calls_per_second > 0:
-                self._take_token(node)
+                blocked = self._take_token(node) or blocked
         except BmcBusy:
             if state is not None:
                 self._leave(state, called=False)
@@ -143,12 +147,11 @@ class Gate:
             if state is not None:
                 self._leave(state, called=False)
             raise
-        waited = time.monotonic() - started
         with self._lock:
             self._calls += 1
-            if waited > 0.001:
+            if blocked:
                 self._waited += 1
-                self._wait_seconds += waited
+                self._wait_seconds += time.monotonic() - started
         return state
 
     def stats(self) -> dict[str, Any]:
@@ -163,8 +166,10 @@ class Gate:
 
     # -- per address ---------------------------------------------------
 
-    def _enter(self, address: str, node: str) -> _Address:
+    def _enter(self, address: str, node: str) -> tuple[_Address, bool]:
+        """Wait for the address; its state, and whether it had to wait."""
         me = object()
+        blocked = False
         with self._lock:
             state = self._addresses.get(address)
             if state is None:
@@ -184,6 +189,7 @@ class Gate:
                         if left <= 0 or (pause is not None and pause > left):
                             raise self._busy(node, address, state, pause)
                         pause = left if pause is None else pause
+                    blocked = True
                     state.cond.wait(pause)
             except BaseException:
                 self._queued -= 1
@@ -194,7 +200,7 @@ class Gate:
             self._queued -= 1
             state.queue.popleft()
             state.busy = True
-            return state
+            return state, blocked
 
     def _pause(self, state: _Address, me: object) -> float | None:
         """Seconds until ``me`` may start (<= 0: now); None: unknown."""
@@ -238,8 +244,11 @@ class Gate:
 
     # -- rate cap ------------------------------------------------------
 
-    def _take_token(self, node: str) -> None:
-        """Reserve the next start time under the cap; sleep until it."""
+    def _take_token(self, node: str) -> bool:
+        """Reserve the next start time under the cap; sleep until it.
+
+        :returns: whether it had to sleep.
+        """
         spacing = 1.0 / self.max_calls_per_second
         tolerance = (self._burst - 1) * spacing
         with self._lock:
@@ -256,6 +265,7 @@ class Gate:
             self._next_token = max(now, self._next_token) + spacing
         if pause > 0:
             self._sleep(pause)
+        return pause > 0
 
 
 class _Turn:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from typing import Callable
+from unittest import mock
 
 from conductor.common import deadline
 from conductor.executor import bmc
@@ -113,6 +114,26 @@ class TestGate(base.TestCase):
             with gate.turn("b"):
                 pass
         self.assertEqual(0, gate.stats()["waited"])
+
+    def test_a_slow_machine_is_not_a_wait(self) -> None:
+        # On a loaded machine taking a free turn can take milliseconds;
+        # only a call that was held back counts as having waited.
+        gate = bmc.Gate(min_interval=30)
+        now = [1000.0]
+
+        def slow_clock() -> float:
+            now[0] += 0.005
+            return now[0]
+
+        with mock.patch.object(time, "monotonic", slow_clock):
+            with deadline.scope(WAIT):
+                with gate.turn("a"):
+                    pass
+                with gate.turn("b"):
+                    pass
+        self.assertEqual({"calls": 2, "waited": 0, "wait_seconds": 0.0},
+                         {key: gate.stats()[key] for key in
+                          ("calls", "waited", "wait_seconds")})
 
     def test_busy_address_fails_at_the_deadline(self) -> None:
         gate = bmc.Gate()
