@@ -121,7 +121,7 @@ class IPMIDriverTest(base.TestCase):
             future = pool.submit(self.power.get_power_state, node)
             child = bmc.wait_for(
                 lambda: [p for p in me.children() if p.name() == "ipmitool"],
-                1.0, "ipmitool was not started")[0]
+                5.0, "ipmitool was not started")[0]
             # While it runs, the password is neither in its arguments (ps)
             # nor in its environment.
             cmdline = " ".join(child.cmdline())
@@ -136,7 +136,7 @@ class IPMIDriverTest(base.TestCase):
             error = future.exception(timeout=5)
             elapsed = time.monotonic() - started
         self.assertIsInstance(error, deadline.DeadlineExceeded)
-        self.assertLess(elapsed, 1.5 + 0.3)
+        self.assertLess(elapsed, 1.5 + 2.0)
         self.assertIn("got no answer within", str(error))
         self.assertSecretFree(str(error))
         # Killed and reaped: no ipmitool left behind, not even a zombie.
@@ -151,4 +151,4 @@ class IPMIDriverTest(base.TestCase):
         with deadline.scope(0.5):
             self.assertRaises(deadline.DeadlineExceeded,
                               self.power.get_power_state, node)
-        self.assertLess(time.monotonic() - started, 0.5 + 0.3)
+        self.assertLess(time.monotonic() - started, 0.5 + 2.0)

@@ -243,8 +243,9 @@ class TestHealthAndSystemd(OperationsTestCase):
             lambda: (lambda r: r if r[0] == 503 else None)(
                 _get(self.port, "/healthz")), 10, "/healthz answers 503")
         elapsed = time.monotonic() - stopped
-        # heartbeat_timeout (4 s), plus the time of one check.
-        self.assertLessEqual(elapsed, 4 + 1.0)
+        # heartbeat_timeout (4 s), plus the time of one check on a loaded
+        # machine.
+        self.assertLessEqual(elapsed, 4 + 2.0)
         report = json.loads(body)
         self.assertEqual("unhealthy", report["status"])
         self.assertEqual(1, len(report["problems"]), report)

@@ -141,7 +141,7 @@ class RedfishDriverTest(base.TestCase):
         started = time.monotonic()
         exc = self.assertRaises(deadline.DeadlineExceeded,
                                 self.power.get_power_state, node)
-        self.assertLess(time.monotonic() - started, 1.5 + 0.3)
+        self.assertLess(time.monotonic() - started, 1.5 + 2.0)
         self.assertIn("no answer within", str(exc))
         self.assertSecretFree(str(exc))
 
@@ -155,7 +155,7 @@ class RedfishDriverTest(base.TestCase):
         exc = self.assertRaises(exceptions.PowerStateFailure,
                                 self.power.get_power_state, node)
         # The connect timeout, not the 10 s deadline.
-        self.assertLess(time.monotonic() - started, 0.5 + 0.5)
+        self.assertLess(time.monotonic() - started, 0.5 + 2.0)
         self.assertIn("the connection timed out", str(exc))
         self.assertSecretFree(str(exc))
 
@@ -167,7 +167,7 @@ class RedfishDriverTest(base.TestCase):
             self.assertRaises(deadline.DeadlineExceeded,
                               self.power.set_power_state, node,
                               states.POWER_ON)
-        self.assertLess(time.monotonic() - started, 0.5 + 0.3)
+        self.assertLess(time.monotonic() - started, 0.5 + 2.0)
 
     def test_server_errors_are_retried_briefly(self) -> None:
         self.config(connection_attempts=3, group="redfish")

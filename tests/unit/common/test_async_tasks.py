@@ -597,7 +597,7 @@ class TestRunCommand(AsyncTestCase):
         exc = self.assertRaises(
             subprocess.TimeoutExpired, async_tasks.run_command,
             ["/bin/sh", "-c", "echo started; sleep 60; echo never"],
-            timeout=0.2)
+            timeout=1.0)
         self.assertEqual("started\n", exc.output)
 
     def test_is_available_on_the_group(self) -> None:

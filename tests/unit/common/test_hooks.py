@@ -380,7 +380,8 @@ class TestRunExecutable(HooksTestCase):
                                 "start", "pre-start", timeout=0.2)
         self.assertEqual("Hook 20-hang failed in phase 'start pre-start': "
                          "killed after the 0.2s timeout", str(exc))
-        failures = hooks.run_hooks(found, "stop", timeout=0.2)
+        # Time enough for 30-after to start and echo on a loaded machine.
+        failures = hooks.run_hooks(found, "stop", timeout=1.0)
         self.assertEqual(["20-hang"], [f.hook for f in failures])
         self.assertIn("30-after: after", self.lines())
         self.assertNotIn("never", self.log.output)

@@ -8,6 +8,8 @@ import time
 from typing import Callable
 from unittest import mock
 
+import fixtures
+
 from conductor.common import deadline
 from conductor.executor import bmc
 from tests import base
@@ -176,7 +178,9 @@ class TestGate(base.TestCase):
         gate = bmc.Gate()
         first = self.holder(gate, "bmc")
         self.assertTrue(first.inside.wait(WAIT))
-        short = self.holder(gate, "bmc", seconds=0.3)
+        # Long enough that ``patient`` queues behind it even on a loaded
+        # machine.
+        short = self.holder(gate, "bmc", seconds=1.5)
         self.queued(gate, 1)
         patient = self.holder(gate, "bmc")
         self.queued(gate, 2)
@@ -298,6 +302,10 @@ class TestRateCap(base.TestCase):
              ) -> tuple[bmc.Gate, list[float]]:
         pauses: list[float] = []
         sleep: Callable[[float], None] = pauses.append
+        # The clock stands still for the test, so each recorded pause is
+        # exactly what the cap reserved, however slow the machine is.
+        self.useFixture(fixtures.MockPatchObject(
+            time, "monotonic", lambda: 1000.0))
         return bmc.Gate(max_calls_per_second=rate, burst=burst,
                         sleep=sleep), pauses
 
@@ -315,13 +323,13 @@ class TestRateCap(base.TestCase):
         self.calls(gate, 5)
         self.assertEqual(4, len(pauses))
         for index, pause in enumerate(pauses, start=1):
-            self.assertAlmostEqual(0.1 * index, pause, delta=0.05)
+            self.assertAlmostEqual(0.1 * index, pause, places=9)
 
     def test_burst_starts_at_once(self) -> None:
         gate, pauses = self.gate(10, burst=3)
         self.calls(gate, 4)
         self.assertEqual(1, len(pauses))
-        self.assertAlmostEqual(0.1, pauses[0], delta=0.05)
+        self.assertAlmostEqual(0.1, pauses[0], places=9)
 
     def test_cap_applies_across_addresses(self) -> None:
         gate, pauses = self.gate(10)
