@@ -29,6 +29,7 @@ Two small subclasses of cotyledon's own classes, installed by
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -42,6 +43,8 @@ from cotyledon import _utils
 from oslo_config import cfg
 from oslo_service import service
 
+from conductor import checks
+from conductor.common import exceptions
 from conductor.common import hooks
 from conductor.common import metrics
 from conductor.common import processutils
@@ -121,9 +124,11 @@ class _ServiceManager(cotyledon.ServiceManager):
                  failures: lifecycle.StartFailures,
                  stopping: threading.Event,
                  monitor: Callable[["_ServiceManager"], health.Monitor],
+                 check_reload: Callable[[], None] = lambda: None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.monitor = monitor(self)
+        self._check_reload = check_reload
         self._forked = 0
         self._policy = policy
         self._failures = failures
@@ -164,6 +169,8 @@ class _ServiceManager(cotyledon.ServiceManager):
         if sig == signal.SIGUSR1:
             self._drain()
             return
+        if sig == signal.SIGHUP and not self._reload_allowed():
+            return
         if sig == signal.SIGINT:
             self._sigints += 1
             if self._sigints > 1:
@@ -178,6 +185,16 @@ class _ServiceManager(cotyledon.ServiceManager):
             # real handler counts the next SIGINTs meanwhile.
             signal.signal(signal.SIGINT, self._on_sigint_while_stopping)
         super()._on_signal_received(sig)
+
+    def _reload_allowed(self) -> bool:
+        """SIGHUP: check the files first; a bad one leaves all as it is."""
+        try:
+            self._check_reload()
+        except exceptions.ConductorException as exc:
+            LOG.error("Caught SIGHUP: reload refused, the workers go on "
+                      "with the configuration they have. %s", exc)
+            return False
+        return True
 
     def _drain(self) -> None:
         """SIGUSR1: pass the drain request on to every worker."""
@@ -338,6 +355,8 @@ def launch(conf: cfg.ConfigOpts, workers: int,
     def manager(*args: Any, **kwargs: Any) -> _ServiceManager:
         return _ServiceManager(*args, policy=policy, failures=failures,
                                stopping=stopping, monitor=monitor,
+                               check_reload=functools.partial(
+                                   checks.check_reload, conf),
                                **kwargs)
 
     # NOTE: oslo.service builds cotyledon.ServiceManager when the first

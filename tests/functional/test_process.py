@@ -126,12 +126,31 @@ class TestWorkers(base.FunctionalTestCase):
         self.assertIn("Worker 0 of ftest stopped", conductor.log())
         self.assertIn("Worker 1 of ftest stopped", conductor.log())
 
-    def test_sighup_reloads_debug(self) -> None:
+    def test_sighup_refuses_a_bad_file_then_reloads_debug(self) -> None:
         conductor = self.start_conductor(
             _options(self.workdir, DEFAULT={"debug": False}))
         db = self.db_fixture.connect(upgrade=False)
         rows = self.wait_workers(db, "ftest", 2)
         self.assertNotIn(" DEBUG ", conductor.log())
+        pids = sorted(child.pid for child in conductor.children())
+        # A typo in a reloadable option: refused by name, nothing
+        # restarted (it used to fail every new worker, then the master).
+        conductor.write_config(conductor={"power_state_timeout": "nan"})
+        mark = len(conductor.log())
+        conductor.signal(signal.SIGHUP)
+        refused = base.wait_for(
+            lambda: [line for line in conductor.log()[mark:].splitlines()
+                     if "reload refused" in line],
+            15, "the master refuses the reload")
+        self.assertEqual(1, len(refused), refused)
+        self.assertIn(" ERROR conductor.master ", refused[0])
+        self.assertIn("[conductor] power_state_timeout: must be a finite "
+                      "number, got nan", refused[0])
+        self.assertNotIn("stopping", conductor.log()[mark:])
+        self.assertEqual(pids, sorted(child.pid
+                                      for child in conductor.children()))
+        # Mended, the next SIGHUP reloads.
+        del conductor.options["conductor"]["power_state_timeout"]
         conductor.write_config(DEFAULT={"debug": True})
         reloaded_at = timeutils.utcnow()
         conductor.signal(signal.SIGHUP)

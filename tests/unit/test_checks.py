@@ -67,6 +67,51 @@ class TestChecks(base.TestCase):
                            "greater than or equal to 3",
                            checks.check_option_values)
 
+    def test_check_option_values_not_finite(self) -> None:
+        for value in ("nan", "inf"):
+            self.load_config("[conductor]\npower_state_timeout = %s\n"
+                             % value)
+            message = self.assertInvalid("[conductor] power_state_timeout",
+                                         checks.check_option_values)
+            self.assertEqual("Invalid configuration: [conductor] "
+                             "power_state_timeout: must be a finite number, "
+                             "got %s" % value, message)
+
+    def write(self, text: str) -> str:
+        path = os.path.join(self.conf.state_path, "conductor.conf")
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        return path
+
+    def test_check_reload_reads_the_files_again(self) -> None:
+        self.load_config("[conductor]\npower_state_timeout = 12\n")
+        checks.check_reload(self.conf)
+        for text, expected in (
+                ("[conductor]\npower_state_timeout = nan\n",
+                 "[conductor] power_state_timeout: must be a finite "
+                 "number, got nan"),
+                ("[conductor]\npower_state_timeout = -1\n",
+                 "[conductor] power_state_timeout: Should be greater than "
+                 "or equal to 0.1"),
+                ("[conductor]\nheartbeat_interval = 60\n",
+                 "heartbeat_interval (60) must be less than "
+                 "heartbeat_timeout"),
+                ("[DEFAULT\n", "Invalid section (must end with ])")):
+            self.write(text)
+            exc = self.assertRaises(exceptions.ConfigInvalid,
+                                    checks.check_reload, self.conf)
+            self.assertIn(expected, str(exc))
+            self.assertEqual(1, len(str(exc).splitlines()))
+            # The running configuration is left as it was.
+            self.assertEqual(12.0, self.conf.conductor.power_state_timeout)
+        os.unlink(self.write(""))
+        exc = self.assertRaises(exceptions.ConfigInvalid,
+                                checks.check_reload, self.conf)
+        self.assertIn("config file(s) not found", str(exc))
+        self.write("[conductor]\npower_state_timeout = 7\n")
+        checks.check_reload(self.conf)
+        self.assertEqual(12.0, self.conf.conductor.power_state_timeout)
+
     def test_check_workers(self) -> None:
         self.config(workers=5, group="conductor")
         self.assertEqual(5, checks.check_workers(self.conf))

@@ -252,6 +252,8 @@ class TestManager(base.TestCase):
         manager._sigints = 0
         manager._worker_ids = {"sid-0": 0, "sid-1": 1}
         manager._forked = 0
+        self.check_reload = manager._check_reload = mock.Mock(
+            return_value=None)
         self.monitor = manager.monitor = mock.Mock(spec=health.Monitor)
         self.worker_died = self.useFixture(fixtures.MockPatchObject(
             metrics, "worker_died", autospec=True)).mock
@@ -282,9 +284,27 @@ class TestManager(base.TestCase):
 
     def test_other_signals_pass_through(self) -> None:
         self.manager._on_signal_received(signal.SIGHUP)
+        self.check_reload.assert_called_once_with()
         self.dispatched.assert_called_once_with(signal.SIGHUP)
         self.assertFalse(self.stopping.is_set())
         self.set_handler.assert_not_called()
+
+    def test_a_reload_of_bad_files_is_refused(self) -> None:
+        self.check_reload.side_effect = exceptions.ConfigInvalid(
+            problem="[conductor] power_state_timeout: must be a finite "
+                    "number, got nan")
+        self.manager._on_signal_received(signal.SIGHUP)
+        # Not passed on: no file re-read, no worker restarted.
+        self.dispatched.assert_not_called()
+        self.assertEqual(
+            "Caught SIGHUP: reload refused, the workers go on with the "
+            "configuration they have. Invalid configuration: [conductor] "
+            "power_state_timeout: must be a finite number, got nan\n",
+            self.logger.output)
+        # The next SIGHUP, once the file is mended, reloads.
+        self.check_reload.side_effect = None
+        self.manager._on_signal_received(signal.SIGHUP)
+        self.dispatched.assert_called_once_with(signal.SIGHUP)
 
     def test_failed_start_waits_then_forks_again(self) -> None:
         self.failures.record(1, "E: a")
