@@ -22,6 +22,7 @@ import sys
 import conductor.cmd  # noqa: F401  (backend first: see the package doc)
 
 from oslo_config import cfg
+from oslo_log import log as oslo_log
 
 from conductor import checks
 from conductor.common import exceptions
@@ -38,9 +39,14 @@ from conductor import startup
 LOG = logging.getLogger(__name__)
 
 
-def fail(message: str) -> None:
-    """Report a fatal start-up problem on one line and exit 1."""
-    LOG.error("Start-up failed: %s", message)
+def fail(message: str, log: bool = True) -> None:
+    """Report a fatal start-up problem on one line and exit 1.
+
+    :param log: also log it (False before logging is set up: the record
+        would reach stderr too, as a second line saying the same).
+    """
+    if log:
+        LOG.error("Start-up failed: %s", message)
     sys.stderr.write("conductor: ERROR: %s\n" % masking.mask_url(message))
     sys.exit(1)
 
@@ -79,9 +85,18 @@ def main(argv: list[str] | None = None) -> None:
         error = str(exc).splitlines()[0]
     except exceptions.ConductorException as exc:
         error = str(exc)
+    except OSError as exc:
+        # NOTE: a --config-file that is a directory or not readable.
+        error = "cannot read the configuration: %s" % exc
     if error is not None:
-        fail(error)
-    conductor_log.setup(conf, conductor_log.master_identity(conf.host))
+        fail(error, log=False)
+    try:
+        conductor_log.setup(conf, conductor_log.master_identity(conf.host))
+    except (OSError, oslo_log.LogConfigError) as exc:
+        error = "cannot set up logging ([DEFAULT] log_file, log_dir or " \
+                "log_config_append): %s" % exc
+    if error is not None:
+        fail(error, log=False)
     for problem in validate.unknown_options(conf):
         LOG.warning("%s", problem)
     try:

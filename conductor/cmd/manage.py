@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -46,6 +47,9 @@ LOG = logging.getLogger(__name__)
 
 #: Attempts to reach the broker when sending (oslo.messaging's ``retry``).
 RPC_RETRY = 2
+#: The shortest ``status --watch --interval`` (seconds): each report reads
+#: the database or asks every conductor.
+MIN_INTERVAL = 0.1
 
 NODE_COLUMNS = ("uuid", "name", "driver", "power_state",
                 "target_power_state", "maintenance", "reservation")
@@ -62,6 +66,9 @@ class Manage:
         self._drivers: dict[str, base.BaseDriver] | None = None
         self._transport: messaging.Transport | None = None
         self._rpc_api: rpcapi.ConductorAPI | None = None
+        #: What Ctrl-C leaves behind, said instead of a bare "interrupted"
+        #: (a command sets it once it has changed something and waits).
+        self.on_interrupt = "interrupted"
 
     @property
     def db(self) -> db_api.Connection:
@@ -201,6 +208,7 @@ class Manage:
         if not args.wait:
             self.out("Requested %s for node %s" % (target, label))
             return
+        self.on_interrupt = _left_requested(args.node, label, target)
         deadline = time.monotonic() + args.timeout
         while node.target_power_state is not None:
             if time.monotonic() > deadline:
@@ -293,6 +301,8 @@ class Manage:
                 "a conductor running? (see 'conductor-manage status')"
                 % (args.timeout, label, target))
 
+        if args.wait:
+            self.on_interrupt = _left_requested(args.node, label, target)
         try:
             node = api.set_power_state(
                 args.node, target, wait=args.wait,
@@ -430,6 +440,9 @@ class Manage:
                  % (args.host, count))
         if not args.wait:
             return
+        self.on_interrupt = ("interrupted; %s stays draining and stops once "
+                             "the other hosts have its nodes (see "
+                             "'conductor-manage status')" % args.host)
         deadline = time.monotonic() + args.timeout
         while any(record.online for record in self.db.list_conductors()
                   if record.host == args.host):
@@ -636,9 +649,27 @@ def _positive(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError("expected seconds, got %r" % text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be > 0, got %r" % text)
+    # NOTE: "nan > 0" is false like "nan <= 0": a nan wait never ends.
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(
+            "must be a finite number > 0, got %r" % text)
     return value
+
+
+def _interval(text: str) -> float:
+    value = _positive(text)
+    if value < MIN_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            "must be at least %s, got %r" % (MIN_INTERVAL, text))
+    return value
+
+
+def _left_requested(node: str, label: str, target: str) -> str:
+    """What Ctrl-C during ``node power --wait`` leaves behind."""
+    return ("interrupted; the '%s' request of node %s stays and a conductor "
+            "applies it (see 'conductor-manage node show %s'; "
+            "'conductor-manage node power %s --cancel' withdraws it while "
+            "it waits)" % (target, label, node, node))
 
 
 def _check_power_args(parser: argparse.ArgumentParser,
@@ -751,7 +782,8 @@ def build_parser() -> argparse.ArgumentParser:
                        nargs="?", help="required unless --cancel")
     power.add_argument("--wait", action="store_true",
                        help="return when the action is done; exit 1 with "
-                            "the node's last_error if it failed")
+                            "the node's last_error if it failed; Ctrl-C "
+                            "stops waiting (exit 130), not the request")
     power.add_argument("--timeout", type=_positive, default=120.0,
                        help="seconds --wait waits at most (default 120); "
                             "then the request is cancelled unless --keep")
@@ -774,10 +806,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--watch", action="store_true",
                         help="show it again every --interval seconds, in "
                         "place in a terminal, until Ctrl-C")
-    status.add_argument("--interval", type=_positive, default=None,
+    status.add_argument("--interval", type=_interval, default=None,
                         metavar="SECONDS",
                         help="seconds between two reports of --watch "
-                        "(default 2)")
+                        "(default 2, at least %s)" % MIN_INTERVAL)
     status.set_defaults(func=Manage.status,
                         check=lambda args: _check_status_args(status, args))
 
@@ -786,7 +818,8 @@ def build_parser() -> argparse.ArgumentParser:
         "it (as SIGUSR1 to its master)")
     drain.add_argument("host", metavar="HOST", help="its [DEFAULT] host")
     drain.add_argument("--wait", action="store_true",
-                       help="return once the host has stopped")
+                       help="return once the host has stopped; Ctrl-C "
+                            "stops waiting (exit 130), not the drain")
     drain.add_argument("--timeout", type=_positive, default=600.0,
                        help="seconds --wait waits at most (default 600)")
     drain.add_argument("--force", action="store_true",
@@ -824,6 +857,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       % ", ".join(exc.config_files))
     except cfg.Error as exc:
         return _error(str(exc).splitlines()[0])
+    except OSError as exc:
+        # NOTE: a --config-file that is a directory or not readable.
+        return _error("cannot read the configuration: %s" % exc)
     manage = Manage(conf, _print_masked)
     try:
         # NOTE: read every option now, so that a bad value is reported as
@@ -832,6 +868,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         checks.check_option_values(conf)
         args.func(manage, args)
         sys.stdout.flush()
+    except KeyboardInterrupt:
+        # NOTE: exit 128 + SIGINT, as a shell reports a Ctrl-C, with what
+        # the command leaves behind instead of a traceback.
+        sys.stderr.write("\n")
+        return _error(manage.on_interrupt, 130)
     except BrokenPipeError:
         # NOTE: the reader went away (``... | head``): stop quietly. Point
         # stdout at /dev/null so the interpreter's final flush cannot

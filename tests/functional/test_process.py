@@ -193,6 +193,28 @@ class TestBadConfig(base.FunctionalTestCase):
     def test_negative_workers(self) -> None:
         self._run({"conductor": {"workers": -3}}, "[conductor] workers")
 
+    def test_nan_timeout(self) -> None:
+        # oslo.config's min lets nan through; every call would fail.
+        self._run({"conductor": {"power_state_timeout": "nan"}},
+                  "[conductor] power_state_timeout: must be a finite "
+                  "number, got nan")
+
+    def test_log_file_that_cannot_be_opened(self) -> None:
+        result = self._run({"DEFAULT": {"log_file": "/proc/nope/x.log"}},
+                           "cannot set up logging ([DEFAULT] log_file, "
+                           "log_dir or log_config_append): [Errno 2]")
+        # Logging is not set up: the error is said once, not logged too.
+        self.assertEqual(1, len(result.stderr.splitlines()), result.stderr)
+
+    def test_config_file_that_is_a_directory(self) -> None:
+        result = subprocess.run(
+            [base.binary("conductor"), "--config-file", self.workdir],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(
+            (1, "conductor: ERROR: cannot read the configuration: [Errno "
+                "21] Is a directory: '%s'\n" % self.workdir),
+            (result.returncode, result.stderr))
+
     def test_pool_too_small(self) -> None:
         self._run({"conductor": {"workers_pool_size": 1}},
                   "[conductor] workers_pool_size")

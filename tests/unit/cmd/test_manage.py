@@ -156,6 +156,12 @@ class TestDb(ManageTestCase):
         self.assertEqual("config file(s) not found: %s" % self.config_file,
                          self.fails("status"))
 
+    def test_a_directory_as_config_file(self) -> None:
+        self.config_file = self.state
+        self.assertEqual("cannot read the configuration: [Errno 21] Is a "
+                         "directory: '%s'" % self.state,
+                         self.fails("status"))
+
     def test_malformed_config_file(self) -> None:
         self.write("conductor.conf", "this is not ini\n")
         message = self.fails("status")
@@ -176,7 +182,7 @@ class TestDb(ManageTestCase):
         self.usage_error("node", "list", "--format", "xml")
         self.usage_error("node", "list", "--maintenance", "perhaps")
         self.usage_error("node", "power", "n1", "explode")
-        self.assertIn("must be > 0",
+        self.assertIn("must be a finite number > 0",
                       self.usage_error("node", "power", "n1", "on",
                                        "--timeout", "0"))
         self.usage_error("node", "create", "--name", "n1")
@@ -571,6 +577,29 @@ class TestNodePower(DbManageTestCase):
         self.addCleanup(patcher.stop)
         patcher.start()
 
+    def test_wait_timeout_must_be_finite(self) -> None:
+        for value in ("nan", "inf", "-1"):
+            self.assertIn("--timeout: must be a finite number > 0, got "
+                          "'%s'" % value,
+                          self.usage_error("node", "power", "n1", "on",
+                                           "--wait", "--timeout", value))
+        self.assertIsNone(self.db.get_node("n1").target_power_state)
+
+    def test_ctrl_c_while_waiting_leaves_the_request(self) -> None:
+        patcher = mock.patch.object(time, "sleep", autospec=True,
+                                    side_effect=KeyboardInterrupt)
+        self.addCleanup(patcher.stop)
+        patcher.start()
+        code, out, err = self.manage("node", "power", "n1", "on", "--wait")
+        self.assertEqual((130, ""), (code, out))
+        self.assertEqual(
+            "\nconductor-manage: ERROR: interrupted; the 'power on' request "
+            "of node n1 stays and a conductor applies it (see "
+            "'conductor-manage node show n1'; 'conductor-manage node power "
+            "n1 --cancel' withdraws it while it waits)\n", err)
+        self.assertEqual(states.POWER_ON,
+                         self.db.get_node("n1").target_power_state)
+
     def test_wait_timeout_keep_leaves_the_request(self) -> None:
         self._no_sleep()
         message = self.fails("node", "power", "n1", "on", "--wait",
@@ -700,6 +729,20 @@ class TestDrain(DbManageTestCase):
         self.ok("drain", "a", "--force")
         self.assertTrue(self.draining()["a:0"])
 
+    def test_ctrl_c_while_waiting_leaves_it_draining(self) -> None:
+        patcher = mock.patch.object(time, "sleep", autospec=True,
+                                    side_effect=KeyboardInterrupt)
+        self.addCleanup(patcher.stop)
+        patcher.start()
+        code, out, err = self.manage("drain", "b", "--wait")
+        self.assertEqual(130, code)
+        self.assertIn("Draining b", out)
+        self.assertEqual(
+            "\nconductor-manage: ERROR: interrupted; b stays draining and "
+            "stops once the other hosts have its nodes (see "
+            "'conductor-manage status')\n", err)
+        self.assertTrue(self.draining()["b:0"])
+
     def test_wait_until_stopped_or_timeout(self) -> None:
         code, out, err = self.manage("drain", "b", "--wait", "--timeout",
                                      "0.3")
@@ -766,9 +809,18 @@ class TestStatusWatch(DbManageTestCase):
         self.assertEqual(0, proc.wait(base.WAIT))
 
     def test_interval_must_be_positive_and_needs_watch(self) -> None:
-        self.assertIn("must be > 0, got '0'",
+        self.assertIn("must be a finite number > 0, got '0'",
                       self.usage_error("status", "--watch", "--interval",
                                        "0"))
+        # nan compares false with everything; inf and 1e400 overflowed
+        # the clock; a tiny interval re-read the database in a loop.
+        for value in ("nan", "inf", "1e400"):
+            self.assertIn("must be a finite number > 0, got '%s'" % value,
+                          self.usage_error("status", "--watch",
+                                           "--interval", value))
+        self.assertIn("must be at least 0.1, got '1e-09'",
+                      self.usage_error("status", "--watch", "--interval",
+                                       "1e-09"))
         self.assertIn("--interval applies to --watch only",
                       self.usage_error("status", "--interval", "5"))
 
