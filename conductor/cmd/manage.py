@@ -74,7 +74,8 @@ class Manage:
     def db(self) -> db_api.Connection:
         if self._db is None:
             self._db = db_api.Connection.create(
-                self.conf.database.connection, max_retries=0)
+                self.conf.database.connection, max_retries=0,
+                create_sqlite=False)
             migration.check(self._db.engine)
         return self._db
 
@@ -114,7 +115,8 @@ class Manage:
         self.out("Database schema is at revision %s" % revision)
 
     def db_version(self, args: argparse.Namespace) -> None:
-        engine = db_engine.create_engine(self.conf.database.connection)
+        engine = db_engine.create_engine(self.conf.database.connection,
+                                         create_sqlite=False)
         try:
             revision = migration.current(engine)
         finally:

@@ -57,7 +57,7 @@ class Checks(upgradecheck.UpgradeCommands):
     def engine(self) -> sa.Engine:
         if self._engine is None:
             self._engine = db_engine.create_engine(
-                self.conf.database.connection)
+                self.conf.database.connection, create_sqlite=False)
         return self._engine
 
     def close(self) -> None:

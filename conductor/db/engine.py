@@ -29,7 +29,8 @@ def create_engine(url: str, *, max_retries: int = 0,
                   max_pool_size: int | None = None,
                   max_overflow: int | None = None,
                   pool_timeout: int | None = None,
-                  sqlite_pool: bool = False) -> sa.Engine:
+                  sqlite_pool: bool = False,
+                  create_sqlite: bool = True) -> sa.Engine:
     """Create an engine and prove it connects.
 
     :param max_retries: further attempts after the first failed one
@@ -38,10 +39,13 @@ def create_engine(url: str, *, max_retries: int = 0,
         (see :func:`_reusing_pool`) rather than open one per use. For a
         process that never forks afterwards: a worker. The pool options
         above do not apply to it.
+    :param create_sqlite: create an SQLite file (and its directory) that
+        does not exist. False for commands that only use a database: a
+        mistyped path is then an error, not a new empty database.
     :raises: DatabaseUnavailable naming the (password-masked) URL.
     """
     try:
-        _prepare_sqlite_dir(url)
+        _prepare_sqlite_dir(url, create_sqlite)
         engine = engines.create_engine(
             url, max_retries=max_retries, retry_interval=retry_interval,
             max_pool_size=max_pool_size, max_overflow=max_overflow,
@@ -155,16 +159,25 @@ def _sqlite_file(url: str) -> str | None:
     return os.path.abspath(parsed.database)
 
 
-def _prepare_sqlite_dir(url: str) -> None:
+def _prepare_sqlite_dir(url: str, create: bool = True) -> None:
     """Create an SQLite file database (the default) and its directory.
 
     The file holds every node's BMC password: it is created (or
     tightened) 0600, its ``-wal`` and ``-shm`` companions too, and the
     directories created for it 0700.
+
+    :param create: False: a missing file is an error instead.
     """
     path = _sqlite_file(url)
     if path is None:
         return
+    if not create and not os.path.exists(path):
+        raise exceptions.DatabaseUnavailable(
+            url=mask_url(url),
+            reason="there is no database file %s: check [database] "
+                   "connection, or run 'conductor-manage db sync' to "
+                   "create it (the conductor creates it at its first "
+                   "start)" % path)
     directory = os.path.dirname(path)
     try:
         private.makedirs(directory)

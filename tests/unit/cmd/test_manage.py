@@ -126,8 +126,8 @@ class TestDb(ManageTestCase):
 
     def test_version_sync_version(self) -> None:
         head = migration.head()
-        self.assertEqual("<empty> (head: %s)\n" % head,
-                         self.ok("db", "version"))
+        self.assertIn("there is no database file",
+                      self.fails("db", "version"))
         self.assertEqual("Database schema is at revision %s\n" % head,
                          self.ok("db", "sync"))
         self.assertEqual("%s (head: %s)\n" % (head, head),
@@ -135,7 +135,19 @@ class TestDb(ManageTestCase):
         self.assertEqual("Database schema is at revision %s\n" % head,
                          self.ok("db", "sync"))
 
-    def test_commands_need_the_schema(self) -> None:
+    def test_commands_need_the_database_and_its_schema(self) -> None:
+        path = self.db_url[len("sqlite:///"):]
+        for argv in (["node", "list"], ["status"], ["clean"],
+                     ["node", "show", "x"], ["db", "version"]):
+            # A mistyped path is an error, not a new empty database.
+            self.assertEqual(
+                "Database %s is not usable: there is no database file "
+                "%s: check [database] connection, or run "
+                "'conductor-manage db sync' to create it (the conductor "
+                "creates it at its first start)" % (self.db_url, path),
+                self.fails(*argv))
+            self.assertFalse(os.path.exists(path))
+        open(path, "w").close()
         for argv in (["node", "list"], ["status"], ["clean"],
                      ["node", "show", "x"]):
             message = self.fails(*argv)
@@ -193,7 +205,9 @@ class TestDb(ManageTestCase):
         other_state = self.useFixture(fixtures.TempDir()).path
         other_url = "sqlite:///" + os.path.join(other_state, "other.db")
         self.config_file = self.write_config(connection=other_url)
-        self.assertIn("<empty>", self.ok("db", "version"))
+        self.assertIn("there is no database file %s"
+                      % os.path.join(other_state, "other.db"),
+                      self.fails("db", "version"))
 
 
 class TestNodeCreate(DbManageTestCase):

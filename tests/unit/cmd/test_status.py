@@ -121,6 +121,16 @@ class TestUpgradeCheck(base.TestCase):
         self.assertIn("cannot reach the database", details)
         self.assertNotIn("s3cret", details)
 
+    def test_a_mistyped_sqlite_path_fails_and_creates_nothing(self) -> None:
+        self.url = "sqlite:///" + os.path.join(self.state, "typo",
+                                               "conductor.db")
+        self.config_file = self.write_config()
+        code, checks = self.check()
+        self.assertEqual(2, code)
+        self.assertIn("there is no database file %s/typo/conductor.db"
+                      % self.state, checks["Database version"]["details"])
+        self.assertFalse(os.path.exists(os.path.join(self.state, "typo")))
+
     def test_table_output_and_missing_file(self) -> None:
         self.migrate()
         result = subprocess.run(
