@@ -221,9 +221,7 @@ class Manage:
             time.sleep(0.1)
             node = self.db.get_node(node.uuid)
         if node.last_error:
-            raise exceptions.PowerStateFailure(
-                err="Node %s: %s failed: %s" % (label, target,
-                                                node.last_error))
+            raise _action_failed(label, target, node.last_error)
         self.out("Node %s is %s" % (label, node.power_state))
 
     def _live_driver(self, driver: str) -> bool:
@@ -325,9 +323,7 @@ class Manage:
                 raise timed_out() from None
             raise
         if node["last_error"]:
-            raise exceptions.PowerStateFailure(
-                err="Node %s: %s failed: %s" % (label, target,
-                                                node["last_error"]))
+            raise _action_failed(label, target, node["last_error"])
         self.out("Node %s is %s" % (label, node["power_state"]))
 
     def _show(self, node: db_api.NodeRecord, fmt: str) -> None:
@@ -664,6 +660,16 @@ def _interval(text: str) -> float:
         raise argparse.ArgumentTypeError(
             "must be at least %s, got %r" % (MIN_INTERVAL, text))
     return value
+
+
+def _action_failed(label: str, target: str,
+                   last_error: str) -> exceptions.PowerStateFailure:
+    """``--wait``: the action failed; say so once, with its last_error."""
+    failed = "%s failed" % target
+    if not last_error.startswith(failed):
+        last_error = "%s: %s" % (failed, last_error)
+    return exceptions.PowerStateFailure(err="Node %s: %s" % (label,
+                                                             last_error))
 
 
 def _left_requested(node: str, label: str, target: str) -> str:

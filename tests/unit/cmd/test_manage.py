@@ -570,6 +570,12 @@ class TestNodePower(DbManageTestCase):
         self.assertEqual("Node n1: power on failed: BMC said no",
                          self.fails("node", "power", "n1", "on", "--wait"))
 
+    def test_wait_failure_is_said_once(self) -> None:
+        # The conductor's last_error of a failed action names it already.
+        self._conductor_applies(last_error="power on failed: BMC said no")
+        self.assertEqual("Node n1: power on failed: BMC said no",
+                         self.fails("node", "power", "n1", "on", "--wait"))
+
     def test_wait_timeout(self) -> None:
         patcher = mock.patch.object(time, "sleep", autospec=True)
         self.addCleanup(patcher.stop)
