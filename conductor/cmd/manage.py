@@ -50,6 +50,9 @@ RPC_RETRY = 2
 #: The shortest ``status --watch --interval`` (seconds): each report reads
 #: the database or asks every conductor.
 MIN_INTERVAL = 0.1
+#: How long ``node power --wait`` and ``drain --wait`` wait by default.
+POWER_WAIT = 120.0
+DRAIN_WAIT = 600.0
 
 NODE_COLUMNS = ("uuid", "name", "driver", "power_state",
                 "target_power_state", "maintenance", "reservation")
@@ -686,6 +689,7 @@ def _check_power_args(parser: argparse.ArgumentParser,
     if args.cancel:
         extra = [name for name, given in (
             ("ACTION", args.action is not None), ("--wait", args.wait),
+            ("--timeout", args.timeout is not None),
             ("--keep", args.keep), ("--queue", args.queue)) if given]
         if extra:
             parser.error("--cancel takes no %s" % ", ".join(extra))
@@ -693,8 +697,18 @@ def _check_power_args(parser: argparse.ArgumentParser,
     if args.action is None:
         parser.error("ACTION (%s) is required unless --cancel"
                      % ", ".join(sorted(states.POWER_VERBS)))
+    _check_wait_args(parser, args, POWER_WAIT)
     if args.keep and not args.wait:
         parser.error("--keep applies to --wait only")
+
+
+def _check_wait_args(parser: argparse.ArgumentParser,
+                     args: argparse.Namespace, default: float) -> None:
+    """``--timeout`` bounds ``--wait`` only; fill in its default."""
+    if args.timeout is None:
+        args.timeout = default
+    elif not args.wait:
+        parser.error("--timeout applies to --wait only")
 
 
 def _seconds(value: float) -> str:
@@ -792,9 +806,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="return when the action is done; exit 1 with "
                             "the node's last_error if it failed; Ctrl-C "
                             "stops waiting (exit 130), not the request")
-    power.add_argument("--timeout", type=_positive, default=120.0,
-                       help="seconds --wait waits at most (default 120); "
-                            "then the request is cancelled unless --keep")
+    power.add_argument("--timeout", type=_positive, default=None,
+                       help="seconds --wait waits at most (default %s); "
+                            "then the request is cancelled unless --keep"
+                            % _seconds(POWER_WAIT))
     power.add_argument("--keep", action="store_true",
                        help="with --wait: leave the request queued when "
                             "the wait times out")
@@ -828,12 +843,15 @@ def build_parser() -> argparse.ArgumentParser:
     drain.add_argument("--wait", action="store_true",
                        help="return once the host has stopped; Ctrl-C "
                             "stops waiting (exit 130), not the drain")
-    drain.add_argument("--timeout", type=_positive, default=600.0,
-                       help="seconds --wait waits at most (default 600)")
+    drain.add_argument("--timeout", type=_positive, default=None,
+                       help="seconds --wait waits at most (default %s)"
+                            % _seconds(DRAIN_WAIT))
     drain.add_argument("--force", action="store_true",
                        help="drain even the only live host (its nodes are "
                        "then polled by nobody)")
-    drain.set_defaults(func=Manage.drain)
+    drain.set_defaults(func=Manage.drain,
+                       check=lambda args: _check_wait_args(drain, args,
+                                                           DRAIN_WAIT))
 
     clean = commands.add_parser(
         "clean", help="forget dead workers, release their reservations, "

@@ -702,9 +702,16 @@ class TestNodePower(DbManageTestCase):
                 (("n1", "on", "--cancel"), "--cancel takes no ACTION"),
                 (("n1", "--cancel", "--wait"), "--cancel takes no --wait"),
                 (("n1", "--cancel", "--queue"), "--cancel takes no --queue"),
-                (("n1", "on", "--keep"), "--keep applies to --wait only")):
+                (("n1", "on", "--keep"), "--keep applies to --wait only"),
+                # It used to be accepted and ignored.
+                (("n1", "on", "--timeout", "5"),
+                 "--timeout applies to --wait only"),
+                (("n1", "--cancel", "--timeout", "5"),
+                 "--cancel takes no --timeout")):
             self.assertIn(text, self.usage_error("node", "power", *argv))
         self.assertIsNone(self.db.get_node("n1").target_power_state)
+        self.assertIn("--timeout applies to --wait only",
+                      self.usage_error("drain", "b", "--timeout", "5"))
 
 
 class TestDrain(DbManageTestCase):
