@@ -539,6 +539,15 @@ class ConductorService(service.ServiceBase):
                        self._conf).graceful_shutdown_timeout)
         deadline = time.monotonic() + max(1.0, timeout - 2.0)
         if rt is not None:
+            busy = rt.pool.stats()["busy"]
+            if busy:
+                # NOTE: the wait below may be long and is otherwise silent.
+                LOG.info("Worker %(id)d of %(host)s waits at most %(left).0f "
+                         "s for %(busy)d busy pool thread(s): a driver call "
+                         "in flight ends by its deadline ([conductor] "
+                         "power_state_timeout)",
+                         {"id": self.worker_id, "host": self.host,
+                          "left": self._left(deadline), "busy": busy})
             # 0. Stop consuming RPC; finish the calls in flight (bounded).
             self._stop_rpc(rt, deadline)
             # 1. Stop scheduling; running tasks see the stop Event, finish.

@@ -550,9 +550,15 @@ class TestStartStop(ServiceTestCase):
             svc.start()
         self.assertTrue(entered.wait(base.WAIT))
         self.assertEqual("test-host:0", self.db.get_node(uuid).reservation)
+        logger = self.useFixture(fixtures.FakeLogger(level=logging.INFO))
         stopping = time.monotonic()
         svc.stop()
         elapsed = time.monotonic() - stopping
+        # The wait is said, not silent.
+        self.assertRegex(logger.output,
+                         r"Worker 0 of test-host waits at most 1 s for \d+ "
+                         r"busy pool thread\(s\): a driver call in flight "
+                         r"ends by its deadline")
         # Bounded by graceful_shutdown_timeout (3 s; 1 s for the pool).
         self.assertGreater(elapsed, 0.9)
         self.assertLess(elapsed, 3.0)
