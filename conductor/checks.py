@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from typing import Any, Iterable, Sequence
 
 from oslo_config import cfg
 
@@ -164,37 +165,75 @@ def register_library_opts(conf: cfg.ConfigOpts) -> None:
 def check_reload(conf: cfg.ConfigOpts) -> None:
     """Check the configuration files as a SIGHUP would load them now.
 
-    The files ``conf`` was started with are parsed into a fresh copy with
-    the same options, and the checks that read nothing but options run on
-    it; ``conf`` itself is left as it is. The master runs this before it
-    passes a reload on, so a typo in an edited file is refused by name
-    instead of failing every new worker.
+    The files and directories ``conf`` was started with (given, in their
+    order, or found by default) are parsed into a fresh copy holding the
+    same options and defaults, and the checks that read nothing but
+    options run on it; ``conf`` itself is left as it is. The master runs
+    this before it passes a reload on, so a typo in an edited file is
+    refused by name instead of failing every new worker.
 
     :raises: ConfigInvalid naming the first problem.
     """
-    fresh = cfg.ConfigOpts()
-    fresh.register_opts([info["opt"] for info in conf._opts.values()])
-    for group_name, group in conf._groups.items():
-        fresh.register_opts([info["opt"] for info in group._opts.values()],
-                            group=group_name)
-    args: list[str] = []
-    for path in conf.config_file:
-        args += ["--config-file", path]
-    for path in conf.config_dir or ():
-        args += ["--config-dir", path]
     try:
-        fresh(args, project=conf.project, prog=conf.prog)
+        fresh = _fresh_copy(conf)
+        check_option_values(fresh)
+        check_host(fresh)
+        check_pool(fresh)
+        check_heartbeat(fresh)
+    except exceptions.ConductorException:
+        raise
     except cfg.ConfigFilesNotFoundError as exc:
         raise exceptions.ConfigInvalid(
             problem="config file(s) not found: %s"
                     % ", ".join(exc.config_files)) from exc
-    except cfg.Error as exc:
+    except (cfg.Error, ValueError, OSError) as exc:
+        # NOTE: a file that does not parse, is not UTF-8 or is now a
+        # directory; a $reference to no option.
+        text = str(exc).splitlines()
         raise exceptions.ConfigInvalid(
-            problem=str(exc).splitlines()[0]) from exc
-    check_option_values(fresh)
-    check_host(fresh)
-    check_pool(fresh)
-    check_heartbeat(fresh)
+            problem=text[0] if text else type(exc).__name__) from exc
+
+
+def _fresh_copy(conf: cfg.ConfigOpts) -> cfg.ConfigOpts:
+    """``conf``'s options, defaults and config sources, parsed anew."""
+    fresh = cfg.ConfigOpts()
+    # NOTE: oslo.config makes its own --config-file and --config-dir at
+    # each parse; every other option is copied as a file option, so that
+    # a bad value is read (and named) by check_option_values rather than
+    # refused by the command-line parser, which exits.
+    own = {id(opt) for opt in conf._config_opts}
+
+    def copy(infos: Iterable[Any], group: str | None) -> None:
+        for info in infos:
+            opt = info["opt"]
+            if id(opt) in own:
+                continue
+            fresh.register_opt(opt, group=group)
+            if info.get("default") is not None:
+                fresh.set_default(opt.dest, info["default"], group=group)
+            if info.get("override") is not None:
+                fresh.set_override(opt.dest, info["override"], group=group)
+
+    copy(conf._opts.values(), None)
+    for group_name, group in conf._groups.items():
+        copy(group._opts.values(), group_name)
+    fresh(_config_args(conf._args or []), project=conf.project,
+          prog=conf.prog, default_config_files=conf.default_config_files,
+          default_config_dirs=conf.default_config_dirs,
+          use_env=conf._use_env)
+    return fresh
+
+
+def _config_args(args: Sequence[str]) -> list[str]:
+    """The ``--config-file`` and ``--config-dir`` arguments, in order."""
+    kept: list[str] = []
+    names = ("--config-file", "--config-dir")
+    for index, arg in enumerate(args):
+        if arg in names and index + 1 < len(args):
+            kept += [arg, args[index + 1]]
+        elif arg.startswith(tuple(name + "=" for name in names)):
+            kept.append(arg)
+    return kept
 
 
 def check_all(conf: cfg.ConfigOpts) -> int:

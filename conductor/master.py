@@ -194,6 +194,13 @@ class _ServiceManager(cotyledon.ServiceManager):
             LOG.error("Caught SIGHUP: reload refused, the workers go on "
                       "with the configuration they have. %s", exc)
             return False
+        except Exception:
+            # NOTE: this runs in the master's signal loop: whatever the
+            # check meets must not end the master.
+            LOG.exception("Caught SIGHUP: reload refused, the workers go "
+                          "on with the configuration they have; checking "
+                          "the files failed")
+            return False
         return True
 
     def _drain(self) -> None:

@@ -112,6 +112,53 @@ class TestChecks(base.TestCase):
         checks.check_reload(self.conf)
         self.assertEqual(12.0, self.conf.conductor.power_state_timeout)
 
+    def test_check_reload_errors_that_are_not_values(self) -> None:
+        self.load_config("[conductor]\npower_state_timeout = 12\n")
+
+        def refused(expected: str) -> None:
+            exc = self.assertRaises(exceptions.ConfigInvalid,
+                                    checks.check_reload, self.conf)
+            self.assertIn(expected, str(exc))
+
+        path = self.write("[conductor]\npower_state_timeout = $nosuch\n")
+        refused("no such option nosuch")
+        with open(path, "wb") as stream:
+            stream.write(b"[conductor]\nhost = \xff\n")
+        refused("'utf-8' codec can't decode byte 0xff")
+        os.unlink(path)
+        os.mkdir(path)
+        refused("[Errno 21] Is a directory")
+
+    def test_check_reload_reads_the_sources_as_started(self) -> None:
+        first = os.path.join(self.conf.state_path, "first.d")
+        second = os.path.join(self.conf.state_path, "second.d")
+        os.mkdir(first)
+        os.mkdir(second)
+        # A bad value in the first directory, overridden by the file given
+        # after it: the running value is good, so is the reload.
+        with open(os.path.join(first, "a.conf"), "w") as stream:
+            stream.write("[conductor]\npower_state_timeout = nan\n")
+        path = self.write("[conductor]\npower_state_timeout = 12\n")
+        self.conf.clear_override("workers", group="conductor")
+        self.conf(["--config-dir", first, "--config-dir", second,
+                   "--config-file=%s" % path])
+        checks.check_reload(self.conf)
+        # Each directory is read, not only the last.
+        with open(os.path.join(first, "b.conf"), "w") as stream:
+            stream.write("[conductor]\nbmc_min_interval = nan\n")
+        exc = self.assertRaises(exceptions.ConfigInvalid,
+                                checks.check_reload, self.conf)
+        self.assertIn("[conductor] bmc_min_interval", str(exc))
+        os.unlink(os.path.join(first, "b.conf"))
+        # Defaults set in code (by a hook) hold in the copy too.
+        self.conf.set_default("heartbeat_timeout", 4, group="conductor")
+        self.write("[conductor]\npower_state_timeout = 12\n"
+                   "heartbeat_interval = 5\n")
+        exc = self.assertRaises(exceptions.ConfigInvalid,
+                                checks.check_reload, self.conf)
+        self.assertIn("heartbeat_interval (5) must be less than "
+                      "heartbeat_timeout (4)", str(exc))
+
     def test_check_workers(self) -> None:
         self.config(workers=5, group="conductor")
         self.assertEqual(5, checks.check_workers(self.conf))

@@ -301,6 +301,11 @@ class TestManager(base.TestCase):
             "configuration they have. Invalid configuration: [conductor] "
             "power_state_timeout: must be a finite number, got nan\n",
             self.logger.output)
+        # Nothing the check meets ends the master.
+        self.check_reload.side_effect = RuntimeError("unexpected")
+        self.manager._on_signal_received(signal.SIGHUP)
+        self.dispatched.assert_not_called()
+        self.assertIn("checking the files failed", self.logger.output)
         # The next SIGHUP, once the file is mended, reloads.
         self.check_reload.side_effect = None
         self.manager._on_signal_received(signal.SIGHUP)
