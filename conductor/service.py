@@ -542,10 +542,10 @@ class ConductorService(service.ServiceBase):
             busy = rt.pool.stats()["busy"]
             if busy:
                 # NOTE: the wait below may be long and is otherwise silent.
-                LOG.info("Worker %(id)d of %(host)s waits at most %(left).0f "
-                         "s for %(busy)d busy pool thread(s): a driver call "
-                         "in flight ends by its deadline ([conductor] "
-                         "power_state_timeout)",
+                LOG.info("Worker %(id)d of %(host)s stops within %(left).0f "
+                         "s; %(busy)d pool thread(s) are busy (driver calls "
+                         "or periodic tasks): a driver call in flight ends "
+                         "by its deadline ([conductor] power_state_timeout)",
                          {"id": self.worker_id, "host": self.host,
                           "left": self._left(deadline), "busy": busy})
             # 0. Stop consuming RPC; finish the calls in flight (bounded).

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import time
@@ -50,6 +49,8 @@ RPC_RETRY = 2
 #: The shortest ``status --watch --interval`` (seconds): each report reads
 #: the database or asks every conductor.
 MIN_INTERVAL = 0.1
+#: The longest wait or interval a command takes (seconds).
+MAX_SECONDS = 7 * 86400
 #: How long ``node power --wait`` and ``drain --wait`` wait by default.
 POWER_WAIT = 120.0
 DRAIN_WAIT = 600.0
@@ -305,7 +306,12 @@ class Manage:
                 % (args.timeout, label, target))
 
         if args.wait:
-            self.on_interrupt = _left_requested(args.node, label, target)
+            # NOTE: Ctrl-C may come before the request is sent.
+            self.on_interrupt = (
+                "interrupted; the '%s' request of node %s may have been "
+                "sent, and its owner applies it at once (see "
+                "'conductor-manage node show %s')" % (target, label,
+                                                      args.node))
         try:
             node = api.set_power_state(
                 args.node, target, wait=args.wait,
@@ -650,10 +656,12 @@ def _positive(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError("expected seconds, got %r" % text)
-    # NOTE: "nan > 0" is false like "nan <= 0": a nan wait never ends.
-    if not (0 < value < math.inf):
+    # NOTE: "nan > 0" is false like "nan <= 0": a nan wait never ends;
+    # past the clock's range, sleep and waits overflow.
+    if not (0 < value <= MAX_SECONDS):
         raise argparse.ArgumentTypeError(
-            "must be a finite number > 0, got %r" % text)
+            "must be a number of seconds > 0 and at most %d (a week), got "
+            "%r" % (MAX_SECONDS, text))
     return value
 
 

@@ -14,6 +14,7 @@ Exit codes (oslo.upgradecheck's): 0 every check passed, 1 a warning
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Sequence
 
@@ -64,7 +65,30 @@ class Checks(upgradecheck.UpgradeCommands):
         if self._engine is not None:
             self._engine.dispose()
 
+    def _not_created(self) -> Result | None:
+        """The result for an SQLite file that does not exist yet, or None.
+
+        Nothing here creates it: the default file is created at the
+        conductor's first start (which passes); any other missing path is
+        likely a typo (a warning).
+        """
+        url = self.conf.database.connection
+        path = db_engine.sqlite_file(url)
+        if path is None or os.path.exists(path):
+            return None
+        default = conductor_conf.database.DEFAULT_CONNECTION.replace(
+            "$state_path", self.conf.state_path)
+        if url == default:
+            return Result(Code.SUCCESS, "no database yet: the conductor "
+                          "creates %s at its first start" % path)
+        return Result(Code.WARNING, "there is no database file %s: check "
+                      "[database] connection (the conductor would start on "
+                      "a new, empty database there)" % path)
+
     def _database_version(self) -> Result:
+        missing = self._not_created()
+        if missing is not None:
+            return missing
         try:
             with self.engine.connect() as connection:
                 name = self.engine.dialect.name
@@ -92,6 +116,9 @@ class Checks(upgradecheck.UpgradeCommands):
         return Result(Code.SUCCESS, "%s %s" % (name, text))
 
     def _schema(self) -> Result:
+        missing = self._not_created()
+        if missing is not None:
+            return missing
         head = migration.head()
         try:
             current = migration.current(self.engine)
@@ -115,6 +142,8 @@ class Checks(upgradecheck.UpgradeCommands):
                       "starting the new conductors" % (current, head))
 
     def _partitions(self) -> Result:
+        if self._not_created() is not None:
+            return Result(Code.SUCCESS, "not applicable: no database yet")
         try:
             columns = {column["name"] for column in
                        sa.inspect(self.engine).get_columns("nodes")}

@@ -74,9 +74,9 @@ def create_engine(url: str, *, max_retries: int = 0,
         engine.dispose()
         raise unavailable(url, exc) from exc
     if engine.dialect.name == "sqlite":
-        sqlite_file = _sqlite_file(url)
-        if sqlite_file is not None:
-            _tighten_sqlite_companions(sqlite_file)
+        path = sqlite_file(url)
+        if path is not None:
+            _tighten_sqlite_companions(path)
             if sqlite_pool:
                 # NOTE: after the first connection: SQLAlchemy initialises
                 # the dialect (server version, isolation level) from the
@@ -149,7 +149,7 @@ def missing_driver(url: str, exc: ImportError) -> str:
             % (text, install))
 
 
-def _sqlite_file(url: str) -> str | None:
+def sqlite_file(url: str) -> str | None:
     """The file of an SQLite file database URL, else None."""
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or \
@@ -168,7 +168,7 @@ def _prepare_sqlite_dir(url: str, create: bool = True) -> None:
 
     :param create: False: a missing file is an error instead.
     """
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if path is None:
         return
     if not create and not os.path.exists(path):

@@ -194,7 +194,7 @@ class TestDb(ManageTestCase):
         self.usage_error("node", "list", "--format", "xml")
         self.usage_error("node", "list", "--maintenance", "perhaps")
         self.usage_error("node", "power", "n1", "explode")
-        self.assertIn("must be a finite number > 0",
+        self.assertIn("must be a number of seconds > 0",
                       self.usage_error("node", "power", "n1", "on",
                                        "--timeout", "0"))
         self.usage_error("node", "create", "--name", "n1")
@@ -599,8 +599,8 @@ class TestNodePower(DbManageTestCase):
 
     def test_wait_timeout_must_be_finite(self) -> None:
         for value in ("nan", "inf", "-1"):
-            self.assertIn("--timeout: must be a finite number > 0, got "
-                          "'%s'" % value,
+            self.assertIn("--timeout: must be a number of seconds > 0 and "
+                          "at most 604800 (a week), got '%s'" % value,
                           self.usage_error("node", "power", "n1", "on",
                                            "--wait", "--timeout", value))
         self.assertIsNone(self.db.get_node("n1").target_power_state)
@@ -836,13 +836,15 @@ class TestStatusWatch(DbManageTestCase):
         self.assertEqual(0, proc.wait(base.WAIT))
 
     def test_interval_must_be_positive_and_needs_watch(self) -> None:
-        self.assertIn("must be a finite number > 0, got '0'",
+        self.assertIn("must be a number of seconds > 0 and at most 604800 "
+                      "(a week), got '0'",
                       self.usage_error("status", "--watch", "--interval",
                                        "0"))
-        # nan compares false with everything; inf and 1e400 overflowed
-        # the clock; a tiny interval re-read the database in a loop.
-        for value in ("nan", "inf", "1e400"):
-            self.assertIn("must be a finite number > 0, got '%s'" % value,
+        # nan compares false with everything; inf, 1e400 and 1e19
+        # overflowed the clock; a tiny interval re-read the database in a
+        # loop.
+        for value in ("nan", "inf", "1e400", "1e19"):
+            self.assertIn("at most 604800 (a week), got '%s'" % value,
                           self.usage_error("status", "--watch",
                                            "--interval", value))
         self.assertIn("must be at least 0.1, got '1e-09'",

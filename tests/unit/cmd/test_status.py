@@ -121,14 +121,31 @@ class TestUpgradeCheck(base.TestCase):
         self.assertIn("cannot reach the database", details)
         self.assertNotIn("s3cret", details)
 
-    def test_a_mistyped_sqlite_path_fails_and_creates_nothing(self) -> None:
+    def test_before_the_first_start_passes_and_creates_nothing(self
+                                                               ) -> None:
+        # The default embedded database, not created yet.
+        self.url = "sqlite:///%s/conductor.sqlite" % self.state
+        with open(os.path.join(self.state, "conductor.conf"), "w") as stream:
+            stream.write("[DEFAULT]\nstate_path = %s\n" % self.state)
+        code, checks = self.check()
+        self.assertEqual(0, code, str(checks))
+        self.assertEqual(
+            "no database yet: the conductor creates %s/conductor.sqlite at "
+            "its first start" % self.state,
+            checks["Database schema"]["details"])
+        self.assertFalse(os.path.exists(self.url[len("sqlite:///"):]))
+
+    def test_a_mistyped_sqlite_path_warns_and_creates_nothing(self) -> None:
         self.url = "sqlite:///" + os.path.join(self.state, "typo",
                                                "conductor.db")
         self.config_file = self.write_config()
         code, checks = self.check()
-        self.assertEqual(2, code)
-        self.assertIn("there is no database file %s/typo/conductor.db"
-                      % self.state, checks["Database version"]["details"])
+        self.assertEqual(1, code)
+        self.assertEqual(
+            "there is no database file %s/typo/conductor.db: check "
+            "[database] connection (the conductor would start on a new, "
+            "empty database there)" % self.state,
+            checks["Database version"]["details"])
         self.assertFalse(os.path.exists(os.path.join(self.state, "typo")))
 
     def test_table_output_and_missing_file(self) -> None:
