@@ -36,7 +36,13 @@ def check_option_values(conf: cfg.ConfigOpts) -> None:
             label = "[%s] %s" % (group_name or "DEFAULT", name)
             try:
                 value = getattr(group, name)
-            except (cfg.ConfigFileValueError, ValueError) as exc:
+            except cfg.NoSuchOptError as exc:
+                # NOTE: oslo.config names the option being read, not the
+                # one its $reference names.
+                raise exceptions.ConfigInvalid(
+                    problem="%s: its value refers ($name) to an option that "
+                            "does not exist" % label) from exc
+            except (cfg.Error, ValueError) as exc:
                 raise exceptions.ConfigInvalid(
                     problem="%s: %s" % (label, _value_error(exc))) from exc
             # NOTE: oslo.config's min and max let nan through (every

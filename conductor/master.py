@@ -188,18 +188,23 @@ class _ServiceManager(cotyledon.ServiceManager):
 
     def _reload_allowed(self) -> bool:
         """SIGHUP: check the files first; a bad one leaves all as it is."""
+        problem = None
         try:
             self._check_reload()
         except exceptions.ConductorException as exc:
-            LOG.error("Caught SIGHUP: reload refused, the workers go on "
-                      "with the configuration they have. %s", exc)
-            return False
+            problem = str(exc)
         except Exception:
             # NOTE: this runs in the master's signal loop: whatever the
             # check meets must not end the master.
             LOG.exception("Caught SIGHUP: reload refused, the workers go "
                           "on with the configuration they have; checking "
                           "the files failed")
+            return False
+        if problem is not None:
+            # NOTE: logged after the except block: oslo.log would append
+            # the exception being handled, saying the reason twice.
+            LOG.error("Caught SIGHUP: reload refused, the workers go on "
+                      "with the configuration they have. %s", problem)
             return False
         return True
 

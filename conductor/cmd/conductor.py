@@ -85,13 +85,17 @@ def main(argv: list[str] | None = None) -> None:
         error = str(exc).splitlines()[0]
     except exceptions.ConductorException as exc:
         error = str(exc)
-    except OSError as exc:
-        # NOTE: a --config-file that is a directory or not readable.
+    except (OSError, ValueError) as exc:
+        # NOTE: a --config-file that is a directory, not readable or not
+        # UTF-8.
         error = "cannot read the configuration: %s" % exc
     if error is not None:
         fail(error, log=False)
     try:
+        checks.check_option_values(conf)
         conductor_log.setup(conf, conductor_log.master_identity(conf.host))
+    except exceptions.ConductorException as exc:
+        error = str(exc)
     except (OSError, oslo_log.LogConfigError) as exc:
         error = "cannot set up logging ([DEFAULT] log_file, log_dir or " \
                 "log_config_append): %s" % exc

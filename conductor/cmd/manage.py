@@ -891,8 +891,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       % ", ".join(exc.config_files))
     except cfg.Error as exc:
         return _error(str(exc).splitlines()[0])
-    except OSError as exc:
-        # NOTE: a --config-file that is a directory or not readable.
+    except (OSError, ValueError) as exc:
+        # NOTE: a --config-file that is a directory, not readable or not
+        # UTF-8.
         return _error("cannot read the configuration: %s" % exc)
     manage = Manage(conf, _print_masked)
     try:

@@ -24,6 +24,8 @@ from oslo_config import cfg
 from oslo_upgradecheck import upgradecheck
 import sqlalchemy as sa
 
+from conductor import checks
+from conductor.common import exceptions
 from conductor.common import version
 from conductor import conf as conductor_conf
 from conductor.conf import validate
@@ -181,6 +183,11 @@ class Checks(upgradecheck.UpgradeCommands):
                       % total)
 
     def _options(self) -> Result:
+        try:
+            # NOTE: the values the conductor would refuse at start.
+            checks.check_option_values(self.conf)
+        except exceptions.ConductorException as exc:
+            return Result(Code.FAILURE, str(exc))
         problems = [str(problem) for problem in
                     validate.unknown_options(self.conf)]
         problems += validate.deprecated_options(self.conf)
@@ -207,8 +214,8 @@ class Checks(upgradecheck.UpgradeCommands):
 def main(argv: Sequence[str] | None = None) -> int:
     conf = conductor_conf.CONF
     reports.register_opts(conf)
-    checks = Checks(conf)
-    upgradecheck.register_cli_options(conf, checks)
+    commands = Checks(conf)
+    upgradecheck.register_cli_options(conf, commands)
     try:
         conf(list(sys.argv[1:] if argv is None else argv),
              project="conductor", prog="conductor-status",
@@ -218,12 +225,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                       % ", ".join(exc.config_files))
     except cfg.Error as exc:
         return _error(str(exc).splitlines()[0])
+    except (OSError, ValueError) as exc:
+        # NOTE: a --config-file that is a directory, not readable or not
+        # UTF-8.
+        return _error("cannot read the configuration: %s" % exc)
     # NOTE: oslo.upgradecheck reads --json from its module-level CONF.
     upgradecheck.CONF = conf
     try:
         return int(upgradecheck.run(conf))
     finally:
-        checks.close()
+        commands.close()
 
 
 def _error(message: str) -> int:

@@ -146,6 +146,9 @@ class TestWorkers(base.FunctionalTestCase):
         self.assertIn(" ERROR conductor.master ", refused[0])
         self.assertIn("[conductor] power_state_timeout: must be a finite "
                       "number, got nan", refused[0])
+        # Said once: not again as the exception being handled.
+        self.assertEqual(1, refused[0].count("must be a finite number"),
+                         refused[0])
         self.assertNotIn("stopping", conductor.log()[mark:])
         self.assertEqual(pids, sorted(child.pid
                                       for child in conductor.children()))
@@ -205,6 +208,24 @@ class TestBadConfig(base.FunctionalTestCase):
                            "log_dir or log_config_append): [Errno 2]")
         # Logging is not set up: the error is said once, not logged too.
         self.assertEqual(1, len(result.stderr.splitlines()), result.stderr)
+
+    def test_reference_to_no_option(self) -> None:
+        self._run({"DEFAULT": {"host": "$nosuch"}},
+                  "[DEFAULT] host: its value refers ($name) to an option "
+                  "that does not exist")
+
+    def test_config_file_that_is_not_utf8(self) -> None:
+        path = os.path.join(self.workdir, "latin1.conf")
+        with open(path, "wb") as stream:
+            stream.write(b"[DEFAULT]\nhost = caf\xe9\n")
+        result = subprocess.run(
+            [base.binary("conductor"), "--config-file", path],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(1, result.returncode, result.stderr)
+        self.assertEqual(1, len(result.stderr.splitlines()), result.stderr)
+        self.assertIn("conductor: ERROR: cannot read the configuration: "
+                      "'utf-8' codec can't decode byte 0xe9",
+                      result.stderr)
 
     def test_config_file_that_is_a_directory(self) -> None:
         result = subprocess.run(

@@ -121,7 +121,8 @@ class TestChecks(base.TestCase):
             self.assertIn(expected, str(exc))
 
         path = self.write("[conductor]\npower_state_timeout = $nosuch\n")
-        refused("no such option nosuch")
+        refused("[conductor] power_state_timeout: its value refers ($name) "
+                "to an option that does not exist")
         with open(path, "wb") as stream:
             stream.write(b"[conductor]\nhost = \xff\n")
         refused("'utf-8' codec can't decode byte 0xff")

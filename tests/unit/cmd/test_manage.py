@@ -174,6 +174,17 @@ class TestDb(ManageTestCase):
                          "directory: '%s'" % self.state,
                          self.fails("status"))
 
+    def test_config_file_not_utf8_or_referring_to_nothing(self) -> None:
+        with open(self.config_file, "wb") as stream:
+            stream.write(b"[DEFAULT]\nhost = caf\xe9\n")
+        self.assertIn("cannot read the configuration: 'utf-8' codec can't "
+                      "decode byte 0xe9", self.fails("status"))
+        with open(self.config_file, "w") as stream:
+            stream.write("[DEFAULT]\nhost = $nosuch\n")
+        self.assertEqual("Invalid configuration: [DEFAULT] host: its value "
+                         "refers ($name) to an option that does not exist",
+                         self.fails("status"))
+
     def test_malformed_config_file(self) -> None:
         self.write("conductor.conf", "this is not ini\n")
         message = self.fails("status")

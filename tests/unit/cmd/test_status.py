@@ -148,6 +148,26 @@ class TestUpgradeCheck(base.TestCase):
             checks["Database version"]["details"])
         self.assertFalse(os.path.exists(os.path.join(self.state, "typo")))
 
+    def test_a_value_the_conductor_refuses_fails(self) -> None:
+        self.migrate()
+        self.config_file = self.write_config(
+            "[conductor]\npower_state_timeout = nan\n")
+        code, checks = self.check()
+        self.assertEqual(2, code)
+        self.assertEqual("Invalid configuration: [conductor] "
+                         "power_state_timeout: must be a finite number, "
+                         "got nan",
+                         checks["Configuration options"]["details"])
+
+    def test_a_directory_as_config_file(self) -> None:
+        result = subprocess.run(
+            [_BIN, "--config-file", self.state, "upgrade", "check"],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual((2, "conductor-status: ERROR: cannot read the "
+                          "configuration: [Errno 21] Is a directory: '%s'\n"
+                          % self.state),
+                         (result.returncode, result.stderr))
+
     def test_table_output_and_missing_file(self) -> None:
         self.migrate()
         result = subprocess.run(
