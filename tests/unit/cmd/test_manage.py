@@ -105,6 +105,12 @@ class ManageTestCase(base.TestCase):
         self.assertEqual(2, exc.code)
         return err.getvalue()
 
+    def patch_sleep(self, side_effect: Any = None) -> mock.MagicMock:
+        """Fake the commands' ``time.sleep`` (``side_effect`` on each)."""
+        mocked: mock.MagicMock = self.useFixture(fixtures.MockPatchObject(
+            time, "sleep", autospec=True, side_effect=side_effect)).mock
+        return mocked
+
     def json(self, *argv: str) -> Any:
         return json.loads(self.ok(*argv, "--format", "json"))
 
@@ -565,10 +571,7 @@ class TestNodePower(DbManageTestCase):
         def apply(seconds: float) -> None:
             self.db.update_node("n1", dict(outcome, target_power_state=None))
 
-        patcher = mock.patch.object(time, "sleep", autospec=True,
-                                    side_effect=apply)
-        self.addCleanup(patcher.stop)
-        return patcher.start()
+        return self.patch_sleep(apply)
 
     def test_wait_success(self) -> None:
         sleep = self._conductor_applies(power_state=states.POWER_ON)
@@ -588,9 +591,7 @@ class TestNodePower(DbManageTestCase):
                          self.fails("node", "power", "n1", "on", "--wait"))
 
     def test_wait_timeout(self) -> None:
-        patcher = mock.patch.object(time, "sleep", autospec=True)
-        self.addCleanup(patcher.stop)
-        patcher.start()
+        self.patch_sleep()
         message = self.fails("node", "power", "n1", "on", "--wait",
                              "--timeout", "0.05")
         self.assertTrue(message.startswith(
@@ -603,11 +604,6 @@ class TestNodePower(DbManageTestCase):
         self.assertIn("cancelled: conductor-manage --wait timed out",
                       str(node.last_error))
 
-    def _no_sleep(self) -> None:
-        patcher = mock.patch.object(time, "sleep", autospec=True)
-        self.addCleanup(patcher.stop)
-        patcher.start()
-
     def test_wait_timeout_must_be_finite(self) -> None:
         for value in ("nan", "inf", "-1"):
             self.assertIn("--timeout: must be a number of seconds > 0 and "
@@ -617,10 +613,7 @@ class TestNodePower(DbManageTestCase):
         self.assertIsNone(self.db.get_node("n1").target_power_state)
 
     def test_ctrl_c_while_waiting_leaves_the_request(self) -> None:
-        patcher = mock.patch.object(time, "sleep", autospec=True,
-                                    side_effect=KeyboardInterrupt)
-        self.addCleanup(patcher.stop)
-        patcher.start()
+        self.patch_sleep(KeyboardInterrupt)
         code, out, err = self.manage("node", "power", "n1", "on", "--wait")
         self.assertEqual((130, ""), (code, out))
         self.assertEqual(
@@ -632,7 +625,7 @@ class TestNodePower(DbManageTestCase):
                          self.db.get_node("n1").target_power_state)
 
     def test_wait_timeout_keep_leaves_the_request(self) -> None:
-        self._no_sleep()
+        self.patch_sleep()
         message = self.fails("node", "power", "n1", "on", "--wait",
                              "--timeout", "0.05", "--keep")
         self.assertIn("the request stays queued for at most [conductor] "
@@ -647,10 +640,7 @@ class TestNodePower(DbManageTestCase):
             if node.reservation is None:
                 self.db.reserve_node(node.uuid, "host-a:0")
 
-        patcher = mock.patch.object(time, "sleep", autospec=True,
-                                    side_effect=take)
-        self.addCleanup(patcher.stop)
-        patcher.start()
+        self.patch_sleep(take)
         message = self.fails("node", "power", "n1", "on", "--wait",
                              "--timeout", "0.05")
         self.assertIn("it is being applied by host-a:0 now and was not "
@@ -768,10 +758,7 @@ class TestDrain(DbManageTestCase):
         self.assertTrue(self.draining()["a:0"])
 
     def test_ctrl_c_while_waiting_leaves_it_draining(self) -> None:
-        patcher = mock.patch.object(time, "sleep", autospec=True,
-                                    side_effect=KeyboardInterrupt)
-        self.addCleanup(patcher.stop)
-        patcher.start()
+        self.patch_sleep(KeyboardInterrupt)
         code, out, err = self.manage("drain", "b", "--wait")
         self.assertEqual(130, code)
         self.assertIn("Draining b", out)
