@@ -168,6 +168,25 @@ def register_library_opts(conf: cfg.ConfigOpts) -> None:
     rpc.register_opts(conf)
 
 
+#: What parsing the configuration files may raise (see config_error).
+CONFIG_ERRORS = (cfg.Error, OSError, ValueError)
+
+
+def config_error(exc: BaseException) -> str:
+    """One line for an error in :data:`CONFIG_ERRORS` from parsing files.
+
+    Used by every command that parses them, and by :func:`check_reload`.
+    """
+    if isinstance(exc, cfg.ConfigFilesNotFoundError):
+        return "config file(s) not found: %s" % ", ".join(exc.config_files)
+    text = str(exc).splitlines()
+    if isinstance(exc, cfg.Error):
+        return text[0] if text else type(exc).__name__
+    # NOTE: a --config-file that is a directory, not readable or not
+    # UTF-8.
+    return "cannot read the configuration: %s" % exc
+
+
 def check_reload(conf: cfg.ConfigOpts) -> None:
     """Check the configuration files as a SIGHUP would load them now.
 
@@ -188,16 +207,8 @@ def check_reload(conf: cfg.ConfigOpts) -> None:
         check_heartbeat(fresh)
     except exceptions.ConductorException:
         raise
-    except cfg.ConfigFilesNotFoundError as exc:
-        raise exceptions.ConfigInvalid(
-            problem="config file(s) not found: %s"
-                    % ", ".join(exc.config_files)) from exc
-    except (cfg.Error, ValueError, OSError) as exc:
-        # NOTE: a file that does not parse, is not UTF-8 or is now a
-        # directory; a $reference to no option.
-        text = str(exc).splitlines()
-        raise exceptions.ConfigInvalid(
-            problem=text[0] if text else type(exc).__name__) from exc
+    except CONFIG_ERRORS as exc:
+        raise exceptions.ConfigInvalid(problem=config_error(exc)) from exc
 
 
 def _fresh_copy(conf: cfg.ConfigOpts) -> cfg.ConfigOpts:

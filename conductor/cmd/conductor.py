@@ -79,16 +79,10 @@ def main(argv: list[str] | None = None) -> None:
                         conf=conf)
         conf(sys.argv[1:] if argv is None else argv, project="conductor",
              prog="conductor", version=version.version_string())
-    except cfg.ConfigFilesNotFoundError as exc:
-        error = "config file(s) not found: %s" % ", ".join(exc.config_files)
-    except cfg.Error as exc:
-        error = str(exc).splitlines()[0]
     except exceptions.ConductorException as exc:
         error = str(exc)
-    except (OSError, ValueError) as exc:
-        # NOTE: a --config-file that is a directory, not readable or not
-        # UTF-8.
-        error = "cannot read the configuration: %s" % exc
+    except checks.CONFIG_ERRORS as exc:
+        error = checks.config_error(exc)
     if error is not None:
         fail(error, log=False)
     try:

@@ -886,15 +886,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         conf_args += ["--config-dir", path]
     try:
         conf(conf_args, project="conductor", prog="conductor-manage")
-    except cfg.ConfigFilesNotFoundError as exc:
-        return _error("config file(s) not found: %s"
-                      % ", ".join(exc.config_files))
-    except cfg.Error as exc:
-        return _error(str(exc).splitlines()[0])
-    except (OSError, ValueError) as exc:
-        # NOTE: a --config-file that is a directory, not readable or not
-        # UTF-8.
-        return _error("cannot read the configuration: %s" % exc)
+    except checks.CONFIG_ERRORS as exc:
+        return _error(checks.config_error(exc))
     manage = Manage(conf, _print_masked)
     try:
         # NOTE: read every option now, so that a bad value is reported as

@@ -220,15 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         conf(list(sys.argv[1:] if argv is None else argv),
              project="conductor", prog="conductor-status",
              version=version.version_string())
-    except cfg.ConfigFilesNotFoundError as exc:
-        return _error("config file(s) not found: %s"
-                      % ", ".join(exc.config_files))
-    except cfg.Error as exc:
-        return _error(str(exc).splitlines()[0])
-    except (OSError, ValueError) as exc:
-        # NOTE: a --config-file that is a directory, not readable or not
-        # UTF-8.
-        return _error("cannot read the configuration: %s" % exc)
+    except checks.CONFIG_ERRORS as exc:
+        return _error(checks.config_error(exc))
     # NOTE: oslo.upgradecheck reads --json from its module-level CONF.
     upgradecheck.CONF = conf
     try:
